@@ -1,0 +1,59 @@
+/* dense.c -- the small dense matrix helpers of dense.h. */
+#include <math.h>
+#include <string.h>
+
+#include "dense.h"
+
+void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
+                     const double *A, const double *B, double *C)
+{
+    memset(C, 0, (size_t)(r * c) * sizeof(double));
+    for (ptrdiff_t i = 0; i < r; i++) {
+        double *Ci = C + i * c;
+        for (ptrdiff_t p = 0; p < k; p++) {
+            const double a = A[i * k + p];
+            const double *Bp = B + p * c;
+            for (ptrdiff_t j = 0; j < c; j++)
+                Ci[j] += a * Bp[j];
+        }
+    }
+}
+
+void tl_dense_axpby(ptrdiff_t n, double alpha, const double *X, double beta, double *Y)
+{
+    if (beta == 0.0) { /* Y may hold garbage (even NaN) that 0 * Y would keep */
+        for (ptrdiff_t i = 0; i < n * n; i++)
+            Y[i] = alpha * X[i];
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n * n; i++)
+        Y[i] = alpha * X[i] + beta * Y[i];
+}
+
+void tl_dense_add_identity(ptrdiff_t n, double alpha, double *A)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        A[i * n + i] += alpha;
+}
+
+double tl_dense_norm1(ptrdiff_t n, const double *A)
+{
+    double norm = 0.0;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        double col = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++)
+            col += fabs(A[i * n + j]);
+        if (isnan(col))
+            return col;
+        if (col > norm)
+            norm = col;
+    }
+    return norm;
+}
+
+void tl_dense_copy_block(ptrdiff_t r, ptrdiff_t c, const double *src, ptrdiff_t lds,
+                         double *dst, ptrdiff_t ldd)
+{
+    for (ptrdiff_t i = 0; i < r; i++)
+        memcpy(dst + i * ldd, src + i * lds, (size_t)c * sizeof(double));
+}

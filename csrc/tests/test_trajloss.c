@@ -1,0 +1,276 @@
+/*
+ * test_trajloss.c -- C-only tests of the trajloss core against closed forms
+ * and naive loops. Prints one line per failure and "N passed, N failed".
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trajloss.h"
+
+static int n_passed, n_failed;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (cond) {                                                           \
+            n_passed++;                                                       \
+        } else {                                                              \
+            n_failed++;                                                       \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                       \
+            printf(__VA_ARGS__);                                              \
+            printf("\n");                                                     \
+        }                                                                     \
+    } while (0)
+
+/* max |a - b| / max(1, max |b|) over count entries */
+static double rel_err(ptrdiff_t count, const double *a, const double *b)
+{
+    double diff = 0.0, scale = 1.0;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        diff = fmax(diff, fabs(a[i] - b[i]));
+        scale = fmax(scale, fabs(b[i]));
+    }
+    return diff / scale;
+}
+
+static double uniform(unsigned *state)
+{
+    *state = *state * 1103515245u + 12345u;
+    return ((*state >> 8) & 0xFFFFFF) / (double)0x1000000 * 2.0 - 1.0;
+}
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (p == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static tl_status expm_alloc(ptrdiff_t n, const double *A, double *E)
+{
+    void *work = xmalloc(tl_expm_work_bytes(n));
+    tl_status status = tl_expm(n, A, E, work);
+    free(work);
+    return status;
+}
+
+static void test_status_messages(void)
+{
+    for (int s = 0; s < TL_STATUS_COUNT; s++)
+        CHECK(tl_status_message((tl_status)s) != NULL, "message for %d", s);
+    CHECK(strcmp(tl_status_message((tl_status)999), "unknown status") == 0, "unknown status");
+}
+
+static void test_expm_closed_forms(void)
+{
+    /* rotation generator: exp([[0, t], [-t, 0]]) = [[cos t, sin t], [-sin t, cos t]] */
+    const double ts[] = {0.0, 1e-3, 0.3, 1.7, 6.0, 25.0};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+        double t = ts[i], A[4] = {0, t, -t, 0}, E[4];
+        double want[4] = {cos(t), sin(t), -sin(t), cos(t)};
+        CHECK(expm_alloc(2, A, E) == TL_OK, "expm rotation status");
+        CHECK(rel_err(4, E, want) < 1e-13 * fmax(1.0, t), "rotation t=%g err=%g", t,
+              rel_err(4, E, want));
+    }
+    /* scalars over the whole scaling range */
+    for (double a = -30.0; a <= 30.0; a += 2.5) {
+        double E;
+        CHECK(expm_alloc(1, &a, &E) == TL_OK, "expm scalar status");
+        CHECK(fabs(E - exp(a)) <= 1e-13 * exp(a), "scalar a=%g: %.17g vs %.17g", a, E, exp(a));
+    }
+    /* nilpotent: exp(cN) = I + cN + c^2 N^2 / 2 */
+    const double c = 3.5;
+    double N[9] = {0, c, 0, 0, 0, c, 0, 0, 0}, E[9];
+    double want[9] = {1, c, c * c / 2, 0, 1, c, 0, 0, 1};
+    CHECK(expm_alloc(3, N, E) == TL_OK, "expm nilpotent status");
+    CHECK(rel_err(9, E, want) < 1e-14, "nilpotent err=%g", rel_err(9, E, want));
+    /* upper triangular 2x2: exp([[a, b], [0, d]]) has (e^a - e^d) b / (a - d) off the diagonal */
+    double a = -1.25, b = 4.0, d = 0.5, T[4] = {a, b, 0, d}, ET[4];
+    double wantT[4] = {exp(a), b * (exp(a) - exp(d)) / (a - d), 0, exp(d)};
+    CHECK(expm_alloc(2, T, ET) == TL_OK, "expm triangular status");
+    CHECK(rel_err(4, ET, wantT) < 1e-14, "triangular err=%g", rel_err(4, ET, wantT));
+}
+
+static void test_expm_errors(void)
+{
+    double A[4] = {0, NAN, 0, 0}, E[4];
+    CHECK(expm_alloc(2, A, E) == TL_ERR_VALUE, "NaN input");
+    CHECK(tl_expm(0, A, E, E) == TL_ERR_SHAPE, "n = 0");
+    CHECK(tl_expm(2, A, E, NULL) == TL_ERR_NOMEM, "no work");
+    CHECK(tl_expm_work_bytes(0) == 0 && tl_expm_work_bytes(-3) == 0, "work bytes of bad n");
+}
+
+static tl_status discretize_alloc(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
+                                  const double *A, const double *B, double dt,
+                                  double *Ad, double *Bd)
+{
+    void *work = xmalloc(tl_discretize_work_bytes(n, m));
+    tl_status status = tl_discretize(method, n, m, A, B, dt, Ad, Bd, work);
+    free(work);
+    return status;
+}
+
+static void test_discretize(void)
+{
+    const double A[4] = {0, 1, 0, 0}, B[2] = {0, 1};
+    const double dts[] = {1e-3, 1.0 / 3.0, 1.0, 7.0};
+    for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
+        double h = dts[i], Ad[4], Bd[2];
+        double wantA[4] = {1, h, 0, 1}, wantB[2] = {h * h / 2, h};
+        CHECK(discretize_alloc(TL_DISC_ZOH, 2, 1, A, B, h, Ad, Bd) == TL_OK, "zoh status");
+        CHECK(rel_err(4, Ad, wantA) < 1e-15 && rel_err(2, Bd, wantB) < 1e-15,
+              "double integrator zoh dt=%g", h);
+        /* RK4 is exact for the double integrator's cubic-free dynamics */
+        CHECK(discretize_alloc(TL_DISC_RK4, 2, 1, A, B, h, Ad, Bd) == TL_OK, "rk4 status");
+        CHECK(rel_err(4, Ad, wantA) < 1e-15 && rel_err(2, Bd, wantB) < 1e-15,
+              "double integrator rk4 dt=%g", h);
+        double eulA[4] = {1, h, 0, 1}, eulB[2] = {0, h};
+        CHECK(discretize_alloc(TL_DISC_EULER, 2, 1, A, B, h, Ad, Bd) == TL_OK, "euler status");
+        CHECK(rel_err(4, Ad, eulA) < 1e-15 && rel_err(2, Bd, eulB) < 1e-15,
+              "double integrator euler dt=%g", h);
+    }
+    /* scalar system xdot = a x + b u */
+    const double a = -0.7, b = 2.0, h = 0.4;
+    double Ad, Bd;
+    CHECK(discretize_alloc(TL_DISC_ZOH, 1, 1, &a, &b, h, &Ad, &Bd) == TL_OK, "scalar zoh");
+    CHECK(fabs(Ad - exp(a * h)) < 1e-15 && fabs(Bd - (exp(a * h) - 1) / a * b) < 1e-15,
+          "scalar zoh values");
+    const double F = a * h;
+    CHECK(discretize_alloc(TL_DISC_RK4, 1, 1, &a, &b, h, &Ad, &Bd) == TL_OK, "scalar rk4");
+    CHECK(fabs(Ad - (1 + F + F * F / 2 + F * F * F / 6 + F * F * F * F / 24)) < 1e-15 &&
+              fabs(Bd - h * b * (1 + F / 2 + F * F / 6 + F * F * F / 24)) < 1e-15,
+          "scalar rk4 values");
+
+    double Ad4[4], Bd2[2], work[8];
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, 0.0, Ad4, Bd2, work) == TL_ERR_VALUE, "dt=0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, -1.0, Ad4, Bd2, work) == TL_ERR_VALUE, "dt<0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, NAN, Ad4, Bd2, work) == TL_ERR_VALUE, "dt NaN");
+    CHECK(tl_discretize(TL_DISC_COUNT, 2, 1, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_VALUE,
+          "unknown method");
+    CHECK(tl_discretize(TL_DISC_ZOH, 0, 1, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_SHAPE, "n=0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 0, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_SHAPE, "m=0");
+    const double Anan[4] = {0, 1, NAN, 0};
+    CHECK(tl_discretize(TL_DISC_EULER, 2, 1, Anan, B, 1.0, Ad4, Bd2, work) == TL_ERR_VALUE,
+          "NaN in A");
+}
+
+/* A random stable-ish system with n states, m inputs. */
+static void random_system(ptrdiff_t n, ptrdiff_t m, double *Ad, double *Bd, unsigned *seed)
+{
+    for (ptrdiff_t i = 0; i < n * n; i++)
+        Ad[i] = 0.4 * uniform(seed) / sqrt((double)n) + (i % (n + 1) == 0 ? 0.5 : 0.0);
+    for (ptrdiff_t i = 0; i < n * m; i++)
+        Bd[i] = uniform(seed);
+}
+
+static void test_rollout(void)
+{
+    unsigned seed = 12345u;
+    const ptrdiff_t dims[][2] = {{1, 1}, {2, 1}, {3, 2}, {6, 2}, {8, 3}};
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        const ptrdiff_t n = dims[d][0], m = dims[d][1], B = 3, T = 7;
+        double *Ad = xmalloc(sizeof(double) * n * n), *Bd = xmalloc(sizeof(double) * n * m);
+        random_system(n, m, Ad, Bd, &seed);
+        tl_system sys = {n, m, Ad, Bd};
+        double *x0 = xmalloc(sizeof(double) * B * n), *u = xmalloc(sizeof(double) * B * T * m);
+        double *S = xmalloc(sizeof(double) * B * (T + 1) * n);
+        double *ref = xmalloc(sizeof(double) * B * (T + 1) * n);
+        void *work = xmalloc(tl_rollout_work_bytes(n));
+        for (ptrdiff_t i = 0; i < B * n; i++)
+            x0[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < B * T * m; i++)
+            u[i] = uniform(&seed);
+
+        /* naive reference, written independently of the kernel */
+        for (ptrdiff_t b = 0; b < B; b++) {
+            double *r = ref + b * (T + 1) * n;
+            memcpy(r, x0 + b * n, sizeof(double) * n);
+            for (ptrdiff_t k = 0; k < T; k++)
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    double v = 0;
+                    for (ptrdiff_t j = 0; j < n; j++)
+                        v += Ad[i * n + j] * r[k * n + j];
+                    for (ptrdiff_t j = 0; j < m; j++)
+                        v += Bd[i * m + j] * u[(b * T + k) * m + j];
+                    r[(k + 1) * n + i] = v;
+                }
+        }
+        CHECK(tl_rollout_f64(&sys, B, T, x0, u, S, work) == TL_OK, "rollout status");
+        CHECK(rel_err(B * (T + 1) * n, S, ref) < 1e-14, "rollout n=%td m=%td", n, m);
+
+        /* float32: within float32 rounding of the float64 result */
+        float *x0f = xmalloc(sizeof(float) * B * n), *uf = xmalloc(sizeof(float) * B * T * m);
+        float *Sf = xmalloc(sizeof(float) * B * (T + 1) * n);
+        double *Sfd = xmalloc(sizeof(double) * B * (T + 1) * n);
+        for (ptrdiff_t i = 0; i < B * n; i++)
+            x0f[i] = (float)x0[i], x0[i] = x0f[i];
+        for (ptrdiff_t i = 0; i < B * T * m; i++)
+            uf[i] = (float)u[i], u[i] = uf[i];
+        CHECK(tl_rollout_f32(&sys, B, T, x0f, uf, Sf, work) == TL_OK, "rollout f32 status");
+        CHECK(tl_rollout_f64(&sys, B, T, x0, u, S, work) == TL_OK, "rollout status");
+        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
+            Sfd[i] = Sf[i];
+        CHECK(rel_err(B * (T + 1) * n, Sfd, S) < 1e-6, "rollout f32 n=%td", n);
+
+        /* adjoint against central differences of L = <G, rollout(x0, u)> */
+        double *G = xmalloc(sizeof(double) * B * (T + 1) * n);
+        double *gu = xmalloc(sizeof(double) * B * T * m), *gx = xmalloc(sizeof(double) * B * n);
+        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
+            G[i] = uniform(&seed);
+        CHECK(tl_rollout_vjp_f64(&sys, B, T, G, gu, gx, work) == TL_OK, "vjp status");
+        double worst = 0.0;
+        const double h = 1e-6;
+        for (ptrdiff_t i = 0; i < B * T * m + B * n; i++) {
+            double *p = i < B * T * m ? u + i : x0 + (i - B * T * m);
+            double L[2], keep = *p;
+            for (int side = 0; side < 2; side++) {
+                *p = keep + (side ? -h : h);
+                tl_rollout_f64(&sys, B, T, x0, u, S, work);
+                L[side] = 0;
+                for (ptrdiff_t q = 0; q < B * (T + 1) * n; q++)
+                    L[side] += G[q] * S[q];
+            }
+            *p = keep;
+            double fd = (L[0] - L[1]) / (2 * h);
+            double an = i < B * T * m ? gu[i] : gx[i - B * T * m];
+            worst = fmax(worst, fabs(fd - an) / fmax(1.0, fabs(fd)));
+        }
+        CHECK(worst < 1e-7, "vjp vs finite differences n=%td: %g", n, worst);
+        CHECK(tl_rollout_vjp_f64(&sys, B, T, G, NULL, gx, work) == TL_OK, "vjp no grad_u");
+
+        free(Ad), free(Bd), free(x0), free(u), free(S), free(ref), free(work);
+        free(x0f), free(uf), free(Sf), free(Sfd), free(G), free(gu), free(gx);
+    }
+}
+
+static void test_rollout_errors(void)
+{
+    double Ad[1] = {1}, Bd[1] = {1}, x0[1] = {0}, u[1] = {0}, S[2], work[2];
+    tl_system sys = {1, 1, Ad, Bd};
+    CHECK(tl_rollout_f64(&sys, -1, 1, x0, u, S, work) == TL_ERR_SHAPE, "batch < 0");
+    CHECK(tl_rollout_f64(&sys, 1, -1, x0, u, S, work) == TL_ERR_SHAPE, "steps < 0");
+    CHECK(tl_rollout_f64(&sys, 1, 1, x0, u, S, NULL) == TL_ERR_NOMEM, "no work");
+    CHECK(tl_rollout_f64(&sys, 1, 1, NULL, u, S, work) == TL_ERR_VALUE, "no x0");
+    CHECK(tl_rollout_f64(NULL, 1, 1, x0, u, S, work) == TL_ERR_VALUE, "no system");
+    tl_system bad = {0, 1, Ad, Bd};
+    CHECK(tl_rollout_f64(&bad, 1, 1, x0, u, S, work) == TL_ERR_SHAPE, "n = 0");
+    CHECK(tl_rollout_f64(&sys, 0, 3, NULL, NULL, NULL, work) == TL_OK, "empty batch");
+    CHECK(tl_rollout_f64(&sys, 1, 0, x0, NULL, S, work) == TL_OK && S[0] == x0[0], "no steps");
+    CHECK(tl_rollout_vjp_f64(&sys, 1, 1, NULL, u, x0, work) == TL_ERR_VALUE, "vjp no grad");
+}
+
+int main(void)
+{
+    test_status_messages();
+    test_expm_closed_forms();
+    test_expm_errors();
+    test_discretize();
+    test_rollout();
+    test_rollout_errors();
+    printf("%d passed, %d failed\n", n_passed, n_failed);
+    return n_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,37 @@
+/*
+ * tl_lapack.h -- the few LAPACKE entry points the core uses, under one name
+ * whatever the provider (private to csrc/).
+ *
+ * The default provider is the scipy-openblas32 wheel, whose library exports
+ * its symbols with a "scipy_" prefix (scipy_LAPACKE_dgesv_work), while some
+ * releases of the lapacke.h it ships declare the unprefixed names. Rather than
+ * depend on which header a given release ships, we declare the prototypes
+ * ourselves and pick the symbol names here:
+ *   TL_LAPACK_SCIPY_OPENBLAS defined   -> scipy_LAPACKE_*  (the wheel)
+ *   otherwise                          -> LAPACKE_*        (a system LAPACKE)
+ * Both providers use 32-bit LAPACK integers (LP64); we only call the _work
+ * variants in column-major layout on our own scratch buffers, so LAPACKE
+ * never allocates or transposes behind our back.
+ */
+#ifndef TL_LAPACK_H
+#define TL_LAPACK_H
+
+#include <stdint.h>
+
+typedef int32_t tl_lapack_int;
+
+#define TL_LAPACK_COL_MAJOR 102
+
+#ifdef TL_LAPACK_SCIPY_OPENBLAS
+#define TL_LAPACKE(name) scipy_LAPACKE_##name
+#else
+#define TL_LAPACKE(name) LAPACKE_##name
+#endif
+
+#define tl_lapacke_dgesv_work TL_LAPACKE(dgesv_work)
+
+tl_lapack_int tl_lapacke_dgesv_work(int layout, tl_lapack_int n, tl_lapack_int nrhs,
+                                    double *a, tl_lapack_int lda, tl_lapack_int *ipiv,
+                                    double *b, tl_lapack_int ldb);
+
+#endif /* TL_LAPACK_H */

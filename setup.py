@@ -1,0 +1,51 @@
+"""Build trajloss._core from csrc/ (the C core) and trajloss/_coremodule.c.
+
+LAPACK provider, chosen with the environment variable TRAJLOSS_LAPACK:
+  unset / "scipy-openblas32"  the scipy-openblas32 wheel (a build and runtime
+                              dependency); its symbols carry a scipy_ prefix,
+                              mapped in csrc/tl_lapack.h.
+  "system"                    the system LAPACKE found by pkg-config (lapacke).
+"""
+import os
+import shlex
+import subprocess
+
+import numpy
+from setuptools import Extension, setup
+
+CORE_SOURCES = ["status.c", "dense.c", "expm.c", "discretize.c", "rollout.c"]
+
+
+def lapack_options():
+    provider = os.environ.get("TRAJLOSS_LAPACK", "scipy-openblas32")
+    if provider == "system":
+        def pkg(flag):
+            out = subprocess.run(["pkg-config", flag, "lapacke"], check=True,
+                                 capture_output=True, text=True).stdout
+            return shlex.split(out)
+        cflags, libs = pkg("--cflags"), pkg("--libs")
+        return provider, cflags, libs, []
+    if provider != "scipy-openblas32":
+        raise SystemExit(f"TRAJLOSS_LAPACK must be 'scipy-openblas32' or 'system', got {provider!r}")
+    import scipy_openblas32
+
+    libs = [f"-L{scipy_openblas32.get_lib_dir()}", f"-l{scipy_openblas32.get_library()}",
+            # An installed wheel finds the library beside it in site-packages;
+            # trajloss/__init__.py also preloads it (editable installs).
+            "-Wl,-rpath,$ORIGIN/../scipy_openblas32/lib"]
+    return provider, ["-DTL_LAPACK_SCIPY_OPENBLAS"], libs, []
+
+
+provider, lapack_cflags, lapack_libs, _ = lapack_options()
+
+core = Extension(
+    "trajloss._core",
+    sources=["trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
+    extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+                        "-Wno-missing-field-initializers"] + lapack_cflags,
+    extra_link_args=lapack_libs + ["-lm"],
+)
+
+setup(ext_modules=[core])

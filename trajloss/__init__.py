@@ -1,0 +1,26 @@
+"""trajloss -- trajectory losses for learning control policies, with a C core.
+
+Systems, rollouts and their adjoints::
+
+    import numpy as np, trajloss
+    system = trajloss.DoubleIntegrator(dt=1/3)            # Ad, Bd by exact ZOH
+    states = trajloss.rollout(system, x0, controls)       # (B, T+1, n)
+    g_u, g_x0 = trajloss.rollout_vjp(system, x0, controls, grad_states)
+
+Arrays are batch first: ``x0`` (B, n), ``controls`` (B, T, m), ``states``
+(B, T+1, n); unbatched inputs give unbatched outputs. float32 and float64 are
+both supported and kept; the core accumulates in float64.
+"""
+from . import _lapack  # noqa: F401  (must precede _core)
+from . import _core
+from ._version import __version__
+from .rollout import rollout, rollout_vjp
+from .systems import DoubleIntegrator, LinearSystem
+
+__all__ = [
+    "__version__",
+    "DoubleIntegrator",
+    "LinearSystem",
+    "rollout",
+    "rollout_vjp",
+]
