@@ -12,6 +12,7 @@ import subprocess
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 CORE_SOURCES = ["status.c", "dense.c", "expm.c", "discretize.c", "rollout.c"]
 
@@ -48,4 +49,15 @@ core = Extension(
     extra_link_args=lapack_libs + ["-lm"],
 )
 
-setup(ext_modules=[core])
+
+
+class always_build_ext(build_ext):
+    """Rebuild every time: the objects depend on TRAJLOSS_LAPACK, which
+    setuptools' timestamp check cannot see, and the whole build takes seconds."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.force = True
+
+
+setup(ext_modules=[core], cmdclass={"build_ext": always_build_ext})

@@ -1,0 +1,35 @@
+"""The README's set-up commands and quickstart stay true."""
+import importlib.util
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _readme_commands():
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.commands(README)
+
+
+def test_first_block_has_exactly_two_setup_commands():
+    install, test = _readme_commands()  # unpacking fails on any other count
+    assert install.startswith("pip install") and "python -m trajloss" in install
+    assert '".[test]"' in test and test.rstrip().endswith("python -m pytest")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    # .ci/run reads the command from the README rather than keeping a copy
+    assert "readme_commands.py test" in ci
+    assert 'bash -euo pipefail -c "$test_cmd"' in ci
+    assert "make -C csrc test" in ci
+
+
+def test_quickstart_runs(capsys):
+    blocks = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+    assert blocks, "README has no python quickstart"
+    exec(compile(blocks[0], "README quickstart", "exec"), {})
+    assert "(2, 15, 1) (2, 2)" in capsys.readouterr().out
