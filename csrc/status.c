@@ -8,6 +8,7 @@ static const char *const TL_STATUS_MESSAGES[TL_STATUS_COUNT] = {
     "matrix is singular",
     "scratch space missing",
     "LAPACK rejected an argument",
+    "no valid step in the batch",
 };
 
 const char *tl_status_message(tl_status status)

@@ -15,6 +15,7 @@
 #define TRAJLOSS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,6 +34,7 @@ typedef enum {
     TL_ERR_SINGULAR,  /* a matrix that must be invertible is singular */
     TL_ERR_NOMEM,     /* scratch space missing */
     TL_ERR_LAPACK,    /* LAPACK rejected an argument (a bug in trajloss) */
+    TL_ERR_EMPTY,     /* a loss over a batch with no valid step */
     TL_STATUS_COUNT
 } tl_status;
 
@@ -109,6 +111,115 @@ tl_status tl_rollout_vjp_f64(const tl_system *sys, ptrdiff_t batch, ptrdiff_t st
 tl_status tl_rollout_vjp_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
                              const float *grad_states,
                              float *grad_controls, float *grad_x0, void *work);
+
+/* ---- weights.c: which steps count, and how much ------------------------ */
+
+/* The valid steps of a batch of B sequences of T control steps: all of them,
+ * a valid prefix per sequence (lengths, each in [0, T]), or an arbitrary
+ * mask (B x T, nonzero = valid) -- lengths and mask are not both given.
+ * discount gamma > 0 weights valid step t of sequence b by
+ *   w[b][t] = gamma^t |S_b| / sum_{s in S_b} gamma^s,
+ * so every sequence's valid steps have mean weight exactly 1. */
+typedef struct {
+    ptrdiff_t batch;
+    ptrdiff_t steps;
+    const int64_t *lengths;
+    const unsigned char *mask;
+    double discount;
+} tl_selection;
+
+/* TL_OK, TL_ERR_SHAPE (negative sizes) or TL_ERR_VALUE (lengths out of
+ * [0, T], both lengths and mask, discount not finite and > 0). */
+tl_status tl_selection_check(const tl_selection *sel);
+
+size_t tl_time_weights_work_bytes(ptrdiff_t steps);
+
+/* weights: B x T; rows of sequences with no valid step are all zero.
+ * Stable for long T and any gamma: powers are taken relative to the first
+ * (gamma <= 1) or last (gamma > 1) valid step, so the largest is 1. */
+tl_status tl_time_weights(const tl_selection *sel, double *weights, void *work);
+
+/* ---- loss.c: losses and their gradients in one pass -------------------- */
+
+/* Elementwise penalty rho(r): r^2; |r| (derivative 0 at 0); Huber with
+ * threshold delta > 0: r^2/2 if |r| <= delta else delta (|r| - delta/2). */
+typedef enum {
+    TL_PENALTY_MSE = 0,
+    TL_PENALTY_L1,
+    TL_PENALTY_HUBER,
+    TL_PENALTY_COUNT
+} tl_penalty;
+
+/* Which terms a loss call computes (bit flags). */
+enum {
+    TL_TERM_CONTROL = 1,    /* controls vs ref_controls */
+    TL_TERM_TRAJECTORY = 2, /* rolled-out states vs ref_states */
+    TL_TERM_TERMINAL = 4    /* the final valid state vs a target */
+};
+
+/*
+ * Per-step error e[b][t] = mean_d s_d rho(pred - ref)[b][t][d] (s = feature
+ * or state weights, NULL for all ones); each term's value is
+ *   sum_{b,t} w[b][t] e[b][t] / sum_b |S_b|
+ * (the terminal term: mean over sequences with a valid step of e at the
+ * final valid state). Trajectory step t compares state t+1 (the state control
+ * t produced); with include_initial, state 0 is scored too, as an extra step
+ * with time index 0 that is valid for every sequence with a valid step.
+ */
+typedef struct {
+    tl_selection sel;
+    tl_penalty penalty;
+    double delta;
+    unsigned terms;                /* TL_TERM_* flags */
+    double control_weight;         /* multipliers of each term in total and gradient */
+    double trajectory_weight;
+    double terminal_weight;
+    int include_initial;
+    const double *feature_weights; /* per control feature, or NULL */
+    const double *state_weights;   /* per state, or NULL */
+} tl_loss_spec;
+
+typedef struct {
+    double total;      /* sum of weight * raw value over the computed terms */
+    double control;    /* raw value of each term (0 if not computed) */
+    double trajectory;
+    double terminal;
+} tl_loss_value;
+
+size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps);
+
+/* The control term alone: pred and target are B x T x features, grad (same
+ * shape, may be NULL) = d value / d pred. Only TL_TERM_CONTROL is used, with
+ * weight 1. TL_ERR_EMPTY when no step of the batch is valid. */
+tl_status tl_control_loss_f64(const tl_loss_spec *spec, ptrdiff_t features,
+                              const double *pred, const double *target,
+                              tl_loss_value *value, double *grad, void *work);
+tl_status tl_control_loss_f32(const tl_loss_spec *spec, ptrdiff_t features,
+                              const float *pred, const float *target,
+                              tl_loss_value *value, float *grad, void *work);
+
+size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
+
+/*
+ * Control, trajectory and terminal terms through the dynamics, with the
+ * forward rollout, penalties, weights, reduction and adjoint in one pass per
+ * sequence. controls B x T x m, x0 B x n, ref_controls B x T x m (control
+ * term), ref_states B x (T+1) x n (trajectory term), target B x n (terminal
+ * term; NULL means ref_states at each final valid state). Gradients of
+ * value->total: grad_controls B x T x m, grad_x0 B x n (either may be NULL).
+ * Steps after a sequence's last valid step are never read; their gradient
+ * is exactly zero.
+ */
+tl_status tl_rollout_loss_f64(const tl_system *sys, const tl_loss_spec *spec,
+                              const double *controls, const double *x0,
+                              const double *ref_controls, const double *ref_states,
+                              const double *target, tl_loss_value *value,
+                              double *grad_controls, double *grad_x0, void *work);
+tl_status tl_rollout_loss_f32(const tl_system *sys, const tl_loss_spec *spec,
+                              const float *controls, const float *x0,
+                              const float *ref_controls, const float *ref_states,
+                              const float *target, tl_loss_value *value,
+                              float *grad_controls, float *grad_x0, void *work);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,8 @@ both supported and kept; the core accumulates in float64.
 from . import _lapack  # noqa: F401  (must precede _core)
 from . import _core
 from ._version import __version__
+from .losses import (LossComponents, LossResult, combined_loss, control_loss, terminal_loss,
+                     time_weights, trajectory_loss)
 from .rollout import rollout, rollout_vjp
 from .systems import DoubleIntegrator, LinearSystem
 
@@ -21,6 +23,13 @@ __all__ = [
     "__version__",
     "DoubleIntegrator",
     "LinearSystem",
+    "LossComponents",
+    "LossResult",
+    "combined_loss",
+    "control_loss",
+    "terminal_loss",
+    "time_weights",
+    "trajectory_loss",
     "rollout",
     "rollout_vjp",
 ]

@@ -123,6 +123,8 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
 {
     int first_strong = -1;
     for (int i = 0; i < count; i++) {
+        if (args[i].obj == NULL) /* an optional argument that was not given */
+            continue;
         args[i].weak = is_weak(args[i].obj);
         args[i].arr = (PyArrayObject *)PyArray_FromAny(args[i].obj, NULL, 0, 0, 0, NULL);
         if (args[i].arr == NULL) {
@@ -155,6 +157,8 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
     }
     *typenum = first_strong < 0 ? NPY_DOUBLE : PyArray_TYPE(args[first_strong].arr);
     for (int i = 0; i < count; i++) {
+        if (args[i].arr == NULL)
+            continue;
         int flags = NPY_ARRAY_CARRAY_RO | (args[i].weak ? NPY_ARRAY_FORCECAST : 0);
         PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
             (PyObject *)args[i].arr, PyArray_DescrFromType(*typenum), 0, 0, flags, NULL);
@@ -171,6 +175,8 @@ fail:
 /* -1 with ValueError if a converted (contiguous) array holds NaN or inf. */
 static int check_all_finite(const float_arg *arg)
 {
+    if (arg->arr == NULL)
+        return 0;
     const npy_intp size = PyArray_SIZE(arg->arr);
     int finite = 1;
     if (PyArray_TYPE(arg->arr) == NPY_DOUBLE) {
@@ -188,6 +194,14 @@ static int check_all_finite(const float_arg *arg)
                  "%s contains NaN or inf; pass check_finite=False to let them propagate",
                  arg->name);
     return -1;
+}
+
+static int check_float_args_finite(const float_arg *args, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (check_all_finite(&args[i]) < 0)
+            return -1;
+    return 0;
 }
 
 /* ---- system matrices: any real numbers, stored as float64 -------------- */
@@ -303,6 +317,26 @@ static int check_traj_shape(PyArrayObject *x0, PyArrayObject *u, npy_intp n, npy
     }
     out->steps = PyArray_DIM(u, ud - 2);
     return 0;
+}
+
+/* -1 with ValueError unless arr has the shape (B, rows, cols) -- (rows, cols)
+ * when unbatched; rows < 0 leaves the middle dimension out. */
+static int check_traj_array(PyArrayObject *arr, const char *name, const traj_shape *sh,
+                            npy_intp rows, npy_intp cols, const char *like)
+{
+    npy_intp want[3];
+    int nd = 0;
+    if (sh->batched)
+        want[nd++] = sh->batch;
+    if (rows >= 0)
+        want[nd++] = rows;
+    want[nd++] = cols;
+    if (PyArray_NDIM(arr) == nd && memcmp(PyArray_DIMS(arr), want, nd * sizeof(npy_intp)) == 0)
+        return 0;
+    char s1[SHAPE_BUF], s2[SHAPE_BUF];
+    PyErr_Format(PyExc_ValueError, "%s must have the shape of %s, %s, got shape %s", name, like,
+                 shape_str(nd, want, s1, sizeof s1), ARRAY_SHAPE(arr, s2));
+    return -1;
 }
 
 /* A new uninitialised array of the trajectory layout: batch dim only if batched. */
@@ -485,7 +519,7 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
         goto fail;
-    if (check_finite && (check_all_finite(&fa[0]) < 0 || check_all_finite(&fa[1]) < 0))
+    if (check_finite && check_float_args_finite(fa, 2) < 0)
         goto fail;
 
     states = new_traj_array(&sh, sh.steps + 1, sys.n, typenum, 1);
@@ -546,21 +580,9 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
         goto fail;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
         goto fail;
-    {
-        PyArrayObject *g = fa[2].arr;
-        npy_intp want[3] = {sh.batch, sh.steps + 1, sys.n};
-        const npy_intp *w = sh.batched ? want : want + 1;
-        int nd = sh.batched ? 3 : 2;
-        if (PyArray_NDIM(g) != nd || memcmp(PyArray_DIMS(g), w, nd * sizeof(npy_intp)) != 0) {
-            char s1[SHAPE_BUF], s2[SHAPE_BUF];
-            PyErr_Format(PyExc_ValueError,
-                         "grad_states must have the shape of the states, %s, got shape %s",
-                         shape_str(nd, w, s1, sizeof s1), ARRAY_SHAPE(g, s2));
-            goto fail;
-        }
-    }
-    if (check_finite && (check_all_finite(&fa[0]) < 0 || check_all_finite(&fa[1]) < 0 ||
-                         check_all_finite(&fa[2]) < 0))
+    if (check_traj_array(fa[2].arr, fa[2].name, &sh, sh.steps + 1, sys.n, "the states") < 0)
+        goto fail;
+    if (check_finite && check_float_args_finite(fa, 3) < 0)
         goto fail;
 
     gu = new_traj_array(&sh, sh.steps, sys.m, typenum, 1);
@@ -599,6 +621,479 @@ fail:
     return NULL;
 }
 
+/* ---- selection, penalty and per-feature weights ----------------------- */
+
+/* A real, finite number from obj (not a bool), or -1 with an exception. */
+static int real_arg(PyObject *obj, const char *name, double *out)
+{
+    if (PyBool_Check(obj) || PyComplex_Check(obj) || !PyNumber_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, got %R", name, obj);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(obj);
+    if (*out == -1.0 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* The arrays a tl_selection points into, owned here. */
+typedef struct {
+    PyArrayObject *lengths;
+    PyArrayObject *mask;
+} selection_arrays;
+
+static void release_selection(selection_arrays *owned)
+{
+    Py_CLEAR(owned->lengths);
+    Py_CLEAR(owned->mask);
+}
+
+/*
+ * Fill sel from discount (None = 1), lengths ((B,) integers in [0, T]; a
+ * single integer when unbatched) and mask ((B, T) or (T,), bool or integer,
+ * nonzero = valid). Returns -1 with an exception naming the argument.
+ */
+static int parse_selection(PyObject *discount, PyObject *lengths, PyObject *mask, int batched,
+                           npy_intp batch, npy_intp steps, tl_selection *sel,
+                           selection_arrays *owned)
+{
+    char s1[SHAPE_BUF];
+    sel->batch = batch;
+    sel->steps = steps;
+    sel->lengths = NULL;
+    sel->mask = NULL;
+    sel->discount = 1.0;
+    owned->lengths = owned->mask = NULL;
+    if (discount != Py_None) {
+        if (real_arg(discount, "discount", &sel->discount) < 0)
+            return -1;
+        if (!isfinite(sel->discount) || sel->discount <= 0.0) {
+            PyErr_Format(PyExc_ValueError, "discount must be a finite number > 0 or None, got %R",
+                         discount);
+            return -1;
+        }
+    }
+    if (lengths != Py_None && mask != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "give lengths or mask, not both");
+        return -1;
+    }
+    if (lengths != Py_None) {
+        PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(lengths, NULL, 0, 0, 0, NULL);
+        if (arr == NULL) {
+            reraise_with_name("lengths", "cannot be converted to an array");
+            return -1;
+        }
+        owned->lengths = arr;
+        if (!PyTypeNum_ISINTEGER(PyArray_TYPE(arr))) {
+            PyErr_Format(PyExc_TypeError, "lengths must hold integers, got dtype %S",
+                         (PyObject *)PyArray_DESCR(arr));
+            goto fail;
+        }
+        if (batched ? (PyArray_NDIM(arr) != 1 || PyArray_DIM(arr, 0) != batch)
+                    : PyArray_NDIM(arr) != 0) {
+            if (batched)
+                PyErr_Format(PyExc_ValueError,
+                             "lengths must have shape (B,) = (%" NPY_INTP_FMT ",), got shape %s",
+                             batch, ARRAY_SHAPE(arr, s1));
+            else
+                PyErr_Format(PyExc_ValueError,
+                             "lengths must be a single integer for unbatched inputs, got shape %s",
+                             ARRAY_SHAPE(arr, s1));
+            goto fail;
+        }
+        Py_SETREF(owned->lengths, (PyArrayObject *)PyArray_FromAny(
+                                      (PyObject *)arr, PyArray_DescrFromType(NPY_INT64), 0, 0,
+                                      NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST, NULL));
+        if (owned->lengths == NULL)
+            goto fail;
+        const int64_t *len = (const int64_t *)PyArray_DATA(owned->lengths);
+        for (npy_intp b = 0; b < batch; b++) {
+            if (len[b] < 0 || len[b] > steps) {
+                PyErr_Format(PyExc_ValueError,
+                             "lengths must lie in [0, T] = [0, %" NPY_INTP_FMT "], got %lld at index %"
+                             NPY_INTP_FMT, steps, (long long)len[b], b);
+                goto fail;
+            }
+        }
+        sel->lengths = len;
+    }
+    if (mask != Py_None) {
+        PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(mask, NULL, 0, 0, 0, NULL);
+        if (arr == NULL) {
+            reraise_with_name("mask", "cannot be converted to an array");
+            return -1;
+        }
+        owned->mask = arr;
+        int type = PyArray_TYPE(arr);
+        if (type != NPY_BOOL && !PyTypeNum_ISINTEGER(type)) {
+            PyErr_Format(PyExc_TypeError, "mask must be boolean (or integer), got dtype %S",
+                         (PyObject *)PyArray_DESCR(arr));
+            goto fail;
+        }
+        npy_intp want[2] = {batch, steps};
+        int nd = batched ? 2 : 1;
+        const npy_intp *w = batched ? want : want + 1;
+        if (PyArray_NDIM(arr) != nd || memcmp(PyArray_DIMS(arr), w, nd * sizeof(npy_intp)) != 0) {
+            char s2[SHAPE_BUF];
+            PyErr_Format(PyExc_ValueError, "mask must have shape %s (%s), got shape %s",
+                         shape_str(nd, w, s1, sizeof s1), batched ? "B, T" : "T",
+                         ARRAY_SHAPE(arr, s2));
+            goto fail;
+        }
+        Py_SETREF(owned->mask, (PyArrayObject *)PyArray_FromAny(
+                                   (PyObject *)arr, PyArray_DescrFromType(NPY_BOOL), 0, 0,
+                                   NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST, NULL));
+        if (owned->mask == NULL)
+            goto fail;
+        sel->mask = (const unsigned char *)PyArray_DATA(owned->mask);
+    }
+    return 0;
+fail:
+    release_selection(owned);
+    return -1;
+}
+
+static const char *const PENALTIES[TL_PENALTY_COUNT] = {"mse", "l1", "huber"};
+
+static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
+{
+    const char *name = PyUnicode_Check(penalty) ? PyUnicode_AsUTF8(penalty) : NULL;
+    int found = -1;
+    for (int i = 0; name != NULL && i < TL_PENALTY_COUNT; i++)
+        if (strcmp(name, PENALTIES[i]) == 0)
+            found = i;
+    if (found < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "penalty must be one of 'mse', 'l1', 'huber', got %R",
+                     penalty);
+        return -1;
+    }
+    spec->penalty = (tl_penalty)found;
+    if (real_arg(delta, "delta", &spec->delta) < 0)
+        return -1;
+    if (!isfinite(spec->delta) || spec->delta <= 0.0) {
+        PyErr_Format(PyExc_ValueError, "delta must be a finite number > 0, got %R", delta);
+        return -1;
+    }
+    return 0;
+}
+
+/* None, or a float64 copy of a (dim,) vector of finite numbers >= 0. */
+static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
+                               PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (arr == NULL) {
+        reraise_with_name(name, "cannot be converted to an array");
+        return -1;
+    }
+    int type = PyArray_TYPE(arr);
+    if (!(PyTypeNum_ISINTEGER(type) || PyTypeNum_ISFLOAT(type))) {
+        PyErr_Format(PyExc_TypeError, "%s must hold real numbers, got dtype %S", name,
+                     (PyObject *)PyArray_DESCR(arr));
+        Py_DECREF(arr);
+        return -1;
+    }
+    if (PyArray_NDIM(arr) != 1 || PyArray_DIM(arr, 0) != dim) {
+        char s[SHAPE_BUF];
+        PyErr_Format(PyExc_ValueError, "%s must have shape (%" NPY_INTP_FMT ",), got shape %s",
+                     name, dim, ARRAY_SHAPE(arr, s));
+        Py_DECREF(arr);
+        return -1;
+    }
+    *out = (PyArrayObject *)PyArray_FromAny((PyObject *)arr, PyArray_DescrFromType(NPY_DOUBLE),
+                                            1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST, NULL);
+    Py_DECREF(arr);
+    if (*out == NULL)
+        return -1;
+    const double *p = (const double *)PyArray_DATA(*out);
+    for (npy_intp i = 0; i < dim; i++) {
+        if (!(isfinite(p[i]) && p[i] >= 0.0)) {
+            PyObject *bad = PyFloat_FromDouble(p[i]);
+            if (bad != NULL) {
+                PyErr_Format(PyExc_ValueError, "%s must be finite and >= 0, got %R at index %"
+                             NPY_INTP_FMT, name, bad, i);
+                Py_DECREF(bad);
+            }
+            Py_CLEAR(*out);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void set_loss_error(tl_status status, const char *context)
+{
+    if (status == TL_ERR_EMPTY)
+        PyErr_Format(PyExc_ValueError,
+                     "%s: no valid step in the batch (every sequence has length 0, an "
+                     "all-False mask, or the batch is empty)", context);
+    else
+        set_status_error(status, context);
+}
+
+/* ---- _core.time_weights ----------------------------------------------- */
+
+static PyObject *core_time_weights(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_ssize_t steps;
+    PyObject *discount, *lengths, *mask;
+    if (!PyArg_ParseTuple(args, "nOOO:time_weights", &steps, &discount, &lengths, &mask))
+        return NULL;
+    if (steps < 0) {
+        PyErr_Format(PyExc_ValueError, "T must be >= 0, got %zd", steps);
+        return NULL;
+    }
+    /* batched when lengths is not a scalar or the mask is 2-D */
+    int batched = 0;
+    npy_intp batch = 1;
+    if (lengths != Py_None || mask != Py_None) {
+        PyArrayObject *probe = (PyArrayObject *)PyArray_FromAny(
+            lengths != Py_None ? lengths : mask, NULL, 0, 0, 0, NULL);
+        if (probe == NULL) {
+            reraise_with_name(lengths != Py_None ? "lengths" : "mask",
+                              "cannot be converted to an array");
+            return NULL;
+        }
+        batched = PyArray_NDIM(probe) == (lengths != Py_None ? 1 : 2);
+        batch = batched ? PyArray_DIM(probe, 0) : 1;
+        Py_DECREF(probe);
+    }
+    tl_selection sel;
+    selection_arrays owned;
+    if (parse_selection(discount, lengths, mask, batched, batch, steps, &sel, &owned) < 0)
+        return NULL;
+    npy_intp dims[2] = {batch, steps};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(batched ? 2 : 1, batched ? dims : dims + 1,
+                                                        NPY_DOUBLE, 0);
+    void *work = PyMem_RawMalloc(tl_time_weights_work_bytes(steps));
+    if (out == NULL || work == NULL) {
+        if (work == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tl_time_weights(&sel, (double *)PyArray_DATA(out), work);
+    Py_END_ALLOW_THREADS
+    if (status != TL_OK) {
+        set_status_error(status, "time_weights");
+        goto fail;
+    }
+    PyMem_RawFree(work);
+    release_selection(&owned);
+    return (PyObject *)out;
+fail:
+    PyMem_RawFree(work);
+    release_selection(&owned);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* ---- _core.control_loss ----------------------------------------------- */
+
+static PyObject *core_control_loss(PyObject *self, PyObject *args)
+{
+    (void)self;
+    float_arg fa[2] = {{"pred", NULL, NULL, 0}, {"target", NULL, NULL, 0}};
+    PyObject *discount, *lengths, *mask, *penalty, *delta, *fw_obj;
+    int check_finite, want_grad, typenum;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOpp:control_loss", &fa[0].obj, &fa[1].obj, &discount,
+                          &lengths, &mask, &penalty, &delta, &fw_obj, &check_finite, &want_grad))
+        return NULL;
+
+    tl_loss_spec spec = {0};
+    selection_arrays owned = {NULL, NULL};
+    PyArrayObject *fw = NULL, *grad = NULL;
+    void *work = NULL;
+    if (convert_float_args(fa, 2, &typenum) < 0)
+        return NULL;
+    PyArrayObject *pred = fa[0].arr;
+    char s1[SHAPE_BUF];
+    int nd = PyArray_NDIM(pred);
+    if ((nd != 2 && nd != 3) || PyArray_DIM(pred, nd - 1) < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "pred must have shape (B, T, D) or (T, D) with D >= 1, got shape %s",
+                     ARRAY_SHAPE(pred, s1));
+        goto fail;
+    }
+    traj_shape sh = {nd == 3, nd == 3 ? PyArray_DIM(pred, 0) : 1, PyArray_DIM(pred, nd - 2)};
+    const npy_intp D = PyArray_DIM(pred, nd - 1);
+    if (check_traj_array(fa[1].arr, "target", &sh, sh.steps, D, "pred") < 0)
+        goto fail;
+    if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
+                        &owned) < 0 ||
+        parse_penalty(penalty, delta, &spec) < 0 ||
+        feature_weights_arg(fw_obj, "feature_weights", D, &fw) < 0)
+        goto fail;
+    if (check_finite && check_float_args_finite(fa, 2) < 0)
+        goto fail;
+    spec.terms = TL_TERM_CONTROL;
+    spec.control_weight = 1.0;
+    spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
+
+    if (want_grad) {
+        grad = (PyArrayObject *)PyArray_EMPTY(nd, PyArray_DIMS(pred), typenum, 0);
+        if (grad == NULL)
+            goto fail;
+    }
+    work = PyMem_RawMalloc(tl_control_loss_work_bytes(D, sh.steps));
+    if (work == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    tl_loss_value value;
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    if (typenum == NPY_DOUBLE)
+        status = tl_control_loss_f64(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
+                                     &value, grad ? PyArray_DATA(grad) : NULL, work);
+    else
+        status = tl_control_loss_f32(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
+                                     &value, grad ? PyArray_DATA(grad) : NULL, work);
+    Py_END_ALLOW_THREADS
+    if (status != TL_OK) {
+        set_loss_error(status, "control_loss");
+        goto fail;
+    }
+    PyMem_RawFree(work);
+    release_float_args(fa, 2);
+    release_selection(&owned);
+    Py_XDECREF(fw);
+    if (grad == NULL)
+        return PyFloat_FromDouble(value.total);
+    return Py_BuildValue("(dN)", value.total, grad);
+fail:
+    PyMem_RawFree(work);
+    release_float_args(fa, 2);
+    release_selection(&owned);
+    Py_XDECREF(fw);
+    Py_XDECREF(grad);
+    return NULL;
+}
+
+/* ---- _core.rollout_loss ----------------------------------------------- */
+
+/*
+ * rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
+ *              control_weight, trajectory_weight, terminal_weight, include_initial,
+ *              discount, lengths, mask, penalty, delta, feature_weights,
+ *              state_weights, check_finite)
+ *   -> (total, control, trajectory, terminal, grad_controls, grad_x0)
+ */
+static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *Ad_obj, *Bd_obj, *objs[5], *discount, *lengths, *mask, *penalty, *delta;
+    PyObject *fw_obj, *sw_obj;
+    unsigned int terms;
+    double cw, tw, fwt;
+    int include_initial, check_finite, typenum;
+    if (!PyArg_ParseTuple(args, "OOOOOOOIdddpOOOOOOOp:rollout_loss", &Ad_obj, &Bd_obj, &objs[0],
+                          &objs[1], &objs[2], &objs[3], &objs[4], &terms, &cw, &tw, &fwt,
+                          &include_initial, &discount, &lengths, &mask, &penalty, &delta,
+                          &fw_obj, &sw_obj, &check_finite))
+        return NULL;
+    float_arg fa[5] = {{"x0", NULL, NULL, 0},
+                       {"controls", NULL, NULL, 0},
+                       {"ref_controls", NULL, NULL, 0},
+                       {"ref_states", NULL, NULL, 0},
+                       {"target", NULL, NULL, 0}};
+    fa[0].obj = objs[1];
+    fa[1].obj = objs[0];
+    for (int i = 2; i < 5; i++)
+        fa[i].obj = objs[i] == Py_None ? NULL : objs[i];
+
+    tl_loss_spec spec = {0};
+    selection_arrays owned = {NULL, NULL};
+    PyArrayObject *Ad = NULL, *Bd = NULL, *fw = NULL, *sw = NULL, *gu = NULL, *gx = NULL;
+    void *work = NULL;
+    tl_system sys;
+    traj_shape sh;
+    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
+        return NULL;
+    if (convert_float_args(fa, 5, &typenum) < 0)
+        goto fail;
+    if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
+        goto fail;
+    if ((fa[2].arr && check_traj_array(fa[2].arr, "ref_controls", &sh, sh.steps, sys.m,
+                                       "controls") < 0) ||
+        (fa[3].arr && check_traj_array(fa[3].arr, "ref_states", &sh, sh.steps + 1, sys.n,
+                                       "the states") < 0) ||
+        (fa[4].arr && check_traj_array(fa[4].arr, "target", &sh, -1, sys.n, "x0") < 0))
+        goto fail;
+    if (((terms & TL_TERM_CONTROL) && !fa[2].arr) || ((terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
+        ((terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {
+        PyErr_SetString(PyExc_ValueError, "rollout_loss: a requested term is missing its reference");
+        goto fail;
+    }
+    if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
+                        &owned) < 0 ||
+        parse_penalty(penalty, delta, &spec) < 0 ||
+        feature_weights_arg(fw_obj, "feature_weights", sys.m, &fw) < 0 ||
+        feature_weights_arg(sw_obj, "state_weights", sys.n, &sw) < 0)
+        goto fail;
+    if (check_finite && check_float_args_finite(fa, 5) < 0)
+        goto fail;
+    spec.terms = terms;
+    spec.control_weight = cw;
+    spec.trajectory_weight = tw;
+    spec.terminal_weight = fwt;
+    spec.include_initial = include_initial;
+    spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
+    spec.state_weights = sw ? (const double *)PyArray_DATA(sw) : NULL;
+
+    gu = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[1].arr), PyArray_DIMS(fa[1].arr), typenum, 0);
+    gx = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[0].arr), PyArray_DIMS(fa[0].arr), typenum, 0);
+    work = PyMem_RawMalloc(tl_rollout_loss_work_bytes(sys.n, sys.m, sh.steps));
+    if (gu == NULL || gx == NULL || work == NULL) {
+        if (work == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+#define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
+    tl_loss_value v;
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    if (typenum == NPY_DOUBLE)
+        status = tl_rollout_loss_f64(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
+                                     DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
+                                     PyArray_DATA(gu), PyArray_DATA(gx), work);
+    else
+        status = tl_rollout_loss_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
+                                     DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
+                                     PyArray_DATA(gu), PyArray_DATA(gx), work);
+    Py_END_ALLOW_THREADS
+#undef DATA_OR_NULL
+    if (status != TL_OK) {
+        set_loss_error(status, "loss");
+        goto fail;
+    }
+    PyMem_RawFree(work);
+    release_float_args(fa, 5);
+    release_selection(&owned);
+    Py_XDECREF(fw);
+    Py_XDECREF(sw);
+    Py_DECREF(Ad);
+    Py_DECREF(Bd);
+    return Py_BuildValue("(ddddNN)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
+fail:
+    PyMem_RawFree(work);
+    release_float_args(fa, 5);
+    release_selection(&owned);
+    Py_XDECREF(fw);
+    Py_XDECREF(sw);
+    Py_XDECREF(Ad);
+    Py_XDECREF(Bd);
+    Py_XDECREF(gu);
+    Py_XDECREF(gx);
+    return NULL;
+}
+
 /* ---- module ------------------------------------------------------------ */
 
 static PyMethodDef core_methods[] = {
@@ -613,6 +1108,16 @@ static PyMethodDef core_methods[] = {
      "rollout(Ad, Bd, x0, controls, check_finite=True) -> states"},
     {"rollout_vjp", (PyCFunction)(void (*)(void))core_rollout_vjp, METH_VARARGS | METH_KEYWORDS,
      "rollout_vjp(Ad, Bd, x0, controls, grad_states, check_finite=True) -> (grad_controls, grad_x0)"},
+    {"time_weights", core_time_weights, METH_VARARGS,
+     "time_weights(T, discount, lengths, mask) -> (B, T) or (T,) float64"},
+    {"control_loss", core_control_loss, METH_VARARGS,
+     "control_loss(pred, target, discount, lengths, mask, penalty, delta, feature_weights,\n"
+     "             check_finite, want_grad) -> (value, grad) or value"},
+    {"rollout_loss", core_rollout_loss, METH_VARARGS,
+     "rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,\n"
+     "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
+     "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"
+     "             check_finite) -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -638,7 +1143,10 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     if (PyModule_AddStringConstant(module, "CORE_VERSION", TL_VERSION) < 0 ||
         PyModule_AddStringConstant(module, "LAPACK_PROVIDER", TL_LAPACK_PROVIDER) < 0 ||
-        PyModule_AddIntConstant(module, "MAX_DIM", TL_MAX_DIM) < 0) {
+        PyModule_AddIntConstant(module, "MAX_DIM", TL_MAX_DIM) < 0 ||
+        PyModule_AddIntConstant(module, "TERM_CONTROL", TL_TERM_CONTROL) < 0 ||
+        PyModule_AddIntConstant(module, "TERM_TRAJECTORY", TL_TERM_TRAJECTORY) < 0 ||
+        PyModule_AddIntConstant(module, "TERM_TERMINAL", TL_TERM_TERMINAL) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,0 +1,305 @@
+"""Losses with analytic gradients: control, trajectory (through the dynamics),
+terminal and combined, with length-agnostic time weighting and padding.
+
+Everything numeric -- rollout, penalties, weights, reduction and the adjoint
+pass -- happens in one call of the C core; this module only names things.
+
+Definitions (shared by every loss)
+----------------------------------
+Valid steps ``S_b`` of sequence b: ``t < lengths[b]``, or ``mask[b, t]``, or
+all T steps. Time weights, for ``discount`` γ > 0 (None means 1)::
+
+    w[b, t] = γ^t · |S_b| / Σ_{s∈S_b} γ^s   for t ∈ S_b, else 0
+
+so the valid steps of every sequence have mean weight exactly 1 whatever its
+length (γ < 1 stresses early steps, γ > 1 late ones). Penalty ρ: ``"mse"``
+r², ``"l1"`` |r| (gradient 0 at 0), ``"huber"`` ½r² if |r| ≤ δ else
+δ(|r| − ½δ). Per-step error ``e[b, t] = mean_d s_d ρ(pred − ref)[b, t, d]``
+with per-feature multipliers s (default 1). Each loss is::
+
+    ℓ = Σ_{b,t} w[b, t] e[b, t] / Σ_b |S_b|
+
+which, for γ = 1 and no padding, is ``numpy.mean`` of the elementwise penalty
+(PyTorch's ``reduction="mean"``). Steps after a sequence's last valid step
+are never read and get exactly zero gradient, so padding values do not
+matter; a batch with no valid step raises ``ValueError``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from .rollout import _check_system
+
+__all__ = [
+    "LossComponents",
+    "LossResult",
+    "combined_loss",
+    "control_loss",
+    "terminal_loss",
+    "time_weights",
+    "trajectory_loss",
+]
+
+
+@dataclass(frozen=True)
+class LossComponents:
+    """The terms of a :func:`combined_loss`, as seed 000 says to log them.
+
+    ``control``, ``trajectory``, ``terminal`` are the raw term values;
+    ``weight`` and ``terminal_weight`` their multipliers; ``total`` the loss.
+    """
+
+    control: float
+    trajectory: float
+    terminal: float
+    weight: float
+    terminal_weight: float
+    total: float
+
+    @property
+    def contributions(self) -> dict:
+        """Each term's weighted contribution to ``total``."""
+        return {
+            "control": self.control,
+            "trajectory": self.weight * self.trajectory,
+            "terminal": self.terminal_weight * self.terminal,
+        }
+
+    @property
+    def fractions(self) -> dict:
+        """Each term's share of ``total`` (NaN for every term when total is 0)."""
+        total = self.total
+        return {k: (v / total if total > 0 else math.nan) for k, v in self.contributions.items()}
+
+    @property
+    def ratio(self) -> float:
+        """``trajectory / control`` (raw values; inf when control is 0)."""
+        if self.control == 0:
+            return math.inf if self.trajectory > 0 else math.nan
+        return self.trajectory / self.control
+
+    def as_dict(self) -> dict:
+        """Raw values, weights, contributions, fractions and ratio, flat."""
+        out = {
+            "control": self.control,
+            "trajectory": self.trajectory,
+            "terminal": self.terminal,
+            "weight": self.weight,
+            "terminal_weight": self.terminal_weight,
+            "total": self.total,
+            "ratio": self.ratio,
+        }
+        out.update({f"{k}_contribution": v for k, v in self.contributions.items()})
+        out.update({f"{k}_fraction": v for k, v in self.fractions.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class LossResult:
+    """A loss value and its gradients.
+
+    value : float
+        The loss (accumulated in float64).
+    grad : ndarray
+        ∂value/∂(predicted controls): the shape and dtype of ``pred``/``controls``.
+    grad_x0 : ndarray or None
+        ∂value/∂x0 for the losses through the dynamics (shape and dtype of ``x0``).
+    components : LossComponents or None
+        The terms of :func:`combined_loss`.
+    """
+
+    value: float
+    grad: np.ndarray
+    grad_x0: Optional[np.ndarray] = None
+    components: Optional[LossComponents] = None
+
+    def __float__(self) -> float:
+        return self.value
+
+
+def _weight(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return value
+
+
+def time_weights(T, discount, lengths=None, mask=None):
+    """Length-agnostic geometric time weights.
+
+    ``w[b, t] = γ^t · |S_b| / Σ_{s∈S_b} γ^s`` on the valid steps ``S_b``
+    (``t < lengths[b]`` or ``mask[b, t]``; all steps by default), 0 elsewhere:
+    each row's valid steps average exactly 1; rows with no valid step are 0.
+    Stable for long T and any γ > 0 (``None`` means γ = 1: uniform).
+
+    Parameters
+    ----------
+    T : int
+        Number of steps.
+    discount : float or None
+        γ > 0.
+    lengths : array_like of int, shape (B,), optional
+        Valid prefix length of each sequence, in [0, T].
+    mask : array_like of bool, shape (B, T) or (T,), optional
+        Valid steps. Give ``lengths`` or ``mask``, not both.
+
+    Returns
+    -------
+    ndarray, float64, shape (B, T) (with lengths or a 2-D mask) or (T,)
+    """
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
+        raise TypeError(f"T must be an integer, got {T!r}")
+    return _core.time_weights(int(T), discount, lengths, mask)
+
+
+def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalty="mse",
+                 delta=1.0, feature_weights=None, check_finite=True):
+    """Loss between predicted and reference controls (or any sequences).
+
+    ``ℓ = Σ_{b,t} w[b,t] · mean_d f_d ρ(pred − target)[b,t,d] / Σ_b |S_b|``
+    (see the module docstring for w and ρ).
+
+    Parameters
+    ----------
+    pred, target : array_like, shape (B, T, D) or (T, D)
+    discount : float or None
+        γ of the time weights (None: uniform).
+    lengths : array_like of int, shape (B,) (an int when unbatched), optional
+    mask : array_like of bool, shape (B, T) or (T,), optional
+    penalty : {"mse", "l1", "huber"}
+    delta : float
+        Huber threshold δ > 0.
+    feature_weights : array_like, shape (D,), optional
+        Per-feature multipliers f ≥ 0.
+    check_finite : bool
+        Raise on NaN/inf in the inputs (default).
+
+    Returns
+    -------
+    LossResult with ``value`` and ``grad`` (shape and dtype of ``pred``).
+    """
+    value, grad = _core.control_loss(pred, target, discount, lengths, mask, penalty, delta,
+                                     feature_weights, check_finite, True)
+    return LossResult(value, grad)
+
+
+def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
+                  control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,
+                  include_initial=False, discount=None, lengths=None, mask=None,
+                  penalty="mse", delta=1.0, feature_weights=None, state_weights=None,
+                  check_finite=True):
+    system = _check_system(system)
+    return _core.rollout_loss(system.Ad, system.Bd, controls, x0, ref_controls, ref_states,
+                              target, terms, control_weight, trajectory_weight,
+                              terminal_weight, bool(include_initial), discount, lengths, mask,
+                              penalty, delta, feature_weights, state_weights, check_finite)
+
+
+def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
+                    state_weights=None, discount=None, lengths=None, mask=None, penalty="mse",
+                    delta=1.0, check_finite=True):
+    """Loss between the states the controls produce and reference states.
+
+    The predicted states are ``X = rollout(system, x0, controls)``. Step t of
+    the loss compares ``X[:, t+1]`` (the state control t produced) with
+    ``ref_states[:, t+1]``, so weights and masks share the control index:
+    ``ℓ = Σ_{b,t} w[b,t] · mean_d s_d ρ(X − ref_states)[b,t+1,d] / Σ_b |S_b|``.
+    With ``include_initial=True`` state 0 is scored too, as an extra first
+    step (time index 0, the others shifted by one) valid for every sequence
+    with a valid step.
+
+    Parameters
+    ----------
+    system : LinearSystem
+    controls : array_like, shape (B, T, m) or (T, m)
+    x0 : array_like, shape (B, n) or (n,)
+    ref_states : array_like, shape (B, T+1, n) or (T+1, n)
+    include_initial : bool
+    state_weights : array_like, shape (n,), optional
+        Per-state multipliers s ≥ 0.
+    discount, lengths, mask, penalty, delta, check_finite
+        As in :func:`control_loss`.
+
+    Returns
+    -------
+    LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
+    """
+    total, _, _, _, grad, grad_x0 = _rollout_loss(
+        system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
+        trajectory_weight=1.0, include_initial=include_initial, discount=discount,
+        lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
+        check_finite=check_finite)
+    return LossResult(total, grad, grad_x0)
+
+
+def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, state_weights=None,
+                  penalty="mse", delta=1.0, check_finite=True):
+    """Penalty on each sequence's final valid state.
+
+    For sequence b with last valid control step t_b, the final valid state is
+    ``X[b, t_b + 1]`` and ``e_b = mean_d s_d ρ(X[b, t_b+1] − target[b])``;
+    ``ℓ`` is the mean of ``e_b`` over the sequences with a valid step.
+
+    Parameters
+    ----------
+    system : LinearSystem
+    controls : array_like, shape (B, T, m) or (T, m)
+    x0, target : array_like, shape (B, n) or (n,)
+    lengths, mask, state_weights, penalty, delta, check_finite
+        As in :func:`trajectory_loss`.
+
+    Returns
+    -------
+    LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
+    """
+    total, _, _, _, grad, grad_x0 = _rollout_loss(
+        system, controls, x0, None, None, target, _core.TERM_TERMINAL, terminal_weight=1.0,
+        lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
+        check_finite=check_finite)
+    return LossResult(total, grad, grad_x0)
+
+
+def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
+                  terminal_weight=0.0, terminal_target=None, include_initial=False,
+                  state_weights=None, feature_weights=None, discount=None, lengths=None,
+                  mask=None, penalty="mse", delta=1.0, check_finite=True):
+    """``ℓ = ℓ_control + weight·ℓ_trajectory + terminal_weight·ℓ_terminal``.
+
+    Every term uses the same discount, lengths/mask and penalty, and all are
+    computed in one pass. ``terminal_target`` (shape of ``x0``) defaults to
+    the reference's own final valid state ``ref_states[b, t_b + 1]``.
+
+    Parameters
+    ----------
+    system : LinearSystem
+    controls, ref_controls : array_like, shape (B, T, m) or (T, m)
+    x0 : array_like, shape (B, n) or (n,)
+    ref_states : array_like, shape (B, T+1, n) or (T+1, n)
+    weight, terminal_weight : float
+        Finite, ≥ 0.
+    Others as in :func:`control_loss` and :func:`trajectory_loss`.
+
+    Returns
+    -------
+    LossResult with ``value``, ``grad``, ``grad_x0`` and ``components``
+    (raw terms, contributions, fractions of the total, ``ratio`` =
+    trajectory / control: what seed 000 says to log every epoch).
+    """
+    weight = _weight(weight, "weight")
+    terminal_weight = _weight(terminal_weight, "terminal_weight")
+    terms = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+    total, c, t, f, grad, grad_x0 = _rollout_loss(
+        system, controls, x0, ref_controls, ref_states, terminal_target, terms,
+        control_weight=1.0, trajectory_weight=weight, terminal_weight=terminal_weight,
+        include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
+        penalty=penalty, delta=delta, feature_weights=feature_weights,
+        state_weights=state_weights, check_finite=check_finite)
+    components = LossComponents(c, t, f, weight, terminal_weight, total)
+    return LossResult(total, grad, grad_x0, components)
