@@ -263,6 +263,170 @@ static void test_rollout_errors(void)
     CHECK(tl_rollout_vjp_f64(&sys, 1, 1, NULL, u, x0, work) == TL_ERR_VALUE, "vjp no grad");
 }
 
+
+static void test_time_weights(void)
+{
+    /* one sequence, gamma = 0.375: w_t = gamma^t T (1 - gamma) / (1 - gamma^T) (seed 004) */
+    const ptrdiff_t T = 7;
+    const double g = 0.375;
+    double w[3 * 7], work[16];
+    tl_selection sel = {1, T, NULL, NULL, g};
+    CHECK(tl_time_weights(&sel, w, work) == TL_OK, "time weights status");
+    double worst = 0.0;
+    for (ptrdiff_t t = 0; t < T; t++)
+        worst = fmax(worst, fabs(w[t] - pow(g, (double)t) * T * (1 - g) / (1 - pow(g, (double)T))));
+    CHECK(worst < 1e-14, "seed 004 weights: %g", worst);
+
+    /* lengths: rows average 1 over their prefix, zero after; length 0 is all zero */
+    const int64_t lengths[3] = {0, 3, 7};
+    tl_selection sel2 = {3, T, lengths, NULL, 1.5};
+    CHECK(tl_time_weights(&sel2, w, work) == TL_OK, "lengths status");
+    for (int b = 0; b < 3; b++) {
+        double sum = 0.0, tail = 0.0;
+        for (ptrdiff_t t = 0; t < T; t++)
+            *(t < lengths[b] ? &sum : &tail) += w[b * T + t];
+        CHECK(fabs(sum - (double)lengths[b]) < 1e-13 && tail == 0.0, "row %d mean", b);
+    }
+    /* gamma > 1 increases along the sequence */
+    CHECK(w[2 * T + 6] > w[2 * T + 5] && w[2 * T + 1] > w[2 * T], "late emphasis");
+
+    /* long sequences do not underflow into 0/0 nor overflow */
+    const ptrdiff_t L = 10000;
+    double *wl = xmalloc(sizeof(double) * L), *wk = xmalloc(tl_time_weights_work_bytes(L));
+    const double gammas[] = {0.375, 1.5, 1.0 - 1e-12};
+    for (size_t i = 0; i < 3; i++) {
+        tl_selection s3 = {1, L, NULL, NULL, gammas[i]};
+        CHECK(tl_time_weights(&s3, wl, wk) == TL_OK, "long status");
+        double sum = 0.0;
+        int finite = 1;
+        for (ptrdiff_t t = 0; t < L; t++) {
+            finite &= isfinite(wl[t]);
+            sum += wl[t];
+        }
+        CHECK(finite && fabs(sum / L - 1.0) < 1e-12, "T=10000 gamma=%g mean %g", gammas[i], sum / L);
+    }
+    free(wl), free(wk);
+
+    tl_selection bad = {1, T, lengths, NULL, 0.0};
+    CHECK(tl_time_weights(&bad, w, work) == TL_ERR_VALUE, "discount 0");
+    const int64_t too_long[1] = {8};
+    tl_selection bad2 = {1, T, too_long, NULL, 1.0};
+    CHECK(tl_time_weights(&bad2, w, work) == TL_ERR_VALUE, "length > T");
+    const unsigned char mask[7] = {1};
+    tl_selection bad3 = {1, T, lengths, mask, 1.0};
+    CHECK(tl_time_weights(&bad3, w, work) == TL_ERR_VALUE, "lengths and mask");
+}
+
+/* Naive combined loss value for mse, uniform weights, no mask (the reference). */
+static double naive_combined(const tl_system *sys, ptrdiff_t B, ptrdiff_t T, const double *u,
+                             const double *x0, const double *ru, const double *rs,
+                             double weight, double *S)
+{
+    const ptrdiff_t n = sys->n, m = sys->m;
+    void *work = xmalloc(tl_rollout_work_bytes(n));
+    tl_rollout_f64(sys, B, T, x0, u, S, work);
+    free(work);
+    double c = 0.0, t = 0.0;
+    for (ptrdiff_t i = 0; i < B * T * m; i++)
+        c += (u[i] - ru[i]) * (u[i] - ru[i]);
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t k = 1; k <= T; k++)
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double r = S[(b * (T + 1) + k) * n + i] - rs[(b * (T + 1) + k) * n + i];
+                t += r * r;
+            }
+    return c / (double)(B * T * m) + weight * t / (double)(B * T * n);
+}
+
+static void test_losses(void)
+{
+    unsigned seed = 777u;
+    const ptrdiff_t n = 3, m = 2, B = 4, T = 6;
+    double Ad[9], Bd[6];
+    random_system(n, m, Ad, Bd, &seed);
+    tl_system sys = {n, m, Ad, Bd};
+    double u[4 * 6 * 2], ru[4 * 6 * 2], x0[4 * 3], rs[4 * 7 * 3], S[4 * 7 * 3];
+    double gu[4 * 6 * 2], gx[4 * 3];
+    for (size_t i = 0; i < sizeof u / sizeof u[0]; i++)
+        u[i] = uniform(&seed), ru[i] = uniform(&seed);
+    for (size_t i = 0; i < sizeof x0 / sizeof x0[0]; i++)
+        x0[i] = uniform(&seed);
+    for (size_t i = 0; i < sizeof rs / sizeof rs[0]; i++)
+        rs[i] = uniform(&seed);
+
+    tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL};
+    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T));
+    tl_loss_value v;
+    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
+          "combined status");
+    double want = naive_combined(&sys, B, T, u, x0, ru, rs, 0.3, S);
+    CHECK(fabs(v.total - want) < 1e-14 * fabs(want), "combined value %.17g vs %.17g", v.total, want);
+
+    /* gradient against central differences of the naive value */
+    double worst = 0.0;
+    for (ptrdiff_t i = 0; i < B * T * m + B * n; i++) {
+        double *p = i < B * T * m ? u + i : x0 + (i - B * T * m), keep = *p, L[2];
+        for (int side = 0; side < 2; side++) {
+            *p = keep + (side ? -1e-6 : 1e-6);
+            L[side] = naive_combined(&sys, B, T, u, x0, ru, rs, 0.3, S);
+        }
+        *p = keep;
+        double fd = (L[0] - L[1]) / 2e-6, an = i < B * T * m ? gu[i] : gx[i - B * T * m];
+        worst = fmax(worst, fabs(fd - an));
+    }
+    CHECK(worst < 1e-8, "combined gradient vs finite differences: %g", worst);
+
+    /* padding: steps past each length are never read and get zero gradient */
+    const int64_t lengths[4] = {6, 2, 0, 4};
+    spec.sel.lengths = lengths;
+    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
+          "padded status");
+    const double before = v.total;
+    for (ptrdiff_t k = 2; k < T; k++)
+        u[(1 * T + k) * m] = 1e300, rs[(1 * (T + 1) + k + 1) * n] = NAN;
+    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
+          "padded status 2");
+    CHECK(v.total == before, "padding changed the value: %.17g vs %.17g", v.total, before);
+    int zero = 1;
+    for (ptrdiff_t k = 2; k < T; k++)
+        zero &= gu[(1 * T + k) * m] == 0.0 && gu[(1 * T + k) * m + 1] == 0.0;
+    for (ptrdiff_t i = 0; i < T * m; i++)
+        zero &= gu[2 * T * m + i] == 0.0;
+    CHECK(zero && gx[2 * n] == 0.0, "padded steps have zero gradient");
+
+    /* control loss alone equals numpy.mean((u - ru)^2) with uniform weights */
+    double cw[2 * 6 + 2 + 4], g1[4 * 6 * 2];
+    tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
+                       0.0, 0.0, 0, NULL, NULL};
+    for (ptrdiff_t i = 0; i < B * T * m; i++)
+        u[i] = uniform(&seed);
+    double mse = 0.0;
+    for (ptrdiff_t i = 0; i < B * T * m; i++)
+        mse += (u[i] - ru[i]) * (u[i] - ru[i]);
+    mse /= (double)(B * T * m);
+    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_OK, "control status");
+    CHECK(fabs(v.total - mse) < 1e-15, "control mse %.17g vs %.17g", v.total, mse);
+    CHECK(fabs(g1[5] - 2 * (u[5] - ru[5]) / (double)(B * T * m)) < 1e-16, "control grad");
+
+    /* errors */
+    const int64_t empty[4] = {0, 0, 0, 0};
+    cs.sel.lengths = empty;
+    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_ERR_EMPTY, "empty selection");
+    cs.sel.lengths = NULL;
+    cs.penalty = TL_PENALTY_HUBER;
+    cs.delta = 0.0;
+    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_ERR_VALUE, "huber delta 0");
+    spec.sel.lengths = NULL;
+    spec.trajectory_weight = -1.0;
+    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_ERR_VALUE,
+          "negative weight");
+    spec.trajectory_weight = 1.0;
+    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, NULL, rs, NULL, &v, gu, gx, work) == TL_ERR_VALUE,
+          "missing reference");
+    free(work);
+}
+
 int main(void)
 {
     test_status_messages();
@@ -271,6 +435,8 @@ int main(void)
     test_discretize();
     test_rollout();
     test_rollout_errors();
+    test_time_weights();
+    test_losses();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }
