@@ -28,8 +28,17 @@ def test_ci_runs_the_readme_test_command():
     assert "make -C csrc test" in ci
 
 
+PY_BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+
+
 def test_quickstart_runs(capsys):
-    blocks = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
-    assert blocks, "README has no python quickstart"
-    exec(compile(blocks[0], "README quickstart", "exec"), {})
+    exec(compile(PY_BLOCKS[0], "README quickstart", "exec"), {})
     assert "(2, 15, 1) (2, 2)" in capsys.readouterr().out
+
+
+def test_losses_example_runs(capsys):
+    block = next(b for b in PY_BLOCKS if "combined_loss" in b)
+    exec(compile(block, "README losses example", "exec"), {})
+    out = capsys.readouterr().out
+    assert "(8, 15, 1) (8, 2)" in out
+    assert "Control: " in out and "Ratio: " in out
