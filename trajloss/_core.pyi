@@ -1,5 +1,5 @@
 """Type stub for trajloss._core, the C extension (see trajloss/_coremodule.c)."""
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -7,6 +7,9 @@ from numpy.typing import ArrayLike, NDArray
 CORE_VERSION: str
 LAPACK_PROVIDER: str
 MAX_DIM: int
+TERM_CONTROL: int
+TERM_TRAJECTORY: int
+TERM_TERMINAL: int
 
 def expm(A: ArrayLike, /) -> NDArray[np.float64]:
     """Matrix exponential of a square matrix, (n, n) -> (n, n) float64."""
@@ -39,3 +42,48 @@ def rollout_vjp(
     check_finite: bool = True,
 ) -> Tuple[NDArray[np.floating], NDArray[np.floating]]:
     """grad_states (B, T+1, n) -> (grad_controls (B, T, m), grad_x0 (B, n))."""
+
+def time_weights(
+    T: int, discount: Optional[float], lengths: Optional[ArrayLike], mask: Optional[ArrayLike], /
+) -> NDArray[np.float64]:
+    """Length-agnostic geometric weights, (B, T) or (T,)."""
+
+def control_loss(
+    pred: ArrayLike,
+    target: ArrayLike,
+    discount: Optional[float],
+    lengths: Optional[ArrayLike],
+    mask: Optional[ArrayLike],
+    penalty: str,
+    delta: float,
+    feature_weights: Optional[ArrayLike],
+    check_finite: bool,
+    want_grad: bool,
+    /,
+) -> Union[float, Tuple[float, NDArray[np.floating]]]:
+    """pred, target (B, T, D) | (T, D) -> value, or (value, grad) with grad shaped like pred."""
+
+def rollout_loss(
+    Ad: NDArray[np.float64],
+    Bd: NDArray[np.float64],
+    controls: ArrayLike,
+    x0: ArrayLike,
+    ref_controls: Optional[ArrayLike],
+    ref_states: Optional[ArrayLike],
+    target: Optional[ArrayLike],
+    terms: int,
+    control_weight: float,
+    trajectory_weight: float,
+    terminal_weight: float,
+    include_initial: bool,
+    discount: Optional[float],
+    lengths: Optional[ArrayLike],
+    mask: Optional[ArrayLike],
+    penalty: str,
+    delta: float,
+    feature_weights: Optional[ArrayLike],
+    state_weights: Optional[ArrayLike],
+    check_finite: bool,
+    /,
+) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
+    """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n))."""
