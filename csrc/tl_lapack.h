@@ -29,9 +29,23 @@ typedef int32_t tl_lapack_int;
 #endif
 
 #define tl_lapacke_dgesv_work TL_LAPACKE(dgesv_work)
+#define tl_lapacke_dpotrf_work TL_LAPACKE(dpotrf_work)
+#define tl_lapacke_dpotrs_work TL_LAPACKE(dpotrs_work)
+#define tl_lapacke_dpocon_work TL_LAPACKE(dpocon_work)
 
 tl_lapack_int tl_lapacke_dgesv_work(int layout, tl_lapack_int n, tl_lapack_int nrhs,
                                     double *a, tl_lapack_int lda, tl_lapack_int *ipiv,
                                     double *b, tl_lapack_int ldb);
+
+tl_lapack_int tl_lapacke_dpotrf_work(int layout, char uplo, tl_lapack_int n, double *a,
+                                     tl_lapack_int lda);
+
+tl_lapack_int tl_lapacke_dpotrs_work(int layout, char uplo, tl_lapack_int n, tl_lapack_int nrhs,
+                                     const double *a, tl_lapack_int lda, double *b,
+                                     tl_lapack_int ldb);
+
+tl_lapack_int tl_lapacke_dpocon_work(int layout, char uplo, tl_lapack_int n, const double *a,
+                                     tl_lapack_int lda, double anorm, double *rcond,
+                                     double *work, tl_lapack_int *iwork);
 
 #endif /* TL_LAPACK_H */

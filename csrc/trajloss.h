@@ -221,6 +221,89 @@ tl_status tl_rollout_loss_f32(const tl_system *sys, const tl_loss_spec *spec,
                               const float *target, tl_loss_value *value,
                               float *grad_controls, float *grad_x0, void *work);
 
+/* ---- reference.c: minimum-energy reference trajectories ---------------- */
+
+/* A Gramian whose (equilibrated) condition number exceeds this is treated
+ * as singular: the reference would not reach its target reliably. */
+#define TL_COND_LIMIT 1e12
+
+typedef enum {
+    TL_REF_EXACT = 0, /* discrete minimum-energy controls, reach xf exactly */
+    TL_REF_AVERAGE,   /* the continuous law averaged over each interval, ZOH rollout */
+    TL_REF_CONTINUOUS,/* the same controls, states of the continuous optimum on the grid */
+    TL_REF_COUNT
+} tl_ref_method;
+
+/*
+ * Everything a minimum-energy reference needs that depends only on the
+ * system, the number of steps and the method, computed once by
+ * tl_ref_plan_init into caller-owned memory (tl_ref_plan_bytes), so that
+ * each sample costs a few small matrix-vector products. With
+ * d = xf - Ad^T x0 the controls are U = K d:
+ *   exact:       K = C^T W^-1,          W = C C^T (discrete Gramian)
+ *   average:     K = C^T W_c(H)^-1 / dt (the law u(t) = B^T e^{A^T (H-t)} W_c^-1 d
+ *                                        averaged over each interval)
+ * where C = [Ad^{T-1} Bd ... Bd] and, for average/continuous, (Ad, Bd) is the
+ * exact ZOH of the continuous (A, B). Continuous states are
+ * x(k dt) = Ad^k x0 + Q_k d with Q_k = W_c(k dt) e^{A^T (H - k dt)} W_c(H)^-1.
+ */
+typedef struct {
+    ptrdiff_t n, m, steps;
+    tl_ref_method method;
+    double dt;      /* sampling period (1 for a discrete system without one) */
+    double cond;    /* 1-norm condition number of the equilibrated Gramian */
+    double *Ad;     /* n x n: the dynamics the states are rolled out with */
+    double *Bd;     /* n x m */
+    double *AdT;    /* n x n: Ad^steps */
+    double *K;      /* (steps m) x n */
+    double *Q;      /* (steps + 1) x n x n, continuous only (else NULL) */
+} tl_ref_plan;
+
+size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method);
+size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
+
+/*
+ * Fill plan (its arrays carved from `memory`, tl_ref_plan_bytes long).
+ * exact: sys is the discrete system, A and B may be NULL. average and
+ * continuous: A (n x n) and B (n x m) are the continuous model, dt > 0.
+ * steps >= 1. TL_ERR_SINGULAR (with plan->cond set, inf when the Cholesky
+ * factorisation fails) for an uncontrollable or ill-conditioned Gramian.
+ */
+tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
+                           const tl_system *sys, const double *A, const double *B, double dt,
+                           ptrdiff_t steps, void *work);
+
+size_t tl_ref_apply_work_bytes(ptrdiff_t n);
+
+/*
+ * References for a batch: x0, xf batch x n; writes controls batch x steps x m,
+ * states batch x (steps+1) x n, final_error (|x_T of the ZOH rollout - xf|_2)
+ * and energy (sum_k |u_k|^2 dt), each batch long.
+ */
+tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
+                       const double *xf, double *controls, double *states,
+                       double *final_error, double *energy, void *work);
+
+/* W_c(t) = int_0^t e^{As} B B^T e^{A^T s} ds by Van Loan's block exponential
+ * exp([[-A, B B^T], [0, A^T]] t) = [[., G], [0, F]], W_c = F^T G. */
+size_t tl_gramian_work_bytes(ptrdiff_t n);
+tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B, double t,
+                     double *Wc, void *work);
+
+/*
+ * The continuous minimum-energy law from x0 to xf over [0, H], evaluated at
+ * times 0 <= t <= H (no time stepping):
+ *   u(t) = B^T e^{A^T (H - t)} lambda,  x(t) = e^{At} x0 + W_c(t) e^{A^T (H - t)} lambda,
+ *   lambda = W_c(H)^-1 (xf - e^{AH} x0).
+ * x0, xf: batch x n; u: batch x ntimes x m; x: batch x ntimes x n.
+ * *cond is the condition number of the equilibrated W_c(H).
+ */
+size_t tl_min_energy_law_work_bytes(ptrdiff_t n);
+tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
+                            double horizon, ptrdiff_t batch, const double *x0, const double *xf,
+                            ptrdiff_t ntimes, const double *times, double *u, double *x,
+                            double *cond, void *work);
+
 #ifdef __cplusplus
 }
 #endif

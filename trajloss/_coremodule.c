@@ -206,8 +206,9 @@ static int check_float_args_finite(const float_arg *args, int count)
 
 /* ---- system matrices: any real numbers, stored as float64 -------------- */
 
-/* A fresh float64 C-contiguous 2-D copy of obj, or NULL with an exception. */
-static PyArrayObject *matrix_arg(PyObject *obj, const char *name)
+/* A fresh float64 C-contiguous copy of obj (any real numbers, all finite), or
+ * NULL with an exception naming the argument. */
+static PyArrayObject *real_array(PyObject *obj, const char *name)
 {
     PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
     if (arr == NULL) {
@@ -221,15 +222,8 @@ static PyArrayObject *matrix_arg(PyObject *obj, const char *name)
         Py_DECREF(arr);
         return NULL;
     }
-    if (PyArray_NDIM(arr) != 2) {
-        char s[SHAPE_BUF];
-        PyErr_Format(PyExc_ValueError, "%s must be a 2-D matrix, got shape %s", name,
-                     ARRAY_SHAPE(arr, s));
-        Py_DECREF(arr);
-        return NULL;
-    }
     PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
-        (PyObject *)arr, PyArray_DescrFromType(NPY_DOUBLE), 2, 2,
+        (PyObject *)arr, PyArray_DescrFromType(NPY_DOUBLE), 0, 0,
         NPY_ARRAY_CARRAY | NPY_ARRAY_ENSURECOPY | NPY_ARRAY_FORCECAST, NULL);
     Py_DECREF(arr);
     if (c == NULL)
@@ -241,6 +235,19 @@ static PyArrayObject *matrix_arg(PyObject *obj, const char *name)
             Py_DECREF(c);
             return NULL;
         }
+    }
+    return c;
+}
+
+/* real_array restricted to 2-D matrices. */
+static PyArrayObject *matrix_arg(PyObject *obj, const char *name)
+{
+    PyArrayObject *c = real_array(obj, name);
+    if (c != NULL && PyArray_NDIM(c) != 2) {
+        char s[SHAPE_BUF];
+        PyErr_Format(PyExc_ValueError, "%s must be a 2-D matrix, got shape %s", name,
+                     ARRAY_SHAPE(c, s));
+        Py_CLEAR(c);
     }
     return c;
 }
@@ -1094,6 +1101,223 @@ fail:
     return NULL;
 }
 
+/* ---- _core.min_energy / _core.min_energy_law ------------------------- */
+
+static void set_gramian_error(tl_status status, double cond, const char *context)
+{
+    if (status != TL_ERR_SINGULAR) {
+        set_status_error(status, context);
+        return;
+    }
+    char buf[64];
+    PyOS_snprintf(buf, sizeof buf, "%.3g", cond);
+    PyErr_Format(LinAlgError,
+                 "%s: the controllability Gramian is singular or ill-conditioned (condition "
+                 "number %s, limit %.0e after equilibration): the system is not controllable "
+                 "over this horizon, or the horizon is too long or too short for float64",
+                 context, buf, TL_COND_LIMIT);
+}
+
+/* x0 (B, n) or (n,) and xf of the same shape, as float64 copies. */
+static int boundary_states(PyObject *x0_obj, PyObject *xf_obj, npy_intp n, PyArrayObject **x0,
+                           PyArrayObject **xf)
+{
+    char s1[SHAPE_BUF], s2[SHAPE_BUF];
+    *x0 = real_array(x0_obj, "x0");
+    *xf = *x0 ? real_array(xf_obj, "xf") : NULL;
+    if (*xf == NULL)
+        goto fail;
+    int nd = PyArray_NDIM(*x0);
+    if ((nd != 1 && nd != 2) || PyArray_DIM(*x0, nd - 1) != n) {
+        PyErr_Format(PyExc_ValueError,
+                     "x0 must have shape (B, n) or (n,) with n = %" NPY_INTP_FMT ", got shape %s",
+                     n, ARRAY_SHAPE(*x0, s1));
+        goto fail;
+    }
+    if (PyArray_NDIM(*xf) != nd ||
+        memcmp(PyArray_DIMS(*xf), PyArray_DIMS(*x0), nd * sizeof(npy_intp)) != 0) {
+        PyErr_Format(PyExc_ValueError, "xf must have the shape of x0, %s, got shape %s",
+                     ARRAY_SHAPE(*x0, s1), ARRAY_SHAPE(*xf, s2));
+        goto fail;
+    }
+    return 0;
+fail:
+    Py_CLEAR(*x0);
+    Py_CLEAR(*xf);
+    return -1;
+}
+
+static const char *const REF_METHODS[TL_REF_COUNT] = {"exact", "average", "continuous"};
+
+/*
+ * min_energy(Ad, Bd, A, B, dt, x0, xf, steps, method)
+ *   -> (controls, states, final_error, energy, cond)
+ * A, B are None for "exact" on a discrete system; dt is the period.
+ */
+static PyObject *core_min_energy(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *Ad_obj, *Bd_obj, *A_obj, *B_obj, *x0_obj, *xf_obj;
+    double dt;
+    Py_ssize_t steps;
+    const char *method_name;
+    if (!PyArg_ParseTuple(args, "OOOOdOOns:min_energy", &Ad_obj, &Bd_obj, &A_obj, &B_obj, &dt,
+                          &x0_obj, &xf_obj, &steps, &method_name))
+        return NULL;
+    int method = -1;
+    for (int i = 0; i < TL_REF_COUNT; i++)
+        if (strcmp(method_name, REF_METHODS[i]) == 0)
+            method = i;
+    if (method < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "method must be one of 'exact', 'average', 'continuous', got '%s'",
+                     method_name);
+        return NULL;
+    }
+    if (steps < 1) {
+        PyErr_Format(PyExc_ValueError, "steps must be >= 1, got %zd", steps);
+        return NULL;
+    }
+    if (!isfinite(dt) || dt <= 0.0) {
+        PyErr_Format(PyExc_ValueError, "dt must be a finite number > 0, got %g", dt);
+        return NULL;
+    }
+    PyArrayObject *Ad = NULL, *Bd = NULL, *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL;
+    PyArrayObject *U = NULL, *S = NULL, *err = NULL, *energy = NULL;
+    void *plan_mem = NULL, *work = NULL;
+    tl_system sys;
+    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
+        return NULL;
+    if (method != TL_REF_EXACT) {
+        if (A_obj == Py_None || B_obj == Py_None) {
+            PyErr_Format(PyExc_ValueError,
+                         "method '%s' needs the continuous model: build the system with "
+                         "LinearSystem.from_continuous", method_name);
+            goto fail;
+        }
+        if (system_pair(A_obj, B_obj, "A", "B", &A, &B) < 0)
+            goto fail;
+        if (PyArray_DIM(A, 0) != sys.n || PyArray_DIM(B, 1) != sys.m) {
+            PyErr_SetString(PyExc_ValueError, "A, B do not match the shapes of Ad, Bd");
+            goto fail;
+        }
+    }
+    if (boundary_states(x0_obj, xf_obj, sys.n, &x0, &xf) < 0)
+        goto fail;
+    const int batched = PyArray_NDIM(x0) == 2;
+    const npy_intp batch = batched ? PyArray_DIM(x0, 0) : 1;
+    traj_shape sh = {batched, batch, steps};
+    U = new_traj_array(&sh, steps, sys.m, NPY_DOUBLE, 1);
+    S = new_traj_array(&sh, steps + 1, sys.n, NPY_DOUBLE, 1);
+    err = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
+    energy = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
+    if (U == NULL || S == NULL || err == NULL || energy == NULL)
+        goto fail;
+    size_t plan_bytes = tl_ref_plan_bytes(sys.n, sys.m, steps, (tl_ref_method)method);
+    size_t init_bytes = tl_ref_init_work_bytes(sys.n, sys.m, steps);
+    size_t apply_bytes = tl_ref_apply_work_bytes(sys.n);
+    if (plan_bytes == 0 || init_bytes == 0) {
+        PyErr_SetString(PyExc_ValueError, "min_energy: steps or dimensions out of range");
+        goto fail;
+    }
+    plan_mem = PyMem_RawMalloc(plan_bytes);
+    work = PyMem_RawMalloc(init_bytes > apply_bytes ? init_bytes : apply_bytes);
+    if (plan_mem == NULL || work == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    tl_ref_plan plan;
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tl_ref_plan_init(&plan, plan_mem, (tl_ref_method)method, &sys,
+                              A ? PyArray_DATA(A) : NULL, B ? PyArray_DATA(B) : NULL, dt, steps,
+                              work);
+    if (status == TL_OK)
+        status = tl_ref_apply(&plan, batch, PyArray_DATA(x0), PyArray_DATA(xf), PyArray_DATA(U),
+                              PyArray_DATA(S), PyArray_DATA(err), PyArray_DATA(energy), work);
+    Py_END_ALLOW_THREADS
+    if (status != TL_OK) {
+        set_gramian_error(status, plan.cond, "min_energy");
+        goto fail;
+    }
+    PyMem_RawFree(plan_mem);
+    PyMem_RawFree(work);
+    Py_DECREF(Ad), Py_DECREF(Bd), Py_XDECREF(A), Py_XDECREF(B), Py_DECREF(x0), Py_DECREF(xf);
+    return Py_BuildValue("(NNNNd)", U, S, PyArray_Return(err), PyArray_Return(energy), plan.cond);
+fail:
+    PyMem_RawFree(plan_mem);
+    PyMem_RawFree(work);
+    Py_XDECREF(Ad), Py_XDECREF(Bd), Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf);
+    Py_XDECREF(U), Py_XDECREF(S), Py_XDECREF(err), Py_XDECREF(energy);
+    return NULL;
+}
+
+/* min_energy_law(A, B, horizon, x0, xf, times) -> (u, x) */
+static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *A_obj, *B_obj, *x0_obj, *xf_obj, *t_obj;
+    double horizon;
+    if (!PyArg_ParseTuple(args, "OOdOOO:min_energy_law", &A_obj, &B_obj, &horizon, &x0_obj,
+                          &xf_obj, &t_obj))
+        return NULL;
+    if (!isfinite(horizon) || horizon <= 0.0) {
+        PyErr_Format(PyExc_ValueError, "horizon must be a finite number > 0, got %g", horizon);
+        return NULL;
+    }
+    PyArrayObject *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL, *t = NULL, *u = NULL, *x = NULL;
+    void *work = NULL;
+    if (system_pair(A_obj, B_obj, "A", "B", &A, &B) < 0)
+        return NULL;
+    const npy_intp n = PyArray_DIM(A, 0), m = PyArray_DIM(B, 1);
+    if (boundary_states(x0_obj, xf_obj, n, &x0, &xf) < 0 || (t = real_array(t_obj, "t")) == NULL)
+        goto fail;
+    if (PyArray_NDIM(t) > 1) {
+        char s[SHAPE_BUF];
+        PyErr_Format(PyExc_ValueError, "t must be a number or a 1-D array of times, got shape %s",
+                     ARRAY_SHAPE(t, s));
+        goto fail;
+    }
+    const npy_intp nt = PyArray_SIZE(t);
+    const double *tp = (const double *)PyArray_DATA(t);
+    for (npy_intp i = 0; i < nt; i++)
+        if (!(tp[i] >= 0.0 && tp[i] <= horizon)) {
+            PyErr_Format(PyExc_ValueError, "t must lie in [0, horizon] = [0, %g], got %g at index %"
+                         NPY_INTP_FMT, horizon, tp[i], i);
+            goto fail;
+        }
+    const int batched = PyArray_NDIM(x0) == 2;
+    traj_shape sh = {batched, batched ? PyArray_DIM(x0, 0) : 1, nt};
+    const int with_t = PyArray_NDIM(t) == 1;
+    u = new_traj_array(&sh, nt, m, NPY_DOUBLE, with_t);
+    x = new_traj_array(&sh, nt, n, NPY_DOUBLE, with_t);
+    work = PyMem_RawMalloc(tl_min_energy_law_work_bytes(n));
+    if (u == NULL || x == NULL || work == NULL) {
+        if (work == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    double cond;
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = tl_min_energy_law(n, m, PyArray_DATA(A), PyArray_DATA(B), horizon, sh.batch,
+                               PyArray_DATA(x0), PyArray_DATA(xf), nt, tp, PyArray_DATA(u),
+                               PyArray_DATA(x), &cond, work);
+    Py_END_ALLOW_THREADS
+    if (status != TL_OK) {
+        set_gramian_error(status, cond, "min_energy_law");
+        goto fail;
+    }
+    PyMem_RawFree(work);
+    Py_DECREF(A), Py_DECREF(B), Py_DECREF(x0), Py_DECREF(xf), Py_DECREF(t);
+    return Py_BuildValue("(NN)", u, x);
+fail:
+    PyMem_RawFree(work);
+    Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf), Py_XDECREF(t);
+    Py_XDECREF(u), Py_XDECREF(x);
+    return NULL;
+}
+
 /* ---- module ------------------------------------------------------------ */
 
 static PyMethodDef core_methods[] = {
@@ -1118,6 +1342,11 @@ static PyMethodDef core_methods[] = {
      "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
      "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"
      "             check_finite) -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
+    {"min_energy", core_min_energy, METH_VARARGS,
+     "min_energy(Ad, Bd, A, B, dt, x0, xf, steps, method)\n"
+     "    -> (controls, states, final_error, energy, cond)"},
+    {"min_energy_law", core_min_energy_law, METH_VARARGS,
+     "min_energy_law(A, B, horizon, x0, xf, t) -> (u, x)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1146,7 +1375,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(module, "MAX_DIM", TL_MAX_DIM) < 0 ||
         PyModule_AddIntConstant(module, "TERM_CONTROL", TL_TERM_CONTROL) < 0 ||
         PyModule_AddIntConstant(module, "TERM_TRAJECTORY", TL_TERM_TRAJECTORY) < 0 ||
-        PyModule_AddIntConstant(module, "TERM_TERMINAL", TL_TERM_TERMINAL) < 0) {
+        PyModule_AddIntConstant(module, "TERM_TERMINAL", TL_TERM_TERMINAL) < 0 ||
+        PyModule_AddObject(module, "COND_LIMIT", PyFloat_FromDouble(TL_COND_LIMIT)) < 0) {
         Py_DECREF(module);
         return NULL;
     }
