@@ -84,6 +84,7 @@ def rollout_loss(
     feature_weights: Optional[ArrayLike],
     state_weights: Optional[ArrayLike],
     check_finite: bool,
+    target_name: str = "target",
     /,
 ) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
     """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n))."""

@@ -836,8 +836,8 @@ static void set_loss_error(tl_status status, const char *context)
 {
     if (status == TL_ERR_EMPTY)
         PyErr_Format(PyExc_ValueError,
-                     "%s: no valid step in the batch (every sequence has length 0, an "
-                     "all-False mask, or the batch is empty)", context);
+                     "%s: no valid step in the batch: every sequence has lengths 0 or an "
+                     "all-False mask, or the batch is empty", context);
     else
         set_status_error(status, context);
 }
@@ -989,7 +989,7 @@ fail:
  * rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
  *              control_weight, trajectory_weight, terminal_weight, include_initial,
  *              discount, lengths, mask, penalty, delta, feature_weights,
- *              state_weights, check_finite)
+ *              state_weights, check_finite, target_name="target")
  *   -> (total, control, trajectory, terminal, grad_controls, grad_x0)
  */
 static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
@@ -1000,16 +1000,17 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
     unsigned int terms;
     double cw, tw, fwt;
     int include_initial, check_finite, typenum;
-    if (!PyArg_ParseTuple(args, "OOOOOOOIdddpOOOOOOOp:rollout_loss", &Ad_obj, &Bd_obj, &objs[0],
-                          &objs[1], &objs[2], &objs[3], &objs[4], &terms, &cw, &tw, &fwt,
-                          &include_initial, &discount, &lengths, &mask, &penalty, &delta,
-                          &fw_obj, &sw_obj, &check_finite))
+    const char *target_name = "target";
+    if (!PyArg_ParseTuple(args, "OOOOOOOIdddpOOOOOOOp|s:rollout_loss", &Ad_obj, &Bd_obj,
+                          &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &terms, &cw, &tw,
+                          &fwt, &include_initial, &discount, &lengths, &mask, &penalty, &delta,
+                          &fw_obj, &sw_obj, &check_finite, &target_name))
         return NULL;
     float_arg fa[5] = {{"x0", NULL, NULL, 0},
                        {"controls", NULL, NULL, 0},
                        {"ref_controls", NULL, NULL, 0},
                        {"ref_states", NULL, NULL, 0},
-                       {"target", NULL, NULL, 0}};
+                       {target_name, NULL, NULL, 0}};
     fa[0].obj = objs[1];
     fa[1].obj = objs[0];
     for (int i = 2; i < 5; i++)
@@ -1031,7 +1032,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
                                        "controls") < 0) ||
         (fa[3].arr && check_traj_array(fa[3].arr, "ref_states", &sh, sh.steps + 1, sys.n,
                                        "the states") < 0) ||
-        (fa[4].arr && check_traj_array(fa[4].arr, "target", &sh, -1, sys.n, "x0") < 0))
+        (fa[4].arr && check_traj_array(fa[4].arr, target_name, &sh, -1, sys.n, "x0") < 0))
         goto fail;
     if (((terms & TL_TERM_CONTROL) && !fa[2].arr) || ((terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
         ((terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {

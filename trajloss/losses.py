@@ -194,12 +194,13 @@ def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms,
                   control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,
                   include_initial=False, discount=None, lengths=None, mask=None,
                   penalty="mse", delta=1.0, feature_weights=None, state_weights=None,
-                  check_finite=True):
+                  check_finite=True, target_name="target"):
     system = _check_system(system)
     return _core.rollout_loss(system.Ad, system.Bd, controls, x0, ref_controls, ref_states,
                               target, terms, control_weight, trajectory_weight,
                               terminal_weight, bool(include_initial), discount, lengths, mask,
-                              penalty, delta, feature_weights, state_weights, check_finite)
+                              penalty, delta, feature_weights, state_weights, check_finite,
+                              target_name)
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
@@ -300,6 +301,6 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
         control_weight=1.0, trajectory_weight=weight, terminal_weight=terminal_weight,
         include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
         penalty=penalty, delta=delta, feature_weights=feature_weights,
-        state_weights=state_weights, check_finite=check_finite)
+        state_weights=state_weights, check_finite=check_finite, target_name="terminal_target")
     components = LossComponents(c, t, f, weight, terminal_weight, total)
     return LossResult(total, grad, grad_x0, components)
