@@ -14,17 +14,29 @@ both supported and kept; the core accumulates in float64.
 from . import _lapack  # noqa: F401  (must precede _core)
 from . import _core
 from ._version import __version__
+from .calibration import Calibration, calibrate
+from .datasets import SEED000, Dataset, make_dataset
 from .losses import (LossComponents, LossResult, combined_loss, control_loss, terminal_loss,
                      time_weights, trajectory_loss)
+from .references import MinEnergyLaw, Reference, min_energy, min_energy_law
 from .rollout import rollout, rollout_vjp
 from .systems import DoubleIntegrator, LinearSystem
 
 __all__ = [
     "__version__",
+    "Calibration",
+    "Dataset",
+    "SEED000",
+    "calibrate",
+    "make_dataset",
     "DoubleIntegrator",
     "LinearSystem",
     "LossComponents",
     "LossResult",
+    "MinEnergyLaw",
+    "Reference",
+    "min_energy",
+    "min_energy_law",
     "combined_loss",
     "control_loss",
     "terminal_loss",

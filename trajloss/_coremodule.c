@@ -1110,13 +1110,14 @@ static void set_gramian_error(tl_status status, double cond, const char *context
         set_status_error(status, context);
         return;
     }
-    char buf[64];
-    PyOS_snprintf(buf, sizeof buf, "%.3g", cond);
+    char cbuf[32], lbuf[32];
+    PyOS_snprintf(cbuf, sizeof cbuf, "%.3g", cond);
+    PyOS_snprintf(lbuf, sizeof lbuf, "%.0e", TL_COND_LIMIT);
     PyErr_Format(LinAlgError,
                  "%s: the controllability Gramian is singular or ill-conditioned (condition "
-                 "number %s, limit %.0e after equilibration): the system is not controllable "
+                 "number %s, limit %s after equilibration): the system is not controllable "
                  "over this horizon, or the horizon is too long or too short for float64",
-                 context, buf, TL_COND_LIMIT);
+                 context, cbuf, lbuf);
 }
 
 /* x0 (B, n) or (n,) and xf of the same shape, as float64 copies. */
