@@ -427,6 +427,98 @@ static void test_losses(void)
     free(work);
 }
 
+/* min-energy references for one double-integrator sample, by method */
+static tl_status di_reference(tl_ref_method method, double dt, ptrdiff_t T, const double *x0,
+                              const double *xf, double *u, double *S, double *err,
+                              double *energy, double *cond)
+{
+    const double A[4] = {0, 1, 0, 0}, B[2] = {0, 1};
+    double Ad[4] = {1, dt, 0, 1}, Bd[2] = {dt * dt / 2, dt};
+    tl_system sys = {2, 1, Ad, Bd};
+    void *mem = xmalloc(tl_ref_plan_bytes(2, 1, T, method));
+    void *work = xmalloc(tl_ref_init_work_bytes(2, 1, T) + tl_ref_apply_work_bytes(2));
+    tl_ref_plan plan;
+    tl_status status = tl_ref_plan_init(&plan, mem, method, &sys, A, B, dt, T, work);
+    *cond = plan.cond;
+    if (status == TL_OK)
+        status = tl_ref_apply(&plan, 1, x0, xf, u, S, err, energy, work);
+    free(mem), free(work);
+    return status;
+}
+
+static void test_references(void)
+{
+    const ptrdiff_t T = 15;
+    const double dt = 1.0 / 3.0, H = T * dt, x0[2] = {3.0, 1.0}, xf[2] = {0.0, 0.0};
+    double u[15], S[32], err, energy, cond;
+
+    CHECK(di_reference(TL_REF_EXACT, dt, T, x0, xf, u, S, &err, &energy, &cond) == TL_OK,
+          "exact status");
+    CHECK(err < 1e-13 && fabs(S[30]) < 1e-13 && fabs(S[31]) < 1e-13, "exact reaches xf: %g", err);
+    CHECK(cond > 1.0 && cond < 100.0, "equilibrated condition %g", cond);
+
+    /* closed form of the continuous law u(t) = a + b t from (3, 1) to the origin:
+     * v0 + a H + b H^2/2 = 0 and p0 + v0 H + a H^2/2 + b H^3/6 = 0 */
+    const double p0 = x0[0], v0 = x0[1];
+    const double det = H * H * H * H / 6 - H * H * H * H / 4;
+    const double r1 = -v0, r2 = -(p0 + v0 * H);
+    const double a = (r1 * H * H * H / 6 - H * H / 2 * r2) / det;
+    const double b = (H * r2 - H * H / 2 * r1) / det;
+    CHECK(di_reference(TL_REF_AVERAGE, dt, T, x0, xf, u, S, &err, &energy, &cond) == TL_OK,
+          "average status");
+    double worst = 0.0, e_sum = 0.0;
+    for (ptrdiff_t k = 0; k < T; k++) {
+        worst = fmax(worst, fabs(u[k] - (a + b * (k + 0.5) * dt)));
+        e_sum += u[k] * u[k] * dt;
+    }
+    CHECK(worst < 1e-13, "average controls vs a + b t_mid: %g", worst);
+    CHECK(fabs(err - fabs(b) * H * dt * dt / 12) < 1e-13, "average error %.17g vs |b| H dt^2/12 %.17g",
+          err, fabs(b) * H * dt * dt / 12);
+    CHECK(fabs(energy - e_sum) < 1e-12, "energy");
+
+    CHECK(di_reference(TL_REF_CONTINUOUS, dt, T, x0, xf, u, S, &err, &energy, &cond) == TL_OK,
+          "continuous status");
+    /* the continuous optimum at t = 1: p = p0 + v0 t + a t^2/2 + b t^3/6 */
+    const double t3 = 3 * dt, p3 = p0 + v0 * t3 + a * t3 * t3 / 2 + b * t3 * t3 * t3 / 6;
+    CHECK(fabs(S[2 * 3] - p3) < 1e-12 && fabs(S[30]) < 1e-13, "continuous states %g vs %g",
+          S[6], p3);
+
+    /* uncontrollable: one step cannot steer two states with one input */
+    CHECK(di_reference(TL_REF_EXACT, dt, 1, x0, xf, u, S, &err, &energy, &cond) ==
+              TL_ERR_SINGULAR && isinf(cond), "one step is uncontrollable");
+    double Ad[4] = {1, 0, 0, 1}, Bd[2] = {1, 0};
+    tl_system stuck = {2, 1, Ad, Bd};
+    void *mem = xmalloc(tl_ref_plan_bytes(2, 1, 5, TL_REF_EXACT));
+    void *work = xmalloc(tl_ref_init_work_bytes(2, 1, 5));
+    tl_ref_plan plan;
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 5, work) ==
+              TL_ERR_SINGULAR, "second state unreachable");
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_AVERAGE, &stuck, NULL, NULL, 1.0, 5, work) ==
+              TL_ERR_VALUE, "average needs A, B");
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 0, work) ==
+              TL_ERR_SHAPE, "zero steps");
+    free(mem), free(work);
+
+    /* the law at arbitrary times matches the closed form */
+    const double A[4] = {0, 1, 0, 0}, Bc[2] = {0, 1}, times[3] = {0.0, 1.234, H};
+    double ul[3], xl[6], lcond;
+    void *lw = xmalloc(tl_min_energy_law_work_bytes(2));
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 3, times, ul, xl, &lcond, lw) == TL_OK,
+          "law status");
+    worst = 0.0;
+    for (int q = 0; q < 3; q++) {
+        const double t = times[q];
+        worst = fmax(worst, fabs(ul[q] - (a + b * t)));
+        worst = fmax(worst, fabs(xl[2 * q] - (p0 + v0 * t + a * t * t / 2 + b * t * t * t / 6)));
+        worst = fmax(worst, fabs(xl[2 * q + 1] - (v0 + a * t + b * t * t / 2)));
+    }
+    CHECK(worst < 1e-12, "law vs closed form: %g", worst);
+    const double late[1] = {H + 1.0};
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 1, late, ul, xl, &lcond, lw) == TL_ERR_VALUE,
+          "time past the horizon");
+    free(lw);
+}
+
 int main(void)
 {
     test_status_messages();
@@ -437,6 +529,7 @@ int main(void)
     test_rollout_errors();
     test_time_weights();
     test_losses();
+    test_references();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }
