@@ -16,7 +16,7 @@ def _readme_commands():
 
 def test_first_block_has_exactly_two_setup_commands():
     install, test = _readme_commands()  # unpacking fails on any other count
-    assert install.startswith("pip install") and "python -m trajloss" in install
+    assert install.startswith("pip install") and install.endswith("python -m trajloss report")
     assert '".[test]"' in test and test.rstrip().endswith("python -m pytest")
 
 
@@ -42,3 +42,11 @@ def test_losses_example_runs(capsys):
     out = capsys.readouterr().out
     assert "(8, 15, 1) (8, 2)" in out
     assert "Control: " in out and "Ratio: " in out
+
+
+def test_references_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the example writes di.npz
+    block = next(b for b in PY_BLOCKS if "make_dataset" in b)
+    exec(compile(block, "README references example", "exec"), {})
+    assert "(2, 15, 1) (2, 16, 2)" in capsys.readouterr().out
+    assert (tmp_path / "di.npz").exists()
