@@ -88,3 +88,24 @@ def rollout_loss(
     /,
 ) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
     """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n))."""
+
+COND_LIMIT: float
+
+def min_energy(
+    Ad: ArrayLike,
+    Bd: ArrayLike,
+    A: Optional[ArrayLike],
+    B: Optional[ArrayLike],
+    dt: float,
+    x0: ArrayLike,
+    xf: ArrayLike,
+    steps: int,
+    method: str,
+    /,
+) -> Tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], float]:
+    """-> (controls (B, T, m), states (B, T+1, n), final_error (B,), energy (B,), cond)."""
+
+def min_energy_law(
+    A: ArrayLike, B: ArrayLike, horizon: float, x0: ArrayLike, xf: ArrayLike, t: ArrayLike, /
+) -> Tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """-> (u (B, len(t), m), x (B, len(t), n)) of the continuous minimum-energy law."""
