@@ -189,18 +189,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive(kind):
+    """An argparse type: a positive int, or a positive float written as '0.25' or '1/3'."""
+    what = "an integer" if kind is int else "a number such as 0.25 or 1/3"
+
     def parse(text):
         try:
-            value = kind(text) if kind is int else float(eval_fraction(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            value = kind(text) if kind is int else parse_fraction(text)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not (value > 0 and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
     return parse
 
 
-def eval_fraction(text):
+def parse_fraction(text):
     """A float from '0.25' or '1/3'."""
     if "/" in text:
         num, den = text.split("/", 1)
