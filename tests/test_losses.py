@@ -873,6 +873,10 @@ _PADDING_LOSSES = [("control", False), ("terminal", False), ("trajectory", False
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss,include_initial", _PADDING_LOSSES)
 def test_padding_invariance(rng, loss, dtype, pad, fill, include_initial):
+    """Steps after each sequence's last valid step (inside T, plus ``pad``
+    appended ones) filled with +-1e300 (3e38 in float32), large garbage or NaN
+    (then check_finite=False): value and valid-step gradients unchanged and
+    equal to the reference; padded steps get exactly zero gradient."""
     base, padded, ref, lengths, dtype = _padding_case(rng, loss, dtype, pad, fill,
                                                       include_initial)
     for res in (base, padded):

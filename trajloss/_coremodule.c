@@ -24,6 +24,7 @@
 #include <numpy/arrayobject.h>
 
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "trajloss.h"
@@ -56,6 +57,17 @@ static void set_status_error(tl_status status, const char *context)
         break;
     }
     PyErr_Format(type, "%s: %s", context, tl_status_message(status));
+}
+
+/* ValueError with a C format (PyErr_Format has no float conversions). */
+static void value_error(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    PyOS_vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    PyErr_SetString(PyExc_ValueError, buf);
 }
 
 /* "(4, 16, 2)" or "(3,)" into buf. */
@@ -1181,7 +1193,7 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
         return NULL;
     }
     if (!isfinite(dt) || dt <= 0.0) {
-        PyErr_Format(PyExc_ValueError, "dt must be a finite number > 0, got %g", dt);
+        value_error("dt must be a finite number > 0, got %g", dt);
         return NULL;
     }
     PyArrayObject *Ad = NULL, *Bd = NULL, *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL;
@@ -1264,7 +1276,7 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
                           &xf_obj, &t_obj))
         return NULL;
     if (!isfinite(horizon) || horizon <= 0.0) {
-        PyErr_Format(PyExc_ValueError, "horizon must be a finite number > 0, got %g", horizon);
+        value_error("horizon must be a finite number > 0, got %g", horizon);
         return NULL;
     }
     PyArrayObject *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL, *t = NULL, *u = NULL, *x = NULL;
@@ -1284,8 +1296,8 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
     const double *tp = (const double *)PyArray_DATA(t);
     for (npy_intp i = 0; i < nt; i++)
         if (!(tp[i] >= 0.0 && tp[i] <= horizon)) {
-            PyErr_Format(PyExc_ValueError, "t must lie in [0, horizon] = [0, %g], got %g at index %"
-                         NPY_INTP_FMT, horizon, tp[i], i);
+            value_error("t must lie in [0, horizon] = [0, %g], got %g at index %" NPY_INTP_FMT,
+                        horizon, tp[i], i);
             goto fail;
         }
     const int batched = PyArray_NDIM(x0) == 2;

@@ -70,7 +70,10 @@ class Dataset:
     def load(cls, path):
         """Read a dataset written by :meth:`save`; anything else raises ``ValueError``."""
         try:
-            with np.load(path, allow_pickle=False) as f:
+            f = np.load(path, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("a plain .npy array, not an .npz archive")
+            with f:
                 if "format" not in f.files or str(f["format"]) != _FORMAT:
                     raise ValueError("no trajloss dataset marker")
                 missing = [k for k in _ARRAYS if k not in f.files]

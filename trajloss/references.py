@@ -35,6 +35,10 @@ __all__ = ["MinEnergyLaw", "Reference", "min_energy", "min_energy_law", "REFEREN
 
 REFERENCE_METHODS = ("exact", "average", "continuous")
 
+# Far beyond any horizon whose Gramian float64 can invert; keeps every size
+# computation of the plan (steps x m x n doubles) far from overflow.
+_MAX_STEPS = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -64,6 +68,8 @@ def _steps(steps):
         raise TypeError(f"steps must be an integer, got {steps!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps > _MAX_STEPS:
+        raise ValueError(f"steps must be <= {_MAX_STEPS}, got {steps}")
     return int(steps)
 
 

@@ -59,7 +59,10 @@ def load_problem(path, steps=None, dt=None, bound=None):
             if not isinstance(raw, dict):
                 raise ValueError("the JSON file must hold an object")
         else:
-            with np.load(path, allow_pickle=False) as f:
+            f = np.load(path, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("expected an .npz archive or a .json file")
+            with f:
                 raw = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"cannot read system file {path}: {exc}") from None
@@ -82,7 +85,10 @@ def load_problem(path, steps=None, dt=None, bound=None):
         if v.shape != (n,):
             raise ValueError(f"system file {path}: {key} must have {n} entries, got shape {v.shape}")
         vectors[key] = v
-    file_steps = int(number("steps", SEED000["steps"]))
+    file_steps = number("steps", SEED000["steps"])
+    if not (file_steps >= 1 and file_steps == int(file_steps) and file_steps <= 2**31 - 1):
+        raise ValueError(f"system file {path}: steps must be a whole number >= 1, got {file_steps:g}")
+    file_steps = int(file_steps)
     name = str(np.asarray(raw.get("name", path)))
     return Problem(name, system, vectors["x0_low"], vectors["x0_high"], vectors["target"],
                    file_steps if steps is None else steps,
@@ -241,6 +247,10 @@ def main(argv=None, prog="python -m trajloss report"):
         result = compute(problem, args.samples, args.seed)
     except (ValueError, TypeError, np.linalg.LinAlgError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: not enough memory for {args.samples} samples of "
+              f"{problem.steps} steps; use fewer --samples or --steps", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
