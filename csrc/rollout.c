@@ -2,6 +2,7 @@
  * rollout.c -- batched rollouts x_{k+1} = Ad x_k + Bd u_k and their adjoint,
  * for float and double storage (kernels in rollout_impl.h).
  */
+#include <math.h>
 #include <stddef.h>
 
 #include "trajloss.h"

@@ -99,3 +99,36 @@ tl_status TL_SFX(tl_rollout_vjp)(const tl_system *sys, ptrdiff_t batch, ptrdiff_
     }
     return TL_OK;
 }
+
+tl_status TL_SFX(tl_final_state_error)(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
+                                       const int64_t *lengths, const TL_T *controls,
+                                       const TL_T *x0, const TL_T *xf, TL_T *error, void *work)
+{
+    tl_status status = check_call(sys, batch, steps, work);
+    if (status != TL_OK)
+        return status;
+    if (batch > 0 && (x0 == NULL || xf == NULL || error == NULL || (controls == NULL && steps > 0)))
+        return TL_ERR_VALUE;
+    const ptrdiff_t n = sys->n, m = sys->m;
+    double *x = (double *)work, *xn = x + n;
+    for (ptrdiff_t b = 0; b < batch; b++) {
+        const ptrdiff_t last = lengths != NULL ? (ptrdiff_t)lengths[b] : steps;
+        if (last < 0 || last > steps)
+            return TL_ERR_VALUE;
+        for (ptrdiff_t i = 0; i < n; i++)
+            x[i] = (double)x0[b * n + i];
+        for (ptrdiff_t k = 0; k < last; k++) {
+            TL_SFX(step)(n, m, sys->Ad, sys->Bd, x, controls + (b * steps + k) * m, xn);
+            double *t = x;
+            x = xn;
+            xn = t;
+        }
+        double sq = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double r = x[i] - (double)xf[b * n + i];
+            sq += r * r;
+        }
+        error[b] = (TL_T)sqrt(sq);
+    }
+    return TL_OK;
+}

@@ -112,6 +112,17 @@ tl_status tl_rollout_vjp_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t st
                              const float *grad_states,
                              float *grad_controls, float *grad_x0, void *work);
 
+/* The Euclidean distance of each sequence's final valid state to its target:
+ * error[b] = |x_{L_b} - xf[b]|_2 with L_b = lengths[b] (steps when lengths is
+ * NULL), x the rollout of controls from x0. xf is batch x n; work as for the
+ * rollout. TL_ERR_VALUE for a length outside [0, steps]. */
+tl_status tl_final_state_error_f64(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
+                                   const int64_t *lengths, const double *controls,
+                                   const double *x0, const double *xf, double *error, void *work);
+tl_status tl_final_state_error_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
+                                   const int64_t *lengths, const float *controls,
+                                   const float *x0, const float *xf, float *error, void *work);
+
 /* ---- weights.c: which steps count, and how much ------------------------ */
 
 /* The valid steps of a batch of B sequences of T control steps: all of them,

@@ -13,11 +13,14 @@ both supported and kept; the core accumulates in float64.
 """
 from . import _lapack  # noqa: F401  (must precede _core)
 from . import _core
+from . import weighting
 from ._version import __version__
 from .calibration import Calibration, calibrate
 from .datasets import SEED000, Dataset, make_dataset
 from .losses import (LossComponents, LossResult, combined_loss, control_loss, terminal_loss,
                      time_weights, trajectory_loss)
+from .metrics import final_state_error, success_rate
+from .monitor import LossMonitor
 from .references import MinEnergyLaw, Reference, min_energy, min_energy_law
 from .rollout import rollout, rollout_vjp
 from .systems import DoubleIntegrator, LinearSystem
@@ -32,7 +35,11 @@ __all__ = [
     "DoubleIntegrator",
     "LinearSystem",
     "LossComponents",
+    "LossMonitor",
     "LossResult",
+    "final_state_error",
+    "success_rate",
+    "weighting",
     "MinEnergyLaw",
     "Reference",
     "min_energy",

@@ -109,3 +109,9 @@ def min_energy_law(
     A: ArrayLike, B: ArrayLike, horizon: float, x0: ArrayLike, xf: ArrayLike, t: ArrayLike, /
 ) -> Tuple[NDArray[np.float64], NDArray[np.float64]]:
     """-> (u (B, len(t), m), x (B, len(t), n)) of the continuous minimum-energy law."""
+
+def final_state_error(
+    Ad: ArrayLike, Bd: ArrayLike, controls: ArrayLike, x0: ArrayLike, xf: ArrayLike,
+    lengths: Optional[ArrayLike], check_finite: bool, /,
+) -> NDArray[np.floating]:
+    """-> (B,) distances of each final valid state to xf (0-d when unbatched)."""

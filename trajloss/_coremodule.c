@@ -1114,6 +1114,71 @@ fail:
     return NULL;
 }
 
+/* ---- _core.final_state_error ----------------------------------------- */
+
+/* final_state_error(Ad, Bd, controls, x0, xf, lengths, check_finite) -> (B,) or 0-d */
+static PyObject *core_final_state_error(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *Ad_obj, *Bd_obj, *lengths;
+    float_arg fa[3] = {{"x0", NULL, NULL, 0}, {"controls", NULL, NULL, 0}, {"xf", NULL, NULL, 0}};
+    int check_finite, typenum;
+    if (!PyArg_ParseTuple(args, "OOOOOOp:final_state_error", &Ad_obj, &Bd_obj, &fa[1].obj,
+                          &fa[0].obj, &fa[2].obj, &lengths, &check_finite))
+        return NULL;
+    PyArrayObject *Ad = NULL, *Bd = NULL, *err = NULL;
+    selection_arrays owned = {NULL, NULL};
+    void *work = NULL;
+    tl_system sys;
+    tl_selection sel;
+    traj_shape sh;
+    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
+        return NULL;
+    if (convert_float_args(fa, 3, &typenum) < 0 ||
+        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
+        check_traj_array(fa[2].arr, "xf", &sh, -1, sys.n, "x0") < 0 ||
+        parse_selection(Py_None, lengths, Py_None, sh.batched, sh.batch, sh.steps, &sel, &owned) < 0)
+        goto fail;
+    if (check_finite && check_float_args_finite(fa, 3) < 0)
+        goto fail;
+    err = (PyArrayObject *)PyArray_EMPTY(sh.batched, &sh.batch, typenum, 0);
+    work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
+    if (err == NULL || work == NULL) {
+        if (work == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    tl_status status;
+    Py_BEGIN_ALLOW_THREADS
+    if (typenum == NPY_DOUBLE)
+        status = tl_final_state_error_f64(&sys, sh.batch, sh.steps, sel.lengths,
+                                          PyArray_DATA(fa[1].arr), PyArray_DATA(fa[0].arr),
+                                          PyArray_DATA(fa[2].arr), PyArray_DATA(err), work);
+    else
+        status = tl_final_state_error_f32(&sys, sh.batch, sh.steps, sel.lengths,
+                                          PyArray_DATA(fa[1].arr), PyArray_DATA(fa[0].arr),
+                                          PyArray_DATA(fa[2].arr), PyArray_DATA(err), work);
+    Py_END_ALLOW_THREADS
+    if (status != TL_OK) {
+        set_status_error(status, "final_state_error");
+        goto fail;
+    }
+    PyMem_RawFree(work);
+    release_float_args(fa, 3);
+    release_selection(&owned);
+    Py_DECREF(Ad);
+    Py_DECREF(Bd);
+    return (PyObject *)err;
+fail:
+    PyMem_RawFree(work);
+    release_float_args(fa, 3);
+    release_selection(&owned);
+    Py_XDECREF(Ad);
+    Py_XDECREF(Bd);
+    Py_XDECREF(err);
+    return NULL;
+}
+
 /* ---- _core.min_energy / _core.min_energy_law ------------------------- */
 
 static void set_gramian_error(tl_status status, double cond, const char *context)
@@ -1356,6 +1421,8 @@ static PyMethodDef core_methods[] = {
      "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
      "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"
      "             check_finite) -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
+    {"final_state_error", core_final_state_error, METH_VARARGS,
+     "final_state_error(Ad, Bd, controls, x0, xf, lengths, check_finite) -> (B,) or 0-d"},
     {"min_energy", core_min_energy, METH_VARARGS,
      "min_energy(Ad, Bd, A, B, dt, x0, xf, steps, method)\n"
      "    -> (controls, states, final_error, energy, cond)"},

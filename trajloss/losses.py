@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _core
 from .rollout import _check_system
+from .weighting import WeightingStrategy
 
 __all__ = [
     "LossComponents",
@@ -124,7 +125,8 @@ class LossResult:
 
 def _weight(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number or a trajloss.weighting strategy, "
+                        f"got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
@@ -270,7 +272,7 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
 def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
                   terminal_weight=0.0, terminal_target=None, include_initial=False,
                   state_weights=None, feature_weights=None, discount=None, lengths=None,
-                  mask=None, penalty="mse", delta=1.0, check_finite=True):
+                  mask=None, penalty="mse", delta=1.0, check_finite=True, epoch=None):
     """``ℓ = ℓ_control + weight·ℓ_trajectory + terminal_weight·ℓ_terminal``.
 
     Every term uses the same discount, lengths/mask and penalty, and all are
@@ -283,8 +285,14 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     controls, ref_controls : array_like, shape (B, T, m) or (T, m)
     x0 : array_like, shape (B, n) or (n,)
     ref_states : array_like, shape (B, T+1, n) or (T+1, n)
-    weight, terminal_weight : float
+    weight : float or trajloss.weighting.WeightingStrategy
+        Finite, ≥ 0. A strategy gives ``strategy.weight(epoch=epoch)`` -- from
+        the statistics of earlier calls -- and then observes this call's raw
+        control and trajectory values.
+    terminal_weight : float
         Finite, ≥ 0.
+    epoch : int, optional
+        Passed to a strategy (``Curriculum`` needs it).
     Others as in :func:`control_loss` and :func:`trajectory_loss`.
 
     Returns
@@ -293,7 +301,8 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     (raw terms, contributions, fractions of the total, ``ratio`` =
     trajectory / control: what seed 000 says to log every epoch).
     """
-    weight = _weight(weight, "weight")
+    strategy = weight if isinstance(weight, WeightingStrategy) else None
+    weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
     terminal_weight = _weight(terminal_weight, "terminal_weight")
     terms = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
     total, c, t, f, grad, grad_x0 = _rollout_loss(
@@ -302,5 +311,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
         include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
         penalty=penalty, delta=delta, feature_weights=feature_weights,
         state_weights=state_weights, check_finite=check_finite, target_name="terminal_target")
+    if strategy is not None:
+        strategy.observe(c, t)
     components = LossComponents(c, t, f, weight, terminal_weight, total)
     return LossResult(total, grad, grad_x0, components)

@@ -519,6 +519,25 @@ static void test_references(void)
     free(lw);
 }
 
+static void test_final_state_error(void)
+{
+    /* double integrator from (1, 2) under u = 1: x_k = (1 + 2 k dt + (k dt)^2/2, 2 + k dt) */
+    const double dt = 0.5, Ad[4] = {1, dt, 0, 1}, Bd[2] = {dt * dt / 2, dt};
+    tl_system sys = {2, 1, Ad, Bd};
+    const double x0[4] = {1, 2, 1, 2}, xf[4] = {0, 0, 1, 2}, u[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    const int64_t lengths[2] = {4, 0};
+    double err[2], work[4];
+    CHECK(tl_final_state_error_f64(&sys, 2, 4, lengths, u, x0, xf, err, work) == TL_OK, "status");
+    const double t = 4 * dt, p = 1 + 2 * t + t * t / 2, v = 2 + t;
+    CHECK(fabs(err[0] - sqrt(p * p + v * v)) < 1e-13 && err[1] == 0.0, "errors %g %g", err[0], err[1]);
+    const int64_t bad[2] = {5, 0};
+    CHECK(tl_final_state_error_f64(&sys, 2, 4, bad, u, x0, xf, err, work) == TL_ERR_VALUE,
+          "length past the end");
+    float xf32[4] = {0, 0, 1, 2}, x032[4] = {1, 2, 1, 2}, u32[8] = {1, 1, 1, 1, 1, 1, 1, 1}, e32[2];
+    CHECK(tl_final_state_error_f32(&sys, 2, 4, NULL, u32, x032, xf32, e32, work) == TL_OK &&
+              fabsf(e32[0] - (float)sqrt(p * p + v * v)) < 1e-5f, "float32");
+}
+
 int main(void)
 {
     test_status_messages();
@@ -530,6 +549,7 @@ int main(void)
     test_time_weights();
     test_losses();
     test_references();
+    test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
 }
