@@ -50,3 +50,11 @@ def test_references_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README references example", "exec"), {})
     assert "(2, 15, 1) (2, 16, 2)" in capsys.readouterr().out
     assert (tmp_path / "di.npz").exists()
+
+
+def test_weighting_example_runs(capsys):
+    block = next(b for b in PY_BLOCKS if "weighting.make" in b)
+    exec(compile(block, "README weighting example", "exec"), {})
+    out = capsys.readouterr().out
+    assert "| Run | Weight | Epochs | Eval Loss | Success | Error | Status |" in out
+    assert out.count("| 3 |") == 4  # four runs of three epochs

@@ -52,18 +52,20 @@ class LossMonitor:
         self.patience = patience
         self.runs = []
         self._run = None
+        self._open = False
         self.start_run(name)
 
     # ---- runs ------------------------------------------------------------
     def start_run(self, name, weight=None):
         """Begin a new run (an open run is closed without final metrics)."""
-        if self._run is not None and self._run["open"] and self._run["epochs"] == 0 and not self._sums_count:
+        if self._open and self._run["epochs"] == 0 and not self._sums_count:
             self.runs.remove(self._run)  # drop an empty placeholder run
-        elif self._run is not None and self._run["open"]:
+        elif self._open:
             self.end_run()
         self._run = {"name": str(name), "weight": "-" if weight is None else str(weight),
                      "epochs": 0, "eval_loss": None, "success": None, "error": None,
-                     "status": None, "open": True}
+                     "status": None}
+        self._open = True
         self.runs.append(self._run)
         self.history = []
         self._streak = dict.fromkeys(_TERMS, 0)
@@ -76,8 +78,9 @@ class LossMonitor:
         run.update(eval_loss=None if eval_loss is None else _scalar(eval_loss, "eval_loss"),
                    success=None if success is None else _scalar(success, "success"),
                    error=None if error is None else _scalar(error, "error"),
-                   status=status, open=False)
-        return {k: v for k, v in run.items() if k != "open"}
+                   status=status)
+        self._open = False
+        return dict(run)
 
     # ---- steps and epochs -------------------------------------------------
     def _reset_epoch(self):
@@ -157,10 +160,15 @@ class LossMonitor:
                 warnings.warn(message, RuntimeWarning, stacklevel=3)  # at the caller of end_epoch
 
     # ---- tables -----------------------------------------------------------
+    def _reported(self):
+        """The runs worth a row: all but an open run with nothing recorded yet."""
+        return [run for run in self.runs
+                if not (run is self._run and self._open and run["epochs"] == 0)]
+
     def to_dict(self):
         """``{"runs": [...]}``: one dict per run (name, weight, epochs,
         eval_loss, success, error, status)."""
-        return {"runs": [{k: v for k, v in run.items() if k != "open"} for run in self.runs]}
+        return {"runs": [dict(run) for run in self._reported()]}
 
     def to_markdown(self):
         """The runs as seed 000's "Comparison Matrix"."""
@@ -172,7 +180,7 @@ class LossMonitor:
             return f"{value:.4f}"
         lines = ["| Run | Weight | Epochs | Eval Loss | Success | Error | Status |",
                  "|-----|--------|--------|-----------|---------|-------|--------|"]
-        for run in self.runs:
+        for run in self._reported():
             lines.append(f"| {run['name']} | {run['weight']} | {run['epochs']} | "
                          f"{fmt(run['eval_loss'], 'loss')} | {fmt(run['success'], 'success')} | "
                          f"{fmt(run['error'], 'error')} | {run['status'] or '-'} |")
