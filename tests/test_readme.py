@@ -18,6 +18,8 @@ def test_first_block_has_exactly_two_setup_commands():
     install, test = _readme_commands()  # unpacking fails on any other count
     assert install.startswith("pip install") and install.endswith("python -m trajloss report")
     assert '".[test]"' in test and test.rstrip().endswith("python -m pytest")
+    # torch is pinned to the local CPU build before the extras can pull a CUDA one
+    assert test.startswith("pip install torch==2.13.0 && ")
 
 
 def test_ci_runs_the_readme_test_command():
