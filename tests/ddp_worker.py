@@ -1,0 +1,51 @@
+"""One rank of tests/test_torch_distributed.py (run as a script, not collected).
+
+usage: python ddp_worker.py RANK WORLD PORT OUT.npz
+Rank r trains a DistributedDataParallel policy with trajloss.torch.CombinedLoss
+on its share of the batch; rank 0 saves the averaged gradients.
+"""
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import trajloss
+import trajloss.torch as tlt
+
+BATCH = 16
+
+
+def policy():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 15)).double()
+
+
+def batch():
+    data = trajloss.make_dataset(trajloss.DoubleIntegrator(), BATCH, seed=7)
+    return (torch.tensor(data.x0), torch.tensor(data.controls), torch.tensor(data.states))
+
+
+def loss_of(model, x0, ru, rs):
+    loss_fn = tlt.CombinedLoss(trajloss.DoubleIntegrator(), weight=0.3, discount=0.8)
+    return loss_fn(model(x0).unsqueeze(-1), x0, ru, rs)
+
+
+def main(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(policy())
+        x0, ru, rs = batch()
+        share = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+        loss = loss_of(model, x0[share], ru[share], rs[share])
+        loss.backward()
+        if rank == 0:
+            np.savez(out, *[p.grad.numpy() for p in model.parameters()], loss=loss.item())
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
