@@ -60,3 +60,19 @@ def test_weighting_example_runs(capsys):
     out = capsys.readouterr().out
     assert "| Run | Weight | Epochs | Eval Loss | Success | Error | Status |" in out
     assert out.count("| 3 |") == 4  # four runs of three epochs
+
+
+def test_torch_training_example_runs(capsys):
+    import pytest
+    pytest.importorskip("torch")
+    block = next(b for b in PY_BLOCKS if "tlt.CombinedLoss" in b)
+    exec(compile(block, "README torch example", "exec"), {})
+    assert "epoch 19: loss" in capsys.readouterr().out
+
+
+def test_jax_training_example_runs(capsys):
+    import pytest
+    pytest.importorskip("jax")
+    block = next(b for b in PY_BLOCKS if "tlj.combined_loss" in b)
+    exec(compile(block, "README jax example", "exec"), {})
+    assert "JAX loss after 200 steps" in capsys.readouterr().out

@@ -177,7 +177,7 @@ class LossMonitor:
                 return "-"
             if kind == "success":
                 return f"{100 * value:.1f}%"
-            return f"{value:.4f}"
+            return f"{value:.4g}"  # 4 significant digits: 0.0189, 1.2e-05
         lines = ["| Run | Weight | Epochs | Eval Loss | Success | Error | Status |",
                  "|-----|--------|--------|-----------|---------|-------|--------|"]
         for run in self._reported():
