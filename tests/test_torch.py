@@ -126,6 +126,11 @@ def test_gradcheck_every_op(system, data):
     x0 = data["x0"].clone().requires_grad_()
     rs, ru, L = data["rs"], data["ru"], data["lengths"]
     assert torch.autograd.gradcheck(lambda a, b: tlt.rollout(system, a, b), (x0, u))
+    Ad, Bd = torch.tensor(system.Ad), torch.tensor(system.Bd)
+    G = torch.randn(B, T + 1, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda g: torch.ops.trajloss.rollout_vjp(Ad, Bd, x0.detach(), u.detach(), g), (G,))
+    assert torch.autograd.gradgradcheck(lambda a, b: tlt.rollout(system, a, b), (x0, u))
     assert torch.autograd.gradcheck(
         lambda a, b: tlt.control_loss(a, b, discount=0.5, lengths=L, penalty="huber", delta=0.7),
         (u, ru.clone().requires_grad_()))

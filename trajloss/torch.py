@@ -99,6 +99,24 @@ def _rollout_backward(ctx, grad_states):
 _rollout_op.register_autograd(_rollout_backward, setup_context=_rollout_setup)
 
 
+def _rollout_vjp_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+
+
+def _rollout_vjp_backward(ctx, g_controls, g_x0):
+    # rollout_vjp is linear in grad_states, (gu, gx) = J^T G with J the rollout's
+    # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents.
+    Ad, Bd, x0, controls = ctx.saved_tensors
+    if g_controls is None:
+        g_controls = torch.zeros_like(controls)
+    if g_x0 is None:
+        g_x0 = torch.zeros_like(x0)
+    return None, None, None, None, _rollout_op(Ad, Bd, g_x0, g_controls)
+
+
+_rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_vjp_setup)
+
+
 # ---- control loss ---------------------------------------------------------
 
 @torch.library.custom_op("trajloss::control_loss", mutates_args=())
