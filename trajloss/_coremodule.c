@@ -377,6 +377,7 @@ static PyArrayObject *new_traj_array(const traj_shape *sh, npy_intp rows, npy_in
 static PyObject *core_expm(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     PyObject *A_obj;
     if (!PyArg_ParseTuple(args, "O:expm", &A_obj))
         return NULL;
@@ -389,14 +390,14 @@ static PyObject *core_expm(PyObject *self, PyObject *args)
         char s[SHAPE_BUF];
         PyErr_Format(PyExc_ValueError, "A must be a square (n, n) matrix with n >= 1, got shape %s",
                      ARRAY_SHAPE(A, s));
-        goto fail;
+        goto done;
     }
     E = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(A), NPY_DOUBLE, 0);
     work = PyMem_RawMalloc(tl_expm_work_bytes(n));
     if (E == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -404,16 +405,16 @@ static PyObject *core_expm(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "expm");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    Py_DECREF(A);
-    return (PyObject *)E;
-fail:
+    result = (PyObject *)E;
+    E = NULL;
+
+done:
     PyMem_RawFree(work);
     Py_XDECREF(A);
     Py_XDECREF(E);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.discretize ------------------------------------------------- */
@@ -423,6 +424,7 @@ static const char *const DISC_METHODS[TL_DISC_COUNT] = {"zoh", "euler", "rk4"};
 static PyObject *core_discretize(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
+    PyObject *result = NULL;
     static char *kwlist[] = {"A", "B", "dt", "method", NULL};
     PyObject *A_obj, *B_obj, *dt_obj;
     const char *method_name = "zoh";
@@ -462,7 +464,7 @@ static PyObject *core_discretize(PyObject *self, PyObject *args, PyObject *kwds)
     if (Ad == NULL || Bd == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -472,19 +474,17 @@ static PyObject *core_discretize(PyObject *self, PyObject *args, PyObject *kwds)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "discretize");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    Py_DECREF(A);
-    Py_DECREF(B);
-    return Py_BuildValue("(NN)", Ad, Bd);
-fail:
+    result = Py_BuildValue("(OO)", Ad, Bd);
+
+done:
     PyMem_RawFree(work);
     Py_XDECREF(A);
     Py_XDECREF(B);
     Py_XDECREF(Ad);
     Py_XDECREF(Bd);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.check_system ----------------------------------------------- */
@@ -520,6 +520,7 @@ static int system_view(PyObject *Ad_obj, PyObject *Bd_obj, PyArrayObject **Ad,
 static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
+    PyObject *result = NULL;
     static char *kwlist[] = {"Ad", "Bd", "x0", "controls", "check_finite", NULL};
     PyObject *Ad_obj, *Bd_obj;
     float_arg fa[2] = {{"x0", NULL, NULL, 0}, {"controls", NULL, NULL, 0}};
@@ -535,18 +536,18 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
     if (convert_float_args(fa, 2, &typenum) < 0)
-        goto fail;
+        goto done;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
-        goto fail;
+        goto done;
     if (check_finite && check_float_args_finite(fa, 2) < 0)
-        goto fail;
+        goto done;
 
     states = new_traj_array(&sh, sh.steps + 1, sys.n, typenum, 1);
     work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
     if (states == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -559,25 +560,24 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "rollout");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_float_args(fa, 2);
-    Py_DECREF(Ad);
-    Py_DECREF(Bd);
-    return (PyObject *)states;
-fail:
+    result = (PyObject *)states;
+    states = NULL;
+
+done:
     PyMem_RawFree(work);
     release_float_args(fa, 2);
     Py_XDECREF(Ad);
     Py_XDECREF(Bd);
     Py_XDECREF(states);
-    return NULL;
+    return result;
 }
 
 static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
+    PyObject *result = NULL;
     static char *kwlist[] = {"Ad", "Bd", "x0", "controls", "grad_states", "check_finite", NULL};
     PyObject *Ad_obj, *Bd_obj;
     float_arg fa[3] = {{"x0", NULL, NULL, 0},
@@ -596,13 +596,13 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
     if (convert_float_args(fa, 3, &typenum) < 0)
-        goto fail;
+        goto done;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
-        goto fail;
+        goto done;
     if (check_traj_array(fa[2].arr, fa[2].name, &sh, sh.steps + 1, sys.n, "the states") < 0)
-        goto fail;
+        goto done;
     if (check_finite && check_float_args_finite(fa, 3) < 0)
-        goto fail;
+        goto done;
 
     gu = new_traj_array(&sh, sh.steps, sys.m, typenum, 1);
     gx = new_traj_array(&sh, 0, sys.n, typenum, 0);
@@ -610,7 +610,7 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
     if (gu == NULL || gx == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -623,21 +623,18 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "rollout_vjp");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_float_args(fa, 3);
-    Py_DECREF(Ad);
-    Py_DECREF(Bd);
-    return Py_BuildValue("(NN)", gu, gx);
-fail:
+    result = Py_BuildValue("(OO)", gu, gx);
+
+done:
     PyMem_RawFree(work);
     release_float_args(fa, 3);
     Py_XDECREF(Ad);
     Py_XDECREF(Bd);
     Py_XDECREF(gu);
     Py_XDECREF(gx);
-    return NULL;
+    return result;
 }
 
 /* ---- selection, penalty and per-feature weights ----------------------- */
@@ -859,6 +856,7 @@ static void set_loss_error(tl_status status, const char *context)
 static PyObject *core_time_weights(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     Py_ssize_t steps;
     PyObject *discount, *lengths, *mask;
     if (!PyArg_ParseTuple(args, "nOOO:time_weights", &steps, &discount, &lengths, &mask))
@@ -893,7 +891,7 @@ static PyObject *core_time_weights(PyObject *self, PyObject *args)
     if (out == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -901,16 +899,16 @@ static PyObject *core_time_weights(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "time_weights");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_selection(&owned);
-    return (PyObject *)out;
-fail:
+    result = (PyObject *)out;
+    out = NULL;
+
+done:
     PyMem_RawFree(work);
     release_selection(&owned);
     Py_XDECREF(out);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.control_loss ----------------------------------------------- */
@@ -918,6 +916,7 @@ fail:
 static PyObject *core_control_loss(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     float_arg fa[2] = {{"pred", NULL, NULL, 0}, {"target", NULL, NULL, 0}};
     PyObject *discount, *lengths, *mask, *penalty, *delta, *fw_obj;
     int check_finite, want_grad, typenum;
@@ -938,19 +937,19 @@ static PyObject *core_control_loss(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError,
                      "pred must have shape (B, T, D) or (T, D) with D >= 1, got shape %s",
                      ARRAY_SHAPE(pred, s1));
-        goto fail;
+        goto done;
     }
     traj_shape sh = {nd == 3, nd == 3 ? PyArray_DIM(pred, 0) : 1, PyArray_DIM(pred, nd - 2)};
     const npy_intp D = PyArray_DIM(pred, nd - 1);
     if (check_traj_array(fa[1].arr, "target", &sh, sh.steps, D, "pred") < 0)
-        goto fail;
+        goto done;
     if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
                         &owned) < 0 ||
         parse_penalty(penalty, delta, &spec) < 0 ||
         feature_weights_arg(fw_obj, "feature_weights", D, &fw) < 0)
-        goto fail;
+        goto done;
     if (check_finite && check_float_args_finite(fa, 2) < 0)
-        goto fail;
+        goto done;
     spec.terms = TL_TERM_CONTROL;
     spec.control_weight = 1.0;
     spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
@@ -958,12 +957,12 @@ static PyObject *core_control_loss(PyObject *self, PyObject *args)
     if (want_grad) {
         grad = (PyArrayObject *)PyArray_EMPTY(nd, PyArray_DIMS(pred), typenum, 0);
         if (grad == NULL)
-            goto fail;
+            goto done;
     }
     work = PyMem_RawMalloc(tl_control_loss_work_bytes(D, sh.steps));
     if (work == NULL) {
         PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_loss_value value;
     tl_status status;
@@ -977,22 +976,18 @@ static PyObject *core_control_loss(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_loss_error(status, "control_loss");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_float_args(fa, 2);
-    release_selection(&owned);
-    Py_XDECREF(fw);
-    if (grad == NULL)
-        return PyFloat_FromDouble(value.total);
-    return Py_BuildValue("(dN)", value.total, grad);
-fail:
+    result = grad == NULL ? PyFloat_FromDouble(value.total)
+                          : Py_BuildValue("(dO)", value.total, grad);
+
+done:
     PyMem_RawFree(work);
     release_float_args(fa, 2);
     release_selection(&owned);
     Py_XDECREF(fw);
     Py_XDECREF(grad);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.rollout_loss ----------------------------------------------- */
@@ -1007,6 +1002,7 @@ fail:
 static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     PyObject *Ad_obj, *Bd_obj, *objs[5], *discount, *lengths, *mask, *penalty, *delta;
     PyObject *fw_obj, *sw_obj;
     unsigned int terms;
@@ -1037,28 +1033,28 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
     if (convert_float_args(fa, 5, &typenum) < 0)
-        goto fail;
+        goto done;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
-        goto fail;
+        goto done;
     if ((fa[2].arr && check_traj_array(fa[2].arr, "ref_controls", &sh, sh.steps, sys.m,
                                        "controls") < 0) ||
         (fa[3].arr && check_traj_array(fa[3].arr, "ref_states", &sh, sh.steps + 1, sys.n,
                                        "the states") < 0) ||
         (fa[4].arr && check_traj_array(fa[4].arr, target_name, &sh, -1, sys.n, "x0") < 0))
-        goto fail;
+        goto done;
     if (((terms & TL_TERM_CONTROL) && !fa[2].arr) || ((terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
         ((terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {
         PyErr_SetString(PyExc_ValueError, "rollout_loss: a requested term is missing its reference");
-        goto fail;
+        goto done;
     }
     if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
                         &owned) < 0 ||
         parse_penalty(penalty, delta, &spec) < 0 ||
         feature_weights_arg(fw_obj, "feature_weights", sys.m, &fw) < 0 ||
         feature_weights_arg(sw_obj, "state_weights", sys.n, &sw) < 0)
-        goto fail;
+        goto done;
     if (check_finite && check_float_args_finite(fa, 5) < 0)
-        goto fail;
+        goto done;
     spec.terms = terms;
     spec.control_weight = cw;
     spec.trajectory_weight = tw;
@@ -1073,7 +1069,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
     if (gu == NULL || gx == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
 #define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
     tl_loss_value v;
@@ -1091,17 +1087,11 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
 #undef DATA_OR_NULL
     if (status != TL_OK) {
         set_loss_error(status, "loss");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_float_args(fa, 5);
-    release_selection(&owned);
-    Py_XDECREF(fw);
-    Py_XDECREF(sw);
-    Py_DECREF(Ad);
-    Py_DECREF(Bd);
-    return Py_BuildValue("(ddddNN)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
-fail:
+    result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
+
+done:
     PyMem_RawFree(work);
     release_float_args(fa, 5);
     release_selection(&owned);
@@ -1111,7 +1101,7 @@ fail:
     Py_XDECREF(Bd);
     Py_XDECREF(gu);
     Py_XDECREF(gx);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.final_state_error ----------------------------------------- */
@@ -1120,6 +1110,7 @@ fail:
 static PyObject *core_final_state_error(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     PyObject *Ad_obj, *Bd_obj, *lengths;
     float_arg fa[3] = {{"x0", NULL, NULL, 0}, {"controls", NULL, NULL, 0}, {"xf", NULL, NULL, 0}};
     int check_finite, typenum;
@@ -1138,15 +1129,15 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
         check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
         check_traj_array(fa[2].arr, "xf", &sh, -1, sys.n, "x0") < 0 ||
         parse_selection(Py_None, lengths, Py_None, sh.batched, sh.batch, sh.steps, &sel, &owned) < 0)
-        goto fail;
+        goto done;
     if (check_finite && check_float_args_finite(fa, 3) < 0)
-        goto fail;
+        goto done;
     err = (PyArrayObject *)PyArray_EMPTY(sh.batched, &sh.batch, typenum, 0);
     work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
     if (err == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -1161,22 +1152,19 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "final_state_error");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    release_float_args(fa, 3);
-    release_selection(&owned);
-    Py_DECREF(Ad);
-    Py_DECREF(Bd);
-    return (PyObject *)err;
-fail:
+    result = (PyObject *)err;
+    err = NULL;
+
+done:
     PyMem_RawFree(work);
     release_float_args(fa, 3);
     release_selection(&owned);
     Py_XDECREF(Ad);
     Py_XDECREF(Bd);
     Py_XDECREF(err);
-    return NULL;
+    return result;
 }
 
 /* ---- _core.min_energy / _core.min_energy_law ------------------------- */
@@ -1236,6 +1224,7 @@ static const char *const REF_METHODS[TL_REF_COUNT] = {"exact", "average", "conti
 static PyObject *core_min_energy(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     PyObject *Ad_obj, *Bd_obj, *A_obj, *B_obj, *x0_obj, *xf_obj;
     double dt;
     Py_ssize_t steps;
@@ -1272,17 +1261,17 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
             PyErr_Format(PyExc_ValueError,
                          "method '%s' needs the continuous model: build the system with "
                          "LinearSystem.from_continuous", method_name);
-            goto fail;
+            goto done;
         }
         if (system_pair(A_obj, B_obj, "A", "B", &A, &B) < 0)
-            goto fail;
+            goto done;
         if (PyArray_DIM(A, 0) != sys.n || PyArray_DIM(B, 1) != sys.m) {
             PyErr_SetString(PyExc_ValueError, "A, B do not match the shapes of Ad, Bd");
-            goto fail;
+            goto done;
         }
     }
     if (boundary_states(x0_obj, xf_obj, sys.n, &x0, &xf) < 0)
-        goto fail;
+        goto done;
     const int batched = PyArray_NDIM(x0) == 2;
     const npy_intp batch = batched ? PyArray_DIM(x0, 0) : 1;
     traj_shape sh = {batched, batch, steps};
@@ -1291,19 +1280,19 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
     err = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     energy = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     if (U == NULL || S == NULL || err == NULL || energy == NULL)
-        goto fail;
+        goto done;
     size_t plan_bytes = tl_ref_plan_bytes(sys.n, sys.m, steps, (tl_ref_method)method);
     size_t init_bytes = tl_ref_init_work_bytes(sys.n, sys.m, steps);
     size_t apply_bytes = tl_ref_apply_work_bytes(sys.n);
     if (plan_bytes == 0 || init_bytes == 0) {
         PyErr_SetString(PyExc_ValueError, "min_energy: steps or dimensions out of range");
-        goto fail;
+        goto done;
     }
     plan_mem = PyMem_RawMalloc(plan_bytes);
     work = PyMem_RawMalloc(init_bytes > apply_bytes ? init_bytes : apply_bytes);
     if (plan_mem == NULL || work == NULL) {
         PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     tl_ref_plan plan;
     tl_status status;
@@ -1317,24 +1306,28 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_gramian_error(status, plan.cond, "min_energy");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(plan_mem);
-    PyMem_RawFree(work);
-    Py_DECREF(Ad), Py_DECREF(Bd), Py_XDECREF(A), Py_XDECREF(B), Py_DECREF(x0), Py_DECREF(xf);
-    return Py_BuildValue("(NNNNd)", U, S, PyArray_Return(err), PyArray_Return(energy), plan.cond);
-fail:
+    PyObject *err_obj = PyArray_Return(err), *energy_obj = PyArray_Return(energy);
+    err = energy = NULL; /* PyArray_Return took them */
+    if (err_obj != NULL && energy_obj != NULL)
+        result = Py_BuildValue("(OOOOd)", U, S, err_obj, energy_obj, plan.cond);
+    Py_XDECREF(err_obj);
+    Py_XDECREF(energy_obj);
+
+done:
     PyMem_RawFree(plan_mem);
     PyMem_RawFree(work);
     Py_XDECREF(Ad), Py_XDECREF(Bd), Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf);
     Py_XDECREF(U), Py_XDECREF(S), Py_XDECREF(err), Py_XDECREF(energy);
-    return NULL;
+    return result;
 }
 
 /* min_energy_law(A, B, horizon, x0, xf, times) -> (u, x) */
 static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
 {
     (void)self;
+    PyObject *result = NULL;
     PyObject *A_obj, *B_obj, *x0_obj, *xf_obj, *t_obj;
     double horizon;
     if (!PyArg_ParseTuple(args, "OOdOOO:min_energy_law", &A_obj, &B_obj, &horizon, &x0_obj,
@@ -1350,12 +1343,12 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
         return NULL;
     const npy_intp n = PyArray_DIM(A, 0), m = PyArray_DIM(B, 1);
     if (boundary_states(x0_obj, xf_obj, n, &x0, &xf) < 0 || (t = real_array(t_obj, "t")) == NULL)
-        goto fail;
+        goto done;
     if (PyArray_NDIM(t) > 1) {
         char s[SHAPE_BUF];
         PyErr_Format(PyExc_ValueError, "t must be a number or a 1-D array of times, got shape %s",
                      ARRAY_SHAPE(t, s));
-        goto fail;
+        goto done;
     }
     const npy_intp nt = PyArray_SIZE(t);
     const double *tp = (const double *)PyArray_DATA(t);
@@ -1363,7 +1356,7 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
         if (!(tp[i] >= 0.0 && tp[i] <= horizon)) {
             value_error("t must lie in [0, horizon] = [0, %g], got %g at index %" NPY_INTP_FMT,
                         horizon, tp[i], i);
-            goto fail;
+            goto done;
         }
     const int batched = PyArray_NDIM(x0) == 2;
     traj_shape sh = {batched, batched ? PyArray_DIM(x0, 0) : 1, nt};
@@ -1374,7 +1367,7 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
     if (u == NULL || x == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
-        goto fail;
+        goto done;
     }
     double cond;
     tl_status status;
@@ -1385,16 +1378,15 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_gramian_error(status, cond, "min_energy_law");
-        goto fail;
+        goto done;
     }
-    PyMem_RawFree(work);
-    Py_DECREF(A), Py_DECREF(B), Py_DECREF(x0), Py_DECREF(xf), Py_DECREF(t);
-    return Py_BuildValue("(NN)", u, x);
-fail:
+    result = Py_BuildValue("(OO)", u, x);
+
+done:
     PyMem_RawFree(work);
     Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf), Py_XDECREF(t);
     Py_XDECREF(u), Py_XDECREF(x);
-    return NULL;
+    return result;
 }
 
 /* ---- module ------------------------------------------------------------ */
