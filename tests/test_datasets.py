@@ -391,3 +391,9 @@ def test_average_on_discrete_system():
                                    np.array([[0.0], [0.1]]), dt=0.1)
     with pytest.raises(ValueError):
         trajloss.make_dataset(system, 5, 10, x0_low=[-1, -1], x0_high=[1, 1], method="average")
+
+
+def test_absurd_size_is_a_value_error_naming_size():
+    import trajloss
+    with pytest.raises(ValueError, match=r"\bsize\b"):
+        trajloss.make_dataset(trajloss.DoubleIntegrator(), 2**70)

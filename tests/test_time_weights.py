@@ -301,3 +301,11 @@ def test_seed004_length_agnostic(rng):
     np.testing.assert_allclose(
         res2.value,
         control_loss_ref(pred, target2, discount=0.375, lengths=lengths)["value"], rtol=1e-12)
+
+
+def test_absurd_T_is_a_value_error_naming_T():
+    import trajloss
+    with pytest.raises(ValueError, match=r"\bT\b"):
+        trajloss.time_weights(2**70, 0.5)
+    with pytest.raises(ValueError, match=r"\bT\b"):
+        trajloss.time_weights(-1, 0.5)

@@ -160,8 +160,8 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
     if steps is None or x0_low is None or x0_high is None:
         raise ValueError("steps, x0_low and x0_high are required for systems other than "
                          "DoubleIntegrator")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 2**40:
+        raise ValueError(f"size must be an integer in [1, 2**40], got {size!r}")
     if method not in REFERENCE_METHODS:
         raise ValueError(f"method must be one of {REFERENCE_METHODS}, got {method!r}")
     low = np.asarray(x0_low, dtype=float)

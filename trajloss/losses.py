@@ -158,6 +158,8 @@ def time_weights(T, discount, lengths=None, mask=None):
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
         raise TypeError(f"T must be an integer, got {T!r}")
+    if not 0 <= T <= 2**31 - 1:
+        raise ValueError(f"T must be in [0, 2**31 - 1], got {T}")
     return _core.time_weights(int(T), discount, lengths, mask)
 
 
