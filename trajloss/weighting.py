@@ -23,6 +23,7 @@ approach 4 (adaptive)       ``Adaptive()`` (smoothed, clipped: no oscillation)
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -55,8 +56,8 @@ def _scalar(value, name):
     return value
 
 
-class WeightingStrategy:
-    """The interface every weighting strategy shares."""
+class WeightingStrategy(abc.ABC):
+    """The interface every weighting strategy shares (subclasses define ``_weight``)."""
 
     def weight(self, epoch=None, control=None, trajectory=None) -> float:
         """The trajectory weight; observes ``(control, trajectory)`` first when given."""
@@ -64,8 +65,9 @@ class WeightingStrategy:
             self.observe(control, trajectory)
         return self._weight(epoch)
 
+    @abc.abstractmethod
     def _weight(self, epoch) -> float:
-        raise NotImplementedError(f"{type(self).__name__} must define _weight")
+        """The weight at ``epoch`` from the strategy's current state."""
 
     def observe(self, control, trajectory) -> None:
         """Take note of one step's raw term values (stateless strategies ignore them)."""
