@@ -19,6 +19,18 @@ void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
     }
 }
 
+void tl_dense_matmul_nt(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c, const double *A, const double *B,
+                        double *C, int accumulate)
+{
+    for (ptrdiff_t i = 0; i < r; i++)
+        for (ptrdiff_t j = 0; j < c; j++) {
+            double acc = 0.0;
+            for (ptrdiff_t p = 0; p < k; p++)
+                acc += A[i * k + p] * B[j * k + p];
+            C[i * c + j] = accumulate ? C[i * c + j] + acc : acc;
+        }
+}
+
 void tl_dense_axpby(ptrdiff_t n, double alpha, const double *X, double beta, double *Y)
 {
     if (beta == 0.0) { /* Y may hold garbage (even NaN) that 0 * Y would keep */

@@ -11,6 +11,11 @@
 void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
                      const double *A, const double *B, double *C);
 
+/* C (r x c) = A (r x k) * B^T (B is c x k), or C += ... when accumulate is set;
+ * C may not overlap A or B. */
+void tl_dense_matmul_nt(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c, const double *A, const double *B,
+                        double *C, int accumulate);
+
 /* Y (n x n) = alpha * X + beta * Y; with beta == 0 the old Y is never read. */
 void tl_dense_axpby(ptrdiff_t n, double alpha, const double *X, double beta, double *Y);
 

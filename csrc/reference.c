@@ -142,13 +142,7 @@ static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt
 static void add_congruence(ptrdiff_t n, const double *P, const double *X, double *Y, double *T1)
 {
     tl_dense_matmul(n, n, n, P, X, T1);
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (ptrdiff_t j = 0; j < n; j++) {
-            double acc = 0.0;
-            for (ptrdiff_t k = 0; k < n; k++)
-                acc += T1[i * n + k] * P[j * n + k];
-            Y[i * n + j] += acc;
-        }
+    tl_dense_matmul_nt(n, n, n, T1, P, Y, 1);
 }
 
 tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
@@ -207,13 +201,7 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
             add_congruence(n, Pow + j * nn, Wdt, W, T1);
         } else {
             tl_dense_matmul(n, n, m, Pow + j * nn, plan->Bd, T2); /* V_j = Ad^j Bd */
-            for (ptrdiff_t i = 0; i < n; i++)
-                for (ptrdiff_t k = 0; k < n; k++) {
-                    double acc = 0.0;
-                    for (ptrdiff_t c = 0; c < m; c++)
-                        acc += T2[i * m + c] * T2[k * m + c];
-                    W[i * n + k] += acc;
-                }
+            tl_dense_matmul_nt(n, m, n, T2, T2, W, 1);             /* W += V_j V_j^T */
         }
     }
     status = spd_inverse(n, W, G, Wt, D, lwork, iwork, &plan->cond);
@@ -237,13 +225,7 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     if (method == TL_REF_CONTINUOUS) {
         memset(Wk, 0, (size_t)nn * sizeof(double));
         for (ptrdiff_t k = 0; k <= T; k++) {
-            for (ptrdiff_t i = 0; i < n; i++)
-                for (ptrdiff_t j = 0; j < n; j++) {
-                    double acc = 0.0;
-                    for (ptrdiff_t c = 0; c < n; c++)
-                        acc += Wk[i * n + c] * Pow[(T - k) * nn + j * n + c];
-                    T1[i * n + j] = acc;
-                }
+            tl_dense_matmul_nt(n, n, n, Wk, Pow + (T - k) * nn, T1, 0);
             tl_dense_matmul(n, n, n, T1, G, plan->Q + k * nn);
             if (k < T)
                 add_congruence(n, Pow + k * nn, Wdt, Wk, T1);
