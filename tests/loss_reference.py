@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from conftest import central_fd
+
 PENALTIES = ("mse", "l1", "huber")
 
 
@@ -389,15 +391,5 @@ def kink_free(rng, shape, delta=1.0):
 
 
 def fd_grad(f, x, h=1e-5, entries=None):
-    """Central differences of scalar ``f`` at ``x`` (float64); only the flat
-    indices in ``entries`` if given (others left 0)."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    idx = range(x.size) if entries is None else entries
-    for j in idx:
-        xp = x.copy()
-        xm = x.copy()
-        xp.flat[j] += h
-        xm.flat[j] -= h
-        g.flat[j] = (f(xp) - f(xm)) / (2.0 * h)
-    return g
+    """Central differences of scalar ``f`` at ``x`` (see ``conftest.central_fd``)."""
+    return central_fd(f, x, h, entries)
