@@ -14,7 +14,7 @@ import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE_SOURCES = ["status.c", "dense.c", "expm.c", "discretize.c", "rollout.c", "weights.c", "loss.c", "reference.c"]
+CORE_SOURCES = ["status.c", "parallel.c", "dense.c", "expm.c", "discretize.c", "rollout.c", "weights.c", "loss.c", "reference.c"]
 
 
 def lapack_options():
@@ -44,9 +44,9 @@ core = Extension(
     sources=["trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
-    extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra",
+    extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-missing-field-initializers"] + lapack_cflags,
-    extra_link_args=lapack_libs + ["-lm"],
+    extra_link_args=lapack_libs + ["-lm", "-pthread"],
 )
 
 

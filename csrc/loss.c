@@ -1,12 +1,39 @@
 /*
  * loss.c -- control, trajectory, terminal and combined losses with their
- * analytic gradients, one pass per sequence (kernels in loss_impl.h).
+ * analytic gradients (kernels in loss_impl.h, one per storage type).
+ *
+ * Layout of the work. The batch is cut into chunks of TL_CHUNK sequences
+ * (parallel.h); each chunk's partial sums are stored and added in chunk
+ * order, so the value does not depend on how many threads ran. The rollout
+ * losses process a chunk as tiles of TL_LANES sequences held side by side
+ * in vectors (lanes.h): every operation acts on all lanes at once, and the
+ * recurrences of different sequences overlap instead of waiting on each
+ * other. Lanes past the end of the batch, and steps past a sequence's last
+ * valid step, are switched off with selects (never multiplied by zero), so
+ * padding values -- NaN included -- never reach a result.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
+#include "lanes.h"
+#include "parallel.h"
 #include "select.h"
 #include "trajloss.h"
+
+enum { L = TL_LANES };
+
+/* (n, m) of the systems that get a rollout-loss kernel of their own. */
+#define TL_SMALL_TILES                                                                        \
+    TL_SMALL_TILE(1, 1)                                                                       \
+    TL_SMALL_TILE(2, 1)                                                                       \
+    TL_SMALL_TILE(2, 2)                                                                       \
+    TL_SMALL_TILE(3, 1)                                                                       \
+    TL_SMALL_TILE(3, 3)                                                                       \
+    TL_SMALL_TILE(4, 1)                                                                       \
+    TL_SMALL_TILE(4, 2)                                                                       \
+    TL_SMALL_TILE(6, 2)                                                                       \
+    TL_SMALL_TILE(6, 3)
 
 /* rho(r) and its derivative for the three penalties (see trajloss.h). */
 static inline double rho(tl_penalty penalty, double delta, double r, double *drho)
@@ -29,6 +56,35 @@ static inline double rho(tl_penalty penalty, double delta, double r, double *drh
     }
     }
 }
+
+/*
+ * One run of contiguous elements with per-element weights wv:
+ * returns sum wv rho(p - q) and, when g is given, stores scale wv rho'(p - q).
+ */
+#define TL_PEN_RUN(T_, NAME)                                                                  \
+    static double NAME(tl_penalty penalty, double delta, ptrdiff_t len, const T_ *p,          \
+                       const T_ *q, const double *wv, double scale, T_ *g)                    \
+    {                                                                                         \
+        double sum = 0.0, d;                                                                  \
+        if (penalty == TL_PENALTY_MSE) {                                                      \
+            for (ptrdiff_t e = 0; e < len; e++) {                                             \
+                const double r = (double)p[e] - (double)q[e];                                 \
+                sum += wv[e] * r * r;                                                         \
+                if (g != NULL)                                                                \
+                    g[e] = (T_)(scale * wv[e] * 2.0 * r);                                     \
+            }                                                                                 \
+            return sum;                                                                       \
+        }                                                                                     \
+        for (ptrdiff_t e = 0; e < len; e++) {                                                 \
+            sum += wv[e] * rho(penalty, delta, (double)p[e] - (double)q[e], &d);              \
+            if (g != NULL)                                                                    \
+                g[e] = (T_)(scale * wv[e] * d);                                               \
+        }                                                                                     \
+        return sum;                                                                           \
+    }
+TL_PEN_RUN(double, pen_run_f64)
+TL_PEN_RUN(float, pen_run_f32)
+#undef TL_PEN_RUN
 
 static int finite_nonneg(double x)
 {
@@ -62,6 +118,14 @@ typedef struct {
 static tl_valid_counts count_valid(const tl_selection *sel, int shift)
 {
     tl_valid_counts N = {0.0, 0.0, 0.0};
+    if (sel->lengths == NULL && sel->mask == NULL) {
+        N.control = (double)sel->batch * (double)sel->steps;
+        if (sel->steps > 0) {
+            N.trajectory = (double)sel->batch * (double)(sel->steps + shift);
+            N.terminal = (double)sel->batch;
+        }
+        return N;
+    }
     for (ptrdiff_t b = 0; b < sel->batch; b++) {
         const ptrdiff_t count = tl_sel_span(sel, b).count;
         N.control += (double)count;
@@ -95,18 +159,155 @@ static tl_status check_rollout_call(const tl_system *sys, const tl_loss_spec *sp
     return TL_OK;
 }
 
-size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps)
+/* ---- scratch sizes ------------------------------------------------------ */
+
+/* acc += a * b, failing (returning 0) instead of wrapping around. */
+static int add_product(size_t *acc, size_t a, size_t b)
 {
-    if (features < 1 || steps < 0)
+    if (b != 0 && a > (SIZE_MAX - *acc) / b)
         return 0;
-    return (size_t)(2 * steps + 2 + 2 * features) * sizeof(double);
+    *acc += a * b;
+    return 1;
 }
 
-size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
+static ptrdiff_t chunk_count(ptrdiff_t batch)
 {
-    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 0)
+    return batch / TL_CHUNK + (batch % TL_CHUNK != 0);
+}
+
+/* Doubles of shared scratch: the powers (steps + 2) and 3 partial sums per chunk. */
+static int shared_doubles(ptrdiff_t steps, ptrdiff_t batch, size_t *count)
+{
+    *count = 0;
+    return add_product(count, (size_t)steps + 2, 1) &&
+           add_product(count, (size_t)chunk_count(batch), 3);
+}
+
+static size_t total_bytes(size_t shared, size_t per_worker, int workers)
+{
+    size_t doubles = shared;
+    if (!add_product(&doubles, per_worker, (size_t)workers) ||
+        doubles > SIZE_MAX / sizeof(double))
         return 0;
-    return (size_t)((3 * steps + 3) + (steps + 1) * n + 2 * n + 2 * m) * sizeof(double);
+    return doubles * sizeof(double);
+}
+
+size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t batch,
+                                  int threads)
+{
+    size_t shared, per_worker = 0;
+    if (features < 1 || steps < 0 || batch < 0 || !shared_doubles(steps, batch, &shared))
+        return 0;
+    /* shared: the weights of every element of a row when they are the same
+     * for every sequence (T x features); per worker: one row of weights */
+    if (!add_product(&shared, (size_t)steps, (size_t)features) ||
+        !add_product(&per_worker, (size_t)steps + 2, 1) ||
+        !add_product(&per_worker, (size_t)features, 1))
+        return 0;
+    return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
+}
+
+/* Doubles one worker of a rollout loss needs (see rl_carve in loss_impl.h). */
+static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
+{
+    *count = 0;
+    return add_product(count, (T + 1) * L, n) &&  /* G */
+           add_product(count, T * L, m) &&        /* Gc */
+           add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
+           add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
+           add_product(count, L, 1) &&            /* fin */
+           add_product(count, 3 * L, 1) &&        /* per-lane sums */
+           add_product(count, T + 2 + L, 1) &&    /* one row of weights (+ alignment) */
+           add_product(count, 4 * L, T * m) &&    /* staging: u, ru, gu (+ spare) */
+           add_product(count, L, (T + 1) * n) &&  /* staging: ref states */
+           add_product(count, 4 * L, n);          /* staging: x0, target, gx (+ spare) */
+}
+
+size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
+                                  int threads)
+{
+    size_t shared, per_worker;
+    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 0 || batch < 0 ||
+        (size_t)steps > SIZE_MAX / 8 / TL_MAX_DIM || !shared_doubles(steps, batch, &shared) ||
+        !rollout_worker_doubles((size_t)n, (size_t)m, (size_t)steps, &per_worker))
+        return 0;
+    return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
+}
+
+/* ---- the selection of one tile ------------------------------------------ */
+
+/* Valid steps and weights of the lanes of one tile, one vector per step. */
+typedef struct {
+    tl_vd *vc, *wc; /* steps: control step valid (1/0), its weight */
+    tl_vd *vs, *ws; /* steps + 1: state k scored by the trajectory term, its weight */
+    tl_vd *fin;     /* one: index of the final valid state, -1 for an empty lane */
+    ptrdiff_t K[L]; /* the final valid state of each lane (0 when empty) */
+    ptrdiff_t Kmax;
+    int ragged;     /* do non-empty lanes end at different states? */
+} tl_tile_sel;
+
+static void tile_select(const tl_selection *sel, int shift, ptrdiff_t b0, int lanes,
+                        const double *powers, double *row, tl_tile_sel *ts)
+{
+    const ptrdiff_t T = sel->steps;
+    ts->Kmax = 0;
+    for (int l = 0; l < L; l++) {
+        const ptrdiff_t b = b0 + l;
+        const tl_seq_span span = l < lanes ? tl_sel_span(sel, b) : (tl_seq_span){0, -1};
+        ts->K[l] = span.last + 1;
+        ts->fin[0][l] = span.count > 0 ? (double)(span.last + 1) : -1.0;
+        if (ts->K[l] > ts->Kmax)
+            ts->Kmax = ts->K[l];
+        if (span.count == 0) {
+            for (ptrdiff_t t = 0; t < T; t++)
+                ts->vc[t][l] = ts->wc[t][l] = 0.0;
+            for (ptrdiff_t k = 0; k <= T; k++)
+                ts->vs[k][l] = ts->ws[k][l] = 0.0;
+            continue;
+        }
+        tl_sel_weights(sel, b, 0, powers, row);
+        for (ptrdiff_t t = 0; t < T; t++) {
+            ts->vc[t][l] = tl_sel_valid(sel, b, t) ? 1.0 : 0.0;
+            ts->wc[t][l] = row[t];
+        }
+        /* state k >= 1 is scored with control step k - 1; state 0 only with shift */
+        ts->vs[0][l] = shift ? 1.0 : 0.0;
+        for (ptrdiff_t k = 1; k <= T; k++)
+            ts->vs[k][l] = ts->vc[k - 1][l];
+        if (shift) {
+            tl_sel_weights(sel, b, 1, powers, row);
+            for (ptrdiff_t k = 0; k <= T; k++)
+                ts->ws[k][l] = row[k];
+        } else {
+            ts->ws[0][l] = 0.0;
+            for (ptrdiff_t k = 1; k <= T; k++)
+                ts->ws[k][l] = ts->wc[k - 1][l];
+        }
+    }
+    ts->ragged = 0;
+    for (int l = 0; l < L; l++)
+        ts->ragged |= ts->fin[0][l] >= 0.0 && ts->K[l] != ts->Kmax;
+}
+
+/* Everything a rollout-loss tile needs that is the same for the whole call. */
+typedef struct {
+    const tl_system *sys;
+    const tl_loss_spec *spec;
+    ptrdiff_t B, T, n, m;
+    int shift, uniform;
+    double sc, st, sf; /* gradient scale of each term: weight / (count * dim) */
+    const double *powers;
+    double *partials;  /* 3 per chunk */
+    double *worker_work;
+    size_t worker_doubles;
+} tl_rl_const;
+
+static double sum_partials(const double *partials, ptrdiff_t chunks, int term)
+{
+    double sum = 0.0;
+    for (ptrdiff_t c = 0; c < chunks; c++)
+        sum += partials[3 * c + term];
+    return sum;
 }
 
 #define TL_T double

@@ -4,73 +4,223 @@
  * and gradient is carried in double and rounded once when stored.
  */
 
-/*
- * One step of one term: returns e = mean_d s_d rho(a_d - ref_d) and adds
- * scale * s_d rho'(a_d - ref_d) / dim to g[d] (g may be NULL).
- */
-static double TL_SFX(penalty_step)(const tl_loss_spec *spec, ptrdiff_t dim, const double *s,
-                                   const double *a, const TL_T *ref, double scale, double *g)
+/* ---- control loss -------------------------------------------------------- */
+
+typedef struct {
+    const tl_loss_spec *spec;
+    ptrdiff_t D;
+    const TL_T *pred, *target;
+    TL_T *grad;
+    double scale;       /* 1 / (count * D) */
+    const double *flat; /* T x D weights w_t f_d, when they are the same for every sequence */
+    const double *powers;
+    double *partials;
+    double *worker_work;
+    size_t worker_doubles;
+} TL_SFX(cl_ctx);
+
+/* sum_t w_t sum_d f_d rho(...) of sequence b, storing its gradient row. */
+static double TL_SFX(cl_sequence)(const TL_SFX(cl_ctx) *c, ptrdiff_t b, double *w, double *wv)
 {
-    double e = 0.0;
-    for (ptrdiff_t d = 0; d < dim; d++) {
-        double drho;
-        const double sd = s != NULL ? s[d] : 1.0;
-        e += sd * rho(spec->penalty, spec->delta, a[d] - (double)ref[d], &drho);
-        if (g != NULL)
-            g[d] += scale * sd * drho / (double)dim;
+    const tl_loss_spec *spec = c->spec;
+    const tl_selection *sel = &spec->sel;
+    const ptrdiff_t T = sel->steps, D = c->D;
+    const TL_T *p = c->pred + b * T * D, *q = c->target + b * T * D;
+    TL_T *g = c->grad != NULL ? c->grad + b * T * D : NULL;
+    if (c->flat != NULL)
+        return TL_SFX(pen_run)(spec->penalty, spec->delta, T * D, p, q, c->flat, c->scale, g);
+
+    double sum = 0.0;
+    tl_sel_weights(sel, b, 0, c->powers, w);
+    for (ptrdiff_t t = 0; t < T; t++) {
+        if (!tl_sel_valid(sel, b, t)) {
+            if (g != NULL)
+                memset(g + t * D, 0, (size_t)D * sizeof(TL_T));
+            continue;
+        }
+        for (ptrdiff_t d = 0; d < D; d++)
+            wv[d] = w[t] * (spec->feature_weights != NULL ? spec->feature_weights[d] : 1.0);
+        sum += TL_SFX(pen_run)(spec->penalty, spec->delta, D, p + t * D, q + t * D, wv,
+                               c->scale, g != NULL ? g + t * D : NULL);
     }
-    return e / (double)dim;
+    return sum;
 }
 
-static void TL_SFX(widen)(ptrdiff_t count, const TL_T *src, double *dst)
+static void TL_SFX(cl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 {
-    for (ptrdiff_t i = 0; i < count; i++)
-        dst[i] = (double)src[i];
-}
-
-static void TL_SFX(narrow)(ptrdiff_t count, const double *src, TL_T *dst)
-{
-    for (ptrdiff_t i = 0; i < count; i++)
-        dst[i] = (TL_T)src[i];
+    const TL_SFX(cl_ctx) *c = (const TL_SFX(cl_ctx) *)ctx;
+    double *w = c->worker_work + (size_t)worker * c->worker_doubles;
+    double *wv = w + c->spec->sel.steps + 2;
+    const ptrdiff_t B = c->spec->sel.batch;
+    for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
+        double sum = 0.0;
+        const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
+        for (ptrdiff_t b = chunk * TL_CHUNK; b < end; b++)
+            sum += TL_SFX(cl_sequence)(c, b, w, wv);
+        c->partials[3 * chunk] = sum;
+    }
 }
 
 tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
                                   const TL_T *pred, const TL_T *target,
                                   tl_loss_value *value, TL_T *grad, void *work)
 {
-    const tl_selection *sel = &spec->sel;
     tl_status status = check_spec(spec);
     if (status != TL_OK)
         return status;
     if (features < 1 || value == NULL || work == NULL)
-        return features < 1 ? TL_ERR_SHAPE : TL_ERR_VALUE;
-    const ptrdiff_t B = sel->batch, T = sel->steps, D = features;
-    double *powers = (double *)work, *w = powers + T + 2, *a = w + T, *g = a + D;
-
+        return features < 1 ? TL_ERR_SHAPE : work == NULL ? TL_ERR_NOMEM : TL_ERR_VALUE;
+    const tl_selection *sel = &spec->sel;
+    const ptrdiff_t B = sel->batch, T = sel->steps, D = features, chunks = chunk_count(B);
     const double valid = count_valid(sel, 0).control;
     if (valid == 0.0)
         return TL_ERR_EMPTY;
+    if (pred == NULL || target == NULL)
+        return TL_ERR_VALUE;
+
+    double *powers = (double *)work, *partials = powers + T + 2, *flat = partials + 3 * chunks;
     tl_sel_powers(sel, powers);
-    double sum = 0.0;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        tl_sel_weights(sel, b, 0, powers, w);
-        for (ptrdiff_t t = 0; t < T; t++) {
-            const ptrdiff_t row = (b * T + t) * D;
-            memset(g, 0, (size_t)D * sizeof(double));
-            if (tl_sel_valid(sel, b, t)) {
-                TL_SFX(widen)(D, pred + row, a);
-                sum += w[t] * TL_SFX(penalty_step)(spec, D, spec->feature_weights, a,
-                                                   target + row, w[t] / valid,
-                                                   grad != NULL ? g : NULL);
-            }
-            if (grad != NULL)
-                TL_SFX(narrow)(D, g, grad + row);
-        }
+    TL_SFX(cl_ctx) c = {spec, D, pred, target, grad, 1.0 / (valid * (double)D), NULL, powers,
+                        partials, flat + T * D, (size_t)(T + 2 + D)};
+    if (sel->lengths == NULL && sel->mask == NULL) {
+        /* every sequence has the same weights: lay them out once per element */
+        tl_sel_weights(sel, 0, 0, powers, c.worker_work);
+        for (ptrdiff_t t = 0; t < T; t++)
+            for (ptrdiff_t d = 0; d < D; d++)
+                flat[t * D + d] = c.worker_work[t] *
+                                  (spec->feature_weights != NULL ? spec->feature_weights[d] : 1.0);
+        c.flat = flat;
     }
-    value->control = sum / valid;
+    tl_parallel_ranges(spec->threads, chunks, TL_SFX(cl_range), &c);
+
+    value->control = sum_partials(partials, chunks, 0) / (valid * (double)D);
     value->total = value->control;
     value->trajectory = value->terminal = 0.0;
     return TL_OK;
+}
+
+/* ---- rollout losses ------------------------------------------------------ */
+
+/* The arrays of one tile: lane l's rows start at l times the row length. */
+typedef struct {
+    const TL_T *u, *x0, *ru, *rs, *tgt;
+    TL_T *gu, *gx;
+} TL_SFX(rl_data);
+
+#include "tile_impl.h"
+
+typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const tl_tile_sel *,
+                                   const TL_SFX(rl_data) *, tl_vd *, tl_vd *);
+
+/* The general kernel keeps its per-state vectors after G and Gc in work. */
+static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
+                            const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)
+{
+    tl_vd *reg = work + (c->T + 1) * c->n + c->T * c->m;
+    TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m);
+}
+
+/* Kernels of their own for the small systems most losses are about. */
+#define TL_SMALL_TILE(N, M)                                                                   \
+    TL_CLONES static void TL_SFX(rl_tile_##N##_##M)(const tl_rl_const *c,                    \
+                                                    const tl_tile_sel *ts,                   \
+                                                    const TL_SFX(rl_data) *p, tl_vd *sums,   \
+                                                    tl_vd *work)                             \
+    {                                                                                         \
+        tl_vd reg[3 * N + M];                                                                 \
+        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M);                                \
+    }
+TL_SMALL_TILES
+#undef TL_SMALL_TILE
+
+static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m)
+{
+#define TL_SMALL_TILE(N, M)                                                                   \
+    if (n == N && m == M)                                                                     \
+        return TL_SFX(rl_tile_##N##_##M);
+    TL_SMALL_TILES
+#undef TL_SMALL_TILE
+    return TL_SFX(rl_tile);
+}
+
+/* Copies `lanes` rows of `len` elements to dst, zero-filling the other lanes. */
+static void TL_SFX(stage)(const TL_T *src, ptrdiff_t len, int lanes, TL_T *dst)
+{
+    memcpy(dst, src, (size_t)(lanes * len) * sizeof(TL_T));
+    memset(dst + lanes * len, 0, (size_t)((L - lanes) * len) * sizeof(TL_T));
+}
+
+typedef struct {
+    const tl_rl_const *c;
+    TL_SFX(rl_data) all; /* the whole batch */
+} TL_SFX(rl_ctx);
+
+static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
+{
+    const TL_SFX(rl_ctx) *x = (const TL_SFX(rl_ctx) *)ctx;
+    const tl_rl_const *c = x->c;
+    const TL_SFX(rl_data) *a = &x->all;
+    const ptrdiff_t B = c->B, T = c->T, n = c->n, m = c->m, su = T * m, ss = (T + 1) * n;
+
+    /* this worker's scratch, in the order of rollout_worker_doubles */
+    const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m);
+    tl_vd *tile_work = (tl_vd *)(c->worker_work + (size_t)worker * c->worker_doubles);
+    tl_vd *v = tile_work + (T + 1) * n + T * m + 3 * n + m; /* G, Gc, x, xn, xf, uk */
+    tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1), {0}, 0, 0};
+    tl_vd *sums = ts.fin + 1;
+    double *row = (double *)(sums + 3);
+    TL_T *st = (TL_T *)(row + T + 2 + L); /* staging: u, ru, gu, rs, x0, tgt, gx */
+    TL_SFX(rl_data) staged = {st, st + 3 * L * su + L * ss, st + L * su,
+                              st + 3 * L * su, st + 3 * L * su + L * ss + L * n,
+                              st + 2 * L * su, st + 3 * L * su + L * ss + 2 * L * n};
+
+    int full_ready = 0; /* ts holds a full tile of the uniform selection */
+    for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
+        sums[0] = sums[1] = sums[2] = tl_vsplat(0.0);
+        const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
+        for (ptrdiff_t b0 = chunk * TL_CHUNK; b0 < end; b0 += L) {
+            const int lanes = end - b0 < L ? (int)(end - b0) : L;
+            if (!(c->uniform && full_ready && lanes == L)) {
+                tile_select(&c->spec->sel, c->shift, b0, lanes, c->powers, row, &ts);
+                full_ready = c->uniform && lanes == L;
+            }
+            TL_SFX(rl_data) p = {
+                a->u + b0 * su, a->x0 + b0 * n, a->ru != NULL ? a->ru + b0 * su : NULL,
+                a->rs != NULL ? a->rs + b0 * ss : NULL, a->tgt != NULL ? a->tgt + b0 * n : NULL,
+                a->gu != NULL ? a->gu + b0 * su : NULL, a->gx != NULL ? a->gx + b0 * n : NULL};
+            if (lanes == L) {
+                tile(c, &ts, &p, sums, tile_work);
+                continue;
+            }
+            /* the batch's last, partial tile: run it from zero-padded copies */
+            TL_SFX(rl_data) q = staged;
+            TL_SFX(stage)(p.u, su, lanes, (TL_T *)q.u);
+            TL_SFX(stage)(p.x0, n, lanes, (TL_T *)q.x0);
+            if (p.ru != NULL)
+                TL_SFX(stage)(p.ru, su, lanes, (TL_T *)q.ru);
+            else
+                q.ru = NULL;
+            if (p.rs != NULL)
+                TL_SFX(stage)(p.rs, ss, lanes, (TL_T *)q.rs);
+            else
+                q.rs = NULL;
+            if (p.tgt != NULL)
+                TL_SFX(stage)(p.tgt, n, lanes, (TL_T *)q.tgt);
+            else
+                q.tgt = NULL;
+            tile(c, &ts, &q, sums, tile_work);
+            if (p.gu != NULL)
+                memcpy(p.gu, q.gu, (size_t)(lanes * su) * sizeof(TL_T));
+            if (p.gx != NULL)
+                memcpy(p.gx, q.gx, (size_t)(lanes * n) * sizeof(TL_T));
+        }
+        for (int term = 0; term < 3; term++) {
+            double sum = 0.0;
+            for (int l = 0; l < L; l++)
+                sum += sums[term][l];
+            c->partials[3 * chunk + term] = sum;
+        }
+    }
 }
 
 tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec,
@@ -79,108 +229,45 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                                   const TL_T *target, tl_loss_value *value,
                                   TL_T *grad_controls, TL_T *grad_x0, void *work)
 {
-    const tl_selection *sel = &spec->sel;
     tl_status status = check_rollout_call(sys, spec, controls, x0, ref_controls, ref_states,
                                           target, value, work);
     if (status != TL_OK)
         return status;
+    const tl_selection *sel = &spec->sel;
     const ptrdiff_t B = sel->batch, T = sel->steps, n = sys->n, m = sys->m;
-    const double *Ad = sys->Ad, *Bd = sys->Bd;
+    const ptrdiff_t chunks = chunk_count(B);
     const unsigned terms = spec->terms;
     const int shift = (terms & TL_TERM_TRAJECTORY) && spec->include_initial ? 1 : 0;
-    double *powers = (double *)work, *wc = powers + T + 2, *wt = wc + T;
-    double *X = wt + T + 1, *lam = X + (T + 1) * n, *G = lam + n, *g = G + n, *a = g + m;
-
     const tl_valid_counts N = count_valid(sel, shift);
     if (N.control == 0.0)
         return TL_ERR_EMPTY;
-    /* gradient scale of each term: its weight over its own number of steps */
-    const double sc = spec->control_weight / N.control;
-    const double st = spec->trajectory_weight / N.trajectory;
-    const double sf = spec->terminal_weight / N.terminal;
-    double sum_c = 0.0, sum_t = 0.0, sum_f = 0.0;
+
+    double *powers = (double *)work, *partials = powers + T + 2;
+    size_t worker_doubles;
+    rollout_worker_doubles((size_t)n, (size_t)m, (size_t)T, &worker_doubles);
     tl_sel_powers(sel, powers);
+    /* unused terms keep zero scales and are never scored */
+    const tl_rl_const c = {sys, spec, B, T, n, m, shift,
+                           sel->lengths == NULL && sel->mask == NULL,
+                           spec->control_weight / (N.control * (double)m),
+                           spec->trajectory_weight / (N.trajectory * (double)n),
+                           spec->terminal_weight / (N.terminal * (double)n),
+                           powers, partials, partials + 3 * chunks, worker_doubles};
+    TL_SFX(rl_ctx) ctx = {&c, {controls, x0, ref_controls,
+                                (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states
+                                                                                   : NULL,
+                                (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls,
+                                grad_x0}};
+    if (!(terms & TL_TERM_CONTROL))
+        ctx.all.ru = NULL;
+    tl_parallel_ranges(spec->threads, chunks, TL_SFX(rl_range), &ctx);
 
-    for (ptrdiff_t b = 0; b < B; b++) {
-        const tl_seq_span span = tl_sel_span(sel, b);
-        TL_T *gu = grad_controls != NULL ? grad_controls + b * T * m : NULL;
-        if (gu != NULL)
-            memset(gu, 0, (size_t)(T * m) * sizeof(TL_T)); /* steps after K stay 0 */
-        if (span.count == 0) {
-            if (grad_x0 != NULL)
-                memset(grad_x0 + b * n, 0, (size_t)n * sizeof(TL_T));
-            continue;
-        }
-        tl_sel_weights(sel, b, 0, powers, wc);
-        const double *w_traj = wc;
-        if (shift) {
-            tl_sel_weights(sel, b, 1, powers, wt);
-            w_traj = wt;
-        }
-
-        /* forward: states 0 .. K, K = the state after the last valid control */
-        const ptrdiff_t K = span.last + 1;
-        const TL_T *u = controls + b * T * m;
-        TL_SFX(widen)(n, x0 + b * n, X);
-        for (ptrdiff_t k = 0; k < K; k++) {
-            TL_SFX(widen)(m, u + k * m, a);
-            for (ptrdiff_t i = 0; i < n; i++) {
-                double acc = 0.0;
-                for (ptrdiff_t j = 0; j < n; j++)
-                    acc += Ad[i * n + j] * X[k * n + j];
-                for (ptrdiff_t j = 0; j < m; j++)
-                    acc += Bd[i * m + j] * a[j];
-                X[(k + 1) * n + i] = acc;
-            }
-        }
-
-        /* backward: lam_k = G_k + Ad^T lam_{k+1}; d/du_{k-1} = Bd^T lam_k + control term */
-        const TL_T *rs = ref_states != NULL ? ref_states + b * (T + 1) * n : NULL;
-        memset(lam, 0, (size_t)n * sizeof(double));
-        for (ptrdiff_t k = K; k >= 0; k--) {
-            memset(G, 0, (size_t)n * sizeof(double));
-            const int scored = k == 0 ? shift : tl_sel_valid(sel, b, k - 1);
-            if ((terms & TL_TERM_TRAJECTORY) && scored) {
-                const double w = w_traj[k - 1 + shift];
-                sum_t += w * TL_SFX(penalty_step)(spec, n, spec->state_weights, X + k * n,
-                                                  rs + k * n, st * w, G);
-            }
-            if ((terms & TL_TERM_TERMINAL) && k == K) {
-                const TL_T *tgt = target != NULL ? target + b * n : rs + K * n;
-                sum_f += TL_SFX(penalty_step)(spec, n, spec->state_weights, X + K * n, tgt,
-                                              sf, G);
-            }
-            for (ptrdiff_t i = 0; i < n; i++) {
-                double acc = G[i];
-                for (ptrdiff_t j = 0; j < n; j++)
-                    acc += Ad[j * n + i] * lam[j];
-                G[i] = acc;
-            }
-            memcpy(lam, G, (size_t)n * sizeof(double));
-            if (k == 0)
-                break;
-            for (ptrdiff_t j = 0; j < m; j++) {
-                double acc = 0.0;
-                for (ptrdiff_t i = 0; i < n; i++)
-                    acc += Bd[i * m + j] * lam[i];
-                g[j] = acc;
-            }
-            if ((terms & TL_TERM_CONTROL) && tl_sel_valid(sel, b, k - 1)) {
-                const ptrdiff_t row = (b * T + k - 1) * m;
-                TL_SFX(widen)(m, controls + row, a);
-                sum_c += wc[k - 1] * TL_SFX(penalty_step)(spec, m, spec->feature_weights, a,
-                                                          ref_controls + row, sc * wc[k - 1], g);
-            }
-            if (gu != NULL)
-                TL_SFX(narrow)(m, g, gu + (k - 1) * m);
-        }
-        if (grad_x0 != NULL)
-            TL_SFX(narrow)(n, lam, grad_x0 + b * n);
-    }
-
-    value->control = (terms & TL_TERM_CONTROL) ? sum_c / N.control : 0.0;
-    value->trajectory = (terms & TL_TERM_TRAJECTORY) ? sum_t / N.trajectory : 0.0;
-    value->terminal = (terms & TL_TERM_TERMINAL) ? sum_f / N.terminal : 0.0;
+    const double raw_c = sum_partials(partials, chunks, 0) / (double)m;
+    const double raw_t = sum_partials(partials, chunks, 1) / (double)n;
+    const double raw_f = sum_partials(partials, chunks, 2) / (double)n;
+    value->control = (terms & TL_TERM_CONTROL) ? raw_c / N.control : 0.0;
+    value->trajectory = (terms & TL_TERM_TRAJECTORY) ? raw_t / N.trajectory : 0.0;
+    value->terminal = (terms & TL_TERM_TERMINAL) ? raw_f / N.terminal : 0.0;
     value->total = spec->control_weight * value->control +
                    spec->trajectory_weight * value->trajectory +
                    spec->terminal_weight * value->terminal;

@@ -188,6 +188,7 @@ typedef struct {
     int include_initial;
     const double *feature_weights; /* per control feature, or NULL */
     const double *state_weights;   /* per state, or NULL */
+    int threads;                   /* worker threads over the batch (0 or 1: the caller's) */
 } tl_loss_spec;
 
 typedef struct {
@@ -197,7 +198,14 @@ typedef struct {
     double terminal;
 } tl_loss_value;
 
-size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps);
+/*
+ * Scratch bytes of a control loss call (0 when a size is out of range or
+ * too large to address). The work splits the batch into fixed chunks whose
+ * partial sums are added in order, so results are bit-for-bit the same for
+ * any spec->threads; the scratch grows with the threads actually used.
+ */
+size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t batch,
+                                  int threads);
 
 /* The control term alone: pred and target are B x T x features, grad (same
  * shape, may be NULL) = d value / d pred. Only TL_TERM_CONTROL is used, with
@@ -209,7 +217,9 @@ tl_status tl_control_loss_f32(const tl_loss_spec *spec, ptrdiff_t features,
                               const float *pred, const float *target,
                               tl_loss_value *value, float *grad, void *work);
 
-size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
+/* As tl_control_loss_work_bytes, for the rollout losses. */
+size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
+                                  int threads);
 
 /*
  * Control, trajectory and terminal terms through the dynamics, with the
@@ -218,8 +228,8 @@ size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
  * term), ref_states B x (T+1) x n (trajectory term), target B x n (terminal
  * term; NULL means ref_states at each final valid state). Gradients of
  * value->total: grad_controls B x T x m, grad_x0 B x n (either may be NULL).
- * Steps after a sequence's last valid step are never read; their gradient
- * is exactly zero.
+ * Values after a sequence's last valid step never influence a result (they
+ * may be read, then discarded by selects); their gradient is exactly zero.
  */
 tl_status tl_rollout_loss_f64(const tl_system *sys, const tl_loss_spec *spec,
                               const double *controls, const double *x0,

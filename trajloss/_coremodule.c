@@ -911,6 +911,49 @@ done:
     return result;
 }
 
+/* ---- worker threads and loss scratch ------------------------------------ */
+
+/*
+ * Threads the loss kernels use over the batch: set by set_num_threads, read
+ * by every loss call (an int store is atomic on the platforms we build on;
+ * a call racing a change uses either value, and both give the same result).
+ */
+static int loss_threads = 1;
+
+/* Scratch of `bytes` (0 means a size computation would overflow). */
+static void *loss_work(size_t bytes, const char *what)
+{
+    if (bytes == 0) {
+        PyErr_Format(PyExc_MemoryError, "%s: the arrays are too large to process", what);
+        return NULL;
+    }
+    void *work = PyMem_RawMalloc(bytes);
+    if (work == NULL)
+        PyErr_NoMemory();
+    return work;
+}
+
+static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const long k = PyLong_AsLong(arg);
+    if (k == -1 && PyErr_Occurred())
+        return NULL;
+    if (k < 1 || k > 256) {
+        PyErr_Format(PyExc_ValueError, "threads must be in [1, 256], got %ld", k);
+        return NULL;
+    }
+    loss_threads = (int)k;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(loss_threads);
+}
+
 /* ---- _core.control_loss ----------------------------------------------- */
 
 static PyObject *core_control_loss(PyObject *self, PyObject *args)
@@ -959,11 +1002,11 @@ static PyObject *core_control_loss(PyObject *self, PyObject *args)
         if (grad == NULL)
             goto done;
     }
-    work = PyMem_RawMalloc(tl_control_loss_work_bytes(D, sh.steps));
-    if (work == NULL) {
-        PyErr_NoMemory();
+    spec.threads = loss_threads;
+    work = loss_work(tl_control_loss_work_bytes(D, sh.steps, sh.batch, spec.threads),
+                     "control_loss");
+    if (work == NULL)
         goto done;
-    }
     tl_loss_value value;
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -1065,12 +1108,13 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
 
     gu = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[1].arr), PyArray_DIMS(fa[1].arr), typenum, 0);
     gx = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[0].arr), PyArray_DIMS(fa[0].arr), typenum, 0);
-    work = PyMem_RawMalloc(tl_rollout_loss_work_bytes(sys.n, sys.m, sh.steps));
-    if (gu == NULL || gx == NULL || work == NULL) {
-        if (work == NULL)
-            PyErr_NoMemory();
+    spec.threads = loss_threads;
+    if (gu == NULL || gx == NULL)
         goto done;
-    }
+    work = loss_work(tl_rollout_loss_work_bytes(sys.n, sys.m, sh.steps, sh.batch, spec.threads),
+                     "loss");
+    if (work == NULL)
+        goto done;
 #define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
     tl_loss_value v;
     tl_status status;
@@ -1420,6 +1464,9 @@ static PyMethodDef core_methods[] = {
      "    -> (controls, states, final_error, energy, cond)"},
     {"min_energy_law", core_min_energy_law, METH_VARARGS,
      "min_energy_law(A, B, horizon, x0, xf, t) -> (u, x)"},
+    {"set_num_threads", core_set_num_threads, METH_O,
+     "set_num_threads(k)\n\nWorker threads the losses use over the batch (1 .. 256)."},
+    {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {NULL, NULL, 0, NULL},
 };
 

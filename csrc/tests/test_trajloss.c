@@ -3,6 +3,7 @@
  * and naive loops. Prints one line per failure and "N passed, N failed".
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,8 +356,8 @@ static void test_losses(void)
         rs[i] = uniform(&seed);
 
     tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL};
-    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T));
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1};
+    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
     tl_loss_value v;
     CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
           "combined status");
@@ -396,9 +397,10 @@ static void test_losses(void)
     CHECK(zero && gx[2 * n] == 0.0, "padded steps have zero gradient");
 
     /* control loss alone equals numpy.mean((u - ru)^2) with uniform weights */
-    double cw[2 * 6 + 2 + 4], g1[4 * 6 * 2];
+    double g1[4 * 6 * 2];
+    void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL};
+                       0.0, 0.0, 0, NULL, NULL, 1};
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         u[i] = uniform(&seed);
     double mse = 0.0;
@@ -424,7 +426,64 @@ static void test_losses(void)
     spec.trajectory_weight = 1.0;
     CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, NULL, rs, NULL, &v, gu, gx, work) == TL_ERR_VALUE,
           "missing reference");
-    free(work);
+    free(work), free(cw);
+}
+
+/* Results are bit-for-bit the same for any number of threads, and scratch
+ * sizes that would overflow are refused (0) rather than wrapped. */
+static void test_loss_threads(void)
+{
+    unsigned seed = 4242u;
+    const ptrdiff_t n = 3, m = 2, B = 1003, T = 9; /* B spans four chunks and a partial tile */
+    double Ad[9], Bd[6];
+    random_system(n, m, Ad, Bd, &seed);
+    tl_system sys = {n, m, Ad, Bd};
+    double *u = xmalloc(sizeof(double) * B * T * m), *ru = xmalloc(sizeof(double) * B * T * m);
+    double *x0 = xmalloc(sizeof(double) * B * n), *rs = xmalloc(sizeof(double) * B * (T + 1) * n);
+    int64_t *len = xmalloc(sizeof(int64_t) * B);
+    for (ptrdiff_t i = 0; i < B * T * m; i++)
+        u[i] = uniform(&seed), ru[i] = uniform(&seed);
+    for (ptrdiff_t i = 0; i < B * n; i++)
+        x0[i] = uniform(&seed);
+    for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
+        rs[i] = uniform(&seed);
+    for (ptrdiff_t b = 0; b < B; b++)
+        len[b] = (int64_t)(b % (T + 1));
+    double *gu[2], *gx[2], *gc[2];
+    tl_loss_value v[2], vc[2];
+    for (int r = 0; r < 2; r++) {
+        gu[r] = xmalloc(sizeof(double) * B * T * m);
+        gc[r] = xmalloc(sizeof(double) * B * T * m);
+        gx[r] = xmalloc(sizeof(double) * B * n);
+    }
+    int same = 1;
+    for (int threads = 1; threads <= 4; threads++) {
+        const int r = threads > 1;
+        tl_loss_spec spec = {{B, T, len, NULL, 0.9}, TL_PENALTY_HUBER, 0.5, 7u, 1.0, 0.3,
+                             0.2, 1, NULL, NULL, threads};
+        void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
+        CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v[r], gu[r], gx[r], work) ==
+                  TL_OK, "threaded loss status (%d threads)", threads);
+        free(work);
+        spec.terms = TL_TERM_CONTROL;
+        work = xmalloc(tl_control_loss_work_bytes(m, T, B, threads));
+        CHECK(tl_control_loss_f64(&spec, m, u, ru, &vc[r], gc[r], work) == TL_OK,
+              "threaded control loss status (%d threads)", threads);
+        free(work);
+        if (r)
+            same &= memcmp(&v[0], &v[1], sizeof v[0]) == 0 &&
+                    memcmp(&vc[0], &vc[1], sizeof vc[0]) == 0 &&
+                    memcmp(gu[0], gu[1], sizeof(double) * B * T * m) == 0 &&
+                    memcmp(gc[0], gc[1], sizeof(double) * B * T * m) == 0 &&
+                    memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
+    }
+    CHECK(same, "losses identical bit for bit for 1..4 threads");
+    CHECK(tl_rollout_loss_work_bytes(TL_MAX_DIM, TL_MAX_DIM, PTRDIFF_MAX / 2, 1, 1) == 0 &&
+              tl_control_loss_work_bytes(PTRDIFF_MAX / 4, PTRDIFF_MAX / 4, 1, 1) == 0,
+          "overflowing scratch sizes are refused");
+    for (int r = 0; r < 2; r++)
+        free(gu[r]), free(gx[r]), free(gc[r]);
+    free(u), free(ru), free(x0), free(rs), free(len);
 }
 
 /* min-energy references for one double-integrator sample, by method */
@@ -548,6 +607,7 @@ int main(void)
     test_rollout_errors();
     test_time_weights();
     test_losses();
+    test_loss_threads();
     test_references();
     test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);
