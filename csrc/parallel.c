@@ -15,13 +15,18 @@
 /* Enough for any machine we expect; more threads than this are capped. */
 #define TL_MAX_WORKERS 256
 
+/* A thread start costs tens of microseconds; below this many chunks per
+ * worker (1024 sequences) the extra threads would cost more than they save. */
+#define TL_MIN_CHUNKS_PER_WORKER 4
+
 int tl_workers(int threads, ptrdiff_t count)
 {
-    if (threads < 1 || count < 1)
-        return 1;
     if (threads > TL_MAX_WORKERS)
         threads = TL_MAX_WORKERS;
-    return count < threads ? (int)count : threads;
+    const ptrdiff_t useful = count / TL_MIN_CHUNKS_PER_WORKER;
+    if (threads < 1 || useful < 2)
+        return 1;
+    return useful < threads ? (int)useful : threads;
 }
 
 typedef struct {

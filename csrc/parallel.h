@@ -17,7 +17,8 @@
 
 typedef void (*tl_range_fn)(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker);
 
-/* How many workers a call with `count` chunks uses: min(threads, count), >= 1. */
+/* How many workers a call with `count` chunks uses: at most `threads`, and
+ * only as many as have a few chunks each (>= 1). */
 int tl_workers(int threads, ptrdiff_t count);
 
 /*

@@ -24,6 +24,7 @@ from .monitor import LossMonitor
 from .references import MinEnergyLaw, Reference, min_energy, min_energy_law
 from .rollout import rollout, rollout_vjp
 from .systems import DoubleIntegrator, LinearSystem
+from .threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
@@ -51,4 +52,6 @@ __all__ = [
     "trajectory_loss",
     "rollout",
     "rollout_vjp",
+    "get_num_threads",
+    "set_num_threads",
 ]

@@ -119,6 +119,25 @@ static int is_weak(PyObject *obj)
            (PyLong_Check(obj) && !PyBool_Check(obj));
 }
 
+/*
+ * obj itself (a new reference) when it is already an ndarray of type typenum
+ * (or of float32/float64 when typenum < 0) that the core can read in place:
+ * C-contiguous, aligned, native byte order. NULL otherwise, without an error.
+ * The common case of a training loop, so it skips NumPy's general conversion.
+ */
+static PyArrayObject *ready_array(PyObject *obj, int typenum)
+{
+    if (!PyArray_Check(obj))
+        return NULL;
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    const int type = PyArray_TYPE(arr);
+    if ((typenum >= 0 ? type != typenum : (type != NPY_DOUBLE && type != NPY_FLOAT)) ||
+        !PyArray_ISCARRAY_RO(arr) || !PyArray_ISNOTSWAPPED(arr))
+        return NULL;
+    Py_INCREF(obj);
+    return arr;
+}
+
 static void release_float_args(float_arg *args, int count)
 {
     for (int i = 0; i < count; i++)
@@ -138,7 +157,9 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
         if (args[i].obj == NULL) /* an optional argument that was not given */
             continue;
         args[i].weak = is_weak(args[i].obj);
-        args[i].arr = (PyArrayObject *)PyArray_FromAny(args[i].obj, NULL, 0, 0, 0, NULL);
+        args[i].arr = ready_array(args[i].obj, -1);
+        if (args[i].arr == NULL)
+            args[i].arr = (PyArrayObject *)PyArray_FromAny(args[i].obj, NULL, 0, 0, 0, NULL);
         if (args[i].arr == NULL) {
             reraise_with_name(args[i].name, "cannot be converted to an array");
             goto fail;
@@ -169,7 +190,9 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
     }
     *typenum = first_strong < 0 ? NPY_DOUBLE : PyArray_TYPE(args[first_strong].arr);
     for (int i = 0; i < count; i++) {
-        if (args[i].arr == NULL)
+        if (args[i].arr == NULL ||
+            (PyArray_TYPE(args[i].arr) == *typenum && PyArray_ISCARRAY_RO(args[i].arr) &&
+             PyArray_ISNOTSWAPPED(args[i].arr)))
             continue;
         int flags = NPY_ARRAY_CARRAY_RO | (args[i].weak ? NPY_ARRAY_FORCECAST : 0);
         PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
@@ -217,6 +240,14 @@ static int check_float_args_finite(const float_arg *args, int count)
 }
 
 /* ---- system matrices: any real numbers, stored as float64 -------------- */
+
+static int all_finite_f64(const double *p, npy_intp count)
+{
+    int finite = 1;
+    for (npy_intp i = 0; i < count; i++)
+        finite &= isfinite(p[i]) != 0;
+    return finite;
+}
 
 /* A fresh float64 C-contiguous copy of obj (any real numbers, all finite), or
  * NULL with an exception naming the argument. */
@@ -508,8 +539,24 @@ static PyObject *core_check_system(PyObject *self, PyObject *args)
 static int system_view(PyObject *Ad_obj, PyObject *Bd_obj, PyArrayObject **Ad,
                        PyArrayObject **Bd, tl_system *sys)
 {
-    if (system_pair(Ad_obj, Bd_obj, "Ad", "Bd", Ad, Bd) < 0)
-        return -1;
+    /* a LinearSystem's own matrices (float64, C order, checked when it was
+     * made) are read in place; anything else is validated and copied */
+    *Ad = ready_array(Ad_obj, NPY_DOUBLE);
+    *Bd = *Ad != NULL ? ready_array(Bd_obj, NPY_DOUBLE) : NULL;
+    int ready = *Bd != NULL && PyArray_NDIM(*Ad) == 2 && PyArray_NDIM(*Bd) == 2;
+    if (ready) {
+        const npy_intp n = PyArray_DIM(*Ad, 0), m = PyArray_DIM(*Bd, 1);
+        ready = n >= 1 && n <= TL_MAX_DIM && PyArray_DIM(*Ad, 1) == n &&
+                PyArray_DIM(*Bd, 0) == n && m >= 1 && m <= TL_MAX_DIM &&
+                all_finite_f64(PyArray_DATA(*Ad), n * n) &&
+                all_finite_f64(PyArray_DATA(*Bd), n * m);
+    }
+    if (!ready) {
+        Py_CLEAR(*Ad);
+        Py_CLEAR(*Bd);
+        if (system_pair(Ad_obj, Bd_obj, "Ad", "Bd", Ad, Bd) < 0)
+            return -1;
+    }
     sys->n = PyArray_DIM(*Ad, 0);
     sys->m = PyArray_DIM(*Bd, 1);
     sys->Ad = (const double *)PyArray_DATA(*Ad);
@@ -913,6 +960,17 @@ done:
 
 /* ---- worker threads and loss scratch ------------------------------------ */
 
+/* The private, positional entry points called on every training step take
+ * METH_FASTCALL arguments; this checks their count. */
+static int fast_arg_count(const char *name, Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi)
+{
+    if (nargs >= lo && nargs <= hi)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd to %zd arguments (%zd given)", name, lo, hi,
+                 nargs);
+    return 0;
+}
+
 /*
  * Threads the loss kernels use over the batch: set by set_num_threads, read
  * by every loss call (an int store is atomic on the platforms we build on;
@@ -956,16 +1014,20 @@ static PyObject *core_get_num_threads(PyObject *self, PyObject *unused)
 
 /* ---- _core.control_loss ----------------------------------------------- */
 
-static PyObject *core_control_loss(PyObject *self, PyObject *args)
+static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     PyObject *result = NULL;
     float_arg fa[2] = {{"pred", NULL, NULL, 0}, {"target", NULL, NULL, 0}};
-    PyObject *discount, *lengths, *mask, *penalty, *delta, *fw_obj;
     int check_finite, want_grad, typenum;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOpp:control_loss", &fa[0].obj, &fa[1].obj, &discount,
-                          &lengths, &mask, &penalty, &delta, &fw_obj, &check_finite, &want_grad))
+    if (!fast_arg_count("control_loss", nargs, 10, 10) ||
+        (check_finite = PyObject_IsTrue(args[8])) < 0 ||
+        (want_grad = PyObject_IsTrue(args[9])) < 0)
         return NULL;
+    fa[0].obj = args[0];
+    fa[1].obj = args[1];
+    PyObject *discount = args[2], *lengths = args[3], *mask = args[4], *penalty = args[5];
+    PyObject *delta = args[6], *fw_obj = args[7];
 
     tl_loss_spec spec = {0};
     selection_arrays owned = {NULL, NULL};
@@ -1042,21 +1104,26 @@ done:
  *              state_weights, check_finite, target_name="target")
  *   -> (total, control, trajectory, terminal, grad_controls, grad_x0)
  */
-static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
+static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     PyObject *result = NULL;
-    PyObject *Ad_obj, *Bd_obj, *objs[5], *discount, *lengths, *mask, *penalty, *delta;
-    PyObject *fw_obj, *sw_obj;
-    unsigned int terms;
+    unsigned long terms;
     double cw, tw, fwt;
     int include_initial, check_finite, typenum;
     const char *target_name = "target";
-    if (!PyArg_ParseTuple(args, "OOOOOOOIdddpOOOOOOOp|s:rollout_loss", &Ad_obj, &Bd_obj,
-                          &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &terms, &cw, &tw,
-                          &fwt, &include_initial, &discount, &lengths, &mask, &penalty, &delta,
-                          &fw_obj, &sw_obj, &check_finite, &target_name))
+    if (!fast_arg_count("rollout_loss", nargs, 20, 21) ||
+        ((terms = PyLong_AsUnsignedLong(args[7])) == (unsigned long)-1 && PyErr_Occurred()) ||
+        ((cw = PyFloat_AsDouble(args[8])) == -1.0 && PyErr_Occurred()) ||
+        ((tw = PyFloat_AsDouble(args[9])) == -1.0 && PyErr_Occurred()) ||
+        ((fwt = PyFloat_AsDouble(args[10])) == -1.0 && PyErr_Occurred()) ||
+        (include_initial = PyObject_IsTrue(args[11])) < 0 ||
+        (check_finite = PyObject_IsTrue(args[19])) < 0 ||
+        (nargs == 21 && (target_name = PyUnicode_AsUTF8(args[20])) == NULL))
         return NULL;
+    PyObject *Ad_obj = args[0], *Bd_obj = args[1], *const *objs = args + 2;
+    PyObject *discount = args[12], *lengths = args[13], *mask = args[14], *penalty = args[15];
+    PyObject *delta = args[16], *fw_obj = args[17], *sw_obj = args[18];
     float_arg fa[5] = {{"x0", NULL, NULL, 0},
                        {"controls", NULL, NULL, 0},
                        {"ref_controls", NULL, NULL, 0},
@@ -1098,7 +1165,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *args)
         goto done;
     if (check_finite && check_float_args_finite(fa, 5) < 0)
         goto done;
-    spec.terms = terms;
+    spec.terms = terms > 7 ? 8u : (unsigned)terms; /* bits beyond the three terms: TL_ERR_VALUE */
     spec.control_weight = cw;
     spec.trajectory_weight = tw;
     spec.terminal_weight = fwt;
@@ -1449,10 +1516,10 @@ static PyMethodDef core_methods[] = {
      "rollout_vjp(Ad, Bd, x0, controls, grad_states, check_finite=True) -> (grad_controls, grad_x0)"},
     {"time_weights", core_time_weights, METH_VARARGS,
      "time_weights(T, discount, lengths, mask) -> (B, T) or (T,) float64"},
-    {"control_loss", core_control_loss, METH_VARARGS,
+    {"control_loss", (PyCFunction)(void (*)(void))core_control_loss, METH_FASTCALL,
      "control_loss(pred, target, discount, lengths, mask, penalty, delta, feature_weights,\n"
      "             check_finite, want_grad) -> (value, grad) or value"},
-    {"rollout_loss", core_rollout_loss, METH_VARARGS,
+    {"rollout_loss", (PyCFunction)(void (*)(void))core_rollout_loss, METH_FASTCALL,
      "rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,\n"
      "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
      "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"

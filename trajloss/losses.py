@@ -27,14 +27,16 @@ matter; a batch with no valid step raises ``ValueError``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import _core
 from .rollout import _check_system
+from .systems import LinearSystem
 from .weighting import WeightingStrategy
+
+_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
 
 __all__ = [
     "LossComponents",
@@ -47,12 +49,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class LossComponents:
+class LossComponents(NamedTuple):
     """The terms of a :func:`combined_loss`, as seed 000 says to log them.
 
     ``control``, ``trajectory``, ``terminal`` are the raw term values;
     ``weight`` and ``terminal_weight`` their multipliers; ``total`` the loss.
+    (An immutable named tuple: cheap to make on every training step.)
     """
 
     control: float
@@ -100,9 +102,8 @@ class LossComponents:
         return out
 
 
-@dataclass(frozen=True)
-class LossResult:
-    """A loss value and its gradients.
+class LossResult(NamedTuple):
+    """A loss value and its gradients (an immutable named tuple).
 
     value : float
         The loss (accumulated in float64).
@@ -124,6 +125,8 @@ class LossResult:
 
 
 def _weight(value, name):
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, fast
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number or a trajloss.weighting strategy, "
                         f"got {value!r}")
@@ -194,6 +197,14 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
     return LossResult(value, grad)
 
 
+def _required(**arrays):
+    """None is not a reference: a TypeError naming the argument (the core would
+    take None for "term absent" and say only that a reference is missing)."""
+    for name, value in arrays.items():
+        if value is None:
+            raise TypeError(f"{name} must be an array, got None")
+
+
 def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
                   control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,
                   include_initial=False, discount=None, lengths=None, mask=None,
@@ -236,6 +247,7 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
     -------
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
+    _required(ref_states=ref_states)
     total, _, _, _, grad, grad_x0 = _rollout_loss(
         system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
         trajectory_weight=1.0, include_initial=include_initial, discount=discount,
@@ -264,6 +276,7 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
     -------
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
+    _required(target=target)
     total, _, _, _, grad, grad_x0 = _rollout_loss(
         system, controls, x0, None, None, target, _core.TERM_TERMINAL, terminal_weight=1.0,
         lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
@@ -303,17 +316,19 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     (raw terms, contributions, fractions of the total, ``ratio`` =
     trajectory / control: what seed 000 says to log every epoch).
     """
+    if ref_controls is None or ref_states is None:
+        _required(ref_controls=ref_controls, ref_states=ref_states)
+    if not isinstance(system, LinearSystem):
+        _check_system(system)
+    # called on every training step: straight to the core, no keyword layers
     strategy = weight if isinstance(weight, WeightingStrategy) else None
     weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
     terminal_weight = _weight(terminal_weight, "terminal_weight")
-    terms = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
-    total, c, t, f, grad, grad_x0 = _rollout_loss(
-        system, controls, x0, ref_controls, ref_states, terminal_target, terms,
-        control_weight=1.0, trajectory_weight=weight, terminal_weight=terminal_weight,
-        include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
-        penalty=penalty, delta=delta, feature_weights=feature_weights,
-        state_weights=state_weights, check_finite=check_finite, target_name="terminal_target")
+    total, c, t, f, grad, grad_x0 = _core.rollout_loss(
+        system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
+        _ALL_TERMS, 1.0, weight, terminal_weight, include_initial, discount, lengths, mask,
+        penalty, delta, feature_weights, state_weights, check_finite, "terminal_target")
     if strategy is not None:
         strategy.observe(c, t)
-    components = LossComponents(c, t, f, weight, terminal_weight, total)
-    return LossResult(total, grad, grad_x0, components)
+    return LossResult(total, grad, grad_x0,
+                      LossComponents(c, t, f, weight, terminal_weight, total))

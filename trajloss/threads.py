@@ -1,0 +1,54 @@
+"""How many threads the losses use over the batch.
+
+``set_num_threads(k)`` splits each loss call's batch over ``k`` worker
+threads (POSIX threads started and joined inside the call, so nothing
+lingers, nothing conflicts with PyTorch's or NumPy's own thread pools, and
+forked DataLoader workers are safe). The batch is always cut into the same
+fixed chunks whose partial sums are added in the same order, so values and
+gradients are bit-for-bit identical for every ``k``; small batches (below
+about 2048 sequences) run on the calling thread whatever ``k`` is.
+
+The default is 1, or the environment variable ``TRAJLOSS_NUM_THREADS`` read
+at import.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["get_num_threads", "set_num_threads"]
+
+MAX_THREADS = 256
+
+
+def set_num_threads(k) -> None:
+    """Use ``k`` threads (1 .. 256) over the batch in every loss call."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {k!r}")
+    if not 1 <= k <= MAX_THREADS:
+        raise ValueError(f"k must be in [1, {MAX_THREADS}], got {k}")
+    _core.set_num_threads(int(k))
+
+
+def get_num_threads() -> int:
+    """The number of threads the losses use (see :func:`set_num_threads`)."""
+    return _core.get_num_threads()
+
+
+def _from_environment() -> None:
+    value = os.environ.get("TRAJLOSS_NUM_THREADS")
+    if value is None or value.strip() == "":
+        return
+    try:
+        set_num_threads(int(value))
+    except (TypeError, ValueError):
+        # a bad setting must not make the package unimportable
+        warnings.warn(f"TRAJLOSS_NUM_THREADS={value!r} is not an integer in "
+                      f"[1, {MAX_THREADS}]; using 1 thread", RuntimeWarning, stacklevel=2)
+
+
+_from_environment()
