@@ -1,0 +1,1219 @@
+"""trajloss benchmark suite: one process, every workload, every baseline.
+
+    python benchmarks/run.py            # full run (7 measurements per point)
+    python benchmarks/run.py --quick    # 3 measurements per point, same sizes
+    python benchmarks/run.py --tiny     # smoke test: tiny sizes, well under a minute
+    python benchmarks/run.py --only W1,W3 --out /tmp/x.json --plot --threads 2
+
+Workloads (see benchmarks/README.md):
+
+W1  combined_loss value + gradient (controls and x0), double integrator, T = 15,
+    B in {1, 64, 1024, 16384, 262144}, float32 and float64
+W2  combined_loss on a random stable 6-state, 2-input system, T = 100, B = 4096,
+    discount 0.97, random lengths in [T/2, T], terminal weight
+W3  seed 004: time-weighted control_loss only, discount 0.375, D = 6, T = 100, B = 1024
+W4  min_energy(method="exact") for 10**6 double-integrator samples, T = 15
+W5  per-call overhead at B = 1 (combined_loss of W1 and a minimal control_loss)
+W6  the memory floor of W1 at B = 262144: one copy of the bytes W1 reads + writes
+
+Every baseline computes exactly trajloss's definition (losses.py module
+docstring) and is checked against trajloss -- value and every gradient, relative
+to the norm -- before it is timed; a disagreement aborts the run. All
+contestants run on one thread (set here, before NumPy/PyTorch/JAX are
+imported). Times are medians over batches of calls of at least
+``min_batch_s`` each, after warm-up (JIT compilation excluded, reported
+separately as ``first_call_s``).
+"""
+from __future__ import annotations
+
+import os
+
+# One thread for every contestant. This must happen before NumPy, PyTorch or
+# JAX are imported: their thread pools read these at start-up.
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+os.environ.update(THREAD_ENV)
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import Callable, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+#: Relative tolerance (relative to the reference's norm) of the correctness checks.
+RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr, so stdout carries only the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def import_trajloss(attempts: int = 5, pause: float = 2.0):
+    """Import trajloss, retrying: its extension may be being rebuilt right now."""
+    for attempt in range(attempts):
+        try:
+            return importlib.import_module("trajloss")
+        except ImportError as exc:  # a half-written .so, typically
+            if attempt == attempts - 1:
+                raise
+            log(f"import trajloss failed ({exc}); retrying in {pause:.0f} s")
+            for name in [k for k in sys.modules if k == "trajloss" or k.startswith("trajloss.")]:
+                del sys.modules[name]
+            time.sleep(pause)
+
+
+trajloss = import_trajloss()
+
+
+# ----------------------------------------------------------------------------
+# Frameworks (optional: a missing one marks its implementations unavailable)
+# ----------------------------------------------------------------------------
+
+class Unavailable(Exception):
+    """An implementation cannot run here (framework missing, compile failed)."""
+
+
+_FRAMEWORKS: dict = {}
+
+
+def framework(name: str):
+    """Import torch or jax once, configured for one thread (and float64 for JAX)."""
+    if name in _FRAMEWORKS:
+        mod = _FRAMEWORKS[name]
+        if isinstance(mod, Exception):
+            raise Unavailable(f"{name} unavailable: {mod}")
+        return mod
+    try:
+        if name == "torch":
+            import torch
+            torch.set_num_threads(1)
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:  # already set, or parallel work has started
+                pass
+            try:  # compile in-process: no worker pool to start and wait for
+                torch._inductor.config.compile_threads = 1
+            except AttributeError:
+                pass
+            mod = torch
+        elif name == "jax":
+            import jax
+            jax.config.update("jax_enable_x64", True)
+            mod = jax
+        else:
+            raise ValueError(name)
+    except ImportError as exc:
+        _FRAMEWORKS[name] = exc
+        raise Unavailable(f"{name} unavailable: {exc}") from None
+    _FRAMEWORKS[name] = mod
+    return mod
+
+
+def to_numpy(x):
+    """A NumPy array (or None) from a NumPy, PyTorch, JAX or Python value."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------
+# Problems: framework-neutral inputs of one benchmark case
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LossProblem:
+    """The inputs and options of one loss call.
+
+    ``kind="combined"``: ``combined_loss(system, U, x0, RU, RX, weight=...,
+    terminal_weight=..., discount=..., lengths=...)``; ``kind="control"``:
+    ``control_loss(U, RU, discount=..., lengths=...)``.
+    """
+
+    kind: str
+    U: np.ndarray
+    RU: np.ndarray
+    x0: Optional[np.ndarray] = None
+    RX: Optional[np.ndarray] = None
+    system: object = None
+    weight: float = 0.0
+    terminal_weight: float = 0.0
+    discount: Optional[float] = None
+    lengths: Optional[np.ndarray] = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.U.dtype
+
+    @property
+    def B(self) -> int:
+        return self.U.shape[0]
+
+    @property
+    def T(self) -> int:
+        return self.U.shape[1]
+
+    @property
+    def combined(self) -> bool:
+        return self.kind == "combined"
+
+    def label(self) -> str:
+        dims = f"n={self.system.n} m={self.system.m}" if self.combined else f"D={self.U.shape[2]}"
+        return f"B={self.B} T={self.T} {dims}"
+
+    def astype(self, dtype) -> "LossProblem":
+        cast = lambda a: None if a is None else np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        return replace(self, U=cast(self.U), RU=cast(self.RU), x0=cast(self.x0), RX=cast(self.RX))
+
+    def head(self, B: int) -> "LossProblem":
+        """The first B sequences."""
+        take = lambda a: None if a is None else np.ascontiguousarray(a[:B])  # noqa: E731
+        return replace(self, U=take(self.U), RU=take(self.RU), x0=take(self.x0),
+                       RX=take(self.RX), lengths=take(self.lengths))
+
+    def arrays(self):
+        """``(U, x0, RU, RX, L, Lf)``: Lf are the lengths in the problem's dtype."""
+        Lf = None if self.lengths is None else self.lengths.astype(self.dtype)
+        return self.U, self.x0, self.RU, self.RX, self.lengths, Lf
+
+
+def transition_matrices(Ad: np.ndarray, Bd: np.ndarray, T: int):
+    """Φ (T·n, n) with block k = Ad^{k+1}, and Γ (T·n, T·m), block (k, j) = Ad^{k−j} Bd
+    for j ≤ k: the states X[:, 1:] flattened are ``x0 Φᵀ + U_flat Γᵀ``."""
+    n, m = Bd.shape
+    powers = [np.eye(n)]
+    for _ in range(T):
+        powers.append(Ad @ powers[-1])
+    Phi = np.vstack(powers[1:])
+    Gam = np.zeros((T * n, T * m))
+    for k in range(T):
+        for j in range(k + 1):
+            Gam[k * n:(k + 1) * n, j * m:(j + 1) * m] = powers[k - j] @ Bd
+    return Phi, Gam
+
+
+def loss_constants(p: LossProblem) -> dict:
+    """Everything a baseline may precompute once, as NumPy arrays in ``p.dtype``.
+
+    Time weights are folded with the normalisers: the loss is
+    ``Σ cw·(U − RU)² + Σ sw·(X[:, 1:] − RX[:, 1:])²`` with per-step weights
+    ``cw = w/(N·m)`` and ``sw = weight·w/(N·n) + terminal_weight·[t = t_b]/(B·n)``
+    (the terminal term is the trajectory residual at each sequence's last valid
+    step, whose default target is ``RX[b, t_b + 1]``). Without ``lengths`` the
+    weights depend on nothing per call and are constants (0-d when uniform);
+    with ``lengths`` the baselines compute them on every call from these pieces.
+    """
+    T = p.T
+    d_c = p.U.shape[2]
+    n = p.system.n if p.combined else 1
+    out = {}
+    if p.combined:
+        Ad, Bd = np.asarray(p.system.Ad), np.asarray(p.system.Bd)
+        Phi, Gam = transition_matrices(Ad, Bd, T)
+        out.update(AdT=Ad.T, BdT=Bd.T, Ad=Ad, Bd=Bd, Phi=Phi, Gam=Gam, PhiT=Phi.T, GamT=Gam.T)
+    pw = np.ones(T) if p.discount is None else float(p.discount) ** np.arange(T, dtype=float)
+    if p.lengths is None:
+        N = p.B * T
+        wt = None if p.discount is None else pw * T / pw.sum()
+        out["cw"] = np.array(1.0 / (N * d_c)) if wt is None else wt / (N * d_c)
+        if p.combined:
+            if wt is None and p.terminal_weight == 0:
+                out["sw"] = np.array(p.weight / (N * n))
+            else:
+                sw = p.weight * (np.ones(T) if wt is None else wt) / (N * n)
+                sw[T - 1] += p.terminal_weight / (p.B * n)
+                out["sw"] = sw
+    else:
+        if p.lengths.min() < 1:
+            raise ValueError("benchmark lengths must be >= 1 (every sequence has a valid step)")
+        out.update(tgrid=np.arange(T), pw=pw, cumpw=np.cumsum(pw), inv_dc=np.array(1.0 / d_c),
+                   lam_n=np.array(p.weight / n), tau_bn=np.array(p.terminal_weight / (p.B * n)))
+    return {k: np.ascontiguousarray(v if v.dtype.kind == "i" else v.astype(p.dtype))
+            for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------
+# The loss, written once for NumPy, PyTorch and JAX arrays
+# ----------------------------------------------------------------------------
+
+def step_weights(c, L, Lf):
+    """Per-step control and state weights ``(cw, sw)``: constants, or from ``lengths``.
+
+    ``w[b, t] = γ^t·|S_b| / Σ_{s<|S_b|} γ^s`` for ``t < |S_b|``, else 0.
+    """
+    if L is None:
+        return c.cw, getattr(c, "sw", None)
+    valid = c.tgrid < L[:, None]
+    w = valid * c.pw * (Lf / c.cumpw[L - 1])[:, None]
+    N = Lf.sum()
+    cw = w * (c.inv_dc / N)
+    sw = w * (c.lam_n / N) + (c.tgrid == (L - 1)[:, None]) * c.tau_bn
+    return cw, sw
+
+
+def weighted(w, r):
+    """``w·r`` with w 0-d, (T,) or (B, T) and r (B, T, d)."""
+    return r * w if w.ndim == 0 else r * w[..., None]
+
+
+def weighted_sum_sq(w, r):
+    """``Σ w·r²`` (w as in :func:`weighted`)."""
+    return w * (r * r).sum() if w.ndim == 0 else (w[..., None] * (r * r)).sum()
+
+
+def loss_value(c, rollout, U, x0, RU, RX, L, Lf):
+    """The loss as a differentiable expression (PyTorch and JAX baselines)."""
+    cw, sw = step_weights(c, L, Lf)
+    value = weighted_sum_sq(cw, U - RU)
+    if rollout is not None:
+        value = value + weighted_sum_sq(sw, rollout(U, x0) - RX[:, 1:])
+    return value
+
+
+def matrix_rollout(c):
+    """``X[:, 1:] = x0 Φᵀ + U_flat Γᵀ``: one matmul pair (any framework)."""
+    def rollout(U, x0):
+        B, T = U.shape[0], U.shape[1]
+        return (x0 @ c.PhiT + U.reshape(B, -1) @ c.GamT).reshape(B, T, -1)
+    return rollout
+
+
+# ----------------------------------------------------------------------------
+# Implementations: setup(problem) -> callable() -> outputs (framework-native)
+# ----------------------------------------------------------------------------
+
+LOSS_OUTPUTS = ("value", "grad", "grad_x0")
+
+
+def setup_trajloss(p: LossProblem) -> Callable:
+    """trajloss's public NumPy API: ``combined_loss`` or ``control_loss``."""
+    U, x0, RU, RX, L, _ = p.arrays()
+    if p.combined:
+        system, kw = p.system, dict(weight=p.weight, terminal_weight=p.terminal_weight,
+                                    discount=p.discount, lengths=L)
+
+        def call():
+            r = trajloss.combined_loss(system, U, x0, RU, RX, **kw)
+            return r.value, r.grad, r.grad_x0
+    else:
+        def call():
+            r = trajloss.control_loss(U, RU, discount=p.discount, lengths=L)
+            return r.value, r.grad, None
+    return call
+
+
+def numpy_dynamics(c, form: str):
+    """``(rollout, adjoint)`` in NumPy.
+
+    ``rollout(U, x0)`` gives ``X[:, 1:]``; ``adjoint(G)`` the gradients
+    ``(∂/∂U, ∂/∂x0)`` of ``Σ G·X[:, 1:]``.
+    """
+    if form == "matrix":
+        def rollout(U, x0):
+            B, T = U.shape[0], U.shape[1]
+            X = x0 @ c.PhiT
+            X += U.reshape(B, -1) @ c.GamT
+            return X.reshape(B, T, -1)
+
+        def adjoint(G):
+            B, T = G.shape[0], G.shape[1]
+            G = G.reshape(B, -1)
+            return (G @ c.Gam).reshape(B, T, -1), G @ c.Phi
+        return rollout, adjoint
+
+    def rollout(U, x0):  # form == "loop": x_{k+1} = x_k Adᵀ + u_k Bdᵀ
+        B, T = U.shape[0], U.shape[1]
+        X = np.empty((B, T, x0.shape[1]), x0.dtype)
+        x = x0
+        for k in range(T):
+            x = x @ c.AdT
+            x += U[:, k] @ c.BdT
+            X[:, k] = x
+        return X
+
+    def adjoint(G):  # λ ← λ + G_k;  ∂/∂u_k = λ Bd;  λ ← λ Ad
+        B, T = G.shape[0], G.shape[1]
+        gU = np.empty((B, T, c.Bd.shape[1]), G.dtype)
+        lam = np.zeros((B, G.shape[2]), G.dtype)
+        for k in range(T - 1, -1, -1):
+            lam += G[:, k]
+            gU[:, k] = lam @ c.Bd
+            lam = lam @ c.Ad
+        return gU, lam
+    return rollout, adjoint
+
+
+def setup_numpy(p: LossProblem, form: Optional[str]) -> Callable:
+    """Vectorised NumPy with the analytic gradient written by hand.
+
+    ``∂ℓ/∂U = 2 cw·(U − RU) + adjoint(2 sw·(X − RX))``; the adjoint is Γᵀ/Φᵀ
+    (matrix form) or the backward recursion (loop form).
+    """
+    c = SimpleNamespace(**loss_constants(p))
+    U, x0, RU, RX, L, Lf = p.arrays()
+    RX1 = RX[:, 1:] if p.combined else None
+    rollout, adjoint = numpy_dynamics(c, form) if p.combined else (None, None)
+
+    def call():
+        cw, sw = step_weights(c, L, Lf)
+        ru = U - RU
+        gu = weighted(cw, ru)
+        value = np.vdot(gu, ru)
+        gx0 = None
+        if rollout is not None:
+            rx = rollout(U, x0)
+            rx -= RX1
+            gx = weighted(sw, rx)
+            value += np.vdot(gx, rx)
+            gdyn, gx0 = adjoint(gx)
+            gu += gdyn
+            gx0 *= 2
+        gu *= 2
+        return float(value), gu, gx0
+    return call
+
+
+def torch_dynamics(c, form: str):
+    """The rollout in PyTorch: matrix form or a Python step loop."""
+    if form == "matrix":
+        return matrix_rollout(c)
+    torch = framework("torch")
+
+    def rollout(U, x0):
+        x, xs = x0, []
+        for k in range(U.shape[1]):
+            x = x @ c.AdT + U[:, k] @ c.BdT
+            xs.append(x)
+        return torch.stack(xs, 1)
+    return rollout
+
+
+def setup_torch(p: LossProblem, form: Optional[str], compiled: Optional[str] = None) -> Callable:
+    """PyTorch autograd, eager or (``compiled`` = a backend) ``torch.compile(dynamic=False)``
+    of the forward (AOTAutograd compiles the backward); gradients by ``torch.autograd.grad``."""
+    torch = framework("torch")
+    c = SimpleNamespace(**{k: torch.from_numpy(v) for k, v in loss_constants(p).items()})
+    U, x0, RU, RX, L, Lf = (None if a is None else torch.from_numpy(a) for a in p.arrays())
+    leaves = (U.requires_grad_(),) + ((x0.requires_grad_(),) if p.combined else ())
+    rollout = torch_dynamics(c, form) if p.combined else None
+
+    def value_fn(U, x0, RU, RX, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+
+    if compiled:
+        if not hasattr(torch, "compile"):
+            raise Unavailable("torch.compile not available")
+        torch._dynamo.reset()  # fresh cache: no silent eager fallback at the recompile limit
+        value_fn = torch.compile(value_fn, dynamic=False, backend=compiled)
+
+    def call():
+        v = value_fn(U, x0, RU, RX, L, Lf)
+        g = torch.autograd.grad(v, leaves)
+        return v, g[0], (g[1] if len(g) > 1 else None)
+    return call
+
+
+def jax_dynamics(c, form: str):
+    """The rollout in JAX: matrix form or ``lax.scan``."""
+    if form == "matrix":
+        return matrix_rollout(c)
+    jax = framework("jax")
+    jnp = jax.numpy
+
+    def rollout(U, x0):
+        def step(x, u):
+            x = x @ c.AdT + u @ c.BdT
+            return x, x
+        _, xs = jax.lax.scan(step, x0, jnp.swapaxes(U, 0, 1))
+        return jnp.swapaxes(xs, 0, 1)
+    return rollout
+
+
+def setup_jax(p: LossProblem, form: Optional[str]) -> Callable:
+    """``jax.jit(jax.value_and_grad(loss, argnums=(controls, x0)))``."""
+    jax = framework("jax")
+    c = SimpleNamespace(**{k: jax.numpy.asarray(v) for k, v in loss_constants(p).items()})
+    args = tuple(None if a is None else jax.device_put(a) for a in p.arrays())
+    rollout = jax_dynamics(c, form) if p.combined else None
+
+    def value_fn(U, x0, RU, RX, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+
+    step = jax.jit(jax.value_and_grad(value_fn, argnums=(0, 1) if p.combined else 0))
+
+    def call():
+        v, g = jax.block_until_ready(step(*args))
+        return (v, *g) if p.combined else (v, g, None)
+    return call
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A contestant: ``setup(problem, mode) -> callable``; ``family`` groups its forms."""
+
+    name: str
+    family: str
+    setup: Callable
+
+
+COMBINED_IMPLS = (
+    Impl("numpy-matrix", "numpy", lambda p, mode: setup_numpy(p, "matrix")),
+    Impl("numpy-loop", "numpy", lambda p, mode: setup_numpy(p, "loop")),
+    Impl("torch-loop", "torch", lambda p, mode: setup_torch(p, "loop")),
+    Impl("torch-matrix", "torch", lambda p, mode: setup_torch(p, "matrix")),
+    Impl("torch.compile-matrix", "torch",
+         lambda p, mode: setup_torch(p, "matrix", compiled=mode.compile_backend)),
+    Impl("jax-scan", "jax", lambda p, mode: setup_jax(p, "loop")),
+    Impl("jax-matrix", "jax", lambda p, mode: setup_jax(p, "matrix")),
+)
+CONTROL_IMPLS = (
+    Impl("numpy", "numpy", lambda p, mode: setup_numpy(p, None)),
+    Impl("torch-eager", "torch", lambda p, mode: setup_torch(p, None)),
+    Impl("torch.compile", "torch",
+         lambda p, mode: setup_torch(p, None, compiled=mode.compile_backend)),
+    Impl("jax-jit", "jax", lambda p, mode: setup_jax(p, None)),
+)
+
+
+# --- W4: minimum-energy references ------------------------------------------
+
+@dataclass(frozen=True)
+class MinEnergyProblem:
+    """``min_energy(system, x0, xf, steps, method="exact")`` for a batch."""
+
+    system: object
+    x0: np.ndarray
+    xf: np.ndarray
+    steps: int
+
+    def label(self) -> str:
+        return f"N={len(self.x0)} T={self.steps}"
+
+
+MIN_ENERGY_OUTPUTS = ("controls", "states", "energy")
+
+
+def min_energy_matrices(p: MinEnergyProblem):
+    """``P_u (2n, T·m)``, ``P_x (2n, (T+1)·n)`` with ``[x0, xf] P_u = U_flat`` and
+    ``[x0, xf] P_x = X_flat``: the pseudo-inverse ``K = Cᵀ(CCᵀ)⁻¹`` gives
+    ``U = K (xf − Ad^T x0)``, and the states follow through Φ and Γ."""
+    Ad, Bd, T = np.asarray(p.system.Ad), np.asarray(p.system.Bd), p.steps
+    n = Ad.shape[0]
+    Phi, Gam = transition_matrices(Ad, Bd, T)
+    C = Gam[-n:]                                     # [Ad^{T-1}Bd ... Bd]
+    K = np.linalg.solve(C @ C.T, C).T                # Cᵀ W⁻¹, (T·m, n)
+    AdT_pow = Phi[-n:]                               # Ad^T
+    Pu = np.vstack([-(K @ AdT_pow).T, K.T])          # (2n, T·m)
+    Px = np.zeros((2 * n, (T + 1) * n))
+    Px[:n, :n] = np.eye(n)
+    Px[:, n:] = np.vstack([Phi.T, np.zeros((n, T * n))]) + Pu @ Gam.T
+    return Pu, Px
+
+
+def setup_min_energy_trajloss(p: MinEnergyProblem, mode=None) -> Callable:
+    def call():
+        r = trajloss.min_energy(p.system, p.x0, p.xf, p.steps, method="exact")
+        return r.controls, r.states, r.energy
+    return call
+
+
+def setup_min_energy_numpy(p: MinEnergyProblem, mode=None) -> Callable:
+    """Precomputed pseudo-inverse: two matmuls, plus energy and final error."""
+    Pu, Px = min_energy_matrices(p)
+    B, n, m, T = len(p.x0), p.system.n, p.system.m, p.steps
+    dt = 1.0 if p.system.dt is None else p.system.dt
+
+    def call():
+        z = np.concatenate([p.x0, p.xf], axis=1)
+        U = z @ Pu
+        X = z @ Px
+        energy = np.einsum("bi,bi->b", U, U) * dt
+        final_error = np.linalg.norm(X[:, -n:] - p.xf, axis=1)  # noqa: F841 (same work as trajloss)
+        return U.reshape(B, T, m), X.reshape(B, T + 1, n), energy
+    return call
+
+
+def setup_min_energy_jax(p: MinEnergyProblem, mode=None) -> Callable:
+    """``jax.jit`` of the NumPy pseudo-inverse form."""
+    jax = framework("jax")
+    jnp = jax.numpy
+    Pu, Px = (jnp.asarray(a) for a in min_energy_matrices(p))
+    B, n, m, T = len(p.x0), p.system.n, p.system.m, p.steps
+    dt = 1.0 if p.system.dt is None else p.system.dt
+
+    @jax.jit
+    def solve(x0, xf):
+        z = jnp.concatenate([x0, xf], axis=1)
+        U, X = z @ Pu, z @ Px
+        final_error = jnp.linalg.norm(X[:, -n:] - xf, axis=1)
+        return U.reshape(B, T, m), X.reshape(B, T + 1, n), (U * U).sum(1) * dt, final_error
+
+    x0, xf = jax.device_put(p.x0), jax.device_put(p.xf)
+
+    def call():
+        return jax.block_until_ready(solve(x0, xf))[:3]
+    return call
+
+
+MIN_ENERGY_IMPLS = (
+    Impl("numpy-pinv", "numpy", setup_min_energy_numpy),
+    Impl("jax-pinv", "jax", setup_min_energy_jax),
+)
+
+
+# ----------------------------------------------------------------------------
+# Timing and checking
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mode:
+    """Sizes and timing effort of a run."""
+
+    name: str
+    repeats: int           # measurements per point (the median is reported)
+    min_batch_s: float     # each measurement runs calls for at least this long
+    warmup: int            # calls after the first (checked, compiling) one
+    budget_s: float        # fewer measurements when one point would take longer
+    skip_slow_s: Optional[float]  # --quick: a baseline slower than this per call is not timed
+    w1_sizes: tuple
+    w2: tuple              # (B, T)
+    w3: tuple              # (B, T)
+    w4_samples: int
+    w6_B: int
+    compile_backend: str = "inductor"  # torch.compile backend
+
+
+MODES = {
+    "full": Mode("full", 7, 0.02, 2, 60.0, None, (1, 64, 1024, 16384, 262144),
+                 (4096, 100), (1024, 100), 10**6, 262144),
+    "quick": Mode("quick", 3, 0.02, 2, 6.0, 3.0, (1, 64, 1024, 16384, 262144),
+                  (4096, 100), (1024, 100), 10**6, 262144),
+    # Inductor's C++ code generation takes seconds per graph: too slow for a smoke test.
+    # aot_eager still exercises Dynamo capture and AOTAutograd of the same function.
+    "tiny": Mode("tiny", 3, 0.002, 2, 1.0, None, (1, 8), (8, 10), (8, 10), 100, 8,
+                 compile_backend="aot_eager"),
+}
+
+
+def measure(fn: Callable, mode: Mode, repeats: Optional[int] = None) -> dict:
+    """Median per-call time of ``fn`` over ``repeats`` batches of ≥ ``min_batch_s``.
+
+    The caller has already made the first (checked, compiling) call.
+    """
+    repeats = repeats or mode.repeats
+    for _ in range(mode.warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    single = time.perf_counter() - t0
+    calls = max(1, math.ceil(mode.min_batch_s / max(single, 1e-9)))
+    repeats = max(1, min(repeats, int(mode.budget_s / max(single * calls, 1e-9))))
+    times = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "calls_per_measurement": calls, "measurements": repeats}
+
+
+class CheckFailed(Exception):
+    """A baseline disagrees with trajloss."""
+
+
+def check(case: str, impl: str, names, got, ref, rtol: float) -> float:
+    """Relative errors ``‖got − ref‖ / ‖ref‖`` of every output; raise above ``rtol``."""
+    worst = 0.0
+    for name, a, b in zip(names, got, ref):
+        a, b = to_numpy(a), to_numpy(b)
+        if (a is None) != (b is None):
+            raise CheckFailed(f"{case}: {impl} {name}: one of trajloss/{impl} returned None")
+        if b is None:
+            continue
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        if a.shape != b.shape:
+            raise CheckFailed(f"{case}: {impl} {name}: shape {a.shape} != trajloss {b.shape}")
+        err = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), np.finfo(float).tiny))
+        if not err <= rtol:  # NaN fails too
+            raise CheckFailed(f"{case}: {impl} disagrees with trajloss on {name}: "
+                              f"relative error {err:.3e} > {rtol:.0e}")
+        worst = max(worst, err)
+    return worst
+
+
+# ----------------------------------------------------------------------------
+# Running cases
+# ----------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    mode: Mode
+    threads: int
+    rows: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def note(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+            log("note: " + msg)
+
+    def run_case(self, workload: str, case: str, dtype, setup_ref: Callable, impls,
+                 problem, outputs, extra_row=None) -> list:
+        """Check every implementation against trajloss, then time each one."""
+        dtype = np.dtype(dtype)
+        rtol = RTOL[dtype]
+        title = f"{workload} {case} {dtype.name}"
+        base = dict(workload=workload, case=case, dtype=dtype.name, **(extra_row or {}))
+        ref_fn = setup_ref(problem)
+        t0 = time.perf_counter()
+        ref = ref_fn()
+        first = time.perf_counter() - t0
+        for name, a in zip(outputs, ref):
+            if a is not None and not np.all(np.isfinite(to_numpy(a))):
+                raise CheckFailed(f"{title}: trajloss {name} is not finite")
+        contestants = [("trajloss", "trajloss", ref_fn, first, 0.0)]
+        rows = []
+        for impl in impls:  # set up and check everything first
+            try:
+                call = impl.setup(problem, self.mode)
+                t0 = time.perf_counter()
+                got = call()
+                first = time.perf_counter() - t0
+            except Unavailable as exc:
+                self.note(f"{impl.name}: {exc}")
+                rows.append(dict(base, impl=impl.name, family=impl.family, checked=False,
+                                 skipped=str(exc)))
+                continue
+            except Exception as exc:
+                if impl.name.startswith("torch.compile"):  # report, do not abort
+                    msg = f"torch.compile failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                    self.note(f"{title} {impl.name}: {msg}")
+                    rows.append(dict(base, impl=impl.name, family=impl.family, checked=False,
+                                     skipped=msg))
+                    continue
+                raise
+            err = check(title, impl.name, outputs, got, ref, rtol)
+            contestants.append((impl.name, impl.family, call, first, err))
+        for name, family, fn, first, err in contestants:
+            row = dict(base, impl=name, family=family, checked=True, max_rel_err=err,
+                       first_call_s=first)
+            limit = self.mode.skip_slow_s
+            if name != "trajloss" and limit is not None and first > limit:
+                t0 = time.perf_counter()  # the first call may have been compiling
+                fn()
+                first = time.perf_counter() - t0
+            if name != "trajloss" and limit is not None and first > limit:
+                row.update(skipped=f"one call took {first:.1f} s > {limit} s "
+                                   f"(--{self.mode.name})")
+            else:
+                row.update(measure(fn, self.mode))
+            rows.append(row)
+            log(f"  {title:<40} {name:<22} "
+                + (fmt_time(row["median_s"]) if "median_s" in row else row["skipped"]))
+        del contestants
+        gc.collect()
+        t_ref = next(r for r in rows if r["impl"] == "trajloss")["median_s"]
+        for r in rows:
+            if "median_s" in r:
+                r["ratio"] = r["median_s"] / t_ref
+        order = ["trajloss"] + [i.name for i in impls]
+        rows.sort(key=lambda r: order.index(r["impl"]))
+        self.rows.extend(rows)
+        return rows
+
+    def run_loss_case(self, workload: str, problem: LossProblem, case: Optional[str] = None):
+        impls = COMBINED_IMPLS if problem.combined else CONTROL_IMPLS
+        return self.run_case(workload, case or problem.label(), problem.dtype, setup_trajloss,
+                             impls, problem, LOSS_OUTPUTS, extra_row=dict(B=problem.B))
+
+
+# ----------------------------------------------------------------------------
+# Workloads
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    run: Callable
+
+
+WORKLOADS: dict = {}
+
+
+def workload(key: str, title: str):
+    def register(fn):
+        WORKLOADS[key] = Workload(key, title, fn)
+        return fn
+    return register
+
+
+W1_T, W1_WEIGHT, W1_TERMINAL = 15, 0.3, 0.0
+
+
+def w1_problem(B: int) -> LossProblem:
+    """Seed 000's setting: exact references from make_dataset, noisy predictions."""
+    system = trajloss.DoubleIntegrator(dt=1 / 3)
+    data = trajloss.make_dataset(system, B, W1_T, seed=0)
+    rng = np.random.default_rng(1)
+    U = data.controls + rng.normal(0.0, 1.0, data.controls.shape)
+    return LossProblem("combined", U, data.controls, data.x0, data.states, system,
+                       weight=W1_WEIGHT, terminal_weight=W1_TERMINAL)
+
+
+def w1_bytes(B: int, itemsize: int) -> tuple:
+    """Bytes W1 must read (controls, x0, ref_controls, ref_states) and write (grad, grad_x0)."""
+    T, n, m = W1_T, 2, 1
+    read = B * (T * m + n + T * m + (T + 1) * n) * itemsize
+    write = B * (T * m + n) * itemsize
+    return read, write
+
+
+@workload("W1", "combined_loss value+grad, double integrator, T=15")
+def run_w1(ctx: Context):
+    full = w1_problem(max(ctx.mode.w1_sizes))
+    for B in ctx.mode.w1_sizes:
+        for dtype in DTYPES:
+            ctx.run_loss_case("W1", full.head(B).astype(dtype), case=f"B={B}")
+    thread_scaling(ctx, full)
+
+
+def thread_scaling(ctx: Context, full: LossProblem):
+    """trajloss with 1 and 2 threads on W1 (only if trajloss.set_num_threads exists)."""
+    setter = getattr(trajloss, "set_num_threads", None)
+    if setter is None:
+        ctx.extra["thread_scaling"] = {"available": False}
+        ctx.note("trajloss.set_num_threads not available: W1 thread scaling skipped")
+        return
+    sizes = [B for B in (16384, 262144) if B <= len(full.U)] or [len(full.U)]
+    lines = []
+    for B in sizes:
+        for dtype in DTYPES:
+            fn = setup_trajloss(full.head(B).astype(dtype))
+            runs = {}
+            for k in (1, 2):
+                setter(k)
+                runs[k] = (fn(), measure(fn, ctx.mode)["median_s"])
+            setter(ctx.threads)
+            (out1, t1), (out2, t2) = runs[1], runs[2]
+            identical = all((a is None and b is None) or np.array_equal(a, b)
+                            for a, b in zip(out1, out2))
+            lines.append(dict(B=B, dtype=dtype.name, t1_s=t1, t2_s=t2, speedup=t1 / t2,
+                              bit_identical=bool(identical)))
+            log(f"  W1 B={B} {dtype.name} threads 1 -> 2: {t1 / t2:.2f}x")
+    ctx.extra["thread_scaling"] = {"available": True, "results": lines}
+
+
+@workload("W2", "combined_loss, 6-state 2-input LTI, discount 0.97, lengths, terminal")
+def run_w2(ctx: Context):
+    B, T = ctx.mode.w2
+    rng = np.random.default_rng(2)
+    n, m, dt = 6, 2, 0.1
+    A = rng.normal(size=(n, n))
+    A -= (np.linalg.eigvals(A).real.max() + 0.2) * np.eye(n)  # all eigenvalues Re <= -0.2
+    system = trajloss.LinearSystem.from_continuous(A, rng.normal(size=(n, m)), dt)
+    x0 = rng.normal(size=(B, n))
+    RU = rng.normal(size=(B, T, m))
+    RX = trajloss.rollout(system, x0, RU)
+    U = RU + rng.normal(0.0, 0.3, RU.shape)
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    p = LossProblem("combined", U, RU, x0, RX, system, weight=0.3, terminal_weight=0.5,
+                    discount=0.97, lengths=lengths)
+    for dtype in DTYPES[::-1]:
+        ctx.run_loss_case("W2", p.astype(dtype))
+
+
+@workload("W3", "seed 004: time-weighted control_loss, discount 0.375, D=6")
+def run_w3(ctx: Context):
+    B, T = ctx.mode.w3
+    rng = np.random.default_rng(3)
+    target = rng.normal(size=(B, T, 6))
+    pred = target + rng.normal(0.0, 0.5, target.shape)
+    p = LossProblem("control", pred, target, discount=0.375)
+    for dtype in DTYPES:
+        ctx.run_loss_case("W3", p.astype(dtype))
+
+
+@workload("W4", "min_energy(method='exact'), double integrator, T=15")
+def run_w4(ctx: Context):
+    N = ctx.mode.w4_samples
+    rng = np.random.default_rng(4)
+    system = trajloss.DoubleIntegrator(dt=1 / 3)
+    x0 = rng.uniform([-10, -5], [10, 5], size=(N, 2))
+    xf = rng.uniform([-1, -0.5], [1, 0.5], size=(N, 2))
+    p = MinEnergyProblem(system, x0, xf, 15)
+    ctx.run_case("W4", p.label(), np.float64, setup_min_energy_trajloss, MIN_ENERGY_IMPLS, p,
+                 MIN_ENERGY_OUTPUTS, extra_row=dict(B=N))
+
+
+@workload("W5", "per-call overhead at B=1")
+def run_w5(ctx: Context):
+    ctx.run_loss_case("W5", w1_problem(1), case="combined_loss B=1")
+    rng = np.random.default_rng(5)
+    target = rng.normal(size=(1, W1_T, 1))
+    p = LossProblem("control", target + rng.normal(0, 0.5, target.shape), target)
+    ctx.run_loss_case("W5", p, case="control_loss B=1")
+
+
+@workload("W6", "memory floor of W1 at the largest B: one copy of its bytes")
+def run_w6(ctx: Context):
+    B = ctx.mode.w6_B
+    floors = {}
+    for dtype in DTYPES:
+        read, write = w1_bytes(B, dtype.itemsize)
+        elems = (read + write) // 2 // 8  # src and dst: read + write bytes in all
+        src = np.random.default_rng(6).random(elems)
+        dst = np.zeros_like(src)          # touched: no page faults while timing
+
+        def copy():
+            np.copyto(dst, src)
+        copy()
+        ok = bool(np.array_equal(dst, src))
+        timing = measure(copy, ctx.mode, repeats=max(10, ctx.mode.repeats))
+        floor = timing["min_s"]
+        row = dict(workload="W6", case=f"B={B}", dtype=dtype.name, B=B, impl="numpy-copy",
+                   family="floor", checked=ok, bytes_read=read, bytes_written=write,
+                   floor_s=floor, gb_per_s=(read + write) / floor / 1e9, **timing)
+        ctx.rows.append(row)
+        floors[dtype.name] = row
+        log(f"  W6 B={B} {dtype.name}: {(read + write) / 1e6:.1f} MB in {fmt_time(floor)} "
+            f"({row['gb_per_s']:.1f} GB/s)")
+        del src, dst
+
+
+# ----------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------
+
+def fmt_time(s) -> str:
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} µs" if s < 1e-5 else f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r) -> str:
+    if r is None:
+        return "—"
+    return f"{r:.3f}" if r < 0.1 else f"{r:.2f}" if r < 100 else f"{r:.0f}"
+
+
+def markdown_table(headers, rows) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
+
+
+def results_table(rows) -> str:
+    body = []
+    for r in rows:
+        if r["workload"] == "W6":
+            impl = f"{r['impl']} ({r['gb_per_s']:.1f} GB/s, best)"
+            body.append((r["workload"], r["case"], r["dtype"], impl, fmt_time(r["floor_s"]), "—"))
+            continue
+        time_cell = fmt_time(r.get("median_s")) if "median_s" in r else f"skipped: {r['skipped']}"
+        body.append((r["workload"], r["case"], r["dtype"], r["impl"], time_cell,
+                     fmt_ratio(r.get("ratio"))))
+    return markdown_table(("workload", "size", "dtype", "implementation", "median / call",
+                           "ratio (their / trajloss)"), body)
+
+
+def find(rows, workload, case, dtype, impl=None, family=None):
+    return [r for r in rows if r["workload"] == workload and r["case"] == case
+            and r["dtype"] == dtype and "median_s" in r
+            and (impl is None or r["impl"] == impl) and (family is None or r["family"] == family)]
+
+
+def floor_lines(rows) -> list:
+    """``W1 B=...: trajloss time / memory floor`` per dtype, plus the floors themselves."""
+    out = []
+    for r in (r for r in rows if r["workload"] == "W6"):
+        out.append(f"W6 {r['dtype']}: {(r['bytes_read'] + r['bytes_written']) / 1e6:.1f} MB "
+                   f"(read {r['bytes_read'] / 1e6:.1f} + write {r['bytes_written'] / 1e6:.1f}) "
+                   f"streamed in {fmt_time(r['floor_s'])} = {r['gb_per_s']:.1f} GB/s "
+                   f"(best of {r['measurements']})")
+        tl = find(rows, "W1", r["case"], r["dtype"], impl="trajloss")
+        if tl:
+            out.append(f"W1 {r['case']} {r['dtype']}: trajloss time / memory floor = "
+                       f"{tl[0]['median_s'] / r['floor_s']:.2f}")
+    return out
+
+
+def targets(rows) -> list:
+    """The issue's targets: (description, measured, PASS/FAIL or 'not measured')."""
+    out = []
+
+    def speedup(case, dtype, family, goal, name):
+        tl = find(rows, "W1", case, dtype, impl="trajloss")
+        them = find(rows, "W1", case, dtype, family=family)
+        desc = f"W1 {case} {dtype}: >= {goal}x fastest {name}"
+        if not tl or not them:
+            out.append((desc, "not measured", "—"))
+            return
+        best = min(them, key=lambda r: r["median_s"])
+        ratio = best["median_s"] / tl[0]["median_s"]
+        out.append((desc + f" ({best['impl']})", f"{ratio:.2f}x",
+                    "PASS" if ratio >= goal else "FAIL"))
+
+    for dtype in ("float32", "float64"):
+        speedup("B=1024", dtype, "torch", 10, "PyTorch")
+        speedup("B=1024", dtype, "jax", 3, "JAX")
+        speedup("B=64", dtype, "torch", 30, "PyTorch")
+    for dtype in ("float32", "float64"):
+        desc = f"W1 B=262144 {dtype}: trajloss <= 2x W6 memory floor"
+        tl = find(rows, "W1", "B=262144", dtype, impl="trajloss")
+        fl = find(rows, "W6", "B=262144", dtype)
+        if tl and fl:
+            ratio = tl[0]["median_s"] / fl[0]["floor_s"]
+            out.append((desc, f"{ratio:.2f}x", "PASS" if ratio <= 2 else "FAIL"))
+        else:
+            out.append((desc, "not measured", "—"))
+    w5 = find(rows, "W5", "combined_loss B=1", "float64", impl="trajloss")
+    out.append(("W5 combined_loss B=1 float64: <= 3 µs per call",
+                fmt_time(w5[0]["median_s"]) if w5 else "not measured",
+                ("PASS" if w5[0]["median_s"] <= 3e-6 else "FAIL") if w5 else "—"))
+    w4 = [r for r in rows if r["workload"] == "W4" and r["impl"] == "trajloss" and "median_s" in r]
+    if w4 and w4[0]["B"] == 10**6:
+        out.append(("W4 min_energy 10^6 samples: <= 0.5 s", fmt_time(w4[0]["median_s"]),
+                    "PASS" if w4[0]["median_s"] <= 0.5 else "FAIL"))
+    else:
+        out.append(("W4 min_energy 10^6 samples: <= 0.5 s",
+                    f"not measured at 10^6 (ran {w4[0]['B']})" if w4 else "not measured", "—"))
+    return out
+
+
+def fastest_lines(rows) -> list:
+    """Which baseline was fastest at each case."""
+    out = []
+    cases = []
+    for r in rows:
+        key = (r["workload"], r["case"], r["dtype"])
+        if r["workload"] != "W6" and key not in cases:
+            cases.append(key)
+    for key in cases:
+        base = [r for r in find(rows, *key) if r["impl"] != "trajloss"]
+        if base:
+            best = min(base, key=lambda r: r["median_s"])
+            out.append(f"{' '.join(key)}: {best['impl']} ({fmt_time(best['median_s'])}, "
+                       f"{fmt_ratio(best['ratio'])}x trajloss)")
+    return out
+
+
+def machine_info(ctx: Context) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "trajloss": getattr(trajloss, "__version__", "?")}
+    for name in ("torch", "jax"):
+        mod = _FRAMEWORKS.get(name)
+        versions[name] = None if mod is None or isinstance(mod, Exception) else mod.__version__
+    threads = {k: os.environ.get(k) for k in THREAD_ENV}
+    torch = _FRAMEWORKS.get("torch")
+    if torch is not None and not isinstance(torch, Exception):
+        threads["torch.get_num_threads"] = torch.get_num_threads()
+        threads["torch.get_num_interop_threads"] = torch.get_num_interop_threads()
+    threads["TRAJLOSS_NUM_THREADS"] = os.environ.get("TRAJLOSS_NUM_THREADS")
+    get = getattr(trajloss, "get_num_threads", None)
+    threads["trajloss"] = (get() if get is not None else ctx.threads
+                           if hasattr(trajloss, "set_num_threads")
+                           else "set_num_threads not available (single-threaded core)")
+    git = {}
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", REPO, *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=10).stdout.strip()
+        git = {"commit": run("rev-parse", "HEAD"),
+               "dirty": bool(run("status", "--porcelain", "--", "csrc", "trajloss", "setup.py"))}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {"hostname": socket.gethostname(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
+            "cpu_affinity": affinity, "platform": platform.platform(), "versions": versions,
+            "threads": threads, "lapack": getattr(trajloss._core, "LAPACK_PROVIDER", None),
+            "git": git, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+
+def plot_w1(rows, path: str) -> Optional[str]:
+    """W1 median time vs B per implementation, log-log, one panel per dtype."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not importable: --plot skipped")
+        return None
+    w1 = [r for r in rows if r["workload"] == "W1" and "median_s" in r]
+    if not w1:
+        return None
+    impls = list(dict.fromkeys(r["impl"] for r in w1))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, dtype in zip(axes, ("float32", "float64")):
+        for impl in impls:
+            pts = sorted((r["B"], r["median_s"]) for r in w1 if r["impl"] == impl
+                         and r["dtype"] == dtype)
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", lw=2.5 if impl == "trajloss" else 1.2,
+                          label=impl)
+        ax.set(title=f"W1 combined_loss value+grad, {dtype}", xlabel="batch size B",
+               ylabel="median time per call [s]")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def default_out(mode: Mode) -> str:
+    host = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in socket.gethostname())
+    suffix = "" if mode.name == "full" else f"-{mode.name}"
+    return os.path.join(HERE, "results", f"{host or 'latest'}{suffix}.json")
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="3 measurements per point")
+    size.add_argument("--tiny", action="store_true", help="smoke test: tiny sizes")
+    ap.add_argument("--only", help="comma-separated workloads, e.g. W1,W3")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/<host>[-mode].json)")
+    ap.add_argument("--plot", action="store_true", help="PNG of W1 time vs B (needs matplotlib)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="trajloss threads via trajloss.set_num_threads, if it exists")
+    args = ap.parse_args(argv)
+    args.mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    keys = list(WORKLOADS) if not args.only else [k.strip().upper() for k in args.only.split(",")]
+    unknown = [k for k in keys if k not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    args.workloads = keys
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    ctx = Context(mode=args.mode, threads=args.threads)
+    setter = getattr(trajloss, "set_num_threads", None)
+    if setter is not None:
+        setter(args.threads)
+    elif args.threads != 1:
+        ctx.note("trajloss.set_num_threads not available: --threads ignored")
+    for name in ("torch", "jax"):  # import up front: import time is not per-case noise
+        try:
+            framework(name)
+        except Unavailable as exc:
+            ctx.note(str(exc))
+    gc.collect()
+    gc.freeze()  # torch/jax internals out of every later collection (each took ~0.2 s)
+    if args.mode.compile_backend != "inductor":
+        ctx.note(f"torch.compile uses backend={args.mode.compile_backend!r} in --{args.mode.name} "
+                 "(Inductor's code generation is too slow for a smoke test; "
+                 "--quick and the full run use Inductor)")
+    try:
+        for key in args.workloads:
+            log(f"{key}: {WORKLOADS[key].title}")
+            WORKLOADS[key].run(ctx)
+    except CheckFailed as exc:
+        print(f"ERROR: correctness check failed, aborting: {exc}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - start
+
+    tgt = targets(ctx.rows)
+    report = [f"## trajloss benchmarks ({args.mode.name})", "", results_table(ctx.rows), ""]
+    report += floor_lines(ctx.rows)
+    ts = ctx.extra.get("thread_scaling")
+    if ts and ts.get("available"):
+        for t in ts["results"]:
+            report.append(f"W1 B={t['B']} {t['dtype']}: trajloss 1 thread {fmt_time(t['t1_s'])}, "
+                          f"2 threads {fmt_time(t['t2_s'])}: speed-up {t['speedup']:.2f}x, "
+                          f"bit-identical: {'yes' if t['bit_identical'] else 'NO'}")
+    report += ["", "Fastest baseline per case:"] + ["- " + s for s in fastest_lines(ctx.rows)]
+    report += ["", "### Targets (informational)", "",
+               markdown_table(("target", "measured", "result"), tgt)]
+    if ctx.notes:
+        report += ["", "Notes:"] + ["- " + s for s in ctx.notes]
+    out = args.out or default_out(args.mode)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    plot = plot_w1(ctx.rows, os.path.splitext(out)[0] + "-w1.png") if args.plot else None
+    report += ["", f"wall time {wall:.1f} s; JSON: {out}" + (f"; plot: {plot}" if plot else "")]
+    print("\n".join(report))
+
+    write_json(out, {
+        "mode": args.mode.name, "workloads": args.workloads, "wall_time_s": wall,
+        "machine": machine_info(ctx), "timing": {
+            "repeats": args.mode.repeats, "min_batch_s": args.mode.min_batch_s,
+            "warmup_calls": args.mode.warmup, "statistic": "median of per-call times",
+            "torch_compile": {"backend": args.mode.compile_backend, "dynamic": False},
+            "check_rtol": {k.name: v for k, v in RTOL.items()}},
+        "results": ctx.rows, "thread_scaling": ctx.extra.get("thread_scaling"),
+        "targets": [dict(target=a, measured=b, result=c) for a, b, c in tgt],
+        "notes": ctx.notes, "plot": plot})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
