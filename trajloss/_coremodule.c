@@ -83,6 +83,9 @@ static const char *shape_str(int ndim, const npy_intp *dims, char *buf, size_t s
 }
 
 #define SHAPE_BUF 96
+/* 2^44 elements (128 TiB of float64): far beyond any machine, far below overflow.
+ * Only a broadcast (zero-stride) view can claim more; it is refused by name. */
+#define MAX_ELEMENTS ((npy_intp)1 << 44)
 #define ARRAY_SHAPE(arr, buf) shape_str(PyArray_NDIM(arr), PyArray_DIMS(arr), buf, sizeof buf)
 
 /* Prefix the pending exception's message with the argument name (same type). */
@@ -162,6 +165,14 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
             args[i].arr = (PyArrayObject *)PyArray_FromAny(args[i].obj, NULL, 0, 0, 0, NULL);
         if (args[i].arr == NULL) {
             reraise_with_name(args[i].name, "cannot be converted to an array");
+            goto fail;
+        }
+        /* a broadcast view can claim any size; no copy of it could exist */
+        if (PyArray_SIZE(args[i].arr) > MAX_ELEMENTS) {
+            char s[SHAPE_BUF];
+            PyErr_Format(PyExc_ValueError,
+                         "%s has shape %s: too large to process (the maximum is %lld elements)",
+                         args[i].name, ARRAY_SHAPE(args[i].arr, s), (long long)MAX_ELEMENTS);
             goto fail;
         }
         int type = PyArray_TYPE(args[i].arr);
@@ -263,6 +274,14 @@ static PyArrayObject *real_array(PyObject *obj, const char *name)
     PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
     if (arr == NULL) {
         reraise_with_name(name, "cannot be converted to an array");
+        return NULL;
+    }
+    if (PyArray_SIZE(arr) > MAX_ELEMENTS) {
+        char s[SHAPE_BUF];
+        PyErr_Format(PyExc_ValueError,
+                     "%s has shape %s: too large to process (the maximum is %lld elements)", name,
+                     ARRAY_SHAPE(arr, s), (long long)MAX_ELEMENTS);
+        Py_DECREF(arr);
         return NULL;
     }
     int type = PyArray_TYPE(arr);
@@ -700,8 +719,11 @@ static int real_arg(PyObject *obj, const char *name, double *out)
         return -1;
     }
     *out = PyFloat_AsDouble(obj);
-    if (*out == -1.0 && PyErr_Occurred())
+    if (*out == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, got %R", name, obj);
         return -1;
+    }
     return 0;
 }
 
@@ -826,10 +848,11 @@ static const char *const PENALTIES[TL_PENALTY_COUNT] = {"mse", "l1", "huber"};
 
 static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
 {
-    const char *name = PyUnicode_Check(penalty) ? PyUnicode_AsUTF8(penalty) : NULL;
+    Py_ssize_t len = 0;
+    const char *name = PyUnicode_Check(penalty) ? PyUnicode_AsUTF8AndSize(penalty, &len) : NULL;
     int found = -1;
     for (int i = 0; name != NULL && i < TL_PENALTY_COUNT; i++)
-        if (strcmp(name, PENALTIES[i]) == 0)
+        if ((size_t)len == strlen(PENALTIES[i]) && strcmp(name, PENALTIES[i]) == 0)
             found = i;
     if (found < 0) {
         PyErr_Clear();
@@ -857,6 +880,14 @@ static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
     PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
     if (arr == NULL) {
         reraise_with_name(name, "cannot be converted to an array");
+        return -1;
+    }
+    if (PyArray_SIZE(arr) > MAX_ELEMENTS) {
+        char s[SHAPE_BUF];
+        PyErr_Format(PyExc_ValueError,
+                     "%s has shape %s: too large to process (the maximum is %lld elements)", name,
+                     ARRAY_SHAPE(arr, s), (long long)MAX_ELEMENTS);
+        Py_DECREF(arr);
         return -1;
     }
     int type = PyArray_TYPE(arr);
@@ -940,6 +971,10 @@ static PyObject *core_time_weights(PyObject *self, PyObject *args)
     npy_intp dims[2] = {batch, steps};
     PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(batched ? 2 : 1, batched ? dims : dims + 1,
                                                         NPY_DOUBLE, 0);
+    if (out != NULL && PyArray_SIZE(out) == 0) { /* no rows or no steps: nothing to weigh */
+        release_selection(&owned);
+        return (PyObject *)out;
+    }
     void *work = PyMem_RawMalloc(tl_time_weights_work_bytes(steps));
     if (out == NULL || work == NULL) {
         if (work == NULL)
@@ -1071,6 +1106,10 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
             goto done;
     }
     spec.threads = loss_threads;
+    if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
+        set_loss_error(TL_ERR_EMPTY, "control_loss");
+        goto done;
+    }
     work = loss_work(tl_control_loss_work_bytes(D, sh.steps, sh.batch, spec.threads),
                      "control_loss");
     if (work == NULL)
@@ -1184,6 +1223,10 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
     spec.threads = loss_threads;
     if (gu == NULL || gx == NULL)
         goto done;
+    if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
+        set_loss_error(TL_ERR_EMPTY, "loss");
+        goto done;
+    }
     work = loss_work(tl_rollout_loss_work_bytes(sys.n, sys.m, sh.steps, sh.batch, spec.threads),
                      "loss");
     if (work == NULL)
