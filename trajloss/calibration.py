@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .datasets import _generator, _real_number
 from .losses import control_loss, trajectory_loss
 from .rollout import _check_system
 
@@ -75,14 +76,17 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
     Calibration
     """
     system = _check_system(system)
-    if baseline not in BASELINES:
+    if not all(hasattr(dataset, k) for k in ("x0", "controls", "states")):
+        raise TypeError(f"dataset must be a trajloss.Dataset (with x0, controls and states), "
+                        f"got {type(dataset).__name__}")
+    if not isinstance(baseline, str) or baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    control_bound = float(control_bound)
+    control_bound = _real_number(control_bound, "control_bound")
     if not (np.isfinite(control_bound) and control_bound > 0):
         raise ValueError(f"control_bound must be a finite number > 0, got {control_bound!r}")
     shape = dataset.controls.shape
     if baseline == "random":
-        U = np.random.default_rng(seed).uniform(-control_bound, control_bound, size=shape)
+        U = _generator(seed).uniform(-control_bound, control_bound, size=shape)
     else:
         U = np.zeros(shape)
     c = control_loss(U, dataset.controls).value

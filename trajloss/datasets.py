@@ -92,6 +92,32 @@ class Dataset:
                    control_bound=None if math.isnan(bound) else bound, **meta)
 
 
+def _real_array(value, name):
+    """A float64 array of ``value``, or a TypeError/ValueError naming ``name``."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot be converted to an array ({exc})") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got {value!r}")
+    return arr.astype(np.float64)
+
+
+def _real_number(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _generator(seed):
+    """``numpy.random.default_rng(seed)`` whose errors name ``seed``."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be a non-negative integer (or anything "
+                        f"numpy.random.default_rng accepts), got {seed!r} ({exc})") from None
+
+
 def _progress(total, enabled):
     """A tqdm bar when asked for (or, by default, on a terminal with tqdm installed)."""
     if enabled is None:
@@ -164,8 +190,8 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
         raise ValueError(f"size must be an integer in [1, 2**40], got {size!r}")
     if method not in REFERENCE_METHODS:
         raise ValueError(f"method must be one of {REFERENCE_METHODS}, got {method!r}")
-    low = np.asarray(x0_low, dtype=float)
-    high = np.asarray(x0_high, dtype=float)
+    low = _real_array(x0_low, "x0_low")
+    high = _real_array(x0_high, "x0_high")
     n = system.n
     for name, v in (("x0_low", low), ("x0_high", high)):
         if v.shape not in ((n,), ()) or not np.all(np.isfinite(v)):
@@ -173,14 +199,19 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
     if np.any(low > high):
         raise ValueError(f"x0_low must not exceed x0_high, got {low.tolist()} > {high.tolist()}")
     if control_bound is not None:
-        control_bound = float(control_bound)
+        control_bound = _real_number(control_bound, "control_bound")
         if not control_bound > 0:
             raise ValueError(f"control_bound must be > 0, got {control_bound!r}")
-    xf = np.broadcast_to(np.asarray(target, dtype=float), (size, n)).copy()
+    target = _real_array(target, "target")
+    try:
+        xf = np.broadcast_to(target, (size, n)).copy()
+    except ValueError:
+        raise ValueError(f"target must be a number or have shape ({n},) or ({size}, {n}), "
+                         f"got shape {target.shape}") from None
     if not np.all(np.isfinite(xf)):
         raise ValueError("target must be finite")
 
-    rng = np.random.default_rng(seed)
+    rng = _generator(seed)
     x0 = rng.uniform(low, high, size=(size, n))
     bar = _progress(size, progress)
     try:

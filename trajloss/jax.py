@@ -12,6 +12,14 @@ and the system are data.
 Signatures mirror the NumPy functions but return a scalar (the loss value)::
 
     loss = trajloss.jax.combined_loss(system, controls, x0, ref_controls, ref_states, weight=0.3)
+
+Errors: shapes, dtypes and options are checked when a call is traced (the
+core runs once on stand-ins of the traced shapes and dtypes), so they raise
+the core's ``ValueError``/``TypeError`` naming the argument, under ``jit``
+too. Values are only known when the callback runs: under a transformation a
+NaN or an out-of-range ``lengths`` surfaces as the ``JaxRuntimeError`` that
+carries the core's message. Without a transformation (all inputs concrete)
+the core is called directly, and every error is the core's own.
 """
 from __future__ import annotations
 
@@ -40,6 +48,31 @@ def _zero_cotangent(x):
 
 def _host(x):
     return None if x is None else np.asarray(x)
+
+
+def _array(x, name, dtype=None):
+    """``jnp.asarray`` whose failure names the argument (None is not an array)."""
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        return jnp.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__} "
+                        f"({exc})") from None
+
+
+def _is_traced(x):
+    return isinstance(x, jax.core.Tracer)
+
+
+def _stand_in(x, fill=0):
+    """What the callback will see, as far as it is known when tracing: the
+    value itself when concrete, else ``fill`` in the traced shape and dtype."""
+    if x is None:
+        return None
+    if _is_traced(x):
+        return np.full(x.shape, fill, dtype=x.dtype)
+    return np.asarray(x)
 
 
 def _struct(shape, dtype):
@@ -85,14 +118,27 @@ def _key(a):
 def rollout(system, x0, controls):
     """``trajloss.rollout`` for JAX arrays: (B, n), (B, T, m) -> (B, T+1, n), differentiable."""
     system = _check_system(system)
+    x0, controls = _array(x0, "x0"), _array(controls, "controls")
+    states = _core.rollout(system.Ad, system.Bd, _stand_in(x0), _stand_in(controls))
+    if not (_is_traced(x0) or _is_traced(controls)):
+        return jnp.asarray(states)  # nothing to differentiate: the core's result as is
     return _rollout_fn(_key(system.Ad), _key(system.Bd))(x0, controls)
 
 
 # ---- losses ---------------------------------------------------------------------
 
-def _loss(host_fn, diff, data, dtype):
+def _loss(host_fn, diff, data, dtype, fills):
     """A scalar loss of the differentiable arrays ``diff`` given ``data``:
-    ``host_fn(*diff, *data) -> (value, *grads)`` runs on the host."""
+    ``host_fn(*diff, *data) -> (value, *grads)`` runs on the host.
+
+    It runs once now, on the concrete inputs or stand-ins of the traced ones
+    (``fills[i]`` for ``data[i]``: values every check accepts), so that mistakes
+    in shapes, dtypes and options raise here; with no traced input its value
+    is the result."""
+    value, *_ = host_fn(*(_stand_in(d) for d in diff),
+                        *(_stand_in(d, f) for d, f in zip(data, fills)))
+    if not any(_is_traced(x) for x in (*diff, *data) if x is not None):
+        return jnp.asarray(value, dtype=dtype)
 
     def forward(diff, data):
         shapes = (_struct((), dtype),) + tuple(_struct(d.shape, d.dtype) for d in diff)
@@ -126,28 +172,30 @@ def _loss(host_fn, diff, data, dtype):
     return run(tuple(diff), tuple(data))
 
 
-def _opt_array(x, dtype=None):
-    return None if x is None else jnp.asarray(x, dtype=dtype)
+def _opt_array(x, name):
+    return None if x is None else _array(x, name)
 
 
 def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalty="mse",
                  delta=1.0, feature_weights=None):
     """``trajloss.control_loss`` as a differentiable JAX scalar (in pred and target)."""
-    pred, target = jnp.asarray(pred), jnp.asarray(target)
+    pred, target = _array(pred, "pred"), _array(target, "target")
 
     def host(p, t, L, M, fw):
         value, grad = _core.control_loss(p, t, discount, L, M, penalty, delta, fw, True, True)
         return value, grad, -grad  # rho(pred - target)
 
+    steps = pred.shape[-2] if pred.ndim >= 2 else 0
     return _loss(host, (pred, target),
-                 (_opt_array(lengths), _opt_array(mask), _opt_array(feature_weights)), pred.dtype)
+                 (_opt_array(lengths, "lengths"), _opt_array(mask, "mask"),
+                  _opt_array(feature_weights, "feature_weights")), pred.dtype, (steps, True, 0))
 
 
 def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
                   include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
                   delta=1.0, feature_weights=None, state_weights=None, target_name="target"):
     system = _check_system(system)
-    controls, x0 = jnp.asarray(controls), jnp.asarray(x0)
+    controls, x0 = _array(controls, "controls"), _array(x0, "x0")
     cw, tw, fw_ = (float(w) for w in weights)
 
     def host(u, x, rc, rs, tg, L, M, fw, sw):
@@ -156,16 +204,19 @@ def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms,
             discount, L, M, penalty, delta, fw, sw, True, target_name)
         return total, gu, gx
 
-    data = (_opt_array(ref_controls), _opt_array(ref_states), _opt_array(target),
-            _opt_array(lengths), _opt_array(mask), _opt_array(feature_weights),
-            _opt_array(state_weights))
-    return _loss(host, (controls, x0), data, controls.dtype)
+    data = (_opt_array(ref_controls, "ref_controls"), _opt_array(ref_states, "ref_states"),
+            _opt_array(target, target_name), _opt_array(lengths, "lengths"),
+            _opt_array(mask, "mask"), _opt_array(feature_weights, "feature_weights"),
+            _opt_array(state_weights, "state_weights"))
+    steps = controls.shape[-2] if controls.ndim >= 2 else 0
+    return _loss(host, (controls, x0), data, controls.dtype, (0, 0, 0, steps, True, 0, 0))
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
                     state_weights=None, discount=None, lengths=None, mask=None, penalty="mse",
                     delta=1.0):
     """``trajloss.trajectory_loss`` as a differentiable JAX scalar (in controls and x0)."""
+    _array(ref_states, "ref_states")  # required
     return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
                          (0.0, 1.0, 0.0), include_initial=include_initial, discount=discount,
                          lengths=lengths, mask=mask, penalty=penalty, delta=delta,
@@ -175,6 +226,7 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
 def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, state_weights=None,
                   penalty="mse", delta=1.0):
     """``trajloss.terminal_loss`` as a differentiable JAX scalar (in controls and x0)."""
+    _array(target, "target")  # required
     return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
                          (0.0, 0.0, 1.0), lengths=lengths, mask=mask, penalty=penalty,
                          delta=delta, state_weights=state_weights)
@@ -191,9 +243,11 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight, ter
     schedule, evaluate the ``trajloss.weighting`` strategy outside ``jit``.
     """
     for name, w in (("weight", weight), ("terminal_weight", terminal_weight)):
-        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) \
-                or not (np.isfinite(w) and w >= 0):
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a finite number >= 0, got {w!r}")
+        if not (np.isfinite(w) and w >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+    _array(ref_controls, "ref_controls"), _array(ref_states, "ref_states")  # required
     return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
                          _ALL_TERMS, (1.0, weight, terminal_weight),
                          include_initial=include_initial, discount=discount, lengths=lengths,

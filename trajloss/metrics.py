@@ -11,6 +11,14 @@ from .rollout import _check_system
 __all__ = ["final_state_error", "success_rate"]
 
 
+def _as_array(value, name):
+    """``np.asarray`` whose failure (a ragged list, ...) names the argument."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: cannot be converted to an array ({exc})") from None
+
+
 def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=True):
     """Distance of each sequence's final valid state to its target.
 
@@ -32,11 +40,11 @@ def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=Tr
     ndarray, (B,) in the dtype of the inputs (0-d when unbatched).
     """
     system = _check_system(system)
-    x0_arr = np.asarray(x0)
-    if isinstance(xf, np.ndarray):
-        xf_arr = xf
-    else:  # a list or number takes the dtype of x0, as everywhere else
-        xf_arr = np.asarray(xf, dtype=x0_arr.dtype if x0_arr.dtype.kind == "f" else np.float64)
+    x0_arr = _as_array(x0, "x0")
+    xf_arr = _as_array(xf, "xf")
+    if not isinstance(xf, np.ndarray) and xf_arr.dtype.kind in "iuf":
+        # a list or number takes the dtype of x0, as everywhere else
+        xf_arr = xf_arr.astype(x0_arr.dtype if x0_arr.dtype.kind == "f" else np.float64)
     if 1 <= xf_arr.ndim < x0_arr.ndim:
         xf = np.broadcast_to(xf_arr, x0_arr.shape[:-1] + xf_arr.shape[-1:])
     return _core.final_state_error(system.Ad, system.Bd, controls, x0, xf, lengths, check_finite)

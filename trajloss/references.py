@@ -73,10 +73,18 @@ def _steps(steps):
     return int(steps)
 
 
+def _as_array(value, name):
+    """``np.asarray`` whose failure (a ragged list, ...) names the argument."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: cannot be converted to an array ({exc})") from None
+
+
 def _boundary(x0, xf):
     """x0 as given; xf broadcast against x0 (one target for a whole batch)."""
-    x0 = np.asarray(x0)
-    xf = np.asarray(xf)
+    x0 = _as_array(x0, "x0")
+    xf = _as_array(xf, "xf")
     if xf.ndim < x0.ndim:
         try:
             xf = np.broadcast_to(xf, x0.shape)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _core
-from .losses import LossComponents
+from .losses import LossComponents, _weight
 from .rollout import _check_system
 from .weighting import WeightingStrategy, make as _make_strategy
 
@@ -44,7 +44,7 @@ __all__ = ["CombinedLoss", "ControlLoss", "Rollout", "TerminalLoss", "Trajectory
 _warned_device = False
 
 
-def _np(t: Optional[Tensor]):
+def _np(t: Optional[Tensor], name: str = "tensor"):
     """A NumPy view of a tensor (CPU, detached; no copy for CPU tensors)."""
     global _warned_device
     if t is None:
@@ -55,7 +55,37 @@ def _np(t: Optional[Tensor]):
             warnings.warn(f"trajloss computes on the CPU: tensors on {t.device} are copied there "
                           "and the results copied back", RuntimeWarning, stacklevel=3)
         t = t.cpu()
-    return t.detach().numpy()
+    try:
+        return t.detach().numpy()
+    except TypeError:  # a dtype NumPy does not have (bfloat16, ...)
+        raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
+
+
+def _check_tensors(**tensors):
+    """The tensor arguments are tensors (or None where optional): a TypeError
+    naming the argument, not an AttributeError or a dispatcher RuntimeError."""
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _option(value, name, *, optional=False):
+    """A real number (or None when optional), as a float; TypeError naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, Tensor) and value.numel() == 1 and not (
+            value.dtype == torch.bool or value.dtype.is_complex):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, "
+                        f"got {value!r}")
+    return float(value)
+
+
+def _penalty(penalty):
+    if not isinstance(penalty, str):
+        raise TypeError(f"penalty must be one of 'mse', 'l1', 'huber', got {penalty!r}")
+    return penalty
 
 
 def _tensor(a, like: Tensor) -> Tensor:
@@ -66,7 +96,7 @@ def _tensor(a, like: Tensor) -> Tensor:
 
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
 def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor) -> Tensor:
-    return _tensor(_core.rollout(_np(Ad), _np(Bd), _np(x0), _np(controls)), x0)
+    return _tensor(_core.rollout(_np(Ad), _np(Bd), _np(x0, "x0"), _np(controls, "controls")), x0)
 
 
 @_rollout_op.register_fake
@@ -77,7 +107,8 @@ def _(Ad, Bd, x0, controls):
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
 def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
                     grad_states: Tensor) -> tuple[Tensor, Tensor]:
-    gu, gx = _core.rollout_vjp(_np(Ad), _np(Bd), _np(x0), _np(controls), _np(grad_states))
+    gu, gx = _core.rollout_vjp(_np(Ad), _np(Bd), _np(x0, "x0"), _np(controls, "controls"),
+                               _np(grad_states, "grad_states"))
     return _tensor(gu, controls), _tensor(gx, x0)
 
 
@@ -123,8 +154,9 @@ _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_
 def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
                      mask: Optional[Tensor], discount: Optional[float], penalty: str,
                      delta: float, feature_weights: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    value, grad = _core.control_loss(_np(pred), _np(target), discount, _np(lengths), _np(mask),
-                                     penalty, delta, _np(feature_weights), True, True)
+    value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount,
+                                     _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
+                                     _np(feature_weights, "feature_weights"), True, True)
     return torch.tensor(value, dtype=pred.dtype, device=pred.device), _tensor(grad, pred)
 
 
@@ -159,9 +191,11 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
                      state_weights: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     w = _np(weights).astype(np.float64)
     total, c, t, f, gu, gx = _core.rollout_loss(
-        _np(Ad), _np(Bd), _np(controls), _np(x0), _np(ref_controls), _np(ref_states),
-        _np(target), terms, float(w[0]), float(w[1]), float(w[2]), include_initial, discount,
-        _np(lengths), _np(mask), penalty, delta, _np(feature_weights), _np(state_weights), True)
+        _np(Ad), _np(Bd), _np(controls, "controls"), _np(x0, "x0"),
+        _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"), _np(target, "target"),
+        terms, float(w[0]), float(w[1]), float(w[2]), include_initial, discount,
+        _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
+        _np(feature_weights, "feature_weights"), _np(state_weights, "state_weights"), True)
     components = torch.tensor([total, c, t, f], dtype=torch.float64, device=controls.device)
     return (torch.tensor(total, dtype=controls.dtype, device=controls.device),
             _tensor(gu, controls), _tensor(gx, x0), components)
@@ -200,14 +234,21 @@ def _system_tensors(system, like: Tensor):
     return cache[key]
 
 
-def _opt(x, dtype=None):
+def _opt(x, name):
+    """An optional array argument as a tensor; its dtype is left to the core to check
+    (a float ``lengths`` is refused there, never silently truncated)."""
     if x is None or isinstance(x, Tensor):
         return x
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise type(exc)(f"{name}: cannot be converted to a tensor ({exc})") from None
 
 
 def rollout(system, x0: Tensor, controls: Tensor) -> Tensor:
     """``trajloss.rollout`` for tensors: (B, n), (B, T, m) -> (B, T+1, n), differentiable."""
+    system = _check_system(system)
+    _check_tensors(x0=x0, controls=controls)
     Ad, Bd = _system_tensors(system, x0)
     return _rollout_op(Ad, Bd, x0, controls)
 
@@ -215,23 +256,27 @@ def rollout(system, x0: Tensor, controls: Tensor) -> Tensor:
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
                  penalty="mse", delta=1.0, feature_weights=None) -> Tensor:
     """``trajloss.control_loss`` as a scalar tensor (differentiable in pred and target)."""
-    value, _ = _control_loss_op(pred, target, _opt(lengths, torch.int64), _opt(mask),
-                                None if discount is None else float(discount), penalty,
-                                float(delta), _opt(feature_weights, torch.float64))
+    _check_tensors(pred=pred, target=target)
+    value, _ = _control_loss_op(pred, target, _opt(lengths, "lengths"), _opt(mask, "mask"),
+                                _option(discount, "discount", optional=True), _penalty(penalty),
+                                _option(delta, "delta"), _opt(feature_weights, "feature_weights"))
     return value
 
 
 def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
                   include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0, feature_weights=None, state_weights=None):
+                  delta=1.0, feature_weights=None, state_weights=None, required=None):
+    system = _check_system(system)
+    _check_tensors(controls=controls, x0=x0, **(required or {}))
     Ad, Bd = _system_tensors(system, controls)
     if not isinstance(weights, Tensor):
         weights = torch.tensor(weights, dtype=torch.float64)
     return _rollout_loss_op(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
                             weights, bool(include_initial),
-                            None if discount is None else float(discount),
-                            _opt(lengths, torch.int64), _opt(mask), penalty, float(delta),
-                            _opt(feature_weights, torch.float64), _opt(state_weights, torch.float64))
+                            _option(discount, "discount", optional=True),
+                            _opt(lengths, "lengths"), _opt(mask, "mask"), _penalty(penalty),
+                            _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
+                            _opt(state_weights, "state_weights"))
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
@@ -241,7 +286,7 @@ def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
     return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
                          [0.0, 1.0, 0.0], include_initial=include_initial, discount=discount,
                          lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights)[0]
+                         state_weights=state_weights, required=dict(ref_states=ref_states))[0]
 
 
 def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengths=None,
@@ -249,7 +294,7 @@ def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengt
     """``trajloss.terminal_loss`` as a scalar tensor (differentiable in controls and x0)."""
     return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
                          [0.0, 0.0, 1.0], lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights)[0]
+                         delta=delta, state_weights=state_weights, required=dict(target=target))[0]
 
 
 _ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
@@ -261,6 +306,11 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
                   mask=None, penalty="mse", delta=1.0) -> Tensor:
     """``trajloss.combined_loss`` as a scalar tensor; ``weight`` is a number
     (or a 0-d tensor). For strategies and monitoring use :class:`CombinedLoss`."""
+    # numbers are checked here (the core would only say "invalid argument value");
+    # a tensor weight is a graph input and is checked by the core
+    weight = weight if isinstance(weight, Tensor) else _weight(weight, "weight")
+    terminal_weight = (terminal_weight if isinstance(terminal_weight, Tensor)
+                       else _weight(terminal_weight, "terminal_weight"))
     weights = torch.stack([torch.ones((), dtype=torch.float64),
                            torch.as_tensor(weight, dtype=torch.float64),
                            torch.as_tensor(terminal_weight, dtype=torch.float64)])
@@ -268,7 +318,8 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
                          _ALL_TERMS, weights, include_initial=include_initial,
                          discount=discount, lengths=lengths, mask=mask, penalty=penalty,
                          delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights)[0]
+                         state_weights=state_weights,
+                         required=dict(ref_controls=ref_controls, ref_states=ref_states))[0]
 
 
 # ---- modules ---------------------------------------------------------------
@@ -355,7 +406,8 @@ class CombinedLoss(nn.Module):
                             delta=delta, feature_weights=feature_weights,
                             state_weights=state_weights)
         first = self.strategy.weight(epoch=0) if _needs_epoch(self.strategy) else self.strategy.weight()
-        self.register_buffer("weights", torch.tensor([1.0, first, float(terminal_weight)],
+        terminal_weight = _weight(terminal_weight, "terminal_weight")
+        self.register_buffer("weights", torch.tensor([1.0, first, terminal_weight],
                                                      dtype=torch.float64))
         self._last: Optional[Tensor] = None
         self._observed = True
@@ -385,7 +437,9 @@ class CombinedLoss(nn.Module):
             self.update_weight(epoch)
         value, _, _, comps = _rollout_loss(self.system, controls, x0, ref_controls, ref_states,
                                            terminal_target, _ALL_TERMS, self.weights,
-                                           lengths=lengths, mask=mask, **self.options)
+                                           lengths=lengths, mask=mask, **self.options,
+                                           required=dict(ref_controls=ref_controls,
+                                                         ref_states=ref_states))
         self._last = comps.detach()
         self._observed = False
         if self.monitor is not None and not compiling:
