@@ -33,7 +33,10 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/stat
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-RSS_LIMIT = 2 << 20          # bytes
+RSS_LIMIT = 2 << 20          # bytes, per loop (a leak of even 21 bytes/call would exceed it)
+# Over the whole run RSS also takes in each later entry point's one-time warm-up
+# (allocator arenas, NumPy caches): allowed more, but still far below a leak.
+RSS_TOTAL_LIMIT = 8 << 20
 TRACED_LIMIT = 64 << 10      # bytes
 REFCOUNT_LIMIT = 50          # references (a leak per call would be thousands)
 
@@ -235,7 +238,7 @@ def test_rss_stays_flat():
     assert len([k for k in phases if ":" not in k]) == 10
     assert phases[worst]["drift"] < RSS_LIMIT, (
         f"RSS grew by {phases[worst]['drift'] / 1024:.0f} KiB during {worst}\n{text}")
-    assert res["total_drift"] < RSS_LIMIT, (
+    assert res["total_drift"] < RSS_TOTAL_LIMIT, (
         f"RSS grew by {res['total_drift'] / 1024:.0f} KiB over the whole run\n{text}")
     _check_refcounts(res, text)
 
