@@ -115,3 +115,8 @@ def final_state_error(
     lengths: Optional[ArrayLike], check_finite: bool, /,
 ) -> NDArray[np.floating]:
     """-> (B,) distances of each final valid state to xf (0-d when unbatched)."""
+
+def set_num_threads(k: int, /) -> None:
+    """Worker threads the losses use over the batch (1 .. 256)."""
+
+def get_num_threads() -> int: ...

@@ -122,20 +122,39 @@ static int is_weak(PyObject *obj)
            (PyLong_Check(obj) && !PyBool_Check(obj));
 }
 
+/* -1 with a ValueError naming the argument when arr claims more than
+ * MAX_ELEMENTS elements (only a broadcast view can; no copy of it could exist). */
+static int refuse_huge(PyArrayObject *arr, const char *name)
+{
+    if (PyArray_SIZE(arr) <= MAX_ELEMENTS)
+        return 0;
+    char s[SHAPE_BUF];
+    PyErr_Format(PyExc_ValueError,
+                 "%s has shape %s: too large to process (the maximum is %lld elements)", name,
+                 ARRAY_SHAPE(arr, s), (long long)MAX_ELEMENTS);
+    return -1;
+}
+
+/* Can the core read arr in place as typenum: C-contiguous, aligned, native order? */
+static int in_place(PyArrayObject *arr, int typenum)
+{
+    return PyArray_TYPE(arr) == typenum && PyArray_ISCARRAY_RO(arr) &&
+           PyArray_ISNOTSWAPPED(arr);
+}
+
 /*
- * obj itself (a new reference) when it is already an ndarray of type typenum
- * (or of float32/float64 when typenum < 0) that the core can read in place:
- * C-contiguous, aligned, native byte order. NULL otherwise, without an error.
- * The common case of a training loop, so it skips NumPy's general conversion.
+ * obj itself (a new reference) when it is already an ndarray the core can
+ * read in place as typenum (as float32 or float64 when typenum < 0); NULL
+ * otherwise, without an error. The common case of a training loop, so it
+ * skips NumPy's general conversion.
  */
 static PyArrayObject *ready_array(PyObject *obj, int typenum)
 {
     if (!PyArray_Check(obj))
         return NULL;
     PyArrayObject *arr = (PyArrayObject *)obj;
-    const int type = PyArray_TYPE(arr);
-    if ((typenum >= 0 ? type != typenum : (type != NPY_DOUBLE && type != NPY_FLOAT)) ||
-        !PyArray_ISCARRAY_RO(arr) || !PyArray_ISNOTSWAPPED(arr))
+    if (!(typenum >= 0 ? in_place(arr, typenum)
+                       : in_place(arr, NPY_DOUBLE) || in_place(arr, NPY_FLOAT)))
         return NULL;
     Py_INCREF(obj);
     return arr;
@@ -167,14 +186,8 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
             reraise_with_name(args[i].name, "cannot be converted to an array");
             goto fail;
         }
-        /* a broadcast view can claim any size; no copy of it could exist */
-        if (PyArray_SIZE(args[i].arr) > MAX_ELEMENTS) {
-            char s[SHAPE_BUF];
-            PyErr_Format(PyExc_ValueError,
-                         "%s has shape %s: too large to process (the maximum is %lld elements)",
-                         args[i].name, ARRAY_SHAPE(args[i].arr, s), (long long)MAX_ELEMENTS);
+        if (refuse_huge(args[i].arr, args[i].name) < 0)
             goto fail;
-        }
         int type = PyArray_TYPE(args[i].arr);
         int ok = args[i].weak ? (PyTypeNum_ISINTEGER(type) || type == NPY_FLOAT ||
                                  type == NPY_DOUBLE)
@@ -201,9 +214,7 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
     }
     *typenum = first_strong < 0 ? NPY_DOUBLE : PyArray_TYPE(args[first_strong].arr);
     for (int i = 0; i < count; i++) {
-        if (args[i].arr == NULL ||
-            (PyArray_TYPE(args[i].arr) == *typenum && PyArray_ISCARRAY_RO(args[i].arr) &&
-             PyArray_ISNOTSWAPPED(args[i].arr)))
+        if (args[i].arr == NULL || in_place(args[i].arr, *typenum))
             continue;
         int flags = NPY_ARRAY_CARRAY_RO | (args[i].weak ? NPY_ARRAY_FORCECAST : 0);
         PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
@@ -276,11 +287,7 @@ static PyArrayObject *real_array(PyObject *obj, const char *name)
         reraise_with_name(name, "cannot be converted to an array");
         return NULL;
     }
-    if (PyArray_SIZE(arr) > MAX_ELEMENTS) {
-        char s[SHAPE_BUF];
-        PyErr_Format(PyExc_ValueError,
-                     "%s has shape %s: too large to process (the maximum is %lld elements)", name,
-                     ARRAY_SHAPE(arr, s), (long long)MAX_ELEMENTS);
+    if (refuse_huge(arr, name) < 0) {
         Py_DECREF(arr);
         return NULL;
     }
@@ -882,11 +889,7 @@ static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
         reraise_with_name(name, "cannot be converted to an array");
         return -1;
     }
-    if (PyArray_SIZE(arr) > MAX_ELEMENTS) {
-        char s[SHAPE_BUF];
-        PyErr_Format(PyExc_ValueError,
-                     "%s has shape %s: too large to process (the maximum is %lld elements)", name,
-                     ARRAY_SHAPE(arr, s), (long long)MAX_ELEMENTS);
+    if (refuse_huge(arr, name) < 0) {
         Py_DECREF(arr);
         return -1;
     }

@@ -6,17 +6,9 @@ import math
 import numpy as np
 
 from . import _core
-from .rollout import _check_system
+from .rollout import _as_array, _check_system
 
 __all__ = ["final_state_error", "success_rate"]
-
-
-def _as_array(value, name):
-    """``np.asarray`` whose failure (a ragged list, ...) names the argument."""
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{name}: cannot be converted to an array ({exc})") from None
 
 
 def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=True):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .rollout import _check_system
+from .rollout import _as_array, _check_system
 
 __all__ = ["MinEnergyLaw", "Reference", "min_energy", "min_energy_law", "REFERENCE_METHODS"]
 
@@ -71,14 +71,6 @@ def _steps(steps):
     if steps > _MAX_STEPS:
         raise ValueError(f"steps must be <= {_MAX_STEPS}, got {steps}")
     return int(steps)
-
-
-def _as_array(value, name):
-    """``np.asarray`` whose failure (a ragged list, ...) names the argument."""
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{name}: cannot be converted to an array ({exc})") from None
 
 
 def _boundary(x0, xf):

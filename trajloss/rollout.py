@@ -1,6 +1,8 @@
 """Rollouts of a discrete linear system and their adjoint (vector-Jacobian product)."""
 from __future__ import annotations
 
+import numpy as np
+
 from . import _core
 from .systems import LinearSystem
 
@@ -9,6 +11,14 @@ def _check_system(system) -> LinearSystem:
     if not isinstance(system, LinearSystem):
         raise TypeError(f"system must be a trajloss.LinearSystem, got {type(system).__name__}")
     return system
+
+
+def _as_array(value, name):
+    """``np.asarray`` whose failure (a ragged list, ...) names the argument."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: cannot be converted to an array ({exc})") from None
 
 
 def rollout(system, x0, controls, *, check_finite=True):
