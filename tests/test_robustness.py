@@ -20,14 +20,18 @@
   the float64 reference, and its gradient (2r/N, representable) is finite and
   right.
 
-Not covered here: a result that is *not* representable (a float32 gradient
-beyond FLT_MAX, a float64 loss beyond DBL_MAX, an unstable system rolled out
-until float64 overflows) still comes back as inf/NaN without an exception or
-a warning (``check_finite`` checks the inputs only); that gap is open in the
-reliability issue.
+Results that are *not* representable (a float32 gradient beyond FLT_MAX, a
+float64 loss beyond DBL_MAX, an unstable system rolled out until float64
+overflows, a reference whose energy sum|u|^2 dt passes DBL_MAX): the
+functions still return the IEEE result (inf/NaN), as NumPy does, but never
+silently -- a ``RuntimeWarning`` naming the function, the output and the word
+"overflow" comes with it (``test_overflow_is_never_silent``). With
+``check_finite=False`` NaN inputs propagate without a warning, and finite
+results never warn.
 """
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -332,3 +336,99 @@ def test_float32_large_magnitudes_accumulate_in_float64():
                                atol=1e-6 * np.abs(ref["grad"]).max())
     np.testing.assert_allclose(t.grad_x0, ref["grad_x0"], rtol=1e-6,
                                atol=1e-6 * np.abs(ref["grad_x0"]).max())
+
+
+def _unstable():
+    return tl.LinearSystem(1.1 * np.eye(2), np.ones((2, 1)))
+
+
+# case -> (call, the function name and the output the warning must name)
+OVERFLOW_CASES = {
+    # float32 gradient 2 r / N = 1.2e39 > FLT_MAX (the value 3.6e77 is fine in float64)
+    "float32-gradient": (lambda: tl.control_loss(np.full((1, 1, 1), 3e38, np.float32),
+                                                 np.full((1, 1, 1), -3e38, np.float32)).grad,
+                         "control_loss", "gradient"),
+    # float32 gradient through the dynamics
+    "float32-trajectory-gradient": (lambda: tl.trajectory_loss(
+        tl.LinearSystem(np.eye(1), [[1.0]]), np.full((1, 1, 1), 3e38, np.float32),
+        np.full((1, 1), 3e38, np.float32), np.full((1, 2, 1), -3e38, np.float32)).grad,
+        "loss", "grad_controls"),
+    # float64 value r^2 = 1e400 > DBL_MAX
+    "float64-value": (lambda: tl.control_loss(np.full((1, 1, 1), 1e200),
+                                              np.zeros((1, 1, 1))).value,
+                      "control_loss", "value"),
+    # float32 states beyond FLT_MAX (carried in float64, rounded to float32 on output)
+    "float32-rollout": (lambda: tl.rollout(tl.LinearSystem(2 * np.eye(1), [[1.0]]),
+                                           np.full((1, 1), 3e38, np.float32),
+                                           np.zeros((1, 1, 1), np.float32)),
+                        "rollout", "states"),
+    # an unstable system rolled out long enough to overflow float64: 1.1^10000
+    "unstable-rollout": (lambda: tl.rollout(_unstable(), np.ones((1, 2)), np.ones((1, 10_000, 1))),
+                         "rollout", "states"),
+    "unstable-trajectory-loss": (lambda: tl.trajectory_loss(
+        _unstable(), np.ones((1, 10_000, 1)), np.ones((1, 2)), np.zeros((1, 10_001, 2))).value,
+        "loss", "value"),
+    "unstable-combined-loss": (lambda: tl.combined_loss(
+        _unstable(), np.ones((1, 10_000, 1)), np.ones((1, 2)), np.zeros((1, 10_000, 1)),
+        np.zeros((1, 10_001, 2)), weight=0.3).value, "loss", "value"),
+    "unstable-rollout-vjp": (lambda: tl.rollout_vjp(
+        _unstable(), np.ones((1, 2)), np.ones((1, 10_000, 1)), np.ones((1, 10_001, 2)))[1],
+        "rollout_vjp", "grad_x0"),
+    "unstable-final-state-error": (lambda: tl.final_state_error(
+        _unstable(), np.ones((1, 10_000, 1)), np.ones((1, 2)), np.zeros(2)),
+        "final_state_error", "error"),
+    # energy = sum |u|^2 dt with dt = 1e308: the controls are fine, the energy is not
+    "reference-energy": (lambda: tl.min_energy(
+        tl.LinearSystem(np.eye(2), np.eye(2), dt=1e308), np.zeros(2), np.full(2, 10.0), 3).energy,
+        "min_energy", "energy"),
+    # e^1000 > DBL_MAX
+    "discretize": (lambda: tl.LinearSystem.from_continuous([[1.0]], [[1.0]], dt=1000.0).Ad,
+                   "discretize", "Ad"),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+def test_overflow_is_never_silent(case):
+    """A result that is not representable comes back as inf/NaN (the IEEE
+    result, as in NumPy) with a RuntimeWarning that says "overflow" and names
+    the function and the output -- never silently. The first check is that
+    the case really overflows, against an independent computation of the
+    exact result's size."""
+    call, function, output = OVERFLOW_CASES[case]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = call()
+        except (ValueError, OverflowError, FloatingPointError) as exc:
+            assert re.search(r"(?i)overflow|finite|inf|nan|large", str(exc)), str(exc)
+            return
+    assert not np.all(np.isfinite(out)), f"{case} does not overflow: the case is wrong"
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert messages, f"{case}: returned {np.ravel(out)[:4]} silently: no exception, no warning"
+    assert any(m.startswith(function + ":") and "overflow" in m and output in m
+               for m in messages), messages
+
+
+def test_overflow_warning_is_an_error_under_error_filters():
+    """warnings.simplefilter("error") turns the overflow into an exception,
+    with no result and no leaked reference (the extension's error path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            tl.control_loss(np.full((2, 3, 1), 1e200), np.zeros((2, 3, 1)))
+
+
+def test_no_warning_for_finite_results_or_unchecked_inputs():
+    """Finite results never warn; with check_finite=False NaN inputs propagate
+    as NaN without a warning (the caller asked for exactly that)."""
+    rng = np.random.default_rng(3)
+    sys_ = tl.DoubleIntegrator()
+    u, x0 = rng.normal(size=(4, 5, 1)), rng.normal(size=(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tl.combined_loss(sys_, u, x0, np.zeros_like(u), np.zeros((4, 6, 2)), weight=0.5)
+        tl.rollout(sys_, x0, u)
+        u[0, 0, 0] = np.nan
+        out = tl.control_loss(u, np.zeros_like(u), check_finite=False)
+        states = tl.rollout(sys_, x0, u, check_finite=False)
+    assert np.isnan(out.value) and np.isnan(states[0, 1:]).all() and np.isfinite(states[1:]).all()

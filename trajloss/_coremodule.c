@@ -276,6 +276,65 @@ static int check_float_args_finite(const float_arg *args, int count)
     return 0;
 }
 
+/* Scratch of `bytes` (0 means a size computation would overflow). */
+static void *loss_work(size_t bytes, const char *what)
+{
+    if (bytes == 0) {
+        PyErr_Format(PyExc_MemoryError, "%s: the arrays are too large to process", what);
+        return NULL;
+    }
+    void *work = PyMem_RawMalloc(bytes);
+    if (work == NULL)
+        PyErr_NoMemory();
+    return work;
+}
+
+/* ---- results that overflowed ------------------------------------------ */
+
+/*
+ * Finite inputs can still give results beyond the range of their dtype: an
+ * unstable system over a long horizon, a float32 gradient past FLT_MAX, a
+ * float64 square past DBL_MAX. As NumPy does ("overflow encountered in ..."),
+ * such a result comes with a RuntimeWarning naming the function and the
+ * outputs, never as a silent inf/NaN. Only when the inputs were checked:
+ * with check_finite=False, NaN in is NaN out, without a word.
+ *
+ * nonfinite_outputs runs without the GIL (it only reads array fields) and
+ * returns bit i set when outputs[i] (NULL: skipped) holds NaN or inf.
+ */
+static unsigned nonfinite_outputs(int count, PyArrayObject *const *outputs)
+{
+    unsigned bad = 0;
+    for (int i = 0; i < count; i++) {
+        PyArrayObject *a = outputs[i];
+        if (a == NULL)
+            continue;
+        const int finite = PyArray_TYPE(a) == NPY_DOUBLE
+                               ? finite_f64((const double *)PyArray_DATA(a), PyArray_SIZE(a))
+                               : finite_f32((const float *)PyArray_DATA(a), PyArray_SIZE(a));
+        bad |= finite ? 0u : 1u << i;
+    }
+    return bad;
+}
+
+/* The warning for the outputs whose bit is set in `bad`; -1 when the warning
+ * filters turned it into an exception. */
+static int warn_overflow(unsigned bad, const char *context, int count, const char *const *names)
+{
+    if (bad == 0)
+        return 0;
+    char list[256] = "";
+    size_t used = 0;
+    for (int i = 0; i < count && used < sizeof list; i++)
+        if (bad & (1u << i))
+            used += (size_t)PyOS_snprintf(list + used, sizeof list - used, "%s%s",
+                                          used ? ", " : "", names[i]);
+    return PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                            "%s: overflow: %s holds inf or NaN although every input is finite "
+                            "(the result is beyond the range of its dtype)",
+                            context, list);
+}
+
 /* ---- system matrices: any real numbers, stored as float64 -------------- */
 
 /* A fresh float64 C-contiguous copy of obj (any real numbers, all finite), or
@@ -464,13 +523,18 @@ static PyObject *core_expm(PyObject *self, PyObject *args)
         goto done;
     }
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     status = tl_expm(n, (const double *)PyArray_DATA(A), (double *)PyArray_DATA(E), work);
+    if (status == TL_OK)
+        bad = nonfinite_outputs(1, &E);
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "expm");
         goto done;
     }
+    if (warn_overflow(bad, "expm", 1, (const char *const[]){"the exponential"}) < 0)
+        goto done;
     result = (PyObject *)E;
     E = NULL;
 
@@ -531,15 +595,20 @@ static PyObject *core_discretize(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     status = tl_discretize((tl_disc_method)method, n, m, (const double *)PyArray_DATA(A),
                            (const double *)PyArray_DATA(B), dt, (double *)PyArray_DATA(Ad),
                            (double *)PyArray_DATA(Bd), work);
+    if (status == TL_OK)
+        bad = nonfinite_outputs(2, (PyArrayObject *const[]){Ad, Bd});
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "discretize");
         goto done;
     }
+    if (warn_overflow(bad, "discretize", 2, (const char *const[]){"Ad", "Bd"}) < 0)
+        goto done;
     result = Py_BuildValue("(OO)", Ad, Bd);
 
 done:
@@ -629,6 +698,7 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     if (typenum == NPY_DOUBLE)
         status = tl_rollout_f64(&sys, sh.batch, sh.steps, PyArray_DATA(fa[0].arr),
@@ -636,11 +706,15 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
     else
         status = tl_rollout_f32(&sys, sh.batch, sh.steps, PyArray_DATA(fa[0].arr),
                                 PyArray_DATA(fa[1].arr), PyArray_DATA(states), work);
+    if (status == TL_OK && check_finite)
+        bad = nonfinite_outputs(1, &states);
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "rollout");
         goto done;
     }
+    if (warn_overflow(bad, "rollout", 1, (const char *const[]){"the states"}) < 0)
+        goto done;
     result = (PyObject *)states;
     states = NULL;
 
@@ -692,6 +766,7 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
         goto done;
     }
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     if (typenum == NPY_DOUBLE)
         status = tl_rollout_vjp_f64(&sys, sh.batch, sh.steps, PyArray_DATA(fa[2].arr),
@@ -699,11 +774,15 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
     else
         status = tl_rollout_vjp_f32(&sys, sh.batch, sh.steps, PyArray_DATA(fa[2].arr),
                                     PyArray_DATA(gu), PyArray_DATA(gx), work);
+    if (status == TL_OK && check_finite)
+        bad = nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx});
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "rollout_vjp");
         goto done;
     }
+    if (warn_overflow(bad, "rollout_vjp", 2, (const char *const[]){"grad_controls", "grad_x0"}) < 0)
+        goto done;
     result = Py_BuildValue("(OO)", gu, gx);
 
 done:
@@ -978,12 +1057,9 @@ static PyObject *core_time_weights(PyObject *self, PyObject *args)
         release_selection(&owned);
         return (PyObject *)out;
     }
-    void *work = PyMem_RawMalloc(tl_time_weights_work_bytes(steps));
-    if (out == NULL || work == NULL) {
-        if (work == NULL)
-            PyErr_NoMemory();
+    void *work = out != NULL ? loss_work(tl_time_weights_work_bytes(steps), "time_weights") : NULL;
+    if (out == NULL || work == NULL)
         goto done;
-    }
     tl_status status;
     Py_BEGIN_ALLOW_THREADS
     status = tl_time_weights(&sel, (double *)PyArray_DATA(out), work);
@@ -1021,19 +1097,6 @@ static int fast_arg_count(const char *name, Py_ssize_t nargs, Py_ssize_t lo, Py_
  * a call racing a change uses either value, and both give the same result).
  */
 static int loss_threads = 1;
-
-/* Scratch of `bytes` (0 means a size computation would overflow). */
-static void *loss_work(size_t bytes, const char *what)
-{
-    if (bytes == 0) {
-        PyErr_Format(PyExc_MemoryError, "%s: the arrays are too large to process", what);
-        return NULL;
-    }
-    void *work = PyMem_RawMalloc(bytes);
-    if (work == NULL)
-        PyErr_NoMemory();
-    return work;
-}
 
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
 {
@@ -1119,6 +1182,7 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
         goto done;
     tl_loss_value value;
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     if (typenum == NPY_DOUBLE)
         status = tl_control_loss_f64(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
@@ -1126,11 +1190,15 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
     else
         status = tl_control_loss_f32(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
                                      &value, grad ? PyArray_DATA(grad) : NULL, work);
+    if (status == TL_OK && check_finite)
+        bad = (isfinite(value.total) ? 0u : 1u) | nonfinite_outputs(1, &grad) << 1;
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_loss_error(status, "control_loss");
         goto done;
     }
+    if (warn_overflow(bad, "control_loss", 2, (const char *const[]){"the value", "the gradient"}) < 0)
+        goto done;
     result = grad == NULL ? PyFloat_FromDouble(value.total)
                           : Py_BuildValue("(dO)", value.total, grad);
 
@@ -1237,6 +1305,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
 #define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
     tl_loss_value v;
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     if (typenum == NPY_DOUBLE)
         status = tl_rollout_loss_f64(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
@@ -1246,12 +1315,16 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
         status = tl_rollout_loss_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
                                      DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
                                      PyArray_DATA(gu), PyArray_DATA(gx), work);
+    if (status == TL_OK && check_finite)
+        bad = (isfinite(v.total) ? 0u : 1u) | nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx}) << 1;
     Py_END_ALLOW_THREADS
 #undef DATA_OR_NULL
     if (status != TL_OK) {
         set_loss_error(status, "loss");
         goto done;
     }
+    if (warn_overflow(bad, "loss", 3, (const char *const[]){"the value", "grad_controls", "grad_x0"}) < 0)
+        goto done;
     result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
 
 done:
@@ -1303,6 +1376,7 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
         goto done;
     }
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     if (typenum == NPY_DOUBLE)
         status = tl_final_state_error_f64(&sys, sh.batch, sh.steps, sel.lengths,
@@ -1312,11 +1386,15 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
         status = tl_final_state_error_f32(&sys, sh.batch, sh.steps, sel.lengths,
                                           PyArray_DATA(fa[1].arr), PyArray_DATA(fa[0].arr),
                                           PyArray_DATA(fa[2].arr), PyArray_DATA(err), work);
+    if (status == TL_OK && check_finite)
+        bad = nonfinite_outputs(1, &err);
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_status_error(status, "final_state_error");
         goto done;
     }
+    if (warn_overflow(bad, "final_state_error", 1, (const char *const[]){"the error"}) < 0)
+        goto done;
     result = (PyObject *)err;
     err = NULL;
 
@@ -1459,6 +1537,7 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
     }
     tl_ref_plan plan;
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     status = tl_ref_plan_init(&plan, plan_mem, (tl_ref_method)method, &sys,
                               A ? PyArray_DATA(A) : NULL, B ? PyArray_DATA(B) : NULL, dt, steps,
@@ -1466,11 +1545,16 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
     if (status == TL_OK)
         status = tl_ref_apply(&plan, batch, PyArray_DATA(x0), PyArray_DATA(xf), PyArray_DATA(U),
                               PyArray_DATA(S), PyArray_DATA(err), PyArray_DATA(energy), work);
+    if (status == TL_OK)
+        bad = nonfinite_outputs(4, (PyArrayObject *const[]){U, S, err, energy});
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_gramian_error(status, plan.cond, "min_energy");
         goto done;
     }
+    if (warn_overflow(bad, "min_energy", 4,
+                      (const char *const[]){"controls", "states", "final_error", "energy"}) < 0)
+        goto done;
     PyObject *err_obj = PyArray_Return(err), *energy_obj = PyArray_Return(energy);
     err = energy = NULL; /* PyArray_Return took them */
     if (err_obj != NULL && energy_obj != NULL)
@@ -1534,15 +1618,20 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
     }
     double cond;
     tl_status status;
+    unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     status = tl_min_energy_law(n, m, PyArray_DATA(A), PyArray_DATA(B), horizon, sh.batch,
                                PyArray_DATA(x0), PyArray_DATA(xf), nt, tp, PyArray_DATA(u),
                                PyArray_DATA(x), &cond, work);
+    if (status == TL_OK)
+        bad = nonfinite_outputs(2, (PyArrayObject *const[]){u, x});
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
         set_gramian_error(status, cond, "min_energy_law");
         goto done;
     }
+    if (warn_overflow(bad, "min_energy_law", 2, (const char *const[]){"u", "x"}) < 0)
+        goto done;
     result = Py_BuildValue("(OO)", u, x);
 
 done:
