@@ -1273,3 +1273,45 @@ def test_call(child_run, case):
                 f"{rec.get('expected')}")
             if expect.indep is not None:
                 assert rec["close"], f"{id_}: result differs from the independent NumPy reference"
+
+
+def test_mismatched_broadcast_views_are_refused_before_any_copy():
+    """Shapes are checked on the caller's views, before anything is made
+    contiguous: a wrongly shaped broadcast view that would copy to 8 GiB is
+    refused at once, with the usual message, and with no allocation beyond a
+    few KiB (tracemalloc sees NumPy's data buffers)."""
+    import tracemalloc
+
+    sys_ = tl.DoubleIntegrator()
+    B, T = 2**26, 16
+    big_u = np.broadcast_to(np.zeros((1, T, 1)), (B, T, 1))  # 8 GiB if copied
+    x0_short = np.broadcast_to(np.zeros((1, 2)), (B - 1, 2))
+    x0 = np.broadcast_to(np.zeros((1, 2)), (B, 2))
+    bad_states = np.broadcast_to(np.zeros((1, T, 2)), (B, T, 2))  # T, not T + 1
+    calls = {
+        "rollout": (lambda: tl.rollout(sys_, x0_short, big_u), "batch size"),
+        "rollout_vjp": (lambda: tl.rollout_vjp(sys_, x0, big_u, bad_states), "grad_states"),
+        "combined_loss": (lambda: tl.combined_loss(sys_, big_u, x0, big_u, bad_states, weight=1.0),
+                          "ref_states"),
+        "control_loss": (lambda: tl.control_loss(big_u, np.zeros((3, T, 1))), "target"),
+        "final_state_error": (lambda: tl.final_state_error(sys_, big_u, x0_short, np.zeros(2)),
+                              "batch size"),
+    }
+    for name, (call, needle) in calls.items():
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match=needle):
+                call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, f"{name}: {peak} bytes allocated before the shape check"
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, 2**63, 4])
+def test_unsigned_lengths_are_reported_as_given(value):
+    """uint64 lengths past INT64_MAX are reported with their own value, not
+    as the negative number an int64 cast would make of them."""
+    u = np.zeros((2, 3, 1))
+    with pytest.raises(ValueError, match=rf"lengths must lie in \[0, T\] = \[0, 3\], got {value} "):
+        tl.control_loss(u, u, lengths=np.array([value, 1], np.uint64))

@@ -167,12 +167,14 @@ static void release_float_args(float_arg *args, int count)
 }
 
 /*
- * Convert every args[i].obj into args[i].arr: decide the call's dtype
- * (*typenum), check each argument's kind, and make each array C-contiguous
- * and aligned in that dtype. On failure an exception is set, the arrays
- * converted so far are released, and -1 is returned.
+ * Turn every args[i].obj into an array args[i].arr (no copy of an ndarray,
+ * whatever its layout) and decide the call's dtype (*typenum), checking each
+ * argument's kind. The shapes are checked next, on these views, and only
+ * then does contiguous_float_args copy what needs copying: a wrongly shaped
+ * broadcast view is refused before gigabytes are copied. On failure an
+ * exception is set, the arrays are released, and -1 is returned.
  */
-static int convert_float_args(float_arg *args, int count, int *typenum)
+static int wrap_float_args(float_arg *args, int count, int *typenum)
 {
     int first_strong = -1;
     for (int i = 0; i < count; i++) {
@@ -213,20 +215,29 @@ static int convert_float_args(float_arg *args, int count, int *typenum)
         }
     }
     *typenum = first_strong < 0 ? NPY_DOUBLE : PyArray_TYPE(args[first_strong].arr);
-    for (int i = 0; i < count; i++) {
-        if (args[i].arr == NULL || in_place(args[i].arr, *typenum))
-            continue;
-        int flags = NPY_ARRAY_CARRAY_RO | (args[i].weak ? NPY_ARRAY_FORCECAST : 0);
-        PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
-            (PyObject *)args[i].arr, PyArray_DescrFromType(*typenum), 0, 0, flags, NULL);
-        if (c == NULL)
-            goto fail;
-        Py_SETREF(args[i].arr, c);
-    }
     return 0;
 fail:
     release_float_args(args, count);
     return -1;
+}
+
+/* Make each wrapped array C-contiguous, aligned and native in typenum
+ * (a copy only when it is not already). -1 with an exception on failure. */
+static int contiguous_float_args(float_arg *args, int count, int typenum)
+{
+    for (int i = 0; i < count; i++) {
+        if (args[i].arr == NULL || in_place(args[i].arr, typenum))
+            continue;
+        int flags = NPY_ARRAY_CARRAY_RO | (args[i].weak ? NPY_ARRAY_FORCECAST : 0);
+        PyArrayObject *c = (PyArrayObject *)PyArray_FromAny(
+            (PyObject *)args[i].arr, PyArray_DescrFromType(typenum), 0, 0, flags, NULL);
+        if (c == NULL) {
+            release_float_args(args, count);
+            return -1;
+        }
+        Py_SETREF(args[i].arr, c);
+    }
+    return 0;
 }
 
 /*
@@ -683,9 +694,9 @@ static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
     traj_shape sh;
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
-    if (convert_float_args(fa, 2, &typenum) < 0)
-        goto done;
-    if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
+    if (wrap_float_args(fa, 2, &typenum) < 0 ||
+        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
+        contiguous_float_args(fa, 2, typenum) < 0)
         goto done;
     if (check_finite && check_float_args_finite(fa, 2) < 0)
         goto done;
@@ -748,11 +759,10 @@ static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds
     traj_shape sh;
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
-    if (convert_float_args(fa, 3, &typenum) < 0)
-        goto done;
-    if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
-        goto done;
-    if (check_traj_array(fa[2].arr, fa[2].name, &sh, sh.steps + 1, sys.n, "the states") < 0)
+    if (wrap_float_args(fa, 3, &typenum) < 0 ||
+        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
+        check_traj_array(fa[2].arr, fa[2].name, &sh, sh.steps + 1, sys.n, "the states") < 0 ||
+        contiguous_float_args(fa, 3, typenum) < 0)
         goto done;
     if (check_finite && check_float_args_finite(fa, 3) < 0)
         goto done;
@@ -877,6 +887,23 @@ static int parse_selection(PyObject *discount, PyObject *lengths, PyObject *mask
                              "lengths must be a single integer for unbatched inputs, got shape %s",
                              ARRAY_SHAPE(arr, s1));
             goto fail;
+        }
+        if (PyTypeNum_ISUNSIGNED(PyArray_TYPE(arr)) && PyArray_ITEMSIZE(arr) == 8) {
+            /* values past INT64_MAX would wrap to negatives in the int64 copy */
+            PyArrayObject *u = (PyArrayObject *)PyArray_FromAny(
+                (PyObject *)arr, PyArray_DescrFromType(NPY_UINT64), 0, 0, NPY_ARRAY_CARRAY_RO, NULL);
+            if (u == NULL)
+                goto fail;
+            const uint64_t *v = (const uint64_t *)PyArray_DATA(u);
+            for (npy_intp b = 0; b < batch; b++)
+                if (v[b] > (uint64_t)steps) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "lengths must lie in [0, T] = [0, %" NPY_INTP_FMT "], got %llu at "
+                                 "index %" NPY_INTP_FMT, steps, (unsigned long long)v[b], b);
+                    Py_DECREF(u);
+                    goto fail;
+                }
+            Py_DECREF(u);
         }
         Py_SETREF(owned->lengths, (PyArrayObject *)PyArray_FromAny(
                                       (PyObject *)arr, PyArray_DescrFromType(NPY_INT64), 0, 0,
@@ -1140,7 +1167,7 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
     selection_arrays owned = {NULL, NULL};
     PyArrayObject *fw = NULL, *grad = NULL;
     void *work = NULL;
-    if (convert_float_args(fa, 2, &typenum) < 0)
+    if (wrap_float_args(fa, 2, &typenum) < 0)
         return NULL;
     PyArrayObject *pred = fa[0].arr;
     char s1[SHAPE_BUF];
@@ -1153,8 +1180,10 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
     }
     traj_shape sh = {nd == 3, nd == 3 ? PyArray_DIM(pred, 0) : 1, PyArray_DIM(pred, nd - 2)};
     const npy_intp D = PyArray_DIM(pred, nd - 1);
-    if (check_traj_array(fa[1].arr, "target", &sh, sh.steps, D, "pred") < 0)
+    if (check_traj_array(fa[1].arr, "target", &sh, sh.steps, D, "pred") < 0 ||
+        contiguous_float_args(fa, 2, typenum) < 0)
         goto done;
+    pred = fa[0].arr;
     if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
                         &owned) < 0 ||
         parse_penalty(penalty, delta, &spec) < 0 ||
@@ -1258,7 +1287,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
     traj_shape sh;
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
-    if (convert_float_args(fa, 5, &typenum) < 0)
+    if (wrap_float_args(fa, 5, &typenum) < 0)
         goto done;
     if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
         goto done;
@@ -1266,7 +1295,8 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
                                        "controls") < 0) ||
         (fa[3].arr && check_traj_array(fa[3].arr, "ref_states", &sh, sh.steps + 1, sys.n,
                                        "the states") < 0) ||
-        (fa[4].arr && check_traj_array(fa[4].arr, target_name, &sh, -1, sys.n, "x0") < 0))
+        (fa[4].arr && check_traj_array(fa[4].arr, target_name, &sh, -1, sys.n, "x0") < 0) ||
+        contiguous_float_args(fa, 5, typenum) < 0)
         goto done;
     if (((terms & TL_TERM_CONTROL) && !fa[2].arr) || ((terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
         ((terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {
@@ -1361,9 +1391,10 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
     traj_shape sh;
     if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
         return NULL;
-    if (convert_float_args(fa, 3, &typenum) < 0 ||
+    if (wrap_float_args(fa, 3, &typenum) < 0 ||
         check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
         check_traj_array(fa[2].arr, "xf", &sh, -1, sys.n, "x0") < 0 ||
+        contiguous_float_args(fa, 3, typenum) < 0 ||
         parse_selection(Py_None, lengths, Py_None, sh.batched, sh.batch, sh.steps, &sel, &owned) < 0)
         goto done;
     if (check_finite && check_float_args_finite(fa, 3) < 0)
