@@ -207,24 +207,33 @@ def _increments_during(work):
     return (inside[-1] - inside[0] if len(inside) >= 2 else 0), t1 - t0 - 2 * EDGE
 
 
-def _big_combined_call():
-    """A combined_loss call that takes >= 0.3 s (B grown until it does)."""
-    rng = np.random.default_rng(5)
-    s = tl.DoubleIntegrator()
-    B = 1_000_000
+def _grown_call(make_call, B=250_000):
+    """(call, B): make_call(B) for the first B (doubling) whose call takes
+    >= 0.5 s, so the window stays long on a fast idle machine as on a busy
+    one (a fixed B once gave 0.26 s under load and failed "too short")."""
     while True:
-        x0 = rng.standard_normal((B, 2)).astype(np.float32)
-        u = rng.standard_normal((B, 15, 1)).astype(np.float32)
-        rs = rng.standard_normal((B, 16, 2)).astype(np.float32)
-
-        def call():
-            return tl.combined_loss(s, u, x0, u, rs, weight=0.3, terminal_weight=0.1)
-
+        call = make_call(B)
         t = time.perf_counter()
         call()
-        if time.perf_counter() - t >= 0.3 or B >= 8_000_000:
+        if time.perf_counter() - t >= 0.5 or B >= 16_000_000:
             return call, B
         B *= 2
+
+
+def _combined_call(B):
+    rng = np.random.default_rng(5)
+    s = tl.DoubleIntegrator()
+    x0 = rng.standard_normal((B, 2)).astype(np.float32)
+    u = rng.standard_normal((B, 15, 1)).astype(np.float32)
+    rs = rng.standard_normal((B, 16, 2)).astype(np.float32)
+    return lambda: tl.combined_loss(s, u, x0, u, rs, weight=0.3, terminal_weight=0.1)
+
+
+def _min_energy_call(B):
+    rng = np.random.default_rng(6)
+    s = tl.DoubleIntegrator()
+    x0 = rng.uniform(-5, 5, (B, 2))
+    return lambda: tl.min_energy(s, x0, np.zeros(2), 15)
 
 
 def _gil_holding_call(duration):
@@ -239,17 +248,7 @@ def _gil_holding_call(duration):
 
 @pytest.mark.parametrize("which", ["combined_loss", "min_energy"])
 def test_gil_is_released_during_long_calls(which):
-    if which == "combined_loss":
-        call, B = _big_combined_call()
-    else:
-        rng = np.random.default_rng(6)
-        s = tl.DoubleIntegrator()
-        B = 1_000_000
-        x0 = rng.uniform(-5, 5, (B, 2))
-        zero = np.zeros(2)
-
-        def call():
-            return tl.min_energy(s, x0, zero, 15)
+    call, B = _grown_call(_combined_call if which == "combined_loss" else _min_energy_call)
     inc, dur = _increments_during(call)
     inc_held, dur_held = _increments_during(_gil_holding_call(dur))
     rate_held = inc_held / dur_held
