@@ -242,6 +242,12 @@ tl_status tl_rollout_loss_f32(const tl_system *sys, const tl_loss_spec *spec,
                               const float *target, tl_loss_value *value,
                               float *grad_controls, float *grad_x0, void *work);
 
+/* ---- finite.c ------------------------------------------------------------ */
+
+/* 1 when all `count` values are finite (neither inf nor NaN), else 0. */
+int tl_all_finite_f64(const double *p, ptrdiff_t count);
+int tl_all_finite_f32(const float *p, ptrdiff_t count);
+
 /* ---- reference.c: minimum-energy reference trajectories ---------------- */
 
 /* A Gramian whose (equilibrated) condition number exceeds this is treated

@@ -240,27 +240,6 @@ static int contiguous_float_args(float_arg *args, int count, int typenum)
     return 0;
 }
 
-/*
- * Are all `count` values finite? x * 0 is 0 for finite x and NaN for NaN
- * or inf; four interleaved partial sums of those vectorise (one running sum
- * could not), and blocks let a bad value stop the scan early.
- */
-#define TL_FINITE_SCAN(NAME, T_)                                                              \
-    static int NAME(const T_ *p, npy_intp count)                                              \
-    {                                                                                         \
-        for (npy_intp start = 0; start < count; start += 4096) {                              \
-            const npy_intp end = count - start < 4096 ? count : start + 4096;                 \
-            T_ part[4] = {0, 0, 0, 0};                                                        \
-            for (npy_intp i = start; i < end; i++)                                            \
-                part[i & 3] += p[i] * (T_)0;                                                  \
-            if (!((part[0] + part[1]) + (part[2] + part[3]) == 0))                            \
-                return 0;                                                                     \
-        }                                                                                     \
-        return 1;                                                                             \
-    }
-TL_FINITE_SCAN(finite_f64, double)
-TL_FINITE_SCAN(finite_f32, float)
-#undef TL_FINITE_SCAN
 
 /* -1 with ValueError if a converted (contiguous) array holds NaN or inf. */
 static int check_all_finite(const float_arg *arg)
@@ -269,8 +248,8 @@ static int check_all_finite(const float_arg *arg)
         return 0;
     const npy_intp size = PyArray_SIZE(arg->arr);
     const int finite = PyArray_TYPE(arg->arr) == NPY_DOUBLE
-                           ? finite_f64((const double *)PyArray_DATA(arg->arr), size)
-                           : finite_f32((const float *)PyArray_DATA(arg->arr), size);
+                           ? tl_all_finite_f64((const double *)PyArray_DATA(arg->arr), size)
+                           : tl_all_finite_f32((const float *)PyArray_DATA(arg->arr), size);
     if (finite)
         return 0;
     PyErr_Format(PyExc_ValueError,
@@ -321,8 +300,8 @@ static unsigned nonfinite_outputs(int count, PyArrayObject *const *outputs)
         if (a == NULL)
             continue;
         const int finite = PyArray_TYPE(a) == NPY_DOUBLE
-                               ? finite_f64((const double *)PyArray_DATA(a), PyArray_SIZE(a))
-                               : finite_f32((const float *)PyArray_DATA(a), PyArray_SIZE(a));
+                               ? tl_all_finite_f64((const double *)PyArray_DATA(a), PyArray_SIZE(a))
+                               : tl_all_finite_f32((const float *)PyArray_DATA(a), PyArray_SIZE(a));
         bad |= finite ? 0u : 1u << i;
     }
     return bad;
@@ -661,7 +640,7 @@ static int system_view(PyObject *Ad_obj, PyObject *Bd_obj, PyArrayObject **Ad,
         const npy_intp n = PyArray_DIM(*Ad, 0), m = PyArray_DIM(*Bd, 1);
         ready = n >= 1 && n <= TL_MAX_DIM && PyArray_DIM(*Ad, 1) == n &&
                 PyArray_DIM(*Bd, 0) == n && m >= 1 && m <= TL_MAX_DIM &&
-                finite_f64(PyArray_DATA(*Ad), n * n) && finite_f64(PyArray_DATA(*Bd), n * m);
+                tl_all_finite_f64(PyArray_DATA(*Ad), n * n) && tl_all_finite_f64(PyArray_DATA(*Bd), n * m);
     }
     if (!ready) {
         Py_CLEAR(*Ad);
