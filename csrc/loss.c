@@ -216,7 +216,9 @@ static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
     return add_product(count, (T + 1) * L, n) &&  /* G */
            add_product(count, T * L, m) &&        /* Gc */
            add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
+           add_product(count, L * n, n + m) &&    /* its splats of Ad, Bd */
            add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
+           add_product(count, 2 * L, (T + 1) * n + T * m) && /* weight tables */
            add_product(count, L, 1) &&            /* fin */
            add_product(count, 3 * L, 1) &&        /* per-lane sums */
            add_product(count, T + 2 + L, 1) &&    /* one row of weights (+ alignment) */
@@ -243,14 +245,50 @@ typedef struct {
     tl_vd *vc, *wc; /* steps: control step valid (1/0), its weight */
     tl_vd *vs, *ws; /* steps + 1: state k scored by the trajectory term, its weight */
     tl_vd *fin;     /* one: index of the final valid state, -1 for an empty lane */
+    tl_vd *vs_w, *gs_w; /* (steps + 1) x n: state value weights ws_k s_i, and times st */
+    tl_vd *vc_w, *gc_w; /* steps x m: control value weights wc_k f_j, and times sc */
     ptrdiff_t K[L]; /* the final valid state of each lane (0 when empty) */
     ptrdiff_t Kmax;
     int ragged;     /* do non-empty lanes end at different states? */
+    int short_lanes; /* does some lane (empty ones too) end before Kmax? */
 } tl_tile_sel;
 
-static void tile_select(const tl_selection *sel, int shift, ptrdiff_t b0, int lanes,
-                        const double *powers, double *row, tl_tile_sel *ts)
+/* Everything a rollout-loss tile needs that is the same for the whole call. */
+typedef struct {
+    const tl_system *sys;
+    const tl_loss_spec *spec;
+    ptrdiff_t B, T, n, m;
+    int shift, uniform;
+    double sc, st, sf; /* gradient scale of each term: weight / (count * dim) */
+    const double *powers;
+    double *partials;  /* 3 per chunk */
+    double *worker_work;
+    size_t worker_doubles;
+} tl_rl_const;
+
+/* The per-element weight tables of a tile from its per-step weights, in the
+ * order the kernel used to multiply them: value ws_k s_i, gradient st (ws_k s_i). */
+static void tile_weights(const tl_rl_const *c, tl_tile_sel *ts)
 {
+    const double *sw = c->spec->state_weights, *fw = c->spec->feature_weights;
+    for (ptrdiff_t k = 0; k <= c->T; k++)
+        for (ptrdiff_t i = 0; i < c->n; i++) {
+            ts->vs_w[k * c->n + i] = ts->ws[k] * (sw != NULL ? sw[i] : 1.0);
+            ts->gs_w[k * c->n + i] = c->st * ts->vs_w[k * c->n + i];
+        }
+    for (ptrdiff_t k = 0; k < c->T; k++)
+        for (ptrdiff_t j = 0; j < c->m; j++) {
+            ts->vc_w[k * c->m + j] = ts->wc[k] * (fw != NULL ? fw[j] : 1.0);
+            ts->gc_w[k * c->m + j] = c->sc * ts->vc_w[k * c->m + j];
+        }
+}
+
+static void tile_select(const tl_rl_const *c, ptrdiff_t b0, int lanes, double *row,
+                        tl_tile_sel *ts)
+{
+    const tl_selection *sel = &c->spec->sel;
+    const int shift = c->shift;
+    const double *powers = c->powers;
     const ptrdiff_t T = sel->steps;
     ts->Kmax = 0;
     for (int l = 0; l < L; l++) {
@@ -286,23 +324,13 @@ static void tile_select(const tl_selection *sel, int shift, ptrdiff_t b0, int la
                 ts->ws[k][l] = ts->wc[k - 1][l];
         }
     }
-    ts->ragged = 0;
-    for (int l = 0; l < L; l++)
+    ts->ragged = ts->short_lanes = 0;
+    for (int l = 0; l < L; l++) {
         ts->ragged |= ts->fin[0][l] >= 0.0 && ts->K[l] != ts->Kmax;
+        ts->short_lanes |= ts->K[l] != ts->Kmax;
+    }
+    tile_weights(c, ts);
 }
-
-/* Everything a rollout-loss tile needs that is the same for the whole call. */
-typedef struct {
-    const tl_system *sys;
-    const tl_loss_spec *spec;
-    ptrdiff_t B, T, n, m;
-    int shift, uniform;
-    double sc, st, sf; /* gradient scale of each term: weight / (count * dim) */
-    const double *powers;
-    double *partials;  /* 3 per chunk */
-    double *worker_work;
-    size_t worker_doubles;
-} tl_rl_const;
 
 static double sum_partials(const double *partials, ptrdiff_t chunks, int term)
 {

@@ -117,27 +117,40 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
                             const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)
 {
     tl_vd *reg = work + (c->T + 1) * c->n + c->T * c->m;
-    TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m);
+    TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m, 0);
 }
 
-/* Kernels of their own for the small systems most losses are about. */
+/* Kernels of their own for the small systems most losses are about, each
+ * also in the fast form (full tile, every step valid, squared error). */
 #define TL_SMALL_TILE(N, M)                                                                   \
     TL_CLONES static void TL_SFX(rl_tile_##N##_##M)(const tl_rl_const *c,                    \
                                                     const tl_tile_sel *ts,                   \
                                                     const TL_SFX(rl_data) *p, tl_vd *sums,   \
                                                     tl_vd *work)                             \
     {                                                                                         \
-        tl_vd reg[3 * N + M];                                                                 \
-        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M);                                \
+        tl_vd reg[3 * N + M + N * N + N * M];                                                                 \
+        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 0);                             \
+    }                                                                                         \
+    TL_CLONES static void TL_SFX(rl_fast_##N##_##M)(const tl_rl_const *c,                    \
+                                                    const tl_tile_sel *ts,                   \
+                                                    const TL_SFX(rl_data) *p, tl_vd *sums,   \
+                                                    tl_vd *work)                             \
+    {                                                                                         \
+        tl_vd reg[3 * N + M + N * N + N * M];                                                                 \
+        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 1);                             \
     }
 TL_SMALL_TILES
 #undef TL_SMALL_TILE
 
-static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m)
+/* The kernel for an (n, m) system; *fast gets the fast form when there is one. */
+static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, TL_SFX(rl_tile_fn) *fast)
 {
+    *fast = NULL;
 #define TL_SMALL_TILE(N, M)                                                                   \
-    if (n == N && m == M)                                                                     \
-        return TL_SFX(rl_tile_##N##_##M);
+    if (n == N && m == M) {                                                                   \
+        *fast = TL_SFX(rl_fast_##N##_##M);                                                    \
+        return TL_SFX(rl_tile_##N##_##M);                                                     \
+    }
     TL_SMALL_TILES
 #undef TL_SMALL_TILE
     return TL_SFX(rl_tile);
@@ -163,11 +176,18 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const ptrdiff_t B = c->B, T = c->T, n = c->n, m = c->m, su = T * m, ss = (T + 1) * n;
 
     /* this worker's scratch, in the order of rollout_worker_doubles */
-    const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m);
+    TL_SFX(rl_tile_fn) fast;
+    const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, &fast);
+    if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE))
+        fast = NULL;
     tl_vd *tile_work = (tl_vd *)(c->worker_work + (size_t)worker * c->worker_doubles);
-    tl_vd *v = tile_work + (T + 1) * n + T * m + 3 * n + m; /* G, Gc, x, xn, xf, uk */
-    tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1), {0}, 0, 0};
-    tl_vd *sums = ts.fin + 1;
+    tl_vd *v = tile_work + (T + 1) * n + T * m + 3 * n + m + n * n + n * m; /* G, Gc, reg */
+    tl_vd *tables = v + 4 * (T + 1) + 1;
+    const ptrdiff_t ns = (T + 1) * n, nc = T * m;
+    tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1),
+                      tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
+                      {0}, 0, 0, 0};
+    tl_vd *sums = tables + 2 * (ns + nc);
     double *row = (double *)(sums + 3);
     TL_T *st = (TL_T *)(row + T + 2 + L); /* staging: u, ru, gu, rs, x0, tgt, gx */
     TL_SFX(rl_data) staged = {st, st + 3 * L * su + L * ss, st + L * su,
@@ -181,7 +201,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         for (ptrdiff_t b0 = chunk * TL_CHUNK; b0 < end; b0 += L) {
             const int lanes = end - b0 < L ? (int)(end - b0) : L;
             if (!(c->uniform && full_ready && lanes == L)) {
-                tile_select(&c->spec->sel, c->shift, b0, lanes, c->powers, row, &ts);
+                tile_select(c, b0, lanes, row, &ts);
                 full_ready = c->uniform && lanes == L;
             }
             TL_SFX(rl_data) p = {
@@ -189,7 +209,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                 a->rs != NULL ? a->rs + b0 * ss : NULL, a->tgt != NULL ? a->tgt + b0 * n : NULL,
                 a->gu != NULL ? a->gu + b0 * su : NULL, a->gx != NULL ? a->gx + b0 * n : NULL};
             if (lanes == L) {
-                tile(c, &ts, &p, sums, tile_work);
+                (fast != NULL ? fast : tile)(c, &ts, &p, sums, tile_work);
                 continue;
             }
             /* the batch's last, partial tile: run it from zero-padded copies */

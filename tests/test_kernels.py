@@ -80,3 +80,47 @@ def test_padding_is_never_used(n, m):
     np.testing.assert_array_equal(dirty.grad_x0, clean.grad_x0)
     for b, L in enumerate(lengths):
         assert not dirty.grad[b, L:].any()
+
+
+@pytest.mark.parametrize("n,m", SPECIALISED)
+@pytest.mark.parametrize("include_initial", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_kernels(n, m, include_initial, dtype):
+    """The small systems have a fast form of their kernel for full tiles with
+    every step valid and the squared error (no per-lane selects). It matches
+    the NumPy reference, and it rounds exactly as the general form: the same
+    call with lengths == T everywhere (which takes the general form) gives
+    bit-identical results. B = 9 ends in a partial tile, B = 300 spans two
+    chunks."""
+    rng = np.random.default_rng(7 * n + m + 100 * include_initial)
+    T = 6
+    for B in (4, 9, 300):
+        for terminal_weight, discount in [(0.0, None), (0.4, 0.8)]:
+            system, U, x0, RU, RX, _ = _case(rng, n, m, B, T, dtype, "all")
+            opts = dict(weight=0.7, terminal_weight=terminal_weight, discount=discount,
+                        include_initial=include_initial, state_weights=rng.random(n) + 0.5,
+                        feature_weights=rng.random(m) + 0.5)
+            got = tl.combined_loss(system, U, x0, RU, RX, **opts)
+            ref = combined_loss_ref(system.Ad, system.Bd, U, x0, RU, RX, **opts)
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            assert abs(got.value - ref["value"]) <= tol * max(1.0, abs(ref["value"]))
+            for a, b in [(got.grad, ref["grad"]), (got.grad_x0, ref["grad_x0"])]:
+                np.testing.assert_allclose(a, b, rtol=tol * 10, atol=tol * np.abs(b).max())
+            general = tl.combined_loss(system, U, x0, RU, RX, lengths=np.full(B, T), **opts)
+            assert got.value == general.value
+            np.testing.assert_array_equal(got.grad, general.grad)
+            np.testing.assert_array_equal(got.grad_x0, general.grad_x0)
+
+
+def test_fast_kernel_ignores_nan_in_an_unscored_initial_state():
+    """Without include_initial, state 0 of ref_states is not scored; the fast
+    kernel skips it instead of multiplying it by a zero weight, so a NaN there
+    (check_finite=False) cannot reach the value or the gradients."""
+    rng = np.random.default_rng(11)
+    system, U, x0, RU, RX, _ = _case(rng, 2, 1, 8, 5, np.float64, "all")
+    clean = tl.combined_loss(system, U, x0, RU, RX, weight=0.5)
+    RX[:, 0, :] = np.nan
+    dirty = tl.combined_loss(system, U, x0, RU, RX, weight=0.5, check_finite=False)
+    assert dirty.value == clean.value
+    np.testing.assert_array_equal(dirty.grad, clean.grad)
+    np.testing.assert_array_equal(dirty.grad_x0, clean.grad_x0)
