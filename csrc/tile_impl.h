@@ -32,6 +32,12 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
     const tl_penalty pen = fast ? TL_PENALTY_MSE : spec->penalty;
     const double delta = spec->delta;
     const TL_T *restrict u = p->u, *restrict ru = p->ru, *restrict rs = p->rs;
+    TL_T *restrict gu = p->gu;
+    /* locals, so that stores through G and gu need not reload them */
+    const tl_vd *restrict vs_w = ts->vs_w, *restrict gs_w = ts->gs_w;
+    const tl_vd *restrict vc_w = ts->vc_w, *restrict gc_w = ts->gc_w;
+    const tl_vd *restrict vs = ts->vs, *restrict vc = ts->vc;
+    const int shift = c->shift;
     tl_vd *restrict G = work;                 /* (T+1) x n */
     tl_vd *restrict Gc = G + (T + 1) * n;     /* T x m */
     tl_vd *restrict x = reg, *restrict xn = reg + n, *restrict xf = reg + 2 * n;
@@ -51,12 +57,12 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
         x[i] = xf[i] = TL_GATHER(p->x0, n, i);
     for (ptrdiff_t k = 0;; k++) {
         tl_vd *restrict Gk = G + k * n;
-        if ((terms & TL_TERM_TRAJECTORY) && (!fast || k > 0 || c->shift)) {
+        if ((terms & TL_TERM_TRAJECTORY) && (!fast || k > 0 || shift)) {
             /* (fast: every state but an unscored state 0 is valid in every lane) */
-            const tl_vm on = (tl_vm)(ts->vs[k] != zero);
+            const tl_vm on = (tl_vm)(vs[k] != zero);
             for (ptrdiff_t i = 0; i < n; i++) {
                 tl_vrho(pen, delta, x[i] - TL_GATHER(rs, ss, k * n + i), &e, &d);
-                const tl_vd ve = ts->vs_w[k * n + i] * e, gd = ts->gs_w[k * n + i] * d;
+                const tl_vd ve = vs_w[k * n + i] * e, gd = gs_w[k * n + i] * d;
                 sum_t += fast ? ve : tl_vkeep(on, ve);
                 Gk[i] = fast ? gd : tl_vkeep(on, gd);
             }
@@ -75,10 +81,10 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
         for (ptrdiff_t j = 0; j < m; j++)
             uk[j] = TL_GATHER(u, su, k * m + j);
         if (terms & TL_TERM_CONTROL) {
-            const tl_vm on = (tl_vm)(ts->vc[k] != zero);
+            const tl_vm on = (tl_vm)(vc[k] != zero);
             for (ptrdiff_t j = 0; j < m; j++) {
                 tl_vrho(pen, delta, uk[j] - TL_GATHER(ru, su, k * m + j), &e, &d);
-                const tl_vd ve = ts->vc_w[k * m + j] * e, gd = ts->gc_w[k * m + j] * d;
+                const tl_vd ve = vc_w[k * m + j] * e, gd = gc_w[k * m + j] * d;
                 sum_c += fast ? ve : tl_vkeep(on, ve);
                 Gc[k * m + j] = fast ? gd : tl_vkeep(on, gd);
             }
@@ -103,8 +109,17 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
         for (ptrdiff_t i = 0; i < n; i++)
             xf[i] = x[i];
 
-    /* terminal: lane by lane, at its own final valid state */
-    if (terms & TL_TERM_TERMINAL)
+    /* terminal: at each lane's own final valid state -- Kmax in every lane of a
+     * fast tile, so a vector there; lane by lane otherwise */
+    if ((terms & TL_TERM_TERMINAL) && fast) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double s = spec->state_weights != NULL ? spec->state_weights[i] : 1.0;
+            const tl_vd tgt = p->tgt != NULL ? TL_GATHER(p->tgt, n, i) : TL_GATHER(rs, ss, K * n + i);
+            tl_vrho(pen, delta, x[i] - tgt, &e, &d);
+            sums[2] += s * e;
+            G[K * n + i] += c->sf * s * d;
+        }
+    } else if (terms & TL_TERM_TERMINAL)
         for (int l = 0; l < L; l++) {
             if (ts->fin[0][l] < 0.0)
                 continue;
@@ -136,7 +151,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
         }
         for (ptrdiff_t i = 0; i < n; i++)
             lam[i] = hold ? tl_vkeep(live, xn[i]) : xn[i];
-        if (k == 0 || p->gu == NULL)
+        if (k == 0 || gu == NULL)
             continue;
         for (ptrdiff_t j = 0; j < m; j++) {
             tl_vd acc = Gc[(k - 1) * m + j];
@@ -144,7 +159,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
                 acc += Bv[i * m + j] * lam[i];
             acc = hold ? tl_vkeep(live, acc) : acc;
             for (int l = 0; l < L; l++)
-                p->gu[l * su + (k - 1) * m + j] = (TL_T)acc[l];
+                gu[l * su + (k - 1) * m + j] = (TL_T)acc[l];
         }
     }
     if (p->gx != NULL)
