@@ -17,6 +17,7 @@
  * for the continuous states and stays well scaled for long horizons.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "dense.h"
@@ -73,27 +74,60 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
 
 /* ---- plan ---------------------------------------------------------------- */
 
+/*
+ * Sizes are checked as in loss.c: counted in size_t with add_product, a count
+ * of doubles is at most SIZE_MAX / sizeof(double) (so its bytes fit in size_t
+ * and every index into it in ptrdiff_t), and a query that cannot say returns
+ * 0. n, m <= TL_MAX_DIM keep n * n and n * m small; only steps is unbounded.
+ */
+
+/* acc += a * b, failing (returning 0) instead of wrapping around. */
+static int add_product(size_t *acc, size_t a, size_t b)
+{
+    if (b != 0 && a > (SIZE_MAX - *acc) / b)
+        return 0;
+    *acc += a * b;
+    return 1;
+}
+
+static size_t doubles_bytes(size_t doubles)
+{
+    return doubles > SIZE_MAX / sizeof(double) ? 0 : doubles * sizeof(double);
+}
+
 size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method)
 {
     if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 1)
         return 0;
-    size_t count = 2 * (size_t)(n * n) + (size_t)(n * m) + (size_t)(steps * m * n);
-    if (method == TL_REF_CONTINUOUS)
-        count += (size_t)((steps + 1) * n * n);
-    return count * sizeof(double);
+    const size_t nn = (size_t)n * (size_t)n, nm = (size_t)n * (size_t)m, T = (size_t)steps;
+    /* Ad, AdT; Bd; K; Q */
+    size_t count = 0;
+    if (!add_product(&count, 2, nn) || !add_product(&count, 1, nm) ||
+        !add_product(&count, T, nm) ||
+        (method == TL_REF_CONTINUOUS && !add_product(&count, T + 1, nn)))
+        return 0;
+    return doubles_bytes(count);
 }
 
 size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
 {
     if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 1)
         return 0;
-    const size_t nn = (size_t)(n * n);
-    /* Ad^j; W, G, Wdt, Wk, T1, T2, Wt; D, dpocon work, pivots (a double slot each,
-     * so the sub-workspace after them stays aligned for doubles) */
-    size_t doubles = (size_t)(steps + 1) * nn + 7 * nn + 5 * (size_t)n;
-    size_t bytes = doubles * sizeof(double);
-    size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
-    return bytes + (sub > gram ? sub : gram);
+    const size_t nn = (size_t)n * (size_t)n, T = (size_t)steps;
+    /* Ad^j; W, G, Wdt, Wk, T1, Wt; T2 (n x max(n, m): it holds V_j = Ad^j Bd);
+     * D, dpocon work, pivots (a double slot each, so the sub-workspace after
+     * them stays aligned for doubles) */
+    size_t doubles = 0;
+    if (!add_product(&doubles, T + 1, nn) || !add_product(&doubles, 6, nn) ||
+        !add_product(&doubles, (size_t)n, (size_t)(n > m ? n : m)) ||
+        !add_product(&doubles, 5, (size_t)n))
+        return 0;
+    const size_t bytes = doubles_bytes(doubles);
+    const size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
+    const size_t more = sub > gram ? sub : gram;
+    if (bytes == 0 || more > SIZE_MAX - bytes)
+        return 0;
+    return bytes + more;
 }
 
 /*
@@ -156,7 +190,9 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     if (status != TL_OK)
         return status;
     const ptrdiff_t n = sys->n, m = sys->m, T = steps, nn = n * n;
-    if (T < 1)
+    /* steps >= 1, and few enough that the plan and the scratch are addressable
+     * (then no size or index below overflows) */
+    if (T < 1 || tl_ref_plan_bytes(n, m, T, method) == 0 || tl_ref_init_work_bytes(n, m, T) == 0)
         return TL_ERR_SHAPE;
     if (!isfinite(dt) || dt <= 0.0 || (continuous_model && (A == NULL || B == NULL)))
         return TL_ERR_VALUE;
@@ -174,7 +210,8 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
 
     double *Pow = (double *)work; /* Ad^j, j = 0 .. T */
     double *W = Pow + (T + 1) * nn, *G = W + nn, *Wdt = G + nn, *Wk = Wdt + nn;
-    double *T1 = Wk + nn, *T2 = T1 + nn, *Wt = T2 + nn, *D = Wt + nn, *lwork = D + n;
+    double *T1 = Wk + nn, *T2 = T1 + nn; /* T2 holds V_j = Ad^j Bd, n x m */
+    double *Wt = T2 + n * (n > m ? n : m), *D = Wt + nn, *lwork = D + n;
     tl_lapack_int *iwork = (tl_lapack_int *)(lwork + 3 * n);
     void *sub = lwork + 4 * n;
 

@@ -8,9 +8,15 @@
  * overflows however long the sequence; gamma = 1 gives exactly 1.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "select.h"
+
+/* Sizes are checked as in loss.c: counted in size_t, a count of doubles is at
+ * most MAX_DOUBLES (so its bytes fit in size_t and every index into it in
+ * ptrdiff_t), and a work-size query that cannot say returns 0. */
+#define MAX_DOUBLES (SIZE_MAX / sizeof(double))
 
 tl_status tl_selection_check(const tl_selection *sel)
 {
@@ -45,6 +51,10 @@ tl_seq_span tl_sel_span(const tl_selection *sel, ptrdiff_t b)
     return span;
 }
 
+/* tl_sel_powers and tl_sel_weights need steps + 2 addressable doubles
+ * (tl_time_weights_work_bytes(steps) != 0, which tl_time_weights checks and
+ * the loss kernels' scratch, whose size includes these powers, implies), so
+ * steps + 1 and the byte counts below cannot overflow. */
 void tl_sel_powers(const tl_selection *sel, double *powers)
 {
     const double g = sel->discount;
@@ -83,11 +93,12 @@ ptrdiff_t tl_sel_weights(const tl_selection *sel, ptrdiff_t b, int shift,
     return count;
 }
 
+/* The powers r^0 .. r^(steps + 1): steps + 2 doubles. */
 size_t tl_time_weights_work_bytes(ptrdiff_t steps)
 {
-    if (steps < 0)
+    if (steps < 0 || (size_t)steps > MAX_DOUBLES - 2)
         return 0;
-    return (size_t)(steps + 2) * sizeof(double);
+    return ((size_t)steps + 2) * sizeof(double);
 }
 
 tl_status tl_time_weights(const tl_selection *sel, double *weights, void *work)
@@ -95,6 +106,10 @@ tl_status tl_time_weights(const tl_selection *sel, double *weights, void *work)
     tl_status status = tl_selection_check(sel);
     if (status != TL_OK)
         return status;
+    /* the scratch and the B x T weights (and mask) must be addressable */
+    const size_t B = (size_t)sel->batch, T = (size_t)sel->steps;
+    if (tl_time_weights_work_bytes(sel->steps) == 0 || (B != 0 && T > MAX_DOUBLES / B))
+        return TL_ERR_SHAPE;
     if (work == NULL)
         return TL_ERR_NOMEM;
     double *powers = (double *)work;
