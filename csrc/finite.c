@@ -18,34 +18,49 @@
 typedef float tl_vf __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 typedef int tl_vi __attribute__((vector_size(8 * sizeof(int)), aligned(4)));
 
-/* TL_FINITE_SCAN(NAME, T, VT, VM, W): NAME(p, count) scans W elements a vector,
- * four vectors an iteration. */
+/* TL_FINITE_SCAN(NAME, T, VT, VM, W): NAME(p, count) scans W elements a vector:
+ * four vectors an iteration, then single vectors, then one vector overlapping
+ * the end (short rows, as the losses check a tile at a time, stay vectorised). */
 #define TL_FINITE_SCAN(NAME, T, VT, VM, W)                                                    \
+    static inline VM NAME##_flags(const T *p)                                                 \
+    {                                                                                         \
+        VT a;                                                                                 \
+        memcpy(&a, p, sizeof a);                                                              \
+        return (VM)((a - a) != 0);                                                            \
+    }                                                                                         \
+    static inline int NAME##_any(VM bad)                                                      \
+    {                                                                                         \
+        int any = 0;                                                                          \
+        for (int l = 0; l < (W); l++)                                                         \
+            any |= bad[l] != 0;                                                               \
+        return any;                                                                           \
+    }                                                                                         \
     TL_CLONES int NAME(const T *p, ptrdiff_t count)                                           \
     {                                                                                         \
+        if (count < (W)) {                                                                    \
+            for (ptrdiff_t i = 0; i < count; i++)                                             \
+                if (!(p[i] - p[i] == 0))                                                      \
+                    return 0;                                                                 \
+            return 1;                                                                         \
+        }                                                                                     \
         ptrdiff_t i = 0;                                                                      \
         while (count - i >= 4 * (W)) {                                                        \
             const ptrdiff_t left = count - i, block = left < TL_FINITE_BLOCK ? left            \
                                                                             : TL_FINITE_BLOCK; \
             const ptrdiff_t end = i + block - block % (4 * (W));                              \
             VM bad = {0};                                                                     \
-            for (; i < end; i += 4 * (W)) {                                                   \
-                VT a, b, c, d;                                                                \
-                memcpy(&a, p + i, sizeof a);                                                  \
-                memcpy(&b, p + i + (W), sizeof b);                                            \
-                memcpy(&c, p + i + 2 * (W), sizeof c);                                        \
-                memcpy(&d, p + i + 3 * (W), sizeof d);                                        \
-                bad |= (VM)((a - a) != 0) | (VM)((b - b) != 0) | (VM)((c - c) != 0) |         \
-                       (VM)((d - d) != 0);                                                    \
-            }                                                                                 \
-            for (int l = 0; l < (W); l++)                                                     \
-                if (bad[l])                                                                   \
-                    return 0;                                                                 \
-        }                                                                                     \
-        for (; i < count; i++)                                                                \
-            if (!(p[i] - p[i] == 0))                                                          \
+            for (; i < end; i += 4 * (W))                                                     \
+                bad |= NAME##_flags(p + i) | NAME##_flags(p + i + (W)) |                      \
+                       NAME##_flags(p + i + 2 * (W)) | NAME##_flags(p + i + 3 * (W));         \
+            if (NAME##_any(bad))                                                               \
                 return 0;                                                                     \
-        return 1;                                                                             \
+        }                                                                                     \
+        VM bad = {0};                                                                         \
+        for (; count - i >= (W); i += (W))                                                    \
+            bad |= NAME##_flags(p + i);                                                       \
+        if (i < count)                                                                        \
+            bad |= NAME##_flags(p + count - (W));                                             \
+        return !NAME##_any(bad);                                                               \
     }
 
 TL_FINITE_SCAN(tl_all_finite_f64, double, tl_vd, tl_vm, TL_LANES)

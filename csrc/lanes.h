@@ -33,8 +33,10 @@
 #define TL_ALWAYS_INLINE inline
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi" /* static helpers only: no ABI is exposed */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi" /* static helpers only: no ABI is exposed */
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
 /* aligned(8): loads and stores never assume more than double alignment */

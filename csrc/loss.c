@@ -177,12 +177,15 @@ static ptrdiff_t chunk_count(ptrdiff_t batch)
     return batch / TL_CHUNK + (batch % TL_CHUNK != 0);
 }
 
-/* Doubles of shared scratch: the powers (steps + 2) and 3 partial sums per chunk. */
+/* What each chunk reports: three term sums and two flags (1.0 when set). */
+enum { P_CONTROL, P_TRAJECTORY, P_TERMINAL, P_BAD_INPUT, P_BAD_OUTPUT, P_COUNT };
+
+/* Doubles of shared scratch: the powers (steps + 2) and P_COUNT per chunk. */
 static int shared_doubles(ptrdiff_t steps, ptrdiff_t batch, size_t *count)
 {
     *count = 0;
     return add_product(count, (size_t)steps + 2, 1) &&
-           add_product(count, (size_t)chunk_count(batch), 3);
+           add_product(count, (size_t)chunk_count(batch), P_COUNT);
 }
 
 static size_t total_bytes(size_t shared, size_t per_worker, int workers)
@@ -332,12 +335,22 @@ static void tile_select(const tl_rl_const *c, ptrdiff_t b0, int lanes, double *r
     tile_weights(c, ts);
 }
 
-static double sum_partials(const double *partials, ptrdiff_t chunks, int term)
+/* The sum over chunks of one slot, in chunk order (the same for any threads). */
+static double sum_partials(const double *partials, ptrdiff_t chunks, int slot)
 {
     double sum = 0.0;
     for (ptrdiff_t c = 0; c < chunks; c++)
-        sum += partials[3 * c + term];
+        sum += partials[P_COUNT * c + slot];
     return sum;
+}
+
+/* The call's status and value->nonfinite from the chunks' flags. */
+static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_value *value)
+{
+    value->nonfinite = sum_partials(partials, chunks, P_BAD_OUTPUT) > 0.0 ||
+                       !isfinite(value->total) || !isfinite(value->control) ||
+                       !isfinite(value->trajectory) || !isfinite(value->terminal);
+    return sum_partials(partials, chunks, P_BAD_INPUT) > 0.0 ? TL_ERR_NONFINITE : TL_OK;
 }
 
 #define TL_T double

@@ -51,13 +51,24 @@ static void TL_SFX(cl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const TL_SFX(cl_ctx) *c = (const TL_SFX(cl_ctx) *)ctx;
     double *w = c->worker_work + (size_t)worker * c->worker_doubles;
     double *wv = w + c->spec->sel.steps + 2;
-    const ptrdiff_t B = c->spec->sel.batch;
+    const ptrdiff_t B = c->spec->sel.batch, row = c->spec->sel.steps * c->D;
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
         double sum = 0.0;
+        int bad_in = 0, bad_out = 0;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
-        for (ptrdiff_t b = chunk * TL_CHUNK; b < end; b++)
+        for (ptrdiff_t b = chunk * TL_CHUNK; b < end; b++) {
+            /* each row checked just before it is read, while it is in cache */
+            if (c->spec->check_finite)
+                bad_in |= !TL_SFX(tl_all_finite)(c->pred + b * row, row) ||
+                          !TL_SFX(tl_all_finite)(c->target + b * row, row);
             sum += TL_SFX(cl_sequence)(c, b, w, wv);
-        c->partials[3 * chunk] = sum;
+            if (c->grad != NULL)
+                bad_out |= !TL_SFX(tl_all_finite)(c->grad + b * row, row);
+        }
+        double *part = c->partials + P_COUNT * chunk;
+        part[P_CONTROL] = sum;
+        part[P_BAD_INPUT] = bad_in;
+        part[P_BAD_OUTPUT] = bad_out;
     }
 }
 
@@ -71,6 +82,9 @@ tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
     if (features < 1 || value == NULL || work == NULL)
         return features < 1 ? TL_ERR_SHAPE : work == NULL ? TL_ERR_NOMEM : TL_ERR_VALUE;
     const tl_selection *sel = &spec->sel;
+    /* sizes whose scratch cannot be addressed: refused before work is touched */
+    if (tl_control_loss_work_bytes(features, sel->steps, sel->batch, spec->threads) == 0)
+        return TL_ERR_SHAPE;
     const ptrdiff_t B = sel->batch, T = sel->steps, D = features, chunks = chunk_count(B);
     const double valid = count_valid(sel, 0).control;
     if (valid == 0.0)
@@ -78,7 +92,8 @@ tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
     if (pred == NULL || target == NULL)
         return TL_ERR_VALUE;
 
-    double *powers = (double *)work, *partials = powers + T + 2, *flat = partials + 3 * chunks;
+    double *powers = (double *)work, *partials = powers + T + 2;
+    double *flat = partials + P_COUNT * chunks;
     tl_sel_powers(sel, powers);
     TL_SFX(cl_ctx) c = {spec, D, pred, target, grad, 1.0 / (valid * (double)D), NULL, powers,
                         partials, flat + T * D, (size_t)(T + 2 + D)};
@@ -93,10 +108,10 @@ tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
     }
     tl_parallel_ranges(spec->threads, chunks, TL_SFX(cl_range), &c);
 
-    value->control = sum_partials(partials, chunks, 0) / (valid * (double)D);
+    value->control = sum_partials(partials, chunks, P_CONTROL) / (valid * (double)D);
     value->total = value->control;
     value->trajectory = value->terminal = 0.0;
-    return TL_OK;
+    return finish_call(partials, chunks, value);
 }
 
 /* ---- rollout losses ------------------------------------------------------ */
@@ -165,8 +180,26 @@ static void TL_SFX(stage)(const TL_T *src, ptrdiff_t len, int lanes, TL_T *dst)
 
 typedef struct {
     const tl_rl_const *c;
-    TL_SFX(rl_data) all; /* the whole batch */
+    TL_SFX(rl_data) all;   /* the whole batch, the arrays the terms read */
+    TL_SFX(rl_data) given; /* every input array the caller gave, for check_finite */
 } TL_SFX(rl_ctx);
+
+/* Are rows b0 .. b0 + rows - 1 of every input of d finite (NULL arrays pass)? */
+static int TL_SFX(rl_inputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int rows,
+                                    ptrdiff_t su, ptrdiff_t ss, ptrdiff_t n)
+{
+#define TL_ROWS_OK(ptr, len) ((ptr) == NULL || TL_SFX(tl_all_finite)((ptr) + b0 * (len), rows * (len)))
+    return TL_ROWS_OK(d->u, su) && TL_ROWS_OK(d->x0, n) && TL_ROWS_OK(d->ru, su) &&
+           TL_ROWS_OK(d->rs, ss) && TL_ROWS_OK(d->tgt, n);
+}
+
+/* ... and of its gradients. */
+static int TL_SFX(rl_outputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int rows,
+                                     ptrdiff_t su, ptrdiff_t n)
+{
+    return TL_ROWS_OK(d->gu, su) && TL_ROWS_OK(d->gx, n);
+#undef TL_ROWS_OK
+}
 
 static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 {
@@ -197,9 +230,17 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     int full_ready = 0; /* ts holds a full tile of the uniform selection */
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
         sums[0] = sums[1] = sums[2] = tl_vsplat(0.0);
+        const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
+        /* The chunk's rows are checked just before the kernels read them, so
+         * they are read again from cache, not memory (one scan a chunk, long
+         * enough to run at full vector speed), and its gradients right after
+         * they were written. */
+        const int bad_in = c->spec->check_finite &&
+                           !TL_SFX(rl_inputs_finite)(&x->given, start, (int)(end - start), su, ss, n);
         for (ptrdiff_t b0 = chunk * TL_CHUNK; b0 < end; b0 += L) {
             const int lanes = end - b0 < L ? (int)(end - b0) : L;
+
             if (!(c->uniform && full_ready && lanes == L)) {
                 tile_select(c, b0, lanes, row, &ts);
                 full_ready = c->uniform && lanes == L;
@@ -234,12 +275,15 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
             if (p.gx != NULL)
                 memcpy(p.gx, q.gx, (size_t)(lanes * n) * sizeof(TL_T));
         }
-        for (int term = 0; term < 3; term++) {
+        double *part = c->partials + P_COUNT * chunk;
+        for (int term = P_CONTROL; term <= P_TERMINAL; term++) {
             double sum = 0.0;
             for (int l = 0; l < L; l++)
                 sum += sums[term][l];
-            c->partials[3 * chunk + term] = sum;
+            part[term] = sum;
         }
+        part[P_BAD_INPUT] = bad_in;
+        part[P_BAD_OUTPUT] = !TL_SFX(rl_outputs_finite)(a, start, (int)(end - start), su, n);
     }
 }
 
@@ -255,6 +299,8 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
         return status;
     const tl_selection *sel = &spec->sel;
     const ptrdiff_t B = sel->batch, T = sel->steps, n = sys->n, m = sys->m;
+    if (tl_rollout_loss_work_bytes(n, m, T, B, spec->threads) == 0)
+        return TL_ERR_SHAPE; /* scratch that cannot be addressed: refused before work is touched */
     const ptrdiff_t chunks = chunk_count(B);
     const unsigned terms = spec->terms;
     const int shift = (terms & TL_TERM_TRAJECTORY) && spec->include_initial ? 1 : 0;
@@ -272,24 +318,25 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                            spec->control_weight / (N.control * (double)m),
                            spec->trajectory_weight / (N.trajectory * (double)n),
                            spec->terminal_weight / (N.terminal * (double)n),
-                           powers, partials, partials + 3 * chunks, worker_doubles};
+                           powers, partials, partials + P_COUNT * chunks, worker_doubles};
     TL_SFX(rl_ctx) ctx = {&c, {controls, x0, ref_controls,
                                 (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states
                                                                                    : NULL,
                                 (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls,
-                                grad_x0}};
+                                grad_x0},
+                          {controls, x0, ref_controls, ref_states, target, NULL, NULL}};
     if (!(terms & TL_TERM_CONTROL))
         ctx.all.ru = NULL;
     tl_parallel_ranges(spec->threads, chunks, TL_SFX(rl_range), &ctx);
 
-    const double raw_c = sum_partials(partials, chunks, 0) / (double)m;
-    const double raw_t = sum_partials(partials, chunks, 1) / (double)n;
-    const double raw_f = sum_partials(partials, chunks, 2) / (double)n;
+    const double raw_c = sum_partials(partials, chunks, P_CONTROL) / (double)m;
+    const double raw_t = sum_partials(partials, chunks, P_TRAJECTORY) / (double)n;
+    const double raw_f = sum_partials(partials, chunks, P_TERMINAL) / (double)n;
     value->control = (terms & TL_TERM_CONTROL) ? raw_c / N.control : 0.0;
     value->trajectory = (terms & TL_TERM_TRAJECTORY) ? raw_t / N.trajectory : 0.0;
     value->terminal = (terms & TL_TERM_TERMINAL) ? raw_f / N.terminal : 0.0;
     value->total = spec->control_weight * value->control +
                    spec->trajectory_weight * value->trajectory +
                    spec->terminal_weight * value->terminal;
-    return TL_OK;
+    return finish_call(partials, chunks, value);
 }

@@ -35,6 +35,7 @@ typedef enum {
     TL_ERR_NOMEM,     /* scratch space missing */
     TL_ERR_LAPACK,    /* LAPACK rejected an argument (a bug in trajloss) */
     TL_ERR_EMPTY,     /* a loss over a batch with no valid step */
+    TL_ERR_NONFINITE, /* an input holds NaN or inf (losses with check_finite set) */
     TL_STATUS_COUNT
 } tl_status;
 
@@ -189,6 +190,10 @@ typedef struct {
     const double *feature_weights; /* per control feature, or NULL */
     const double *state_weights;   /* per state, or NULL */
     int threads;                   /* worker threads over the batch (0 or 1: the caller's) */
+    int check_finite;              /* nonzero: TL_ERR_NONFINITE when any value of an input
+                                      array (padding included) is NaN or inf; checked block
+                                      by block just before the kernel reads it, so the data
+                                      is streamed from memory once */
 } tl_loss_spec;
 
 typedef struct {
@@ -196,6 +201,8 @@ typedef struct {
     double control;    /* raw value of each term (0 if not computed) */
     double trajectory;
     double terminal;
+    int nonfinite;     /* set when the value or a gradient written is inf or NaN -- for
+                          finite inputs, an overflow of the result's dtype */
 } tl_loss_value;
 
 /*

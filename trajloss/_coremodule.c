@@ -44,6 +44,7 @@ static void set_status_error(tl_status status, const char *context)
     switch (status) {
     case TL_ERR_SHAPE:
     case TL_ERR_VALUE:
+    case TL_ERR_NONFINITE:
         type = PyExc_ValueError;
         break;
     case TL_ERR_SINGULAR:
@@ -264,6 +265,20 @@ static int check_float_args_finite(const float_arg *args, int count)
         if (check_all_finite(&args[i]) < 0)
             return -1;
     return 0;
+}
+
+/*
+ * The losses let the core check their inputs as it reads them (spec
+ * check_finite), so the data streams from memory once. When the core says
+ * TL_ERR_NONFINITE -- or TL_ERR_EMPTY, which it finds before reading -- this
+ * scans the arguments to raise the ValueError naming the first bad one, as
+ * a check before the call would have. 1 when it raised.
+ */
+static int loss_inputs_not_finite(tl_status status, const float_arg *args, int count)
+{
+    if (status != TL_ERR_NONFINITE && status != TL_ERR_EMPTY)
+        return 0;
+    return check_float_args_finite(args, count) < 0;
 }
 
 /* Scratch of `bytes` (0 means a size computation would overflow). */
@@ -1168,8 +1183,7 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
         parse_penalty(penalty, delta, &spec) < 0 ||
         feature_weights_arg(fw_obj, "feature_weights", D, &fw) < 0)
         goto done;
-    if (check_finite && check_float_args_finite(fa, 2) < 0)
-        goto done;
+    spec.check_finite = check_finite; /* the core checks each row as it reads it */
     spec.terms = TL_TERM_CONTROL;
     spec.control_weight = 1.0;
     spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
@@ -1198,13 +1212,14 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
     else
         status = tl_control_loss_f32(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
                                      &value, grad ? PyArray_DATA(grad) : NULL, work);
-    if (status == TL_OK && check_finite)
-        bad = (isfinite(value.total) ? 0u : 1u) | nonfinite_outputs(1, &grad) << 1;
     Py_END_ALLOW_THREADS
     if (status != TL_OK) {
-        set_loss_error(status, "control_loss");
+        if (!(check_finite && loss_inputs_not_finite(status, fa, 2)))
+            set_loss_error(status, "control_loss");
         goto done;
     }
+    if (check_finite && value.nonfinite) /* rare: find out which output */
+        bad = (isfinite(value.total) ? 0u : 1u) | nonfinite_outputs(1, &grad) << 1;
     if (warn_overflow(bad, "control_loss", 2, (const char *const[]){"the value", "the gradient"}) < 0)
         goto done;
     result = grad == NULL ? PyFloat_FromDouble(value.total)
@@ -1288,8 +1303,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
         feature_weights_arg(fw_obj, "feature_weights", sys.m, &fw) < 0 ||
         feature_weights_arg(sw_obj, "state_weights", sys.n, &sw) < 0)
         goto done;
-    if (check_finite && check_float_args_finite(fa, 5) < 0)
-        goto done;
+    spec.check_finite = check_finite; /* the core checks each tile as it reads it */
     spec.terms = terms > 7 ? 8u : (unsigned)terms; /* bits beyond the three terms: TL_ERR_VALUE */
     spec.control_weight = cw;
     spec.trajectory_weight = tw;
@@ -1324,14 +1338,15 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
         status = tl_rollout_loss_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
                                      DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
                                      PyArray_DATA(gu), PyArray_DATA(gx), work);
-    if (status == TL_OK && check_finite)
-        bad = (isfinite(v.total) ? 0u : 1u) | nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx}) << 1;
     Py_END_ALLOW_THREADS
 #undef DATA_OR_NULL
     if (status != TL_OK) {
-        set_loss_error(status, "loss");
+        if (!(check_finite && loss_inputs_not_finite(status, fa, 5)))
+            set_loss_error(status, "loss");
         goto done;
     }
+    if (check_finite && v.nonfinite) /* rare: find out which output */
+        bad = (isfinite(v.total) ? 0u : 1u) | nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx}) << 1;
     if (warn_overflow(bad, "loss", 3, (const char *const[]){"the value", "grad_controls", "grad_x0"}) < 0)
         goto done;
     result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);

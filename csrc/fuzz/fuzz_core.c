@@ -25,14 +25,6 @@
  *   - time weights are >= 0, zero at invalid steps, and average 1 per sequence.
  * ASan and UBSan catch the rest.
  *
- * -DTL_FUZZ_SKIP_OPEN_FINDINGS leaves out what finds the core bugs reported
- * but not yet fixed, so that the rest can be fuzzed (and CI pass) meanwhile:
- *   - sizes of 2^31 and more, and the huge-size entry point (the work-size
- *     queries overflow: signed overflow, or a wrapped-around small size);
- *   - the zero gradient after a sequence's last valid step when Ad or Bd holds
- *     NaN or inf (the tiled rollout-loss kernel computes 0 * NaN there).
- * Remove each item when its fix lands.
- *
  * To see what an input decodes to (printed as it is decoded, so also before a
  * crash): FUZZ_CORE_VERBOSE=1 ./build/fuzz_core FILE
  */
@@ -50,7 +42,8 @@
  * The only code that knows the signatures of the work-size queries and the
  * fields of tl_loss_spec. TL_FUZZ_API 1 is the API of trajloss 0.1.0; 2 adds
  * tl_loss_spec.threads and (batch, threads) arguments to the loss work-size
- * queries. csrc/Makefile picks the one trajloss.h declares.
+ * queries; 3 adds tl_loss_spec.check_finite, tl_loss_value.nonfinite and
+ * TL_ERR_NONFINITE. csrc/Makefile picks the one trajloss.h declares.
  */
 #ifndef TL_FUZZ_API
 #define TL_FUZZ_API 1
@@ -62,6 +55,15 @@ static void spec_set_threads(tl_loss_spec *spec, int threads)
     spec->threads = threads;
 #else
     (void)spec, (void)threads;
+#endif
+}
+
+static void spec_set_check(tl_loss_spec *spec, int check)
+{
+#if TL_FUZZ_API >= 3
+    spec->check_finite = check;
+#else
+    (void)spec, (void)check;
 #endif
 }
 
@@ -194,18 +196,14 @@ static double rd_double(reader *r)
 /*
  * A size: mostly 0 .. small_max, sometimes a limit value (only_negative: the
  * non-small values are negative, for sizes that have no upper limit).
- * TL_FUZZ_SKIP_OPEN_FINDINGS (see the top of the file) leaves out the sizes
- * of 2^31 and more and the huge-size entry point.
  */
 static ptrdiff_t rd_size(reader *r, ptrdiff_t small_max, int only_negative)
 {
     static const ptrdiff_t special[] = {
         -1, -2, TL_MAX_DIM, TL_MAX_DIM + 1, TL_MAX_DIM - 1, 2 * TL_MAX_DIM, 2 * TL_MAX_DIM + 1,
         -TL_MAX_DIM - 1, 46341 /* ~ sqrt 2^31 */, -46341,
-#ifndef TL_FUZZ_SKIP_OPEN_FINDINGS
         (ptrdiff_t)1 << 31, ((ptrdiff_t)1 << 61) - 1, (ptrdiff_t)1 << 61, PTRDIFF_MAX,
         PTRDIFF_MIN, PTRDIFF_MAX / 8, 3037000500 /* ~ sqrt 2^63 */,
-#endif
     };
     const unsigned c = rd_u8(r);
     if (c < 236)
@@ -364,6 +362,40 @@ static int all_finite(const double *x, ptrdiff_t count)
         if (!isfinite(x[i]))
             return 0;
     return 1;
+}
+
+static int all_finite_f(const float *x, ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; x != NULL && i < count; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+/*
+ * The check_finite and nonfinite contract of a loss call with status st:
+ * TL_OK with check_finite means every input was finite, TL_ERR_NONFINITE
+ * means check_finite was set and one was not; with TL_OK, value->nonfinite
+ * says whether a value field or a gradient written is inf or NaN.
+ */
+static void check_finite_contract(const tl_loss_spec *spec, tl_status st, int inputs_finite,
+                                  const tl_loss_value *v, int grads_finite)
+{
+#if TL_FUZZ_API >= 3
+    if (st == TL_OK && spec->check_finite)
+        CHECK(inputs_finite, "TL_OK with check_finite and a non-finite input");
+    if (st == TL_ERR_NONFINITE)
+        CHECK(spec->check_finite && !inputs_finite, "TL_ERR_NONFINITE: check_finite %d, inputs "
+              "finite %d", spec->check_finite, inputs_finite);
+    if (st == TL_OK) {
+        const int values = isfinite(v->total) && isfinite(v->control) &&
+                           isfinite(v->trajectory) && isfinite(v->terminal);
+        CHECK(v->nonfinite == !(values && grads_finite), "nonfinite = %d with values finite %d "
+              "and gradients finite %d", v->nonfinite, values, grads_finite);
+    }
+#else
+    (void)spec, (void)st, (void)inputs_finite, (void)v, (void)grads_finite;
+#endif
 }
 
 static void check_status(tl_status s, const char *what)
@@ -958,6 +990,7 @@ static void read_spec(reader *r, tl_loss_spec *spec, const fz_sel *z, ptrdiff_t 
     spec->state_weights = (wsel & 64) ? dvals(r, n) : NULL;
     static const int thread_counts[] = {0, 1, 2, 3, 4, -1, 0, 1};
     spec_set_threads(spec, thread_counts[rd_u8(r) % 8]);
+    spec_set_check(spec, (wsel & 128) != 0);
     note("penalty=%d delta=%.17g terms=%u weights=(%.17g,%.17g,%.17g) include_initial=%d "
          "feature_weights=%s state_weights=%s ",
          (int)spec->penalty, spec->delta, spec->terms, spec->control_weight,
@@ -965,6 +998,9 @@ static void read_spec(reader *r, tl_loss_spec *spec, const fz_sel *z, ptrdiff_t 
          spec->feature_weights ? "given" : "NULL", spec->state_weights ? "given" : "NULL");
 #if TL_FUZZ_API >= 2
     note("threads=%d ", spec->threads);
+#endif
+#if TL_FUZZ_API >= 3
+    note("check_finite=%d ", spec->check_finite);
 #endif
 }
 
@@ -1076,6 +1112,10 @@ static void fuzz_control_loss(reader *r, int f32)
 #undef CL_CALL
     check_status(st, "control_loss");
     check_inputs();
+    check_finite_contract(&spec, st,
+                          f32 ? all_finite_f(pf, cnt) && all_finite_f(qf, cnt)
+                              : all_finite(P, cnt) && all_finite(Q, cnt),
+                          &v, !want_grad || all_finite(g, cnt));
     if (!z.valid || nowork || bytes == 0 || D < 1 || !spec_valid(&spec, 0))
         CHECK(st != TL_OK, "TL_OK for an invalid call");
     if (st != TL_OK)
@@ -1252,6 +1292,18 @@ static void fuzz_rollout_loss(reader *r, int f32)
 #endif
 #undef RL_CALL
     check_status(st, "rollout_loss");
+    {
+        int in_ok = f32 ? all_finite_f(uf, nu) && all_finite_f(x0f, nx) : all_finite(U, nu) &&
+                                                                            all_finite(X0, nx);
+        if (f32)
+            in_ok = in_ok && (!ruf || all_finite_f(ruf, nu)) && (!rsf || all_finite_f(rsf, ns)) &&
+                    (!tgf || all_finite_f(tgf, nx));
+        else
+            in_ok = in_ok && (!RU || all_finite(RU, nu)) && (!RS || all_finite(RS, ns)) &&
+                    (!TG || all_finite(TG, nx));
+        check_finite_contract(&spec, st, in_ok, &v,
+                              (!want_gu || all_finite(gu, nu)) && (!want_gx || all_finite(gx, nx)));
+    }
     check_inputs();
     if (!s.valid || !z.valid || nowork || bytes == 0 || !spec_valid(&spec, 1))
         CHECK(st != TL_OK, "TL_OK for an invalid call");
@@ -1261,12 +1313,7 @@ static void fuzz_rollout_loss(reader *r, int f32)
     /* steps after each sequence's last valid step: gradient exactly zero */
     const unsigned terms = spec.terms;
     const int shift = (terms & TL_TERM_TRAJECTORY) && spec.include_initial ? 1 : 0;
-#ifdef TL_FUZZ_SKIP_OPEN_FINDINGS
-    const int zero_check = all_finite(s.Ad, n * n) && all_finite(s.Bd, n * m);
-#else
-    const int zero_check = 1;
-#endif
-    if (want_gu && zero_check)
+    if (want_gu)
         for (ptrdiff_t b = 0; b < Ba; b++) {
             ptrdiff_t last;
             sel_span(&z, b, &last);
@@ -1476,8 +1523,11 @@ static void fuzz_references(reader *r)
     CHECK(plan.cond <= TL_COND_LIMIT && plan.cond >= 0.0, "TL_OK with cond %g", plan.cond);
     CHECK(plan.n == s.n && plan.m == s.m && plan.steps == T && (int)plan.method == method,
           "plan sizes");
-    const int mod = s.moderate && (!cont || (moderate(dt) && dt * Ta * norm1(n, n, s.Ad) <= 20.0 &&
-                                             dt * Ta * norm1(n, m, s.Bd) <= 1e3)) &&
+    /* dt moderate for every method: the energy sum |u|^2 dt of finite controls
+     * may overflow for a huge dt (the exact method reads dt only there) */
+    const int mod = s.moderate && moderate(dt) &&
+                    (!cont || (dt * Ta * norm1(n, n, s.Ad) <= 20.0 &&
+                               dt * Ta * norm1(n, m, s.Bd) <= 1e3)) &&
                     (cont || pow(s.grow, (double)Ta) <= 1e20);
     if (mod) {
         CHECK(all_finite(plan.Ad, n * n) && all_finite(plan.Bd, n * m) &&
@@ -1592,7 +1642,7 @@ static void fuzz_min_energy_law(reader *r)
  * with batch 0 (so no batch-sized array is needed) when the scratch is small
  * enough to allocate -- a size computation that wrapped around says so.
  */
-static __attribute__((unused)) void fuzz_huge_sizes(reader *r)
+static void fuzz_huge_sizes(reader *r)
 {
     const unsigned which = rd_u8(r) % 8;
     static const ptrdiff_t big[] = {((ptrdiff_t)1 << 61) - 1, (ptrdiff_t)1 << 61,
@@ -1753,9 +1803,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 15: fuzz_references(&r); break;
     case 16: fuzz_gramian(&r); break;
     case 17: fuzz_min_energy_law(&r); break;
-#ifndef TL_FUZZ_SKIP_OPEN_FINDINGS
     case 18: fuzz_huge_sizes(&r); break;
-#endif
     default: fuzz_checks(&r); break;
     }
     if (verbose)

@@ -2,6 +2,7 @@
  * test_trajloss.c -- C-only tests of the trajloss core against closed forms
  * and naive loops. Prints one line per failure and "N passed, N failed".
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +50,16 @@ static void *xmalloc(size_t bytes)
         exit(2);
     }
     return p;
+}
+
+/* Is every one of `bytes` bytes at p still `fill` (nothing was written)? */
+static int untouched(const void *p, size_t bytes, unsigned char fill)
+{
+    const unsigned char *c = (const unsigned char *)p;
+    for (size_t i = 0; i < bytes; i++)
+        if (c[i] != fill)
+            return 0;
+    return 1;
 }
 
 static tl_status expm_alloc(ptrdiff_t n, const double *A, double *E)
@@ -318,6 +329,37 @@ static void test_time_weights(void)
     CHECK(tl_time_weights(&bad3, w, work) == TL_ERR_VALUE, "lengths and mask");
 }
 
+/* Sizes whose scratch cannot be addressed: the query says 0 (it used to wrap
+ * around to a few bytes, and the powers overflowed them), the call refuses
+ * with TL_ERR_SHAPE before writing anything. */
+static void test_time_weights_huge(void)
+{
+    const size_t max_doubles = SIZE_MAX / sizeof(double);
+    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 2); /* steps + 2 doubles */
+    CHECK(tl_time_weights_work_bytes(last_ok) == max_doubles * sizeof(double),
+          "largest addressable work");
+    const ptrdiff_t huge[] = {last_ok + 1, (ptrdiff_t)1 << 61, ((ptrdiff_t)1 << 61) - 1,
+                              (ptrdiff_t)1 << 62, PTRDIFF_MAX - 1, PTRDIFF_MAX};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        CHECK(tl_time_weights_work_bytes(huge[i]) == 0, "work bytes of steps=%td", huge[i]);
+        double w[4], work[4];
+        memset(w, 0xA5, sizeof w), memset(work, 0xA5, sizeof work);
+        tl_selection sel = {0, huge[i], NULL, NULL, 0.5};
+        CHECK(tl_time_weights(&sel, w, work) == TL_ERR_SHAPE, "steps=%td accepted", huge[i]);
+        CHECK(tl_time_weights(&sel, w, NULL) == TL_ERR_SHAPE, "steps=%td without work", huge[i]);
+        CHECK(untouched(w, sizeof w, 0xA5) && untouched(work, sizeof work, 0xA5),
+              "steps=%td wrote", huge[i]);
+    }
+    /* batch x steps weights that cannot be addressed, with small steps */
+    double w[4], work[4];
+    memset(w, 0xA5, sizeof w), memset(work, 0xA5, sizeof work);
+    tl_selection wide = {(ptrdiff_t)1 << 40, (ptrdiff_t)1 << 40, NULL, NULL, 1.0};
+    CHECK(tl_time_weights_work_bytes(wide.steps) != 0, "2^40 steps are addressable");
+    CHECK(tl_time_weights(&wide, w, work) == TL_ERR_SHAPE, "2^40 x 2^40 weights accepted");
+    CHECK(untouched(w, sizeof w, 0xA5) && untouched(work, sizeof work, 0xA5),
+          "2^40 x 2^40 weights wrote");
+}
+
 /* Naive combined loss value for mse, uniform weights, no mask (the reference). */
 static double naive_combined(const tl_system *sys, ptrdiff_t B, ptrdiff_t T, const double *u,
                              const double *x0, const double *ru, const double *rs,
@@ -339,6 +381,14 @@ static double naive_combined(const tl_system *sys, ptrdiff_t B, ptrdiff_t T, con
     return c / (double)(B * T * m) + weight * t / (double)(B * T * n);
 }
 
+/* The same numbers bit for bit (the struct's padding is not compared). */
+static int same_value(const tl_loss_value *a, const tl_loss_value *b)
+{
+    const double x[4] = {a->total, a->control, a->trajectory, a->terminal};
+    const double y[4] = {b->total, b->control, b->trajectory, b->terminal};
+    return memcmp(x, y, sizeof x) == 0 && a->nonfinite == b->nonfinite;
+}
+
 static void test_losses(void)
 {
     unsigned seed = 777u;
@@ -356,7 +406,7 @@ static void test_losses(void)
         rs[i] = uniform(&seed);
 
     tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1};
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0};
     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
     tl_loss_value v;
     CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
@@ -400,7 +450,7 @@ static void test_losses(void)
     double g1[4 * 6 * 2];
     void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1};
+                       0.0, 0.0, 0, NULL, NULL, 1, 0};
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         u[i] = uniform(&seed);
     double mse = 0.0;
@@ -460,7 +510,7 @@ static void test_loss_threads(void)
     for (int threads = 1; threads <= 4; threads++) {
         const int r = threads > 1;
         tl_loss_spec spec = {{B, T, len, NULL, 0.9}, TL_PENALTY_HUBER, 0.5, 7u, 1.0, 0.3,
-                             0.2, 1, NULL, NULL, threads};
+                             0.2, 1, NULL, NULL, threads, 0};
         void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
         CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v[r], gu[r], gx[r], work) ==
                   TL_OK, "threaded loss status (%d threads)", threads);
@@ -471,8 +521,7 @@ static void test_loss_threads(void)
               "threaded control loss status (%d threads)", threads);
         free(work);
         if (r)
-            same &= memcmp(&v[0], &v[1], sizeof v[0]) == 0 &&
-                    memcmp(&vc[0], &vc[1], sizeof vc[0]) == 0 &&
+            same &= same_value(&v[0], &v[1]) && same_value(&vc[0], &vc[1]) &&
                     memcmp(gu[0], gu[1], sizeof(double) * B * T * m) == 0 &&
                     memcmp(gc[0], gc[1], sizeof(double) * B * T * m) == 0 &&
                     memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
@@ -578,6 +627,80 @@ static void test_references(void)
     free(lw);
 }
 
+/* The plan memory and its scratch for steps they cannot address: both
+ * queries say 0 (they used to overflow signed or wrap around), and the plan
+ * is refused with TL_ERR_SHAPE before anything is written, whatever buffers
+ * the caller passes. */
+static void test_references_huge(void)
+{
+    const size_t max_doubles = SIZE_MAX / sizeof(double);
+    /* n = m = 1, exact: Ad, AdT, Bd and T controls; the last step count that fits */
+    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 3);
+    CHECK(tl_ref_plan_bytes(1, 1, last_ok, TL_REF_EXACT) == max_doubles * sizeof(double),
+          "largest addressable plan");
+    CHECK(tl_ref_plan_bytes(1, 1, last_ok + 1, TL_REF_EXACT) == 0, "plan one step too long");
+    const size_t big = (size_t)1 << 40, per_step = 3 * 2 * sizeof(double);
+    CHECK(tl_ref_init_work_bytes(3, 2, (ptrdiff_t)big) > big * 9 * sizeof(double) &&
+              tl_ref_plan_bytes(3, 2, (ptrdiff_t)big, TL_REF_EXACT) > big * per_step,
+          "2^40 steps do not wrap around");
+
+    const double Ad[4] = {1, 0.5, 0, 1}, Bd[4] = {0.125, 0, 0.5, 1};
+    const struct {
+        ptrdiff_t n, m, steps;
+    } cases[] = {{1, 1, ((ptrdiff_t)1 << 61) - 1}, {1, 1, PTRDIFF_MAX}, {2, 2, (ptrdiff_t)1 << 62},
+                 {2, 1, (ptrdiff_t)1 << 61}, {1, 2, PTRDIFF_MAX / 2}, {2, 2, last_ok}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const ptrdiff_t n = cases[i].n, m = cases[i].m, T = cases[i].steps;
+        CHECK(tl_ref_init_work_bytes(n, m, T) == 0, "init work of n=%td m=%td steps=%td", n, m, T);
+        tl_system sys = {n, m, Ad, Bd};
+        for (int method = 0; method < TL_REF_COUNT; method++) {
+            CHECK(tl_ref_plan_bytes(n, m, T, (tl_ref_method)method) == 0,
+                  "plan bytes of n=%td m=%td steps=%td method %d", n, m, T, method);
+            tl_ref_plan plan;
+            double mem[64], work[256];
+            memset(&plan, 0xA5, sizeof plan);
+            memset(mem, 0xA5, sizeof mem), memset(work, 0xA5, sizeof work);
+            CHECK(tl_ref_plan_init(&plan, mem, (tl_ref_method)method, &sys, Ad, Bd, 0.25, T,
+                                   work) == TL_ERR_SHAPE,
+                  "plan of n=%td m=%td steps=%td method %d accepted", n, m, T, method);
+            CHECK(untouched(&plan, sizeof plan, 0xA5) && untouched(mem, sizeof mem, 0xA5) &&
+                      untouched(work, sizeof work, 0xA5),
+                  "refused plan of steps=%td method %d wrote", T, method);
+        }
+    }
+}
+
+/* More inputs than states (m > n): the scratch holds V_j = Ad^j Bd (n x m).
+ * Scalar closed form: W = sum_j a^2j |b|^2, u_k = a^(T-1-k) b d / W, energy d^2 / W. */
+static void test_references_wide_input(void)
+{
+    const double a = 0.8, Ad[1] = {a}, Bd[4] = {0.5, -1.0, 0.25, 2.0}, x0[1] = {3.0}, xf[1] = {-1.0};
+    const ptrdiff_t n = 1, m = 4, T = 3;
+    tl_system sys = {n, m, Ad, Bd};
+    void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
+    void *work = xmalloc(tl_ref_init_work_bytes(n, m, T));
+    void *awork = xmalloc(tl_ref_apply_work_bytes(n));
+    tl_ref_plan plan;
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, 1.0, T, work) == TL_OK,
+          "m > n plan status");
+    double u[12], S[4], err = NAN, energy = NAN;
+    CHECK(tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, awork) == TL_OK, "m > n apply");
+    double bb = 0.0, W = 0.0, worst = 0.0;
+    for (ptrdiff_t j = 0; j < m; j++)
+        bb += Bd[j] * Bd[j];
+    for (ptrdiff_t j = 0; j < T; j++)
+        W += pow(a, 2.0 * (double)j) * bb;
+    const double d = xf[0] - pow(a, (double)T) * x0[0];
+    for (ptrdiff_t k = 0; k < T; k++)
+        for (ptrdiff_t j = 0; j < m; j++)
+            worst = fmax(worst, fabs(u[k * m + j] - pow(a, (double)(T - 1 - k)) * Bd[j] * d / W));
+    CHECK(worst < 1e-14, "m > n controls vs closed form: %g", worst);
+    CHECK(err < 1e-13 && fabs(S[T] - xf[0]) < 1e-13, "m > n reaches xf: %g", err);
+    CHECK(fabs(energy - d * d / W) < 1e-13 * (d * d / W), "m > n energy %.17g vs %.17g", energy,
+          d * d / W);
+    free(mem), free(work), free(awork);
+}
+
 static void test_final_state_error(void)
 {
     /* double integrator from (1, 2) under u = 1: x_k = (1 + 2 k dt + (k dt)^2/2, 2 + k dt) */
@@ -597,6 +720,118 @@ static void test_final_state_error(void)
               fabsf(e32[0] - (float)sqrt(p * p + v * v)) < 1e-5f, "float32");
 }
 
+/* tl_all_finite against a plain isfinite loop: every length up to 70 (the
+ * vector, block and tail paths) with one bad value at every position. */
+static void test_all_finite(void)
+{
+    double d[4200];
+    float f[4200];
+    for (int i = 0; i < 4200; i++)
+        d[i] = (i % 7) - 3.5, f[i] = (float)((i % 5) - 2);
+    int ok = 1;
+    const double bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int len = 0; len <= 70; len++) {
+        ok &= tl_all_finite_f64(d, len) == 1 && tl_all_finite_f32(f, len) == 1;
+        for (int pos = 0; pos < len; pos++)
+            for (int b = 0; b < 3; b++) {
+                const double keep = d[pos];
+                const float keepf = f[pos];
+                d[pos] = bad[b], f[pos] = (float)bad[b];
+                ok &= tl_all_finite_f64(d, len) == 0 && tl_all_finite_f32(f, len) == 0;
+                d[pos] = keep, f[pos] = keepf;
+            }
+    }
+    /* past one 4096-element block, and the largest finite values */
+    d[4199] = NAN, f[4100] = INFINITY;
+    ok &= !tl_all_finite_f64(d, 4200) && tl_all_finite_f64(d, 4199) && !tl_all_finite_f32(f, 4200);
+    d[0] = DBL_MAX, d[1] = -DBL_MAX, f[0] = FLT_MAX;
+    ok &= tl_all_finite_f64(d, 2) && tl_all_finite_f32(f, 1);
+    CHECK(ok, "tl_all_finite agrees with isfinite");
+}
+
+/* check_finite: TL_ERR_NONFINITE for an inf/NaN in any input, padding and
+ * unscored values included; nonfinite for an overflowing result; and the
+ * zero gradient of padding when Ad itself holds NaN. */
+static void test_loss_finite_checks(void)
+{
+    unsigned seed = 4242u;
+    const ptrdiff_t n = 2, m = 1, B = 9, T = 5; /* 9: two full tiles and a partial one */
+    double Ad[4], Bd[2];
+    random_system(n, m, Ad, Bd, &seed);
+    tl_system sys = {n, m, Ad, Bd};
+    double u[9 * 5], ru[9 * 5], x0[9 * 2], rs[9 * 6 * 2], tg[9 * 2], gu[9 * 5], gx[9 * 2];
+    double *arrays[5] = {u, x0, ru, rs, tg};
+    const ptrdiff_t sizes[5] = {B * T * m, B * n, B * T * m, B * (T + 1) * n, B * n};
+    for (int a = 0; a < 5; a++)
+        for (ptrdiff_t i = 0; i < sizes[a]; i++)
+            arrays[a][i] = uniform(&seed);
+    const int64_t lengths[9] = {5, 2, 0, 4, 5, 1, 3, 5, 2};
+    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
+    tl_loss_value v;
+    int ok = 1;
+    for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
+        tl_loss_spec spec = {{B, T, with_lengths ? lengths : NULL, NULL, 1.0}, TL_PENALTY_MSE,
+                             1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
+                             0.3, 0.2, 0, NULL, NULL, 1, 1};
+        ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) == TL_OK &&
+              !v.nonfinite;
+        /* each array, first / last / padding position, with and without the check */
+        for (int a = 0; a < 5; a++) {
+            const ptrdiff_t where[3] = {0, sizes[a] - 1, a == 0 ? 2 * T * m - 1 : sizes[a] / 2};
+            for (int w = 0; w < 3; w++) {
+                const double keep = arrays[a][where[w]];
+                arrays[a][where[w]] = w == 1 ? INFINITY : NAN;
+                spec.check_finite = 1;
+                ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) ==
+                      TL_ERR_NONFINITE;
+                spec.check_finite = 0;
+                ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) ==
+                      TL_OK;
+                spec.check_finite = 1;
+                arrays[a][where[w]] = keep;
+            }
+        }
+    }
+    CHECK(ok, "check_finite finds inf/NaN in every input, padding included");
+
+    /* the control loss: a NaN in its last row, and a float64 value past DBL_MAX */
+    tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
+                       0.0, 0.0, 0, NULL, NULL, 1, 1};
+    void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
+    u[B * T - 1] = NAN;
+    ok = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_ERR_NONFINITE;
+    u[B * T - 1] = 1e200, ru[B * T - 1] = -1e200;
+    ok &= tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_OK && v.nonfinite &&
+          isinf(v.total);
+    u[B * T - 1] = 0.5, ru[B * T - 1] = 0.25;
+    ok &= tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_OK && !v.nonfinite;
+    /* float32: a gradient past FLT_MAX from a finite value */
+    float uf[9 * 5], rf[9 * 5], gf[9 * 5];
+    for (int i = 0; i < B * T; i++)
+        uf[i] = 0.0f, rf[i] = 0.0f;
+    uf[0] = 3e38f, rf[0] = -3e38f;
+    cs.sel.batch = 1, cs.sel.steps = 1;
+    ok &= tl_control_loss_f32(&cs, m, uf, rf, &v, gf, cw) == TL_OK && v.nonfinite &&
+          isfinite(v.total) && isinf(gf[0]);
+    CHECK(ok, "control loss: TL_ERR_NONFINITE for NaN input, nonfinite for overflow");
+    free(cw);
+
+    /* NaN in Ad: every gradient after a sequence's last valid step is still
+     * exactly zero (lanes that ended hold lam at 0 by a select) */
+    Ad[1] = NAN;
+    tl_loss_spec spec = {{B, T, lengths, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0};
+    ok = tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        for (ptrdiff_t t = lengths[b]; t < T; t++)
+            ok &= gu[b * T + t] == 0.0;
+        if (lengths[b] == 0)
+            ok &= gx[b * n] == 0.0 && gx[b * n + 1] == 0.0;
+    }
+    CHECK(ok, "with NaN in Ad, padding still gets exactly zero gradient");
+    free(work);
+}
+
 int main(void)
 {
     test_status_messages();
@@ -606,9 +841,14 @@ int main(void)
     test_rollout();
     test_rollout_errors();
     test_time_weights();
+    test_time_weights_huge();
     test_losses();
     test_loss_threads();
+    test_all_finite();
+    test_loss_finite_checks();
     test_references();
+    test_references_huge();
+    test_references_wide_input();
     test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
