@@ -19,6 +19,7 @@
 #include "lanes.h"
 #include "parallel.h"
 #include "select.h"
+#include "sizes.h"
 #include "trajloss.h"
 
 enum { L = TL_LANES };
@@ -163,14 +164,6 @@ static tl_status check_rollout_call(const tl_system *sys, const tl_loss_spec *sp
 
 /* ---- scratch sizes ------------------------------------------------------ */
 
-/* acc += a * b, failing (returning 0) instead of wrapping around. */
-static int add_product(size_t *acc, size_t a, size_t b)
-{
-    if (b != 0 && a > (SIZE_MAX - *acc) / b)
-        return 0;
-    *acc += a * b;
-    return 1;
-}
 
 static ptrdiff_t chunk_count(ptrdiff_t batch)
 {
@@ -184,14 +177,14 @@ enum { P_CONTROL, P_TRAJECTORY, P_TERMINAL, P_BAD_INPUT, P_BAD_OUTPUT, P_COUNT }
 static int shared_doubles(ptrdiff_t steps, ptrdiff_t batch, size_t *count)
 {
     *count = 0;
-    return add_product(count, (size_t)steps + 2, 1) &&
-           add_product(count, (size_t)chunk_count(batch), P_COUNT);
+    return tl_add_product(count, (size_t)steps + 2, 1) &&
+           tl_add_product(count, (size_t)chunk_count(batch), P_COUNT);
 }
 
 static size_t total_bytes(size_t shared, size_t per_worker, int workers)
 {
     size_t doubles = shared;
-    if (!add_product(&doubles, per_worker, (size_t)workers) ||
+    if (!tl_add_product(&doubles, per_worker, (size_t)workers) ||
         doubles > SIZE_MAX / sizeof(double))
         return 0;
     return doubles * sizeof(double);
@@ -205,9 +198,9 @@ size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t
         return 0;
     /* shared: the weights of every element of a row when they are the same
      * for every sequence (T x features); per worker: one row of weights */
-    if (!add_product(&shared, (size_t)steps, (size_t)features) ||
-        !add_product(&per_worker, (size_t)steps + 2, 1) ||
-        !add_product(&per_worker, (size_t)features, 1))
+    if (!tl_add_product(&shared, (size_t)steps, (size_t)features) ||
+        !tl_add_product(&per_worker, (size_t)steps + 2, 1) ||
+        !tl_add_product(&per_worker, (size_t)features, 1))
         return 0;
     return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
 }
@@ -216,18 +209,18 @@ size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t
 static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
 {
     *count = 0;
-    return add_product(count, (T + 1) * L, n) &&  /* G */
-           add_product(count, T * L, m) &&        /* Gc */
-           add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
-           add_product(count, L * n, n + m) &&    /* its splats of Ad, Bd */
-           add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
-           add_product(count, 2 * L, (T + 1) * n + T * m) && /* weight tables */
-           add_product(count, L, 1) &&            /* fin */
-           add_product(count, 3 * L, 1) &&        /* per-lane sums */
-           add_product(count, T + 2 + L, 1) &&    /* one row of weights (+ alignment) */
-           add_product(count, 4 * L, T * m) &&    /* staging: u, ru, gu (+ spare) */
-           add_product(count, L, (T + 1) * n) &&  /* staging: ref states */
-           add_product(count, 4 * L, n);          /* staging: x0, target, gx (+ spare) */
+    return tl_add_product(count, (T + 1) * L, n) &&  /* G */
+           tl_add_product(count, T * L, m) &&        /* Gc */
+           tl_add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
+           tl_add_product(count, L * n, n + m) &&    /* its splats of Ad, Bd */
+           tl_add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
+           tl_add_product(count, 2 * L, (T + 1) * n + T * m) && /* weight tables */
+           tl_add_product(count, L, 1) &&            /* fin */
+           tl_add_product(count, 3 * L, 1) &&        /* per-lane sums */
+           tl_add_product(count, T + 2 + L, 1) &&    /* one row of weights (+ alignment) */
+           tl_add_product(count, 4 * L, T * m) &&    /* staging: u, ru, gu (+ spare) */
+           tl_add_product(count, L, (T + 1) * n) &&  /* staging: ref states */
+           tl_add_product(count, 4 * L, n);          /* staging: x0, target, gx (+ spare) */
 }
 
 size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,

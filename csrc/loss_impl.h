@@ -137,25 +137,19 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
 
 /* Kernels of their own for the small systems most losses are about, each
  * also in the fast form (full tile, every step valid, squared error). */
-#define TL_SMALL_TILE(N, M)                                                                   \
-    TL_CLONES static void TL_SFX(rl_tile_##N##_##M)(const tl_rl_const *c,                    \
-                                                    const tl_tile_sel *ts,                   \
-                                                    const TL_SFX(rl_data) *p, tl_vd *sums,   \
-                                                    tl_vd *work)                             \
+#define TL_TILE_FN(NAME, N, M, FAST)                                                          \
+    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
+                                       const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)   \
     {                                                                                         \
-        tl_vd reg[3 * N + M + N * N + N * M];                                                                 \
-        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 0);                             \
-    }                                                                                         \
-    TL_CLONES static void TL_SFX(rl_fast_##N##_##M)(const tl_rl_const *c,                    \
-                                                    const tl_tile_sel *ts,                   \
-                                                    const TL_SFX(rl_data) *p, tl_vd *sums,   \
-                                                    tl_vd *work)                             \
-    {                                                                                         \
-        tl_vd reg[3 * N + M + N * N + N * M];                                                                 \
-        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 1);                             \
+        tl_vd reg[3 * N + M + N * N + N * M];                                                 \
+        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, FAST);                          \
     }
+#define TL_SMALL_TILE(N, M)                                                                   \
+    TL_TILE_FN(rl_tile_##N##_##M, N, M, 0)                                                    \
+    TL_TILE_FN(rl_fast_##N##_##M, N, M, 1)
 TL_SMALL_TILES
 #undef TL_SMALL_TILE
+#undef TL_TILE_FN
 
 /* The kernel for an (n, m) system; *fast gets the fast form when there is one. */
 static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, TL_SFX(rl_tile_fn) *fast)

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "dense.h"
+#include "sizes.h"
 #include "tl_lapack.h"
 #include "trajloss.h"
 
@@ -75,20 +76,12 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
 /* ---- plan ---------------------------------------------------------------- */
 
 /*
- * Sizes are checked as in loss.c: counted in size_t with add_product, a count
+ * Sizes are checked as in loss.c: counted in size_t with tl_add_product (sizes.h), a count
  * of doubles is at most SIZE_MAX / sizeof(double) (so its bytes fit in size_t
  * and every index into it in ptrdiff_t), and a query that cannot say returns
  * 0. n, m <= TL_MAX_DIM keep n * n and n * m small; only steps is unbounded.
  */
 
-/* acc += a * b, failing (returning 0) instead of wrapping around. */
-static int add_product(size_t *acc, size_t a, size_t b)
-{
-    if (b != 0 && a > (SIZE_MAX - *acc) / b)
-        return 0;
-    *acc += a * b;
-    return 1;
-}
 
 static size_t doubles_bytes(size_t doubles)
 {
@@ -102,9 +95,9 @@ size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_metho
     const size_t nn = (size_t)n * (size_t)n, nm = (size_t)n * (size_t)m, T = (size_t)steps;
     /* Ad, AdT; Bd; K; Q */
     size_t count = 0;
-    if (!add_product(&count, 2, nn) || !add_product(&count, 1, nm) ||
-        !add_product(&count, T, nm) ||
-        (method == TL_REF_CONTINUOUS && !add_product(&count, T + 1, nn)))
+    if (!tl_add_product(&count, 2, nn) || !tl_add_product(&count, 1, nm) ||
+        !tl_add_product(&count, T, nm) ||
+        (method == TL_REF_CONTINUOUS && !tl_add_product(&count, T + 1, nn)))
         return 0;
     return doubles_bytes(count);
 }
@@ -118,9 +111,9 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
      * D, dpocon work, pivots (a double slot each, so the sub-workspace after
      * them stays aligned for doubles) */
     size_t doubles = 0;
-    if (!add_product(&doubles, T + 1, nn) || !add_product(&doubles, 6, nn) ||
-        !add_product(&doubles, (size_t)n, (size_t)(n > m ? n : m)) ||
-        !add_product(&doubles, 5, (size_t)n))
+    if (!tl_add_product(&doubles, T + 1, nn) || !tl_add_product(&doubles, 6, nn) ||
+        !tl_add_product(&doubles, (size_t)n, (size_t)(n > m ? n : m)) ||
+        !tl_add_product(&doubles, 5, (size_t)n))
         return 0;
     const size_t bytes = doubles_bytes(doubles);
     const size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
