@@ -60,7 +60,7 @@ void tl_sel_powers(const tl_selection *sel, double *powers)
     const double g = sel->discount;
     const double r = g <= 1.0 ? g : 1.0 / g;
     for (ptrdiff_t k = 0; k <= sel->steps + 1; k++)
-        powers[k] = pow(r, (double)k);
+        powers[k] = r == 1.0 ? 1.0 : pow(r, (double)k); /* pow(1, k) is 1: no call */
 }
 
 ptrdiff_t tl_sel_weights(const tl_selection *sel, ptrdiff_t b, int shift,
