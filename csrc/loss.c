@@ -184,10 +184,9 @@ static int shared_doubles(ptrdiff_t steps, ptrdiff_t batch, size_t *count)
 static size_t total_bytes(size_t shared, size_t per_worker, int workers)
 {
     size_t doubles = shared;
-    if (!tl_add_product(&doubles, per_worker, (size_t)workers) ||
-        doubles > SIZE_MAX / sizeof(double))
+    if (!tl_add_product(&doubles, per_worker, (size_t)workers))
         return 0;
-    return doubles * sizeof(double);
+    return tl_doubles_bytes(doubles);
 }
 
 size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t batch,

@@ -76,17 +76,10 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
 /* ---- plan ---------------------------------------------------------------- */
 
 /*
- * Sizes are checked as in loss.c: counted in size_t with tl_add_product (sizes.h), a count
- * of doubles is at most SIZE_MAX / sizeof(double) (so its bytes fit in size_t
- * and every index into it in ptrdiff_t), and a query that cannot say returns
- * 0. n, m <= TL_MAX_DIM keep n * n and n * m small; only steps is unbounded.
+ * Sizes are checked as in loss.c, with sizes.h: counted in size_t, and a
+ * query that cannot say returns 0. n, m <= TL_MAX_DIM keep n * n and n * m
+ * small; only steps is unbounded.
  */
-
-
-static size_t doubles_bytes(size_t doubles)
-{
-    return doubles > SIZE_MAX / sizeof(double) ? 0 : doubles * sizeof(double);
-}
 
 size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method)
 {
@@ -99,7 +92,7 @@ size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_metho
         !tl_add_product(&count, T, nm) ||
         (method == TL_REF_CONTINUOUS && !tl_add_product(&count, T + 1, nn)))
         return 0;
-    return doubles_bytes(count);
+    return tl_doubles_bytes(count);
 }
 
 size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
@@ -115,7 +108,7 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
         !tl_add_product(&doubles, (size_t)n, (size_t)(n > m ? n : m)) ||
         !tl_add_product(&doubles, 5, (size_t)n))
         return 0;
-    const size_t bytes = doubles_bytes(doubles);
+    const size_t bytes = tl_doubles_bytes(doubles);
     const size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
     const size_t more = sub > gram ? sub : gram;
     if (bytes == 0 || more > SIZE_MAX - bytes)

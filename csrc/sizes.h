@@ -18,4 +18,11 @@ static inline int tl_add_product(size_t *acc, size_t a, size_t b)
     return 1;
 }
 
+/* The bytes of `doubles` doubles, or 0 when they are not addressable (a count
+ * of at most SIZE_MAX / sizeof(double) keeps every index in ptrdiff_t too). */
+static inline size_t tl_doubles_bytes(size_t doubles)
+{
+    return doubles > SIZE_MAX / sizeof(double) ? 0 : doubles * sizeof(double);
+}
+
 #endif /* TL_SIZES_H */

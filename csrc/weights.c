@@ -12,11 +12,11 @@
 #include <string.h>
 
 #include "select.h"
+#include "sizes.h"
 
-/* Sizes are checked as in loss.c: counted in size_t, a count of doubles is at
- * most MAX_DOUBLES (so its bytes fit in size_t and every index into it in
- * ptrdiff_t), and a work-size query that cannot say returns 0. */
-#define MAX_DOUBLES (SIZE_MAX / sizeof(double))
+/* Sizes are checked as in loss.c, with sizes.h: counted in size_t, and a
+ * work-size query that cannot say returns 0. */
+#define MAX_DOUBLES (SIZE_MAX / sizeof(double)) /* see tl_doubles_bytes */
 
 tl_status tl_selection_check(const tl_selection *sel)
 {
@@ -96,9 +96,7 @@ ptrdiff_t tl_sel_weights(const tl_selection *sel, ptrdiff_t b, int shift,
 /* The powers r^0 .. r^(steps + 1): steps + 2 doubles. */
 size_t tl_time_weights_work_bytes(ptrdiff_t steps)
 {
-    if (steps < 0 || (size_t)steps > MAX_DOUBLES - 2)
-        return 0;
-    return ((size_t)steps + 2) * sizeof(double);
+    return steps < 0 ? 0 : tl_doubles_bytes((size_t)steps + 2);
 }
 
 tl_status tl_time_weights(const tl_selection *sel, double *weights, void *work)

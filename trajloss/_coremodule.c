@@ -241,17 +241,19 @@ static int contiguous_float_args(float_arg *args, int count, int typenum)
     return 0;
 }
 
+/* Are all values of a contiguous float32/float64 array finite? (No Python
+ * API: callable without the GIL.) */
+static int array_finite(PyArrayObject *arr)
+{
+    return PyArray_TYPE(arr) == NPY_DOUBLE
+               ? tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))
+               : tl_all_finite_f32((const float *)PyArray_DATA(arr), PyArray_SIZE(arr));
+}
 
 /* -1 with ValueError if a converted (contiguous) array holds NaN or inf. */
 static int check_all_finite(const float_arg *arg)
 {
-    if (arg->arr == NULL)
-        return 0;
-    const npy_intp size = PyArray_SIZE(arg->arr);
-    const int finite = PyArray_TYPE(arg->arr) == NPY_DOUBLE
-                           ? tl_all_finite_f64((const double *)PyArray_DATA(arg->arr), size)
-                           : tl_all_finite_f32((const float *)PyArray_DATA(arg->arr), size);
-    if (finite)
+    if (arg->arr == NULL || array_finite(arg->arr))
         return 0;
     PyErr_Format(PyExc_ValueError,
                  "%s contains NaN or inf; pass check_finite=False to let them propagate",
@@ -310,15 +312,9 @@ static void *loss_work(size_t bytes, const char *what)
 static unsigned nonfinite_outputs(int count, PyArrayObject *const *outputs)
 {
     unsigned bad = 0;
-    for (int i = 0; i < count; i++) {
-        PyArrayObject *a = outputs[i];
-        if (a == NULL)
-            continue;
-        const int finite = PyArray_TYPE(a) == NPY_DOUBLE
-                               ? tl_all_finite_f64((const double *)PyArray_DATA(a), PyArray_SIZE(a))
-                               : tl_all_finite_f32((const float *)PyArray_DATA(a), PyArray_SIZE(a));
-        bad |= finite ? 0u : 1u << i;
-    }
+    for (int i = 0; i < count; i++)
+        if (outputs[i] != NULL && !array_finite(outputs[i]))
+            bad |= 1u << i;
     return bad;
 }
 
