@@ -43,6 +43,9 @@
 typedef double tl_vd __attribute__((vector_size(TL_LANES * sizeof(double)), aligned(8)));
 typedef long long tl_vm __attribute__((vector_size(TL_LANES * sizeof(long long)), aligned(8)));
 
+/* (a[i0], a[i1], a[i2], a[i3]) of the eight lanes of a then b */
+#define TL_VSHUFFLE(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+
 static inline tl_vd tl_vsplat(double a)
 {
     return (tl_vd){a, a, a, a};

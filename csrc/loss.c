@@ -204,12 +204,14 @@ size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t
     return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
 }
 
-/* Doubles one worker of a rollout loss needs (see rl_carve in loss_impl.h). */
+/* Doubles one worker of a rollout loss needs (carved up in rl_range and tile_impl.h). */
 static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
 {
     *count = 0;
     return tl_add_product(count, (T + 1) * L, n) &&  /* G */
            tl_add_product(count, T * L, m) &&        /* Gc */
+           tl_add_product(count, 2 * T * L, m) &&    /* controls, ref controls, transposed */
+           tl_add_product(count, (T + 1) * L, n) &&  /* ref states, transposed */
            tl_add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
            tl_add_product(count, L * n, n + m) &&    /* its splats of Ad, Bd */
            tl_add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
@@ -346,13 +348,17 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
 }
 
 #define TL_T double
+#define TL_IS_F32 0
 #define TL_SFX(name) name##_f64
 #include "loss_impl.h"
 #undef TL_T
+#undef TL_IS_F32
 #undef TL_SFX
 
 #define TL_T float
+#define TL_IS_F32 1
 #define TL_SFX(name) name##_f32
 #include "loss_impl.h"
 #undef TL_T
+#undef TL_IS_F32
 #undef TL_SFX

@@ -127,16 +127,19 @@ typedef struct {
 typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const tl_tile_sel *,
                                    const TL_SFX(rl_data) *, tl_vd *, tl_vd *);
 
-/* The general kernel keeps its per-state vectors after G and Gc in work. */
+/* The general kernel keeps its per-state vectors after G, Gc and the inputs in work. */
 static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
                             const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)
 {
-    tl_vd *reg = work + (c->T + 1) * c->n + c->T * c->m;
+    tl_vd *reg = work + 2 * (c->T + 1) * c->n + 3 * c->T * c->m; /* after G, Gc, the inputs */
     TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m, 0);
 }
 
 /* Kernels of their own for the small systems most losses are about, each
- * also in the fast form (full tile, every step valid, squared error). */
+ * also in fast forms (full tile, every step valid, squared error, a gradient
+ * wanted) for the sets of terms the public losses use: combined_loss (all
+ * three), trajectory_loss and terminal_loss. */
+#define TL_ALL_TERMS (TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)
 #define TL_TILE_FN(NAME, N, M, FAST)                                                          \
     TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
                                        const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)   \
@@ -146,18 +149,25 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
     }
 #define TL_SMALL_TILE(N, M)                                                                   \
     TL_TILE_FN(rl_tile_##N##_##M, N, M, 0)                                                    \
-    TL_TILE_FN(rl_fast_##N##_##M, N, M, 1)
+    TL_TILE_FN(rl_fast_all_##N##_##M, N, M, TL_ALL_TERMS)                                     \
+    TL_TILE_FN(rl_fast_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                              \
+    TL_TILE_FN(rl_fast_term_##N##_##M, N, M, TL_TERM_TERMINAL)
 TL_SMALL_TILES
 #undef TL_SMALL_TILE
 #undef TL_TILE_FN
 
-/* The kernel for an (n, m) system; *fast gets the fast form when there is one. */
-static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, TL_SFX(rl_tile_fn) *fast)
+/* The kernel for an (n, m) system; *fast gets the fast form for these terms
+ * when there is one. */
+static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, unsigned terms,
+                                              TL_SFX(rl_tile_fn) *fast)
 {
     *fast = NULL;
 #define TL_SMALL_TILE(N, M)                                                                   \
     if (n == N && m == M) {                                                                   \
-        *fast = TL_SFX(rl_fast_##N##_##M);                                                    \
+        *fast = terms == TL_ALL_TERMS         ? TL_SFX(rl_fast_all_##N##_##M)                 \
+                : terms == TL_TERM_TRAJECTORY ? TL_SFX(rl_fast_traj_##N##_##M)                \
+                : terms == TL_TERM_TERMINAL   ? TL_SFX(rl_fast_term_##N##_##M)                \
+                                              : NULL;                                         \
         return TL_SFX(rl_tile_##N##_##M);                                                     \
     }
     TL_SMALL_TILES
@@ -176,6 +186,8 @@ typedef struct {
     const tl_rl_const *c;
     TL_SFX(rl_data) all;   /* the whole batch, the arrays the terms read */
     TL_SFX(rl_data) given; /* every input array the caller gave, for check_finite */
+    TL_SFX(rl_data) unread; /* given, less the arrays whose every element reaches a
+                               sum in the fast kernels (see rl_range) */
 } TL_SFX(rl_ctx);
 
 /* Are rows b0 .. b0 + rows - 1 of every input of d finite (NULL arrays pass)? */
@@ -204,11 +216,12 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 
     /* this worker's scratch, in the order of rollout_worker_doubles */
     TL_SFX(rl_tile_fn) fast;
-    const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, &fast);
-    if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE))
+    const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, c->spec->terms, &fast);
+    if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE && a->gu != NULL))
         fast = NULL;
     tl_vd *tile_work = (tl_vd *)(c->worker_work + (size_t)worker * c->worker_doubles);
-    tl_vd *v = tile_work + (T + 1) * n + T * m + 3 * n + m + n * n + n * m; /* G, Gc, reg */
+    tl_vd *v = tile_work + 2 * (T + 1) * n + 3 * T * m +       /* G, Gc, the inputs, */
+               3 * n + m + n * n + n * m;                          /* reg */
     tl_vd *tables = v + 4 * (T + 1) + 1;
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
     tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1),
@@ -226,12 +239,17 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         sums[0] = sums[1] = sums[2] = tl_vsplat(0.0);
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
-        /* The chunk's rows are checked just before the kernels read them, so
-         * they are read again from cache, not memory (one scan a chunk, long
-         * enough to run at full vector speed), and its gradients right after
-         * they were written. */
-        const int bad_in = c->spec->check_finite &&
-                           !TL_SFX(rl_inputs_finite)(&x->given, start, (int)(end - start), su, ss, n);
+        const int rows = (int)(end - start);
+        /* A chunk of full tiles for the fast kernel needs no scan of what
+         * that kernel reads: it scores every element of those inputs, and a
+         * NaN or inf survives every +, - and * on its way to a sum (0 * inf
+         * is NaN), so the chunk's sums are finite exactly when those inputs
+         * are -- unless the sums overflowed, which a scan then tells apart.
+         * Other chunks are scanned just before the kernels read them, so the
+         * kernels read them again from cache, not memory. */
+        const int by_sums = fast != NULL && rows % L == 0;
+        int bad_in = c->spec->check_finite && !by_sums &&
+                     !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n);
         for (ptrdiff_t b0 = chunk * TL_CHUNK; b0 < end; b0 += L) {
             const int lanes = end - b0 < L ? (int)(end - b0) : L;
 
@@ -276,8 +294,14 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                 sum += sums[term][l];
             part[term] = sum;
         }
+        if (c->spec->check_finite && by_sums) {
+            const double all = part[P_CONTROL] + part[P_TRAJECTORY] + part[P_TERMINAL];
+            bad_in = !(all - all == 0.0)
+                         ? !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n)
+                         : !TL_SFX(rl_inputs_finite)(&x->unread, start, rows, su, ss, n);
+        }
         part[P_BAD_INPUT] = bad_in;
-        part[P_BAD_OUTPUT] = !TL_SFX(rl_outputs_finite)(a, start, (int)(end - start), su, n);
+        part[P_BAD_OUTPUT] = !TL_SFX(rl_outputs_finite)(a, start, rows, su, n);
     }
 }
 
@@ -321,6 +345,23 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                           {controls, x0, ref_controls, ref_states, target, NULL, NULL}};
     if (!(terms & TL_TERM_CONTROL))
         ctx.all.ru = NULL;
+    /* What the fast kernel reads and scores in full: controls through the
+     * control penalty or through every later state (a non-finite u_k makes
+     * all of x_{k+1} non-finite, whatever Bd holds), x0 through the states,
+     * ref_controls, ref_states (an unscored state 0 as r - r, see
+     * tile_impl.h) and the terminal target. */
+    const int states = (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) != 0;
+    ctx.unread = ctx.given;
+    if (terms)
+        ctx.unread.u = NULL;
+    if (states)
+        ctx.unread.x0 = NULL;
+    if (terms & TL_TERM_CONTROL)
+        ctx.unread.ru = NULL;
+    if (terms & TL_TERM_TRAJECTORY)
+        ctx.unread.rs = NULL;
+    if (terms & TL_TERM_TERMINAL)
+        ctx.unread.tgt = NULL;
     tl_parallel_ranges(spec->threads, chunks, TL_SFX(rl_range), &ctx);
 
     const double raw_c = sum_partials(partials, chunks, P_CONTROL) / (double)m;
