@@ -124,3 +124,68 @@ def test_fast_kernel_ignores_nan_in_an_unscored_initial_state():
     assert dirty.value == clean.value
     np.testing.assert_array_equal(dirty.grad, clean.grad)
     np.testing.assert_array_equal(dirty.grad_x0, clean.grad_x0)
+
+
+# The fast kernels check their inputs through their sums: a NaN or inf they
+# read survives every +, - and * on its way to a sum, so only a non-finite
+# sum leads to a scan (csrc/loss_impl.h, rl_range). Every element of every
+# input, in each loss the fast kernels serve, must still be caught -- and a
+# sum that overflowed from finite inputs must not be mistaken for one.
+FAST_LOSSES = {
+    "combined": ("controls", "x0", "ref_controls", "ref_states", "terminal_target"),
+    "trajectory": ("controls", "x0", "ref_states"),
+    "terminal": ("controls", "x0", "target"),
+}
+
+
+def _fast_call(loss, system, arrays, include_initial):
+    if loss == "combined":
+        return tl.combined_loss(system, arrays["controls"], arrays["x0"], arrays["ref_controls"],
+                                arrays["ref_states"], weight=0.3, terminal_weight=0.1,
+                                terminal_target=arrays["terminal_target"],
+                                include_initial=include_initial)
+    if loss == "trajectory":
+        return tl.trajectory_loss(system, arrays["controls"], arrays["x0"], arrays["ref_states"],
+                                  include_initial=include_initial)
+    return tl.terminal_loss(system, arrays["controls"], arrays["x0"], arrays["target"])
+
+
+@pytest.mark.parametrize("loss", list(FAST_LOSSES))
+@pytest.mark.parametrize("include_initial", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_kernels_catch_every_non_finite_input(loss, include_initial, dtype):
+    if loss == "terminal" and include_initial:
+        pytest.skip("terminal_loss has no initial state term")
+    rng = np.random.default_rng(21)
+    B, T, n, m = 8, 3, 2, 1  # two full tiles, no lengths or mask: the fast kernels
+    system = tl.LinearSystem(*random_discrete(rng, n, m))
+    shapes = {"controls": (B, T, m), "x0": (B, n), "ref_controls": (B, T, m),
+              "ref_states": (B, T + 1, n), "terminal_target": (B, n), "target": (B, n)}
+    clean = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    assert np.isfinite(_fast_call(loss, system, clean, include_initial).value)
+    for where in FAST_LOSSES[loss]:
+        for flat in range(clean[where].size):
+            for bad in (np.nan, np.inf, -np.inf):
+                dirty = dict(clean)
+                dirty[where] = clean[where].copy()
+                dirty[where].flat[flat] = bad
+                with pytest.raises(ValueError, match=rf"\b{where}\b"):
+                    _fast_call(loss, system, dirty, include_initial)
+
+
+def test_fast_kernel_overflow_is_a_warning_not_an_input_error():
+    """Finite inputs whose squared errors pass DBL_MAX make the sums inf: the
+    scan then finds every input finite, so the call returns inf and warns.
+    (float64 only: float32 inputs, summed in double, cannot overflow a sum
+    in three steps.)"""
+    rng = np.random.default_rng(22)
+    B, T = 8, 3
+    system = tl.DoubleIntegrator()
+    U = np.full((B, T, 1), 1e200)
+    x0 = rng.standard_normal((B, 2))
+    RU = -U
+    RX = rng.standard_normal((B, T + 1, 2))
+    assert all(np.isfinite(a).all() for a in (U, x0, RU, RX))
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        res = tl.combined_loss(system, U, x0, RU, RX, weight=0.3, terminal_weight=0.1)
+    assert not np.isfinite(res.value)
