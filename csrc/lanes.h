@@ -27,7 +27,21 @@
 #define TL_CLONES
 #endif
 
-#if defined(__GNUC__)
+/* The kernels are assembled from always-inlined pieces, so that each (n, m)
+ * gets code with its sizes as constants. Under AddressSanitizer that takes the
+ * compiler many minutes (every inlined access is instrumented again), so
+ * sanitized builds call the pieces instead: the same source, run as is. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TL_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define TL_SANITIZED 1
+#endif
+#if defined(TL_SANITIZED) && defined(__GNUC__)
+#define TL_ALWAYS_INLINE __attribute__((noinline))
+#elif defined(__GNUC__)
 #define TL_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define TL_ALWAYS_INLINE inline

@@ -204,16 +204,19 @@ size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t
     return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
 }
 
+/* Vectors of one tile's buffer (rl_buf in tile_impl.h). */
+#define TL_TILE_VECTORS(T, n, m) (2 * ((T) + 1) * (n) + 3 * (T) * (m))
+
 /* Doubles one worker of a rollout loss needs (carved up in rl_range and tile_impl.h). */
 static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
 {
     *count = 0;
-    return tl_add_product(count, (T + 1) * L, n) &&  /* G */
-           tl_add_product(count, T * L, m) &&        /* Gc */
-           tl_add_product(count, 2 * T * L, m) &&    /* controls, ref controls, transposed */
-           tl_add_product(count, (T + 1) * L, n) &&  /* ref states, transposed */
-           tl_add_product(count, L, 3 * n + m) &&    /* x, xn, xf, uk of the general kernel */
-           tl_add_product(count, L * n, n + m) &&    /* its splats of Ad, Bd */
+    /* two tiles' buffers (TL_TILE_VECTORS): G and the ref states, transposed;
+     * Gc and the controls and ref controls, transposed */
+    return tl_add_product(count, 2 * (T + 1) * L, 2 * n) &&
+           tl_add_product(count, 2 * T * L, 3 * m) &&
+           tl_add_product(count, L, 5 * n + m) &&    /* x, xn, xf, lam, ln, uk (TL_REG_VECTORS) */
+           tl_add_product(count, L * n, n + m) &&    /* the splats of Ad, Bd */
            tl_add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
            tl_add_product(count, 2 * L, (T + 1) * n + T * m) && /* weight tables */
            tl_add_product(count, L, 1) &&            /* fin */

@@ -122,16 +122,31 @@ typedef struct {
     TL_T *gu, *gx;
 } TL_SFX(rl_data);
 
+/* The arrays of the tile whose lane 0 is row b0 of a. */
+static inline TL_SFX(rl_data) TL_SFX(rl_rows)(const TL_SFX(rl_data) *a, ptrdiff_t b0,
+                                              ptrdiff_t su, ptrdiff_t ss, ptrdiff_t n)
+{
+    TL_SFX(rl_data) p = {
+        a->u + b0 * su, a->x0 + b0 * n, a->ru != NULL ? a->ru + b0 * su : NULL,
+        a->rs != NULL ? a->rs + b0 * ss : NULL, a->tgt != NULL ? a->tgt + b0 * n : NULL,
+        a->gu != NULL ? a->gu + b0 * su : NULL, a->gx != NULL ? a->gx + b0 * n : NULL};
+    return p;
+}
+
 #include "tile_impl.h"
 
+/* A kernel for one tile, and a fast kernel for `tiles` full tiles from row b0. */
 typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const tl_tile_sel *,
                                    const TL_SFX(rl_data) *, tl_vd *, tl_vd *);
+typedef void (*TL_SFX(rl_run_fn))(const tl_rl_const *, const tl_tile_sel *,
+                                  const TL_SFX(rl_data) *, ptrdiff_t, ptrdiff_t, tl_vd *,
+                                  tl_vd *);
 
-/* The general kernel keeps its per-state vectors after G, Gc and the inputs in work. */
+/* The general kernel keeps its per-state vectors in work too. */
 static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
                             const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)
 {
-    tl_vd *reg = work + 2 * (c->T + 1) * c->n + 3 * c->T * c->m; /* after G, Gc, the inputs */
+    tl_vd *reg = work + 2 * TL_TILE_VECTORS(c->T, c->n, c->m); /* after two tiles' buffers */
     TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m, 0);
 }
 
@@ -140,26 +155,35 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
  * wanted) for the sets of terms the public losses use: combined_loss (all
  * three), trajectory_loss and terminal_loss. */
 #define TL_ALL_TERMS (TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)
-#define TL_TILE_FN(NAME, N, M, FAST)                                                          \
+#define TL_TILE_FN(NAME, N, M)                                                                \
     TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
                                        const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)   \
     {                                                                                         \
-        tl_vd reg[3 * N + M + N * N + N * M];                                                 \
-        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, FAST);                          \
+        tl_vd reg[TL_REG_VECTORS(N, M)];                                                      \
+        TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 0);                             \
+    }
+#define TL_RUN_FN(NAME, N, M, TERMS)                                                          \
+    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
+                                       const TL_SFX(rl_data) *a, ptrdiff_t b0, ptrdiff_t tiles, \
+                                       tl_vd *sums, tl_vd *work)                              \
+    {                                                                                         \
+        tl_vd reg[TL_REG_VECTORS(N, M)];                                                      \
+        TL_SFX(rl_fast_run_body)(c, ts, a, b0, tiles, sums, work, reg, N, M, TERMS);          \
     }
 #define TL_SMALL_TILE(N, M)                                                                   \
-    TL_TILE_FN(rl_tile_##N##_##M, N, M, 0)                                                    \
-    TL_TILE_FN(rl_fast_all_##N##_##M, N, M, TL_ALL_TERMS)                                     \
-    TL_TILE_FN(rl_fast_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                              \
-    TL_TILE_FN(rl_fast_term_##N##_##M, N, M, TL_TERM_TERMINAL)
+    TL_TILE_FN(rl_tile_##N##_##M, N, M)                                                       \
+    TL_RUN_FN(rl_fast_all_##N##_##M, N, M, TL_ALL_TERMS)                                      \
+    TL_RUN_FN(rl_fast_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                               \
+    TL_RUN_FN(rl_fast_term_##N##_##M, N, M, TL_TERM_TERMINAL)
 TL_SMALL_TILES
 #undef TL_SMALL_TILE
+#undef TL_RUN_FN
 #undef TL_TILE_FN
 
 /* The kernel for an (n, m) system; *fast gets the fast form for these terms
  * when there is one. */
 static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, unsigned terms,
-                                              TL_SFX(rl_tile_fn) *fast)
+                                              TL_SFX(rl_run_fn) *fast)
 {
     *fast = NULL;
 #define TL_SMALL_TILE(N, M)                                                                   \
@@ -215,13 +239,12 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const ptrdiff_t B = c->B, T = c->T, n = c->n, m = c->m, su = T * m, ss = (T + 1) * n;
 
     /* this worker's scratch, in the order of rollout_worker_doubles */
-    TL_SFX(rl_tile_fn) fast;
+    TL_SFX(rl_run_fn) fast;
     const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, c->spec->terms, &fast);
     if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE && a->gu != NULL))
         fast = NULL;
     tl_vd *tile_work = (tl_vd *)(c->worker_work + (size_t)worker * c->worker_doubles);
-    tl_vd *v = tile_work + 2 * (T + 1) * n + 3 * T * m +       /* G, Gc, the inputs, */
-               3 * n + m + n * n + n * m;                          /* reg */
+    tl_vd *v = tile_work + 2 * TL_TILE_VECTORS(T, n, m) + TL_REG_VECTORS(n, m);
     tl_vd *tables = v + 4 * (T + 1) + 1;
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
     tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1),
@@ -250,19 +273,24 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         const int by_sums = fast != NULL && rows % L == 0;
         int bad_in = c->spec->check_finite && !by_sums &&
                      !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n);
-        for (ptrdiff_t b0 = chunk * TL_CHUNK; b0 < end; b0 += L) {
+        ptrdiff_t b0 = start;
+        if (fast != NULL && rows >= L) { /* the chunk's full tiles in one run */
+            if (!full_ready)
+                tile_select(c, b0, L, row, &ts);
+            full_ready = 1;
+            fast(c, &ts, a, b0, rows / L, sums, tile_work);
+            b0 += rows - rows % L;
+        }
+        for (; b0 < end; b0 += L) {
             const int lanes = end - b0 < L ? (int)(end - b0) : L;
 
             if (!(c->uniform && full_ready && lanes == L)) {
                 tile_select(c, b0, lanes, row, &ts);
                 full_ready = c->uniform && lanes == L;
             }
-            TL_SFX(rl_data) p = {
-                a->u + b0 * su, a->x0 + b0 * n, a->ru != NULL ? a->ru + b0 * su : NULL,
-                a->rs != NULL ? a->rs + b0 * ss : NULL, a->tgt != NULL ? a->tgt + b0 * n : NULL,
-                a->gu != NULL ? a->gu + b0 * su : NULL, a->gx != NULL ? a->gx + b0 * n : NULL};
+            const TL_SFX(rl_data) p = TL_SFX(rl_rows)(a, b0, su, ss, n);
             if (lanes == L) {
-                (fast != NULL ? fast : tile)(c, &ts, &p, sums, tile_work);
+                tile(c, &ts, &p, sums, tile_work);
                 continue;
             }
             /* the batch's last, partial tile: run it from zero-padded copies */
@@ -342,6 +370,7 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                                                                                    : NULL,
                                 (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls,
                                 grad_x0},
+                          {controls, x0, ref_controls, ref_states, target, NULL, NULL},
                           {controls, x0, ref_controls, ref_states, target, NULL, NULL}};
     if (!(terms & TL_TERM_CONTROL))
         ctx.all.ru = NULL;
@@ -351,7 +380,6 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
      * ref_controls, ref_states (an unscored state 0 as r - r, see
      * tile_impl.h) and the terminal target. */
     const int states = (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) != 0;
-    ctx.unread = ctx.given;
     if (terms)
         ctx.unread.u = NULL;
     if (states)

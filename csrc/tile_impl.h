@@ -58,6 +58,16 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_transpose4)(const TL_T *restrict src, con
 static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, const ptrdiff_t stride,
                                                    const ptrdiff_t len, tl_vd *restrict dst)
 {
+    if (len == 1 && stride == 1) { /* four consecutive rows of one element: a load */
+        dst[0] = TL_SFX(rl_load4)(src);
+        return;
+    }
+    if (len == 2 && stride == 2) { /* of two: two loads and two shuffles */
+        const tl_vd r01 = TL_SFX(rl_load4)(src), r23 = TL_SFX(rl_load4)(src + 4);
+        dst[0] = TL_VSHUFFLE(r01, r23, 0, 2, 4, 6);
+        dst[1] = TL_VSHUFFLE(r01, r23, 1, 3, 5, 7);
+        return;
+    }
     if (len < TL_LANES) {
         for (ptrdiff_t i = 0; i < len; i++)
             dst[i] = TL_GATHER(src, stride, i);
@@ -69,187 +79,386 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, cons
         TL_SFX(rl_transpose4)(src + len - TL_LANES, stride, dst + len - TL_LANES);
 }
 
+/* A double vector stored as four consecutive elements of a row. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_store4)(TL_T *p, tl_vd v)
+{
+#if TL_IS_F32
+    typedef float four __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
+    const four f = __builtin_convertvector(v, four);
+    memcpy(p, &f, sizeof f);
+#else
+    memcpy(p, &v, sizeof v);
+#endif
+}
+
+/* The inverse of rl_transpose: lane l of src[i] to dst[l stride + i], i < len. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose4)(const tl_vd *restrict src, TL_T *restrict dst,
+                                                      const ptrdiff_t stride)
+{
+    const tl_vd a = TL_VSHUFFLE(src[0], src[1], 0, 4, 2, 6), b = TL_VSHUFFLE(src[0], src[1], 1, 5, 3, 7);
+    const tl_vd c = TL_VSHUFFLE(src[2], src[3], 0, 4, 2, 6), d = TL_VSHUFFLE(src[2], src[3], 1, 5, 3, 7);
+    TL_SFX(rl_store4)(dst, TL_VSHUFFLE(a, c, 0, 1, 4, 5));
+    TL_SFX(rl_store4)(dst + stride, TL_VSHUFFLE(b, d, 0, 1, 4, 5));
+    TL_SFX(rl_store4)(dst + 2 * stride, TL_VSHUFFLE(a, c, 2, 3, 6, 7));
+    TL_SFX(rl_store4)(dst + 3 * stride, TL_VSHUFFLE(b, d, 2, 3, 6, 7));
+}
+
+static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const tl_vd *restrict src, const ptrdiff_t len,
+                                                     TL_T *restrict dst, const ptrdiff_t stride)
+{
+    if (len < TL_LANES) {
+        for (ptrdiff_t i = 0; i < len; i++)
+            for (int l = 0; l < L; l++)
+                dst[l * stride + i] = (TL_T)src[i][l];
+        return;
+    }
+    for (ptrdiff_t i = 0; i + TL_LANES <= len; i += TL_LANES)
+        TL_SFX(rl_untranspose4)(src + i, dst + i, stride);
+    if (len % TL_LANES != 0)
+        TL_SFX(rl_untranspose4)(src + len - TL_LANES, dst + len - TL_LANES, stride);
+}
+
+/* Where one tile's transposed inputs and penalty derivatives live in work:
+ * rl_tile_doubles(T, n, m) vectors from `at` (see rollout_worker_doubles). */
+typedef struct {
+    tl_vd *G;      /* (T+1) x n: d value / d x_k of the state terms */
+    tl_vd *Gc;     /* T x m: d value / d u_k of the control term, then of the loss */
+    tl_vd *u, *ru; /* T x m: the controls and reference controls, transposed */
+    tl_vd *rs;     /* (T+1) x n: the reference states, transposed */
+} TL_SFX(rl_buf);
+
+static TL_ALWAYS_INLINE TL_SFX(rl_buf) TL_SFX(rl_buf_at)(tl_vd *at, ptrdiff_t T, ptrdiff_t n,
+                                                          ptrdiff_t m)
+{
+    TL_SFX(rl_buf) b;
+    b.G = at;
+    b.Gc = b.G + (T + 1) * n;
+    b.u = b.Gc + T * m;
+    b.ru = b.u + T * m;
+    b.rs = b.ru + T * m;
+    return b;
+}
+
+/* The per-call constants of the passes, unpacked once per kernel call. */
+typedef struct {
+    ptrdiff_t T, K, n, m, su, ss;
+    unsigned terms;
+    tl_penalty pen;
+    double delta;
+    int masked, hold;
+    const tl_vd *Av, *Bv; /* Ad, Bd as splats */
+} TL_SFX(rl_pass);
+
+/* The tile's inputs, transposed into b. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_stage)(const TL_SFX(rl_pass) *q, const TL_SFX(rl_data) *p,
+                                               const TL_SFX(rl_buf) *b)
+{
+    TL_SFX(rl_transpose)(p->u, q->su, q->K * q->m, b->u);
+    if (q->terms & TL_TERM_CONTROL)
+        TL_SFX(rl_transpose)(p->ru, q->su, q->K * q->m, b->ru);
+    if (q->terms & TL_TERM_TRAJECTORY)
+        TL_SFX(rl_transpose)(p->rs, q->ss, (q->K + 1) * q->n, b->rs);
+}
+
 /* The trajectory term at the states x of step k: adds to *sum and stores G_k.
  * masked: only the lanes that score state k (ts->vs); else all of them. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_score_states)(const tl_tile_sel *ts, const tl_vd *restrict rs,
-                                                      const ptrdiff_t k,
-                                                      const tl_vd *x, tl_vd *restrict Gk,
-                                                      tl_vd *sum, const ptrdiff_t n,
-                                                      const tl_penalty pen, const double delta,
-                                                      const int masked)
+static TL_ALWAYS_INLINE void TL_SFX(rl_score_states)(const TL_SFX(rl_pass) *q,
+                                                      const tl_tile_sel *ts,
+                                                      const TL_SFX(rl_buf) *b, const ptrdiff_t k,
+                                                      const tl_vd *x, tl_vd *sum)
 {
-    const tl_vd zero = tl_vsplat(0.0);
-    const tl_vm on = (tl_vm)(ts->vs[k] != zero);
+    const ptrdiff_t n = q->n;
+    const tl_vm on = (tl_vm)(ts->vs[k] != tl_vsplat(0.0));
     tl_vd e, d;
     for (ptrdiff_t i = 0; i < n; i++) {
-        tl_vrho(pen, delta, x[i] - rs[k * n + i], &e, &d);
+        tl_vrho(q->pen, q->delta, x[i] - b->rs[k * n + i], &e, &d);
         const tl_vd ve = ts->vs_w[k * n + i] * e, gd = ts->gs_w[k * n + i] * d;
-        *sum += masked ? tl_vkeep(on, ve) : ve;
-        Gk[i] = masked ? tl_vkeep(on, gd) : gd;
+        *sum += q->masked ? tl_vkeep(on, ve) : ve;
+        b->G[k * n + i] = q->masked ? tl_vkeep(on, gd) : gd;
     }
 }
 
-static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl_tile_sel *ts,
-                                                   const TL_SFX(rl_data) *p,
-                                                   tl_vd *restrict sums, tl_vd *restrict work,
-                                                   tl_vd *restrict reg, const ptrdiff_t n,
-                                                   const ptrdiff_t m, const unsigned fast)
+/* x = x0 and the terms at state 0. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_forward_begin)(const TL_SFX(rl_pass) *q,
+                                                       const tl_rl_const *c,
+                                                       const tl_tile_sel *ts,
+                                                       const TL_SFX(rl_data) *p,
+                                                       const TL_SFX(rl_buf) *b, tl_vd *x,
+                                                       tl_vd *xf, tl_vd *sum_t)
 {
-    const tl_loss_spec *spec = c->spec;
-    const ptrdiff_t T = c->T, K = ts->Kmax, su = T * m, ss = (T + 1) * n;
-    const double *restrict Ad = c->sys->Ad, *restrict Bd = c->sys->Bd;
-    const unsigned terms = fast ? fast : spec->terms;
-    const tl_penalty pen = fast ? TL_PENALTY_MSE : spec->penalty;
-    const double delta = spec->delta;
-    TL_T *restrict gu = p->gu;
-    /* a local, so that stores through G and gu need not reload it */
-    const tl_vd *restrict vc_w = ts->vc_w, *restrict gc_w = ts->gc_w;
-    const int shift = c->shift, masked = !fast;
-    tl_vd *restrict G = work;                 /* (T+1) x n */
-    tl_vd *restrict Gc = G + (T + 1) * n;     /* T x m */
-    tl_vd *restrict u = Gc + T * m, *restrict ru = u + T * m; /* T x m: the inputs, */
-    tl_vd *restrict rs = ru + T * m;                          /* (T+1) x n: transposed */
-    tl_vd *restrict x = reg, *restrict xn = reg + n, *restrict xf = reg + 2 * n;
-    tl_vd *restrict uk = reg + 3 * n;         /* m */
-    tl_vd *restrict Av = uk + m, *restrict Bv = Av + n * n; /* Ad, Bd as splats: kept in
-                                                                registers by the small kernels */
-    const tl_vd zero = tl_vsplat(0.0);
-    tl_vd sum_c = sums[0], sum_t = sums[1], e, d;
-
-    for (ptrdiff_t i = 0; i < n * n; i++)
-        Av[i] = tl_vsplat(Ad[i]);
-    for (ptrdiff_t i = 0; i < n * m; i++)
-        Bv[i] = tl_vsplat(Bd[i]);
-
-    TL_SFX(rl_transpose)(p->u, su, K * m, u);
-    if (terms & TL_TERM_CONTROL)
-        TL_SFX(rl_transpose)(p->ru, su, K * m, ru);
-    if (terms & TL_TERM_TRAJECTORY)
-        TL_SFX(rl_transpose)(p->rs, ss, (K + 1) * n, rs);
-
-    /* forward: states 0 .. Kmax, scoring each as it is made */
+    const ptrdiff_t n = q->n;
+    TL_SFX(rl_transpose)(p->x0, n, n, x);
     for (ptrdiff_t i = 0; i < n; i++)
-        x[i] = xf[i] = TL_GATHER(p->x0, n, i);
-    if ((terms & TL_TERM_TRAJECTORY) && (masked || shift)) {
-        TL_SFX(rl_score_states)(ts, rs, 0, x, G, &sum_t, n, pen, delta, masked);
+        xf[i] = x[i];
+    if ((q->terms & TL_TERM_TRAJECTORY) && (q->masked || c->shift)) {
+        TL_SFX(rl_score_states)(q, ts, b, 0, x, sum_t);
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        b->G[i] = tl_vsplat(0.0);
+    /* An unscored state 0 is never used by the fast kernels; for
+     * check_finite (see rl_range) it still reaches the sum, as r - r:
+     * +0 for a finite r, NaN for inf or NaN. */
+    if (!q->masked && (q->terms & TL_TERM_TRAJECTORY) && c->spec->check_finite)
+        for (ptrdiff_t i = 0; i < n; i++)
+            *sum_t += b->rs[i] - b->rs[i];
+}
+
+/* Control step k: its penalty, then x = x_{k+1} and the terms at it. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
+                                                      const tl_tile_sel *ts,
+                                                      const TL_SFX(rl_buf) *b, const ptrdiff_t k,
+                                                      tl_vd *restrict x, tl_vd *restrict xn,
+                                                      tl_vd *restrict xf, tl_vd *restrict uk,
+                                                      tl_vd *sum_c, tl_vd *sum_t)
+{
+    const ptrdiff_t n = q->n, m = q->m;
+    const tl_vd zero = tl_vsplat(0.0);
+    tl_vd e, d;
+    for (ptrdiff_t j = 0; j < m; j++)
+        uk[j] = b->u[k * m + j];
+    if (q->terms & TL_TERM_CONTROL) {
+        const tl_vm on = (tl_vm)(ts->vc[k] != zero);
+        for (ptrdiff_t j = 0; j < m; j++) {
+            tl_vrho(q->pen, q->delta, uk[j] - b->ru[k * m + j], &e, &d);
+            const tl_vd ve = ts->vc_w[k * m + j] * e, gd = ts->gc_w[k * m + j] * d;
+            *sum_c += q->masked ? tl_vkeep(on, ve) : ve;
+            b->Gc[k * m + j] = q->masked ? tl_vkeep(on, gd) : gd;
+        }
+    } else {
+        for (ptrdiff_t j = 0; j < m; j++)
+            b->Gc[k * m + j] = zero;
+    }
+    /* the controls first: they are ready before x_k, so only the state
+     * products and their sums stand on the step-to-step chain */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        tl_vd acc = q->Bv[i * m] * uk[0];
+        for (ptrdiff_t j = 1; j < m; j++)
+            acc += q->Bv[i * m + j] * uk[j];
+        for (ptrdiff_t j = 0; j < n; j++)
+            acc += q->Av[i * n + j] * x[j];
+        xn[i] = acc;
+    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] = xn[i];
+    if (q->terms & TL_TERM_TRAJECTORY) {
+        TL_SFX(rl_score_states)(q, ts, b, k + 1, x, sum_t);
     } else {
         for (ptrdiff_t i = 0; i < n; i++)
-            G[i] = zero;
-        /* An unscored state 0 is never read by the fast kernel; for
-         * check_finite (see rl_range) it still reaches the sum, as r - r:
-         * +0 for a finite r, NaN for inf or NaN. */
-        if (fast && (terms & TL_TERM_TRAJECTORY) && spec->check_finite)
-            for (ptrdiff_t i = 0; i < n; i++)
-                sum_t += rs[i] - rs[i];
+            b->G[(k + 1) * n + i] = zero;
     }
-    for (ptrdiff_t k = 0; k < K; k++) {
-        for (ptrdiff_t j = 0; j < m; j++)
-            uk[j] = u[k * m + j];
-        if (terms & TL_TERM_CONTROL) {
-            const tl_vm on = (tl_vm)(ts->vc[k] != zero);
-            for (ptrdiff_t j = 0; j < m; j++) {
-                tl_vrho(pen, delta, uk[j] - ru[k * m + j], &e, &d);
-                const tl_vd ve = vc_w[k * m + j] * e, gd = gc_w[k * m + j] * d;
-                sum_c += masked ? tl_vkeep(on, ve) : ve;
-                Gc[k * m + j] = masked ? tl_vkeep(on, gd) : gd;
-            }
-        } else {
-            for (ptrdiff_t j = 0; j < m; j++)
-                Gc[k * m + j] = zero;
-        }
-        /* the controls first: they are ready before x_k, so only the state
-         * products and their sums stand on the step-to-step chain */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = Bv[i * m] * uk[0];
-            for (ptrdiff_t j = 1; j < m; j++)
-                acc += Bv[i * m + j] * uk[j];
-            for (ptrdiff_t j = 0; j < n; j++)
-                acc += Av[i * n + j] * x[j];
-            xn[i] = acc;
-        }
+    if (q->masked && ts->ragged) {
+        const tl_vm final = (tl_vm)(ts->fin[0] == tl_vsplat((double)(k + 1)));
         for (ptrdiff_t i = 0; i < n; i++)
-            x[i] = xn[i];
-        if (terms & TL_TERM_TRAJECTORY) {
-            TL_SFX(rl_score_states)(ts, rs, k + 1, x, G + (k + 1) * n, &sum_t, n, pen, delta,
-                                    masked);
-        } else {
+            xf[i] = tl_vblend(final, x[i], xf[i]);
+    }
+}
+
+/* The terminal term at each lane's own final valid state -- Kmax in every
+ * lane of a fast tile, so a vector there; lane by lane otherwise. tmp: n
+ * vectors of scratch. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const tl_rl_const *c,
+                                                  const tl_tile_sel *ts,
+                                                  const TL_SFX(rl_data) *p,
+                                                  const TL_SFX(rl_buf) *b, const tl_vd *x,
+                                                  const tl_vd *xf, tl_vd *restrict tmp,
+                                                  tl_vd *sum_f)
+{
+    const ptrdiff_t n = q->n, K = q->K, ss = q->ss;
+    const double *sw = c->spec->state_weights;
+    if (!(q->terms & TL_TERM_TERMINAL))
+        return;
+    if (!q->masked) {
+        tl_vd *tgt = tmp;
+        if (p->tgt != NULL)
+            TL_SFX(rl_transpose)(p->tgt, n, n, tgt);
+        else
             for (ptrdiff_t i = 0; i < n; i++)
-                G[(k + 1) * n + i] = zero;
+                tgt[i] = TL_GATHER(p->rs, ss, K * n + i);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double s = sw != NULL ? sw[i] : 1.0;
+            tl_vd e, d;
+            tl_vrho(q->pen, q->delta, x[i] - tgt[i], &e, &d);
+            *sum_f += s * e;
+            b->G[K * n + i] += c->sf * s * d;
         }
-        if (masked && ts->ragged) {
-            const tl_vm final = (tl_vm)(ts->fin[0] == tl_vsplat((double)(k + 1)));
-            for (ptrdiff_t i = 0; i < n; i++)
-                xf[i] = tl_vblend(final, x[i], xf[i]);
+        return;
+    }
+    for (int l = 0; l < L; l++) {
+        if (ts->fin[0][l] < 0.0)
+            continue;
+        const ptrdiff_t kl = ts->K[l];
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double s = sw != NULL ? sw[i] : 1.0;
+            const double tgt = p->tgt != NULL ? (double)p->tgt[l * n + i]
+                                              : (double)p->rs[l * ss + kl * n + i];
+            double dr;
+            (*sum_f)[l] += s * rho(q->pen, q->delta, xf[i][l] - tgt, &dr);
+            b->G[kl * n + i][l] += c->sf * s * dr;
         }
     }
-    sums[0] = sum_c;
-    sums[1] = sum_t;
-    if (fast || !ts->ragged) /* every non-empty lane ends at Kmax */
-        for (ptrdiff_t i = 0; i < n; i++)
-            xf[i] = x[i];
+}
 
-    /* terminal: at each lane's own final valid state -- Kmax in every lane of a
-     * fast tile, so a vector there; lane by lane otherwise */
-    if ((terms & TL_TERM_TERMINAL) && fast) {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const double s = spec->state_weights != NULL ? spec->state_weights[i] : 1.0;
-            const tl_vd tgt = p->tgt != NULL ? TL_GATHER(p->tgt, n, i) : TL_GATHER(p->rs, ss, K * n + i);
-            tl_vrho(pen, delta, x[i] - tgt, &e, &d);
-            sums[2] += s * e;
-            G[K * n + i] += c->sf * s * d;
-        }
-    } else if (terms & TL_TERM_TERMINAL)
-        for (int l = 0; l < L; l++) {
-            if (ts->fin[0][l] < 0.0)
-                continue;
-            const ptrdiff_t kl = ts->K[l];
-            for (ptrdiff_t i = 0; i < n; i++) {
-                const double s = spec->state_weights != NULL ? spec->state_weights[i] : 1.0;
-                const double tgt = p->tgt != NULL ? (double)p->tgt[l * n + i]
-                                                  : (double)p->rs[l * ss + kl * n + i];
-                double dr;
-                sums[2][l] += s * rho(pen, delta, xf[i][l] - tgt, &dr);
-                G[kl * n + i][l] += c->sf * s * dr;
-            }
-        }
-
-    /* backward: lam_k for k = Kmax .. 0, and with lam_k (k >= 1) the gradient
-     * of control step k - 1 */
-    tl_vd *restrict lam = x;
-    for (ptrdiff_t i = 0; i < n; i++)
-        lam[i] = zero;
+/* lam = lam_k = G_k + Ad^T lam_{k+1} and, for k >= 1 when a gradient is
+ * wanted, that of control step k - 1, Gc_{k-1} + Bd^T lam_k, in place of
+ * Gc_{k-1} (rl_backward_end stores them all). */
+static TL_ALWAYS_INLINE void TL_SFX(rl_backward_step)(const TL_SFX(rl_pass) *q,
+                                                       const tl_tile_sel *ts,
+                                                       const TL_SFX(rl_buf) *b, const TL_T *gu,
+                                                       const ptrdiff_t k, tl_vd *restrict lam,
+                                                       tl_vd *restrict ln)
+{
+    const ptrdiff_t n = q->n, m = q->m;
     /* Lanes that ended before state k keep lam = 0 and a zero gradient by
      * a select, not by arithmetic: 0 * Ad is NaN when Ad holds inf/NaN. */
-    const int hold = masked && ts->short_lanes;
-    for (ptrdiff_t k = K; k >= 0; k--) {
-        const tl_vm live = hold ? (tl_vm)(tl_vsplat((double)k) <= ts->fin[0]) : (tl_vm)(zero == zero);
-        for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = G[k * n + i];
-            for (ptrdiff_t j = 0; j < n; j++)
-                acc += Av[j * n + i] * lam[j];
-            xn[i] = acc;
-        }
-        for (ptrdiff_t i = 0; i < n; i++)
-            lam[i] = hold ? tl_vkeep(live, xn[i]) : xn[i];
-        if (k == 0)
-            break;
-        if (!fast && gu == NULL) /* (the fast kernels always have gu) */
-            continue;
-        for (ptrdiff_t j = 0; j < m; j++) {
-            tl_vd acc = Gc[(k - 1) * m + j];
-            for (ptrdiff_t i = 0; i < n; i++)
-                acc += Bv[i * m + j] * lam[i];
-            acc = hold ? tl_vkeep(live, acc) : acc;
-            for (int l = 0; l < L; l++)
-                gu[l * su + (k - 1) * m + j] = (TL_T)acc[l];
-        }
+    const tl_vm live = q->hold ? (tl_vm)(tl_vsplat((double)k) <= ts->fin[0]) : (tl_vm){0};
+    for (ptrdiff_t i = 0; i < n; i++) {
+        tl_vd acc = b->G[k * n + i];
+        for (ptrdiff_t j = 0; j < n; j++)
+            acc += q->Av[j * n + i] * lam[j];
+        ln[i] = acc;
     }
+    for (ptrdiff_t i = 0; i < n; i++)
+        lam[i] = q->hold ? tl_vkeep(live, ln[i]) : ln[i];
+    if (k == 0 || gu == NULL)
+        return;
+    for (ptrdiff_t j = 0; j < m; j++) {
+        tl_vd acc = b->Gc[(k - 1) * m + j];
+        for (ptrdiff_t i = 0; i < n; i++)
+            acc += q->Bv[i * m + j] * lam[i];
+        b->Gc[(k - 1) * m + j] = q->hold ? tl_vkeep(live, acc) : acc;
+    }
+}
+
+/* The gradients: of the controls, of x0 from lam_0, and zeros for the steps
+ * after Kmax. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_backward_end)(const TL_SFX(rl_pass) *q,
+                                                      const TL_SFX(rl_data) *p,
+                                                      const TL_SFX(rl_buf) *b, const tl_vd *lam)
+{
+    const ptrdiff_t n = q->n, m = q->m, K = q->K, T = q->T;
+    if (p->gu != NULL)
+        TL_SFX(rl_untranspose)(b->Gc, K * m, p->gu, q->su);
     if (p->gx != NULL)
         for (ptrdiff_t i = 0; i < n; i++)
             for (int l = 0; l < L; l++)
                 p->gx[l * n + i] = (TL_T)lam[i][l];
     if (p->gu != NULL && K < T) /* steps after every lane's span: exactly zero */
         for (int l = 0; l < L; l++)
-            memset(p->gu + l * su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
+            memset(p->gu + l * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
+}
+
+/* reg: the vectors a kernel keeps: x, xn, xf, lam, ln (n each), uk (m), then
+ * Ad and Bd as splats -- in registers when n and m are constants. */
+#define TL_REG_VECTORS(n, m) (5 * (n) + (m) + (n) * (n) + (n) * (m))
+
+static TL_ALWAYS_INLINE TL_SFX(rl_pass) TL_SFX(rl_pass_init)(const tl_rl_const *c,
+                                                              const tl_tile_sel *ts,
+                                                              tl_vd *reg, const ptrdiff_t n,
+                                                              const ptrdiff_t m,
+                                                              const unsigned fast)
+{
+    TL_SFX(rl_pass) q;
+    q.T = c->T;
+    q.K = fast ? c->T : ts->Kmax;
+    q.n = n;
+    q.m = m;
+    q.su = c->T * m;
+    q.ss = (c->T + 1) * n;
+    q.terms = fast ? fast : c->spec->terms;
+    q.pen = fast ? TL_PENALTY_MSE : c->spec->penalty;
+    q.delta = c->spec->delta;
+    q.masked = !fast;
+    q.hold = !fast && ts->short_lanes;
+    tl_vd *Av = reg + 5 * n + m, *Bv = Av + n * n;
+    for (ptrdiff_t i = 0; i < n * n; i++)
+        Av[i] = tl_vsplat(c->sys->Ad[i]);
+    for (ptrdiff_t i = 0; i < n * m; i++)
+        Bv[i] = tl_vsplat(c->sys->Bd[i]);
+    q.Av = Av;
+    q.Bv = Bv;
+    return q;
+}
+
+/* One tile, start to end: the general kernel, and the small ones on tiles
+ * the fast kernels do not take. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl_tile_sel *ts,
+                                                   const TL_SFX(rl_data) *p, tl_vd *sums,
+                                                   tl_vd *work, tl_vd *reg, const ptrdiff_t n,
+                                                   const ptrdiff_t m, const unsigned fast)
+{
+    const TL_SFX(rl_pass) q = TL_SFX(rl_pass_init)(c, ts, reg, n, m, fast);
+    const TL_SFX(rl_buf) b = TL_SFX(rl_buf_at)(work, c->T, n, m);
+    tl_vd *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
+    tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
+
+    TL_SFX(rl_stage)(&q, p, &b);
+    TL_SFX(rl_forward_begin)(&q, c, ts, p, &b, x, xf, &sum_t);
+    for (ptrdiff_t k = 0; k < q.K; k++)
+        TL_SFX(rl_forward_step)(&q, ts, &b, k, x, xn, xf, uk, &sum_c, &sum_t);
+    if (!q.masked || !ts->ragged) /* every non-empty lane ends at Kmax */
+        for (ptrdiff_t i = 0; i < n; i++)
+            xf[i] = x[i];
+    TL_SFX(rl_terminal)(&q, c, ts, p, &b, x, xf, xn, &sum_f);
+    for (ptrdiff_t i = 0; i < n; i++)
+        lam[i] = tl_vsplat(0.0);
+    for (ptrdiff_t k = q.K; k >= 0; k--)
+        TL_SFX(rl_backward_step)(&q, ts, &b, p->gu, k, lam, ln);
+    TL_SFX(rl_backward_end)(&q, p, &b, lam);
+    sums[0] = sum_c;
+    sums[1] = sum_t;
+    sums[2] = sum_f;
+}
+
+/* `tiles` full tiles from row b0 of a, fast, in a software pipeline: the
+ * forward pass of each tile runs in one loop with the backward pass of the
+ * one before, so the two step-to-step chains (x_k forward, lam_k backward),
+ * each waiting on a multiply and two adds a step, overlap instead of
+ * following each other. Each tile's arithmetic and the order of the sums are
+ * those of rl_tile_body, tile after tile, so the results are bit for bit the
+ * same. work holds two tiles' buffers. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, const tl_tile_sel *ts,
+                                                       const TL_SFX(rl_data) *a, ptrdiff_t b0,
+                                                       ptrdiff_t tiles, tl_vd *sums, tl_vd *work,
+                                                       tl_vd *reg, const ptrdiff_t n,
+                                                       const ptrdiff_t m, const unsigned fast)
+{
+    const TL_SFX(rl_pass) q = TL_SFX(rl_pass_init)(c, ts, reg, n, m, fast);
+    const ptrdiff_t T = c->T;
+    TL_SFX(rl_buf) buf[2] = {TL_SFX(rl_buf_at)(work, T, n, m),
+                             TL_SFX(rl_buf_at)(work + TL_TILE_VECTORS(T, n, m), T, n, m)};
+    tl_vd *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
+    tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
+
+    TL_SFX(rl_data) prev = TL_SFX(rl_rows)(a, b0, q.su, q.ss, n);
+    TL_SFX(rl_stage)(&q, &prev, &buf[0]);
+    TL_SFX(rl_forward_begin)(&q, c, ts, &prev, &buf[0], x, xf, &sum_t);
+    for (ptrdiff_t k = 0; k < T; k++)
+        TL_SFX(rl_forward_step)(&q, ts, &buf[0], k, x, xn, xf, uk, &sum_c, &sum_t);
+    TL_SFX(rl_terminal)(&q, c, ts, &prev, &buf[0], x, x, xn, &sum_f);
+    for (ptrdiff_t t = 1; t < tiles; t++) {
+        const TL_SFX(rl_buf) *bp = &buf[(t - 1) & 1], *bt = &buf[t & 1];
+        const TL_SFX(rl_data) cur = TL_SFX(rl_rows)(a, b0 + t * L, q.su, q.ss, n);
+        TL_SFX(rl_stage)(&q, &cur, bt);
+        TL_SFX(rl_forward_begin)(&q, c, ts, &cur, bt, x, xf, &sum_t);
+        for (ptrdiff_t i = 0; i < n; i++)
+            lam[i] = tl_vsplat(0.0);
+        for (ptrdiff_t k = 0; k < T; k++) {
+            TL_SFX(rl_forward_step)(&q, ts, bt, k, x, xn, xf, uk, &sum_c, &sum_t);
+            TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, T - k, lam, ln);
+        }
+        TL_SFX(rl_terminal)(&q, c, ts, &cur, bt, x, x, xn, &sum_f);
+        TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, 0, lam, ln);
+        TL_SFX(rl_backward_end)(&q, &prev, bp, lam);
+        prev = cur;
+    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        lam[i] = tl_vsplat(0.0);
+    for (ptrdiff_t k = T; k >= 0; k--)
+        TL_SFX(rl_backward_step)(&q, ts, &buf[(tiles - 1) & 1], prev.gu, k, lam, ln);
+    TL_SFX(rl_backward_end)(&q, &prev, &buf[(tiles - 1) & 1], lam);
+    sums[0] = sum_c;
+    sums[1] = sum_t;
+    sums[2] = sum_f;
 }
 #undef TL_GATHER
