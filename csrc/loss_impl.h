@@ -365,13 +365,13 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                            spec->trajectory_weight / (N.trajectory * (double)n),
                            spec->terminal_weight / (N.terminal * (double)n),
                            powers, partials, partials + P_COUNT * chunks, worker_doubles};
+    const TL_SFX(rl_data) given = {controls, x0, ref_controls, ref_states, target, NULL, NULL};
     TL_SFX(rl_ctx) ctx = {&c, {controls, x0, ref_controls,
                                 (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states
                                                                                    : NULL,
                                 (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls,
                                 grad_x0},
-                          {controls, x0, ref_controls, ref_states, target, NULL, NULL},
-                          {controls, x0, ref_controls, ref_states, target, NULL, NULL}};
+                          given, given};
     if (!(terms & TL_TERM_CONTROL))
         ctx.all.ru = NULL;
     /* What the fast kernel reads and scores in full: controls through the

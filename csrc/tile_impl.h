@@ -119,7 +119,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const tl_vd *restrict src, c
 }
 
 /* Where one tile's transposed inputs and penalty derivatives live in work:
- * rl_tile_doubles(T, n, m) vectors from `at` (see rollout_worker_doubles). */
+ * TL_TILE_VECTORS(T, n, m) vectors from `at` (see rollout_worker_doubles). */
 typedef struct {
     tl_vd *G;      /* (T+1) x n: d value / d x_k of the state terms */
     tl_vd *Gc;     /* T x m: d value / d u_k of the control term, then of the loss */
@@ -348,6 +348,32 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_backward_end)(const TL_SFX(rl_pass) *q,
             memset(p->gu + l * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
 }
 
+/* A whole forward pass: the tile's inputs staged, x = x0, then steps 0 .. K-1. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_forward)(const TL_SFX(rl_pass) *q, const tl_rl_const *c,
+                                                 const tl_tile_sel *ts, const TL_SFX(rl_data) *p,
+                                                 const TL_SFX(rl_buf) *b, tl_vd *restrict x,
+                                                 tl_vd *restrict xn, tl_vd *restrict xf,
+                                                 tl_vd *restrict uk, tl_vd *sum_c, tl_vd *sum_t)
+{
+    TL_SFX(rl_stage)(q, p, b);
+    TL_SFX(rl_forward_begin)(q, c, ts, p, b, x, xf, sum_t);
+    for (ptrdiff_t k = 0; k < q->K; k++)
+        TL_SFX(rl_forward_step)(q, ts, b, k, x, xn, xf, uk, sum_c, sum_t);
+}
+
+/* A whole backward pass: lam from 0 through states K .. 0, then the gradients. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_backward)(const TL_SFX(rl_pass) *q, const tl_tile_sel *ts,
+                                                  const TL_SFX(rl_data) *p,
+                                                  const TL_SFX(rl_buf) *b, tl_vd *restrict lam,
+                                                  tl_vd *restrict ln)
+{
+    for (ptrdiff_t i = 0; i < q->n; i++)
+        lam[i] = tl_vsplat(0.0);
+    for (ptrdiff_t k = q->K; k >= 0; k--)
+        TL_SFX(rl_backward_step)(q, ts, b, p->gu, k, lam, ln);
+    TL_SFX(rl_backward_end)(q, p, b, lam);
+}
+
 /* reg: the vectors a kernel keeps: x, xn, xf, lam, ln (n each), uk (m), then
  * Ad and Bd as splats -- in registers when n and m are constants. */
 #define TL_REG_VECTORS(n, m) (5 * (n) + (m) + (n) * (n) + (n) * (m))
@@ -392,19 +418,12 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
     tl_vd *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
     tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
 
-    TL_SFX(rl_stage)(&q, p, &b);
-    TL_SFX(rl_forward_begin)(&q, c, ts, p, &b, x, xf, &sum_t);
-    for (ptrdiff_t k = 0; k < q.K; k++)
-        TL_SFX(rl_forward_step)(&q, ts, &b, k, x, xn, xf, uk, &sum_c, &sum_t);
+    TL_SFX(rl_forward)(&q, c, ts, p, &b, x, xn, xf, uk, &sum_c, &sum_t);
     if (!q.masked || !ts->ragged) /* every non-empty lane ends at Kmax */
         for (ptrdiff_t i = 0; i < n; i++)
             xf[i] = x[i];
     TL_SFX(rl_terminal)(&q, c, ts, p, &b, x, xf, xn, &sum_f);
-    for (ptrdiff_t i = 0; i < n; i++)
-        lam[i] = tl_vsplat(0.0);
-    for (ptrdiff_t k = q.K; k >= 0; k--)
-        TL_SFX(rl_backward_step)(&q, ts, &b, p->gu, k, lam, ln);
-    TL_SFX(rl_backward_end)(&q, p, &b, lam);
+    TL_SFX(rl_backward)(&q, ts, p, &b, lam, ln);
     sums[0] = sum_c;
     sums[1] = sum_t;
     sums[2] = sum_f;
@@ -431,10 +450,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
     tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
 
     TL_SFX(rl_data) prev = TL_SFX(rl_rows)(a, b0, q.su, q.ss, n);
-    TL_SFX(rl_stage)(&q, &prev, &buf[0]);
-    TL_SFX(rl_forward_begin)(&q, c, ts, &prev, &buf[0], x, xf, &sum_t);
-    for (ptrdiff_t k = 0; k < T; k++)
-        TL_SFX(rl_forward_step)(&q, ts, &buf[0], k, x, xn, xf, uk, &sum_c, &sum_t);
+    TL_SFX(rl_forward)(&q, c, ts, &prev, &buf[0], x, xn, xf, uk, &sum_c, &sum_t);
     TL_SFX(rl_terminal)(&q, c, ts, &prev, &buf[0], x, x, xn, &sum_f);
     for (ptrdiff_t t = 1; t < tiles; t++) {
         const TL_SFX(rl_buf) *bp = &buf[(t - 1) & 1], *bt = &buf[t & 1];
@@ -452,11 +468,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
         TL_SFX(rl_backward_end)(&q, &prev, bp, lam);
         prev = cur;
     }
-    for (ptrdiff_t i = 0; i < n; i++)
-        lam[i] = tl_vsplat(0.0);
-    for (ptrdiff_t k = T; k >= 0; k--)
-        TL_SFX(rl_backward_step)(&q, ts, &buf[(tiles - 1) & 1], prev.gu, k, lam, ln);
-    TL_SFX(rl_backward_end)(&q, &prev, &buf[(tiles - 1) & 1], lam);
+    TL_SFX(rl_backward)(&q, ts, &prev, &buf[(tiles - 1) & 1], lam, ln);
     sums[0] = sum_c;
     sums[1] = sum_t;
     sums[2] = sum_f;
