@@ -33,7 +33,8 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     finally:
         for p in procs:
             p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    assert all(p.returncode == 0 for p in procs), "\n".join(
+        f"rank {r} exited with {p.returncode}:\n{log}" for r, (p, log) in enumerate(zip(procs, logs)))
 
     # the same policy on the concatenated batch, in this process
     model = ddp_worker.policy()
