@@ -1,5 +1,5 @@
 /*
- * parallel.h -- split [0, count) into contiguous ranges over worker threads
+ * parallel.h -- share [0, count) out in ranges among worker threads
  * (private to csrc/). Kernels make their results independent of the number
  * of workers by cutting the batch into fixed chunks whose partial sums are
  * added in chunk order afterwards; a worker only decides who computes a chunk.
@@ -22,9 +22,11 @@ typedef void (*tl_range_fn)(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worke
 int tl_workers(int threads, ptrdiff_t count);
 
 /*
- * Calls fn(ctx, begin, end, worker) for workers 0 .. tl_workers(threads,
- * count) - 1 on consecutive ranges covering [0, count). Worker 0 runs in the
- * calling thread; if a thread cannot be started its range also runs there.
+ * Calls fn(ctx, begin, end, worker) on ranges covering [0, count) exactly
+ * once, in tl_workers(threads, count) workers numbered from 0. Worker 0 is
+ * the calling thread; each worker claims ranges until none are left, so a
+ * worker may be called many times or not at all, and a thread that cannot
+ * be started leaves its share to the others.
  */
 void tl_parallel_ranges(int threads, ptrdiff_t count, tl_range_fn fn, void *ctx);
 

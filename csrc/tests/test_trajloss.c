@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel.h"
 #include "trajloss.h"
 
 static int n_passed, n_failed;
@@ -484,7 +485,8 @@ static void test_losses(void)
 static void test_loss_threads(void)
 {
     unsigned seed = 4242u;
-    const ptrdiff_t n = 3, m = 2, B = 1003, T = 9; /* B spans four chunks and a partial tile */
+    /* B spans nine chunks, enough for two workers, and ends in a partial tile */
+    const ptrdiff_t n = 3, m = 2, B = 8 * TL_CHUNK + 3, T = 9;
     double Ad[9], Bd[6];
     random_system(n, m, Ad, Bd, &seed);
     tl_system sys = {n, m, Ad, Bd};
@@ -832,6 +834,49 @@ static void test_loss_finite_checks(void)
     free(work);
 }
 
+/* Every chunk is computed exactly once, by a worker numbered below
+ * tl_workers, whatever the count and the threads asked for. */
+typedef struct {
+    int *hits, *worker_of, bad_worker, workers;
+} ranges_seen;
+
+static void record_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
+{
+    ranges_seen *seen = (ranges_seen *)ctx;
+    for (ptrdiff_t i = begin; i < end; i++) {
+        seen->hits[i]++;
+        seen->worker_of[i] = worker;
+    }
+    if (worker < 0 || worker >= seen->workers || begin > end)
+        seen->bad_worker = 1;
+}
+
+static void test_parallel_ranges(void)
+{
+    const ptrdiff_t counts[] = {0, 1, 7, 8, 9, 64, 1001};
+    int ok = 1, several = 0;
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+        for (int threads = 0; threads <= 5; threads++) {
+            const ptrdiff_t count = counts[k];
+            ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)),
+                                xmalloc(sizeof(int) * (size_t)(count + 1)), 0,
+                                tl_workers(threads, count)};
+            memset(seen.hits, 0, sizeof(int) * (size_t)(count + 1));
+            tl_parallel_ranges(threads, count, record_range, &seen);
+            for (ptrdiff_t i = 0; i < count; i++)
+                ok &= seen.hits[i] == 1;
+            ok &= !seen.bad_worker && seen.workers >= 1 && seen.workers <= (threads > 1 ? threads : 1);
+            several |= seen.workers > 1;
+            free(seen.hits);
+            free(seen.worker_of);
+        }
+    }
+    CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below tl_workers");
+    CHECK(several, "parallel ranges: some cases use more than one worker");
+    CHECK(tl_workers(2, 7) == 1 && tl_workers(2, 8) == 2 && tl_workers(300, 1 << 20) == 256,
+          "tl_workers: two only from eight chunks, capped at 256");
+}
+
 int main(void)
 {
     test_status_messages();
@@ -843,6 +888,7 @@ int main(void)
     test_time_weights();
     test_time_weights_huge();
     test_losses();
+    test_parallel_ranges();
     test_loss_threads();
     test_all_finite();
     test_loss_finite_checks();
