@@ -22,7 +22,8 @@ to the norm -- before it is timed; a disagreement aborts the run. All
 contestants run on one thread (set here, before NumPy/PyTorch/JAX are
 imported). Times are medians over batches of calls of at least
 ``min_batch_s`` each, after warm-up (JIT compilation excluded, reported
-separately as ``first_call_s``).
+separately as ``first_call_s``); a case's contestants are timed in
+interleaved rounds (``measure_interleaved``).
 """
 from __future__ import annotations
 
