@@ -207,8 +207,8 @@ def _increments_during(work):
     return (inside[-1] - inside[0] if len(inside) >= 2 else 0), t1 - t0 - 2 * EDGE
 
 
-def _grown_call(make_call, B=250_000):
-    """(call, B): make_call(B) for the first B (doubling) whose warm call takes
+def _grown_call(make_call, B):
+    """(call, B): make_call(B) for the first B (growing) whose warm call takes
     >= 1 s, so the window stays long on a fast idle machine as on a busy
     one (a fixed B once gave 0.26 s under load and failed "too short"; timing
     the first, cold call once chose a B whose warm calls took 0.22 s)."""
@@ -217,17 +217,27 @@ def _grown_call(make_call, B=250_000):
         call()  # the first call of a size also pays for first-touch page faults
         t = time.perf_counter()
         call()
-        if time.perf_counter() - t >= 1.0 or B >= 16_000_000:
+        took = time.perf_counter() - t
+        if took >= 1.0 or B >= 16_000_000:
             return call, B
-        B *= 2
+        B = min(16_000_000, int(B * min(4.0, max(2.0, 1.2 / max(took, 1e-3)))))
+
+
+def _filled(rng, shape):
+    """float32 data of any size, fast: a small random block repeated (the
+    values do not matter here; generating 10^9 normals took most of a minute)."""
+    return np.resize(rng.standard_normal(4099).astype(np.float32), shape)
 
 
 def _combined_call(B):
+    # 16 states, 2 inputs, T = 50: ~26 us of work per sequence, so a 1 s call
+    # needs ~40k sequences (170 MB); the double integrator needed 16M (3 GB).
     rng = np.random.default_rng(5)
-    s = tl.DoubleIntegrator()
-    x0 = rng.standard_normal((B, 2)).astype(np.float32)
-    u = rng.standard_normal((B, 15, 1)).astype(np.float32)
-    rs = rng.standard_normal((B, 16, 2)).astype(np.float32)
+    n, m, T = 16, 2, 50
+    A = rng.standard_normal((n, n))
+    s = tl.LinearSystem(A * 0.9 / np.abs(np.linalg.eigvals(A)).max(),
+                        rng.standard_normal((n, m)), dt=0.1)
+    x0, u, rs = _filled(rng, (B, n)), _filled(rng, (B, T, m)), _filled(rng, (B, T + 1, n))
     return lambda: tl.combined_loss(s, u, x0, u, rs, weight=0.3, terminal_weight=0.1)
 
 
@@ -250,7 +260,8 @@ def _gil_holding_call(duration):
 
 @pytest.mark.parametrize("which", ["combined_loss", "min_energy"])
 def test_gil_is_released_during_long_calls(which):
-    call, B = _grown_call(_combined_call if which == "combined_loss" else _min_energy_call)
+    call, B = (_grown_call(_combined_call, 4096) if which == "combined_loss"
+               else _grown_call(_min_energy_call, 250_000))
     inc, dur = _increments_during(call)
     inc_held, dur_held = _increments_during(_gil_holding_call(dur))
     rate_held = inc_held / dur_held
