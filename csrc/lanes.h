@@ -60,6 +60,17 @@ typedef long long tl_vm __attribute__((vector_size(TL_LANES * sizeof(long long))
 /* (a[i0], a[i1], a[i2], a[i3]) of the eight lanes of a then b */
 #define TL_VSHUFFLE(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
 
+/* The 4 x 4 transpose of r[0..3] (lane j of r[i] to lane i of t[j]), by shuffles. */
+static inline void tl_vtranspose4(const tl_vd r[4], tl_vd t[4])
+{
+    const tl_vd a = TL_VSHUFFLE(r[0], r[1], 0, 4, 2, 6), b = TL_VSHUFFLE(r[0], r[1], 1, 5, 3, 7);
+    const tl_vd c = TL_VSHUFFLE(r[2], r[3], 0, 4, 2, 6), d = TL_VSHUFFLE(r[2], r[3], 1, 5, 3, 7);
+    t[0] = TL_VSHUFFLE(a, c, 0, 1, 4, 5);
+    t[1] = TL_VSHUFFLE(b, d, 0, 1, 4, 5);
+    t[2] = TL_VSHUFFLE(a, c, 2, 3, 6, 7);
+    t[3] = TL_VSHUFFLE(b, d, 2, 3, 6, 7);
+}
+
 static inline tl_vd tl_vsplat(double a)
 {
     return (tl_vd){a, a, a, a};

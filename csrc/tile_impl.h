@@ -22,12 +22,16 @@
     ((tl_vd){(double)(ptr)[off], (double)(ptr)[(stride) + (off)],                             \
              (double)(ptr)[2 * (stride) + (off)], (double)(ptr)[3 * (stride) + (off)]})
 
+#if TL_IS_F32
+/* four consecutive float elements of a row, converted to and from tl_vd */
+typedef float tl_vf4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
+#endif
+
 /* Four consecutive elements of a row as doubles. */
 static TL_ALWAYS_INLINE tl_vd TL_SFX(rl_load4)(const TL_T *p)
 {
 #if TL_IS_F32
-    typedef float four __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
-    four f;
+    tl_vf4 f;
     memcpy(&f, p, sizeof f);
     return __builtin_convertvector(f, tl_vd);
 #else
@@ -45,14 +49,9 @@ static TL_ALWAYS_INLINE tl_vd TL_SFX(rl_load4)(const TL_T *p)
 static TL_ALWAYS_INLINE void TL_SFX(rl_transpose4)(const TL_T *restrict src, const ptrdiff_t stride,
                                                     tl_vd *restrict dst)
 {
-    const tl_vd r0 = TL_SFX(rl_load4)(src), r1 = TL_SFX(rl_load4)(src + stride);
-    const tl_vd r2 = TL_SFX(rl_load4)(src + 2 * stride), r3 = TL_SFX(rl_load4)(src + 3 * stride);
-    const tl_vd a = TL_VSHUFFLE(r0, r1, 0, 4, 2, 6), b = TL_VSHUFFLE(r0, r1, 1, 5, 3, 7);
-    const tl_vd c = TL_VSHUFFLE(r2, r3, 0, 4, 2, 6), d = TL_VSHUFFLE(r2, r3, 1, 5, 3, 7);
-    dst[0] = TL_VSHUFFLE(a, c, 0, 1, 4, 5);
-    dst[1] = TL_VSHUFFLE(b, d, 0, 1, 4, 5);
-    dst[2] = TL_VSHUFFLE(a, c, 2, 3, 6, 7);
-    dst[3] = TL_VSHUFFLE(b, d, 2, 3, 6, 7);
+    const tl_vd r[4] = {TL_SFX(rl_load4)(src), TL_SFX(rl_load4)(src + stride),
+                        TL_SFX(rl_load4)(src + 2 * stride), TL_SFX(rl_load4)(src + 3 * stride)};
+    tl_vtranspose4(r, dst);
 }
 
 static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, const ptrdiff_t stride,
@@ -83,8 +82,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, cons
 static TL_ALWAYS_INLINE void TL_SFX(rl_store4)(TL_T *p, tl_vd v)
 {
 #if TL_IS_F32
-    typedef float four __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
-    const four f = __builtin_convertvector(v, four);
+    const tl_vf4 f = __builtin_convertvector(v, tl_vf4);
     memcpy(p, &f, sizeof f);
 #else
     memcpy(p, &v, sizeof v);
@@ -95,12 +93,10 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_store4)(TL_T *p, tl_vd v)
 static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose4)(const tl_vd *restrict src, TL_T *restrict dst,
                                                       const ptrdiff_t stride)
 {
-    const tl_vd a = TL_VSHUFFLE(src[0], src[1], 0, 4, 2, 6), b = TL_VSHUFFLE(src[0], src[1], 1, 5, 3, 7);
-    const tl_vd c = TL_VSHUFFLE(src[2], src[3], 0, 4, 2, 6), d = TL_VSHUFFLE(src[2], src[3], 1, 5, 3, 7);
-    TL_SFX(rl_store4)(dst, TL_VSHUFFLE(a, c, 0, 1, 4, 5));
-    TL_SFX(rl_store4)(dst + stride, TL_VSHUFFLE(b, d, 0, 1, 4, 5));
-    TL_SFX(rl_store4)(dst + 2 * stride, TL_VSHUFFLE(a, c, 2, 3, 6, 7));
-    TL_SFX(rl_store4)(dst + 3 * stride, TL_VSHUFFLE(b, d, 2, 3, 6, 7));
+    tl_vd t[4];
+    tl_vtranspose4(src, t);
+    for (int l = 0; l < L; l++)
+        TL_SFX(rl_store4)(dst + l * stride, t[l]);
 }
 
 static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const tl_vd *restrict src, const ptrdiff_t len,
