@@ -2,7 +2,7 @@
  * finite.c -- are all values of an array finite?
  *
  * x - x is +0 for a finite x and NaN for inf or NaN, so (x - x) != 0 flags
- * exactly the non-finite values. The flags of TL_LANES-wide vectors are OR-ed
+ * exactly the non-finite values. The flags of 256-bit vectors are OR-ed
  * (integer OR reorders freely, so this vectorises under strict IEEE rules,
  * where a floating-point sum of x * 0 could not) and looked at once a block,
  * which lets a bad value stop the scan early. Out of cache the scan runs at
@@ -14,9 +14,6 @@
 #include "trajloss.h"
 
 #define TL_FINITE_BLOCK 4096 /* elements between early exits */
-
-typedef float tl_vf __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
-typedef int tl_vi __attribute__((vector_size(8 * sizeof(int)), aligned(4)));
 
 /* TL_FINITE_SCAN(NAME, T, VT, VM, W): NAME(p, count) scans W elements a vector:
  * four vectors an iteration, then single vectors, then one vector overlapping
@@ -63,6 +60,6 @@ typedef int tl_vi __attribute__((vector_size(8 * sizeof(int)), aligned(4)));
         return !NAME##_any(bad);                                                               \
     }
 
-TL_FINITE_SCAN(tl_all_finite_f64, double, tl_vd, tl_vm, TL_LANES)
-TL_FINITE_SCAN(tl_all_finite_f32, float, tl_vf, tl_vi, 8)
+TL_FINITE_SCAN(tl_all_finite_f64, double, tl_vd, tl_vm, TL_LANES_F64)
+TL_FINITE_SCAN(tl_all_finite_f32, float, tl_vf, tl_vi, TL_LANES_F32)
 #undef TL_FINITE_SCAN

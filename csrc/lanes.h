@@ -1,9 +1,10 @@
 /*
- * lanes.h -- TL_LANES doubles side by side, one per sequence of a tile, as a
- * GNU C vector (private to csrc/; GCC and Clang). Arithmetic on tl_vd is
- * elementwise, so each lane computes exactly what scalar code would; the
- * compiler maps it to the widest registers the target has (two SSE2
- * registers, or one AVX2 register in the kernels cloned for AVX2).
+ * lanes.h -- the sequences of a tile side by side, one per lane of a GNU C
+ * vector (private to csrc/; GCC and Clang): four doubles, or eight floats.
+ * Arithmetic on them is elementwise, so each lane computes exactly what
+ * scalar code would; the compiler maps a vector to the widest registers the
+ * target has (two SSE2 registers, or one AVX2 register in the kernels cloned
+ * for AVX2).
  */
 #ifndef TL_LANES_H
 #define TL_LANES_H
@@ -12,10 +13,6 @@
 
 #include "parallel.h"
 #include "trajloss.h"
-
-#if TL_LANES != 4
-#error "lanes.h spells out four lanes"
-#endif
 
 /* The kernels worth it are also built for AVX2 and picked at load time
  * (never -march=native: the wheel runs on any x86-64). Lanes never mix,
@@ -53,67 +50,108 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-/* aligned(8): loads and stores never assume more than double alignment */
-typedef double tl_vd __attribute__((vector_size(TL_LANES * sizeof(double)), aligned(8)));
-typedef long long tl_vm __attribute__((vector_size(TL_LANES * sizeof(long long)), aligned(8)));
+/* A float64 tile is four doubles side by side and a float32 tile eight
+ * floats: one 256-bit register either way. Both keep their sums in four
+ * doubles (tl_vd; see tl_vacc_f32). aligned(8)/(4): loads and stores never
+ * assume more than element alignment. */
+#define TL_LANES_F64 4
+#define TL_LANES_F32 8
+typedef double tl_vd __attribute__((vector_size(4 * sizeof(double)), aligned(8)));
+typedef long long tl_vm __attribute__((vector_size(4 * sizeof(long long)), aligned(8)));
+typedef float tl_vf __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+typedef int tl_vi __attribute__((vector_size(8 * sizeof(int)), aligned(4)));
 
-/* (a[i0], a[i1], a[i2], a[i3]) of the eight lanes of a then b */
-#define TL_VSHUFFLE(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+/* What differs between the two kinds of tile: splats, and the shuffles that
+ * move a tile's rows in and out of its lanes. */
 
-/* The 4 x 4 transpose of r[0..3] (lane j of r[i] to lane i of t[j]), by shuffles. */
-static inline void tl_vtranspose4(const tl_vd r[4], tl_vd t[4])
-{
-    const tl_vd a = TL_VSHUFFLE(r[0], r[1], 0, 4, 2, 6), b = TL_VSHUFFLE(r[0], r[1], 1, 5, 3, 7);
-    const tl_vd c = TL_VSHUFFLE(r[2], r[3], 0, 4, 2, 6), d = TL_VSHUFFLE(r[2], r[3], 1, 5, 3, 7);
-    t[0] = TL_VSHUFFLE(a, c, 0, 1, 4, 5);
-    t[1] = TL_VSHUFFLE(b, d, 0, 1, 4, 5);
-    t[2] = TL_VSHUFFLE(a, c, 2, 3, 6, 7);
-    t[3] = TL_VSHUFFLE(b, d, 2, 3, 6, 7);
-}
-
-static inline tl_vd tl_vsplat(double a)
+static inline tl_vd tl_vsplat_f64(double a)
 {
     return (tl_vd){a, a, a, a};
 }
 
-/* a where mask is set, +0.0 elsewhere -- a select, so NaN in a discarded lane vanishes */
-static inline tl_vd tl_vkeep(tl_vm mask, tl_vd a)
+static inline tl_vf tl_vsplat_f32(float a)
 {
-    return (tl_vd)((tl_vm)a & mask);
+    return (tl_vf){a, a, a, a, a, a, a, a};
 }
 
-/* mask ? a : b */
-static inline tl_vd tl_vblend(tl_vm mask, tl_vd a, tl_vd b)
+static inline tl_vm tl_msplat_f64(long long a)
 {
-    return (tl_vd)(((tl_vm)a & mask) | ((tl_vm)b & ~mask));
+    return (tl_vm){a, a, a, a};
 }
 
-static inline tl_vd tl_vabs(tl_vd a)
+static inline tl_vi tl_msplat_f32(int a)
 {
-    const tl_vm magnitude = (tl_vm)tl_vsplat(-0.0);
-    return (tl_vd)((tl_vm)a & ~magnitude);
+    return (tl_vi){a, a, a, a, a, a, a, a};
 }
 
-/* e = rho(r) and d = rho'(r) in every lane (the penalties of trajloss.h). */
-static inline void tl_vrho(tl_penalty penalty, double delta, tl_vd r, tl_vd *e, tl_vd *d)
+/* The 4 x 4 transpose of r[0..3] (lane j of r[i] to lane i of t[j]), by shuffles. */
+static inline void tl_vtranspose_f64(const tl_vd r[4], tl_vd t[4])
 {
-    const tl_vd one = tl_vsplat(1.0), zero = tl_vsplat(0.0);
-    switch (penalty) {
-    case TL_PENALTY_MSE:
-        *e = r * r;
-        *d = r + r;
-        return;
-    case TL_PENALTY_L1:
-        *e = tl_vabs(r);
-        *d = tl_vkeep((tl_vm)(r > zero), one) - tl_vkeep((tl_vm)(r < zero), one);
-        return;
-    default: {
-        const tl_vd a = tl_vabs(r), dv = tl_vsplat(delta), half = tl_vsplat(0.5);
-        const tl_vm inside = (tl_vm)(a <= dv);
-        *e = tl_vblend(inside, half * r * r, dv * (a - half * dv));
-        *d = tl_vblend(inside, r, tl_vblend((tl_vm)(r > zero), dv, -dv));
+#define TL_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+    const tl_vd a = TL_SHUF(r[0], r[1], 0, 4, 2, 6), b = TL_SHUF(r[0], r[1], 1, 5, 3, 7);
+    const tl_vd c = TL_SHUF(r[2], r[3], 0, 4, 2, 6), d = TL_SHUF(r[2], r[3], 1, 5, 3, 7);
+    t[0] = TL_SHUF(a, c, 0, 1, 4, 5);
+    t[1] = TL_SHUF(b, d, 0, 1, 4, 5);
+    t[2] = TL_SHUF(a, c, 2, 3, 6, 7);
+    t[3] = TL_SHUF(b, d, 2, 3, 6, 7);
+}
+
+/* The 8 x 8 transpose of r[0..7]: pairs of rows interleaved, then pairs of
+ * pairs, then the 128-bit halves exchanged (three rounds of eight shuffles). */
+static inline void tl_vtranspose_f32(const tl_vf r[8], tl_vf t[8])
+{
+    tl_vf p[8], q[8];
+    for (int i = 0; i < 8; i += 2) {
+        p[i] = TL_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        p[i + 1] = TL_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
+    for (int i = 0; i < 8; i += 4)
+        for (int h = 0; h < 2; h++) {
+            q[i + 2 * h] = TL_SHUF(p[i + h], p[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            q[i + 2 * h + 1] = TL_SHUF(p[i + h], p[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int j = 0; j < 4; j++) {
+        t[j] = TL_SHUF(q[j], q[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        t[j + 4] = TL_SHUF(q[j], q[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
 }
+
+/* The even and the odd elements of r[0] then r[1]: a tile's rows of two elements. */
+static inline void tl_vdeinterleave_f64(const tl_vd r[2], tl_vd t[2])
+{
+    t[0] = TL_SHUF(r[0], r[1], 0, 2, 4, 6);
+    t[1] = TL_SHUF(r[0], r[1], 1, 3, 5, 7);
+}
+
+static inline void tl_vdeinterleave_f32(const tl_vf r[2], tl_vf t[2])
+{
+    t[0] = TL_SHUF(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14);
+    t[1] = TL_SHUF(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#undef TL_SHUF
+}
+
+/* *sum += a, each lane widened to double, so every sum is kept in double.
+ * A float32 tile adds lanes l and l + 4 first (exactly, or nearly: a double
+ * holds the sum of two floats of like size exactly) into sum lane l. */
+static inline void tl_vacc_f64(tl_vd *sum, tl_vd a)
+{
+    *sum += a;
+}
+
+static inline void tl_vacc_f32(tl_vd *sum, tl_vf a)
+{
+    /* spelled out: GCC 12 splits __builtin_convertvector into 2-lane pieces */
+    const tl_vd lo = {a[0], a[1], a[2], a[3]}, hi = {a[4], a[5], a[6], a[7]};
+    *sum += lo + hi;
+}
+
+/* The rest is written once for both (S the suffix, V the lanes, M their
+ * masks, E an element). Lanes never mix: each lane computes exactly what
+ * scalar code in E would. */
+#define TL_LANE_OPS(S, V, M, E)                                                               \
+    /* a where mask is set, +0 elsewhere -- a select: NaN in a dropped lane vanishes */          static inline V tl_vkeep##S(M mask, V a)                                                      {                                                                                                 return (V)((M)a & mask);                                                                  }                                                                                             /* mask ? a : b */                                                                            static inline V tl_vblend##S(M mask, V a, V b)                                                {                                                                                                 return (V)(((M)a & mask) | ((M)b & ~mask));                                               }                                                                                             static inline V tl_vabs##S(V a)                                                               {                                                                                                 return (V)((M)a & ~(M)tl_vsplat##S(-0.0));                                                }                                                                                             /* e = rho(r) and d = rho'(r) in every lane (the penalties of trajloss.h) */                  static inline void tl_vrho##S(tl_penalty penalty, double delta, V r, V *e, V *d)              {                                                                                                 const V one = tl_vsplat##S(1.0), zero = tl_vsplat##S(0.0);                                    switch (penalty) {                                                                            case TL_PENALTY_MSE:                                                                              *e = r * r;                                                                                   *d = r + r;                                                                                   return;                                                                                   case TL_PENALTY_L1:                                                                               *e = tl_vabs##S(r);                                                                           *d = tl_vkeep##S((M)(r > zero), one) - tl_vkeep##S((M)(r < zero), one);                       return;                                                                                   default: {                                                                                        const V a = tl_vabs##S(r), dv = tl_vsplat##S((E)delta), half = tl_vsplat##S(0.5);             const M inside = (M)(a <= dv);                                                                *e = tl_vblend##S(inside, half * r * r, dv * (a - half * dv));                                *d = tl_vblend##S(inside, r, tl_vblend##S((M)(r > zero), dv, -dv));                       }                                                                                             }                                                                                         }
+TL_LANE_OPS(_f64, tl_vd, tl_vm, double)
+TL_LANE_OPS(_f32, tl_vf, tl_vi, float)
+#undef TL_LANE_OPS
 
 #endif /* TL_LANES_H */

@@ -5,13 +5,15 @@
  * Layout of the work. The batch is cut into chunks of TL_CHUNK sequences
  * (parallel.h); each chunk's partial sums are stored and added in chunk
  * order, so the value does not depend on how many threads ran. The rollout
- * losses process a chunk as tiles of TL_LANES sequences held side by side
- * in vectors (lanes.h): every operation acts on all lanes at once, and the
+ * losses process a chunk as tiles of sequences held side by side in vectors
+ * (lanes.h; four in float64, eight in float32, computed in float and summed
+ * in double): every operation acts on all lanes at once, and the
  * recurrences of different sequences overlap instead of waiting on each
  * other. Lanes past the end of the batch, and steps past a sequence's last
  * valid step, are switched off with selects (never multiplied by zero), so
  * padding values -- NaN included -- never reach a result.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -21,8 +23,6 @@
 #include "select.h"
 #include "sizes.h"
 #include "trajloss.h"
-
-enum { L = TL_LANES };
 
 /* (n, m) of the systems that get a rollout-loss kernel of their own. */
 #define TL_SMALL_TILES                                                                        \
@@ -207,51 +207,42 @@ size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t
 /* Vectors of one tile's buffer (rl_buf in tile_impl.h). */
 #define TL_TILE_VECTORS(T, n, m) (2 * ((T) + 1) * (n) + 3 * (T) * (m))
 
+/* Doubles one 256-bit vector takes: a tile's lanes in either dtype (tl_vd,
+ * tl_vf), its sums (tl_vd), and one element of its rows. */
+enum { VEC = 4 };
+
 /* Doubles one worker of a rollout loss needs (carved up in rl_range and tile_impl.h). */
 static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
 {
     *count = 0;
     /* two tiles' buffers (TL_TILE_VECTORS): G and the ref states, transposed;
      * Gc and the controls and ref controls, transposed */
-    return tl_add_product(count, 2 * (T + 1) * L, 2 * n) &&
-           tl_add_product(count, 2 * T * L, 3 * m) &&
-           tl_add_product(count, L, 5 * n + m) &&    /* x, xn, xf, lam, ln, uk (TL_REG_VECTORS) */
-           tl_add_product(count, L * n, n + m) &&    /* the splats of Ad, Bd */
-           tl_add_product(count, 4 * L, T + 1) &&    /* vc, wc, vs, ws */
-           tl_add_product(count, 2 * L, (T + 1) * n + T * m) && /* weight tables */
-           tl_add_product(count, L, 1) &&            /* fin */
-           tl_add_product(count, 3 * L, 1) &&        /* per-lane sums */
-           tl_add_product(count, T + 2 + L, 1) &&    /* one row of weights (+ alignment) */
-           tl_add_product(count, 4 * L, T * m) &&    /* staging: u, ru, gu (+ spare) */
-           tl_add_product(count, L, (T + 1) * n) &&  /* staging: ref states */
-           tl_add_product(count, 4 * L, n);          /* staging: x0, target, gx (+ spare) */
+    return tl_add_product(count, 2 * (T + 1) * VEC, 2 * n) &&
+           tl_add_product(count, 2 * T * VEC, 3 * m) &&
+           tl_add_product(count, VEC, 5 * n + m) &&    /* x, xn, xf, lam, ln, uk (TL_REG_VECTORS) */
+           tl_add_product(count, VEC * n, n + m) &&    /* the splats of Ad, Bd */
+           tl_add_product(count, VEC, 2 * T + 2) &&    /* vc, vs, fin */
+           tl_add_product(count, 2 * VEC, (T + 1) * n + T * m) && /* weight tables */
+           tl_add_product(count, VEC, 3) &&            /* the per-lane sums */
+           tl_add_product(count, 2 * VEC, 2 * T + 1) && /* wc, ws (up to 8 lanes) */
+           tl_add_product(count, T + 2, 1) &&          /* one row of weights */
+           tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
+           tl_add_product(count, VEC, (T + 1) * n) &&  /* staging: ref states */
+           tl_add_product(count, 4 * VEC, n);          /* staging: x0, target, gx (+ spare) */
 }
 
 size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
                                   int threads)
 {
     size_t shared, per_worker;
-    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 0 || batch < 0 ||
+    /* steps < INT_MAX: a float32 tile compares step indices in int lanes */
+    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 0 || steps >= INT_MAX ||
+        batch < 0 ||
         (size_t)steps > SIZE_MAX / 8 / TL_MAX_DIM || !shared_doubles(steps, batch, &shared) ||
         !rollout_worker_doubles((size_t)n, (size_t)m, (size_t)steps, &per_worker))
         return 0;
     return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
 }
-
-/* ---- the selection of one tile ------------------------------------------ */
-
-/* Valid steps and weights of the lanes of one tile, one vector per step. */
-typedef struct {
-    tl_vd *vc, *wc; /* steps: control step valid (1/0), its weight */
-    tl_vd *vs, *ws; /* steps + 1: state k scored by the trajectory term, its weight */
-    tl_vd *fin;     /* one: index of the final valid state, -1 for an empty lane */
-    tl_vd *vs_w, *gs_w; /* (steps + 1) x n: state value weights ws_k s_i, and times st */
-    tl_vd *vc_w, *gc_w; /* steps x m: control value weights wc_k f_j, and times sc */
-    ptrdiff_t K[L]; /* the final valid state of each lane (0 when empty) */
-    ptrdiff_t Kmax;
-    int ragged;     /* do non-empty lanes end at different states? */
-    int short_lanes; /* does some lane (empty ones too) end before Kmax? */
-} tl_tile_sel;
 
 /* Everything a rollout-loss tile needs that is the same for the whole call. */
 typedef struct {
@@ -265,72 +256,6 @@ typedef struct {
     double *worker_work;
     size_t worker_doubles;
 } tl_rl_const;
-
-/* The per-element weight tables of a tile from its per-step weights, in the
- * order the kernel used to multiply them: value ws_k s_i, gradient st (ws_k s_i). */
-static void tile_weights(const tl_rl_const *c, tl_tile_sel *ts)
-{
-    const double *sw = c->spec->state_weights, *fw = c->spec->feature_weights;
-    for (ptrdiff_t k = 0; k <= c->T; k++)
-        for (ptrdiff_t i = 0; i < c->n; i++) {
-            ts->vs_w[k * c->n + i] = ts->ws[k] * (sw != NULL ? sw[i] : 1.0);
-            ts->gs_w[k * c->n + i] = c->st * ts->vs_w[k * c->n + i];
-        }
-    for (ptrdiff_t k = 0; k < c->T; k++)
-        for (ptrdiff_t j = 0; j < c->m; j++) {
-            ts->vc_w[k * c->m + j] = ts->wc[k] * (fw != NULL ? fw[j] : 1.0);
-            ts->gc_w[k * c->m + j] = c->sc * ts->vc_w[k * c->m + j];
-        }
-}
-
-static void tile_select(const tl_rl_const *c, ptrdiff_t b0, int lanes, double *row,
-                        tl_tile_sel *ts)
-{
-    const tl_selection *sel = &c->spec->sel;
-    const int shift = c->shift;
-    const double *powers = c->powers;
-    const ptrdiff_t T = sel->steps;
-    ts->Kmax = 0;
-    for (int l = 0; l < L; l++) {
-        const ptrdiff_t b = b0 + l;
-        const tl_seq_span span = l < lanes ? tl_sel_span(sel, b) : (tl_seq_span){0, -1};
-        ts->K[l] = span.last + 1;
-        ts->fin[0][l] = span.count > 0 ? (double)(span.last + 1) : -1.0;
-        if (ts->K[l] > ts->Kmax)
-            ts->Kmax = ts->K[l];
-        if (span.count == 0) {
-            for (ptrdiff_t t = 0; t < T; t++)
-                ts->vc[t][l] = ts->wc[t][l] = 0.0;
-            for (ptrdiff_t k = 0; k <= T; k++)
-                ts->vs[k][l] = ts->ws[k][l] = 0.0;
-            continue;
-        }
-        tl_sel_weights(sel, b, 0, powers, row);
-        for (ptrdiff_t t = 0; t < T; t++) {
-            ts->vc[t][l] = tl_sel_valid(sel, b, t) ? 1.0 : 0.0;
-            ts->wc[t][l] = row[t];
-        }
-        /* state k >= 1 is scored with control step k - 1; state 0 only with shift */
-        ts->vs[0][l] = shift ? 1.0 : 0.0;
-        for (ptrdiff_t k = 1; k <= T; k++)
-            ts->vs[k][l] = ts->vc[k - 1][l];
-        if (shift) {
-            tl_sel_weights(sel, b, 1, powers, row);
-            for (ptrdiff_t k = 0; k <= T; k++)
-                ts->ws[k][l] = row[k];
-        } else {
-            ts->ws[0][l] = 0.0;
-            for (ptrdiff_t k = 1; k <= T; k++)
-                ts->ws[k][l] = ts->wc[k - 1][l];
-        }
-    }
-    ts->ragged = ts->short_lanes = 0;
-    for (int l = 0; l < L; l++) {
-        ts->ragged |= ts->fin[0][l] >= 0.0 && ts->K[l] != ts->Kmax;
-        ts->short_lanes |= ts->K[l] != ts->Kmax;
-    }
-    tile_weights(c, ts);
-}
 
 /* The sum over chunks of one slot, in chunk order (the same for any threads). */
 static double sum_partials(const double *partials, ptrdiff_t chunks, int slot)
@@ -351,17 +276,25 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
 }
 
 #define TL_T double
-#define TL_IS_F32 0
+#define TL_V tl_vd
+#define TL_VM tl_vm
+#define TL_VL TL_LANES_F64
 #define TL_SFX(name) name##_f64
 #include "loss_impl.h"
 #undef TL_T
-#undef TL_IS_F32
+#undef TL_V
+#undef TL_VM
+#undef TL_VL
 #undef TL_SFX
 
 #define TL_T float
-#define TL_IS_F32 1
+#define TL_V tl_vf
+#define TL_VM tl_vi
+#define TL_VL TL_LANES_F32
 #define TL_SFX(name) name##_f32
 #include "loss_impl.h"
 #undef TL_T
-#undef TL_IS_F32
+#undef TL_V
+#undef TL_VM
+#undef TL_VL
 #undef TL_SFX

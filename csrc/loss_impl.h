@@ -1,7 +1,11 @@
 /*
  * loss_impl.h -- the loss kernels, written once and included by loss.c for
- * each storage type (TL_T, TL_SFX as in rollout_impl.h). Every sum, state
- * and gradient is carried in double and rounded once when stored.
+ * each storage type (TL_T, TL_SFX as in rollout_impl.h; the tile types
+ * TL_V, TL_VM and TL_VL of loss.c). Every sum is carried in double.
+ * The control loss computes in double and rounds once when it stores; the
+ * rollout losses compute the states, penalties and adjoints of a tile in
+ * TL_T (float32 as PyTorch does, eight lanes a register) and widen each
+ * penalty to double before it is summed.
  */
 
 /* ---- control loss -------------------------------------------------------- */
@@ -133,20 +137,110 @@ static inline TL_SFX(rl_data) TL_SFX(rl_rows)(const TL_SFX(rl_data) *a, ptrdiff_
     return p;
 }
 
+/* Valid steps and weights of the lanes of one tile, one vector per step. */
+typedef struct {
+    TL_VM *vc;          /* steps: control step valid (all ones) or not (0) */
+    TL_VM *vs;          /* steps + 1: state k scored by the trajectory term */
+    TL_VM *fin;         /* one: index of the final valid state, -1 for an empty lane */
+    double *wc, *ws;    /* the weights of those steps: step k of lane l at [k TL_VL + l] */
+    TL_V *vs_w, *gs_w;  /* (steps + 1) x n: state value weights ws_k s_i, and times st */
+    TL_V *vc_w, *gc_w;  /* steps x m: control value weights wc_k f_j, and times sc */
+    ptrdiff_t K[TL_VL]; /* the final valid state of each lane (0 when empty) */
+    ptrdiff_t Kmax;
+    int ragged;      /* do non-empty lanes end at different states? */
+    int short_lanes; /* does some lane (empty ones too) end before Kmax? */
+} TL_SFX(tile_sel);
+
+/* The per-element weight tables of a tile from its per-step weights, each
+ * product taken in double and rounded once to TL_T: value ws_k s_i,
+ * gradient st (ws_k s_i). */
+static void TL_SFX(tile_weights)(const tl_rl_const *c, TL_SFX(tile_sel) *ts)
+{
+    const double *sw = c->spec->state_weights, *fw = c->spec->feature_weights;
+    for (ptrdiff_t k = 0; k <= c->T; k++)
+        for (ptrdiff_t i = 0; i < c->n; i++)
+            for (int l = 0; l < TL_VL; l++) {
+                const double w = ts->ws[k * TL_VL + l] * (sw != NULL ? sw[i] : 1.0);
+                ts->vs_w[k * c->n + i][l] = (TL_T)w;
+                ts->gs_w[k * c->n + i][l] = (TL_T)(c->st * w);
+            }
+    for (ptrdiff_t k = 0; k < c->T; k++)
+        for (ptrdiff_t j = 0; j < c->m; j++)
+            for (int l = 0; l < TL_VL; l++) {
+                const double w = ts->wc[k * TL_VL + l] * (fw != NULL ? fw[j] : 1.0);
+                ts->vc_w[k * c->m + j][l] = (TL_T)w;
+                ts->gc_w[k * c->m + j][l] = (TL_T)(c->sc * w);
+            }
+}
+
+/* The selection of the tile whose lane 0 is sequence b0; lanes >= `lanes` are empty. */
+static void TL_SFX(tile_select)(const tl_rl_const *c, ptrdiff_t b0, int lanes, double *row,
+                                TL_SFX(tile_sel) *ts)
+{
+    const tl_selection *sel = &c->spec->sel;
+    const int shift = c->shift;
+    const double *powers = c->powers;
+    const ptrdiff_t T = sel->steps;
+    ts->Kmax = 0;
+    for (int l = 0; l < TL_VL; l++) {
+        const ptrdiff_t b = b0 + l;
+        const tl_seq_span span = l < lanes ? tl_sel_span(sel, b) : (tl_seq_span){0, -1};
+        ts->K[l] = span.last + 1;
+        ts->fin[0][l] = span.count > 0 ? span.last + 1 : -1;
+        if (ts->K[l] > ts->Kmax)
+            ts->Kmax = ts->K[l];
+        if (span.count == 0) {
+            for (ptrdiff_t t = 0; t < T; t++) {
+                ts->vc[t][l] = 0;
+                ts->wc[t * TL_VL + l] = 0.0;
+            }
+            for (ptrdiff_t k = 0; k <= T; k++) {
+                ts->vs[k][l] = 0;
+                ts->ws[k * TL_VL + l] = 0.0;
+            }
+            continue;
+        }
+        tl_sel_weights(sel, b, 0, powers, row);
+        for (ptrdiff_t t = 0; t < T; t++) {
+            ts->vc[t][l] = tl_sel_valid(sel, b, t) ? -1 : 0;
+            ts->wc[t * TL_VL + l] = row[t];
+        }
+        /* state k >= 1 is scored with control step k - 1; state 0 only with shift */
+        ts->vs[0][l] = shift ? -1 : 0;
+        for (ptrdiff_t k = 1; k <= T; k++)
+            ts->vs[k][l] = ts->vc[k - 1][l];
+        if (shift) {
+            tl_sel_weights(sel, b, 1, powers, row);
+            for (ptrdiff_t k = 0; k <= T; k++)
+                ts->ws[k * TL_VL + l] = row[k];
+        } else {
+            ts->ws[l] = 0.0;
+            for (ptrdiff_t k = 1; k <= T; k++)
+                ts->ws[k * TL_VL + l] = ts->wc[(k - 1) * TL_VL + l];
+        }
+    }
+    ts->ragged = ts->short_lanes = 0;
+    for (int l = 0; l < TL_VL; l++) {
+        ts->ragged |= ts->fin[0][l] >= 0 && ts->K[l] != ts->Kmax;
+        ts->short_lanes |= ts->K[l] != ts->Kmax;
+    }
+    TL_SFX(tile_weights)(c, ts);
+}
+
 #include "tile_impl.h"
 
 /* A kernel for one tile, and a fast kernel for `tiles` full tiles from row b0. */
-typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const tl_tile_sel *,
-                                   const TL_SFX(rl_data) *, tl_vd *, tl_vd *);
-typedef void (*TL_SFX(rl_run_fn))(const tl_rl_const *, const tl_tile_sel *,
+typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const TL_SFX(tile_sel) *,
+                                   const TL_SFX(rl_data) *, tl_vd *, TL_V *);
+typedef void (*TL_SFX(rl_run_fn))(const tl_rl_const *, const TL_SFX(tile_sel) *,
                                   const TL_SFX(rl_data) *, ptrdiff_t, ptrdiff_t, tl_vd *,
-                                  tl_vd *);
+                                  TL_V *);
 
 /* The general kernel keeps its per-state vectors in work too. */
-static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
-                            const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)
+static void TL_SFX(rl_tile)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
+                            const TL_SFX(rl_data) *p, tl_vd *sums, TL_V *work)
 {
-    tl_vd *reg = work + 2 * TL_TILE_VECTORS(c->T, c->n, c->m); /* after two tiles' buffers */
+    TL_V *reg = work + 2 * TL_TILE_VECTORS(c->T, c->n, c->m); /* after two tiles' buffers */
     TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m, 0);
 }
 
@@ -156,18 +250,18 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const tl_tile_sel *ts,
  * three), trajectory_loss and terminal_loss. */
 #define TL_ALL_TERMS (TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)
 #define TL_TILE_FN(NAME, N, M)                                                                \
-    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
-                                       const TL_SFX(rl_data) *p, tl_vd *sums, tl_vd *work)   \
+    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,     \
+                                       const TL_SFX(rl_data) *p, tl_vd *sums, TL_V *work)    \
     {                                                                                         \
-        tl_vd reg[TL_REG_VECTORS(N, M)];                                                      \
+        TL_V reg[TL_REG_VECTORS(N, M)];                                                       \
         TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 0);                             \
     }
 #define TL_RUN_FN(NAME, N, M, TERMS)                                                          \
-    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const tl_tile_sel *ts,          \
+    TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,     \
                                        const TL_SFX(rl_data) *a, ptrdiff_t b0, ptrdiff_t tiles, \
-                                       tl_vd *sums, tl_vd *work)                              \
+                                       tl_vd *sums, TL_V *work)                               \
     {                                                                                         \
-        tl_vd reg[TL_REG_VECTORS(N, M)];                                                      \
+        TL_V reg[TL_REG_VECTORS(N, M)];                                                       \
         TL_SFX(rl_fast_run_body)(c, ts, a, b0, tiles, sums, work, reg, N, M, TERMS);          \
     }
 #define TL_SMALL_TILE(N, M)                                                                   \
@@ -203,7 +297,7 @@ static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, unsigned
 static void TL_SFX(stage)(const TL_T *src, ptrdiff_t len, int lanes, TL_T *dst)
 {
     memcpy(dst, src, (size_t)(lanes * len) * sizeof(TL_T));
-    memset(dst + lanes * len, 0, (size_t)((L - lanes) * len) * sizeof(TL_T));
+    memset(dst + lanes * len, 0, (size_t)((TL_VL - lanes) * len) * sizeof(TL_T));
 }
 
 typedef struct {
@@ -243,23 +337,24 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, c->spec->terms, &fast);
     if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE && a->gu != NULL))
         fast = NULL;
-    tl_vd *tile_work = (tl_vd *)(c->worker_work + (size_t)worker * c->worker_doubles);
-    tl_vd *v = tile_work + 2 * TL_TILE_VECTORS(T, n, m) + TL_REG_VECTORS(n, m);
-    tl_vd *tables = v + 4 * (T + 1) + 1;
+    TL_V *tile_work = (TL_V *)(c->worker_work + (size_t)worker * c->worker_doubles);
+    TL_VM *v = (TL_VM *)(tile_work + 2 * TL_TILE_VECTORS(T, n, m) + TL_REG_VECTORS(n, m));
+    TL_V *tables = (TL_V *)(v + 2 * T + 2);
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
-    tl_tile_sel ts = {v, v + T, v + 2 * T, v + 3 * T + 1, v + 4 * (T + 1),
-                      tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
-                      {0}, 0, 0, 0};
-    tl_vd *sums = tables + 2 * (ns + nc);
-    double *row = (double *)(sums + 3);
-    TL_T *st = (TL_T *)(row + T + 2 + L); /* staging: u, ru, gu, rs, x0, tgt, gx */
-    TL_SFX(rl_data) staged = {st, st + 3 * L * su + L * ss, st + L * su,
-                              st + 3 * L * su, st + 3 * L * su + L * ss + L * n,
-                              st + 2 * L * su, st + 3 * L * su + L * ss + 2 * L * n};
+    tl_vd *sums = (tl_vd *)(tables + 2 * (ns + nc));
+    double *wc = (double *)(sums + 3);
+    TL_SFX(tile_sel) ts = {v, v + T, v + 2 * T + 1, wc, wc + T * TL_VL,
+                           tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
+                           {0}, 0, 0, 0};
+    double *row = wc + (2 * T + 1) * TL_VL;
+    TL_T *st = (TL_T *)(row + T + 2); /* staging: u, ru, gu, rs, x0, tgt, gx */
+    TL_SFX(rl_data) staged = {st, st + 3 * TL_VL * su + TL_VL * ss, st + TL_VL * su,
+                              st + 3 * TL_VL * su, st + 3 * TL_VL * su + TL_VL * ss + TL_VL * n,
+                              st + 2 * TL_VL * su, st + 3 * TL_VL * su + TL_VL * ss + 2 * TL_VL * n};
 
     int full_ready = 0; /* ts holds a full tile of the uniform selection */
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
-        sums[0] = sums[1] = sums[2] = tl_vsplat(0.0);
+        sums[0] = sums[1] = sums[2] = tl_vsplat_f64(0.0);
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         const int rows = (int)(end - start);
@@ -270,26 +365,26 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
          * are -- unless the sums overflowed, which a scan then tells apart.
          * Other chunks are scanned just before the kernels read them, so the
          * kernels read them again from cache, not memory. */
-        const int by_sums = fast != NULL && rows % L == 0;
+        const int by_sums = fast != NULL && rows % TL_VL == 0;
         int bad_in = c->spec->check_finite && !by_sums &&
                      !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n);
         ptrdiff_t b0 = start;
-        if (fast != NULL && rows >= L) { /* the chunk's full tiles in one run */
+        if (fast != NULL && rows >= TL_VL) { /* the chunk's full tiles in one run */
             if (!full_ready)
-                tile_select(c, b0, L, row, &ts);
+                TL_SFX(tile_select)(c, b0, TL_VL, row, &ts);
             full_ready = 1;
-            fast(c, &ts, a, b0, rows / L, sums, tile_work);
-            b0 += rows - rows % L;
+            fast(c, &ts, a, b0, rows / TL_VL, sums, tile_work);
+            b0 += rows - rows % TL_VL;
         }
-        for (; b0 < end; b0 += L) {
-            const int lanes = end - b0 < L ? (int)(end - b0) : L;
+        for (; b0 < end; b0 += TL_VL) {
+            const int lanes = end - b0 < TL_VL ? (int)(end - b0) : TL_VL;
 
-            if (!(c->uniform && full_ready && lanes == L)) {
-                tile_select(c, b0, lanes, row, &ts);
-                full_ready = c->uniform && lanes == L;
+            if (!(c->uniform && full_ready && lanes == TL_VL)) {
+                TL_SFX(tile_select)(c, b0, lanes, row, &ts);
+                full_ready = c->uniform && lanes == TL_VL;
             }
             const TL_SFX(rl_data) p = TL_SFX(rl_rows)(a, b0, su, ss, n);
-            if (lanes == L) {
+            if (lanes == TL_VL) {
                 tile(c, &ts, &p, sums, tile_work);
                 continue;
             }
@@ -318,7 +413,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         double *part = c->partials + P_COUNT * chunk;
         for (int term = P_CONTROL; term <= P_TERMINAL; term++) {
             double sum = 0.0;
-            for (int l = 0; l < L; l++)
+            for (int l = 0; l < TL_LANES_F64; l++) /* the lanes of a sum */
                 sum += sums[term][l];
             part[term] = sum;
         }

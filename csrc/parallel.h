@@ -9,10 +9,8 @@
 
 #include <stddef.h>
 
-/* Sequences a rollout-loss tile holds side by side (loss.c). */
-#define TL_LANES 4
-
-/* Samples per chunk: the unit of work and of partial sums (a multiple of TL_LANES). */
+/* Samples per chunk: the unit of work and of partial sums (a multiple of the
+ * widest rollout-loss tile, TL_LANES_F32 in lanes.h). */
 #define TL_CHUNK 256
 
 typedef void (*tl_range_fn)(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker);

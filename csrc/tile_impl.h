@@ -1,7 +1,10 @@
 /*
  * tile_impl.h -- forward rollout, penalties and adjoint of the TL_LANES
- * sequences of one tile, lane l of every tl_vd being sequence b0 + l.
- * Included by loss_impl.h once per storage type. It is always inlined into
+ * sequences of one tile, lane l of every vector being sequence b0 + l.
+ * Included by loss_impl.h once per storage type, whose tiles are TL_VL
+ * sequences of TL_T in TL_V (masks TL_VM, double sums tl_vd; lanes.h): a
+ * float32 tile computes in float, eight lanes a register, and only its sums
+ * are double. It is always inlined into
  * its callers: one passes the call's n and m (the general kernel), the
  * others constants for the small systems worth a kernel of their own, so
  * the compiler unrolls over states and inputs and keeps them in registers.
@@ -18,112 +21,103 @@
  * arithmetic is the general path's, so both round alike. The general path
  * passes fast = 0 and reads the terms from the spec.
  */
-#define TL_GATHER(ptr, stride, off)                                                           \
-    ((tl_vd){(double)(ptr)[off], (double)(ptr)[(stride) + (off)],                             \
-             (double)(ptr)[2 * (stride) + (off)], (double)(ptr)[3 * (stride) + (off)]})
-
-#if TL_IS_F32
-/* four consecutive float elements of a row, converted to and from tl_vd */
-typedef float tl_vf4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
-#endif
-
-/* Four consecutive elements of a row as doubles. */
-static TL_ALWAYS_INLINE tl_vd TL_SFX(rl_load4)(const TL_T *p)
+/* Element off of the tile's TL_VL rows of an array, one per lane. */
+static TL_ALWAYS_INLINE TL_V TL_SFX(rl_gather)(const TL_T *p, const ptrdiff_t stride,
+                                               const ptrdiff_t off)
 {
-#if TL_IS_F32
-    tl_vf4 f;
-    memcpy(&f, p, sizeof f);
-    return __builtin_convertvector(f, tl_vd);
-#else
-    tl_vd d;
-    memcpy(&d, p, sizeof d);
-    return d;
-#endif
+    TL_V v = TL_SFX(tl_vsplat)(0.0);
+    for (int l = 0; l < TL_VL; l++)
+        v[l] = p[l * stride + off];
+    return v;
 }
 
-/* dst[i] = (src[i], src[stride + i], src[2 stride + i], src[3 stride + i]) for
- * i < len: the tile's four rows of an input, one vector a column, so the
- * loops read each with one load from one place instead of four. Four columns
- * at a time by shuffles (a 4 x 4 transpose); a last block overlapping the
- * one before covers the rest. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_transpose4)(const TL_T *restrict src, const ptrdiff_t stride,
-                                                    tl_vd *restrict dst)
+/* TL_VL consecutive elements of a row. */
+static TL_ALWAYS_INLINE TL_V TL_SFX(rl_loadv)(const TL_T *p)
 {
-    const tl_vd r[4] = {TL_SFX(rl_load4)(src), TL_SFX(rl_load4)(src + stride),
-                        TL_SFX(rl_load4)(src + 2 * stride), TL_SFX(rl_load4)(src + 3 * stride)};
-    tl_vtranspose4(r, dst);
+    TL_V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static TL_ALWAYS_INLINE void TL_SFX(rl_storev)(TL_T *p, TL_V v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* dst[i] = (src[i], src[stride + i], ..., src[(TL_VL - 1) stride + i]) for
+ * i < len: the tile's rows of an input, one vector a column, so the loops
+ * read each with one load from one place instead of TL_VL. TL_VL columns at
+ * a time by shuffles (a square transpose); a last block overlapping the one
+ * before covers the rest. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_transpose_block)(const TL_T *restrict src,
+                                                        const ptrdiff_t stride,
+                                                        TL_V *restrict dst)
+{
+    TL_V r[TL_VL];
+    for (int l = 0; l < TL_VL; l++)
+        r[l] = TL_SFX(rl_loadv)(src + l * stride);
+    TL_SFX(tl_vtranspose)(r, dst);
 }
 
 static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, const ptrdiff_t stride,
-                                                   const ptrdiff_t len, tl_vd *restrict dst)
+                                                   const ptrdiff_t len, TL_V *restrict dst)
 {
-    if (len == 1 && stride == 1) { /* four consecutive rows of one element: a load */
-        dst[0] = TL_SFX(rl_load4)(src);
+    if (len == 1 && stride == 1) { /* consecutive rows of one element: a load */
+        dst[0] = TL_SFX(rl_loadv)(src);
         return;
     }
     if (len == 2 && stride == 2) { /* of two: two loads and two shuffles */
-        const tl_vd r01 = TL_SFX(rl_load4)(src), r23 = TL_SFX(rl_load4)(src + 4);
-        dst[0] = TL_VSHUFFLE(r01, r23, 0, 2, 4, 6);
-        dst[1] = TL_VSHUFFLE(r01, r23, 1, 3, 5, 7);
+        const TL_V r[2] = {TL_SFX(rl_loadv)(src), TL_SFX(rl_loadv)(src + TL_VL)};
+        TL_SFX(tl_vdeinterleave)(r, dst);
         return;
     }
-    if (len < TL_LANES) {
+    if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
-            dst[i] = TL_GATHER(src, stride, i);
+            dst[i] = TL_SFX(rl_gather)(src, stride, i);
         return;
     }
-    for (ptrdiff_t i = 0; i + TL_LANES <= len; i += TL_LANES)
-        TL_SFX(rl_transpose4)(src + i, stride, dst + i);
-    if (len % TL_LANES != 0)
-        TL_SFX(rl_transpose4)(src + len - TL_LANES, stride, dst + len - TL_LANES);
-}
-
-/* A double vector stored as four consecutive elements of a row. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_store4)(TL_T *p, tl_vd v)
-{
-#if TL_IS_F32
-    const tl_vf4 f = __builtin_convertvector(v, tl_vf4);
-    memcpy(p, &f, sizeof f);
-#else
-    memcpy(p, &v, sizeof v);
-#endif
+    for (ptrdiff_t i = 0; i + TL_VL <= len; i += TL_VL)
+        TL_SFX(rl_transpose_block)(src + i, stride, dst + i);
+    if (len % TL_VL != 0)
+        TL_SFX(rl_transpose_block)(src + len - TL_VL, stride, dst + len - TL_VL);
 }
 
 /* The inverse of rl_transpose: lane l of src[i] to dst[l stride + i], i < len. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose4)(const tl_vd *restrict src, TL_T *restrict dst,
-                                                      const ptrdiff_t stride)
+static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose_block)(const TL_V *restrict src,
+                                                          TL_T *restrict dst,
+                                                          const ptrdiff_t stride)
 {
-    tl_vd t[4];
-    tl_vtranspose4(src, t);
-    for (int l = 0; l < L; l++)
-        TL_SFX(rl_store4)(dst + l * stride, t[l]);
+    TL_V t[TL_VL];
+    TL_SFX(tl_vtranspose)(src, t);
+    for (int l = 0; l < TL_VL; l++)
+        TL_SFX(rl_storev)(dst + l * stride, t[l]);
 }
 
-static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const tl_vd *restrict src, const ptrdiff_t len,
+static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const TL_V *restrict src, const ptrdiff_t len,
                                                      TL_T *restrict dst, const ptrdiff_t stride)
 {
-    if (len < TL_LANES) {
+    if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
-            for (int l = 0; l < L; l++)
-                dst[l * stride + i] = (TL_T)src[i][l];
+            for (int l = 0; l < TL_VL; l++)
+                dst[l * stride + i] = src[i][l];
         return;
     }
-    for (ptrdiff_t i = 0; i + TL_LANES <= len; i += TL_LANES)
-        TL_SFX(rl_untranspose4)(src + i, dst + i, stride);
-    if (len % TL_LANES != 0)
-        TL_SFX(rl_untranspose4)(src + len - TL_LANES, dst + len - TL_LANES, stride);
+    for (ptrdiff_t i = 0; i + TL_VL <= len; i += TL_VL)
+        TL_SFX(rl_untranspose_block)(src + i, dst + i, stride);
+    if (len % TL_VL != 0)
+        TL_SFX(rl_untranspose_block)(src + len - TL_VL, dst + len - TL_VL, stride);
 }
 
 /* Where one tile's transposed inputs and penalty derivatives live in work:
  * TL_TILE_VECTORS(T, n, m) vectors from `at` (see rollout_worker_doubles). */
 typedef struct {
-    tl_vd *G;      /* (T+1) x n: d value / d x_k of the state terms */
-    tl_vd *Gc;     /* T x m: d value / d u_k of the control term, then of the loss */
-    tl_vd *u, *ru; /* T x m: the controls and reference controls, transposed */
-    tl_vd *rs;     /* (T+1) x n: the reference states, transposed */
+    TL_V *G;      /* (T+1) x n: d value / d x_k of the state terms */
+    TL_V *Gc;     /* T x m: d value / d u_k of the control term, then of the loss */
+    TL_V *u, *ru; /* T x m: the controls and reference controls, transposed */
+    TL_V *rs;     /* (T+1) x n: the reference states, transposed */
 } TL_SFX(rl_buf);
 
-static TL_ALWAYS_INLINE TL_SFX(rl_buf) TL_SFX(rl_buf_at)(tl_vd *at, ptrdiff_t T, ptrdiff_t n,
+static TL_ALWAYS_INLINE TL_SFX(rl_buf) TL_SFX(rl_buf_at)(TL_V *at, ptrdiff_t T, ptrdiff_t n,
                                                           ptrdiff_t m)
 {
     TL_SFX(rl_buf) b;
@@ -142,7 +136,7 @@ typedef struct {
     tl_penalty pen;
     double delta;
     int masked, hold;
-    const tl_vd *Av, *Bv; /* Ad, Bd as splats */
+    const TL_V *Av, *Bv; /* Ad, Bd as splats */
 } TL_SFX(rl_pass);
 
 /* The tile's inputs, transposed into b. */
@@ -159,28 +153,28 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_stage)(const TL_SFX(rl_pass) *q, const TL
 /* The trajectory term at the states x of step k: adds to *sum and stores G_k.
  * masked: only the lanes that score state k (ts->vs); else all of them. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_score_states)(const TL_SFX(rl_pass) *q,
-                                                      const tl_tile_sel *ts,
+                                                      const TL_SFX(tile_sel) *ts,
                                                       const TL_SFX(rl_buf) *b, const ptrdiff_t k,
-                                                      const tl_vd *x, tl_vd *sum)
+                                                      const TL_V *x, tl_vd *sum)
 {
     const ptrdiff_t n = q->n;
-    const tl_vm on = (tl_vm)(ts->vs[k] != tl_vsplat(0.0));
-    tl_vd e, d;
+    const TL_VM on = ts->vs[k];
+    TL_V e, d;
     for (ptrdiff_t i = 0; i < n; i++) {
-        tl_vrho(q->pen, q->delta, x[i] - b->rs[k * n + i], &e, &d);
-        const tl_vd ve = ts->vs_w[k * n + i] * e, gd = ts->gs_w[k * n + i] * d;
-        *sum += q->masked ? tl_vkeep(on, ve) : ve;
-        b->G[k * n + i] = q->masked ? tl_vkeep(on, gd) : gd;
+        TL_SFX(tl_vrho)(q->pen, q->delta, x[i] - b->rs[k * n + i], &e, &d);
+        const TL_V ve = ts->vs_w[k * n + i] * e, gd = ts->gs_w[k * n + i] * d;
+        TL_SFX(tl_vacc)(sum, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
+        b->G[k * n + i] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
     }
 }
 
 /* x = x0 and the terms at state 0. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_forward_begin)(const TL_SFX(rl_pass) *q,
                                                        const tl_rl_const *c,
-                                                       const tl_tile_sel *ts,
+                                                       const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_data) *p,
-                                                       const TL_SFX(rl_buf) *b, tl_vd *x,
-                                                       tl_vd *xf, tl_vd *sum_t)
+                                                       const TL_SFX(rl_buf) *b, TL_V *x,
+                                                       TL_V *xf, tl_vd *sum_t)
 {
     const ptrdiff_t n = q->n;
     TL_SFX(rl_transpose)(p->x0, n, n, x);
@@ -191,35 +185,35 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_begin)(const TL_SFX(rl_pass) *q,
         return;
     }
     for (ptrdiff_t i = 0; i < n; i++)
-        b->G[i] = tl_vsplat(0.0);
+        b->G[i] = TL_SFX(tl_vsplat)(0.0);
     /* An unscored state 0 is never used by the fast kernels; for
      * check_finite (see rl_range) it still reaches the sum, as r - r:
      * +0 for a finite r, NaN for inf or NaN. */
     if (!q->masked && (q->terms & TL_TERM_TRAJECTORY) && c->spec->check_finite)
         for (ptrdiff_t i = 0; i < n; i++)
-            *sum_t += b->rs[i] - b->rs[i];
+            TL_SFX(tl_vacc)(sum_t, b->rs[i] - b->rs[i]);
 }
 
 /* Control step k: its penalty, then x = x_{k+1} and the terms at it. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
-                                                      const tl_tile_sel *ts,
+                                                      const TL_SFX(tile_sel) *ts,
                                                       const TL_SFX(rl_buf) *b, const ptrdiff_t k,
-                                                      tl_vd *restrict x, tl_vd *restrict xn,
-                                                      tl_vd *restrict xf, tl_vd *restrict uk,
+                                                      TL_V *restrict x, TL_V *restrict xn,
+                                                      TL_V *restrict xf, TL_V *restrict uk,
                                                       tl_vd *sum_c, tl_vd *sum_t)
 {
     const ptrdiff_t n = q->n, m = q->m;
-    const tl_vd zero = tl_vsplat(0.0);
-    tl_vd e, d;
+    const TL_V zero = TL_SFX(tl_vsplat)(0.0);
+    TL_V e, d;
     for (ptrdiff_t j = 0; j < m; j++)
         uk[j] = b->u[k * m + j];
     if (q->terms & TL_TERM_CONTROL) {
-        const tl_vm on = (tl_vm)(ts->vc[k] != zero);
+        const TL_VM on = ts->vc[k];
         for (ptrdiff_t j = 0; j < m; j++) {
-            tl_vrho(q->pen, q->delta, uk[j] - b->ru[k * m + j], &e, &d);
-            const tl_vd ve = ts->vc_w[k * m + j] * e, gd = ts->gc_w[k * m + j] * d;
-            *sum_c += q->masked ? tl_vkeep(on, ve) : ve;
-            b->Gc[k * m + j] = q->masked ? tl_vkeep(on, gd) : gd;
+            TL_SFX(tl_vrho)(q->pen, q->delta, uk[j] - b->ru[k * m + j], &e, &d);
+            const TL_V ve = ts->vc_w[k * m + j] * e, gd = ts->gc_w[k * m + j] * d;
+            TL_SFX(tl_vacc)(sum_c, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
+            b->Gc[k * m + j] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
         }
     } else {
         for (ptrdiff_t j = 0; j < m; j++)
@@ -228,7 +222,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
     /* the controls first: they are ready before x_k, so only the state
      * products and their sums stand on the step-to-step chain */
     for (ptrdiff_t i = 0; i < n; i++) {
-        tl_vd acc = q->Bv[i * m] * uk[0];
+        TL_V acc = q->Bv[i * m] * uk[0];
         for (ptrdiff_t j = 1; j < m; j++)
             acc += q->Bv[i * m + j] * uk[j];
         for (ptrdiff_t j = 0; j < n; j++)
@@ -244,20 +238,21 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
             b->G[(k + 1) * n + i] = zero;
     }
     if (q->masked && ts->ragged) {
-        const tl_vm final = (tl_vm)(ts->fin[0] == tl_vsplat((double)(k + 1)));
+        const TL_VM final = (TL_VM)(ts->fin[0] == TL_SFX(tl_msplat)(k + 1));
         for (ptrdiff_t i = 0; i < n; i++)
-            xf[i] = tl_vblend(final, x[i], xf[i]);
+            xf[i] = TL_SFX(tl_vblend)(final, x[i], xf[i]);
     }
 }
 
 /* The terminal term at each lane's own final valid state -- Kmax in every
- * lane of a fast tile, so a vector there; lane by lane otherwise. tmp: n
- * vectors of scratch. */
+ * lane of a fast tile, so a vector there. Otherwise each lane's final state
+ * and target are gathered into one vector, scored with the same operations,
+ * and added lane by lane at that lane's step. tmp: n vectors of scratch. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const tl_rl_const *c,
-                                                  const tl_tile_sel *ts,
+                                                  const TL_SFX(tile_sel) *ts,
                                                   const TL_SFX(rl_data) *p,
-                                                  const TL_SFX(rl_buf) *b, const tl_vd *x,
-                                                  const tl_vd *xf, tl_vd *restrict tmp,
+                                                  const TL_SFX(rl_buf) *b, const TL_V *x,
+                                                  const TL_V *xf, TL_V *restrict tmp,
                                                   tl_vd *sum_f)
 {
     const ptrdiff_t n = q->n, K = q->K, ss = q->ss;
@@ -265,33 +260,34 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
     if (!(q->terms & TL_TERM_TERMINAL))
         return;
     if (!q->masked) {
-        tl_vd *tgt = tmp;
+        TL_V *tgt = tmp;
         if (p->tgt != NULL)
             TL_SFX(rl_transpose)(p->tgt, n, n, tgt);
         else
             for (ptrdiff_t i = 0; i < n; i++)
-                tgt[i] = TL_GATHER(p->rs, ss, K * n + i);
+                tgt[i] = TL_SFX(rl_gather)(p->rs, ss, K * n + i);
         for (ptrdiff_t i = 0; i < n; i++) {
             const double s = sw != NULL ? sw[i] : 1.0;
-            tl_vd e, d;
-            tl_vrho(q->pen, q->delta, x[i] - tgt[i], &e, &d);
-            *sum_f += s * e;
-            b->G[K * n + i] += c->sf * s * d;
+            TL_V e, d;
+            TL_SFX(tl_vrho)(q->pen, q->delta, x[i] - tgt[i], &e, &d);
+            TL_SFX(tl_vacc)(sum_f, TL_SFX(tl_vsplat)(s) * e);
+            b->G[K * n + i] += TL_SFX(tl_vsplat)(c->sf * s) * d;
         }
         return;
     }
-    for (int l = 0; l < L; l++) {
-        if (ts->fin[0][l] < 0.0)
-            continue;
-        const ptrdiff_t kl = ts->K[l];
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const double s = sw != NULL ? sw[i] : 1.0;
-            const double tgt = p->tgt != NULL ? (double)p->tgt[l * n + i]
-                                              : (double)p->rs[l * ss + kl * n + i];
-            double dr;
-            (*sum_f)[l] += s * rho(q->pen, q->delta, xf[i][l] - tgt, &dr);
-            b->G[kl * n + i][l] += c->sf * s * dr;
-        }
+    const TL_VM scored = (TL_VM)(ts->fin[0] >= TL_SFX(tl_msplat)(0)); /* non-empty lanes */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const double s = sw != NULL ? sw[i] : 1.0;
+        TL_V tgt = TL_SFX(tl_vsplat)(0.0), e, d;
+        for (int l = 0; l < TL_VL; l++)
+            if (scored[l])
+                tgt[l] = p->tgt != NULL ? p->tgt[l * n + i] : p->rs[l * ss + ts->K[l] * n + i];
+        TL_SFX(tl_vrho)(q->pen, q->delta, xf[i] - tgt, &e, &d);
+        const TL_V gd = TL_SFX(tl_vsplat)(c->sf * s) * d;
+        TL_SFX(tl_vacc)(sum_f, TL_SFX(tl_vkeep)(scored, TL_SFX(tl_vsplat)(s) * e));
+        for (int l = 0; l < TL_VL; l++)
+            if (scored[l])
+                b->G[ts->K[l] * n + i][l] += gd[l];
     }
 }
 
@@ -299,30 +295,30 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
  * wanted, that of control step k - 1, Gc_{k-1} + Bd^T lam_k, in place of
  * Gc_{k-1} (rl_backward_end stores them all). */
 static TL_ALWAYS_INLINE void TL_SFX(rl_backward_step)(const TL_SFX(rl_pass) *q,
-                                                       const tl_tile_sel *ts,
+                                                       const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_buf) *b, const TL_T *gu,
-                                                       const ptrdiff_t k, tl_vd *restrict lam,
-                                                       tl_vd *restrict ln)
+                                                       const ptrdiff_t k, TL_V *restrict lam,
+                                                       TL_V *restrict ln)
 {
     const ptrdiff_t n = q->n, m = q->m;
     /* Lanes that ended before state k keep lam = 0 and a zero gradient by
      * a select, not by arithmetic: 0 * Ad is NaN when Ad holds inf/NaN. */
-    const tl_vm live = q->hold ? (tl_vm)(tl_vsplat((double)k) <= ts->fin[0]) : (tl_vm){0};
+    const TL_VM live = q->hold ? (TL_VM)(TL_SFX(tl_msplat)(k) <= ts->fin[0]) : (TL_VM){0};
     for (ptrdiff_t i = 0; i < n; i++) {
-        tl_vd acc = b->G[k * n + i];
+        TL_V acc = b->G[k * n + i];
         for (ptrdiff_t j = 0; j < n; j++)
             acc += q->Av[j * n + i] * lam[j];
         ln[i] = acc;
     }
     for (ptrdiff_t i = 0; i < n; i++)
-        lam[i] = q->hold ? tl_vkeep(live, ln[i]) : ln[i];
+        lam[i] = q->hold ? TL_SFX(tl_vkeep)(live, ln[i]) : ln[i];
     if (k == 0 || gu == NULL)
         return;
     for (ptrdiff_t j = 0; j < m; j++) {
-        tl_vd acc = b->Gc[(k - 1) * m + j];
+        TL_V acc = b->Gc[(k - 1) * m + j];
         for (ptrdiff_t i = 0; i < n; i++)
             acc += q->Bv[i * m + j] * lam[i];
-        b->Gc[(k - 1) * m + j] = q->hold ? tl_vkeep(live, acc) : acc;
+        b->Gc[(k - 1) * m + j] = q->hold ? TL_SFX(tl_vkeep)(live, acc) : acc;
     }
 }
 
@@ -330,26 +326,26 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_backward_step)(const TL_SFX(rl_pass) *q,
  * after Kmax. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_backward_end)(const TL_SFX(rl_pass) *q,
                                                       const TL_SFX(rl_data) *p,
-                                                      const TL_SFX(rl_buf) *b, const tl_vd *lam)
+                                                      const TL_SFX(rl_buf) *b, const TL_V *lam)
 {
     const ptrdiff_t n = q->n, m = q->m, K = q->K, T = q->T;
     if (p->gu != NULL)
         TL_SFX(rl_untranspose)(b->Gc, K * m, p->gu, q->su);
     if (p->gx != NULL)
         for (ptrdiff_t i = 0; i < n; i++)
-            for (int l = 0; l < L; l++)
+            for (int l = 0; l < TL_VL; l++)
                 p->gx[l * n + i] = (TL_T)lam[i][l];
     if (p->gu != NULL && K < T) /* steps after every lane's span: exactly zero */
-        for (int l = 0; l < L; l++)
+        for (int l = 0; l < TL_VL; l++)
             memset(p->gu + l * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
 }
 
 /* A whole forward pass: the tile's inputs staged, x = x0, then steps 0 .. K-1. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_forward)(const TL_SFX(rl_pass) *q, const tl_rl_const *c,
-                                                 const tl_tile_sel *ts, const TL_SFX(rl_data) *p,
-                                                 const TL_SFX(rl_buf) *b, tl_vd *restrict x,
-                                                 tl_vd *restrict xn, tl_vd *restrict xf,
-                                                 tl_vd *restrict uk, tl_vd *sum_c, tl_vd *sum_t)
+                                                 const TL_SFX(tile_sel) *ts, const TL_SFX(rl_data) *p,
+                                                 const TL_SFX(rl_buf) *b, TL_V *restrict x,
+                                                 TL_V *restrict xn, TL_V *restrict xf,
+                                                 TL_V *restrict uk, tl_vd *sum_c, tl_vd *sum_t)
 {
     TL_SFX(rl_stage)(q, p, b);
     TL_SFX(rl_forward_begin)(q, c, ts, p, b, x, xf, sum_t);
@@ -358,13 +354,13 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward)(const TL_SFX(rl_pass) *q, const 
 }
 
 /* A whole backward pass: lam from 0 through states K .. 0, then the gradients. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_backward)(const TL_SFX(rl_pass) *q, const tl_tile_sel *ts,
+static TL_ALWAYS_INLINE void TL_SFX(rl_backward)(const TL_SFX(rl_pass) *q, const TL_SFX(tile_sel) *ts,
                                                   const TL_SFX(rl_data) *p,
-                                                  const TL_SFX(rl_buf) *b, tl_vd *restrict lam,
-                                                  tl_vd *restrict ln)
+                                                  const TL_SFX(rl_buf) *b, TL_V *restrict lam,
+                                                  TL_V *restrict ln)
 {
     for (ptrdiff_t i = 0; i < q->n; i++)
-        lam[i] = tl_vsplat(0.0);
+        lam[i] = TL_SFX(tl_vsplat)(0.0);
     for (ptrdiff_t k = q->K; k >= 0; k--)
         TL_SFX(rl_backward_step)(q, ts, b, p->gu, k, lam, ln);
     TL_SFX(rl_backward_end)(q, p, b, lam);
@@ -375,8 +371,8 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_backward)(const TL_SFX(rl_pass) *q, const
 #define TL_REG_VECTORS(n, m) (5 * (n) + (m) + (n) * (n) + (n) * (m))
 
 static TL_ALWAYS_INLINE TL_SFX(rl_pass) TL_SFX(rl_pass_init)(const tl_rl_const *c,
-                                                              const tl_tile_sel *ts,
-                                                              tl_vd *reg, const ptrdiff_t n,
+                                                              const TL_SFX(tile_sel) *ts,
+                                                              TL_V *reg, const ptrdiff_t n,
                                                               const ptrdiff_t m,
                                                               const unsigned fast)
 {
@@ -392,11 +388,11 @@ static TL_ALWAYS_INLINE TL_SFX(rl_pass) TL_SFX(rl_pass_init)(const tl_rl_const *
     q.delta = c->spec->delta;
     q.masked = !fast;
     q.hold = !fast && ts->short_lanes;
-    tl_vd *Av = reg + 5 * n + m, *Bv = Av + n * n;
+    TL_V *Av = reg + 5 * n + m, *Bv = Av + n * n;
     for (ptrdiff_t i = 0; i < n * n; i++)
-        Av[i] = tl_vsplat(c->sys->Ad[i]);
+        Av[i] = TL_SFX(tl_vsplat)(c->sys->Ad[i]);
     for (ptrdiff_t i = 0; i < n * m; i++)
-        Bv[i] = tl_vsplat(c->sys->Bd[i]);
+        Bv[i] = TL_SFX(tl_vsplat)(c->sys->Bd[i]);
     q.Av = Av;
     q.Bv = Bv;
     return q;
@@ -404,14 +400,14 @@ static TL_ALWAYS_INLINE TL_SFX(rl_pass) TL_SFX(rl_pass_init)(const tl_rl_const *
 
 /* One tile, start to end: the general kernel, and the small ones on tiles
  * the fast kernels do not take. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl_tile_sel *ts,
+static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
                                                    const TL_SFX(rl_data) *p, tl_vd *sums,
-                                                   tl_vd *work, tl_vd *reg, const ptrdiff_t n,
+                                                   TL_V *work, TL_V *reg, const ptrdiff_t n,
                                                    const ptrdiff_t m, const unsigned fast)
 {
     const TL_SFX(rl_pass) q = TL_SFX(rl_pass_init)(c, ts, reg, n, m, fast);
     const TL_SFX(rl_buf) b = TL_SFX(rl_buf_at)(work, c->T, n, m);
-    tl_vd *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
+    TL_V *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
     tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
 
     TL_SFX(rl_forward)(&q, c, ts, p, &b, x, xn, xf, uk, &sum_c, &sum_t);
@@ -432,17 +428,17 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const tl
  * following each other. Each tile's arithmetic and the order of the sums are
  * those of rl_tile_body, tile after tile, so the results are bit for bit the
  * same. work holds two tiles' buffers. */
-static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, const tl_tile_sel *ts,
+static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_data) *a, ptrdiff_t b0,
-                                                       ptrdiff_t tiles, tl_vd *sums, tl_vd *work,
-                                                       tl_vd *reg, const ptrdiff_t n,
+                                                       ptrdiff_t tiles, tl_vd *sums, TL_V *work,
+                                                       TL_V *reg, const ptrdiff_t n,
                                                        const ptrdiff_t m, const unsigned fast)
 {
     const TL_SFX(rl_pass) q = TL_SFX(rl_pass_init)(c, ts, reg, n, m, fast);
     const ptrdiff_t T = c->T;
     TL_SFX(rl_buf) buf[2] = {TL_SFX(rl_buf_at)(work, T, n, m),
                              TL_SFX(rl_buf_at)(work + TL_TILE_VECTORS(T, n, m), T, n, m)};
-    tl_vd *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
+    TL_V *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
     tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
 
     TL_SFX(rl_data) prev = TL_SFX(rl_rows)(a, b0, q.su, q.ss, n);
@@ -450,11 +446,11 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
     TL_SFX(rl_terminal)(&q, c, ts, &prev, &buf[0], x, x, xn, &sum_f);
     for (ptrdiff_t t = 1; t < tiles; t++) {
         const TL_SFX(rl_buf) *bp = &buf[(t - 1) & 1], *bt = &buf[t & 1];
-        const TL_SFX(rl_data) cur = TL_SFX(rl_rows)(a, b0 + t * L, q.su, q.ss, n);
+        const TL_SFX(rl_data) cur = TL_SFX(rl_rows)(a, b0 + t * TL_VL, q.su, q.ss, n);
         TL_SFX(rl_stage)(&q, &cur, bt);
         TL_SFX(rl_forward_begin)(&q, c, ts, &cur, bt, x, xf, &sum_t);
         for (ptrdiff_t i = 0; i < n; i++)
-            lam[i] = tl_vsplat(0.0);
+            lam[i] = TL_SFX(tl_vsplat)(0.0);
         for (ptrdiff_t k = 0; k < T; k++) {
             TL_SFX(rl_forward_step)(&q, ts, bt, k, x, xn, xf, uk, &sum_c, &sum_t);
             TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, T - k, lam, ln);
@@ -469,4 +465,3 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
     sums[1] = sum_t;
     sums[2] = sum_f;
 }
-#undef TL_GATHER

@@ -237,6 +237,8 @@ size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptr
  * value->total: grad_controls B x T x m, grad_x0 B x n (either may be NULL).
  * Values after a sequence's last valid step never influence a result (they
  * may be read, then discarded by selects); their gradient is exactly zero.
+ * The _f32 kernel computes in float (Ad, Bd rounded to float), each penalty
+ * widened to double before it is summed; steps < INT_MAX.
  */
 tl_status tl_rollout_loss_f64(const tl_system *sys, const tl_loss_spec *spec,
                               const double *controls, const double *x0,

@@ -1,8 +1,9 @@
 """Every rollout-loss kernel against the NumPy reference.
 
 The core has a kernel of its own for each small (n, m) it specialises and a
-general one for everything else, and it processes sequences four at a time,
-so a batch whose size is not a multiple of four ends in a zero-padded tile.
+general one for everything else, and it processes sequences four (float64) or
+eight (float32) at a time, so a batch whose size is not a multiple of that
+ends in a zero-padded tile.
 These tests reach each kernel, full and partial tiles, ragged lengths and
 masks, in both dtypes and with every penalty, and compare with the plain
 loops of tests/loss_reference.py."""
@@ -35,7 +36,7 @@ def _case(rng, n, m, B, T, dtype, selection):
 
 
 @pytest.mark.parametrize("n,m", SPECIALISED + GENERAL)
-@pytest.mark.parametrize("B", [1, 3, 4, 9])
+@pytest.mark.parametrize("B", [1, 3, 4, 9, 17])
 @pytest.mark.parametrize("selection", ["all", "lengths", "mask"])
 def test_every_kernel_matches_reference(n, m, B, selection):
     rng = np.random.default_rng(1000 * n + 100 * m + 10 * B + len(selection))

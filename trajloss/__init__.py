@@ -9,7 +9,8 @@ Systems, rollouts and their adjoints::
 
 Arrays are batch first: ``x0`` (B, n), ``controls`` (B, T, m), ``states``
 (B, T+1, n); unbatched inputs give unbatched outputs. float32 and float64 are
-both supported and kept; the core accumulates in float64.
+both supported and kept; every loss value is a float64 sum (the rollout
+losses compute float32 inputs in float32 first, as PyTorch does).
 """
 from . import _lapack  # noqa: F401  (must precede _core)
 from . import _core
