@@ -1,5 +1,5 @@
 /*
- * tile_impl.h -- forward rollout, penalties and adjoint of the TL_LANES
+ * tile_impl.h -- forward rollout, penalties and adjoint of the TL_VL
  * sequences of one tile, lane l of every vector being sequence b0 + l.
  * Included by loss_impl.h once per storage type, whose tiles are TL_VL
  * sequences of TL_T in TL_V (masks TL_VM, double sums tl_vd; lanes.h): a

@@ -174,18 +174,18 @@ def test_fast_kernels_catch_every_non_finite_input(loss, include_initial, dtype)
                     _fast_call(loss, system, dirty, include_initial)
 
 
-def test_fast_kernel_overflow_is_a_warning_not_an_input_error():
-    """Finite inputs whose squared errors pass DBL_MAX make the sums inf: the
-    scan then finds every input finite, so the call returns inf and warns.
-    (float64 only: float32 inputs, summed in double, cannot overflow a sum
-    in three steps.)"""
+@pytest.mark.parametrize("dtype,big", [(np.float64, 1e200), (np.float32, 1e20)])
+def test_fast_kernel_overflow_is_a_warning_not_an_input_error(dtype, big):
+    """Finite inputs whose squared errors pass the dtype's range (float32
+    tiles compute in float32) make the sums inf: the scan then finds every
+    input finite, so the call returns inf and warns."""
     rng = np.random.default_rng(22)
     B, T = 8, 3
     system = tl.DoubleIntegrator()
-    U = np.full((B, T, 1), 1e200)
-    x0 = rng.standard_normal((B, 2))
+    U = np.full((B, T, 1), big, dtype=dtype)
+    x0 = rng.standard_normal((B, 2)).astype(dtype)
     RU = -U
-    RX = rng.standard_normal((B, T + 1, 2))
+    RX = rng.standard_normal((B, T + 1, 2)).astype(dtype)
     assert all(np.isfinite(a).all() for a in (U, x0, RU, RX))
     with pytest.warns(RuntimeWarning, match="overflow"):
         res = tl.combined_loss(system, U, x0, RU, RX, weight=0.3, terminal_weight=0.1)
