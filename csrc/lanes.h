@@ -11,7 +11,6 @@
 
 #include <stddef.h>
 
-#include "parallel.h"
 #include "trajloss.h"
 
 /* The kernels worth it are also built for AVX2 and picked at load time

@@ -4,10 +4,10 @@
  * Included by loss_impl.h once per storage type, whose tiles are TL_VL
  * sequences of TL_T in TL_V (masks TL_VM, double sums tl_vd; lanes.h): a
  * float32 tile computes in float, eight lanes a register, and only its sums
- * are double. It is always inlined into
- * its callers: one passes the call's n and m (the general kernel), the
- * others constants for the small systems worth a kernel of their own, so
- * the compiler unrolls over states and inputs and keeps them in registers.
+ * are double. It is always inlined into its callers: one passes the call's
+ * n and m (the general kernel), the others constants for the small systems
+ * worth a kernel of their own, so the compiler unrolls over states and
+ * inputs and keeps them in registers.
  *
  * The forward pass reads every input once, in step order: it rolls the
  * states out and stores each step's penalty derivative (G for states, Gc for
@@ -25,7 +25,7 @@
 static TL_ALWAYS_INLINE TL_V TL_SFX(rl_gather)(const TL_T *p, const ptrdiff_t stride,
                                                const ptrdiff_t off)
 {
-    TL_V v = TL_SFX(tl_vsplat)(0.0);
+    TL_V v = TL_SFX(tl_vsplat)(0.0); /* every lane is set; this only tells the compiler */
     for (int l = 0; l < TL_VL; l++)
         v[l] = p[l * stride + off];
     return v;
@@ -150,22 +150,32 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_stage)(const TL_SFX(rl_pass) *q, const TL
         TL_SFX(rl_transpose)(p->rs, q->ss, (q->K + 1) * q->n, b->rs);
 }
 
-/* The trajectory term at the states x of step k: adds to *sum and stores G_k.
- * masked: only the lanes that score state k (ts->vs); else all of them. */
+/* One step's penalty of `count` values v against ref, with value weights vw
+ * and gradient weights gw: adds to *sum and stores the derivatives in g.
+ * masked: only the lanes that score this step (on); else all of them. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_score)(const TL_SFX(rl_pass) *q, const TL_VM on,
+                                               const ptrdiff_t count, const TL_V *v,
+                                               const TL_V *ref, const TL_V *vw, const TL_V *gw,
+                                               tl_vd *sum, TL_V *g)
+{
+    TL_V e, d;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        TL_SFX(tl_vrho)(q->pen, q->delta, v[i] - ref[i], &e, &d);
+        const TL_V ve = vw[i] * e, gd = gw[i] * d;
+        TL_SFX(tl_vacc)(sum, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
+        g[i] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
+    }
+}
+
+/* The trajectory term at the states x of step k: adds to *sum and stores G_k. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_score_states)(const TL_SFX(rl_pass) *q,
                                                       const TL_SFX(tile_sel) *ts,
                                                       const TL_SFX(rl_buf) *b, const ptrdiff_t k,
                                                       const TL_V *x, tl_vd *sum)
 {
     const ptrdiff_t n = q->n;
-    const TL_VM on = ts->vs[k];
-    TL_V e, d;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        TL_SFX(tl_vrho)(q->pen, q->delta, x[i] - b->rs[k * n + i], &e, &d);
-        const TL_V ve = ts->vs_w[k * n + i] * e, gd = ts->gs_w[k * n + i] * d;
-        TL_SFX(tl_vacc)(sum, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
-        b->G[k * n + i] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
-    }
+    TL_SFX(rl_score)(q, ts->vs[k], n, x, b->rs + k * n, ts->vs_w + k * n, ts->gs_w + k * n, sum,
+                     b->G + k * n);
 }
 
 /* x = x0 and the terms at state 0. */
@@ -204,17 +214,11 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
 {
     const ptrdiff_t n = q->n, m = q->m;
     const TL_V zero = TL_SFX(tl_vsplat)(0.0);
-    TL_V e, d;
     for (ptrdiff_t j = 0; j < m; j++)
         uk[j] = b->u[k * m + j];
     if (q->terms & TL_TERM_CONTROL) {
-        const TL_VM on = ts->vc[k];
-        for (ptrdiff_t j = 0; j < m; j++) {
-            TL_SFX(tl_vrho)(q->pen, q->delta, uk[j] - b->ru[k * m + j], &e, &d);
-            const TL_V ve = ts->vc_w[k * m + j] * e, gd = ts->gc_w[k * m + j] * d;
-            TL_SFX(tl_vacc)(sum_c, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
-            b->Gc[k * m + j] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
-        }
+        TL_SFX(rl_score)(q, ts->vc[k], m, uk, b->ru + k * m, ts->vc_w + k * m, ts->gc_w + k * m,
+                         sum_c, b->Gc + k * m);
     } else {
         for (ptrdiff_t j = 0; j < m; j++)
             b->Gc[k * m + j] = zero;
