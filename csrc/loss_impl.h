@@ -449,6 +449,12 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
     if (N.control == 0.0)
         return TL_ERR_EMPTY;
 
+    /* the elements of a sequence in the arrays the terms read, and its gradients */
+    const ptrdiff_t row =
+        2 * (T * m + n) + ((terms & TL_TERM_CONTROL) && ref_controls != NULL ? T * m : 0) +
+        ((terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) && ref_states != NULL ? (T + 1) * n
+                                                                                  : 0) +
+        ((terms & TL_TERM_TERMINAL) && target != NULL ? n : 0);
     double *powers = (double *)work, *partials = powers + T + 2;
     size_t worker_doubles;
     rollout_worker_doubles((size_t)n, (size_t)m, (size_t)T, &worker_doubles);
@@ -459,7 +465,8 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                            spec->control_weight / (N.control * (double)m),
                            spec->trajectory_weight / (N.trajectory * (double)n),
                            spec->terminal_weight / (N.terminal * (double)n),
-                           powers, partials, partials + P_COUNT * chunks, worker_doubles};
+                           powers, partials, partials + P_COUNT * chunks, worker_doubles,
+                           (double)B * (double)row * (double)sizeof(TL_T) > TL_PREFETCH_BYTES};
     const TL_SFX(rl_data) given = {controls, x0, ref_controls, ref_states, target, NULL, NULL};
     TL_SFX(rl_ctx) ctx = {&c, {controls, x0, ref_controls,
                                 (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states

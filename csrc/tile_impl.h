@@ -425,6 +425,34 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const TL
     sums[2] = sum_f;
 }
 
+/* Asks for the cache lines of the inputs of the tile whose lane 0 is row b0
+ * (its rows of each array lie together), TL_AHEAD tiles before the kernel
+ * reads them: the loads of a batch streaming from memory then overlap the
+ * arithmetic of the tiles before, where the hardware's own prefetcher leaves
+ * them waiting (TL_AHEAD and when, TL_PREFETCH_BYTES: loss.c). */
+static TL_ALWAYS_INLINE void TL_SFX(rl_prefetch_rows)(const TL_T *p, const ptrdiff_t len)
+{
+    if (p == NULL)
+        return;
+    const char *s = (const char *)p;
+    const ptrdiff_t bytes = TL_VL * len * (ptrdiff_t)sizeof(TL_T);
+    for (ptrdiff_t o = 0; o < bytes; o += TL_LINE)
+        __builtin_prefetch(s + o);
+    __builtin_prefetch(s + bytes - 1); /* the last line when p is not on a line start */
+}
+
+static TL_ALWAYS_INLINE void TL_SFX(rl_prefetch)(const TL_SFX(rl_data) *a, const ptrdiff_t b0,
+                                                  const ptrdiff_t su, const ptrdiff_t ss,
+                                                  const ptrdiff_t n)
+{
+    const TL_SFX(rl_data) p = TL_SFX(rl_rows)(a, b0, su, ss, n);
+    TL_SFX(rl_prefetch_rows)(p.u, su);
+    TL_SFX(rl_prefetch_rows)(p.ru, su);
+    TL_SFX(rl_prefetch_rows)(p.rs, ss);
+    TL_SFX(rl_prefetch_rows)(p.x0, n);
+    TL_SFX(rl_prefetch_rows)(p.tgt, n);
+}
+
 /* `tiles` full tiles from row b0 of a, fast, in a software pipeline: the
  * forward pass of each tile runs in one loop with the backward pass of the
  * one before, so the two step-to-step chains (x_k forward, lam_k backward),
@@ -451,6 +479,8 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
     for (ptrdiff_t t = 1; t < tiles; t++) {
         const TL_SFX(rl_buf) *bp = &buf[(t - 1) & 1], *bt = &buf[t & 1];
         const TL_SFX(rl_data) cur = TL_SFX(rl_rows)(a, b0 + t * TL_VL, q.su, q.ss, n);
+        if (c->prefetch && b0 + (t + TL_AHEAD + 1) * TL_VL <= c->B)
+            TL_SFX(rl_prefetch)(a, b0 + (t + TL_AHEAD) * TL_VL, q.su, q.ss, n);
         TL_SFX(rl_stage)(&q, &cur, bt);
         TL_SFX(rl_forward_begin)(&q, c, ts, &cur, bt, x, xf, &sum_t);
         for (ptrdiff_t i = 0; i < n; i++)

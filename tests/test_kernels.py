@@ -113,6 +113,55 @@ def test_fast_kernels(n, m, include_initial, dtype):
             np.testing.assert_array_equal(got.grad_x0, general.grad_x0)
 
 
+@pytest.mark.parametrize("dtype,B", [(np.float64, 60_013), (np.float32, 120_011)])
+def test_fast_kernels_on_batches_streamed_from_memory(dtype, B):
+    """A call whose arrays exceed 16 MiB prefetches its inputs two tiles
+    ahead (TL_PREFETCH_BYTES in csrc/loss.c); these batches of seed 000's
+    double integrator, T = 15, are past that size for each loss (the
+    terminal loss's arrays are the smallest: 36 elements a sequence). The prefetches must
+    not change a bit: the same values and gradients as the general kernel
+    (lengths == T), which never prefetches, for each fast form, and the NumPy
+    reference for the combined loss."""
+    rng = np.random.default_rng(int(B))
+    T = 15
+    system, U, x0, RU, RX, _ = _case(rng, 2, 1, B, T, dtype, "all")
+    target = rng.standard_normal((B, 2)).astype(dtype)
+    full = np.full(B, T)
+    forms = [
+        lambda **kw: tl.combined_loss(system, U, x0, RU, RX, weight=0.7, terminal_weight=0.3,
+                                      **kw),
+        lambda **kw: tl.trajectory_loss(system, U, x0, RX, **kw),
+        lambda **kw: tl.terminal_loss(system, U, x0, target, **kw),
+    ]
+    for loss in forms:
+        got, general = loss(), loss(lengths=full)
+        assert got.value == general.value
+        np.testing.assert_array_equal(got.grad, general.grad)
+        np.testing.assert_array_equal(got.grad_x0, general.grad_x0)
+    # the combined loss against the adjoint method vectorised over the batch
+    # (loss_reference.py's per-sequence loops take a minute at this size)
+    Ad, Bd = system.Ad, system.Bd
+    u, r, rx, x = (a.astype(np.float64) for a in (U, RU, RX, x0))
+    X = [x]
+    for k in range(T):
+        X.append(X[-1] @ Ad.T + u[:, k] @ Bd.T)
+    X = np.stack(X, axis=1)
+    value = (np.mean((u - r) ** 2) + 0.7 * np.mean((X[:, 1:] - rx[:, 1:]) ** 2)
+             + 0.3 * np.mean((X[:, T] - rx[:, T]) ** 2))
+    gX = 2 * 0.7 * (X - rx) / (B * T * 2)
+    gX[:, T] += 2 * 0.3 * (X[:, T] - rx[:, T]) / (B * 2)
+    gU, lam = 2 * (u - r) / (B * T), np.zeros_like(x)
+    for k in range(T, 0, -1):
+        lam = gX[:, k] + lam @ Ad
+        gU[:, k - 1] += lam @ Bd
+    gx0 = lam @ Ad
+    got = forms[0]()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert abs(got.value - value) <= tol * abs(value)
+    for a, b in [(got.grad, gU), (got.grad_x0, gx0)]:
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max())
+
+
 def test_fast_kernel_ignores_nan_in_an_unscored_initial_state():
     """Without include_initial, state 0 of ref_states is not scored; the fast
     kernel skips it instead of multiplying it by a zero weight, so a NaN there
