@@ -325,6 +325,16 @@ static int TL_SFX(rl_outputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int
 #undef TL_ROWS_OK
 }
 
+/* The bytes the arrays of d (NULL ones: none) hold for B sequences. */
+static double TL_SFX(rl_bytes)(const TL_SFX(rl_data) *d, ptrdiff_t B, ptrdiff_t su, ptrdiff_t ss,
+                               ptrdiff_t n)
+{
+    const ptrdiff_t row = (d->u ? su : 0) + (d->ru ? su : 0) + (d->gu ? su : 0) +
+                          (d->rs ? ss : 0) + (d->x0 ? n : 0) + (d->tgt ? n : 0) +
+                          (d->gx ? n : 0);
+    return (double)B * (double)row * (double)sizeof(TL_T);
+}
+
 static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 {
     const TL_SFX(rl_ctx) *x = (const TL_SFX(rl_ctx) *)ctx;
@@ -449,12 +459,11 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
     if (N.control == 0.0)
         return TL_ERR_EMPTY;
 
-    /* the elements of a sequence in the arrays the terms read, and its gradients */
-    const ptrdiff_t row =
-        2 * (T * m + n) + ((terms & TL_TERM_CONTROL) && ref_controls != NULL ? T * m : 0) +
-        ((terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) && ref_states != NULL ? (T + 1) * n
-                                                                                  : 0) +
-        ((terms & TL_TERM_TERMINAL) && target != NULL ? n : 0);
+    /* the arrays the terms read, and the gradients */
+    const TL_SFX(rl_data) all = {
+        controls, x0, (terms & TL_TERM_CONTROL) ? ref_controls : NULL,
+        (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states : NULL,
+        (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls, grad_x0};
     double *powers = (double *)work, *partials = powers + T + 2;
     size_t worker_doubles;
     rollout_worker_doubles((size_t)n, (size_t)m, (size_t)T, &worker_doubles);
@@ -466,16 +475,9 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                            spec->trajectory_weight / (N.trajectory * (double)n),
                            spec->terminal_weight / (N.terminal * (double)n),
                            powers, partials, partials + P_COUNT * chunks, worker_doubles,
-                           (double)B * (double)row * (double)sizeof(TL_T) > TL_PREFETCH_BYTES};
+                           TL_SFX(rl_bytes)(&all, B, T * m, (T + 1) * n, n) > TL_PREFETCH_BYTES};
     const TL_SFX(rl_data) given = {controls, x0, ref_controls, ref_states, target, NULL, NULL};
-    TL_SFX(rl_ctx) ctx = {&c, {controls, x0, ref_controls,
-                                (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) ? ref_states
-                                                                                   : NULL,
-                                (terms & TL_TERM_TERMINAL) ? target : NULL, grad_controls,
-                                grad_x0},
-                          given, given};
-    if (!(terms & TL_TERM_CONTROL))
-        ctx.all.ru = NULL;
+    TL_SFX(rl_ctx) ctx = {&c, all, given, given};
     /* What the fast kernel reads and scores in full: controls through the
      * control penalty or through every later state (a non-finite u_k makes
      * all of x_{k+1} non-finite, whatever Bd holds), x0 through the states,

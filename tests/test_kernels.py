@@ -118,10 +118,10 @@ def test_fast_kernels_on_batches_streamed_from_memory(dtype, B):
     """A call whose arrays exceed 16 MiB prefetches its inputs two tiles
     ahead (TL_PREFETCH_BYTES in csrc/loss.c); these batches of seed 000's
     double integrator, T = 15, are past that size for each loss (the
-    terminal loss's arrays are the smallest: 36 elements a sequence). The prefetches must
-    not change a bit: the same values and gradients as the general kernel
-    (lengths == T), which never prefetches, for each fast form, and the NumPy
-    reference for the combined loss."""
+    terminal loss's arrays are the smallest: 36 elements a sequence). The
+    prefetches must not change a bit: the same values and gradients as the
+    general kernel (lengths == T), which never prefetches, for each fast
+    form, and the NumPy reference for the combined loss."""
     rng = np.random.default_rng(int(B))
     T = 15
     system, U, x0, RU, RX, _ = _case(rng, 2, 1, B, T, dtype, "all")
