@@ -151,26 +151,37 @@ typedef struct {
     int short_lanes; /* does some lane (empty ones too) end before Kmax? */
 } TL_SFX(tile_sel);
 
-/* The per-element weight tables of a tile from its per-step weights, each
- * product taken in double and rounded once to TL_T: value ws_k s_i,
- * gradient st (ws_k s_i). */
+/* One entry of a tile's weight tables: lane l of *value is w_l s and of *grad
+ * scale (w_l s), each product taken in double and rounded once to TL_T. Built
+ * in locals and stored whole: through ts the compiler must assume every
+ * scalar store may alias the weights it reads next. */
+static inline void TL_SFX(weight_entry)(const double *w, double s, double scale, TL_V *value,
+                                        TL_V *grad)
+{
+    TL_V v, g;
+    for (int l = 0; l < TL_VL; l++) {
+        const double ws = w[l] * s;
+        v[l] = (TL_T)ws;
+        g[l] = (TL_T)(scale * ws);
+    }
+    *value = v;
+    *grad = g;
+}
+
+/* The per-element weight tables of a tile from its per-step weights:
+ * value ws_k s_i, gradient st (ws_k s_i), and likewise for the controls. */
 static void TL_SFX(tile_weights)(const tl_rl_const *c, TL_SFX(tile_sel) *ts)
 {
     const double *sw = c->spec->state_weights, *fw = c->spec->feature_weights;
+    const ptrdiff_t n = c->n, m = c->m;
     for (ptrdiff_t k = 0; k <= c->T; k++)
-        for (ptrdiff_t i = 0; i < c->n; i++)
-            for (int l = 0; l < TL_VL; l++) {
-                const double w = ts->ws[k * TL_VL + l] * (sw != NULL ? sw[i] : 1.0);
-                ts->vs_w[k * c->n + i][l] = (TL_T)w;
-                ts->gs_w[k * c->n + i][l] = (TL_T)(c->st * w);
-            }
+        for (ptrdiff_t i = 0; i < n; i++)
+            TL_SFX(weight_entry)(ts->ws + k * TL_VL, sw != NULL ? sw[i] : 1.0, c->st,
+                                 &ts->vs_w[k * n + i], &ts->gs_w[k * n + i]);
     for (ptrdiff_t k = 0; k < c->T; k++)
-        for (ptrdiff_t j = 0; j < c->m; j++)
-            for (int l = 0; l < TL_VL; l++) {
-                const double w = ts->wc[k * TL_VL + l] * (fw != NULL ? fw[j] : 1.0);
-                ts->vc_w[k * c->m + j][l] = (TL_T)w;
-                ts->gc_w[k * c->m + j][l] = (TL_T)(c->sc * w);
-            }
+        for (ptrdiff_t j = 0; j < m; j++)
+            TL_SFX(weight_entry)(ts->wc + k * TL_VL, fw != NULL ? fw[j] : 1.0, c->sc,
+                                 &ts->vc_w[k * m + j], &ts->gc_w[k * m + j]);
 }
 
 /* The selection of the tile whose lane 0 is sequence b0; lanes >= `lanes` are empty. */
