@@ -8,10 +8,15 @@ Residuals are built by construction away from the non-smooth points of the
 penalties (|r| = delta for huber, r = 0 for l1), so finite differences are
 exact up to rounding (the losses are piecewise quadratic)."""
 
+import collections
+import sys
+import weakref
+
 import numpy as np
 import pytest
 
 import trajloss
+from trajloss import _core
 from conftest import (
     DTYPES,
     LAYOUTS,
@@ -687,6 +692,47 @@ def test_combined_loss_seed000_numbers_by_hand():
     np.testing.assert_allclose(c.contributions["trajectory"], 0.0252, rtol=1e-12)
     np.testing.assert_allclose(c.fractions["control"], 0.025 / 0.0502, rtol=1e-12)
     np.testing.assert_allclose(c.fractions["trajectory"], 0.0252 / 0.0502, rtol=1e-12)
+
+
+def test_combined_loss_result_is_built_by_the_core(rng):
+    """combined_loss's LossResult and LossComponents are made by the C core
+    (_core.set_result_types): instances of exactly those classes, with the
+    named-tuple API, holding the only references to their gradients."""
+    system, Ad, Bd, x0, U, ref_controls, ref_states, kw = combined_setup(
+        rng, np.float64, "plain")
+    res = trajloss.combined_loss(system, U, x0, ref_controls, ref_states, weight=0.3,
+                                 terminal_weight=0.2, **kw)
+    ref = combined_loss_ref(Ad, Bd, U, x0, ref_controls, ref_states, 0.3,
+                            terminal_weight=0.2, **kw)
+    assert type(res) is trajloss.LossResult and len(res) == 4
+    c = res.components
+    assert type(c) is trajloss.LossComponents and len(c) == 6
+    assert (c.weight, c.terminal_weight, c.total) == (0.3, 0.2, res.value)
+    check_components(res, ref, 0.3, 0.2, np.float64)
+    assert float(res) == res.value and res._replace(grad=None).grad is None
+    assert tuple(res) == (res.value, res.grad, res.grad_x0, c)
+    grad, grad_x0, comp = weakref.ref(res.grad), weakref.ref(res.grad_x0), sys.getrefcount(c)
+    del res
+    assert grad() is None and grad_x0() is None and sys.getrefcount(c) == comp - 1
+
+
+class _TupleWithDict(tuple):
+    _fields = ("value", "grad", "grad_x0", "components")
+
+
+@pytest.mark.parametrize(
+    "bad", [dict, tuple, _TupleWithDict, collections.namedtuple("Five", "a b c d e"), 3],
+    ids=["dict", "tuple", "tuple-with-dict", "five-fields", "int"])
+def test_set_result_types_refuses_other_classes(rng, bad):
+    with pytest.raises(TypeError, match="set_result_types: result must"):
+        _core.set_result_types(bad, trajloss.LossComponents)
+    with pytest.raises(TypeError, match="set_result_types: components must"):
+        _core.set_result_types(trajloss.LossResult, bad)
+    system, Ad, Bd, x0, U, ref_controls, ref_states, kw = combined_setup(
+        rng, np.float64, "plain")
+    res = trajloss.combined_loss(system, U, x0, ref_controls, ref_states, weight=0.3, **kw)
+    assert type(res) is trajloss.LossResult  # a refused call changed nothing
+    assert type(res.components) is trajloss.LossComponents
 
 
 def test_combined_loss_weight_zero_is_control_loss(rng):

@@ -1,5 +1,5 @@
 """Type stub for trajloss._core, the C extension (see trajloss/_coremodule.c)."""
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -85,9 +85,16 @@ def rollout_loss(
     state_weights: Optional[ArrayLike],
     check_finite: bool,
     target_name: str = "target",
+    combined: bool = False,
     /,
-) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
-    """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n))."""
+) -> Union[Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]], Any]:
+    """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n));
+    with ``combined``, a LossResult(total, grad_controls, grad_x0, LossComponents(control,
+    trajectory, terminal, trajectory_weight, terminal_weight, total)) of the classes
+    set_result_types registered."""
+
+def set_result_types(result: type, components: type, /) -> None:
+    """The named tuples rollout_loss(..., combined=True) builds (trajloss.losses sets them)."""
 
 COND_LIMIT: float
 

@@ -1136,6 +1136,68 @@ static PyObject *core_get_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(loss_threads);
 }
 
+/*
+ * The named tuples combined_loss returns (trajloss.losses.LossResult and
+ * LossComponents), registered once by that module and built here: making
+ * them from Python with tuple.__new__ cost 0.4-0.5 us a call, a sixth of a
+ * whole call at B = 1. Each must be a plain tuple subclass (no __dict__, no
+ * extra slots) with the fields rollout_loss fills, in that order.
+ */
+static PyTypeObject *loss_result_type, *loss_components_type;
+
+static int check_result_type(PyObject *obj, Py_ssize_t fields, const char *name)
+{
+    if (!PyType_Check(obj) || !PyType_IsSubtype((PyTypeObject *)obj, &PyTuple_Type) ||
+        ((PyTypeObject *)obj)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)obj)->tp_dictoffset != 0) {
+        PyErr_Format(PyExc_TypeError, "set_result_types: %s must be a named tuple class", name);
+        return -1;
+    }
+    PyObject *f = PyObject_GetAttrString(obj, "_fields");
+    const Py_ssize_t count = f != NULL ? PyObject_Length(f) : -1;
+    Py_XDECREF(f);
+    if (count != fields) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "set_result_types: %s must have %zd fields", name, fields);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *core_set_result_types(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *result, *components;
+    if (!PyArg_ParseTuple(args, "OO:set_result_types", &result, &components) ||
+        check_result_type(result, 4, "result") < 0 ||
+        check_result_type(components, 6, "components") < 0)
+        return NULL;
+    Py_INCREF(result);
+    Py_INCREF(components);
+    Py_XSETREF(loss_result_type, (PyTypeObject *)result);
+    Py_XSETREF(loss_components_type, (PyTypeObject *)components);
+    Py_RETURN_NONE;
+}
+
+/* An instance of a registered named tuple from `count` new references (any
+ * NULL: all released, NULL returned), as tuple.__new__ makes one. */
+static PyObject *named_tuple(PyTypeObject *type, Py_ssize_t count, PyObject *const *items)
+{
+    PyObject *t = NULL;
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < count; i++)
+        ok &= items[i] != NULL;
+    if (ok)
+        t = type->tp_alloc(type, count);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (t != NULL)
+            PyTuple_SET_ITEM(t, i, items[i]);
+        else
+            Py_XDECREF(items[i]);
+    }
+    return t;
+}
+
 /* ---- _core.control_loss ----------------------------------------------- */
 
 static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1236,8 +1298,11 @@ done:
  * rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
  *              control_weight, trajectory_weight, terminal_weight, include_initial,
  *              discount, lengths, mask, penalty, delta, feature_weights,
- *              state_weights, check_finite, target_name="target")
+ *              state_weights, check_finite, target_name="target", combined=False)
  *   -> (total, control, trajectory, terminal, grad_controls, grad_x0)
+ * combined: a LossResult(total, grad_controls, grad_x0, LossComponents(control,
+ * trajectory, terminal, trajectory_weight, terminal_weight, total)) instead,
+ * of the types set_result_types registered.
  */
 static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1245,17 +1310,22 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
     PyObject *result = NULL;
     unsigned long terms;
     double cw, tw, fwt;
-    int include_initial, check_finite, typenum;
+    int include_initial, check_finite, typenum, combined = 0;
     const char *target_name = "target";
-    if (!fast_arg_count("rollout_loss", nargs, 20, 21) ||
+    if (!fast_arg_count("rollout_loss", nargs, 20, 22) ||
         ((terms = PyLong_AsUnsignedLong(args[7])) == (unsigned long)-1 && PyErr_Occurred()) ||
         ((cw = PyFloat_AsDouble(args[8])) == -1.0 && PyErr_Occurred()) ||
         ((tw = PyFloat_AsDouble(args[9])) == -1.0 && PyErr_Occurred()) ||
         ((fwt = PyFloat_AsDouble(args[10])) == -1.0 && PyErr_Occurred()) ||
         (include_initial = PyObject_IsTrue(args[11])) < 0 ||
         (check_finite = PyObject_IsTrue(args[19])) < 0 ||
-        (nargs == 21 && (target_name = PyUnicode_AsUTF8(args[20])) == NULL))
+        (nargs >= 21 && (target_name = PyUnicode_AsUTF8(args[20])) == NULL) ||
+        (nargs == 22 && (combined = PyObject_IsTrue(args[21])) < 0))
         return NULL;
+    if (combined && loss_result_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "rollout_loss: set_result_types was never called");
+        return NULL;
+    }
     PyObject *Ad_obj = args[0], *Bd_obj = args[1], *const *objs = args + 2;
     PyObject *discount = args[12], *lengths = args[13], *mask = args[14], *penalty = args[15];
     PyObject *delta = args[16], *fw_obj = args[17], *sw_obj = args[18];
@@ -1345,7 +1415,17 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
         bad = (isfinite(v.total) ? 0u : 1u) | nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx}) << 1;
     if (warn_overflow(bad, "loss", 3, (const char *const[]){"the value", "grad_controls", "grad_x0"}) < 0)
         goto done;
-    result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
+    if (combined) {
+        Py_INCREF(gu);
+        Py_INCREF(gx);
+        PyObject *parts[6] = {PyFloat_FromDouble(v.control), PyFloat_FromDouble(v.trajectory),
+                              PyFloat_FromDouble(v.terminal), PyFloat_FromDouble(tw),
+                              PyFloat_FromDouble(fwt), PyFloat_FromDouble(v.total)};
+        PyObject *items[4] = {PyFloat_FromDouble(v.total), (PyObject *)gu, (PyObject *)gx,
+                              named_tuple(loss_components_type, 6, parts)};
+        result = named_tuple(loss_result_type, 4, items);
+    } else
+        result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
 
 done:
     PyMem_RawFree(work);
@@ -1685,7 +1765,11 @@ static PyMethodDef core_methods[] = {
      "rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,\n"
      "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
      "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"
-     "             check_finite) -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
+     "             check_finite, target_name='target', combined=False)\n"
+     "    -> (total, control, trajectory, terminal, grad_controls, grad_x0), or a LossResult"},
+    {"set_result_types", core_set_result_types, METH_VARARGS,
+     "set_result_types(LossResult, LossComponents)\n\n"
+     "The named tuples rollout_loss(..., combined=True) returns (set by trajloss.losses)."},
     {"final_state_error", core_final_state_error, METH_VARARGS,
      "final_state_error(Ad, Bd, controls, x0, xf, lengths, check_finite) -> (B,) or 0-d"},
     {"min_energy", core_min_energy, METH_VARARGS,

@@ -125,8 +125,10 @@ class LossResult(NamedTuple):
 
 
 # The results are made on every training step: tuple.__new__ skips the
-# named tuples' Python-level __new__ (0.45 -> 0.2 us each, half of W5's slack).
+# named tuples' Python-level __new__ (0.45 -> 0.2 us each), and combined_loss's
+# are built by the core itself, which needs the two classes.
 _make = tuple.__new__
+_core.set_result_types(LossResult, LossComponents)
 
 
 def _weight(value, name):
@@ -330,11 +332,11 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
         weight if isinstance(weight, WeightingStrategy) else None)
     weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
     terminal_weight = _weight(terminal_weight, "terminal_weight")
-    total, c, t, f, grad, grad_x0 = _core.rollout_loss(
+    # the core builds the LossResult itself (set_result_types below)
+    result = _core.rollout_loss(
         system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
         _ALL_TERMS, 1.0, weight, terminal_weight, include_initial, discount, lengths, mask,
-        penalty, delta, feature_weights, state_weights, check_finite, "terminal_target")
+        penalty, delta, feature_weights, state_weights, check_finite, "terminal_target", True)
     if strategy is not None:
-        strategy.observe(c, t)
-    return _make(LossResult, (total, grad, grad_x0, _make(
-        LossComponents, (c, t, f, weight, terminal_weight, total))))
+        strategy.observe(result[3][0], result[3][1])
+    return result
