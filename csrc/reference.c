@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "dense.h"
+#include "lanes.h" /* TL_ALWAYS_INLINE */
 #include "sizes.h"
 #include "tl_lapack.h"
 #include "trajloss.h"
@@ -267,7 +268,8 @@ size_t tl_ref_apply_work_bytes(ptrdiff_t n)
 }
 
 /* y = M x for an r x c row-major M */
-static void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x, double *y)
+static TL_ALWAYS_INLINE void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x,
+                                    double *y)
 {
     for (ptrdiff_t i = 0; i < r; i++) {
         double acc = 0.0;
@@ -277,17 +279,25 @@ static void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x, d
     }
 }
 
-tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
-                       const double *xf, double *controls, double *states,
-                       double *final_error, double *energy, void *work)
+static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
 {
-    if (plan == NULL || batch < 0)
-        return plan == NULL ? TL_ERR_VALUE : TL_ERR_SHAPE;
-    if (work == NULL)
-        return TL_ERR_NOMEM;
-    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps;
-    double *d = (double *)work, *y = d + n, *yn = y + n;
+    for (ptrdiff_t i = 0; i < n; i++)
+        y[i] = x[i];
+}
 
+/* Samples [0, batch) of tl_ref_apply. Always inlined, so that the small
+ * systems below get this loop with n and m as constants: the matrix-vector
+ * products unrolled and the state kept in registers, about three times
+ * faster at n = 2 than with sizes read at run time. The operations and their
+ * order are the same for every (n, m), so are the results. */
+static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t batch,
+                                           const double *x0, const double *xf,
+                                           double *controls, double *states,
+                                           double *final_error, double *energy, double *d,
+                                           const ptrdiff_t n, const ptrdiff_t m)
+{
+    const ptrdiff_t T = plan->steps;
+    double *y = d + n, *yn = y + n;
     for (ptrdiff_t b = 0; b < batch; b++) {
         const double *x = x0 + b * n, *f = xf + b * n;
         double *u = controls + b * T * m, *s = states + b * (T + 1) * n;
@@ -303,17 +313,17 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
 
         /* the ZOH rollout of the controls: the states (exact, average) or
          * only the end point (continuous) */
-        memcpy(y, x, (size_t)n * sizeof(double));
+        copy(n, x, y);
         if (plan->method != TL_REF_CONTINUOUS)
-            memcpy(s, x, (size_t)n * sizeof(double));
+            copy(n, x, s);
         for (ptrdiff_t k = 0; k < T; k++) {
             matvec(n, n, plan->Ad, y, yn);
             for (ptrdiff_t i = 0; i < n; i++)
                 for (ptrdiff_t j = 0; j < m; j++)
                     yn[i] += plan->Bd[i * m + j] * u[k * m + j];
-            memcpy(y, yn, (size_t)n * sizeof(double));
+            copy(n, yn, y);
             if (plan->method != TL_REF_CONTINUOUS)
-                memcpy(s + (k + 1) * n, y, (size_t)n * sizeof(double));
+                copy(n, y, s + (k + 1) * n);
         }
         double err = 0.0;
         for (ptrdiff_t i = 0; i < n; i++)
@@ -322,16 +332,49 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
 
         if (plan->method == TL_REF_CONTINUOUS) {
             /* x(k dt) = Ad^k x0 + Q_k d */
-            memcpy(y, x, (size_t)n * sizeof(double));
+            copy(n, x, y);
             for (ptrdiff_t k = 0; k <= T; k++) {
                 matvec(n, n, plan->Q + k * n * n, d, s + k * n);
                 for (ptrdiff_t i = 0; i < n; i++)
                     s[k * n + i] += y[i];
                 matvec(n, n, plan->Ad, y, yn);
-                memcpy(y, yn, (size_t)n * sizeof(double));
+                copy(n, yn, y);
             }
         }
     }
+}
+
+/* The sizes with loops of their own: the systems of the seeds and the
+ * benchmarks and their near neighbours (as the loss kernels' list in loss.c). */
+#define TL_REF_SIZES                                                                          \
+    TL_REF_SIZE(1, 1)                                                                         \
+    TL_REF_SIZE(2, 1)                                                                         \
+    TL_REF_SIZE(2, 2)                                                                         \
+    TL_REF_SIZE(3, 1)                                                                         \
+    TL_REF_SIZE(4, 1)                                                                         \
+    TL_REF_SIZE(4, 2)                                                                         \
+    TL_REF_SIZE(6, 2)
+
+tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
+                       const double *xf, double *controls, double *states,
+                       double *final_error, double *energy, void *work)
+{
+    if (plan == NULL || batch < 0)
+        return plan == NULL ? TL_ERR_VALUE : TL_ERR_SHAPE;
+    if (work == NULL)
+        return TL_ERR_NOMEM;
+    const ptrdiff_t n = plan->n, m = plan->m;
+#define TL_REF_SIZE(N, M)                                                                     \
+    if (n == (N) && m == (M)) {                                                               \
+        double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
+        apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, scratch, N, \
+                      M);                                                                     \
+        return TL_OK;                                                                         \
+    }
+    TL_REF_SIZES
+#undef TL_REF_SIZE
+    apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, (double *)work, n,
+                  m);
     return TL_OK;
 }
 
