@@ -211,6 +211,17 @@ static void TL_SFX(tile_select)(const tl_rl_const *c, ptrdiff_t b0, int lanes, d
             }
             continue;
         }
+        if (c->uniform && l > 0) { /* every sequence's steps and weights are lane 0's */
+            for (ptrdiff_t t = 0; t < T; t++) {
+                ts->vc[t][l] = ts->vc[t][0];
+                ts->wc[t * TL_VL + l] = ts->wc[t * TL_VL];
+            }
+            for (ptrdiff_t k = 0; k <= T; k++) {
+                ts->vs[k][l] = ts->vs[k][0];
+                ts->ws[k * TL_VL + l] = ts->ws[k * TL_VL];
+            }
+            continue;
+        }
         tl_sel_weights(sel, b, 0, powers, row);
         for (ptrdiff_t t = 0; t < T; t++) {
             ts->vc[t][l] = tl_sel_valid(sel, b, t) ? -1 : 0;
