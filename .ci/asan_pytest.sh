@@ -98,10 +98,16 @@ rm -f "$logs"/*
 # the normal run of the same tests and by `make -C csrc valgrind`.
 #  - tests/test_rollout.py::test_rollout_memory_flat ("RSS grew by 133.9 MiB")
 #  - tests/test_leaks.py::test_rss_stays_flat
+# The benchmark suite's smoke test is left to the normal run as well: it calls
+# trajloss only as the loss tests do, and its time (13 s in the normal run,
+# more here) goes to torch.compile and JAX tracing; CI was at 908 s of its
+# 15-minute budget with it.
+#  - tests/test_benchmarks.py
 status=0
 run_sanitized "$PYTHON" -m pytest -x -q -p no:cacheprovider \
     --deselect tests/test_rollout.py::test_rollout_memory_flat \
-    --deselect tests/test_leaks.py::test_rss_stays_flat "$@" || status=$?
+    --deselect tests/test_leaks.py::test_rss_stays_flat \
+    --ignore tests/test_benchmarks.py "$@" || status=$?
 # Every file in $logs is a sanitizer report, except those that only hold the
 # warning ASan prints when allocator_may_return_null turns an absurd allocation
 # into NULL (the MemoryError tests).
