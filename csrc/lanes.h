@@ -43,6 +43,20 @@
 #define TL_ALWAYS_INLINE inline
 #endif
 
+/* (n, m) of the systems that get code of their own with n and m as constants:
+ * the rollout-loss kernels (loss_impl.h) and the reference loop (reference.c).
+ * A user defines TL_SMALL_SYSTEM(N, M) and expands the list. */
+#define TL_SMALL_SYSTEMS                                                                      \
+    TL_SMALL_SYSTEM(1, 1)                                                                     \
+    TL_SMALL_SYSTEM(2, 1)                                                                     \
+    TL_SMALL_SYSTEM(2, 2)                                                                     \
+    TL_SMALL_SYSTEM(3, 1)                                                                     \
+    TL_SMALL_SYSTEM(3, 3)                                                                     \
+    TL_SMALL_SYSTEM(4, 1)                                                                     \
+    TL_SMALL_SYSTEM(4, 2)                                                                     \
+    TL_SMALL_SYSTEM(6, 2)                                                                     \
+    TL_SMALL_SYSTEM(6, 3)
+
 #if defined(__clang__)
 #pragma clang diagnostic ignored "-Wpsabi" /* static helpers only: no ABI is exposed */
 #elif defined(__GNUC__)

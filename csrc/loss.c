@@ -24,18 +24,6 @@
 #include "sizes.h"
 #include "trajloss.h"
 
-/* (n, m) of the systems that get a rollout-loss kernel of their own. */
-#define TL_SMALL_TILES                                                                        \
-    TL_SMALL_TILE(1, 1)                                                                       \
-    TL_SMALL_TILE(2, 1)                                                                       \
-    TL_SMALL_TILE(2, 2)                                                                       \
-    TL_SMALL_TILE(3, 1)                                                                       \
-    TL_SMALL_TILE(3, 3)                                                                       \
-    TL_SMALL_TILE(4, 1)                                                                       \
-    TL_SMALL_TILE(4, 2)                                                                       \
-    TL_SMALL_TILE(6, 2)                                                                       \
-    TL_SMALL_TILE(6, 3)
-
 /* rho(r) and its derivative for the three penalties (see trajloss.h). */
 static inline double rho(tl_penalty penalty, double delta, double r, double *drho)
 {

@@ -286,13 +286,13 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
         TL_V reg[TL_REG_VECTORS(N, M)];                                                       \
         TL_SFX(rl_fast_run_body)(c, ts, a, b0, tiles, sums, work, reg, N, M, TERMS);          \
     }
-#define TL_SMALL_TILE(N, M)                                                                   \
+#define TL_SMALL_SYSTEM(N, M)                                                                 \
     TL_TILE_FN(rl_tile_##N##_##M, N, M)                                                       \
     TL_RUN_FN(rl_fast_all_##N##_##M, N, M, TL_ALL_TERMS)                                      \
     TL_RUN_FN(rl_fast_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                               \
     TL_RUN_FN(rl_fast_term_##N##_##M, N, M, TL_TERM_TERMINAL)
-TL_SMALL_TILES
-#undef TL_SMALL_TILE
+TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
 #undef TL_RUN_FN
 #undef TL_TILE_FN
 
@@ -302,7 +302,7 @@ static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, unsigned
                                               TL_SFX(rl_run_fn) *fast)
 {
     *fast = NULL;
-#define TL_SMALL_TILE(N, M)                                                                   \
+#define TL_SMALL_SYSTEM(N, M)                                                                 \
     if (n == N && m == M) {                                                                   \
         *fast = terms == TL_ALL_TERMS         ? TL_SFX(rl_fast_all_##N##_##M)                 \
                 : terms == TL_TERM_TRAJECTORY ? TL_SFX(rl_fast_traj_##N##_##M)                \
@@ -310,8 +310,8 @@ static TL_SFX(rl_tile_fn) TL_SFX(rl_tile_for)(ptrdiff_t n, ptrdiff_t m, unsigned
                                               : NULL;                                         \
         return TL_SFX(rl_tile_##N##_##M);                                                     \
     }
-    TL_SMALL_TILES
-#undef TL_SMALL_TILE
+    TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
     return TL_SFX(rl_tile);
 }
 

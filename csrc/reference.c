@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "dense.h"
-#include "lanes.h" /* TL_ALWAYS_INLINE */
+#include "lanes.h" /* TL_ALWAYS_INLINE, TL_SMALL_SYSTEMS */
 #include "sizes.h"
 #include "tl_lapack.h"
 #include "trajloss.h"
@@ -286,9 +286,9 @@ static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
 }
 
 /* Samples [0, batch) of tl_ref_apply. Always inlined, so that the small
- * systems below get this loop with n and m as constants: the matrix-vector
- * products unrolled and the state kept in registers, about three times
- * faster at n = 2 than with sizes read at run time. The operations and their
+ * systems (TL_SMALL_SYSTEMS) get this loop with n and m as constants: the
+ * matrix-vector products unrolled and the state kept in registers, about four
+ * times faster at n = 2 than with sizes read at run time. The operations and their
  * order are the same for every (n, m), so are the results. */
 static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t batch,
                                            const double *x0, const double *xf,
@@ -344,17 +344,6 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t ba
     }
 }
 
-/* The sizes with loops of their own: the systems of the seeds and the
- * benchmarks and their near neighbours (as the loss kernels' list in loss.c). */
-#define TL_REF_SIZES                                                                          \
-    TL_REF_SIZE(1, 1)                                                                         \
-    TL_REF_SIZE(2, 1)                                                                         \
-    TL_REF_SIZE(2, 2)                                                                         \
-    TL_REF_SIZE(3, 1)                                                                         \
-    TL_REF_SIZE(4, 1)                                                                         \
-    TL_REF_SIZE(4, 2)                                                                         \
-    TL_REF_SIZE(6, 2)
-
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work)
@@ -364,15 +353,15 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
     if (work == NULL)
         return TL_ERR_NOMEM;
     const ptrdiff_t n = plan->n, m = plan->m;
-#define TL_REF_SIZE(N, M)                                                                     \
+#define TL_SMALL_SYSTEM(N, M)                                                                     \
     if (n == (N) && m == (M)) {                                                               \
         double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
         apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, scratch, N, \
                       M);                                                                     \
         return TL_OK;                                                                         \
     }
-    TL_REF_SIZES
-#undef TL_REF_SIZE
+    TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
     apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, (double *)work, n,
                   m);
     return TL_OK;

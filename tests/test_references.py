@@ -30,9 +30,10 @@ from reference_helpers import (
 DT = 1.0 / 3.0
 T15 = 15
 H15 = T15 * DT
-# every (n, m) with a loop of its own in csrc/reference.c (TL_REF_SIZES), and
+# every (n, m) with a loop of its own (TL_SMALL_SYSTEMS in csrc/lanes.h), and
 # sizes that take the general one
-SHAPES = [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2), (5, 3), (6, 2), (8, 3)]
+SHAPES = [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (5, 3), (6, 2), (6, 3),
+          (8, 3)]
 CONT_SHAPES = [(2, 1), (3, 2), (4, 1), (6, 2), (8, 3)]
 
 
