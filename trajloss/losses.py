@@ -128,7 +128,6 @@ class LossResult(NamedTuple):
 # named tuples' Python-level __new__ (0.45 -> 0.2 us each), and combined_loss's
 # are built by the core itself, which needs the two classes.
 _make = tuple.__new__
-_INF = math.inf
 _core.set_result_types(LossResult, LossComponents)
 
 
@@ -329,19 +328,15 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     if not isinstance(system, LinearSystem):
         _check_system(system)
     # called on every training step: straight to the core, no keyword layers
-    # (_weight's own fast path, inlined: two calls were 0.1-0.2 us of W5)
-    if type(weight) is float and 0.0 <= weight < _INF:
-        strategy = None
-    else:
-        strategy = weight if isinstance(weight, WeightingStrategy) else None
-        weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
-    if not (type(terminal_weight) is float and 0.0 <= terminal_weight < _INF):
-        terminal_weight = _weight(terminal_weight, "terminal_weight")
-    # the core builds the LossResult itself (set_result_types below)
+    strategy = None if type(weight) is float else (
+        weight if isinstance(weight, WeightingStrategy) else None)
+    weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
+    terminal_weight = _weight(terminal_weight, "terminal_weight")
+    # the core builds the LossResult itself (_core.set_result_types, at import)
     result = _core.rollout_loss(
         system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
         _ALL_TERMS, 1.0, weight, terminal_weight, include_initial, discount, lengths, mask,
         penalty, delta, feature_weights, state_weights, check_finite, "terminal_target", True)
     if strategy is not None:
-        strategy.observe(result[3][0], result[3][1])
+        strategy.observe(result.components.control, result.components.trajectory)
     return result
