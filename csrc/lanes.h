@@ -158,11 +158,51 @@ static inline void tl_vacc_f32(tl_vd *sum, tl_vf a)
     *sum += lo + hi;
 }
 
+/* What tl_vrho's d leaves out of rho'(r): 2 for the squared error, whose
+ * gradient scales (tl_rl_const in loss.c) carry it. */
+#define TL_RHO_SCALE(penalty) ((penalty) == TL_PENALTY_MSE ? 2.0 : 1.0)
+
 /* The rest is written once for both (S the suffix, V the lanes, M their
  * masks, E an element). Lanes never mix: each lane computes exactly what
  * scalar code in E would. */
 #define TL_LANE_OPS(S, V, M, E)                                                               \
-    /* a where mask is set, +0 elsewhere -- a select: NaN in a dropped lane vanishes */          static inline V tl_vkeep##S(M mask, V a)                                                      {                                                                                                 return (V)((M)a & mask);                                                                  }                                                                                             /* mask ? a : b */                                                                            static inline V tl_vblend##S(M mask, V a, V b)                                                {                                                                                                 return (V)(((M)a & mask) | ((M)b & ~mask));                                               }                                                                                             static inline V tl_vabs##S(V a)                                                               {                                                                                                 return (V)((M)a & ~(M)tl_vsplat##S(-0.0));                                                }                                                                                             /* e = rho(r) and d = rho'(r) in every lane (the penalties of trajloss.h) */                  static inline void tl_vrho##S(tl_penalty penalty, double delta, V r, V *e, V *d)              {                                                                                                 const V one = tl_vsplat##S(1.0), zero = tl_vsplat##S(0.0);                                    switch (penalty) {                                                                            case TL_PENALTY_MSE:                                                                              *e = r * r;                                                                                   *d = r + r;                                                                                   return;                                                                                   case TL_PENALTY_L1:                                                                               *e = tl_vabs##S(r);                                                                           *d = tl_vkeep##S((M)(r > zero), one) - tl_vkeep##S((M)(r < zero), one);                       return;                                                                                   default: {                                                                                        const V a = tl_vabs##S(r), dv = tl_vsplat##S((E)delta), half = tl_vsplat##S(0.5);             const M inside = (M)(a <= dv);                                                                *e = tl_vblend##S(inside, half * r * r, dv * (a - half * dv));                                *d = tl_vblend##S(inside, r, tl_vblend##S((M)(r > zero), dv, -dv));                       }                                                                                             }                                                                                         }
+    /* a where mask is set, +0 elsewhere -- a select: NaN in a dropped lane vanishes */        \
+    static inline V tl_vkeep##S(M mask, V a)                                                  \
+    {                                                                                         \
+        return (V)((M)a & mask);                                                              \
+    }                                                                                         \
+    /* mask ? a : b */                                                                        \
+    static inline V tl_vblend##S(M mask, V a, V b)                                            \
+    {                                                                                         \
+        return (V)(((M)a & mask) | ((M)b & ~mask));                                           \
+    }                                                                                         \
+    static inline V tl_vabs##S(V a)                                                           \
+    {                                                                                         \
+        return (V)((M)a & ~(M)tl_vsplat##S(-0.0));                                            \
+    }                                                                                         \
+    /* e = rho(r) and d = rho'(r) / TL_RHO_SCALE(penalty) in every lane (the penalties of    \
+     * trajloss.h): the squared error's factor 2 is in the gradient scales instead, which    \
+     * saves an add a scored value and rounds the same (doubling is exact) */                \
+    static inline void tl_vrho##S(tl_penalty penalty, double delta, V r, V *e, V *d)          \
+    {                                                                                         \
+        const V one = tl_vsplat##S(1.0), zero = tl_vsplat##S(0.0);                            \
+        switch (penalty) {                                                                    \
+        case TL_PENALTY_MSE:                                                                  \
+            *e = r * r;                                                                       \
+            *d = r;                                                                           \
+            return;                                                                           \
+        case TL_PENALTY_L1:                                                                   \
+            *e = tl_vabs##S(r);                                                               \
+            *d = tl_vkeep##S((M)(r > zero), one) - tl_vkeep##S((M)(r < zero), one);           \
+            return;                                                                           \
+        default: {                                                                            \
+            const V a = tl_vabs##S(r), dv = tl_vsplat##S((E)delta), half = tl_vsplat##S(0.5); \
+            const M inside = (M)(a <= dv);                                                    \
+            *e = tl_vblend##S(inside, half * r * r, dv * (a - half * dv));                    \
+            *d = tl_vblend##S(inside, r, tl_vblend##S((M)(r > zero), dv, -dv));               \
+        }                                                                                     \
+        }                                                                                     \
+    }
 TL_LANE_OPS(_f64, tl_vd, tl_vm, double)
 TL_LANE_OPS(_f32, tl_vf, tl_vi, float)
 #undef TL_LANE_OPS

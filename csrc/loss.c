@@ -211,7 +211,7 @@ static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
            tl_add_product(count, VEC * n, n + m) &&    /* the splats of Ad, Bd */
            tl_add_product(count, VEC, 2 * T + 2) &&    /* vc, vs, fin */
            tl_add_product(count, 2 * VEC, (T + 1) * n + T * m) && /* weight tables */
-           tl_add_product(count, VEC, 3) &&            /* the per-lane sums */
+           tl_add_product(count, VEC, 4) &&            /* the per-lane sums, gradient check */
            tl_add_product(count, 2 * VEC, 2 * T + 1) && /* wc, ws (up to 8 lanes) */
            tl_add_product(count, T + 2, 1) &&          /* one row of weights */
            tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
@@ -238,7 +238,8 @@ typedef struct {
     const tl_loss_spec *spec;
     ptrdiff_t B, T, n, m;
     int shift, uniform;
-    double sc, st, sf; /* gradient scale of each term: weight / (count * dim) */
+    double sc, st, sf; /* gradient scale of each term: weight / (count * dim), times
+                        * TL_RHO_SCALE (lanes.h) */
     const double *powers;
     double *partials;  /* 3 per chunk */
     double *worker_work;

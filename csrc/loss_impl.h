@@ -374,7 +374,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     TL_V *tables = (TL_V *)(v + 2 * T + 2);
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
     tl_vd *sums = (tl_vd *)(tables + 2 * (ns + nc));
-    double *wc = (double *)(sums + 3);
+    double *wc = (double *)(sums + 4); /* sums[3]: the fast kernels' gradient check */
     TL_SFX(tile_sel) ts = {v, v + T, v + 2 * T + 1, wc, wc + T * TL_VL,
                            tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
                            {0}, 0, 0, 0};
@@ -386,7 +386,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 
     int full_ready = 0; /* ts holds a full tile of the uniform selection */
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
-        sums[0] = sums[1] = sums[2] = tl_vsplat_f64(0.0);
+        sums[0] = sums[1] = sums[2] = sums[3] = tl_vsplat_f64(0.0);
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         const int rows = (int)(end - start);
@@ -456,7 +456,11 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                          : !TL_SFX(rl_inputs_finite)(&x->unread, start, rows, su, ss, n);
         }
         part[P_BAD_INPUT] = bad_in;
-        part[P_BAD_OUTPUT] = !TL_SFX(rl_outputs_finite)(a, start, rows, su, n);
+        /* by_sums: every gradient of the chunk went into sums[3] (rl_backward_end) */
+        TL_T gchk[TL_VL];
+        memcpy(gchk, &sums[3], sizeof gchk);
+        part[P_BAD_OUTPUT] = !(by_sums && TL_SFX(tl_all_finite)(gchk, TL_VL)) &&
+                             !TL_SFX(rl_outputs_finite)(a, start, rows, su, n);
     }
 }
 
@@ -491,11 +495,12 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
     rollout_worker_doubles((size_t)n, (size_t)m, (size_t)T, &worker_doubles);
     tl_sel_powers(sel, powers);
     /* unused terms keep zero scales and are never scored */
+    const double ds = TL_RHO_SCALE(spec->penalty);
     const tl_rl_const c = {sys, spec, B, T, n, m, shift,
                            sel->lengths == NULL && sel->mask == NULL,
-                           spec->control_weight / (N.control * (double)m),
-                           spec->trajectory_weight / (N.trajectory * (double)n),
-                           spec->terminal_weight / (N.terminal * (double)n),
+                           ds * (spec->control_weight / (N.control * (double)m)),
+                           ds * (spec->trajectory_weight / (N.trajectory * (double)n)),
+                           ds * (spec->terminal_weight / (N.terminal * (double)n)),
                            powers, partials, partials + P_COUNT * chunks, worker_doubles,
                            TL_SFX(rl_bytes)(&all, B, T * m, (T + 1) * n, n) > TL_PREFETCH_BYTES};
     const TL_SFX(rl_data) given = {controls, x0, ref_controls, ref_states, target, NULL, NULL};

@@ -297,12 +297,12 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
 
 /* lam = lam_k = G_k + Ad^T lam_{k+1} and, for k >= 1 when a gradient is
  * wanted, that of control step k - 1, Gc_{k-1} + Bd^T lam_k, in place of
- * Gc_{k-1} (rl_backward_end stores them all). */
+ * Gc_{k-1} (rl_backward_end stores them all), added to *gchk when given. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_backward_step)(const TL_SFX(rl_pass) *q,
                                                        const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_buf) *b, const TL_T *gu,
                                                        const ptrdiff_t k, TL_V *restrict lam,
-                                                       TL_V *restrict ln)
+                                                       TL_V *restrict ln, TL_V *restrict gchk)
 {
     const ptrdiff_t n = q->n, m = q->m;
     /* Lanes that ended before state k keep lam = 0 and a zero gradient by
@@ -316,21 +316,27 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_backward_step)(const TL_SFX(rl_pass) *q,
     }
     for (ptrdiff_t i = 0; i < n; i++)
         lam[i] = q->hold ? TL_SFX(tl_vkeep)(live, ln[i]) : ln[i];
-    if (k == 0 || gu == NULL)
+    if (k == 0 || (q->masked && gu == NULL)) /* a fast kernel always has gu */
         return;
     for (ptrdiff_t j = 0; j < m; j++) {
         TL_V acc = b->Gc[(k - 1) * m + j];
         for (ptrdiff_t i = 0; i < n; i++)
             acc += q->Bv[i * m + j] * lam[i];
         b->Gc[(k - 1) * m + j] = q->hold ? TL_SFX(tl_vkeep)(live, acc) : acc;
+        if (gchk != NULL)
+            *gchk += acc;
     }
 }
 
 /* The gradients: of the controls, of x0 from lam_0, and zeros for the steps
- * after Kmax. */
+ * after Kmax. gchk (the fast kernels; NULL otherwise) has the sum of the
+ * control gradients (rl_backward_step) and gets lam_0's: finite when every
+ * gradient stored is -- unless it overflows, and then rl_range scans them --
+ * so a fast chunk need not read them back. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_backward_end)(const TL_SFX(rl_pass) *q,
                                                       const TL_SFX(rl_data) *p,
-                                                      const TL_SFX(rl_buf) *b, const TL_V *lam)
+                                                      const TL_SFX(rl_buf) *b, const TL_V *lam,
+                                                      TL_V *gchk)
 {
     const ptrdiff_t n = q->n, m = q->m, K = q->K, T = q->T;
     if (p->gu != NULL)
@@ -342,6 +348,9 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_backward_end)(const TL_SFX(rl_pass) *q,
     if (p->gu != NULL && K < T) /* steps after every lane's span: exactly zero */
         for (int l = 0; l < TL_VL; l++)
             memset(p->gu + l * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
+    if (gchk != NULL)
+        for (ptrdiff_t i = 0; i < n; i++)
+            *gchk += lam[i];
 }
 
 /* A whole forward pass: the tile's inputs staged, x = x0, then steps 0 .. K-1. */
@@ -361,13 +370,13 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward)(const TL_SFX(rl_pass) *q, const 
 static TL_ALWAYS_INLINE void TL_SFX(rl_backward)(const TL_SFX(rl_pass) *q, const TL_SFX(tile_sel) *ts,
                                                   const TL_SFX(rl_data) *p,
                                                   const TL_SFX(rl_buf) *b, TL_V *restrict lam,
-                                                  TL_V *restrict ln)
+                                                  TL_V *restrict ln, TL_V *gchk)
 {
     for (ptrdiff_t i = 0; i < q->n; i++)
         lam[i] = TL_SFX(tl_vsplat)(0.0);
     for (ptrdiff_t k = q->K; k >= 0; k--)
-        TL_SFX(rl_backward_step)(q, ts, b, p->gu, k, lam, ln);
-    TL_SFX(rl_backward_end)(q, p, b, lam);
+        TL_SFX(rl_backward_step)(q, ts, b, p->gu, k, lam, ln, gchk);
+    TL_SFX(rl_backward_end)(q, p, b, lam, gchk);
 }
 
 /* reg: the vectors a kernel keeps: x, xn, xf, lam, ln (n each), uk (m), then
@@ -419,7 +428,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const TL
         for (ptrdiff_t i = 0; i < n; i++)
             xf[i] = x[i];
     TL_SFX(rl_terminal)(&q, c, ts, p, &b, x, xf, xn, &sum_f);
-    TL_SFX(rl_backward)(&q, ts, p, &b, lam, ln);
+    TL_SFX(rl_backward)(&q, ts, p, &b, lam, ln, NULL);
     sums[0] = sum_c;
     sums[1] = sum_t;
     sums[2] = sum_f;
@@ -472,6 +481,8 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
                              TL_SFX(rl_buf_at)(work + TL_TILE_VECTORS(T, n, m), T, n, m)};
     TL_V *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
     tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
+    TL_V gchk; /* sums[3]: a TL_V in a tl_vd's bytes */
+    memcpy(&gchk, &sums[3], sizeof gchk);
 
     TL_SFX(rl_data) prev = TL_SFX(rl_rows)(a, b0, q.su, q.ss, n);
     TL_SFX(rl_forward)(&q, c, ts, &prev, &buf[0], x, xn, xf, uk, &sum_c, &sum_t);
@@ -487,15 +498,16 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
             lam[i] = TL_SFX(tl_vsplat)(0.0);
         for (ptrdiff_t k = 0; k < T; k++) {
             TL_SFX(rl_forward_step)(&q, ts, bt, k, x, xn, xf, uk, &sum_c, &sum_t);
-            TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, T - k, lam, ln);
+            TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, T - k, lam, ln, &gchk);
         }
         TL_SFX(rl_terminal)(&q, c, ts, &cur, bt, x, x, xn, &sum_f);
-        TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, 0, lam, ln);
-        TL_SFX(rl_backward_end)(&q, &prev, bp, lam);
+        TL_SFX(rl_backward_step)(&q, ts, bp, prev.gu, 0, lam, ln, &gchk);
+        TL_SFX(rl_backward_end)(&q, &prev, bp, lam, &gchk);
         prev = cur;
     }
-    TL_SFX(rl_backward)(&q, ts, &prev, &buf[(tiles - 1) & 1], lam, ln);
+    TL_SFX(rl_backward)(&q, ts, &prev, &buf[(tiles - 1) & 1], lam, ln, &gchk);
     sums[0] = sum_c;
     sums[1] = sum_t;
     sums[2] = sum_f;
+    memcpy(&sums[3], &gchk, sizeof gchk);
 }

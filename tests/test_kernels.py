@@ -7,6 +7,8 @@ ends in a zero-padded tile.
 These tests reach each kernel, full and partial tiles, ragged lengths and
 masks, in both dtypes and with every penalty, and compare with the plain
 loops of tests/loss_reference.py."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -239,3 +241,54 @@ def test_fast_kernel_overflow_is_a_warning_not_an_input_error(dtype, big):
     with pytest.warns(RuntimeWarning, match="overflow"):
         res = tl.combined_loss(system, U, x0, RU, RX, weight=0.3, terminal_weight=0.1)
     assert not np.isfinite(res.value)
+
+
+# The fast kernels do not read their gradients back to check them: they sum
+# them as they store them, and only a non-finite sum leads to a scan
+# (csrc/tile_impl.h, rl_backward_end). A gradient that overflows must still be
+# reported, and a sum that overflows while every gradient is finite must not be.
+def _growing_system(n, a):
+    return tl.LinearSystem(np.eye(n) * a, np.ones((n, 1)))
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float64, 1e200), (np.float32, 1e25)])
+@pytest.mark.parametrize("B", [8, 256, 7])
+def test_fast_kernel_gradient_overflow_is_reported(dtype, big, B):
+    """x0 = 0 and u = 0 keep every state at 0 (a finite value), while the
+    adjoint lam_0 = G_0 + A^T (G_1 + A^T G_2) grows as big**2: grad_x0
+    overflows, and the call says so."""
+    rng = np.random.default_rng(23)
+    T, n = 2, 2
+    system = _growing_system(n, big)
+    U = np.zeros((B, T, 1), dtype)
+    x0 = np.zeros((B, n), dtype)
+    RX = rng.standard_normal((B, T + 1, n)).astype(dtype)
+    with pytest.warns(RuntimeWarning, match="grad_x0"):
+        res = tl.combined_loss(system, U, x0, U, RX, weight=0.5)
+    assert np.isfinite(res.value)
+    assert not np.isfinite(res.grad_x0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_kernel_gradient_sum_overflow_is_not_an_error(dtype):
+    """Every gradient finite but close to the dtype's limit, all of one sign:
+    their sum overflows, the scan finds them finite, and the call is quiet."""
+    B, T, n = 256, 2, 2
+    finfo = np.finfo(dtype)
+    U = np.zeros((B, T, 1), dtype)
+    x0 = np.zeros((B, n), dtype)
+    RX = -np.ones((B, T + 1, n), dtype)  # every residual +1
+    # lam_0 ~ a^2 G_2 with G_2 = 2 * 0.5 / (B T n): put grad_x0 near max / 8
+    a = float(np.sqrt(float(finfo.max) / 8) * np.sqrt(B * T * n))
+    system = _growing_system(n, a)
+    ref = combined_loss_ref(system.Ad, system.Bd, U.astype(np.float64), x0.astype(np.float64),
+                            U.astype(np.float64), RX.astype(np.float64), 0.5)
+    assert np.isfinite(ref["grad_x0"]).all() and np.isfinite(ref["grad"]).all()
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.abs(ref["grad_x0"]).astype(dtype).sum())  # the sum overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = tl.combined_loss(system, U, x0, U, RX, weight=0.5)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(res.grad_x0, ref["grad_x0"], rtol=rtol)
+    np.testing.assert_allclose(res.grad, ref["grad"], rtol=rtol)
