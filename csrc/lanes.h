@@ -19,8 +19,12 @@
  * round identically. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(TL_NO_CLONES)
 #define TL_CLONES __attribute__((target_clones("avx2", "default")))
+/* ... and the float64 fast kernels also in tiles of eight lanes for AVX-512
+ * (lanes8.h), run where the CPU has it. */
+#define TL_WIDE_F64 1
 #else
 #define TL_CLONES
+#define TL_WIDE_F64 0
 #endif
 
 /* The kernels are assembled from always-inlined pieces, so that each (n, m)
@@ -36,7 +40,7 @@
 #define TL_SANITIZED 1
 #endif
 #if defined(TL_SANITIZED) && defined(__GNUC__)
-#define TL_ALWAYS_INLINE __attribute__((noinline))
+#define TL_ALWAYS_INLINE __attribute__((noinline, unused)) /* not every kernel uses every piece */
 #elif defined(__GNUC__)
 #define TL_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -140,7 +144,6 @@ static inline void tl_vdeinterleave_f32(const tl_vf r[2], tl_vf t[2])
 {
     t[0] = TL_SHUF(r[0], r[1], 0, 2, 4, 6, 8, 10, 12, 14);
     t[1] = TL_SHUF(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15);
-#undef TL_SHUF
 }
 
 /* *sum += a, each lane widened to double, so every sum is kept in double.
@@ -205,6 +208,6 @@ static inline void tl_vacc_f32(tl_vd *sum, tl_vf a)
     }
 TL_LANE_OPS(_f64, tl_vd, tl_vm, double)
 TL_LANE_OPS(_f32, tl_vf, tl_vi, float)
-#undef TL_LANE_OPS
+/* TL_LANE_OPS stays defined for lanes8.h */
 
 #endif /* TL_LANES_H */

@@ -91,6 +91,8 @@ static tl_status check_spec(const tl_loss_spec *spec)
         return status;
     if ((int)spec->penalty < 0 || spec->penalty >= TL_PENALTY_COUNT)
         return TL_ERR_VALUE;
+    if (spec->lanes != 0 && spec->lanes != TL_LANES_F64)
+        return TL_ERR_VALUE;
     if (spec->penalty == TL_PENALTY_HUBER && !(isfinite(spec->delta) && spec->delta > 0.0))
         return TL_ERR_VALUE;
     if (!finite_nonneg(spec->control_weight) || !finite_nonneg(spec->trajectory_weight) ||
@@ -211,13 +213,25 @@ static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
            tl_add_product(count, VEC * n, n + m) &&    /* the splats of Ad, Bd */
            tl_add_product(count, VEC, 2 * T + 2) &&    /* vc, vs, fin */
            tl_add_product(count, 2 * VEC, (T + 1) * n + T * m) && /* weight tables */
-           tl_add_product(count, VEC, 4) &&            /* the per-lane sums, gradient check */
+           tl_add_product(count, VEC, 8) &&            /* the sums (TL_SUM_VECTORS) */
            tl_add_product(count, 2 * VEC, 2 * T + 1) && /* wc, ws (up to 8 lanes) */
            tl_add_product(count, T + 2, 1) &&          /* one row of weights */
            tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
            tl_add_product(count, VEC, (T + 1) * n) &&  /* staging: ref states */
-           tl_add_product(count, 4 * VEC, n);          /* staging: x0, target, gx (+ spare) */
+           tl_add_product(count, 4 * VEC, n)           /* staging: x0, target, gx (+ spare) */
+#if TL_WIDE_F64 /* the eight-lane kernels (TL_WIDE_DOUBLES): */
+           && tl_add_product(count, 2 * VEC * 6 * (T + 1), n) && /* two tiles' buffers (6 of
+                                                                    2 (T+1) n + 3 T m) and the
+                                                                    weight tables */
+           tl_add_product(count, 2 * VEC * 8 * T, m) &&
+           tl_add_product(count, 2 * VEC, 2 * T + 2)   /* vc, vs, fin */
+#endif
+        ;
 }
+
+/* Where in a worker's scratch the staging area ends (from its start, in
+ * doubles) and the eight-lane kernels' scratch begins. */
+#define TL_STAGE_DOUBLES(T, n, m) (4 * VEC * (T) * (m) + VEC * ((T) + 1) * (n) + 4 * VEC * (n))
 
 size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
                                   int threads)
@@ -276,6 +290,31 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
     return sum_partials(partials, chunks, P_BAD_INPUT) > 0.0 ? TL_ERR_NONFINITE : TL_OK;
 }
 
+/* A chunk's sums (rl_range; P_COUNT above): for each term two sets of four
+ * double lanes, one for the chunk's even tiles and one for its odd ones, at
+ * sums[2 term + parity] -- the control, trajectory and terminal terms and the
+ * fast kernels' gradient check (tile_impl.h). A tile of twice the lanes then
+ * holds an even and an odd tile side by side and adds into the same lanes
+ * in the same order. */
+#define TL_SUM_C 0
+#define TL_SUM_T 2
+#define TL_SUM_F 4
+#define TL_SUM_CHK 6
+#define TL_SUM_VECTORS 8
+#define TL_VS tl_vd  /* a tile's sums, in registers */
+#define TL_PAIRED 0  /* does one TL_VS hold both sets? */
+
+#if TL_WIDE_F64
+/* The float64 kernels hand pairs of full tiles to the eight-lane kernels at
+ * the end of this file, where the CPU has AVX-512 (tl_wide_for). */
+typedef void (*tl_wide_fn)(const tl_rl_const *c, const void *ts, int selected, const void *a,
+                           ptrdiff_t b0, ptrdiff_t pairs, tl_vd *sums, double *work);
+static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
+#define TL_WIDE_RUN 1
+#else
+#define TL_WIDE_RUN 0
+#endif
+
 #define TL_T double
 #define TL_V tl_vd
 #define TL_VM tl_vm
@@ -288,6 +327,9 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
 #undef TL_VL
 #undef TL_SFX
 
+#undef TL_WIDE_RUN
+#define TL_WIDE_RUN 0
+
 #define TL_T float
 #define TL_V tl_vf
 #define TL_VM tl_vi
@@ -299,3 +341,131 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
 #undef TL_VM
 #undef TL_VL
 #undef TL_SFX
+
+#if TL_WIDE_F64
+/* ---- float64 tiles of eight lanes, for AVX-512 ---------------------------
+ * Only the fast kernels: a chunk's full tiles of a uniform selection, two at
+ * a time, lanes 0-3 an even tile and 4-7 the odd one after it. The same
+ * source (tile_impl.h) with eight-lane vectors (lanes8.h), and sums of eight
+ * lanes that are the four-lane kernels' two sets (TL_SUM_C), so every value
+ * rounds exactly as in four lanes. Compiled for AVX-512 and called only where
+ * the CPU has it; everything they call is compiled here too, so vectors are
+ * passed between functions the same way on both sides. */
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512dq,avx512vl")
+#include "lanes8.h"
+#undef TL_SUM_C
+#undef TL_SUM_T
+#undef TL_SUM_F
+#undef TL_SUM_CHK
+#undef TL_VS
+#undef TL_PAIRED
+#define TL_SUM_C 0 /* in eight-lane vectors: the two sets of a term side by side */
+#define TL_SUM_T 1
+#define TL_SUM_F 2
+#define TL_SUM_CHK 3
+#define TL_VS tl_v8d
+#define TL_PAIRED 1
+#define TL_T double
+#define TL_V tl_v8d
+#define TL_VM tl_v8m
+#define TL_VL TL_LANES_F64X8
+#define TL_SFX(name) name##_f64x8
+#include "tile_types_impl.h"
+#include "tile_impl.h"
+
+/* The selection of an eight-lane tile of a uniform selection: each lane of
+ * the four-lane tile's, twice. at: the scratch of its vectors, which are
+ * there already when `selected` (from an earlier chunk of the call). */
+static void wide_select(const tl_rl_const *c, const tile_sel_f64 *t4, int selected,
+                        tile_sel_f64x8 *t8, double *at)
+{
+    const ptrdiff_t T = c->T, ns = (T + 1) * c->n, nc = T * c->m;
+    tl_v8m *v = (tl_v8m *)at;
+    tl_v8d *tab = (tl_v8d *)(v + 2 * T + 2);
+    t8->vc = v;
+    t8->vs = v + T;
+    t8->fin = v + 2 * T + 1;
+    t8->wc = t8->ws = NULL; /* only tile_select reads these */
+    t8->vs_w = tab;
+    t8->gs_w = tab + ns;
+    t8->vc_w = tab + 2 * ns;
+    t8->gc_w = tab + 2 * ns + nc;
+    for (int l = 0; l < TL_VL; l++)
+        t8->K[l] = t4->K[l % TL_LANES_F64];
+    t8->Kmax = t4->Kmax;
+    t8->ragged = t4->ragged;
+    t8->short_lanes = t4->short_lanes;
+    if (selected)
+        return;
+    for (ptrdiff_t k = 0; k < T; k++)
+        t8->vc[k] = tl_mjoin_f64x8(t4->vc[k], t4->vc[k]);
+    for (ptrdiff_t k = 0; k <= T; k++)
+        t8->vs[k] = tl_mjoin_f64x8(t4->vs[k], t4->vs[k]);
+    t8->fin[0] = tl_mjoin_f64x8(t4->fin[0], t4->fin[0]);
+    for (ptrdiff_t i = 0; i < ns; i++) {
+        t8->vs_w[i] = tl_vjoin_f64x8(t4->vs_w[i], t4->vs_w[i]);
+        t8->gs_w[i] = tl_vjoin_f64x8(t4->gs_w[i], t4->gs_w[i]);
+    }
+    for (ptrdiff_t i = 0; i < nc; i++) {
+        t8->vc_w[i] = tl_vjoin_f64x8(t4->vc_w[i], t4->vc_w[i]);
+        t8->gc_w[i] = tl_vjoin_f64x8(t4->gc_w[i], t4->gc_w[i]);
+    }
+}
+
+/* `pairs` pairs of full tiles from row b0: ts4 and a4 are the float64
+ * kernels' tile selection and arrays; work holds two eight-lane tiles'
+ * buffers and then the tile selection's vectors (see wide_select). */
+#define TL_WIDE_FN(NAME, N, M, TERMS)                                                         \
+    static void NAME(const tl_rl_const *c, const void *ts4, int selected, const void *a4,     \
+                     ptrdiff_t b0, ptrdiff_t pairs, tl_vd *sums, double *work)                \
+    {                                                                                         \
+        tl_v8d reg[TL_REG_VECTORS(N, M)];                                                     \
+        tile_sel_f64x8 ts;                                                                    \
+        rl_data_f64x8 a; /* the same members as rl_data_f64 */                                \
+        memcpy(&a, a4, sizeof a);                                                             \
+        wide_select(c, (const tile_sel_f64 *)ts4, selected, &ts,                              \
+                    work + TL_LANES_F64X8 * 2 * TL_TILE_VECTORS(c->T, N, M));                 \
+        rl_fast_run_body_f64x8(c, &ts, &a, b0, pairs, (tl_v8d *)sums, (tl_v8d *)work, reg, N, \
+                               M, TERMS);                                                     \
+    }
+#define TL_SMALL_SYSTEM(N, M)                                                                 \
+    TL_WIDE_FN(rl_wide_all_##N##_##M, N, M, TL_ALL_TERMS)                                     \
+    TL_WIDE_FN(rl_wide_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                              \
+    TL_WIDE_FN(rl_wide_term_##N##_##M, N, M, TL_TERM_TERMINAL)
+TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
+#undef TL_WIDE_FN
+#undef TL_T
+#undef TL_V
+#undef TL_VM
+#undef TL_VL
+#undef TL_SFX
+#pragma GCC pop_options
+
+/* Calls with fewer sequences keep four lanes. W1 in float64 on one thread
+ * (an Intel Xeon with AVX-512; eight lanes / four, interleaved in one
+ * process): 1.10-1.17 at B = 64, 1.01-1.06 at 256, 0.92-0.96 at 512,
+ * 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096. */
+#define TL_WIDE_MIN_BATCH 512
+
+/* The eight-lane kernel for these terms of an (n, m) system, or NULL: none,
+ * a small batch, the caller asked for four lanes (spec->lanes), or the CPU
+ * has no AVX-512. */
+static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms)
+{
+    if (c->spec->lanes == TL_LANES_F64 || c->B < TL_WIDE_MIN_BATCH ||
+        !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+          __builtin_cpu_supports("avx512vl")))
+        return NULL;
+#define TL_SMALL_SYSTEM(N, M)                                                                 \
+    if (n == N && m == M)                                                                     \
+        return terms == TL_ALL_TERMS         ? rl_wide_all_##N##_##M                          \
+               : terms == TL_TERM_TRAJECTORY ? rl_wide_traj_##N##_##M                         \
+               : terms == TL_TERM_TERMINAL   ? rl_wide_term_##N##_##M                         \
+                                             : NULL;
+    TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
+    return NULL;
+}
+#endif /* TL_WIDE_F64 */

@@ -120,36 +120,7 @@ tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
 
 /* ---- rollout losses ------------------------------------------------------ */
 
-/* The arrays of one tile: lane l's rows start at l times the row length. */
-typedef struct {
-    const TL_T *u, *x0, *ru, *rs, *tgt;
-    TL_T *gu, *gx;
-} TL_SFX(rl_data);
-
-/* The arrays of the tile whose lane 0 is row b0 of a. */
-static inline TL_SFX(rl_data) TL_SFX(rl_rows)(const TL_SFX(rl_data) *a, ptrdiff_t b0,
-                                              ptrdiff_t su, ptrdiff_t ss, ptrdiff_t n)
-{
-    TL_SFX(rl_data) p = {
-        a->u + b0 * su, a->x0 + b0 * n, a->ru != NULL ? a->ru + b0 * su : NULL,
-        a->rs != NULL ? a->rs + b0 * ss : NULL, a->tgt != NULL ? a->tgt + b0 * n : NULL,
-        a->gu != NULL ? a->gu + b0 * su : NULL, a->gx != NULL ? a->gx + b0 * n : NULL};
-    return p;
-}
-
-/* Valid steps and weights of the lanes of one tile, one vector per step. */
-typedef struct {
-    TL_VM *vc;          /* steps: control step valid (all ones) or not (0) */
-    TL_VM *vs;          /* steps + 1: state k scored by the trajectory term */
-    TL_VM *fin;         /* one: index of the final valid state, -1 for an empty lane */
-    double *wc, *ws;    /* the weights of those steps: step k of lane l at [k TL_VL + l] */
-    TL_V *vs_w, *gs_w;  /* (steps + 1) x n: state value weights ws_k s_i, and times st */
-    TL_V *vc_w, *gc_w;  /* steps x m: control value weights wc_k f_j, and times sc */
-    ptrdiff_t K[TL_VL]; /* the final valid state of each lane (0 when empty) */
-    ptrdiff_t Kmax;
-    int ragged;      /* do non-empty lanes end at different states? */
-    int short_lanes; /* does some lane (empty ones too) end before Kmax? */
-} TL_SFX(tile_sel);
+#include "tile_types_impl.h"
 
 /* One entry of a tile's weight tables: lane l of *value is w_l s and of *grad
  * scale (w_l s), each product taken in double and rounded once to TL_T. Built
@@ -253,14 +224,14 @@ static void TL_SFX(tile_select)(const tl_rl_const *c, ptrdiff_t b0, int lanes, d
 
 /* A kernel for one tile, and a fast kernel for `tiles` full tiles from row b0. */
 typedef void (*TL_SFX(rl_tile_fn))(const tl_rl_const *, const TL_SFX(tile_sel) *,
-                                   const TL_SFX(rl_data) *, tl_vd *, TL_V *);
+                                   const TL_SFX(rl_data) *, TL_VS *, TL_V *);
 typedef void (*TL_SFX(rl_run_fn))(const tl_rl_const *, const TL_SFX(tile_sel) *,
-                                  const TL_SFX(rl_data) *, ptrdiff_t, ptrdiff_t, tl_vd *,
+                                  const TL_SFX(rl_data) *, ptrdiff_t, ptrdiff_t, TL_VS *,
                                   TL_V *);
 
 /* The general kernel keeps its per-state vectors in work too. */
 static void TL_SFX(rl_tile)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
-                            const TL_SFX(rl_data) *p, tl_vd *sums, TL_V *work)
+                            const TL_SFX(rl_data) *p, TL_VS *sums, TL_V *work)
 {
     TL_V *reg = work + 2 * TL_TILE_VECTORS(c->T, c->n, c->m); /* after two tiles' buffers */
     TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, c->n, c->m, 0);
@@ -273,7 +244,7 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
 #define TL_ALL_TERMS (TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)
 #define TL_TILE_FN(NAME, N, M)                                                                \
     TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,     \
-                                       const TL_SFX(rl_data) *p, tl_vd *sums, TL_V *work)    \
+                                       const TL_SFX(rl_data) *p, TL_VS *sums, TL_V *work)    \
     {                                                                                         \
         TL_V reg[TL_REG_VECTORS(N, M)];                                                       \
         TL_SFX(rl_tile_body)(c, ts, p, sums, work, reg, N, M, 0);                             \
@@ -281,7 +252,7 @@ static void TL_SFX(rl_tile)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
 #define TL_RUN_FN(NAME, N, M, TERMS)                                                          \
     TL_CLONES static void TL_SFX(NAME)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,     \
                                        const TL_SFX(rl_data) *a, ptrdiff_t b0, ptrdiff_t tiles, \
-                                       tl_vd *sums, TL_V *work)                               \
+                                       TL_VS *sums, TL_V *work)                               \
     {                                                                                         \
         TL_V reg[TL_REG_VECTORS(N, M)];                                                       \
         TL_SFX(rl_fast_run_body)(c, ts, a, b0, tiles, sums, work, reg, N, M, TERMS);          \
@@ -369,12 +340,15 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, c->spec->terms, &fast);
     if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE && a->gu != NULL))
         fast = NULL;
+#if TL_WIDE_RUN /* pairs of full tiles as one eight-lane tile, where the CPU can */
+    const tl_wide_fn wide = fast != NULL ? tl_wide_for(c, n, m, c->spec->terms) : NULL;
+#endif
     TL_V *tile_work = (TL_V *)(c->worker_work + (size_t)worker * c->worker_doubles);
     TL_VM *v = (TL_VM *)(tile_work + 2 * TL_TILE_VECTORS(T, n, m) + TL_REG_VECTORS(n, m));
     TL_V *tables = (TL_V *)(v + 2 * T + 2);
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
-    tl_vd *sums = (tl_vd *)(tables + 2 * (ns + nc));
-    double *wc = (double *)(sums + 4); /* sums[3]: the fast kernels' gradient check */
+    tl_vd *sums = (tl_vd *)(tables + 2 * (ns + nc)); /* TL_SUM_VECTORS (loss.c) */
+    double *wc = (double *)(sums + TL_SUM_VECTORS);
     TL_SFX(tile_sel) ts = {v, v + T, v + 2 * T + 1, wc, wc + T * TL_VL,
                            tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
                            {0}, 0, 0, 0};
@@ -385,8 +359,12 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                               st + 2 * TL_VL * su, st + 3 * TL_VL * su + TL_VL * ss + 2 * TL_VL * n};
 
     int full_ready = 0; /* ts holds a full tile of the uniform selection */
+#if TL_WIDE_RUN
+    int wide_ready = 0; /* and the eight-lane kernels' copy of it is made */
+#endif
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
-        sums[0] = sums[1] = sums[2] = sums[3] = tl_vsplat_f64(0.0);
+        for (int i = 0; i < TL_SUM_VECTORS; i++)
+            sums[i] = tl_vsplat_f64(0.0);
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         const int rows = (int)(end - start);
@@ -405,8 +383,19 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
             if (!full_ready)
                 TL_SFX(tile_select)(c, b0, TL_VL, row, &ts);
             full_ready = 1;
-            fast(c, &ts, a, b0, rows / TL_VL, sums, tile_work);
-            b0 += rows - rows % TL_VL;
+            ptrdiff_t tiles = rows / TL_VL;
+#if TL_WIDE_RUN
+            if (wide != NULL && tiles >= 2) {
+                wide(c, &ts, wide_ready, a, b0, tiles / 2, sums,
+                     (double *)st + TL_STAGE_DOUBLES(T, n, m));
+                wide_ready = 1;
+                b0 += (tiles - tiles % 2) * TL_VL;
+                tiles %= 2; /* one even tile left, or none */
+            }
+#endif
+            if (tiles > 0)
+                fast(c, &ts, a, b0, tiles, sums, tile_work);
+            b0 += tiles * TL_VL;
         }
         for (; b0 < end; b0 += TL_VL) {
             const int lanes = end - b0 < TL_VL ? (int)(end - b0) : TL_VL;
@@ -416,8 +405,10 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                 full_ready = c->uniform && lanes == TL_VL;
             }
             const TL_SFX(rl_data) p = TL_SFX(rl_rows)(a, b0, su, ss, n);
+            /* the sums of the tile's parity in the chunk (TL_SUM_VECTORS) */
+            tl_vd *tsums = sums + (((b0 - start) / TL_VL) & 1);
             if (lanes == TL_VL) {
-                tile(c, &ts, &p, sums, tile_work);
+                tile(c, &ts, &p, tsums, tile_work);
                 continue;
             }
             /* the batch's last, partial tile: run it from zero-padded copies */
@@ -436,7 +427,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                 TL_SFX(stage)(p.tgt, n, lanes, (TL_T *)q.tgt);
             else
                 q.tgt = NULL;
-            tile(c, &ts, &q, sums, tile_work);
+            tile(c, &ts, &q, tsums, tile_work);
             if (p.gu != NULL)
                 memcpy(p.gu, q.gu, (size_t)(lanes * su) * sizeof(TL_T));
             if (p.gx != NULL)
@@ -445,8 +436,9 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         double *part = c->partials + P_COUNT * chunk;
         for (int term = P_CONTROL; term <= P_TERMINAL; term++) {
             double sum = 0.0;
-            for (int l = 0; l < TL_LANES_F64; l++) /* the lanes of a sum */
-                sum += sums[term][l];
+            for (int parity = 0; parity < 2; parity++) /* the lanes of a sum, in order */
+                for (int l = 0; l < TL_LANES_F64; l++)
+                    sum += sums[2 * term + parity][l];
             part[term] = sum;
         }
         if (c->spec->check_finite && by_sums) {
@@ -456,10 +448,10 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                          : !TL_SFX(rl_inputs_finite)(&x->unread, start, rows, su, ss, n);
         }
         part[P_BAD_INPUT] = bad_in;
-        /* by_sums: every gradient of the chunk went into sums[3] (rl_backward_end) */
-        TL_T gchk[TL_VL];
-        memcpy(gchk, &sums[3], sizeof gchk);
-        part[P_BAD_OUTPUT] = !(by_sums && TL_SFX(tl_all_finite)(gchk, TL_VL)) &&
+        /* by_sums: every gradient of the chunk went into the check (rl_backward_end) */
+        TL_T gchk[2 * sizeof(tl_vd) / sizeof(TL_T)];
+        memcpy(gchk, &sums[TL_SUM_CHK], sizeof gchk);
+        part[P_BAD_OUTPUT] = !(by_sums && TL_SFX(tl_all_finite)(gchk, (ptrdiff_t)(sizeof gchk / sizeof(TL_T)))) &&
                              !TL_SFX(rl_outputs_finite)(a, start, rows, su, n);
     }
 }

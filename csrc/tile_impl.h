@@ -2,7 +2,7 @@
  * tile_impl.h -- forward rollout, penalties and adjoint of the TL_VL
  * sequences of one tile, lane l of every vector being sequence b0 + l.
  * Included by loss_impl.h once per storage type, whose tiles are TL_VL
- * sequences of TL_T in TL_V (masks TL_VM, double sums tl_vd; lanes.h): a
+ * sequences of TL_T in TL_V (masks TL_VM, double sums TL_VS; lanes.h): a
  * float32 tile computes in float, eight lanes a register, and only its sums
  * are double. It is always inlined into its callers: one passes the call's
  * n and m (the general kernel), the others constants for the small systems
@@ -156,7 +156,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_stage)(const TL_SFX(rl_pass) *q, const TL
 static TL_ALWAYS_INLINE void TL_SFX(rl_score)(const TL_SFX(rl_pass) *q, const TL_VM on,
                                                const ptrdiff_t count, const TL_V *v,
                                                const TL_V *ref, const TL_V *vw, const TL_V *gw,
-                                               tl_vd *sum, TL_V *g)
+                                               TL_VS *sum, TL_V *g)
 {
     TL_V e, d;
     for (ptrdiff_t i = 0; i < count; i++) {
@@ -171,7 +171,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_score)(const TL_SFX(rl_pass) *q, const TL
 static TL_ALWAYS_INLINE void TL_SFX(rl_score_states)(const TL_SFX(rl_pass) *q,
                                                       const TL_SFX(tile_sel) *ts,
                                                       const TL_SFX(rl_buf) *b, const ptrdiff_t k,
-                                                      const TL_V *x, tl_vd *sum)
+                                                      const TL_V *x, TL_VS *sum)
 {
     const ptrdiff_t n = q->n;
     TL_SFX(rl_score)(q, ts->vs[k], n, x, b->rs + k * n, ts->vs_w + k * n, ts->gs_w + k * n, sum,
@@ -184,7 +184,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_begin)(const TL_SFX(rl_pass) *q,
                                                        const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_data) *p,
                                                        const TL_SFX(rl_buf) *b, TL_V *x,
-                                                       TL_V *xf, tl_vd *sum_t)
+                                                       TL_V *xf, TL_VS *sum_t)
 {
     const ptrdiff_t n = q->n;
     TL_SFX(rl_transpose)(p->x0, n, n, x);
@@ -210,7 +210,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_step)(const TL_SFX(rl_pass) *q,
                                                       const TL_SFX(rl_buf) *b, const ptrdiff_t k,
                                                       TL_V *restrict x, TL_V *restrict xn,
                                                       TL_V *restrict xf, TL_V *restrict uk,
-                                                      tl_vd *sum_c, tl_vd *sum_t)
+                                                      TL_VS *sum_c, TL_VS *sum_t)
 {
     const ptrdiff_t n = q->n, m = q->m;
     const TL_V zero = TL_SFX(tl_vsplat)(0.0);
@@ -257,7 +257,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
                                                   const TL_SFX(rl_data) *p,
                                                   const TL_SFX(rl_buf) *b, const TL_V *x,
                                                   const TL_V *xf, TL_V *restrict tmp,
-                                                  tl_vd *sum_f)
+                                                  TL_VS *sum_f)
 {
     const ptrdiff_t n = q->n, K = q->K, ss = q->ss;
     const double *sw = c->spec->state_weights;
@@ -358,7 +358,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward)(const TL_SFX(rl_pass) *q, const 
                                                  const TL_SFX(tile_sel) *ts, const TL_SFX(rl_data) *p,
                                                  const TL_SFX(rl_buf) *b, TL_V *restrict x,
                                                  TL_V *restrict xn, TL_V *restrict xf,
-                                                 TL_V *restrict uk, tl_vd *sum_c, tl_vd *sum_t)
+                                                 TL_V *restrict uk, TL_VS *sum_c, TL_VS *sum_t)
 {
     TL_SFX(rl_stage)(q, p, b);
     TL_SFX(rl_forward_begin)(q, c, ts, p, b, x, xf, sum_t);
@@ -412,16 +412,17 @@ static TL_ALWAYS_INLINE TL_SFX(rl_pass) TL_SFX(rl_pass_init)(const tl_rl_const *
 }
 
 /* One tile, start to end: the general kernel, and the small ones on tiles
- * the fast kernels do not take. */
+ * the fast kernels do not take. sums: the set of the tile's parity
+ * (rl_range passes sums + parity; see TL_SUM_C). */
 static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
-                                                   const TL_SFX(rl_data) *p, tl_vd *sums,
+                                                   const TL_SFX(rl_data) *p, TL_VS *sums,
                                                    TL_V *work, TL_V *reg, const ptrdiff_t n,
                                                    const ptrdiff_t m, const unsigned fast)
 {
     const TL_SFX(rl_pass) q = TL_SFX(rl_pass_init)(c, ts, reg, n, m, fast);
     const TL_SFX(rl_buf) b = TL_SFX(rl_buf_at)(work, c->T, n, m);
     TL_V *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
-    tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
+    TL_VS sum_c = sums[TL_SUM_C], sum_t = sums[TL_SUM_T], sum_f = sums[TL_SUM_F];
 
     TL_SFX(rl_forward)(&q, c, ts, p, &b, x, xn, xf, uk, &sum_c, &sum_t);
     if (!q.masked || !ts->ragged) /* every non-empty lane ends at Kmax */
@@ -429,9 +430,9 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_tile_body)(const tl_rl_const *c, const TL
             xf[i] = x[i];
     TL_SFX(rl_terminal)(&q, c, ts, p, &b, x, xf, xn, &sum_f);
     TL_SFX(rl_backward)(&q, ts, p, &b, lam, ln, NULL);
-    sums[0] = sum_c;
-    sums[1] = sum_t;
-    sums[2] = sum_f;
+    sums[TL_SUM_C] = sum_c;
+    sums[TL_SUM_T] = sum_t;
+    sums[TL_SUM_F] = sum_f;
 }
 
 /* Asks for the cache lines of the inputs of the tile whose lane 0 is row b0
@@ -462,6 +463,15 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_prefetch)(const TL_SFX(rl_data) *a, const
     TL_SFX(rl_prefetch_rows)(p.tgt, n);
 }
 
+#if !TL_PAIRED
+static TL_ALWAYS_INLINE void TL_SFX(rl_sums_swap)(TL_VS *a, TL_VS *b)
+{
+    const TL_VS s = *a;
+    *a = *b;
+    *b = s;
+}
+#endif
+
 /* `tiles` full tiles from row b0 of a, fast, in a software pipeline: the
  * forward pass of each tile runs in one loop with the backward pass of the
  * one before, so the two step-to-step chains (x_k forward, lam_k backward),
@@ -471,7 +481,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_prefetch)(const TL_SFX(rl_data) *a, const
  * same. work holds two tiles' buffers. */
 static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, const TL_SFX(tile_sel) *ts,
                                                        const TL_SFX(rl_data) *a, ptrdiff_t b0,
-                                                       ptrdiff_t tiles, tl_vd *sums, TL_V *work,
+                                                       ptrdiff_t tiles, TL_VS *sums, TL_V *work,
                                                        TL_V *reg, const ptrdiff_t n,
                                                        const ptrdiff_t m, const unsigned fast)
 {
@@ -480,14 +490,22 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
     TL_SFX(rl_buf) buf[2] = {TL_SFX(rl_buf_at)(work, T, n, m),
                              TL_SFX(rl_buf_at)(work + TL_TILE_VECTORS(T, n, m), T, n, m)};
     TL_V *x = reg, *xn = x + n, *xf = xn + n, *lam = xf + n, *ln = lam + n, *uk = ln + n;
-    tl_vd sum_c = sums[0], sum_t = sums[1], sum_f = sums[2];
-    TL_V gchk; /* sums[3]: a TL_V in a tl_vd's bytes */
-    memcpy(&gchk, &sums[3], sizeof gchk);
+    TL_VS sum_c = sums[TL_SUM_C], sum_t = sums[TL_SUM_T], sum_f = sums[TL_SUM_F];
+#if !TL_PAIRED /* sum_*: the sums of the tile running forward; oth_*: the other parity's */
+    TL_VS oth_c = sums[TL_SUM_C + 1], oth_t = sums[TL_SUM_T + 1], oth_f = sums[TL_SUM_F + 1];
+#endif
+    TL_V gchk; /* a TL_V in the bytes of sums[TL_SUM_CHK] */
+    memcpy(&gchk, &sums[TL_SUM_CHK], sizeof gchk);
 
     TL_SFX(rl_data) prev = TL_SFX(rl_rows)(a, b0, q.su, q.ss, n);
     TL_SFX(rl_forward)(&q, c, ts, &prev, &buf[0], x, xn, xf, uk, &sum_c, &sum_t);
     TL_SFX(rl_terminal)(&q, c, ts, &prev, &buf[0], x, x, xn, &sum_f);
     for (ptrdiff_t t = 1; t < tiles; t++) {
+#if !TL_PAIRED /* tile t's parity */
+        TL_SFX(rl_sums_swap)(&sum_c, &oth_c);
+        TL_SFX(rl_sums_swap)(&sum_t, &oth_t);
+        TL_SFX(rl_sums_swap)(&sum_f, &oth_f);
+#endif
         const TL_SFX(rl_buf) *bp = &buf[(t - 1) & 1], *bt = &buf[t & 1];
         const TL_SFX(rl_data) cur = TL_SFX(rl_rows)(a, b0 + t * TL_VL, q.su, q.ss, n);
         if (c->prefetch && b0 + (t + TL_AHEAD + 1) * TL_VL <= c->B)
@@ -506,8 +524,18 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_fast_run_body)(const tl_rl_const *c, cons
         prev = cur;
     }
     TL_SFX(rl_backward)(&q, ts, &prev, &buf[(tiles - 1) & 1], lam, ln, &gchk);
-    sums[0] = sum_c;
-    sums[1] = sum_t;
-    sums[2] = sum_f;
-    memcpy(&sums[3], &gchk, sizeof gchk);
+#if TL_PAIRED
+    sums[TL_SUM_C] = sum_c;
+    sums[TL_SUM_T] = sum_t;
+    sums[TL_SUM_F] = sum_f;
+#else
+    const int last = (int)((tiles - 1) & 1); /* the parity of the last tile */
+    sums[TL_SUM_C + last] = sum_c;
+    sums[TL_SUM_T + last] = sum_t;
+    sums[TL_SUM_F + last] = sum_f;
+    sums[TL_SUM_C + 1 - last] = oth_c;
+    sums[TL_SUM_T + 1 - last] = oth_t;
+    sums[TL_SUM_F + 1 - last] = oth_f;
+#endif
+    memcpy(&sums[TL_SUM_CHK], &gchk, sizeof gchk);
 }

@@ -94,10 +94,13 @@ def test_fast_kernels(n, m, include_initial, dtype):
     the NumPy reference, and it rounds exactly as the general form: the same
     call with lengths == T everywhere (which takes the general form) gives
     bit-identical results. B = 9 ends in a partial tile, B = 300 spans two
-    chunks."""
+    chunks; from B = 512 on, a float64 call on a CPU with AVX-512 runs pairs
+    of full tiles as one eight-lane tile (csrc/lanes8.h), and B = 601 (three
+    chunks, the last with eleven full tiles and a partial one) must still
+    give the general form's bits."""
     rng = np.random.default_rng(7 * n + m + 100 * include_initial)
     T = 6
-    for B in (4, 9, 300):
+    for B in (4, 9, 300, 601):
         for terminal_weight, discount in [(0.0, None), (0.4, 0.8)]:
             system, U, x0, RU, RX, _ = _case(rng, n, m, B, T, dtype, "all")
             opts = dict(weight=0.7, terminal_weight=terminal_weight, discount=discount,

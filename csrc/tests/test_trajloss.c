@@ -407,7 +407,7 @@ static void test_losses(void)
         rs[i] = uniform(&seed);
 
     tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0};
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0};
     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
     tl_loss_value v;
     CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
@@ -451,7 +451,7 @@ static void test_losses(void)
     double g1[4 * 6 * 2];
     void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 0};
+                       0.0, 0.0, 0, NULL, NULL, 1, 0, 0};
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         u[i] = uniform(&seed);
     double mse = 0.0;
@@ -512,7 +512,7 @@ static void test_loss_threads(void)
     for (int threads = 1; threads <= 4; threads++) {
         const int r = threads > 1;
         tl_loss_spec spec = {{B, T, len, NULL, 0.9}, TL_PENALTY_HUBER, 0.5, 7u, 1.0, 0.3,
-                             0.2, 1, NULL, NULL, threads, 0};
+                             0.2, 1, NULL, NULL, threads, 0, 0};
         void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
         CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v[r], gu[r], gx[r], work) ==
                   TL_OK, "threaded loss status (%d threads)", threads);
@@ -535,6 +535,74 @@ static void test_loss_threads(void)
     for (int r = 0; r < 2; r++)
         free(gu[r]), free(gx[r]), free(gc[r]);
     free(u), free(ru), free(x0), free(rs), free(len);
+}
+
+/* The float64 rollout losses run pairs of full tiles as one eight-lane tile
+ * where the CPU has AVX-512 (spec.lanes = 0) and only four-lane tiles with
+ * spec.lanes = 4: the same bits either way, for every small system the
+ * eight-lane kernels serve and one they do not, each set of terms they
+ * serve, with and without a terminal target and the initial state, chunks
+ * with an odd number of full tiles and a partial one, and 1 or 2 threads.
+ * (Without AVX-512 both runs are four-lane and this checks only that.) */
+static void test_loss_lanes(void)
+{
+    static const ptrdiff_t sizes[][2] = {{2, 1}, {3, 3}, {6, 2}, {4, 1}, {5, 2}};
+    static const unsigned term_sets[] = {7u, TL_TERM_TRAJECTORY, TL_TERM_TERMINAL};
+    unsigned seed = 777u;
+    const ptrdiff_t B = 2 * TL_CHUNK + 8 * 5 + 4 + 3, T = 7; /* 512 + 47: 11 full tiles, 3 rows */
+    int same = 1, calls = 0;
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const ptrdiff_t n = sizes[s][0], m = sizes[s][1];
+        double Ad[36], Bd[36];
+        random_system(n, m, Ad, Bd, &seed);
+        tl_system sys = {n, m, Ad, Bd};
+        double *u = xmalloc(sizeof(double) * B * T * m), *ru = xmalloc(sizeof(double) * B * T * m);
+        double *x0 = xmalloc(sizeof(double) * B * n), *tg = xmalloc(sizeof(double) * B * n);
+        double *rs = xmalloc(sizeof(double) * B * (T + 1) * n);
+        for (ptrdiff_t i = 0; i < B * T * m; i++)
+            u[i] = uniform(&seed), ru[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < B * n; i++)
+            x0[i] = uniform(&seed), tg[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
+            rs[i] = uniform(&seed);
+        double *gu[2], *gx[2];
+        for (int r = 0; r < 2; r++) {
+            gu[r] = xmalloc(sizeof(double) * B * T * m);
+            gx[r] = xmalloc(sizeof(double) * B * n);
+        }
+        for (size_t k = 0; k < sizeof term_sets / sizeof term_sets[0]; k++)
+            for (int variant = 0; variant < 4; variant++) {
+                const int with_target = variant & 1, threads = 1 + (variant >> 1);
+                tl_loss_value v[2];
+                for (int r = 0; r < 2; r++) {
+                    tl_loss_spec spec = {{B, T, NULL, NULL, variant == 2 ? 0.9 : 1.0},
+                                         TL_PENALTY_MSE, 1.0, term_sets[k], 1.0, 0.3, 0.2,
+                                         variant == 3, NULL, NULL, threads, 1,
+                                         r == 0 ? 0 : 4};
+                    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
+                    same &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, with_target ? tg : NULL,
+                                                &v[r], gu[r], gx[r], work) == TL_OK;
+                    free(work);
+                    calls++;
+                }
+                same &= same_value(&v[0], &v[1]) &&
+                        memcmp(gu[0], gu[1], sizeof(double) * B * T * m) == 0 &&
+                        memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
+            }
+        for (int r = 0; r < 2; r++)
+            free(gu[r]), free(gx[r]);
+        free(u), free(ru), free(x0), free(tg), free(rs);
+    }
+    CHECK(same, "eight-lane and four-lane float64 tiles give the same bits (%d calls)", calls);
+    tl_loss_spec bad = {{1, 1, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, 7u, 1.0, 0.3, 0.2,
+                        0, NULL, NULL, 1, 0, 8};
+    double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0.005, 0.1}, z[4] = {0, 0, 0, 0}, g[4];
+    tl_system sys = {2, 1, Ad, Bd};
+    tl_loss_value v;
+    void *work = xmalloc(tl_rollout_loss_work_bytes(2, 1, 1, 1, 1));
+    CHECK(tl_rollout_loss_f64(&sys, &bad, z, z, z, z, NULL, &v, g, g + 2, work) == TL_ERR_VALUE,
+          "spec.lanes other than 0 or 4 is refused");
+    free(work);
 }
 
 /* min-energy references for one double-integrator sample, by method */
@@ -774,7 +842,7 @@ static void test_loss_finite_checks(void)
     for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
         tl_loss_spec spec = {{B, T, with_lengths ? lengths : NULL, NULL, 1.0}, TL_PENALTY_MSE,
                              1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
-                             0.3, 0.2, 0, NULL, NULL, 1, 1};
+                             0.3, 0.2, 0, NULL, NULL, 1, 1, 0};
         ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) == TL_OK &&
               !v.nonfinite;
         /* each array, first / last / padding position, with and without the check */
@@ -798,7 +866,7 @@ static void test_loss_finite_checks(void)
 
     /* the control loss: a NaN in its last row, and a float64 value past DBL_MAX */
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 1};
+                       0.0, 0.0, 0, NULL, NULL, 1, 1, 0};
     void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     u[B * T - 1] = NAN;
     ok = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_ERR_NONFINITE;
@@ -822,7 +890,7 @@ static void test_loss_finite_checks(void)
      * exactly zero (lanes that ended hold lam at 0 by a select) */
     Ad[1] = NAN;
     tl_loss_spec spec = {{B, T, lengths, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0};
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0};
     ok = tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK;
     for (ptrdiff_t b = 0; b < B; b++) {
         for (ptrdiff_t t = lengths[b]; t < T; t++)
@@ -886,6 +954,7 @@ int main(void)
     test_losses();
     test_parallel_ranges();
     test_loss_threads();
+    test_loss_lanes();
     test_all_finite();
     test_loss_finite_checks();
     test_references();
