@@ -443,18 +443,21 @@ TL_SMALL_SYSTEMS
 #undef TL_SFX
 #pragma GCC pop_options
 
-/* Calls with fewer sequences keep four lanes. W1 in float64 on one thread
- * (an Intel Xeon with AVX-512; eight lanes / four, interleaved in one
- * process): 1.10-1.17 at B = 64, 1.01-1.06 at 256, 0.92-0.96 at 512,
- * 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096. */
+/* Calls with fewer sequences keep four lanes, and so do calls that stream
+ * their arrays from memory (c->prefetch, TL_PREFETCH_BYTES). W1 in float64
+ * on one thread (an Intel Xeon with AVX-512; eight lanes / four, interleaved
+ * in one process): 1.10-1.17 at B = 64, 1.01-1.06 at 256, 0.92-0.96 at 512,
+ * 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096, 0.88-0.99 at 16384 (11 MB) --
+ * and 1.19-1.27 at 262144 (170 MB), where the eight-row loads of a tile
+ * from memory cost more than its arithmetic saves. */
 #define TL_WIDE_MIN_BATCH 512
 
 /* The eight-lane kernel for these terms of an (n, m) system, or NULL: none,
- * a small batch, the caller asked for four lanes (spec->lanes), or the CPU
- * has no AVX-512. */
+ * a small batch or one streamed from memory, the caller asked for four
+ * lanes (spec->lanes), or the CPU has no AVX-512. */
 static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms)
 {
-    if (c->spec->lanes == TL_LANES_F64 || c->B < TL_WIDE_MIN_BATCH ||
+    if (c->spec->lanes == TL_LANES_F64 || c->B < TL_WIDE_MIN_BATCH || c->prefetch ||
         !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("avx512vl")))
         return NULL;

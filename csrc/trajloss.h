@@ -195,8 +195,9 @@ typedef struct {
                                       by block just before the kernel reads it, so the data
                                       is streamed from memory once */
     int lanes;                     /* float64 rollout losses: 0 computes eight sequences at
-                                      a time where the CPU has AVX-512 (in calls of 512 or
-                                      more), four elsewhere; 4 always four; other values are
+                                      a time where the CPU has AVX-512 (in calls of 512 to
+                                      some 10^5 sequences, whose arrays stay in the cache),
+                                      four elsewhere; 4 always four; other values are
                                       refused. The results are the same bits either way */
 } tl_loss_spec;
 
