@@ -220,7 +220,7 @@ static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
            tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
            tl_add_product(count, VEC, (T + 1) * n) &&  /* staging: ref states */
            tl_add_product(count, 4 * VEC, n)           /* staging: x0, target, gx (+ spare) */
-#if TL_WIDE_F64 /* the eight-lane kernels (TL_WIDE_DOUBLES): */
+#if TL_WIDE_F64 /* the eight-lane kernels (wide_select, after TL_STAGE_DOUBLES): */
            && tl_add_product(count, 2 * VEC * 6 * (T + 1), n) && /* two tiles' buffers (6 of
                                                                     2 (T+1) n + 3 T m) and the
                                                                     weight tables */
@@ -383,15 +383,8 @@ static void wide_select(const tl_rl_const *c, const tile_sel_f64 *t4, int select
 {
     const ptrdiff_t T = c->T, ns = (T + 1) * c->n, nc = T * c->m;
     tl_v8m *v = (tl_v8m *)at;
-    tl_v8d *tab = (tl_v8d *)(v + 2 * T + 2);
-    t8->vc = v;
-    t8->vs = v + T;
-    t8->fin = v + 2 * T + 1;
-    t8->wc = t8->ws = NULL; /* only tile_select reads these */
-    t8->vs_w = tab;
-    t8->gs_w = tab + ns;
-    t8->vc_w = tab + 2 * ns;
-    t8->gc_w = tab + 2 * ns + nc;
+    /* no per-step weights: only tile_select reads them */
+    *t8 = tile_sel_at_f64x8(v, NULL, (tl_v8d *)(v + 2 * T + 2), T, c->n, c->m);
     for (int l = 0; l < TL_VL; l++)
         t8->K[l] = t4->K[l % TL_LANES_F64];
     t8->Kmax = t4->Kmax;

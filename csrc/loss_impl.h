@@ -349,9 +349,7 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const ptrdiff_t ns = (T + 1) * n, nc = T * m;
     tl_vd *sums = (tl_vd *)(tables + 2 * (ns + nc)); /* TL_SUM_VECTORS (loss.c) */
     double *wc = (double *)(sums + TL_SUM_VECTORS);
-    TL_SFX(tile_sel) ts = {v, v + T, v + 2 * T + 1, wc, wc + T * TL_VL,
-                           tables, tables + ns, tables + 2 * ns, tables + 2 * ns + nc,
-                           {0}, 0, 0, 0};
+    TL_SFX(tile_sel) ts = TL_SFX(tile_sel_at)(v, wc, tables, T, n, m);
     double *row = wc + (2 * T + 1) * TL_VL;
     TL_T *st = (TL_T *)(row + T + 2); /* staging: u, ru, gu, rs, x0, tgt, gx */
     TL_SFX(rl_data) staged = {st, st + 3 * TL_VL * su + TL_VL * ss, st + TL_VL * su,

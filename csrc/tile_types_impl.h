@@ -34,3 +34,16 @@ typedef struct {
     int ragged;      /* do non-empty lanes end at different states? */
     int short_lanes; /* does some lane (empty ones too) end before Kmax? */
 } TL_SFX(tile_sel);
+
+/* A tile selection over scratch: 2 T + 2 masks at v (vc, vs, fin), the
+ * per-step weights at w (2 T + 1 rows of TL_VL; NULL where only the tables
+ * are read) and 2 ((T + 1) n + T m) weight-table vectors at tab. */
+static inline TL_SFX(tile_sel) TL_SFX(tile_sel_at)(TL_VM *v, double *w, TL_V *tab, ptrdiff_t T,
+                                                   ptrdiff_t n, ptrdiff_t m)
+{
+    const ptrdiff_t ns = (T + 1) * n, nc = T * m;
+    TL_SFX(tile_sel) ts = {v, v + T, v + 2 * T + 1, w, w != NULL ? w + T * TL_VL : NULL,
+                           tab, tab + ns, tab + 2 * ns, tab + 2 * ns + nc,
+                           {0}, 0, 0, 0};
+    return ts;
+}
