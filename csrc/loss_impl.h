@@ -110,7 +110,7 @@ tl_status TL_SFX(tl_control_loss)(const tl_loss_spec *spec, ptrdiff_t features,
                                   (spec->feature_weights != NULL ? spec->feature_weights[d] : 1.0);
         c.flat = flat;
     }
-    tl_parallel_ranges(spec->threads, chunks, TL_SFX(cl_range), &c);
+    tl_parallel_ranges(spec->pool, spec->threads, chunks, TL_SFX(cl_range), &c);
 
     value->control = sum_partials(partials, chunks, P_CONTROL) / (valid * (double)D);
     value->total = value->control;
@@ -511,7 +511,7 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
         ctx.unread.rs = NULL;
     if (terms & TL_TERM_TERMINAL)
         ctx.unread.tgt = NULL;
-    tl_parallel_ranges(spec->threads, chunks, TL_SFX(rl_range), &ctx);
+    tl_parallel_ranges(spec->pool, spec->threads, chunks, TL_SFX(rl_range), &ctx);
 
     const double raw_c = sum_partials(partials, chunks, P_CONTROL) / (double)m;
     const double raw_t = sum_partials(partials, chunks, P_TRAJECTORY) / (double)n;

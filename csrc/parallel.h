@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "trajloss.h" /* tl_pool */
+
 /* Samples per chunk: the unit of work and of partial sums (a multiple of the
  * widest rollout-loss tile, TL_LANES_F32 in lanes.h). */
 #define TL_CHUNK 256
@@ -24,8 +26,10 @@ int tl_workers(int threads, ptrdiff_t count);
  * once, in tl_workers(threads, count) workers numbered from 0. Worker 0 is
  * the calling thread; each worker claims ranges until none are left, so a
  * worker may be called many times or not at all, and a thread that cannot
- * be started leaves its share to the others.
+ * be started leaves its share to the others. The other workers are threads
+ * of `pool` (started there as needed), or, if it is NULL or in use by
+ * another call, threads started for this call and joined before it returns.
  */
-void tl_parallel_ranges(int threads, ptrdiff_t count, tl_range_fn fn, void *ctx);
+void tl_parallel_ranges(tl_pool *pool, int threads, ptrdiff_t count, tl_range_fn fn, void *ctx);
 
 #endif /* TL_PARALLEL_H */

@@ -162,6 +162,29 @@ typedef enum {
     TL_PENALTY_COUNT
 } tl_penalty;
 
+/*
+ * Worker threads kept between loss calls (optional: tl_loss_spec.pool). A
+ * call with threads > 1 and no pool starts its threads and joins them before
+ * it returns; with a pool it uses the pool's threads, started when a call
+ * first needs them, which then wait for the next call spinning for some
+ * 100 us and afterwards asleep. The memory is the caller's:
+ *
+ *     tl_pool *pool = malloc(tl_pool_bytes());
+ *     tl_pool_init(pool);          starts no thread yet
+ *     spec.pool = pool;            ... loss calls with spec.threads = k ...
+ *     tl_pool_stop(pool);          joins its threads; no call may be running
+ *     free(pool);                  (or tl_pool_init it again to reuse it)
+ *
+ * Calls from several threads may share a pool: one at a time uses it, the
+ * others start threads of their own; results never depend on which. After
+ * fork() the child must not use or stop a pool of its parent (its threads
+ * do not exist there): it makes a new one and abandons the old.
+ */
+typedef struct tl_pool tl_pool;
+size_t tl_pool_bytes(void);
+tl_status tl_pool_init(tl_pool *pool);
+void tl_pool_stop(tl_pool *pool);
+
 /* Which terms a loss call computes (bit flags). */
 enum {
     TL_TERM_CONTROL = 1,    /* controls vs ref_controls */
@@ -189,7 +212,8 @@ typedef struct {
     int include_initial;
     const double *feature_weights; /* per control feature, or NULL */
     const double *state_weights;   /* per state, or NULL */
-    int threads;                   /* worker threads over the batch (0 or 1: the caller's) */
+    int threads;                   /* worker threads over the batch (0 or 1: the caller's;
+                                      see tl_pool for where the others come from) */
     int check_finite;              /* nonzero: TL_ERR_NONFINITE when any value of an input
                                       array (padding included) is NaN or inf; checked block
                                       by block just before the kernel reads it, so the data
@@ -199,6 +223,7 @@ typedef struct {
                                       some 10^5 sequences, whose arrays stay in the cache),
                                       four elsewhere; 4 always four; other values are
                                       refused. The results are the same bits either way */
+    tl_pool *pool;                 /* threads kept between calls, or NULL */
 } tl_loss_spec;
 
 typedef struct {

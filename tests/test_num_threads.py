@@ -130,3 +130,50 @@ def test_coexists_with_torch_threads_and_fork():
     out = _run(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_threads_are_kept_between_calls_and_remade_after_fork():
+    """The worker threads outlive a call (a pool, so that calls in a loop
+    do not start threads each time) without growing in number, grow when
+    more are asked for, and a forked child -- which has none of them --
+    makes its own instead of waiting on its parent's."""
+    code = """
+        import os
+        import numpy as np, trajloss as tl
+        def tasks():
+            return len(os.listdir("/proc/self/task"))
+        rng = np.random.default_rng(0)
+        s = tl.DoubleIntegrator(dt=0.2)
+        B, T = 8192, 15  # 32 chunks: up to 8 workers
+        U, RU = rng.standard_normal((2, B, T, 1)); x0 = rng.standard_normal((B, 2))
+        RX = rng.standard_normal((B, T + 1, 2))
+        def loss():
+            return tl.combined_loss(s, U, x0, RU, RX, weight=0.5)
+        def same(r):
+            return r.value == serial.value and np.array_equal(r.grad, serial.grad)
+        tl.set_num_threads(1); serial = loss(); base = tasks()
+        tl.set_num_threads(2); ok = same(loss()); two = tasks()
+        for _ in range(50):
+            ok &= same(loss())
+        still = tasks()
+        tl.set_num_threads(4); ok &= same(loss()); four = tasks()
+        tl.set_num_threads(2); ok &= same(loss()); back = tasks()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            born = tasks(); good = same(loss()); after = tasks()
+            os.write(w, f"{born} {after} {int(good)}".encode()); os._exit(0)
+        os.close(w)
+        child = os.read(r, 100).decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        print(base, two, still, four, back, child, int(ok))
+    """
+    out = _run(code, {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    base, two, still, four, back, born, after, good, ok = map(int, out.stdout.split())
+    assert ok == 1 and good == 1, "results differ from one thread's"
+    assert two == base + 1 and still == two, (base, two, still)
+    assert four == base + 3 and back == four, (four, back)
+    assert born == 1 and after == 2, (born, after)

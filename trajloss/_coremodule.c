@@ -26,6 +26,9 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#ifndef _WIN32
+#include <pthread.h> /* pthread_atfork */
+#endif
 
 #include "trajloss.h"
 
@@ -1115,6 +1118,34 @@ static int fast_arg_count(const char *name, Py_ssize_t nargs, Py_ssize_t lo, Py_
  */
 static int loss_threads = 1;
 
+/*
+ * The worker threads of the loss calls, kept between calls (tl_pool in
+ * trajloss.h): made at the first call with more than one thread, never
+ * stopped -- idle, its threads sleep, and they end with the process. A
+ * forked child does not have its parent's threads: it forgets the pool
+ * (leaving its memory alone) and makes its own when it needs one.
+ */
+static tl_pool *loss_pool = NULL;
+
+static tl_pool *loss_threads_pool(int threads)
+{
+    if (threads > 1 && loss_pool == NULL) {
+        tl_pool *pool = (tl_pool *)PyMem_RawMalloc(tl_pool_bytes());
+        if (pool != NULL && tl_pool_init(pool) == TL_OK)
+            loss_pool = pool;
+        else /* no pool: each call starts threads of its own */
+            PyMem_RawFree(pool);
+    }
+    return loss_pool;
+}
+
+#ifndef _WIN32
+static void forget_pool_in_child(void)
+{
+    loss_pool = NULL;
+}
+#endif
+
 static PyObject *core_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -1252,6 +1283,7 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
             goto done;
     }
     spec.threads = loss_threads;
+    spec.pool = loss_threads_pool(spec.threads);
     if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
         set_loss_error(TL_ERR_EMPTY, "control_loss");
         goto done;
@@ -1381,6 +1413,7 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
     gu = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[1].arr), PyArray_DIMS(fa[1].arr), typenum, 0);
     gx = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[0].arr), PyArray_DIMS(fa[0].arr), typenum, 0);
     spec.threads = loss_threads;
+    spec.pool = loss_threads_pool(spec.threads);
     if (gu == NULL || gx == NULL)
         goto done;
     if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
@@ -1800,6 +1833,11 @@ PyMODINIT_FUNC PyInit__core(void)
     if (LinAlgError == NULL)
         return NULL;
 
+#ifndef _WIN32
+    static int atfork_registered = 0;
+    if (!atfork_registered && pthread_atfork(NULL, NULL, forget_pool_in_child) == 0)
+        atfork_registered = 1;
+#endif
     PyObject *module = PyModule_Create(&core_module);
     if (module == NULL)
         return NULL;

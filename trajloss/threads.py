@@ -1,12 +1,15 @@
 """How many threads the losses use over the batch.
 
 ``set_num_threads(k)`` splits each loss call's batch over ``k`` worker
-threads (POSIX threads started and joined inside the call, so nothing
-lingers, nothing conflicts with PyTorch's or NumPy's own thread pools, and
-forked DataLoader workers are safe). The batch is always cut into the same
-fixed chunks whose partial sums are added in the same order, so values and
-gradients are bit-for-bit identical for every ``k``; small batches (below
-about 2048 sequences) run on the calling thread whatever ``k`` is.
+threads: the calling thread and ``k - 1`` POSIX threads of trajloss's own
+(no OpenMP, so nothing conflicts with PyTorch's or NumPy's thread pools).
+They are started at the first call that needs them and kept: after a call
+they wait for the next one spinning for about 100 µs, then sleep, so calls
+in a loop do not pay for starting threads. A forked child (a DataLoader
+worker) makes threads of its own when it needs them. The batch is always cut
+into the same fixed chunks whose partial sums are added in the same order,
+so values and gradients are bit-for-bit identical for every ``k``; small
+batches (below 2048 sequences) run on the calling thread whatever ``k`` is.
 
 The default is 1, or the environment variable ``TRAJLOSS_NUM_THREADS`` read
 at import.

@@ -2,12 +2,15 @@
  * test_trajloss.c -- C-only tests of the trajloss core against closed forms
  * and naive loops. Prints one line per failure and "N passed, N failed".
  */
+#define _POSIX_C_SOURCE 200809L /* pthreads and nanosleep under -std=c99 */
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "parallel.h"
 #include "trajloss.h"
@@ -407,7 +410,7 @@ static void test_losses(void)
         rs[i] = uniform(&seed);
 
     tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0};
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
     tl_loss_value v;
     CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
@@ -451,7 +454,7 @@ static void test_losses(void)
     double g1[4 * 6 * 2];
     void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 0, 0};
+                       0.0, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         u[i] = uniform(&seed);
     double mse = 0.0;
@@ -509,10 +512,13 @@ static void test_loss_threads(void)
         gx[r] = xmalloc(sizeof(double) * B * n);
     }
     int same = 1;
-    for (int threads = 1; threads <= 4; threads++) {
-        const int r = threads > 1;
+    tl_pool *pool = xmalloc(tl_pool_bytes());
+    CHECK(tl_pool_init(pool) == TL_OK, "pool init");
+    /* 1..4 threads, started for each call or kept in a pool between calls */
+    for (int variant = 0; variant < 8; variant++) {
+        const int threads = 1 + variant / 2, r = variant > 0;
         tl_loss_spec spec = {{B, T, len, NULL, 0.9}, TL_PENALTY_HUBER, 0.5, 7u, 1.0, 0.3,
-                             0.2, 1, NULL, NULL, threads, 0, 0};
+                             0.2, 1, NULL, NULL, threads, 0, 0, variant % 2 ? pool : NULL};
         void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
         CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v[r], gu[r], gx[r], work) ==
                   TL_OK, "threaded loss status (%d threads)", threads);
@@ -520,7 +526,7 @@ static void test_loss_threads(void)
         spec.terms = TL_TERM_CONTROL;
         work = xmalloc(tl_control_loss_work_bytes(m, T, B, threads));
         CHECK(tl_control_loss_f64(&spec, m, u, ru, &vc[r], gc[r], work) == TL_OK,
-              "threaded control loss status (%d threads)", threads);
+              "threaded control loss status (variant %d)", variant);
         free(work);
         if (r)
             same &= same_value(&v[0], &v[1]) && same_value(&vc[0], &vc[1]) &&
@@ -528,7 +534,9 @@ static void test_loss_threads(void)
                     memcmp(gc[0], gc[1], sizeof(double) * B * T * m) == 0 &&
                     memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
     }
-    CHECK(same, "losses identical bit for bit for 1..4 threads");
+    tl_pool_stop(pool);
+    free(pool);
+    CHECK(same, "losses identical bit for bit for 1..4 threads, with and without a pool");
     CHECK(tl_rollout_loss_work_bytes(TL_MAX_DIM, TL_MAX_DIM, PTRDIFF_MAX / 2, 1, 1) == 0 &&
               tl_control_loss_work_bytes(PTRDIFF_MAX / 4, PTRDIFF_MAX / 4, 1, 1) == 0,
           "overflowing scratch sizes are refused");
@@ -578,7 +586,7 @@ static void test_loss_lanes(void)
                     tl_loss_spec spec = {{B, T, NULL, NULL, variant == 2 ? 0.9 : 1.0},
                                          TL_PENALTY_MSE, 1.0, term_sets[k], 1.0, 0.3, 0.2,
                                          variant == 3, NULL, NULL, threads, 1,
-                                         r == 0 ? 0 : 4};
+                                         r == 0 ? 0 : 4, NULL};
                     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
                     same &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, with_target ? tg : NULL,
                                                 &v[r], gu[r], gx[r], work) == TL_OK;
@@ -595,7 +603,7 @@ static void test_loss_lanes(void)
     }
     CHECK(same, "eight-lane and four-lane float64 tiles give the same bits (%d calls)", calls);
     tl_loss_spec bad = {{1, 1, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, 7u, 1.0, 0.3, 0.2,
-                        0, NULL, NULL, 1, 0, 8};
+                        0, NULL, NULL, 1, 0, 8, NULL};
     double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0.005, 0.1}, z[4] = {0, 0, 0, 0}, g[4];
     tl_system sys = {2, 1, Ad, Bd};
     tl_loss_value v;
@@ -842,7 +850,7 @@ static void test_loss_finite_checks(void)
     for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
         tl_loss_spec spec = {{B, T, with_lengths ? lengths : NULL, NULL, 1.0}, TL_PENALTY_MSE,
                              1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
-                             0.3, 0.2, 0, NULL, NULL, 1, 1, 0};
+                             0.3, 0.2, 0, NULL, NULL, 1, 1, 0, NULL};
         ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) == TL_OK &&
               !v.nonfinite;
         /* each array, first / last / padding position, with and without the check */
@@ -866,7 +874,7 @@ static void test_loss_finite_checks(void)
 
     /* the control loss: a NaN in its last row, and a float64 value past DBL_MAX */
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 1, 0};
+                       0.0, 0.0, 0, NULL, NULL, 1, 1, 0, NULL};
     void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
     u[B * T - 1] = NAN;
     ok = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_ERR_NONFINITE;
@@ -890,7 +898,7 @@ static void test_loss_finite_checks(void)
      * exactly zero (lanes that ended hold lam at 0 by a select) */
     Ad[1] = NAN;
     tl_loss_spec spec = {{B, T, lengths, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0};
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
     ok = tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK;
     for (ptrdiff_t b = 0; b < B; b++) {
         for (ptrdiff_t t = lengths[b]; t < T; t++)
@@ -917,26 +925,70 @@ static void record_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
         seen->bad_worker = 1;
 }
 
+/* One call of tl_parallel_ranges, checked; 1 if every chunk was computed
+ * exactly once by a worker numbered below tl_workers. */
+static int ranges_once(tl_pool *pool, int threads, ptrdiff_t count)
+{
+    ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0, tl_workers(threads, count)};
+    memset(seen.hits, 0, sizeof(int) * (size_t)(count + 1));
+    tl_parallel_ranges(pool, threads, count, record_range, &seen);
+    int ok = !seen.bad_worker && seen.workers >= 1 && seen.workers <= (threads > 1 ? threads : 1);
+    for (ptrdiff_t i = 0; i < count; i++)
+        ok &= seen.hits[i] == 1;
+    free(seen.hits);
+    return ok;
+}
+
+typedef struct {
+    tl_pool *pool;
+    int seed, ok;
+} pool_user;
+
+/* Many calls on one pool, some after a pause long enough for its threads
+ * to fall asleep, with the thread count changing between calls. */
+static void *use_pool(void *arg)
+{
+    pool_user *u = (pool_user *)arg;
+    const struct timespec pause = {0, 2000000}; /* 2 ms: past the spin */
+    for (int call = 0; call < 300; call++) {
+        if (call % 50 == 7)
+            nanosleep(&pause, NULL);
+        const int threads = 1 + (call + u->seed) % 4;
+        u->ok &= ranges_once(u->pool, threads, 8 + (call * 37 + u->seed) % 200);
+    }
+    return NULL;
+}
+
 static void test_parallel_ranges(void)
 {
     const ptrdiff_t counts[] = {0, 1, 7, 8, 9, 64, 1001};
+    tl_pool *pool = xmalloc(tl_pool_bytes());
+    CHECK(tl_pool_init(pool) == TL_OK && tl_pool_init(NULL) == TL_ERR_VALUE, "pool init");
     int ok = 1, several = 0;
     for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
         for (int threads = 0; threads <= 5; threads++) {
-            const ptrdiff_t count = counts[k];
-            ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0,
-                                tl_workers(threads, count)};
-            memset(seen.hits, 0, sizeof(int) * (size_t)(count + 1));
-            tl_parallel_ranges(threads, count, record_range, &seen);
-            for (ptrdiff_t i = 0; i < count; i++)
-                ok &= seen.hits[i] == 1;
-            ok &= !seen.bad_worker && seen.workers >= 1 && seen.workers <= (threads > 1 ? threads : 1);
-            several |= seen.workers > 1;
-            free(seen.hits);
+            ok &= ranges_once(NULL, threads, counts[k]) && ranges_once(pool, threads, counts[k]);
+            several |= tl_workers(threads, counts[k]) > 1;
         }
     }
     CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below tl_workers");
     CHECK(several, "parallel ranges: some cases use more than one worker");
+
+    /* two threads share the pool: one call at a time uses it, the other
+     * starts threads of its own; every call still covers its chunks once */
+    pool_user users[2] = {{pool, 0, 1}, {pool, 1, 1}};
+    pthread_t other;
+    const int started = pthread_create(&other, NULL, use_pool, &users[1]) == 0;
+    use_pool(&users[0]);
+    if (started)
+        pthread_join(other, NULL);
+    CHECK(started && users[0].ok && users[1].ok,
+          "parallel ranges: a pool shared by two calling threads, asleep and awake");
+    tl_pool_stop(pool);
+    CHECK(tl_pool_init(pool) == TL_OK && ranges_once(pool, 3, 100), "a stopped pool re-initialised");
+    tl_pool_stop(pool);
+    free(pool);
+    tl_pool_stop(NULL);
     CHECK(tl_workers(2, 7) == 1 && tl_workers(2, 8) == 2 && tl_workers(300, 1 << 20) == 256,
           "tl_workers: two only from eight chunks, capped at 256");
 }
