@@ -164,6 +164,10 @@ static void TL_SFX(tile_select)(const tl_rl_const *c, ptrdiff_t b0, int lanes, d
     const double *powers = c->powers;
     const ptrdiff_t T = sel->steps;
     ts->Kmax = 0;
+    if (lanes < TL_VL) { /* the lanes past the batch's end: all zero, in a few stores */
+        memset(ts->vc, 0, (size_t)(2 * T + 1) * sizeof(TL_VM));
+        memset(ts->wc, 0, (size_t)((2 * T + 1) * TL_VL) * sizeof(double));
+    }
     for (int l = 0; l < TL_VL; l++) {
         const ptrdiff_t b = b0 + l;
         const tl_seq_span span = l < lanes ? tl_sel_span(sel, b) : (tl_seq_span){0, -1};
@@ -171,6 +175,8 @@ static void TL_SFX(tile_select)(const tl_rl_const *c, ptrdiff_t b0, int lanes, d
         ts->fin[0][l] = span.count > 0 ? span.last + 1 : -1;
         if (ts->K[l] > ts->Kmax)
             ts->Kmax = ts->K[l];
+        if (l >= lanes)
+            continue;
         if (span.count == 0) {
             for (ptrdiff_t t = 0; t < T; t++) {
                 ts->vc[t][l] = 0;

@@ -9,12 +9,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* acc += a * b, failing (returning 0) instead of wrapping around. */
+/* acc += a * b, failing (returning 0, acc unchanged) instead of wrapping
+ * around. GCC and clang check with the CPU's overflow flag: a division per
+ * product cost a loss call some 40 divisions, 0.1-0.2 us at B = 1. */
 static inline int tl_add_product(size_t *acc, size_t a, size_t b)
 {
+#if defined(__GNUC__)
+    size_t product, sum;
+    if (__builtin_mul_overflow(a, b, &product) || __builtin_add_overflow(*acc, product, &sum))
+        return 0;
+    *acc = sum;
+#else
     if (b != 0 && a > (SIZE_MAX - *acc) / b)
         return 0;
     *acc += a * b;
+#endif
     return 1;
 }
 

@@ -131,8 +131,11 @@ _make = tuple.__new__
 _core.set_result_types(LossResult, LossComponents)
 
 
+_INF = math.inf
+
+
 def _weight(value, name):
-    if type(value) is float and 0.0 <= value < math.inf:  # the common case, fast
+    if type(value) is float and 0.0 <= value < _INF:  # the common case, fast
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number or a trajloss.weighting strategy, "
@@ -328,10 +331,12 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     if not isinstance(system, LinearSystem):
         _check_system(system)
     # called on every training step: straight to the core, no keyword layers
-    strategy = None if type(weight) is float else (
-        weight if isinstance(weight, WeightingStrategy) else None)
-    weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
-    terminal_weight = _weight(terminal_weight, "terminal_weight")
+    strategy = None
+    if not (type(weight) is float and 0.0 <= weight < _INF):  # floats skip two calls
+        strategy = weight if isinstance(weight, WeightingStrategy) else None
+        weight = _weight(strategy.weight(epoch=epoch) if strategy else weight, "weight")
+    if not (type(terminal_weight) is float and 0.0 <= terminal_weight < _INF):
+        terminal_weight = _weight(terminal_weight, "terminal_weight")
     # the core builds the LossResult itself (_core.set_result_types, at import)
     result = _core.rollout_loss(
         system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
