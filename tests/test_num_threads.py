@@ -177,3 +177,45 @@ def test_threads_are_kept_between_calls_and_remade_after_fork():
     assert two == base + 1 and still == two, (base, two, still)
     assert four == base + 3 and back == four, (four, back)
     assert born == 1 and after == 2, (born, after)
+
+
+def test_concurrent_threaded_calls_share_the_pool_and_match_serial():
+    """Python threads calling at once with 2 threads each: one call at a time
+    uses the kept threads, the others start their own; every result is the
+    serial one, bit for bit."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    s = tl.DoubleIntegrator(dt=0.2)
+    B, T = 4096, 15  # 16 chunks: two workers a call
+    U, RU = rng.standard_normal((2, B, T, 1))
+    x0, RX = rng.standard_normal((B, 2)), rng.standard_normal((B, T + 1, 2))
+    lengths = rng.integers(1, T + 1, B)
+    calls = [lambda: tl.combined_loss(s, U, x0, RU, RX, weight=0.5),
+             lambda: tl.combined_loss(s, U.astype(np.float32), x0.astype(np.float32),
+                                      RU.astype(np.float32), RX.astype(np.float32),
+                                      weight=0.5, lengths=lengths, discount=0.9),
+             lambda: tl.control_loss(U, RU, penalty="huber")]
+    tl.set_num_threads(1)
+    serial = [f() for f in calls]
+    tl.set_num_threads(2)
+    bad, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def worker(t):
+        try:
+            barrier.wait()
+            for it in range(40):
+                k = (t + it) % len(calls)
+                r = calls[k]()
+                if not (r.value == serial[k].value and np.array_equal(r.grad, serial[k].grad)):
+                    bad.append((t, it, k))
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not errors and not bad, (errors, bad[:5])
