@@ -285,12 +285,12 @@ static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
         y[i] = x[i];
 }
 
-/* Samples [0, batch) of tl_ref_apply. Always inlined, so that the small
+/* Samples [b0, batch) of tl_ref_apply. Always inlined, so that the small
  * systems (TL_SMALL_SYSTEMS) get this loop with n and m as constants: the
  * matrix-vector products unrolled and the state kept in registers, about four
  * times faster at n = 2 than with sizes read at run time. The operations and their
  * order are the same for every (n, m), so are the results. */
-static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t batch,
+static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0, ptrdiff_t batch,
                                            const double *x0, const double *xf,
                                            double *controls, double *states,
                                            double *final_error, double *energy, double *d,
@@ -298,7 +298,7 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t ba
 {
     const ptrdiff_t T = plan->steps;
     double *y = d + n, *yn = y + n;
-    for (ptrdiff_t b = 0; b < batch; b++) {
+    for (ptrdiff_t b = b0; b < batch; b++) {
         const double *x = x0 + b * n, *f = xf + b * n;
         double *u = controls + b * T * m, *s = states + b * (T + 1) * n;
         matvec(n, n, plan->AdT, x, d);
@@ -344,6 +344,101 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t ba
     }
 }
 
+/* The small systems' states fit in these many vectors (TL_SMALL_SYSTEMS). */
+#define TL_REF_LANE_N 6
+
+/* Lane l of v to p[l * stride] (and back): four samples' elements. */
+static TL_ALWAYS_INLINE void scatter(tl_vd v, double *p, ptrdiff_t stride)
+{
+    for (int l = 0; l < TL_LANES_F64; l++)
+        p[l * stride] = v[l];
+}
+
+static TL_ALWAYS_INLINE tl_vd gather(const double *p, ptrdiff_t stride)
+{
+    return (tl_vd){p[0], p[stride], p[2 * stride], p[3 * stride]};
+}
+
+/* Samples b .. b + 3 of an exact or average reference, one a lane: the
+ * operations of apply_samples in its order for each sample (the controls,
+ * the energy and the rollout interleaved step by step: each is still its
+ * own chain in its own order), so the same bits, four samples an
+ * instruction. Only the loads and stores go element by element. */
+static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, const double *x0,
+                                        const double *xf, double *controls, double *states,
+                                        double *final_error, double *energy, const ptrdiff_t n,
+                                        const ptrdiff_t m)
+{
+    const ptrdiff_t T = plan->steps, su = T * m, ss = (T + 1) * n;
+    tl_vd x[TL_REF_LANE_N], f[TL_REF_LANE_N], d[TL_REF_LANE_N], y[TL_REF_LANE_N];
+    tl_vd yn[TL_REF_LANE_N];
+    double *u = controls + b * su, *s = states + b * ss;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        x[i] = gather(x0 + b * n + i, n);
+        f[i] = gather(xf + b * n + i, n);
+    }
+    for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Ad^T x0 */
+        tl_vd acc = tl_vsplat_f64(0.0);
+        for (ptrdiff_t j = 0; j < n; j++)
+            acc += tl_vsplat_f64(plan->AdT[i * n + j]) * x[j];
+        d[i] = f[i] - acc;
+    }
+    tl_vd e = tl_vsplat_f64(0.0);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        y[i] = x[i];
+        scatter(x[i], s + i, ss);
+    }
+    for (ptrdiff_t k = 0; k < T; k++) {
+        tl_vd uk[TL_REF_LANE_N];
+        for (ptrdiff_t j = 0; j < m; j++) { /* u_k = K_k d, and its energy */
+            tl_vd acc = tl_vsplat_f64(0.0);
+            for (ptrdiff_t i = 0; i < n; i++)
+                acc += tl_vsplat_f64(plan->K[(k * m + j) * n + i]) * d[i];
+            uk[j] = acc;
+            e += acc * acc;
+            scatter(acc, u + k * m + j, su);
+        }
+        for (ptrdiff_t i = 0; i < n; i++) { /* x_{k+1} = Ad x_k + Bd u_k */
+            tl_vd acc = tl_vsplat_f64(0.0);
+            for (ptrdiff_t j = 0; j < n; j++)
+                acc += tl_vsplat_f64(plan->Ad[i * n + j]) * y[j];
+            for (ptrdiff_t j = 0; j < m; j++)
+                acc += tl_vsplat_f64(plan->Bd[i * m + j]) * uk[j];
+            yn[i] = acc;
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            y[i] = yn[i];
+            scatter(y[i], s + (k + 1) * n + i, ss);
+        }
+    }
+    scatter(e * tl_vsplat_f64(plan->dt), energy + b, 1);
+    tl_vd err = tl_vsplat_f64(0.0);
+    for (ptrdiff_t i = 0; i < n; i++)
+        err += (y[i] - f[i]) * (y[i] - f[i]);
+    for (int l = 0; l < TL_LANES_F64; l++)
+        final_error[b + l] = sqrt(err[l]);
+}
+
+/* A small system's samples: exact and average references four at a time
+ * (also built for AVX2), the rest -- the last few, continuous states -- one
+ * at a time. */
+#define TL_SMALL_SYSTEM(N, M)                                                                 \
+    TL_CLONES static void apply_small_##N##_##M(const tl_ref_plan *plan, ptrdiff_t batch,     \
+                                                const double *x0, const double *xf,           \
+                                                double *controls, double *states,             \
+                                                double *final_error, double *energy)          \
+    {                                                                                         \
+        ptrdiff_t b = 0;                                                                      \
+        if (plan->method != TL_REF_CONTINUOUS)                                                \
+            for (; b + TL_LANES_F64 <= batch; b += TL_LANES_F64)                              \
+                apply_four(plan, b, x0, xf, controls, states, final_error, energy, N, M);     \
+        double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
+        apply_samples(plan, b, batch, x0, xf, controls, states, final_error, energy, scratch, \
+                      N, M);                                                                  \
+    }
+TL_SMALL_SYSTEMS
+#undef TL_SMALL_SYSTEM
+
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work)
@@ -355,15 +450,13 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
     const ptrdiff_t n = plan->n, m = plan->m;
 #define TL_SMALL_SYSTEM(N, M)                                                                     \
     if (n == (N) && m == (M)) {                                                               \
-        double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
-        apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, scratch, N, \
-                      M);                                                                     \
+        apply_small_##N##_##M(plan, batch, x0, xf, controls, states, final_error, energy);    \
         return TL_OK;                                                                         \
     }
     TL_SMALL_SYSTEMS
 #undef TL_SMALL_SYSTEM
-    apply_samples(plan, batch, x0, xf, controls, states, final_error, energy, (double *)work, n,
-                  m);
+    apply_samples(plan, 0, batch, x0, xf, controls, states, final_error, energy, (double *)work,
+                  n, m);
     return TL_OK;
 }
 

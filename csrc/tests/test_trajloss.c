@@ -705,6 +705,86 @@ static void test_references(void)
     free(lw);
 }
 
+/* A batch of references (the small systems: four samples a vector, the
+ * rest one at a time) equals, bit for bit, the same samples one call each,
+ * and a plain loop over the plan's K, Ad, Bd written here. */
+static void test_references_batch(void)
+{
+    unsigned seed = 777u;
+    const ptrdiff_t dims[][2] = {{1, 1}, {2, 1}, {3, 3}, {6, 2}, {5, 2}}, B = 11, T = 12;
+    int same = 1;
+    double worst = 0.0;
+    for (size_t q = 0; q < sizeof dims / sizeof dims[0]; q++) {
+        const ptrdiff_t n = dims[q][0], m = dims[q][1];
+        double *Ad = xmalloc(sizeof(double) * n * n), *Bd = xmalloc(sizeof(double) * n * m);
+        random_system(n, m, Ad, Bd, &seed);
+        tl_system sys = {n, m, Ad, Bd};
+        void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
+        void *work = xmalloc(tl_ref_init_work_bytes(n, m, T) + tl_ref_apply_work_bytes(n));
+        tl_ref_plan plan;
+        CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, 0.5, T, work) == TL_OK,
+              "batch plan (%td, %td)", n, m);
+        const ptrdiff_t su = T * m, ss = (T + 1) * n;
+        double *x0 = xmalloc(sizeof(double) * B * n), *xf = xmalloc(sizeof(double) * B * n);
+        double *out[2][4];
+        for (ptrdiff_t i = 0; i < B * n; i++)
+            x0[i] = 4 * uniform(&seed), xf[i] = uniform(&seed);
+        for (int r = 0; r < 2; r++) {
+            out[r][0] = xmalloc(sizeof(double) * B * su);
+            out[r][1] = xmalloc(sizeof(double) * B * ss);
+            out[r][2] = xmalloc(sizeof(double) * B);
+            out[r][3] = xmalloc(sizeof(double) * B);
+        }
+        CHECK(tl_ref_apply(&plan, B, x0, xf, out[0][0], out[0][1], out[0][2], out[0][3], work) ==
+                  TL_OK, "batch apply");
+        for (ptrdiff_t b = 0; b < B; b++)
+            tl_ref_apply(&plan, 1, x0 + b * n, xf + b * n, out[1][0] + b * su, out[1][1] + b * ss,
+                         out[1][2] + b, out[1][3] + b, work);
+        same &= memcmp(out[0][0], out[1][0], sizeof(double) * B * su) == 0 &&
+                memcmp(out[0][1], out[1][1], sizeof(double) * B * ss) == 0 &&
+                memcmp(out[0][2], out[1][2], sizeof(double) * B) == 0 &&
+                memcmp(out[0][3], out[1][3], sizeof(double) * B) == 0;
+        for (ptrdiff_t b = 0; b < B; b++) { /* u = K (xf - Ad^T x0), rolled out */
+            double d[6], x[6], xn[6], e = 0.0, scale = 1.0;
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double acc = 0.0;
+                for (ptrdiff_t j = 0; j < n; j++)
+                    acc += plan.AdT[i * n + j] * x0[b * n + j];
+                d[i] = xf[b * n + i] - acc;
+                x[i] = x0[b * n + i];
+            }
+            for (ptrdiff_t k = 0; k < T; k++) {
+                for (ptrdiff_t j = 0; j < m; j++) {
+                    double uk = 0.0;
+                    for (ptrdiff_t i = 0; i < n; i++)
+                        uk += plan.K[(k * m + j) * n + i] * d[i];
+                    e += uk * uk;
+                    worst = fmax(worst, fabs(out[0][0][b * su + k * m + j] - uk) / (1 + fabs(uk)));
+                }
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    xn[i] = 0.0;
+                    for (ptrdiff_t j = 0; j < n; j++)
+                        xn[i] += Ad[i * n + j] * x[j];
+                    for (ptrdiff_t j = 0; j < m; j++)
+                        xn[i] += Bd[i * m + j] * out[0][0][b * su + k * m + j];
+                }
+                for (ptrdiff_t i = 0; i < n; i++) {
+                    x[i] = xn[i];
+                    scale = fmax(scale, fabs(x[i]));
+                    worst = fmax(worst, fabs(out[0][1][b * ss + (k + 1) * n + i] - x[i]) / scale);
+                }
+            }
+            worst = fmax(worst, fabs(out[0][3][b] - 0.5 * e) / (1 + e));
+        }
+        for (int r = 0; r < 2; r++)
+            for (int k = 0; k < 4; k++)
+                free(out[r][k]);
+        free(x0), free(xf), free(mem), free(work), free(Ad), free(Bd);
+    }
+    CHECK(same, "a batch of references is bit for bit the samples one at a time");
+    CHECK(worst < 1e-13, "references vs a plain loop: %g", worst);
+}
+
 /* The plan memory and its scratch for steps they cannot address: both
  * queries say 0 (they used to overflow signed or wrap around), and the plan
  * is refused with TL_ERR_SHAPE before anything is written, whatever buffers
@@ -995,6 +1075,7 @@ static void test_parallel_ranges(void)
 
 int main(void)
 {
+    test_references_batch();
     test_status_messages();
     test_expm_closed_forms();
     test_expm_errors();
