@@ -19,12 +19,12 @@
  * round identically. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(TL_NO_CLONES)
 #define TL_CLONES __attribute__((target_clones("avx2", "default")))
-/* ... and the float64 fast kernels also in tiles of eight lanes for AVX-512
- * (lanes8.h), run where the CPU has it. */
-#define TL_WIDE_F64 1
+/* ... and the fast kernels also in 512-bit tiles for AVX-512 (lanes8.h:
+ * eight float64 or sixteen float32 lanes), run where the CPU has it. */
+#define TL_WIDE 1
 #else
 #define TL_CLONES
-#define TL_WIDE_F64 0
+#define TL_WIDE 0
 #endif
 
 /* The kernels are assembled from always-inlined pieces, so that each (n, m)

@@ -220,7 +220,7 @@ static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
            tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
            tl_add_product(count, VEC, (T + 1) * n) &&  /* staging: ref states */
            tl_add_product(count, 4 * VEC, n)           /* staging: x0, target, gx (+ spare) */
-#if TL_WIDE_F64 /* the eight-lane kernels (wide_select, after TL_STAGE_DOUBLES): */
+#if TL_WIDE /* the 512-bit kernels (wide_select, after TL_STAGE_DOUBLES): */
            && tl_add_product(count, 2 * VEC * 6 * (T + 1), n) && /* two tiles' buffers (6 of
                                                                     2 (T+1) n + 3 T m) and the
                                                                     weight tables */
@@ -305,12 +305,13 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
 #define TL_VS tl_vd  /* a tile's sums, in registers */
 #define TL_PAIRED 0  /* does one TL_VS hold both sets? */
 
-#if TL_WIDE_F64
-/* The float64 kernels hand pairs of full tiles to the eight-lane kernels at
- * the end of this file, where the CPU has AVX-512 (tl_wide_for). */
+#if TL_WIDE
+/* The fast kernels hand pairs of full tiles to the 512-bit kernels at the
+ * end of this file, where the CPU has AVX-512 (tl_wide_for_f64/_f32). */
 typedef void (*tl_wide_fn)(const tl_rl_const *c, const void *ts, int selected, const void *a,
                            ptrdiff_t b0, ptrdiff_t pairs, tl_vd *sums, double *work);
-static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
+static tl_wide_fn tl_wide_for_f64(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
+static tl_wide_fn tl_wide_for_f32(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
 #define TL_WIDE_RUN 1
 #else
 #define TL_WIDE_RUN 0
@@ -328,9 +329,6 @@ static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, un
 #undef TL_VL
 #undef TL_SFX
 
-#undef TL_WIDE_RUN
-#define TL_WIDE_RUN 0
-
 #define TL_T float
 #define TL_V tl_vf
 #define TL_VM tl_vi
@@ -343,13 +341,14 @@ static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, un
 #undef TL_VL
 #undef TL_SFX
 
-#if TL_WIDE_F64
-/* ---- float64 tiles of eight lanes, for AVX-512 ---------------------------
+#if TL_WIDE
+/* ---- 512-bit tiles, for AVX-512 -------------------------------------------
  * Only the fast kernels: a chunk's full tiles of a uniform selection, two at
- * a time, lanes 0-3 an even tile and 4-7 the odd one after it. The same
- * source (tile_impl.h) with eight-lane vectors (lanes8.h), and sums of eight
- * lanes that are the four-lane kernels' two sets (TL_SUM_C), so every value
- * rounds exactly as in four lanes. Compiled for AVX-512 and called only where
+ * a time, the low half of every vector an even tile and the high half the
+ * odd one after it. The same source (tile_impl.h, wide_impl.h) with eight
+ * float64 or sixteen float32 lanes (lanes8.h), and sums of eight double lanes
+ * that are the 256-bit kernels' two sets (TL_SUM_C), so every value rounds
+ * exactly as in 256-bit tiles. Compiled for AVX-512 and called only where
  * the CPU has it; everything they call is compiled here too, so vectors are
  * passed between functions the same way on both sides. */
 #pragma GCC push_options
@@ -367,102 +366,31 @@ static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, un
 #define TL_SUM_CHK 3
 #define TL_VS tl_v8d
 #define TL_PAIRED 1
+
+/* Calls with fewer sequences keep 256-bit tiles, and so do calls that
+ * stream their arrays from memory (c->prefetch, TL_PREFETCH_BYTES). W1 in
+ * float64 on one thread (an Intel Xeon with AVX-512; eight lanes / four,
+ * interleaved in one process): 1.10-1.17 at B = 64, 1.01-1.06 at 256,
+ * 0.92-0.96 at 512, 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096, 0.88-0.99 at
+ * 16384 (11 MB) -- and 1.19-1.27 at 262144 (170 MB), where the eight-row
+ * loads of a tile from memory cost more than its arithmetic saves. */
+#define TL_WIDE_MIN_BATCH 512
+
 #define TL_T double
 #define TL_V tl_v8d
 #define TL_VM tl_v8m
 #define TL_VL TL_LANES_F64X8
 #define TL_SFX(name) name##_f64x8
-#include "tile_types_impl.h"
-#include "tile_impl.h"
+#define TL_NARROW(name) name##_f64
+#include "wide_impl.h" /* which undefines these */
 
-/* The selection of an eight-lane tile of a uniform selection: each lane of
- * the four-lane tile's, twice. at: the scratch of its vectors, which are
- * there already when `selected` (from an earlier chunk of the call). */
-static void wide_select(const tl_rl_const *c, const tile_sel_f64 *t4, int selected,
-                        tile_sel_f64x8 *t8, double *at)
-{
-    const ptrdiff_t T = c->T, ns = (T + 1) * c->n, nc = T * c->m;
-    tl_v8m *v = (tl_v8m *)at;
-    /* no per-step weights: only tile_select reads them */
-    *t8 = tile_sel_at_f64x8(v, NULL, (tl_v8d *)(v + 2 * T + 2), T, c->n, c->m);
-    for (int l = 0; l < TL_VL; l++)
-        t8->K[l] = t4->K[l % TL_LANES_F64];
-    t8->Kmax = t4->Kmax;
-    t8->ragged = t4->ragged;
-    t8->short_lanes = t4->short_lanes;
-    if (selected)
-        return;
-    for (ptrdiff_t k = 0; k < T; k++)
-        t8->vc[k] = tl_mjoin_f64x8(t4->vc[k], t4->vc[k]);
-    for (ptrdiff_t k = 0; k <= T; k++)
-        t8->vs[k] = tl_mjoin_f64x8(t4->vs[k], t4->vs[k]);
-    t8->fin[0] = tl_mjoin_f64x8(t4->fin[0], t4->fin[0]);
-    for (ptrdiff_t i = 0; i < ns; i++) {
-        t8->vs_w[i] = tl_vjoin_f64x8(t4->vs_w[i], t4->vs_w[i]);
-        t8->gs_w[i] = tl_vjoin_f64x8(t4->gs_w[i], t4->gs_w[i]);
-    }
-    for (ptrdiff_t i = 0; i < nc; i++) {
-        t8->vc_w[i] = tl_vjoin_f64x8(t4->vc_w[i], t4->vc_w[i]);
-        t8->gc_w[i] = tl_vjoin_f64x8(t4->gc_w[i], t4->gc_w[i]);
-    }
-}
-
-/* `pairs` pairs of full tiles from row b0: ts4 and a4 are the float64
- * kernels' tile selection and arrays; work holds two eight-lane tiles'
- * buffers and then the tile selection's vectors (see wide_select). */
-#define TL_WIDE_FN(NAME, N, M, TERMS)                                                         \
-    static void NAME(const tl_rl_const *c, const void *ts4, int selected, const void *a4,     \
-                     ptrdiff_t b0, ptrdiff_t pairs, tl_vd *sums, double *work)                \
-    {                                                                                         \
-        tl_v8d reg[TL_REG_VECTORS(N, M)];                                                     \
-        tile_sel_f64x8 ts;                                                                    \
-        rl_data_f64x8 a; /* the same members as rl_data_f64 */                                \
-        memcpy(&a, a4, sizeof a);                                                             \
-        wide_select(c, (const tile_sel_f64 *)ts4, selected, &ts,                              \
-                    work + TL_LANES_F64X8 * 2 * TL_TILE_VECTORS(c->T, N, M));                 \
-        rl_fast_run_body_f64x8(c, &ts, &a, b0, pairs, (tl_v8d *)sums, (tl_v8d *)work, reg, N, \
-                               M, TERMS);                                                     \
-    }
-#define TL_SMALL_SYSTEM(N, M)                                                                 \
-    TL_WIDE_FN(rl_wide_all_##N##_##M, N, M, TL_ALL_TERMS)                                     \
-    TL_WIDE_FN(rl_wide_traj_##N##_##M, N, M, TL_TERM_TRAJECTORY)                              \
-    TL_WIDE_FN(rl_wide_term_##N##_##M, N, M, TL_TERM_TERMINAL)
-TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
-#undef TL_WIDE_FN
-#undef TL_T
-#undef TL_V
-#undef TL_VM
-#undef TL_VL
-#undef TL_SFX
+#define TL_T float
+#define TL_V tl_v16f
+#define TL_VM tl_v16i
+#define TL_VL TL_LANES_F32X16
+#define TL_SFX(name) name##_f32x16
+#define TL_NARROW(name) name##_f32
+#define TL_HALF TL_HALF_F32X16
+#include "wide_impl.h"
 #pragma GCC pop_options
-
-/* Calls with fewer sequences keep four lanes, and so do calls that stream
- * their arrays from memory (c->prefetch, TL_PREFETCH_BYTES). W1 in float64
- * on one thread (an Intel Xeon with AVX-512; eight lanes / four, interleaved
- * in one process): 1.10-1.17 at B = 64, 1.01-1.06 at 256, 0.92-0.96 at 512,
- * 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096, 0.88-0.99 at 16384 (11 MB) --
- * and 1.19-1.27 at 262144 (170 MB), where the eight-row loads of a tile
- * from memory cost more than its arithmetic saves. */
-#define TL_WIDE_MIN_BATCH 512
-
-/* The eight-lane kernel for these terms of an (n, m) system, or NULL: none,
- * a small batch or one streamed from memory, the caller asked for four
- * lanes (spec->lanes), or the CPU has no AVX-512. */
-static tl_wide_fn tl_wide_for(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms)
-{
-    if (c->spec->lanes == TL_LANES_F64 || c->B < TL_WIDE_MIN_BATCH || c->prefetch ||
-        !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-          __builtin_cpu_supports("avx512vl")))
-        return NULL;
-#define TL_SMALL_SYSTEM(N, M)                                                                 \
-    if (n == N && m == M)                                                                     \
-        return terms == TL_ALL_TERMS         ? rl_wide_all_##N##_##M                          \
-               : terms == TL_TERM_TRAJECTORY ? rl_wide_traj_##N##_##M                         \
-               : terms == TL_TERM_TERMINAL   ? rl_wide_term_##N##_##M                         \
-                                             : NULL;
-    TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
-    return NULL;
-}
-#endif /* TL_WIDE_F64 */
+#endif /* TL_WIDE */

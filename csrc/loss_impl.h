@@ -346,8 +346,8 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const TL_SFX(rl_tile_fn) tile = TL_SFX(rl_tile_for)(n, m, c->spec->terms, &fast);
     if (!(c->uniform && c->spec->penalty == TL_PENALTY_MSE && a->gu != NULL))
         fast = NULL;
-#if TL_WIDE_RUN /* pairs of full tiles as one eight-lane tile, where the CPU can */
-    const tl_wide_fn wide = fast != NULL ? tl_wide_for(c, n, m, c->spec->terms) : NULL;
+#if TL_WIDE_RUN /* pairs of full tiles as one 512-bit tile, where the CPU can */
+    const tl_wide_fn wide = fast != NULL ? TL_SFX(tl_wide_for)(c, n, m, c->spec->terms) : NULL;
 #endif
     TL_V *tile_work = (TL_V *)(c->worker_work + (size_t)worker * c->worker_doubles);
     TL_VM *v = (TL_VM *)(tile_work + 2 * TL_TILE_VECTORS(T, n, m) + TL_REG_VECTORS(n, m));

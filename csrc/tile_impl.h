@@ -71,6 +71,15 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, cons
         TL_SFX(tl_vdeinterleave)(r, dst);
         return;
     }
+#ifdef TL_HALF /* sixteen float lanes: shorter rows by halves (lanes8.h) */
+    if (len >= TL_HALF && len < TL_VL) {
+        for (ptrdiff_t i = 0; i + TL_HALF <= len; i += TL_HALF)
+            TL_SFX(tl_vtranspose_half)(src + i, stride, dst + i);
+        if (len % TL_HALF != 0)
+            TL_SFX(tl_vtranspose_half)(src + len - TL_HALF, stride, dst + len - TL_HALF);
+        return;
+    }
+#endif
     if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
             dst[i] = TL_SFX(rl_gather)(src, stride, i);
@@ -96,6 +105,15 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose_block)(const TL_V *restrict s
 static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const TL_V *restrict src, const ptrdiff_t len,
                                                      TL_T *restrict dst, const ptrdiff_t stride)
 {
+#ifdef TL_HALF
+    if (len >= TL_HALF && len < TL_VL) {
+        for (ptrdiff_t i = 0; i + TL_HALF <= len; i += TL_HALF)
+            TL_SFX(tl_vuntranspose_half)(src + i, dst + i, stride);
+        if (len % TL_HALF != 0)
+            TL_SFX(tl_vuntranspose_half)(src + len - TL_HALF, dst + len - TL_HALF, stride);
+        return;
+    }
+#endif
     if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
             for (int l = 0; l < TL_VL; l++)

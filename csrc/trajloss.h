@@ -218,11 +218,13 @@ typedef struct {
                                       array (padding included) is NaN or inf; checked block
                                       by block just before the kernel reads it, so the data
                                       is streamed from memory once */
-    int lanes;                     /* float64 rollout losses: 0 computes eight sequences at
-                                      a time where the CPU has AVX-512 (in calls of 512 to
-                                      some 10^5 sequences, whose arrays stay in the cache),
-                                      four elsewhere; 4 always four; other values are
-                                      refused. The results are the same bits either way */
+    int lanes;                     /* rollout losses: 0 computes 512-bit tiles (eight
+                                      float64 or sixteen float32 sequences at a time) where
+                                      the CPU has AVX-512 (in calls of 512 to some 10^5
+                                      sequences, whose arrays stay in the cache), 256-bit
+                                      ones (four float64, eight float32) elsewhere; 4
+                                      always 256-bit ones; other values are refused. The
+                                      results are the same bits either way */
     tl_pool *pool;                 /* threads kept between calls, or NULL */
 } tl_loss_spec;
 

@@ -545,13 +545,13 @@ static void test_loss_threads(void)
     free(u), free(ru), free(x0), free(rs), free(len);
 }
 
-/* The float64 rollout losses run pairs of full tiles as one eight-lane tile
- * where the CPU has AVX-512 (spec.lanes = 0) and only four-lane tiles with
- * spec.lanes = 4: the same bits either way, for every small system the
+/* The rollout losses run pairs of full tiles as one 512-bit tile (eight
+ * float64 or sixteen float32 lanes) where the CPU has AVX-512 (spec.lanes =
+ * 0) and only 256-bit tiles with spec.lanes = 4: the same bits either way, for every small system the
  * eight-lane kernels serve and one they do not, each set of terms they
  * serve, with and without a terminal target and the initial state, chunks
  * with an odd number of full tiles and a partial one, and 1 or 2 threads.
- * (Without AVX-512 both runs are four-lane and this checks only that.) */
+ * (Without AVX-512 both runs are 256-bit and this checks only that.) */
 static void test_loss_lanes(void)
 {
     static const ptrdiff_t sizes[][2] = {{2, 1}, {3, 3}, {6, 2}, {4, 1}, {5, 2}};
@@ -573,15 +573,27 @@ static void test_loss_lanes(void)
             x0[i] = uniform(&seed), tg[i] = uniform(&seed);
         for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
             rs[i] = uniform(&seed);
+        float *uf = xmalloc(sizeof(float) * B * T * m), *ruf = xmalloc(sizeof(float) * B * T * m);
+        float *x0f = xmalloc(sizeof(float) * B * n), *tgf = xmalloc(sizeof(float) * B * n);
+        float *rsf = xmalloc(sizeof(float) * B * (T + 1) * n);
+        for (ptrdiff_t i = 0; i < B * T * m; i++)
+            uf[i] = (float)u[i], ruf[i] = (float)ru[i];
+        for (ptrdiff_t i = 0; i < B * n; i++)
+            x0f[i] = (float)x0[i], tgf[i] = (float)tg[i];
+        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
+            rsf[i] = (float)rs[i];
         double *gu[2], *gx[2];
+        float *guf[2], *gxf[2];
         for (int r = 0; r < 2; r++) {
             gu[r] = xmalloc(sizeof(double) * B * T * m);
             gx[r] = xmalloc(sizeof(double) * B * n);
+            guf[r] = xmalloc(sizeof(float) * B * T * m);
+            gxf[r] = xmalloc(sizeof(float) * B * n);
         }
         for (size_t k = 0; k < sizeof term_sets / sizeof term_sets[0]; k++)
             for (int variant = 0; variant < 4; variant++) {
                 const int with_target = variant & 1, threads = 1 + (variant >> 1);
-                tl_loss_value v[2];
+                tl_loss_value v[2], vf[2];
                 for (int r = 0; r < 2; r++) {
                     tl_loss_spec spec = {{B, T, NULL, NULL, variant == 2 ? 0.9 : 1.0},
                                          TL_PENALTY_MSE, 1.0, term_sets[k], 1.0, 0.3, 0.2,
@@ -590,18 +602,26 @@ static void test_loss_lanes(void)
                     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
                     same &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, with_target ? tg : NULL,
                                                 &v[r], gu[r], gx[r], work) == TL_OK;
+                    same &= tl_rollout_loss_f32(&sys, &spec, uf, x0f, ruf, rsf,
+                                                with_target ? tgf : NULL, &vf[r], guf[r], gxf[r],
+                                                work) == TL_OK;
                     free(work);
-                    calls++;
+                    calls += 2;
                 }
                 same &= same_value(&v[0], &v[1]) &&
                         memcmp(gu[0], gu[1], sizeof(double) * B * T * m) == 0 &&
                         memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
+                same &= same_value(&vf[0], &vf[1]) &&
+                        memcmp(guf[0], guf[1], sizeof(float) * B * T * m) == 0 &&
+                        memcmp(gxf[0], gxf[1], sizeof(float) * B * n) == 0;
             }
         for (int r = 0; r < 2; r++)
-            free(gu[r]), free(gx[r]);
+            free(gu[r]), free(gx[r]), free(guf[r]), free(gxf[r]);
         free(u), free(ru), free(x0), free(tg), free(rs);
+        free(uf), free(ruf), free(x0f), free(tgf), free(rsf);
     }
-    CHECK(same, "eight-lane and four-lane float64 tiles give the same bits (%d calls)", calls);
+    CHECK(same, "512-bit and 256-bit tiles give the same bits, float64 and float32 (%d calls)",
+          calls);
     tl_loss_spec bad = {{1, 1, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, 7u, 1.0, 0.3, 0.2,
                         0, NULL, NULL, 1, 0, 8, NULL};
     double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0.005, 0.1}, z[4] = {0, 0, 0, 0}, g[4];
