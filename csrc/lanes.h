@@ -20,8 +20,13 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(TL_NO_CLONES)
 #define TL_CLONES __attribute__((target_clones("avx2", "default")))
 /* ... and the fast kernels also in 512-bit tiles for AVX-512 (lanes8.h:
- * eight float64 or sixteen float32 lanes), run where the CPU has it. */
+ * eight float64 or sixteen float32 lanes), run where the CPU has it --
+ * unless TL_NO_WIDE (valgrind, which has no AVX-512, never runs them). */
+#ifdef TL_NO_WIDE
+#define TL_WIDE 0
+#else
 #define TL_WIDE 1
+#endif
 #else
 #define TL_CLONES
 #define TL_WIDE 0
