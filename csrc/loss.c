@@ -7,8 +7,9 @@
  * order, so the value does not depend on how many threads ran. The rollout
  * losses process a chunk as tiles of sequences held side by side in vectors
  * (lanes.h; four in float64, eight in float32, computed in float and summed
- * in double; on AVX-512, float64 pairs of tiles as eight lanes: lanes8.h and
- * the end of this file): every operation acts on all lanes at once, and the
+ * in double; on AVX-512, pairs of tiles as one 512-bit tile of eight float64
+ * or sixteen float32 lanes: lanes8.h, wide_impl.h and the end of this file):
+ * every operation acts on all lanes at once, and the
  * recurrences of different sequences overlap instead of waiting on each
  * other. Lanes past the end of the batch, and steps past a sequence's last
  * valid step, are switched off with selects (never multiplied by zero), so
