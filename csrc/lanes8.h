@@ -135,39 +135,6 @@ static inline void tl_vdeinterleave_f32x16(const tl_v16f r[2], tl_v16f t[2])
     t[1] = TL_SHUF(r[0], r[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-/* Rows of fewer than sixteen elements move by halves: columns 0-7 of
- * sixteen rows (row l at src + l stride) into dst[0..7], lane l of dst[c]
- * being row l's element c, by an 8 x 8 transpose of each eight rows (lanes.h)
- * and a join -- instead of sixteen single loads a column. */
-static inline void tl_vtranspose_half_f32x16(const float *src, ptrdiff_t stride, tl_v16f dst[8])
-{
-    tl_vf lo[8], hi[8], tlo[8], thi[8];
-    for (int l = 0; l < 8; l++) {
-        memcpy(&lo[l], src + l * stride, sizeof lo[l]);
-        memcpy(&hi[l], src + (l + 8) * stride, sizeof hi[l]);
-    }
-    tl_vtranspose_f32(lo, tlo);
-    tl_vtranspose_f32(hi, thi);
-    for (int c = 0; c < 8; c++)
-        dst[c] = tl_vjoin_f32x16(tlo[c], thi[c]);
-}
-
-/* ... and back: lane l of src[c] to dst[l stride + c], c < 8. */
-static inline void tl_vuntranspose_half_f32x16(const tl_v16f src[8], float *dst, ptrdiff_t stride)
-{
-    tl_vf lo[8], hi[8], tlo[8], thi[8];
-    for (int c = 0; c < 8; c++) {
-        lo[c] = TL_SHUF(src[c], src[c], 0, 1, 2, 3, 4, 5, 6, 7);
-        hi[c] = TL_SHUF(src[c], src[c], 8, 9, 10, 11, 12, 13, 14, 15);
-    }
-    tl_vtranspose_f32(lo, tlo);
-    tl_vtranspose_f32(hi, thi);
-    for (int l = 0; l < 8; l++) {
-        memcpy(dst + l * stride, &tlo[l], sizeof tlo[l]);
-        memcpy(dst + (l + 8) * stride, &thi[l], sizeof thi[l]);
-    }
-}
-
 /* *sum += a as two eight-lane float tiles would add it (tl_vacc_f32): sum
  * lane l (l < 4) gets a_l + a_{l+4}, the even tile's, and lane 4 + l gets
  * a_{8+l} + a_{12+l}, the odd tile's, each widened to double first. */

@@ -385,6 +385,30 @@ static tl_wide_fn tl_wide_for_f32(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m
 #define TL_NARROW(name) name##_f64
 #include "wide_impl.h" /* which undefines these */
 
+/* Rows of 8-15 floats (TL_HALF in tile_impl.h; W1's 15 controls) move by
+ * halves: columns 0-7 of sixteen rows into dst[0..7] by the eight-lane
+ * tiles' 8 x 8 transpose of each eight rows and a join, instead of sixteen
+ * single loads a column; and back. */
+static inline void tl_vtranspose_half_f32x16(const float *src, ptrdiff_t stride, tl_v16f dst[8])
+{
+    tl_vf lo[8], hi[8];
+    rl_transpose_block_f32(src, stride, lo);
+    rl_transpose_block_f32(src + 8 * stride, stride, hi);
+    for (int c = 0; c < 8; c++)
+        dst[c] = tl_vjoin_f32x16(lo[c], hi[c]);
+}
+
+static inline void tl_vuntranspose_half_f32x16(const tl_v16f src[8], float *dst, ptrdiff_t stride)
+{
+    tl_vf lo[8], hi[8];
+    for (int c = 0; c < 8; c++) {
+        lo[c] = TL_SHUF(src[c], src[c], 0, 1, 2, 3, 4, 5, 6, 7);
+        hi[c] = TL_SHUF(src[c], src[c], 8, 9, 10, 11, 12, 13, 14, 15);
+    }
+    rl_untranspose_block_f32(lo, dst, stride);
+    rl_untranspose_block_f32(hi, dst + 8 * stride, stride);
+}
+
 #define TL_T float
 #define TL_V tl_v16f
 #define TL_VM tl_v16i
