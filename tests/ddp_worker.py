@@ -4,6 +4,7 @@ usage: python ddp_worker.py RANK WORLD PORT OUT.npz
 Rank r trains a DistributedDataParallel policy with trajloss.torch.CombinedLoss
 on its share of the batch; rank 0 saves the averaged gradients.
 """
+import os
 import sys
 
 import numpy as np
@@ -53,3 +54,13 @@ def main(rank, world, port, out):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    # DistributedDataParallel keeps the gloo process group alive after
+    # destroy_process_group -- its pt_gloo_runloop and gloo_tcp_loop threads
+    # still run here, with a plain MSE loss as with trajloss -- so the
+    # interpreter would tear it down during finalization, which crashed about
+    # one run in several hundred (SIGSEGV in both ranks, or "terminate called
+    # without an active exception"), after everything was done. The gradients
+    # are written and both ranks are past the barrier: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
