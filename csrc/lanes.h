@@ -188,6 +188,19 @@ static inline void tl_vacc_f32(tl_vd *sum, tl_vf a)
     {                                                                                         \
         return (V)((M)a & ~(M)tl_vsplat##S(-0.0));                                            \
     }                                                                                         \
+    /* lane l from p[l stride], and back: one element of each of a tile's rows */             \
+    static TL_ALWAYS_INLINE V tl_vgather##S(const E *p, ptrdiff_t stride)                     \
+    {                                                                                         \
+        V v = tl_vsplat##S(0.0); /* every lane is set; this only tells the compiler */        \
+        for (int l = 0; l < (int)(sizeof v / sizeof v[0]); l++)                               \
+            v[l] = p[l * stride];                                                             \
+        return v;                                                                             \
+    }                                                                                         \
+    static TL_ALWAYS_INLINE void tl_vscatter##S(V v, E *p, ptrdiff_t stride)                  \
+    {                                                                                         \
+        for (int l = 0; l < (int)(sizeof v / sizeof v[0]); l++)                               \
+            p[l * stride] = v[l];                                                             \
+    }                                                                                         \
     /* e = rho(r) and d = rho'(r) / TL_RHO_SCALE(penalty) in every lane (the penalties of    \
      * trajloss.h): the squared error's factor 2 is in the gradient scales instead, which    \
      * saves an add a scored value and rounds the same (doubling is exact) */                \

@@ -347,18 +347,6 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
 /* The small systems' states fit in these many vectors (TL_SMALL_SYSTEMS). */
 #define TL_REF_LANE_N 6
 
-/* Lane l of v to p[l * stride] (and back): four samples' elements. */
-static TL_ALWAYS_INLINE void scatter(tl_vd v, double *p, ptrdiff_t stride)
-{
-    for (int l = 0; l < TL_LANES_F64; l++)
-        p[l * stride] = v[l];
-}
-
-static TL_ALWAYS_INLINE tl_vd gather(const double *p, ptrdiff_t stride)
-{
-    return (tl_vd){p[0], p[stride], p[2 * stride], p[3 * stride]};
-}
-
 /* Samples b .. b + 3 of an exact or average reference, one a lane: the
  * operations of apply_samples in its order for each sample (the controls,
  * the energy and the rollout interleaved step by step: each is still its
@@ -374,8 +362,8 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
     tl_vd yn[TL_REF_LANE_N];
     double *u = controls + b * su, *s = states + b * ss;
     for (ptrdiff_t i = 0; i < n; i++) {
-        x[i] = gather(x0 + b * n + i, n);
-        f[i] = gather(xf + b * n + i, n);
+        x[i] = tl_vgather_f64(x0 + b * n + i, n);
+        f[i] = tl_vgather_f64(xf + b * n + i, n);
     }
     for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Ad^T x0 */
         tl_vd acc = tl_vsplat_f64(0.0);
@@ -386,7 +374,7 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
     tl_vd e = tl_vsplat_f64(0.0);
     for (ptrdiff_t i = 0; i < n; i++) {
         y[i] = x[i];
-        scatter(x[i], s + i, ss);
+        tl_vscatter_f64(x[i], s + i, ss);
     }
     for (ptrdiff_t k = 0; k < T; k++) {
         tl_vd uk[TL_REF_LANE_N];
@@ -396,7 +384,7 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
                 acc += tl_vsplat_f64(plan->K[(k * m + j) * n + i]) * d[i];
             uk[j] = acc;
             e += acc * acc;
-            scatter(acc, u + k * m + j, su);
+            tl_vscatter_f64(acc, u + k * m + j, su);
         }
         for (ptrdiff_t i = 0; i < n; i++) { /* x_{k+1} = Ad x_k + Bd u_k */
             tl_vd acc = tl_vsplat_f64(0.0);
@@ -408,10 +396,10 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
         }
         for (ptrdiff_t i = 0; i < n; i++) {
             y[i] = yn[i];
-            scatter(y[i], s + (k + 1) * n + i, ss);
+            tl_vscatter_f64(y[i], s + (k + 1) * n + i, ss);
         }
     }
-    scatter(e * tl_vsplat_f64(plan->dt), energy + b, 1);
+    tl_vscatter_f64(e * tl_vsplat_f64(plan->dt), energy + b, 1);
     tl_vd err = tl_vsplat_f64(0.0);
     for (ptrdiff_t i = 0; i < n; i++)
         err += (y[i] - f[i]) * (y[i] - f[i]);

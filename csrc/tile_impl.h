@@ -21,16 +21,6 @@
  * arithmetic is the general path's, so both round alike. The general path
  * passes fast = 0 and reads the terms from the spec.
  */
-/* Element off of the tile's TL_VL rows of an array, one per lane. */
-static TL_ALWAYS_INLINE TL_V TL_SFX(rl_gather)(const TL_T *p, const ptrdiff_t stride,
-                                               const ptrdiff_t off)
-{
-    TL_V v = TL_SFX(tl_vsplat)(0.0); /* every lane is set; this only tells the compiler */
-    for (int l = 0; l < TL_VL; l++)
-        v[l] = p[l * stride + off];
-    return v;
-}
-
 /* TL_VL consecutive elements of a row. */
 static TL_ALWAYS_INLINE TL_V TL_SFX(rl_loadv)(const TL_T *p)
 {
@@ -82,7 +72,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_transpose)(const TL_T *restrict src, cons
 #endif
     if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
-            dst[i] = TL_SFX(rl_gather)(src, stride, i);
+            dst[i] = TL_SFX(tl_vgather)(src + i, stride);
         return;
     }
     for (ptrdiff_t i = 0; i + TL_VL <= len; i += TL_VL)
@@ -116,8 +106,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_untranspose)(const TL_V *restrict src, co
 #endif
     if (len < TL_VL) {
         for (ptrdiff_t i = 0; i < len; i++)
-            for (int l = 0; l < TL_VL; l++)
-                dst[l * stride + i] = src[i][l];
+            TL_SFX(tl_vscatter)(src[i], dst + i, stride);
         return;
     }
     for (ptrdiff_t i = 0; i + TL_VL <= len; i += TL_VL)
@@ -287,7 +276,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
             TL_SFX(rl_transpose)(p->tgt, n, n, tgt);
         else
             for (ptrdiff_t i = 0; i < n; i++)
-                tgt[i] = TL_SFX(rl_gather)(p->rs, ss, K * n + i);
+                tgt[i] = TL_SFX(tl_vgather)(p->rs + K * n + i, ss);
         for (ptrdiff_t i = 0; i < n; i++) {
             const double s = sw != NULL ? sw[i] : 1.0;
             TL_V e, d;
