@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "dense.h"
+#include "tl_lapack.h"
 
 void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
                      const double *A, const double *B, double *C)
@@ -17,6 +18,27 @@ void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
                 Ci[j] += a * Bp[j];
         }
     }
+}
+
+void tl_dense_gemm(ptrdiff_t n, const double *A, const double *B, double *C)
+{
+    if (n < TL_DENSE_BLAS_MIN_N) {
+        tl_dense_matmul(n, n, n, A, B, C);
+        return;
+    }
+    const tl_lapack_int ni = (tl_lapack_int)n;
+    tl_cblas_dgemm(TL_CBLAS_ROW_MAJOR, TL_CBLAS_NO_TRANS, TL_CBLAS_NO_TRANS, ni, ni, ni, 1.0, A,
+                   ni, B, ni, 0.0, C, ni);
+}
+
+void tl_dense_transpose(ptrdiff_t n, double *A)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t j = i + 1; j < n; j++) {
+            const double t = A[i * n + j];
+            A[i * n + j] = A[j * n + i];
+            A[j * n + i] = t;
+        }
 }
 
 void tl_dense_matmul_nt(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c, const double *A, const double *B,

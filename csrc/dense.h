@@ -11,6 +11,17 @@
 void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
                      const double *A, const double *B, double *C);
 
+/* C (n x n) = A B for square n x n matrices, through BLAS dgemm from
+ * TL_DENSE_BLAS_MIN_N on (the plain loop of tl_dense_matmul below it, where
+ * the call costs more than it saves); C may not overlap A or B. A product of
+ * two upper (or two lower) triangular matrices is exactly triangular either
+ * way: every term below the diagonal has a zero factor. */
+#define TL_DENSE_BLAS_MIN_N 48
+void tl_dense_gemm(ptrdiff_t n, const double *A, const double *B, double *C);
+
+/* A (n x n) = A^T in place. */
+void tl_dense_transpose(ptrdiff_t n, double *A);
+
 /* C (r x c) = A (r x k) * B^T (B is c x k), or C += ... when accumulate is set;
  * C may not overlap A or B. */
 void tl_dense_matmul_nt(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c, const double *A, const double *B,

@@ -33,7 +33,8 @@ static int all_finite(ptrdiff_t count, const double *x)
 }
 
 static tl_status discretize_zoh(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
-                                double dt, double *Ad, double *Bd, double *buf)
+                                double dt, double *Ad, double *Bd, double *buf,
+                                const tl_cancel *cancel)
 {
     const ptrdiff_t N = n + m;
     double *M = buf, *E = buf + N * N;
@@ -44,7 +45,7 @@ static tl_status discretize_zoh(ptrdiff_t n, ptrdiff_t m, const double *A, const
         for (ptrdiff_t j = 0; j < m; j++)
             M[i * N + n + j] = B[i * m + j] * dt;
     }
-    tl_status status = tl_expm(N, M, E, buf + 2 * N * N);
+    tl_status status = tl_expm(N, M, E, buf + 2 * N * N, cancel);
     if (status != TL_OK)
         return status;
     tl_dense_copy_block(n, n, E, N, Ad, n);
@@ -85,7 +86,7 @@ static void discretize_rk4(ptrdiff_t n, ptrdiff_t m, const double *A, const doub
 
 tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
                         const double *A, const double *B, double dt,
-                        double *Ad, double *Bd, void *work)
+                        double *Ad, double *Bd, void *work, const tl_cancel *cancel)
 {
     if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM)
         return TL_ERR_SHAPE;
@@ -98,7 +99,7 @@ tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
 
     switch (method) {
     case TL_DISC_ZOH:
-        return discretize_zoh(n, m, A, B, dt, Ad, Bd, (double *)work);
+        return discretize_zoh(n, m, A, B, dt, Ad, Bd, (double *)work, cancel);
     case TL_DISC_EULER:
         discretize_euler(n, m, A, B, dt, Ad, Bd);
         return TL_OK;

@@ -57,7 +57,7 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
                 bb += B[i * m + k] * B[j * m + k];
             M[i * N + n + j] = bb * t;
         }
-    tl_status status = tl_expm(N, M, E, E + N * N);
+    tl_status status = tl_expm(N, M, E, E + N * N, NULL);
     if (status != TL_OK)
         return status;
     /* Wc = F^T G with G = E[0:n, n:2n], F = E[n:2n, n:2n]; symmetrised */
@@ -203,7 +203,7 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     void *sub = lwork + 4 * n;
 
     if (continuous_model) {
-        status = tl_discretize(TL_DISC_ZOH, n, m, A, B, dt, plan->Ad, plan->Bd, sub);
+        status = tl_discretize(TL_DISC_ZOH, n, m, A, B, dt, plan->Ad, plan->Bd, sub, NULL);
         if (status == TL_OK)
             status = tl_gramian(n, m, A, B, dt, Wdt, sub);
         if (status != TL_OK)
@@ -493,18 +493,18 @@ tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const dou
     double *At = Wtmp; /* A scaled by a time, reused */
     for (ptrdiff_t i = 0; i < nn; i++)
         At[i] = A[i] * horizon;
-    if ((status = tl_expm(n, At, EH, sub)) != TL_OK)
+    if ((status = tl_expm(n, At, EH, sub, NULL)) != TL_OK)
         return status;
 
     for (ptrdiff_t q = 0; q < ntimes; q++) {
         const double t = times[q];
         for (ptrdiff_t i = 0; i < nn; i++)
             At[i] = A[i] * t;
-        if ((status = tl_expm(n, At, Et, sub)) != TL_OK)
+        if ((status = tl_expm(n, At, Et, sub, NULL)) != TL_OK)
             return status;
         for (ptrdiff_t i = 0; i < nn; i++)
             At[i] = A[i] * (horizon - t);
-        if ((status = tl_expm(n, At, EHt, sub)) != TL_OK) /* e^{A (H - t)} */
+        if ((status = tl_expm(n, At, EHt, sub, NULL)) != TL_OK) /* e^{A (H - t)} */
             return status;
         if ((status = tl_gramian(n, m, A, B, t, Wt, sub)) != TL_OK)
             return status;

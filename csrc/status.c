@@ -10,6 +10,7 @@ static const char *const TL_STATUS_MESSAGES[TL_STATUS_COUNT] = {
     "LAPACK rejected an argument",
     "no valid step in the batch",
     "an input holds NaN or inf",
+    "interrupted",
 };
 
 const char *tl_status_message(tl_status status)

@@ -36,11 +36,21 @@ typedef enum {
     TL_ERR_LAPACK,    /* LAPACK rejected an argument (a bug in trajloss) */
     TL_ERR_EMPTY,     /* a loss over a batch with no valid step */
     TL_ERR_NONFINITE, /* an input holds NaN or inf (losses with check_finite set) */
+    TL_ERR_INTERRUPTED, /* the caller's tl_cancel poll asked to stop; outputs are undefined */
     TL_STATUS_COUNT
 } tl_status;
 
 /* A static, human-readable description of a status code. Never NULL. */
 const char *tl_status_message(tl_status status);
+
+/* Cooperative cancellation of a long call. The core calls poll(ctx) between
+ * its heavy steps (each a matrix product or solve) and stops with
+ * TL_ERR_INTERRUPTED as soon as it returns nonzero. A NULL tl_cancel, or a
+ * NULL poll, never cancels. poll runs on the calling thread. */
+typedef struct tl_cancel {
+    int (*poll)(void *ctx);
+    void *ctx;
+} tl_cancel;
 
 /* A discrete linear time-invariant system x_{k+1} = Ad x_k + Bd u_k.
  * Ad is n x n, Bd is n x m, both row-major; the core only reads them. */
@@ -59,12 +69,17 @@ tl_status tl_system_check(const tl_system *sys);
 /* Bytes of scratch space tl_expm needs for an n x n matrix (0 if n is out of range). */
 size_t tl_expm_work_bytes(ptrdiff_t n);
 
-/* E = exp(A) for an n x n row-major matrix, by scaling and squaring with a
- * diagonal Pade approximant of degree 3, 5, 7, 9 or 13 (Higham 2005). A and E
- * may not overlap. `work` holds tl_expm_work_bytes(n) bytes.
+/* E = exp(A) for an n x n row-major matrix, 1 <= n <= 2 TL_MAX_DIM: LAPACK
+ * balancing (a permutation, and a diagonal scaling by powers of two when it
+ * lowers the 1-norm), then scaling and squaring with a diagonal Pade
+ * approximant of degree 3, 5, 7, 9 or 13 chosen from the norms of powers of A
+ * (Al-Mohy and Higham 2009). A triangular (or permuted-triangular) A gives an
+ * exactly triangular E whose diagonal and first off-diagonal are computed
+ * from their closed forms. A and E may not overlap. `work` holds
+ * tl_expm_work_bytes(n) bytes; `cancel` may be NULL.
  * TL_ERR_SHAPE for a bad n, TL_ERR_VALUE if A is not finite, TL_ERR_SINGULAR
- * if the Pade denominator cannot be factorised. */
-tl_status tl_expm(ptrdiff_t n, const double *A, double *E, void *work);
+ * if the Pade denominator cannot be factorised, TL_ERR_INTERRUPTED. */
+tl_status tl_expm(ptrdiff_t n, const double *A, double *E, void *work, const tl_cancel *cancel);
 
 /* ---- discretize.c ------------------------------------------------------ */
 
@@ -79,10 +94,11 @@ size_t tl_discretize_work_bytes(ptrdiff_t n, ptrdiff_t m);
 
 /* Discretise xdot = A x + B u with step dt > 0 into (Ad, Bd).
  * A is n x n, B is n x m (row-major); Ad (n x n) and Bd (n x m) are written.
- * `work` holds tl_discretize_work_bytes(n, m) bytes. */
+ * `work` holds tl_discretize_work_bytes(n, m) bytes; `cancel` (may be NULL)
+ * is polled by the zoh exponential, TL_ERR_INTERRUPTED when it says stop. */
 tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
                         const double *A, const double *B, double dt,
-                        double *Ad, double *Bd, void *work);
+                        double *Ad, double *Bd, void *work, const tl_cancel *cancel);
 
 /* ---- rollout.c --------------------------------------------------------- */
 

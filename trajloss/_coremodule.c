@@ -28,6 +28,9 @@
 #include <string.h>
 #ifndef _WIN32
 #include <pthread.h> /* pthread_atfork */
+#include <time.h>    /* clock_gettime: the interrupt poll's throttle */
+#else
+#include <windows.h> /* GetTickCount64 */
 #endif
 
 #include "trajloss.h"
@@ -56,11 +59,61 @@ static void set_status_error(tl_status status, const char *context)
     case TL_ERR_NOMEM:
         type = PyExc_MemoryError;
         break;
+    case TL_ERR_INTERRUPTED:
+        /* poll_signals stopped the call: the signal handler's exception
+         * (KeyboardInterrupt for Ctrl-C) is already set; never replace it. */
+        if (PyErr_Occurred())
+            return;
+        type = PyExc_KeyboardInterrupt;
+        break;
     default:
         type = PyExc_RuntimeError;
         break;
     }
     PyErr_Format(type, "%s: %s", context, tl_status_message(status));
+}
+
+/* ---- Ctrl-C during long C calls ---------------------------------------- */
+
+/* State of one call's interrupt poll: the monotonic time of the last check. */
+typedef struct {
+    double last;
+} poll_state;
+
+static double monotonic_seconds(void)
+{
+#ifdef _WIN32
+    return (double)GetTickCount64() * 1e-3;
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
+}
+
+/* tl_cancel.poll for calls made with the GIL released: at most every 50 ms,
+ * take the GIL and run Python's pending signal handlers. A nonzero return
+ * (the handler raised, e.g. KeyboardInterrupt for SIGINT) stops the core with
+ * TL_ERR_INTERRUPTED and leaves the exception set for set_status_error.
+ * Handlers only run on the main thread; elsewhere this never cancels. */
+static int poll_signals(void *ctx)
+{
+    poll_state *state = (poll_state *)ctx;
+    const double now = monotonic_seconds();
+    if (now - state->last < 0.05)
+        return 0;
+    state->last = now;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const int raised = PyErr_CheckSignals() < 0;
+    PyGILState_Release(gil);
+    return raised;
+}
+
+/* A tl_cancel that polls Python's signals through `state`. */
+static tl_cancel signal_cancel(poll_state *state)
+{
+    state->last = monotonic_seconds();
+    return (tl_cancel){poll_signals, state};
 }
 
 /* ValueError with a C format (PyErr_Format has no float conversions). */
@@ -528,8 +581,11 @@ static PyObject *core_expm(PyObject *self, PyObject *args)
     }
     tl_status status;
     unsigned bad = 0;
+    poll_state poll;
+    const tl_cancel cancel = signal_cancel(&poll);
     Py_BEGIN_ALLOW_THREADS
-    status = tl_expm(n, (const double *)PyArray_DATA(A), (double *)PyArray_DATA(E), work);
+    status = tl_expm(n, (const double *)PyArray_DATA(A), (double *)PyArray_DATA(E), work,
+                     &cancel);
     if (status == TL_OK)
         bad = nonfinite_outputs(1, &E);
     Py_END_ALLOW_THREADS
@@ -600,10 +656,12 @@ static PyObject *core_discretize(PyObject *self, PyObject *args, PyObject *kwds)
     }
     tl_status status;
     unsigned bad = 0;
+    poll_state poll;
+    const tl_cancel cancel = signal_cancel(&poll);
     Py_BEGIN_ALLOW_THREADS
     status = tl_discretize((tl_disc_method)method, n, m, (const double *)PyArray_DATA(A),
                            (const double *)PyArray_DATA(B), dt, (double *)PyArray_DATA(Ad),
-                           (double *)PyArray_DATA(Bd), work);
+                           (double *)PyArray_DATA(Bd), work, &cancel);
     if (status == TL_OK)
         bad = nonfinite_outputs(2, (PyArrayObject *const[]){Ad, Bd});
     Py_END_ALLOW_THREADS

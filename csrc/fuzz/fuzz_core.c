@@ -706,7 +706,7 @@ static void fuzz_expm(reader *r)
     const int nowork = rd_u8(r) % 16 == 0;
     void *work = nowork ? NULL : xalloc(bytes);
     watch_input(A, (size_t)(na * na) * sizeof(double), "A");
-    tl_status s = tl_expm(n, A, E, work);
+    tl_status s = tl_expm(n, A, E, work, NULL);
     check_status(s, "tl_expm");
     check_inputs();
     if (bytes == 0 || nowork)
@@ -733,7 +733,7 @@ static void fuzz_discretize(reader *r)
     void *work = nowork ? NULL : xalloc(bytes);
     watch_input(A, (size_t)(na * na) * sizeof(double), "A");
     watch_input(B, (size_t)(na * ma) * sizeof(double), "B");
-    tl_status s = tl_discretize((tl_disc_method)method, n, m, A, B, dt, Ad, Bd, work);
+    tl_status s = tl_discretize((tl_disc_method)method, n, m, A, B, dt, Ad, Bd, work, NULL);
     check_status(s, "tl_discretize");
     check_inputs();
     if (bytes == 0 || nowork || method < 0 || method >= TL_DISC_COUNT)
@@ -1748,7 +1748,7 @@ static void fuzz_huge_sizes(reader *r)
         note("work=%zu ", bytes);
         if (bytes == 0) {
             double a;
-            st = tl_expm(T, &a, &a, xalloc(1));
+            st = tl_expm(T, &a, &a, xalloc(1), NULL);
             CHECK(st != TL_OK, "expm with n=%td accepted", T);
         }
         return;

@@ -69,7 +69,7 @@ static int untouched(const void *p, size_t bytes, unsigned char fill)
 static tl_status expm_alloc(ptrdiff_t n, const double *A, double *E)
 {
     void *work = xmalloc(tl_expm_work_bytes(n));
-    tl_status status = tl_expm(n, A, E, work);
+    tl_status status = tl_expm(n, A, E, work, NULL);
     free(work);
     return status;
 }
@@ -115,9 +115,125 @@ static void test_expm_errors(void)
 {
     double A[4] = {0, NAN, 0, 0}, E[4];
     CHECK(expm_alloc(2, A, E) == TL_ERR_VALUE, "NaN input");
-    CHECK(tl_expm(0, A, E, E) == TL_ERR_SHAPE, "n = 0");
-    CHECK(tl_expm(2, A, E, NULL) == TL_ERR_NOMEM, "no work");
+    CHECK(tl_expm(0, A, E, E, NULL) == TL_ERR_SHAPE, "n = 0");
+    CHECK(tl_expm(2, A, E, NULL, NULL) == TL_ERR_NOMEM, "no work");
     CHECK(tl_expm_work_bytes(0) == 0 && tl_expm_work_bytes(-3) == 0, "work bytes of bad n");
+}
+
+/* exp(D R D^-1) = D exp(R) D^-1 for a rotation generator R and D = diag(s, 1):
+ * [[cos t, s sin t], [-sin t / s, cos t]], whatever the scaling s. */
+static void test_expm_badly_scaled(void)
+{
+    const double ss[] = {1e4, 1e8, 1e12, 1e16, 0x1p-40};
+    const double t = 1.3;
+    for (size_t i = 0; i < sizeof ss / sizeof ss[0]; i++) {
+        const double s = ss[i];
+        double A[4] = {0, t * s, -t / s, 0}, E[4];
+        const double want[4] = {cos(t), s * sin(t), -sin(t) / s, cos(t)};
+        CHECK(expm_alloc(2, A, E) == TL_OK, "scaled rotation status");
+        double worst = 0.0;
+        for (int k = 0; k < 4; k++)
+            worst = fmax(worst, fabs(E[k] - want[k]) / fabs(want[k]));
+        CHECK(worst < 1e-14, "D R D^-1, s=%g: entrywise relative error %g", s, worst);
+    }
+}
+
+/* Triangular structure is kept exactly and chains of integrators give
+ * h^k / k! to the last ulp or two. */
+static void test_expm_structure(void)
+{
+    for (int n = 2; n <= 6; n++) {
+        const double hs[] = {0.1, 1.0 / 3.0, 5.0, 100.0};
+        for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
+            double A[36] = {0}, E[36];
+            for (int k = 0; k + 1 < n; k++)
+                A[k * n + k + 1] = hs[i];
+            CHECK(expm_alloc(n, A, E) == TL_OK, "chain status");
+            for (int r = 0; r < n; r++)
+                for (int c = 0; c < n; c++) {
+                    double want = r > c ? 0.0 : 1.0;
+                    for (int k = 1; k <= c - r; k++)
+                        want *= hs[i] / k; /* h^(c-r) / (c-r)!, within an ulp */
+                    const double ulps = want == 0.0 ? fabs(E[r * n + c]) :
+                                        fabs(E[r * n + c] - want) / (DBL_EPSILON * want);
+                    CHECK(r > c ? E[r * n + c] == 0.0 : ulps <= 2.0,
+                          "chain n=%d h=%g (%d,%d): %.17g vs %.17g", n, hs[i], r, c,
+                          E[r * n + c], want);
+                }
+        }
+    }
+    /* upper triangular with distinct and repeated diagonal entries */
+    const double T[9] = {-3.0, 2.0, 7.0, 0.0, -3.0, 0.5, 0.0, 0.0, 4.0};
+    double E[9];
+    CHECK(expm_alloc(3, T, E) == TL_OK, "triangular status");
+    CHECK(E[3] == 0.0 && E[6] == 0.0 && E[7] == 0.0, "exactly upper triangular");
+    CHECK(E[0] == exp(-3.0) && E[4] == exp(-3.0) && E[8] == exp(4.0), "diagonal is exp(t_ii)");
+    CHECK(fabs(E[1] - 2.0 * exp(-3.0)) <= 2 * DBL_EPSILON * E[1], "repeated eigenvalue: %g",
+          E[1]);
+    const double e12 = 0.5 * (exp(4.0) - exp(-3.0)) / 7.0;
+    CHECK(fabs(E[5] - e12) <= 4 * DBL_EPSILON * e12, "superdiagonal: %g vs %g", E[5], e12);
+}
+
+static int poll_stop(void *ctx)
+{
+    ++*(int *)ctx;
+    return 1;
+}
+
+static int poll_go(void *ctx)
+{
+    ++*(int *)ctx;
+    return 0;
+}
+
+/* The cancel hook: polled during the computation, stops it when it says so. */
+static void test_expm_cancel(void)
+{
+    enum { N = 40 };
+    double *A = xmalloc(N * N * sizeof(double)), *E = xmalloc(N * N * sizeof(double));
+    unsigned state = 7u;
+    for (int i = 0; i < N * N; i++)
+        A[i] = 3.0 * uniform(&state);
+    void *work = xmalloc(tl_expm_work_bytes(N));
+    int calls = 0;
+    const tl_cancel stop = {poll_stop, &calls}, go = {poll_go, &calls}, none = {NULL, NULL};
+    CHECK(tl_expm(N, A, E, work, &stop) == TL_ERR_INTERRUPTED && calls == 1, "stop: %d", calls);
+    calls = 0;
+    CHECK(tl_expm(N, A, E, work, &go) == TL_OK && calls > 3, "go: %d polls", calls);
+    double *E2 = xmalloc(N * N * sizeof(double));
+    CHECK(tl_expm(N, A, E2, work, &none) == TL_OK, "NULL poll");
+    CHECK(memcmp(E, E2, N * N * sizeof(double)) == 0, "polling does not change the result");
+    double B[N], *Bd = xmalloc(N * sizeof(double));
+    for (int i = 0; i < N; i++)
+        B[i] = uniform(&state);
+    void *dwork = xmalloc(tl_discretize_work_bytes(N, 1));
+    calls = 0;
+    CHECK(tl_discretize(TL_DISC_ZOH, N, 1, A, B, 1.0, E, Bd, dwork, &stop) ==
+              TL_ERR_INTERRUPTED, "discretize stop");
+    CHECK(strcmp(tl_status_message(TL_ERR_INTERRUPTED), "interrupted") == 0, "message");
+    free(A), free(E), free(E2), free(Bd), free(work), free(dwork);
+}
+
+/* ZOH of a stiff scalar and of the double integrator, against closed forms. */
+static void test_discretize_exact(void)
+{
+    double a = -1.0, b = 100.0, ad, bd;
+    void *work = xmalloc(tl_discretize_work_bytes(2, 1));
+    CHECK(tl_discretize(TL_DISC_ZOH, 1, 1, &a, &b, 20.0, &ad, &bd, work, NULL) == TL_OK, "st");
+    CHECK(fabs(ad - exp(-20.0)) <= DBL_EPSILON * exp(-20.0), "stiff Ad %.17g", ad);
+    CHECK(fabs(bd + 100.0 * expm1(-20.0)) <= 2 * DBL_EPSILON * bd, "stiff Bd %.17g", bd);
+    const double A[4] = {0, 1, 0, 0}, B[2] = {0, 1};
+    const double hs[] = {5.0, 100.0, 0.1};
+    for (size_t i = 0; i < 3; i++) {
+        const double h = hs[i];
+        double Ad[4], Bd[2];
+        CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, h, Ad, Bd, work, NULL) == TL_OK, "di");
+        CHECK(Ad[0] == 1.0 && Ad[1] == h && Ad[2] == 0.0 && Ad[3] == 1.0,
+              "double integrator h=%g Ad = [%.17g %.17g; %.17g %.17g]", h, Ad[0], Ad[1], Ad[2],
+              Ad[3]);
+        CHECK(Bd[0] == h * h / 2 && Bd[1] == h, "double integrator h=%g Bd", h);
+    }
+    free(work);
 }
 
 static tl_status discretize_alloc(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
@@ -125,7 +241,7 @@ static tl_status discretize_alloc(tl_disc_method method, ptrdiff_t n, ptrdiff_t 
                                   double *Ad, double *Bd)
 {
     void *work = xmalloc(tl_discretize_work_bytes(n, m));
-    tl_status status = tl_discretize(method, n, m, A, B, dt, Ad, Bd, work);
+    tl_status status = tl_discretize(method, n, m, A, B, dt, Ad, Bd, work, NULL);
     free(work);
     return status;
 }
@@ -162,15 +278,15 @@ static void test_discretize(void)
           "scalar rk4 values");
 
     double Ad4[4], Bd2[2], work[8];
-    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, 0.0, Ad4, Bd2, work) == TL_ERR_VALUE, "dt=0");
-    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, -1.0, Ad4, Bd2, work) == TL_ERR_VALUE, "dt<0");
-    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, NAN, Ad4, Bd2, work) == TL_ERR_VALUE, "dt NaN");
-    CHECK(tl_discretize(TL_DISC_COUNT, 2, 1, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_VALUE,
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, 0.0, Ad4, Bd2, work, NULL) == TL_ERR_VALUE, "dt=0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, -1.0, Ad4, Bd2, work, NULL) == TL_ERR_VALUE, "dt<0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 1, A, B, NAN, Ad4, Bd2, work, NULL) == TL_ERR_VALUE, "dt NaN");
+    CHECK(tl_discretize(TL_DISC_COUNT, 2, 1, A, B, 1.0, Ad4, Bd2, work, NULL) == TL_ERR_VALUE,
           "unknown method");
-    CHECK(tl_discretize(TL_DISC_ZOH, 0, 1, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_SHAPE, "n=0");
-    CHECK(tl_discretize(TL_DISC_ZOH, 2, 0, A, B, 1.0, Ad4, Bd2, work) == TL_ERR_SHAPE, "m=0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 0, 1, A, B, 1.0, Ad4, Bd2, work, NULL) == TL_ERR_SHAPE, "n=0");
+    CHECK(tl_discretize(TL_DISC_ZOH, 2, 0, A, B, 1.0, Ad4, Bd2, work, NULL) == TL_ERR_SHAPE, "m=0");
     const double Anan[4] = {0, 1, NAN, 0};
-    CHECK(tl_discretize(TL_DISC_EULER, 2, 1, Anan, B, 1.0, Ad4, Bd2, work) == TL_ERR_VALUE,
+    CHECK(tl_discretize(TL_DISC_EULER, 2, 1, Anan, B, 1.0, Ad4, Bd2, work, NULL) == TL_ERR_VALUE,
           "NaN in A");
 }
 
@@ -1099,6 +1215,10 @@ int main(void)
     test_status_messages();
     test_expm_closed_forms();
     test_expm_errors();
+    test_expm_badly_scaled();
+    test_expm_structure();
+    test_expm_cancel();
+    test_discretize_exact();
     test_discretize();
     test_rollout();
     test_rollout_errors();
