@@ -20,15 +20,15 @@ void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
     }
 }
 
-void tl_dense_gemm(ptrdiff_t n, const double *A, const double *B, double *C)
+void tl_dense_gemm(ptrdiff_t r, ptrdiff_t n, const double *A, const double *B, double *C)
 {
     if (n < TL_DENSE_BLAS_MIN_N) {
-        tl_dense_matmul(n, n, n, A, B, C);
+        tl_dense_matmul(r, n, n, A, B, C);
         return;
     }
     const tl_lapack_int ni = (tl_lapack_int)n;
-    tl_cblas_dgemm(TL_CBLAS_ROW_MAJOR, TL_CBLAS_NO_TRANS, TL_CBLAS_NO_TRANS, ni, ni, ni, 1.0, A,
-                   ni, B, ni, 0.0, C, ni);
+    tl_cblas_dgemm(TL_CBLAS_ROW_MAJOR, TL_CBLAS_NO_TRANS, TL_CBLAS_NO_TRANS, (tl_lapack_int)r, ni,
+                   ni, 1.0, A, ni, B, ni, 0.0, C, ni);
 }
 
 void tl_dense_transpose(ptrdiff_t n, double *A)

@@ -11,13 +11,13 @@
 void tl_dense_matmul(ptrdiff_t r, ptrdiff_t k, ptrdiff_t c,
                      const double *A, const double *B, double *C);
 
-/* C (n x n) = A B for square n x n matrices, through BLAS dgemm from
- * TL_DENSE_BLAS_MIN_N on (the plain loop of tl_dense_matmul below it, where
- * the call costs more than it saves); C may not overlap A or B. A product of
- * two upper (or two lower) triangular matrices is exactly triangular either
- * way: every term below the diagonal has a zero factor. */
+/* C (r x n) = A (r x n) B (n x n), through BLAS dgemm from
+ * n = TL_DENSE_BLAS_MIN_N on (the plain loop of tl_dense_matmul below it,
+ * where the call costs more than it saves); C may not overlap A or B. A
+ * product of two upper (or two lower) triangular matrices is exactly
+ * triangular either way: every term below the diagonal has a zero factor. */
 #define TL_DENSE_BLAS_MIN_N 48
-void tl_dense_gemm(ptrdiff_t n, const double *A, const double *B, double *C);
+void tl_dense_gemm(ptrdiff_t r, ptrdiff_t n, const double *A, const double *B, double *C);
 
 /* A (n x n) = A^T in place. */
 void tl_dense_transpose(ptrdiff_t n, double *A);

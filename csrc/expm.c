@@ -100,11 +100,24 @@ static int cancelled(const tl_cancel *cancel)
     return cancel != NULL && cancel->poll != NULL && cancel->poll(cancel->ctx) != 0;
 }
 
-/* C = A B, then one poll: the products are the heavy steps. */
+/* C = A B, polled after every panel of PANEL_ROWS rows: the products are the
+ * heavy steps, and a panel of a large one (2 n^2 PANEL_ROWS flops) takes a
+ * fraction of a second where the whole product can take seconds. The panels
+ * are the same whether or not a cancel hook is given, so it never changes
+ * the result. */
+enum { PANEL_ROWS = 256 };
+
 static tl_status mul(const expm_ws *w, const double *A, const double *B, double *C)
 {
-    tl_dense_gemm(w->n, A, B, C);
-    return cancelled(w->cancel) ? TL_ERR_INTERRUPTED : TL_OK;
+    const ptrdiff_t n = w->n;
+    const ptrdiff_t panel = n < 2 * PANEL_ROWS ? n : PANEL_ROWS;
+    for (ptrdiff_t r = 0; r < n; r += panel) {
+        const ptrdiff_t rows = n - r < panel ? n - r : panel;
+        tl_dense_gemm(rows, n, A + r * n, B, C + r * n);
+        if (cancelled(w->cancel))
+            return TL_ERR_INTERRUPTED;
+    }
+    return TL_OK;
 }
 
 /* ---- balancing ------------------------------------------------------------ */

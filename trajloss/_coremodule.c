@@ -1837,7 +1837,8 @@ done:
 
 static PyMethodDef core_methods[] = {
     {"expm", core_expm, METH_VARARGS,
-     "expm(A) -> E\n\nMatrix exponential of a square float64 matrix (Pade, scaling and squaring)."},
+     "expm(A) -> E\n\nMatrix exponential of a square float64 matrix (balancing, then "
+     "Al-Mohy and Higham's 2009 scaling and squaring; Ctrl-C interrupts it)."},
     {"discretize", (PyCFunction)(void (*)(void))core_discretize, METH_VARARGS | METH_KEYWORDS,
      "discretize(A, B, dt, method='zoh') -> (Ad, Bd)"},
     {"check_system", core_check_system, METH_VARARGS,
