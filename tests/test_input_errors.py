@@ -77,6 +77,28 @@ def test_valid_round_trip_is_unchanged(saved, tmp_path):
             assert np.array_equal(f[k], arrays[k], equal_nan=arrays[k].dtype.kind == "f"), k
 
 
+@pytest.mark.parametrize("seed", [None, 2**70, 2**63 - 1, 0])
+def test_any_integer_or_no_seed_round_trips(tmp_path, seed):
+    """seed=None and seeds beyond int64 used to be pickled by save and then
+    refused by load: the dataset was written but could not be read back."""
+    data = trajloss.make_dataset(trajloss.DoubleIntegrator(), 4, seed=seed)
+    path = tmp_path / "seeded.npz"
+    data.save(path)
+    loaded = trajloss.Dataset.load(path)
+    assert loaded.seed == seed and type(loaded.seed) is type(seed)
+    for k in ARRAYS:
+        assert np.array_equal(getattr(loaded, k), getattr(data, k))
+
+
+def test_unsaveable_seed_is_refused_before_writing(tmp_path):
+    data = trajloss.make_dataset(trajloss.DoubleIntegrator(), 4,
+                                 seed=np.random.SeedSequence(5))
+    path = tmp_path / "never.npz"
+    with pytest.raises(TypeError, match="seed must be an integer >= 0 or None"):
+        data.save(path)
+    assert not path.exists()
+
+
 def test_float32_dataset_round_trips(saved, tmp_path):
     data, _, arrays = saved
     small = changed(arrays, **{k: arrays[k].astype(np.float32) for k in ARRAYS})
@@ -111,6 +133,8 @@ def test_float32_dataset_round_trips(saved, tmp_path):
     ("resampled", lambda a: np.array(-2), ["resampled"]),
     ("resampled", lambda a: np.array(1.5), ["resampled"]),
     ("seed", lambda a: np.array("x"), ["seed"]),
+    ("seed", lambda a: np.array("12a"), ["seed"]),
+    ("seed", lambda a: np.array(-3), ["seed", ">= 0"]),
     ("format", lambda a: np.array("trajloss-dataset-2"), ["format"]),
 ])
 def test_inconsistent_files_name_the_key(saved, tmp_path, key, make, words):

@@ -67,12 +67,27 @@ class Dataset:
         return self.controls.shape[1]
 
     def save(self, path):
-        """Write the dataset to ``path`` as an uncompressed ``.npz``."""
+        """Write the dataset to ``path`` as an uncompressed ``.npz`` (no pickles).
+
+        ``seed`` is stored as an int64, or as text when it is None (``""``) or
+        an integer beyond int64, so :meth:`load` gives it back unchanged; a
+        seed of another kind (a ``SeedSequence``, a ``Generator``) cannot be
+        stored and raises TypeError before anything is written.
+        """
+        seed = self.seed
+        if seed is None:
+            stored_seed = np.array("")
+        elif (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+              and 0 <= seed):
+            stored_seed = np.array(int(seed)) if seed < 2**63 else np.array(str(int(seed)))
+        else:
+            raise TypeError(f"Dataset.save: seed must be an integer >= 0 or None to be "
+                            f"saved, got {_printable(repr(seed), 80)}")
         np.savez(path, format=np.array(_FORMAT), method=np.array(self.method),
                  dt=np.array(np.nan if self.dt is None else self.dt),
                  control_bound=np.array(np.nan if self.control_bound is None else self.control_bound),
-                 resampled=np.array(self.resampled), seed=np.array(self.seed),
-                 **{k: getattr(self, k) for k in _ARRAYS})
+                 resampled=np.array(self.resampled), seed=stored_seed,
+                 allow_pickle=False, **{k: getattr(self, k) for k in _ARRAYS})
 
     @classmethod
     def load(cls, path, *, max_bytes=DEFAULT_MAX_BYTES):
@@ -89,7 +104,8 @@ class Dataset:
         finite (``final_error``, ``energy`` >= 0), N, n, m, T >= 1; ``method``
         one of ``"exact"``, ``"average"``, ``"continuous"``; ``dt`` > 0 and
         ``control_bound`` > 0 or NaN (not set); ``resampled`` and ``seed``
-        integers >= 0. Every error message names the file and the key.
+        integers >= 0 (``seed`` may also be None). Every error message
+        names the file and the key.
         """
         label = _path_label(path)
         arrays = _read_npz(path, max_bytes, _SCALARS + _ARRAYS, label)
@@ -241,11 +257,18 @@ def _checked_dataset(arrays, label):
     bound = float(scalar("control_bound", "iuf", "a number > 0 (NaN: not set)"))
     if not (math.isnan(bound) or bound > 0):
         raise bad("control_bound", "a number > 0 or inf (NaN: not set)", repr(bound))
-    ints = {}
-    for key in ("resampled", "seed"):
-        ints[key] = int(scalar(key, "iu", "an integer >= 0"))
-        if ints[key] < 0:
-            raise bad(key, "an integer >= 0", ints[key])
+    ints = {"resampled": int(scalar("resampled", "iu", "an integer >= 0"))}
+    if ints["resampled"] < 0:
+        raise bad("resampled", "an integer >= 0", ints["resampled"])
+    seed = scalar("seed", "iuU", "an integer >= 0, its decimal text, or '' (None)")
+    if isinstance(seed, str):  # None, or an integer beyond int64 (see save)
+        if seed and not (seed.isascii() and seed.isdigit()):
+            raise bad("seed", "an integer >= 0, its decimal text, or '' (None)",
+                      repr(_printable(seed, 80)))
+        seed = int(seed) if seed else None
+    elif int(seed) < 0:
+        raise bad("seed", "an integer >= 0", int(seed))
+    ints["seed"] = None if seed is None else int(seed)
 
     for key in _ARRAYS:
         a = arrays[key]
