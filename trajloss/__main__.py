@@ -13,6 +13,7 @@ import numpy as np
 
 import trajloss
 from trajloss import report
+from trajloss.datasets import _printable
 
 
 def demo() -> int:
@@ -34,14 +35,19 @@ def demo() -> int:
 
 
 def main(argv=None) -> int:
+    """Dispatch to ``report`` (the default) or ``demo``; a bad command is one
+    line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and not argv[0].startswith("-") else "report"
     if command == "report":
         return report.main(argv)
-    if command == "demo" and not argv:
-        return demo()
-    print(f"python -m trajloss: error: unknown command {command!r} (expected 'report' or 'demo')",
-          file=sys.stderr)
+    if command == "demo":
+        if not argv:
+            return demo()
+        message = f"demo takes no options, got '{_printable(' '.join(argv))}'"
+    else:
+        message = f"unknown command '{_printable(command)}' (expected 'report' or 'demo')"
+    print(f"python -m trajloss: error: {message}", file=sys.stderr)
     return 2
 
 

@@ -3,6 +3,7 @@
 the trajectory term so both contribute equally."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from .rollout import _check_system
 __all__ = ["BASELINES", "Calibration", "calibrate"]
 
 BASELINES = ("random", "zero")
+_MAX_BOUND = float(np.finfo(np.float64).max) / 2
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,15 @@ class Calibration:
         total) and ``total``. At ``weight=1`` this is seed 000's 23% / 77%;
         at ``recommended_weight`` it is 50% / 50%.
         """
-        weight = float(weight)
-        if not (np.isfinite(weight) and weight >= 0):
+        weight = _real_number(weight, "weight")
+        if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
         c, t = self.control_mse, weight * self.trajectory_mse
         total = c + t
+        if not (math.isfinite(total) and total > 0):
+            raise ValueError(f"breakdown: control + weight·trajectory = {self.control_mse!r} + "
+                             f"{weight!r}·{self.trajectory_mse!r} is {total!r}; the shares need "
+                             "a finite total > 0")
         return {"weight": weight, "control": c / total, "trajectory": t / total, "total": total}
 
 
@@ -67,13 +73,24 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
         ``"random"``: controls ``U ~ Uniform(−bound, bound)``, i.i.d.;
         ``"zero"``: ``U = 0``.
     control_bound : float
-        The bound of the random baseline (seed 000: 8).
+        The bound of the random baseline (seed 000: 8); finite, > 0 and at
+        most half the largest float64 (so ``2·bound`` is finite).
     seed : int
         Seed of the random baseline.
 
     Returns
     -------
     Calibration
+        Its four numbers are always finite and > 0.
+
+    Raises
+    ------
+    ValueError
+        On degenerate data, naming the degenerate scale: a control or
+        trajectory MSE of 0 (the baseline equals the references in that term,
+        e.g. the zero baseline on references that are all zero, or errors
+        whose squares underflow), an MSE that overflows float64 (huge values
+        or bound), or two MSEs whose ratio is beyond float64's range.
     """
     system = _check_system(system)
     if not all(hasattr(dataset, k) for k in ("x0", "controls", "states")):
@@ -82,8 +99,10 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
     if not isinstance(baseline, str) or baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     control_bound = _real_number(control_bound, "control_bound")
-    if not (np.isfinite(control_bound) and control_bound > 0):
-        raise ValueError(f"control_bound must be a finite number > 0, got {control_bound!r}")
+    if not (np.isfinite(control_bound) and 0 < control_bound <= _MAX_BOUND):
+        raise ValueError(f"control_bound must be a finite number > 0 and at most "
+                         f"{_MAX_BOUND:.4g} (the random baseline draws from (-bound, bound), "
+                         f"whose width must be finite), got {control_bound!r}")
     shape = dataset.controls.shape
     if baseline == "random":
         U = _generator(seed).uniform(-control_bound, control_bound, size=shape)
@@ -91,4 +110,29 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
         U = np.zeros(shape)
     c = control_loss(U, dataset.controls).value
     t = trajectory_loss(system, U, dataset.x0, dataset.states, include_initial=True).value
-    return Calibration(c, t, t / c, c / t, baseline, control_bound, shape[0])
+    return Calibration(*_scales(c, t, baseline), baseline, control_bound, shape[0])
+
+
+def _scales(c, t, baseline):
+    """``(c, t, t/c, c/t)``, or a ValueError saying which scale is degenerate.
+
+    Each of the four numbers must be finite and > 0: a zero or infinite MSE
+    (an exact baseline, references of zero, values whose squares overflow or
+    underflow float64) leaves no finite ratio to recommend."""
+    for name, v in (("control", c), ("trajectory", t)):
+        if not math.isfinite(v):
+            raise ValueError(f"calibrate: the {name} MSE of the {baseline} baseline is {v!r}: the "
+                             "squared errors overflow float64 (the dataset's values or "
+                             "control_bound are too large); rescale the problem")
+    if c == 0 or t == 0:
+        zero = " and ".join(n for n, v in (("control", c), ("trajectory", t)) if v == 0)
+        raise ValueError(f"calibrate: the {zero} MSE of the {baseline} baseline is 0 (control MSE "
+                         f"{c!r}, trajectory MSE {t!r}): the baseline matches the references in "
+                         "that term (or its errors underflow float64), so no weight balances the "
+                         "terms; use another baseline or control_bound")
+    ratio, weight = t / c, c / t
+    if not (math.isfinite(ratio) and math.isfinite(weight) and ratio > 0 and weight > 0):
+        raise ValueError(f"calibrate: the control MSE {c!r} and trajectory MSE {t!r} differ by "
+                         "more than float64's range, so their ratio cannot be represented; "
+                         "rescale the problem")
+    return c, t, ratio, weight

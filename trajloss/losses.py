@@ -34,7 +34,7 @@ import numpy as np
 from . import _core
 from .rollout import _check_system
 from .systems import LinearSystem
-from .weighting import WeightingStrategy
+from ._strategy import WeightingStrategy
 
 _ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
 
@@ -132,6 +132,7 @@ _core.set_result_types(LossResult, LossComponents)
 
 
 _INF = math.inf
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def _weight(value, name):
@@ -140,9 +141,14 @@ def _weight(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number or a trajloss.weighting strategy, "
                         f"got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float64: name the limit, not "int too large"
+        raise ValueError(f"{name} must be finite and >= 0 (at most {_FLOAT_MAX:.4g}), got an "
+                         "integer beyond float64's range") from None
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        raise ValueError(f"{name} must be finite and >= 0 (at most {_FLOAT_MAX:.4g}), "
+                         f"got {value!r}")
     return value
 
 

@@ -23,20 +23,35 @@ approach 4 (adaptive)       ``Adaptive()`` (smoothed, clipped: no oscillation)
 """
 from __future__ import annotations
 
-import abc
 import math
 
 import numpy as np
+
+from ._strategy import WeightingStrategy, _check_state_keys
+from .calibration import calibrate
 
 __all__ = ["Adaptive", "Calibrated", "Curriculum", "Fixed", "Normalized",
            "WeightingStrategy", "STRATEGIES", "make"]
 
 
-def _real(value, name, *, low=0.0, strict=False):
-    """A finite float >= low (> low when strict), or ValueError/TypeError naming it."""
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def _as_float(value, name):
+    """``float(value)`` for a real number (bool excluded), or TypeError/ValueError
+    naming ``name``; an integer beyond float64's range (1.8e308) is a ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a float64 number (magnitude at most "
+                         f"{_FLOAT_MAX:.4g}), got an integer beyond that range") from None
+
+
+def _real(value, name, *, low=0.0, strict=False):
+    """A finite float >= low (> low when strict), or ValueError/TypeError naming it."""
+    value = _as_float(value, name)
     ok = math.isfinite(value) and (value > low if strict else value >= low)
     if not ok:
         raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {low:g}, got {value!r}")
@@ -49,6 +64,9 @@ def _scalar(value, name):
         value = value.detach()
     try:
         value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite float64 number (magnitude at most "
+                         f"{_FLOAT_MAX:.4g}), got an integer beyond that range") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number or a 0-d tensor, got {type(value).__name__}") from None
     if not math.isfinite(value):
@@ -56,30 +74,13 @@ def _scalar(value, name):
     return value
 
 
-class WeightingStrategy(abc.ABC):
-    """The interface every weighting strategy shares (subclasses define ``_weight``)."""
-
-    def weight(self, epoch=None, control=None, trajectory=None) -> float:
-        """The trajectory weight; observes ``(control, trajectory)`` first when given."""
-        if control is not None and trajectory is not None:
-            self.observe(control, trajectory)
-        return self._weight(epoch)
-
-    @abc.abstractmethod
-    def _weight(self, epoch) -> float:
-        """The weight at ``epoch`` from the strategy's current state."""
-
-    def observe(self, control, trajectory) -> None:
-        """Take note of one step's raw term values (stateless strategies ignore them)."""
-
-    def state_dict(self) -> dict:
-        """What :meth:`load_state_dict` needs to resume (empty when stateless)."""
-        return {}
-
-    def load_state_dict(self, state) -> None:
-        """Restore :meth:`state_dict`."""
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got {state!r}")
+def _state_value(state, key):
+    """``state[key]`` as a Python number: 0-d NumPy arrays and torch tensors are
+    unwrapped with ``.item()`` (a saved state may hold them)."""
+    value = state[key]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    return value
 
 
 class Fixed(WeightingStrategy):
@@ -174,7 +175,8 @@ class Adaptive(WeightingStrategy):
             lo, hi = bounds
         except (TypeError, ValueError):
             raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}") from None
-        lo, hi = _real(lo, "bounds[0]"), float(hi)
+        lo = _real(lo, "bounds[0]")
+        hi = _as_float(hi, "bounds[1]")
         if not hi >= lo:  # hi may be inf
             raise ValueError(f"bounds must satisfy 0 <= low <= high, got {bounds!r}")
         self.bounds = (lo, hi)
@@ -184,6 +186,9 @@ class Adaptive(WeightingStrategy):
 
     def observe(self, control, trajectory):
         c, t = _scalar(control, "control"), _scalar(trajectory, "trajectory")
+        for name, v in (("control", c), ("trajectory", t)):
+            if v < 0:  # a loss is >= 0; a negative one could make trajectory + eps vanish
+                raise ValueError(f"{name} must be a loss value >= 0, got {v!r}")
         if self._count == 0:
             self._control, self._trajectory = c, t
         else:
@@ -197,17 +202,38 @@ class Adaptive(WeightingStrategy):
         return float(min(max(raw, self.bounds[0]), self.bounds[1]))
 
     def state_dict(self):
+        """``{"control": c, "trajectory": t, "count": k}``: the smoothed term values
+        (floats, or None before the first observation) and the number of
+        observations. :meth:`load_state_dict` restores it exactly."""
         return {"control": self._control, "trajectory": self._trajectory, "count": self._count}
 
     def load_state_dict(self, state):
-        try:
-            count = int(state["count"])
-            control, trajectory = state["control"], state["trajectory"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"not an Adaptive state: {state!r}") from None
+        """Restore :meth:`state_dict`. ``count`` must be an integer >= 0; with
+        ``count == 0`` both values are None, otherwise both are finite numbers
+        >= 0. Anything else raises (TypeError/ValueError naming the key) and
+        leaves the strategy unchanged."""
+        _check_state_keys(self, state, ("control", "trajectory", "count"))
+        count = _state_value(state, "count")
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+            raise TypeError(f"Adaptive state: count must be an integer >= 0, got {count!r}")
+        count = int(count)
+        if count < 0:
+            raise ValueError(f"Adaptive state: count must be an integer >= 0, got {count}")
+        values = {}
+        for key in ("control", "trajectory"):
+            v = _state_value(state, key)
+            if count == 0:
+                if v is not None:
+                    raise ValueError(f"Adaptive state: {key} must be None when count is 0 "
+                                     f"(nothing observed yet), got {v!r}")
+            elif v is None:
+                raise ValueError(f"Adaptive state: {key} must be a finite number >= 0 when "
+                                 f"count is {count}, got None")
+            else:
+                v = _real(v, f"Adaptive state: {key}")
+            values[key] = v
         self._count = count
-        self._control = None if control is None else float(control)
-        self._trajectory = None if trajectory is None else float(trajectory)
+        self._control, self._trajectory = values["control"], values["trajectory"]
 
     def __repr__(self):
         return f"Adaptive(momentum={self.momentum:g}, bounds={self.bounds})"
@@ -220,13 +246,14 @@ class Calibrated(WeightingStrategy):
     def __init__(self, calibration, scale=1.0):
         if not hasattr(calibration, "recommended_weight"):
             raise TypeError(f"calibration must be a trajloss.Calibration, got {type(calibration).__name__}")
+        _real(calibration.recommended_weight, "calibration.recommended_weight")
         self.calibration = calibration
         self.scale = _real(scale, "scale")
+        _real(self._weight(None), "scale * calibration.recommended_weight")
 
     @classmethod
     def from_dataset(cls, system, dataset, scale=1.0, **calibrate_kwargs):
         """Run :func:`trajloss.calibrate` on ``dataset`` and use its weight."""
-        from .calibration import calibrate
         return cls(calibrate(system, dataset, **calibrate_kwargs), scale)
 
     def _weight(self, epoch):
