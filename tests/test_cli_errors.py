@@ -395,3 +395,14 @@ def test_fuzz_one_key(capsys, tmp_path, key, value):
         json.loads(proc.stdout)
     else:
         assert_one_line_error(proc)
+
+
+def test_an_internal_error_is_not_disguised_as_a_user_error(capsys, monkeypatch):
+    """A bug (here: compute raising ZeroDivisionError, as the sweep once did)
+    propagates as what it is; only input problems become 'error:' lines."""
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+    monkeypatch.setattr(trajloss.report, "compute", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["report", "--samples", "20"])
+    assert "error:" not in capsys.readouterr().err
