@@ -218,6 +218,97 @@ def _place(value, like, *, batch_like=None):
     return jax.device_put(out, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
+# ---- host calls ------------------------------------------------------------------------
+
+def _multi_device_mesh(operands):
+    """The mesh of the operands when it spans several devices along axes that
+    are not manual (sharded inputs, under jit or not), else None."""
+    for x in operands:
+        if _is_traced(x):
+            mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+        elif isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            mesh = getattr(x.sharding, "mesh", None)
+            if mesh is None:
+                raise ValueError(f"trajloss.jax: an input is sharded with "
+                                 f"{type(x.sharding).__name__} over {len(x.sharding.device_set)} "
+                                 f"devices; only NamedSharding (or one device) is supported")
+        else:
+            continue
+        if mesh is not None and not mesh.empty and math.prod(mesh.shape.values()) > 1 \
+                and not mesh.manual_axes:
+            return mesh
+    return None
+
+
+def _like(g, x):
+    """``g`` (a gradient or result computed replicated) given the explicit
+    sharding type of the input ``x``, which JAX requires of a cotangent."""
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.explicit_axes or mesh.manual_axes:
+        return g
+    return jax.sharding.reshard(g, sharding)
+
+
+def _vma(x):
+    """The manual mesh axes a traced value varies over (inside ``shard_map``)."""
+    if not _is_traced(x):
+        return frozenset()
+    kind = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(kind, "varying", ()) or ())
+
+
+def _manual_vma(operands):
+    return frozenset().union(*(_vma(x) for x in operands if x is not None))
+
+
+def _align_vma(*operands):
+    """Inside ``shard_map``: every operand typed as varying over all the manual
+    axes any of them varies over (JAX's ``pcast``, whose transpose sums the
+    cotangent of a replicated input over the devices), so the callback's results
+    can be typed likewise. Outside ``shard_map`` the operands unchanged."""
+    vma = _manual_vma(operands)
+    if not vma:
+        return operands
+    return tuple(None if x is None else
+                 jax.lax.pcast(x, tuple(sorted(vma - _vma(x))), to="varying")
+                 if vma - _vma(x) else x for x in operands)
+
+
+def _vary_like(outs, operands):
+    """The callback's results differ from device to device as its operands do."""
+    vma = _manual_vma(operands)
+    if not vma:
+        return outs
+    return jax.tree_util.tree_map(
+        lambda o: jax.lax.pcast(o, tuple(sorted(vma - _vma(o))), to="varying")
+        if vma - _vma(o) else o, outs)
+
+
+def _host_call(fn, structs, *operands):
+    """``jax.pure_callback(fn, structs, *operands)`` placed for the caller's mesh.
+
+    Over a multi-device mesh (jit of sharded inputs) a plain callback runs on
+    one device and its results keep a single-device sharding that the next
+    computation on the mesh cannot use. The callback runs instead under
+    ``shard_map`` with every operand replicated: each device evaluates the whole
+    (same) result, which is then replicated over the mesh like any array."""
+    mesh = _multi_device_mesh(operands)
+    if mesh is None:
+        outs = jax.pure_callback(fn, structs, *operands, vmap_method="sequential")
+        return _vary_like(outs, operands)
+    P = jax.sharding.PartitionSpec
+    if mesh.explicit_axes:  # explicit sharding types: replicate the operands first
+        replicated = jax.sharding.NamedSharding(mesh, P())
+        operands = [jax.sharding.reshard(x, replicated) if isinstance(x, jax.Array) else x
+                    for x in operands]
+    run = jax.shard_map(
+        lambda *ops: jax.pure_callback(fn, structs, *ops, vmap_method="sequential"),
+        mesh=mesh, in_specs=tuple(P() for _ in operands),
+        out_specs=jax.tree_util.tree_map(lambda _: P(), structs), check_vma=False)
+    return run(*operands)
+
+
 # ---- rollout --------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -244,8 +335,8 @@ def _states_struct(x0, u):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _rollout_vjp_call(spec, Ad, Bd, x0, u, g):
-    return jax.pure_callback(spec, (_struct(u.shape, u.dtype), _struct(x0.shape, x0.dtype)),
-                             Ad, Bd, x0, u, g, vmap_method="sequential")
+    return _host_call(spec, (_struct(u.shape, u.dtype), _struct(x0.shape, x0.dtype)),
+                      Ad, Bd, x0, u, g)
 
 
 @_rollout_vjp_call.defjvp
@@ -255,8 +346,7 @@ def _rollout_vjp_jvp(spec, primals, tangents):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _rollout_call(spec, Ad, Bd, x0, u):
-    return jax.pure_callback(spec, _states_struct(x0, u), Ad, Bd, x0, u,
-                             vmap_method="sequential")
+    return _host_call(spec, _states_struct(x0, u), Ad, Bd, x0, u)
 
 
 def _rollout_fwd(spec, Ad, Bd, x0, u):
@@ -268,7 +358,7 @@ def _rollout_bwd(spec, res, g):
     # the adjoint of finite cotangents needs no finiteness check
     adjoint = dataclasses.replace(spec, adjoint=True, check_finite=False)
     gu, gx = _rollout_vjp_call(adjoint, Ad, Bd, x0, u, g)
-    return _zeros(Ad.shape, Ad.dtype), _zeros(Bd.shape, Bd.dtype), gx, gu
+    return _zeros(Ad.shape, Ad.dtype), _zeros(Bd.shape, Bd.dtype), _like(gx, x0), _like(gu, u)
 
 
 _rollout_call.defvjp(_rollout_fwd, _rollout_bwd)
@@ -291,8 +381,22 @@ def rollout(system, x0, controls, *, check_finite=True):
     if not (_is_traced(x0) or _is_traced(controls)):
         return _place(states, (controls, x0), batch_like=controls)
     n, m = system.Bd.shape
-    return _rollout_call(_Rollout(n, m, check_finite), _bits(system.Ad), _bits(system.Bd),
-                         x0, controls)
+    x0, controls = _align_vma(x0, controls)  # inside shard_map
+    states = _rollout_call(_Rollout(n, m, check_finite), _bits(system.Ad), _bits(system.Bd),
+                           x0, controls)
+    return _batch_like(states, controls)
+
+
+def _batch_like(states, controls):
+    """Under explicit sharding types: the states sharded along the batch axis
+    like ``controls`` (replicated along the others)."""
+    sharding = jax.typeof(controls).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.explicit_axes or mesh.manual_axes \
+            or controls.ndim < 3 or not len(sharding.spec):
+        return states
+    spec = jax.sharding.PartitionSpec(sharding.spec[0])
+    return jax.sharding.reshard(states, jax.sharding.NamedSharding(mesh, spec))
 
 
 # ---- losses -------------------------------------------------------------------------------
@@ -411,8 +515,7 @@ def _loss_call(spec, args):
     """The pure_callback of ``spec`` on the operands ``args`` (a dict)."""
     structs = (_struct((), spec.value_dtype),) + tuple(
         _struct(args[k].shape, args[k].dtype) for k in spec.want)
-    return jax.pure_callback(spec, structs, *(args[k] for k in spec.names),
-                             vmap_method="sequential")
+    return _host_call(spec, structs, *(args[k] for k in spec.names))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
