@@ -6,7 +6,8 @@ derivatives ``∂ℓ/∂a`` of every input ``a`` being differentiated, and the
 tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes for reverse mode. So
 ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
 ``jax.vmap`` (the callback runs once per mapped element) all work, in float32
-and (with ``jax_enable_x64``) float64.
+and (with ``jax_enable_x64``) float64. :func:`rollout` is a ``jax.custom_vjp``
+(reverse mode; forward mode raises JAX's ``TypeError``).
 
 Gradients (all exact, from the analytic adjoint; ρ is the penalty and r the
 residual prediction − reference):
@@ -40,12 +41,19 @@ NaN, an out-of-range ``lengths`` or a negative traced weight surfaces as the
 ``JaxRuntimeError`` that carries the message. Without a transformation (all
 inputs concrete) the core is called directly, and every error is its own.
 
-Placement: without a transformation, inputs sharded over several devices are
-read once on the host and the results are placed like the inputs (the loss
-replicated over the inputs' devices, a rollout sharded along the batch axis
-like ``controls``). Under ``jit`` the callback runs once on one device of the
-mesh and XLA moves the data; inside ``jax.shard_map`` it runs on every device
-with that device's shard (each device's loss is the loss of its own shard).
+Placement: inputs sharded over several devices (``NamedSharding``) work with
+and without ``jit``. Without a transformation the inputs are read once on the
+host and the results are placed like them: the loss replicated over their
+devices, a rollout sharded along the batch axis like ``controls``. Under a
+transformation the host callback runs under ``shard_map`` with every operand
+replicated, so every device of the mesh computes the same whole result (the
+host work is repeated once per device) and the results are arrays of the
+mesh; with explicit sharding types, gradients keep the sharding of their
+inputs and a rollout is sharded along the batch axis like ``controls``.
+Inside ``jax.shard_map`` the callback runs on every device with that device's
+shard (each device's loss is the loss of its own shard), and the gradient of
+an input replicated over the shards is the sum over the shards. Other
+shardings over several devices raise ``ValueError``.
 
 Caches: none of the module's own. The host callbacks are small immutable
 objects that compare equal whenever the static options are equal, and the
@@ -127,6 +135,8 @@ def _weight(value, name):
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a finite number >= 0 or a 0-d float array, "
                         f"got {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()  # a NumPy 0-d array is a number
     if isinstance(value, (jax.Array, np.ndarray)) or _is_traced(value):
         if np.ndim(value) != 0 or not jnp.issubdtype(value.dtype, jnp.floating):
             raise TypeError(f"{name} must be a finite number >= 0 or a 0-d float array, got "
