@@ -576,6 +576,7 @@ def test_sharded_inputs(axis_type):
         ge = jax.grad(f, argnums=(0, 1))(us, rss)
     np.testing.assert_allclose(ge[0], gu, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(ge[1], grs, rtol=1e-6, atol=1e-8)
+    assert ge[0].sharding.spec[0] == "b" and ge[1].sharding.spec[0] == "b"  # like the inputs
     use(ge[0], other)
     print("ok")
     """, devices=4)

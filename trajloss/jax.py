@@ -44,7 +44,8 @@ inputs concrete) the core is called directly, and every error is its own.
 Placement: inputs sharded over several devices (``NamedSharding``) work with
 and without ``jit``. Without a transformation the inputs are read once on the
 host and the results are placed like them: the loss replicated over their
-devices, a rollout sharded along the batch axis like ``controls``. Under a
+devices, a rollout sharded along the batch axis like ``controls``, each
+gradient sharded like its input. Under a
 transformation the host callback runs under ``shard_map`` with every operand
 replicated, so every device of the mesh computes the same whole result (the
 host work is repeated once per device) and the results are arrays of the
@@ -251,8 +252,16 @@ def _multi_device_mesh(operands):
 
 
 def _like(g, x):
-    """``g`` (a gradient or result computed replicated) given the explicit
-    sharding type of the input ``x``, which JAX requires of a cotangent."""
+    """``g`` (a gradient computed replicated) placed like the input ``x``: with
+    the sharding of a concrete multi-device ``x``, or with the explicit
+    sharding type of a traced one (which JAX requires of a cotangent)."""
+    if x is None:
+        return g
+    if not _is_traced(x):
+        sharding = _sharding(x)
+        if isinstance(sharding, jax.sharding.NamedSharding) and g.shape == x.shape:
+            return jax.device_put(g, sharding)
+        return g
     sharding = jax.typeof(x).sharding
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or mesh.empty or not mesh.explicit_axes or mesh.manual_axes:
@@ -549,6 +558,7 @@ def _loss_fn_jvp(spec, primals, tangents):
                  and not isinstance(dargs[k], SymbolicZero)
                  and jnp.issubdtype(args[k].dtype, jnp.inexact))
     value, *grads = _host_loss(dataclasses.replace(spec, want=want), args)
+    grads = [_like(g, args[k]) for k, g in zip(want, grads)]
     tangent = jnp.zeros((), value.dtype)
     for k, g in zip(want, grads):  # linear in the tangents: JAX transposes it
         tangent = tangent + jnp.sum(g * dargs[k]).astype(value.dtype)
