@@ -122,3 +122,23 @@ def test_vmap_over_problems(system, data):
 def test_bad_weight(system, data):
     with pytest.raises(ValueError, match="weight"):
         tlj.combined_loss(system, data["u"], data["x0"], data["ru"], data["rs"], weight=-1.0)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_reference_and_weight_gradients_match_jax_numpy(system, data, shift):
+    """∂/∂ref_controls, ∂/∂ref_states, ∂/∂weight, ∂/∂terminal_weight against autodiff
+    of the jax.numpy reference (they were all zero before)."""
+    L = jnp.asarray(data["lengths"])
+    args = (jnp.asarray(data["ru"]), jnp.asarray(data["rs"]), jnp.asarray(0.3), jnp.asarray(0.7))
+    ours = jax.jit(jax.grad(
+        lambda ru, rs, w, tw: tlj.combined_loss(system, data["u"], data["x0"], ru, rs, weight=w,
+                                                terminal_weight=tw, discount=0.6, lengths=L,
+                                                include_initial=bool(shift)),
+        argnums=(0, 1, 2, 3)))(*args)
+    ref = jax.jit(jax.grad(
+        lambda ru, rs, w, tw: ref_combined(system, jnp.asarray(data["u"]),
+                                           jnp.asarray(data["x0"]), ru, rs, w, tw, 0.6, L, shift),
+        argnums=(0, 1, 2, 3)))(*args)
+    for a, b in zip(ours, ref):
+        assert np.any(np.asarray(b) != 0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)

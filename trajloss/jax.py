@@ -1,13 +1,33 @@
 """JAX adapters over the trajloss C core.
 
-Each function is a ``jax.custom_vjp`` whose forward pass calls the C core
-through ``jax.pure_callback`` -- value and gradient in one pass -- and whose
-backward pass scales that gradient, so it works under ``jax.jit`` and
-``jax.grad``, in float32 and (with ``jax_enable_x64``) float64, and under
-``jax.vmap`` (the callback runs once per mapped element:
-``vmap_method="sequential"``). Gradients flow to the predicted controls and
-``x0`` (and ``target`` of :func:`control_loss`); references, lengths, masks
-and the system are data.
+Each loss is a ``jax.custom_jvp`` whose rule calls the C core through
+``jax.pure_callback``: one host call gives the value and the partial
+derivatives ``∂ℓ/∂a`` of every input ``a`` being differentiated, and the
+tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes for reverse mode. So
+``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
+``jax.vmap`` (the callback runs once per mapped element) all work, in float32
+and (with ``jax_enable_x64``) float64. :func:`rollout` is a ``jax.custom_vjp``
+(reverse mode; forward mode raises JAX's ``TypeError``).
+
+Gradients (all exact, from the analytic adjoint; ρ is the penalty and r the
+residual prediction − reference):
+
+* the predicted controls (``pred``/``controls``) and ``x0``;
+* every reference: ``target`` of :func:`control_loss`, ``ref_controls``,
+  ``ref_states``, ``target``/``terminal_target``. Each enters only through a
+  residual, so its gradient is minus the gradient with respect to the
+  prediction it is compared with: ``−w[b,t]·s_d·ρ'(r)/(D·N)`` at every step the
+  loss reads, exactly zero on padding and on steps no term reads;
+* ``weight`` and ``terminal_weight`` of :func:`combined_loss` when given as
+  JAX arrays: ``∂ℓ/∂weight`` is the raw trajectory term, ``∂ℓ/∂terminal_weight``
+  the raw terminal term;
+* ``feature_weights`` and ``state_weights``: the loss is linear in them, and
+  ``∂ℓ/∂s_d`` is the loss with ``s = e_d`` (one host call per feature).
+
+Second derivatives (``jax.hessian``, grad of grad) raise ``NotImplementedError``
+(never zeros). ``discount``, ``delta``, ``penalty``, ``include_initial`` and
+``check_finite`` are static options (Python values); a traced ``discount`` or
+``delta`` raises ``TypeError``. ``lengths`` and ``mask`` are integer/bool data.
 
 Signatures mirror the NumPy functions but return a scalar (the loss value)::
 
@@ -17,52 +37,143 @@ Errors: shapes, dtypes and options are checked when a call is traced (the
 core runs once on stand-ins of the traced shapes and dtypes), so they raise
 the core's ``ValueError``/``TypeError`` naming the argument, under ``jit``
 too. Values are only known when the callback runs: under a transformation a
-NaN or an out-of-range ``lengths`` surfaces as the ``JaxRuntimeError`` that
-carries the core's message. Without a transformation (all inputs concrete)
-the core is called directly, and every error is the core's own.
+NaN, an out-of-range ``lengths`` or a negative traced weight surfaces as the
+``JaxRuntimeError`` that carries the message. Without a transformation (all
+inputs concrete) the core is called directly, and every error is its own.
+
+Placement: inputs sharded over several devices (``NamedSharding``) work with
+and without ``jit``. Without a transformation the inputs are read once on the
+host and the results are placed like them: the loss replicated over their
+devices, a rollout sharded along the batch axis like ``controls``, each
+gradient sharded like its input. Under a
+transformation the host callback runs under ``shard_map`` with every operand
+replicated, so every device of the mesh computes the same whole result (the
+host work is repeated once per device) and the results are arrays of the
+mesh; with explicit sharding types, gradients keep the sharding of their
+inputs and a rollout is sharded along the batch axis like ``controls``.
+Inside ``jax.shard_map`` the callback runs on every device with that device's
+shard (each device's loss is the loss of its own shard), and the gradient of
+an input replicated over the shards is the sum over the shards. Other
+shardings over several devices raise ``ValueError``.
+
+Caches: none of the module's own. The host callbacks are small immutable
+objects that compare equal whenever the static options are equal, and the
+system matrices are passed as call operands, so JAX compiles each callback
+once per option set and shape, whatever the system or the weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import operator
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from . import _core
 from .rollout import _check_system
 
 __all__ = ["combined_loss", "control_loss", "rollout", "terminal_loss", "trajectory_loss"]
 
-_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+_CONTROL, _TRAJECTORY, _TERMINAL = _core.TERM_CONTROL, _core.TERM_TRAJECTORY, _core.TERM_TERMINAL
+_ALL_TERMS = _CONTROL | _TRAJECTORY | _TERMINAL
+
+_SECOND_ORDER = ("trajloss.jax computes first derivatives only: second derivatives "
+                 "(jax.hessian, a gradient of a gradient, forward over reverse) of {what} "
+                 "are not supported")
 
 
-def _zero_cotangent(x):
-    """The cotangent of an input we do not differentiate: zeros (float0 for ints/bools)."""
-    if x is None:
-        return None
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+# ---- argument handling ------------------------------------------------------------
+
+def _is_traced(x):
+    return isinstance(x, jax.core.Tracer)
 
 
-def _host(x):
-    return None if x is None else np.asarray(x)
-
-
-def _array(x, name, dtype=None):
+def _array(x, name):
     """``jnp.asarray`` whose failure names the argument (None is not an array)."""
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
+    if _is_traced(x):
+        return x
     try:
-        return jnp.asarray(x, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+        return jnp.asarray(x)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__} "
                         f"({exc})") from None
 
 
-def _is_traced(x):
-    return isinstance(x, jax.core.Tracer)
+def _opt_array(x, name):
+    return None if x is None else _array(x, name)
+
+
+def _number(value, name, *, optional=False):
+    """A static Python option (``discount``, ``delta``): a real number, not traced."""
+    if value is None and optional:
+        return None
+    if _is_traced(value):
+        raise TypeError(f"{name} must be a Python number (a static option), got a traced "
+                        f"array; it cannot be differentiated or vary under jit/vmap")
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
+        value = value.item()
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number, got {value!r}, which is too "
+                         f"large for a float") from None
+
+
+def _weight(value, name):
+    """``weight``/``terminal_weight``: a finite number >= 0, or a 0-d JAX float array
+    (traced or not) to differentiate; concrete values are checked here."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a finite number >= 0 or a 0-d float array, "
+                        f"got {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()  # a NumPy 0-d array is a number
+    if isinstance(value, (jax.Array, np.ndarray)) or _is_traced(value):
+        if np.ndim(value) != 0 or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a finite number >= 0 or a 0-d float array, got "
+                            f"an array of shape {tuple(np.shape(value))} and dtype "
+                            f"{value.dtype}")
+        if not _is_traced(value):
+            _check_weight(float(value), name)
+        return jnp.asarray(value)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a finite number >= 0 or a 0-d float array, "
+                        f"got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number >= 0 (at most "
+                         f"{np.finfo(np.float64).max:.6g}), got {value!r}, which is too "
+                         f"large for a float") from None
+    _check_weight(number, name)
+    return number
+
+
+def _check_weight(number, name):
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {number!r}")
+
+
+def _bits(a):
+    """A float64 constant as uint32 words: an operand JAX passes through bit-exact,
+    with or without ``jax_enable_x64``."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a.reshape(-1).view(np.uint32).reshape(a.shape[:-1] + (2 * a.shape[-1],)) \
+        if a.ndim else a.reshape(1).view(np.uint32)
+
+
+def _unbits(w, shape):
+    return np.ascontiguousarray(w).view(np.float64).reshape(shape)
 
 
 def _stand_in(x, fill=0):
@@ -79,177 +190,518 @@ def _struct(shape, dtype):
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-# ---- rollout -----------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _rollout_fn(Ad_key, Bd_key):
-    Ad, Bd = np.frombuffer(Ad_key[0]).reshape(Ad_key[1]), np.frombuffer(Bd_key[0]).reshape(Bd_key[1])
-
-    def forward(x0, controls):
-        shape = controls.shape[:-2] + (controls.shape[-2] + 1, x0.shape[-1])
-        return jax.pure_callback(lambda a, b: _core.rollout(Ad, Bd, np.asarray(a), np.asarray(b)),
-                                 _struct(shape, controls.dtype), x0, controls,
-                                 vmap_method="sequential")
-
-    @jax.custom_vjp
-    def run(x0, controls):
-        return forward(x0, controls)
-
-    def fwd(x0, controls):
-        return forward(x0, controls), (x0, controls)
-
-    def bwd(res, g):
-        x0, controls = res
-        gu, gx = jax.pure_callback(
-            lambda a, b, c: _core.rollout_vjp(Ad, Bd, np.asarray(a), np.asarray(b), np.asarray(c)),
-            (_struct(controls.shape, controls.dtype), _struct(x0.shape, x0.dtype)),
-            x0, controls, g, vmap_method="sequential")
-        return gx, gu
-
-    run.defvjp(fwd, bwd)
-    return run
+def _zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype if jnp.issubdtype(dtype, jnp.inexact)
+                    else jax.dtypes.float0)
 
 
-def _key(a):
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    return (a.tobytes(), a.shape)
+# ---- placement of eager results -------------------------------------------------------
+
+def _sharding(x):
+    """The sharding of a concrete multi-device input, else None."""
+    if isinstance(x, jax.Array) and not _is_traced(x):
+        sharding = x.sharding
+        if len(sharding.device_set) > 1:
+            return sharding
+    return None
 
 
-def rollout(system, x0, controls):
-    """``trajloss.rollout`` for JAX arrays: (B, n), (B, T, m) -> (B, T+1, n), differentiable."""
+def _place(value, like, *, batch_like=None):
+    """A host result as a JAX array placed like the inputs ``like``: on their
+    devices, replicated (a loss) or, for ``batch_like`` (an input whose leading
+    axis is the batch), sharded along the leading axis like it."""
+    out = jnp.asarray(value)
+    shardings = [s for s in map(_sharding, like) if s is not None]
+    if not shardings:
+        return out
+    sharding = shardings[0]
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        devices = sorted(sharding.device_set, key=operator.attrgetter("id"))
+        raise ValueError(f"trajloss.jax: inputs sharded with {type(sharding).__name__} over "
+                         f"{len(devices)} devices are not supported; use a NamedSharding "
+                         f"(jax.sharding.NamedSharding) or gather the inputs on one device")
+    spec = jax.sharding.PartitionSpec()
+    if batch_like is not None and out.ndim == batch_like.ndim and out.ndim >= 1:
+        lead = _sharding(batch_like)
+        if isinstance(lead, jax.sharding.NamedSharding) and lead.mesh == sharding.mesh \
+                and len(lead.spec) >= 1:
+            spec = jax.sharding.PartitionSpec(lead.spec[0])
+    return jax.device_put(out, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+
+# ---- host calls ------------------------------------------------------------------------
+
+def _multi_device_mesh(operands):
+    """The mesh of the operands when it spans several devices along axes that
+    are not manual (sharded inputs, under jit or not), else None."""
+    for x in operands:
+        if _is_traced(x):
+            mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+        elif isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            mesh = getattr(x.sharding, "mesh", None)
+            if mesh is None:
+                raise ValueError(f"trajloss.jax: an input is sharded with "
+                                 f"{type(x.sharding).__name__} over {len(x.sharding.device_set)} "
+                                 f"devices; only NamedSharding (or one device) is supported")
+        else:
+            continue
+        if mesh is not None and not mesh.empty and math.prod(mesh.shape.values()) > 1 \
+                and not mesh.manual_axes:
+            return mesh
+    return None
+
+
+def _like(g, x):
+    """``g`` (a gradient computed replicated) placed like the input ``x``: with
+    the sharding of a concrete multi-device ``x``, or with the explicit
+    sharding type of a traced one (which JAX requires of a cotangent)."""
+    if x is None:
+        return g
+    if not _is_traced(x):
+        sharding = _sharding(x)
+        if isinstance(sharding, jax.sharding.NamedSharding) and g.shape == x.shape:
+            return jax.device_put(g, sharding)
+        return g
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.explicit_axes or mesh.manual_axes:
+        return g
+    return jax.sharding.reshard(g, sharding)
+
+
+def _vma(x):
+    """The manual mesh axes a traced value varies over (inside ``shard_map``)."""
+    if not _is_traced(x):
+        return frozenset()
+    kind = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(kind, "varying", ()) or ())
+
+
+def _manual_vma(operands):
+    return frozenset().union(*(_vma(x) for x in operands if x is not None))
+
+
+def _align_vma(*operands):
+    """Inside ``shard_map``: every operand typed as varying over all the manual
+    axes any of them varies over (JAX's ``pcast``, whose transpose sums the
+    cotangent of a replicated input over the devices), so the callback's results
+    can be typed likewise. Outside ``shard_map`` the operands unchanged."""
+    vma = _manual_vma(operands)
+    if not vma:
+        return operands
+    return tuple(None if x is None else
+                 jax.lax.pcast(x, tuple(sorted(vma - _vma(x))), to="varying")
+                 if vma - _vma(x) else x for x in operands)
+
+
+def _vary_like(outs, operands):
+    """The callback's results differ from device to device as its operands do."""
+    vma = _manual_vma(operands)
+    if not vma:
+        return outs
+    return jax.tree_util.tree_map(
+        lambda o: jax.lax.pcast(o, tuple(sorted(vma - _vma(o))), to="varying")
+        if vma - _vma(o) else o, outs)
+
+
+def _host_call(fn, structs, *operands):
+    """``jax.pure_callback(fn, structs, *operands)`` placed for the caller's mesh.
+
+    Over a multi-device mesh (jit of sharded inputs) a plain callback runs on
+    one device and its results keep a single-device sharding that the next
+    computation on the mesh cannot use. The callback runs instead under
+    ``shard_map`` with every operand replicated: each device evaluates the whole
+    (same) result, which is then replicated over the mesh like any array."""
+    mesh = _multi_device_mesh(operands)
+    if mesh is None:
+        outs = jax.pure_callback(fn, structs, *operands, vmap_method="sequential")
+        return _vary_like(outs, operands)
+    P = jax.sharding.PartitionSpec
+    if mesh.explicit_axes:  # explicit sharding types: replicate the operands first
+        replicated = jax.sharding.NamedSharding(mesh, P())
+        operands = [jax.sharding.reshard(x, replicated) if isinstance(x, jax.Array) else x
+                    for x in operands]
+    run = jax.shard_map(
+        lambda *ops: jax.pure_callback(fn, structs, *ops, vmap_method="sequential"),
+        mesh=mesh, in_specs=tuple(P() for _ in operands),
+        out_specs=jax.tree_util.tree_map(lambda _: P(), structs), check_vma=False)
+    return run(*operands)
+
+
+# ---- rollout --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Rollout:
+    """Host rollout (``adjoint=False``: ``(Ad, Bd, x0, u) -> states``) or its
+    adjoint (``(Ad, Bd, x0, u, g) -> (gu, gx0)``). Equal options give equal
+    objects, so JAX reuses one compiled callback for every system."""
+    n: int
+    m: int
+    check_finite: bool
+    adjoint: bool = False
+
+    def __call__(self, Ad, Bd, *arrays):
+        Ad, Bd = _unbits(Ad, (self.n, self.n)), _unbits(Bd, (self.n, self.m))
+        arrays = [np.asarray(a) for a in arrays]
+        if self.adjoint:
+            return _core.rollout_vjp(Ad, Bd, *arrays, self.check_finite)
+        return _core.rollout(Ad, Bd, *arrays, self.check_finite)
+
+
+def _states_struct(x0, u):
+    return _struct(u.shape[:-2] + (u.shape[-2] + 1, x0.shape[-1]), u.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _rollout_vjp_call(spec, Ad, Bd, x0, u, g):
+    return _host_call(spec, (_struct(u.shape, u.dtype), _struct(x0.shape, x0.dtype)),
+                      Ad, Bd, x0, u, g)
+
+
+@_rollout_vjp_call.defjvp
+def _rollout_vjp_jvp(spec, primals, tangents):
+    raise NotImplementedError(_SECOND_ORDER.format(what="trajloss.jax.rollout"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rollout_call(spec, Ad, Bd, x0, u):
+    return _host_call(spec, _states_struct(x0, u), Ad, Bd, x0, u)
+
+
+def _rollout_fwd(spec, Ad, Bd, x0, u):
+    return _rollout_call(spec, Ad, Bd, x0, u), (Ad, Bd, x0, u)
+
+
+def _rollout_bwd(spec, res, g):
+    Ad, Bd, x0, u = res
+    # the adjoint of finite cotangents needs no finiteness check
+    adjoint = dataclasses.replace(spec, adjoint=True, check_finite=False)
+    gu, gx = _rollout_vjp_call(adjoint, Ad, Bd, x0, u, g)
+    return _zeros(Ad.shape, Ad.dtype), _zeros(Bd.shape, Bd.dtype), _like(gx, x0), _like(gu, u)
+
+
+_rollout_call.defvjp(_rollout_fwd, _rollout_bwd)
+
+
+def rollout(system, x0, controls, *, check_finite=True):
+    """``trajloss.rollout`` for JAX arrays: (B, n), (B, T, m) -> (B, T+1, n).
+
+    Differentiable in ``x0`` and ``controls`` in reverse mode (``jax.grad``,
+    ``jax.vjp``, ``jax.jacrev``: the adjoint pass of the core). Forward mode
+    (``jax.jvp``, ``jax.jacfwd``) raises JAX's ``TypeError`` "can't apply
+    forward-mode autodiff (jvp) to a custom_vjp function".
+    ``check_finite`` as in :func:`trajloss.rollout`.
+    """
     system = _check_system(system)
     x0, controls = _array(x0, "x0"), _array(controls, "controls")
-    states = _core.rollout(system.Ad, system.Bd, _stand_in(x0), _stand_in(controls))
+    check_finite = bool(check_finite)
+    states = _core.rollout(system.Ad, system.Bd, _stand_in(x0), _stand_in(controls),
+                           check_finite)
     if not (_is_traced(x0) or _is_traced(controls)):
-        return jnp.asarray(states)  # nothing to differentiate: the core's result as is
-    return _rollout_fn(_key(system.Ad), _key(system.Bd))(x0, controls)
+        return _place(states, (controls, x0), batch_like=controls)
+    n, m = system.Bd.shape
+    x0, controls = _align_vma(x0, controls)  # inside shard_map
+    states = _rollout_call(_Rollout(n, m, check_finite), _bits(system.Ad), _bits(system.Bd),
+                           x0, controls)
+    return _batch_like(states, controls)
 
 
-# ---- losses ---------------------------------------------------------------------
-
-def _loss(host_fn, diff, data, dtype, fills):
-    """A scalar loss of the differentiable arrays ``diff`` given ``data``:
-    ``host_fn(*diff, *data) -> (value, *grads)`` runs on the host.
-
-    It runs once now, on the concrete inputs or stand-ins of the traced ones
-    (``fills[i]`` for ``data[i]``: values every check accepts), so that mistakes
-    in shapes, dtypes and options raise here; with no traced input its value
-    is the result."""
-    value, *_ = host_fn(*(_stand_in(d) for d in diff),
-                        *(_stand_in(d, f) for d, f in zip(data, fills)))
-    if not any(_is_traced(x) for x in (*diff, *data) if x is not None):
-        return jnp.asarray(value, dtype=dtype)
-
-    def forward(diff, data):
-        shapes = (_struct((), dtype),) + tuple(_struct(d.shape, d.dtype) for d in diff)
-        present = [d for d in data if d is not None]
-        where = [d is not None for d in data]
-
-        def call(*arrays):
-            arrays = list(arrays)
-            dvals = [np.asarray(a) for a in arrays[:len(diff)]]
-            rest = iter(arrays[len(diff):])
-            dats = [np.asarray(next(rest)) if w else None for w in where]
-            value, *grads = host_fn(*dvals, *dats)
-            return (np.asarray(value, dtype=dtype),) + tuple(
-                np.asarray(g, dtype=d.dtype) for g, d in zip(grads, diff))
-
-        return jax.pure_callback(call, shapes, *diff, *present, vmap_method="sequential")
-
-    @jax.custom_vjp
-    def run(diff, data):
-        return forward(diff, data)[0]
-
-    def fwd(diff, data):
-        value, *grads = forward(diff, data)
-        return value, (grads, data)
-
-    def bwd(res, g):
-        grads, data = res
-        return tuple(g * gr for gr in grads), tuple(_zero_cotangent(d) for d in data)
-
-    run.defvjp(fwd, bwd)
-    return run(tuple(diff), tuple(data))
+def _batch_like(states, controls):
+    """Under explicit sharding types: the states sharded along the batch axis
+    like ``controls`` (replicated along the others)."""
+    sharding = jax.typeof(controls).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.explicit_axes or mesh.manual_axes \
+            or controls.ndim < 3 or not len(sharding.spec):
+        return states
+    spec = jax.sharding.PartitionSpec(sharding.spec[0])
+    return jax.sharding.reshard(states, jax.sharding.NamedSharding(mesh, spec))
 
 
-def _opt_array(x, name):
-    return None if x is None else _array(x, name)
+# ---- losses -------------------------------------------------------------------------------
+
+#: Operands each kind of loss differentiates (the others are integer/bool data or bits).
+_DIFF = {
+    "control": ("pred", "target", "feature_weights"),
+    "rollout": ("controls", "x0", "ref_controls", "ref_states", "target", "weight",
+                "terminal_weight", "feature_weights", "state_weights"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loss:
+    """A host loss: called with the operands ``names`` (float64 constants as bits),
+    returns ``(value, *[∂ℓ/∂a for a in want])``. Immutable and compared by value,
+    so JAX compiles one callback per option set and shape."""
+    kind: str
+    names: tuple
+    want: tuple
+    value_dtype: str
+    shapes: tuple = ()            # float64 shape of each name in ``bits``
+    bits: tuple = ()
+    terms: int = 0
+    control_weight: float = 0.0
+    include_initial: bool = False
+    discount: Optional[float] = None
+    penalty: str = "mse"
+    delta: float = 1.0
+    check_finite: bool = True
+    target_name: str = "target"
+
+    def __call__(self, *arrays):
+        a = {k: np.asarray(v) for k, v in zip(self.names, arrays)}
+        for k, shape in zip(self.bits, self.shapes):
+            a[k] = _unbits(a[k], shape)
+        grads = (self._control if self.kind == "control" else self._rollout)(a)
+        value = np.asarray(grads.pop("value"), dtype=self.value_dtype)
+        return (value,) + tuple(np.asarray(grads[k], dtype=a[k].dtype) for k in self.want)
+
+    # -- control_loss: ℓ(pred − target)
+    def _control(self, a):
+        p, t, fw = a["pred"], a["target"], a.get("feature_weights")
+
+        def core(f, grad):
+            return _core.control_loss(p, t, self.discount, a.get("lengths"), a.get("mask"),
+                                      self.penalty, self.delta, f, self.check_finite, grad)
+
+        value, g = core(fw, True)
+        out = {"value": value, "pred": g, "target": -g}
+        if "feature_weights" in self.want:  # ℓ is linear in f: ∂ℓ/∂f_d = ℓ(f = e_d)
+            out["feature_weights"] = [core(e, False) for e in np.eye(fw.shape[-1])]
+        return out
+
+    # -- rollout losses
+    def _rollout(self, a):
+        Ad, Bd, u, x0 = a["Ad"], a["Bd"], a["controls"], a["x0"]
+        rc, rs, tg = a.get("ref_controls"), a.get("ref_states"), a.get("target")
+        fw, sw = a.get("feature_weights"), a.get("state_weights")
+        wt, we = float(a["weight"]), float(a["terminal_weight"])
+        for name, w in (("weight", wt), ("terminal_weight", we)):
+            _check_weight(w, name)  # a traced weight is only known here
+
+        def core(A, B, u_, x_, rc_, rs_, tg_, terms, cw, tw, tew, f, s):
+            return _core.rollout_loss(A, B, u_, x_, rc_, rs_, tg_, terms, cw, tw, tew,
+                                      self.include_initial, self.discount, a.get("lengths"),
+                                      a.get("mask"), self.penalty, self.delta, f, s,
+                                      self.check_finite, self.target_name)
+
+        total, c, tr, te, gu, gx = core(Ad, Bd, u, x0, rc, rs, tg, self.terms,
+                                        self.control_weight, wt, we, fw, sw)
+        out = {"value": total, "controls": gu, "x0": gx, "weight": tr, "terminal_weight": te}
+        want = set(self.want)
+        ctl = self.terms & _CONTROL
+        if want & {"ref_controls", "feature_weights"}:
+            # the control term reads ref_controls only through u − ref_controls
+            out["ref_controls"] = -core(Ad, Bd, u, x0, rc, None, None, ctl, self.control_weight,
+                                        0.0, 0.0, fw, None)[4]
+            if "feature_weights" in want:  # linear in f: ∂ℓ/∂f_d = ℓ(f = e_d)
+                out["feature_weights"] = [
+                    core(Ad, Bd, u, x0, rc, None, None, ctl, self.control_weight, 0.0, 0.0,
+                         e, None)[0] for e in np.eye(fw.shape[-1])]
+        if want & {"ref_states", "target", "state_weights"}:
+            out.update(self._state_grads(a, core, wt, we, want))
+        return out
+
+    def _state_grads(self, a, core, wt, we, want):
+        """Gradients of the state terms with respect to the states they compare:
+        with the identity system (Ad = 0, Bd = I, the states X as controls) the
+        core's ``∂ℓ/∂controls`` is ``∂ℓ/∂X[1:]`` and its ``∂ℓ/∂x0`` is ``∂ℓ/∂X[0]``,
+        with every index rule (include_initial, lengths, mask, final valid step,
+        discount) the core's own. A reference r enters only through X − r."""
+        X = _core.rollout(a["Ad"], a["Bd"], a["x0"], a["controls"], self.check_finite)
+        n = X.shape[-1]
+        Z, I = np.zeros((n, n)), np.eye(n)
+        rs, tg, sw = a.get("ref_states"), a.get("target"), a.get("state_weights")
+        states = self.terms & (_TRAJECTORY | _TERMINAL)
+
+        def d_states(terms, s=sw):  # (value, ∂ℓ/∂X) of the state terms ``terms``
+            value, _, _, _, g1, g0 = core(Z, I, X[..., 1:, :], X[..., 0, :], None, rs, tg,
+                                          terms, 0.0, wt, we, None, s)
+            return value, np.concatenate([g0[..., None, :], g1], axis=-2)
+
+        out = {}
+        if "ref_states" in want:  # ref_states: the trajectory term, and the
+            # terminal term too when its target defaults to ref_states[b, t_b + 1]
+            out["ref_states"] = -d_states(states if tg is None else states & _TRAJECTORY)[1]
+        if "target" in want:
+            out["target"] = -d_states(states & _TERMINAL)[1].sum(axis=-2)
+        if "state_weights" in want:  # linear in s: ∂ℓ/∂s_d = ℓ(s = e_d)
+            out["state_weights"] = [d_states(states, e)[0] for e in np.eye(n)]
+        return out
+
+
+def _loss_call(spec, args):
+    """The pure_callback of ``spec`` on the operands ``args`` (a dict)."""
+    structs = (_struct((), spec.value_dtype),) + tuple(
+        _struct(args[k].shape, args[k].dtype) for k in spec.want)
+    return _host_call(spec, structs, *(args[k] for k in spec.names))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _host_loss(spec, args):
+    return _loss_call(spec, args)
+
+
+@_host_loss.defjvp
+def _host_loss_jvp(spec, primals, tangents):
+    raise NotImplementedError(_SECOND_ORDER.format(what="the trajloss.jax losses"))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _loss_fn(spec, args):
+    return _host_loss(spec, args)[0]
+
+
+def _loss_fn_jvp(spec, primals, tangents):
+    (args,), (dargs,) = primals, tangents
+    want = tuple(k for k in _DIFF[spec.kind] if args.get(k) is not None
+                 and not isinstance(dargs[k], SymbolicZero)
+                 and jnp.issubdtype(args[k].dtype, jnp.inexact))
+    value, *grads = _host_loss(dataclasses.replace(spec, want=want), args)
+    grads = [_like(g, args[k]) for k, g in zip(want, grads)]
+    tangent = jnp.zeros((), value.dtype)
+    for k, g in zip(want, grads):  # linear in the tangents: JAX transposes it
+        tangent = tangent + jnp.sum(g * dargs[k]).astype(value.dtype)
+    return value, tangent
+
+
+_loss_fn.defjvp(_loss_fn_jvp, symbolic_zeros=True)
+
+
+def _loss(kind, arrays, constants, fills, value_dtype, **options):
+    """A scalar loss of ``arrays`` (name -> JAX array or None) and ``constants``
+    (name -> float64 numpy array or Python float, never differentiated).
+
+    The core runs once now, on the concrete inputs or stand-ins of the traced ones
+    (``fills[name]``: a value every check accepts), so that mistakes in shapes,
+    dtypes and options raise here; with no traced input its value is the result."""
+    present = {k: v for k, v in arrays.items() if v is not None}
+    consts = {k: np.asarray(v, dtype=np.float64) for k, v in constants.items()}
+    value_dtype = np.dtype(value_dtype).name
+    host = _Loss(kind, tuple(present) + tuple(consts), (), value_dtype,
+                 tuple(v.shape for v in consts.values()), tuple(consts), **options)
+    stand_ins = [_stand_in(v, fills.get(k, 0)) for k, v in present.items()]
+    value, = host(*stand_ins, *map(_bits, consts.values()))
+    if not any(_is_traced(v) for v in present.values()):
+        return _place(value.astype(value_dtype), present.values())
+    args = dict(present, **{k: _bits(v) for k, v in consts.items()})
+    return _loss_fn(host, args)
+
+
+def _check_finite_flag(check_finite):
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+    return bool(check_finite)
+
+
+def _options(discount, penalty, delta, check_finite):
+    if not isinstance(penalty, str):
+        raise TypeError(f"penalty must be one of 'mse', 'l1', 'huber', got {penalty!r}")
+    return dict(discount=_number(discount, "discount", optional=True), penalty=penalty,
+                delta=_number(delta, "delta"), check_finite=_check_finite_flag(check_finite))
+
+
+def _value_dtype(*arrays):
+    dtype = arrays[0].dtype
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
 
 
 def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalty="mse",
-                 delta=1.0, feature_weights=None):
-    """``trajloss.control_loss`` as a differentiable JAX scalar (in pred and target)."""
+                 delta=1.0, feature_weights=None, check_finite=True):
+    """``trajloss.control_loss`` as a differentiable JAX scalar.
+
+    ``ℓ = Σ_{b,t} w[b,t] · mean_d f_d ρ(pred − target)[b,t,d] / Σ_b |S_b|``.
+    Differentiable in ``pred``, ``target`` (``∂ℓ/∂target = −∂ℓ/∂pred``) and
+    ``feature_weights``; shapes (B, T, D) or (T, D). ``check_finite`` is passed
+    to the core: with ``False`` NaN/inf in the valid steps propagate.
+    """
     pred, target = _array(pred, "pred"), _array(target, "target")
-
-    def host(p, t, L, M, fw):
-        value, grad = _core.control_loss(p, t, discount, L, M, penalty, delta, fw, True, True)
-        return value, grad, -grad  # rho(pred - target)
-
     steps = pred.shape[-2] if pred.ndim >= 2 else 0
-    return _loss(host, (pred, target),
-                 (_opt_array(lengths, "lengths"), _opt_array(mask, "mask"),
-                  _opt_array(feature_weights, "feature_weights")), pred.dtype, (steps, True, 0))
+    arrays = dict(pred=pred, target=target, lengths=_opt_array(lengths, "lengths"),
+                  mask=_opt_array(mask, "mask"),
+                  feature_weights=_opt_array(feature_weights, "feature_weights"))
+    return _loss("control", arrays, {}, dict(lengths=steps, mask=True), _value_dtype(pred),
+                 **_options(discount, penalty, delta, check_finite))
 
 
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
-                  include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0, feature_weights=None, state_weights=None, target_name="target"):
+def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
+                  control_weight, weight, terminal_weight, include_initial=False,
+                  discount=None, lengths=None, mask=None, penalty="mse", delta=1.0,
+                  feature_weights=None, state_weights=None, check_finite=True,
+                  target_name="target"):
     system = _check_system(system)
     controls, x0 = _array(controls, "controls"), _array(x0, "x0")
-    cw, tw, fw_ = (float(w) for w in weights)
-
-    def host(u, x, rc, rs, tg, L, M, fw, sw):
-        total, _, _, _, gu, gx = _core.rollout_loss(
-            system.Ad, system.Bd, u, x, rc, rs, tg, terms, cw, tw, fw_, bool(include_initial),
-            discount, L, M, penalty, delta, fw, sw, True, target_name)
-        return total, gu, gx
-
-    data = (_opt_array(ref_controls, "ref_controls"), _opt_array(ref_states, "ref_states"),
-            _opt_array(target, target_name), _opt_array(lengths, "lengths"),
-            _opt_array(mask, "mask"), _opt_array(feature_weights, "feature_weights"),
-            _opt_array(state_weights, "state_weights"))
+    arrays = dict(controls=controls, x0=x0,
+                  ref_controls=_opt_array(ref_controls, "ref_controls"),
+                  ref_states=_opt_array(ref_states, "ref_states"),
+                  target=_opt_array(target, target_name),
+                  lengths=_opt_array(lengths, "lengths"), mask=_opt_array(mask, "mask"),
+                  feature_weights=_opt_array(feature_weights, "feature_weights"),
+                  state_weights=_opt_array(state_weights, "state_weights"))
+    constants = {"Ad": system.Ad, "Bd": system.Bd}
+    for name, w in (("weight", weight), ("terminal_weight", terminal_weight)):
+        if isinstance(w, float):
+            constants[name] = w
+        else:
+            arrays[name] = w
     steps = controls.shape[-2] if controls.ndim >= 2 else 0
-    return _loss(host, (controls, x0), data, controls.dtype, (0, 0, 0, steps, True, 0, 0))
+    return _loss("rollout", arrays, constants,
+                 dict(lengths=steps, mask=True, weight=1.0, terminal_weight=1.0),
+                 _value_dtype(controls), terms=terms, control_weight=float(control_weight),
+                 include_initial=bool(include_initial), target_name=target_name,
+                 **_options(discount, penalty, delta, check_finite))
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
                     state_weights=None, discount=None, lengths=None, mask=None, penalty="mse",
-                    delta=1.0):
-    """``trajloss.trajectory_loss`` as a differentiable JAX scalar (in controls and x0)."""
+                    delta=1.0, check_finite=True):
+    """``trajloss.trajectory_loss`` as a differentiable JAX scalar.
+
+    Differentiable in ``controls``, ``x0``, ``ref_states`` and ``state_weights``.
+    """
     _array(ref_states, "ref_states")  # required
-    return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
-                         (0.0, 1.0, 0.0), include_initial=include_initial, discount=discount,
-                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights)
+    return _rollout_loss(system, controls, x0, None, ref_states, None, _TRAJECTORY,
+                         control_weight=0.0, weight=1.0, terminal_weight=0.0,
+                         include_initial=include_initial, discount=discount, lengths=lengths,
+                         mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
+                         check_finite=check_finite)
 
 
 def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, state_weights=None,
-                  penalty="mse", delta=1.0):
-    """``trajloss.terminal_loss`` as a differentiable JAX scalar (in controls and x0)."""
+                  penalty="mse", delta=1.0, check_finite=True):
+    """``trajloss.terminal_loss`` as a differentiable JAX scalar.
+
+    Differentiable in ``controls``, ``x0``, ``target`` and ``state_weights``.
+    """
     _array(target, "target")  # required
-    return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
-                         (0.0, 0.0, 1.0), lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights)
+    return _rollout_loss(system, controls, x0, None, None, target, _TERMINAL,
+                         control_weight=0.0, weight=0.0, terminal_weight=1.0, lengths=lengths,
+                         mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
+                         check_finite=check_finite)
 
 
 def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight, terminal_weight=0.0,
                   terminal_target=None, include_initial=False, state_weights=None,
                   feature_weights=None, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0):
+                  delta=1.0, check_finite=True):
     """``control + weight·trajectory + terminal_weight·terminal`` as a JAX scalar.
 
-    ``weight`` and ``terminal_weight`` are Python numbers (static under
-    ``jit``); pass a new number to change them (one trace per value). For a
-    schedule, evaluate the ``trajloss.weighting`` strategy outside ``jit``.
+    Differentiable in ``controls``, ``x0``, ``ref_controls``, ``ref_states``,
+    ``terminal_target``, ``feature_weights``, ``state_weights`` and -- given as
+    0-d JAX float arrays -- ``weight`` (``∂ℓ/∂weight`` = the raw trajectory term)
+    and ``terminal_weight`` (the raw terminal term). A Python number for a
+    weight is a constant; either way a new value does not recompile.
+    Weights must be finite and >= 0 (checked at the call, or, for a traced
+    array, when the callback runs). For a schedule, evaluate the
+    ``trajloss.weighting`` strategy outside ``jit`` and pass the number.
     """
-    for name, w in (("weight", weight), ("terminal_weight", terminal_weight)):
-        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a finite number >= 0, got {w!r}")
-        if not (np.isfinite(w) and w >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+    weight = _weight(weight, "weight")
+    terminal_weight = _weight(terminal_weight, "terminal_weight")
     _array(ref_controls, "ref_controls"), _array(ref_states, "ref_states")  # required
     return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
-                         _ALL_TERMS, (1.0, weight, terminal_weight),
-                         include_initial=include_initial, discount=discount, lengths=lengths,
-                         mask=mask, penalty=penalty, delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights, target_name="terminal_target")
+                         _ALL_TERMS, control_weight=1.0, weight=weight,
+                         terminal_weight=terminal_weight, include_initial=include_initial,
+                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
+                         delta=delta, feature_weights=feature_weights,
+                         state_weights=state_weights, check_finite=check_finite,
+                         target_name="terminal_target")
