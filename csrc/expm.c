@@ -23,10 +23,10 @@
  *      form of the 2 x 2 exponential (their Code Fragment 2.1).
  *
  * Layout: our buffers are row-major and LAPACK is called column-major, so
- * LAPACK sees the transposes (see should_transpose for the orientation). U, V and every power here are polynomials in A
+ * LAPACK sees the transposes. U, V and every power here are polynomials in A
  * and commute, so (V - U)^T X^T = (V + U)^T has the same solution X as
- * (V - U) X = V + U, and no transposition is needed; a row-major upper
- * triangular matrix is a column-major lower triangular one.
+ * (V - U) X = V + U, and no transposition is needed. The orientation matters
+ * only for structure: see should_transpose().
  */
 #include <math.h>
 #include <stdint.h>
