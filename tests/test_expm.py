@@ -315,6 +315,19 @@ def test_zoh_large_vs_scipy():
     assert rel_err(Bd, ref[:n, n:]) <= 1e-12
 
 
+def test_rk4_large_vs_numpy():
+    """rk4 of a 100-state system (BLAS products) against its formula in NumPy:
+    Ad = I + F S, Bd = dt S B, S = I + F/2 (I + F/3 (I + F/4)), F = dt A."""
+    rng = np.random.default_rng(9)
+    n, dt = 100, 0.3
+    A, B = rng.standard_normal((n, n)) / 10, rng.standard_normal((n, 2))
+    F, I = dt * A, np.eye(n)
+    S = I + (F / 2) @ (I + (F / 3) @ (I + F / 4))
+    Ad, Bd = _core.discretize(A, B, dt, "rk4")
+    assert rel_err(Ad, I + F @ S) <= 1e-14
+    assert rel_err(Bd, dt * S @ B) <= 1e-14
+
+
 def test_bad_input_still_refused():
     """NaN and non-square input keep their clear errors."""
     with pytest.raises(ValueError, match="A"):
@@ -327,13 +340,13 @@ CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import trajloss
-    n = int(sys.argv[1])
+    n, method = int(sys.argv[1]), sys.argv[2]
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((n, n)) / np.sqrt(n), rng.standard_normal((n, 1))
     print("start", flush=True)
     t0 = time.monotonic()
     try:
-        trajloss.LinearSystem.from_continuous(A, B, 0.5)
+        trajloss.LinearSystem.from_continuous(A, B, 0.5, method=method)
         print("finished %.3f" % (time.monotonic() - t0), flush=True)
     except KeyboardInterrupt:
         t1 = time.monotonic()
@@ -343,12 +356,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_interrupts_from_continuous():
+@pytest.mark.parametrize("method", ["zoh", "rk4"])
+def test_ctrl_c_interrupts_from_continuous(method):
     """SIGINT half a second into a long from_continuous (n = 2048) raises KeyboardInterrupt
     within a few seconds; the old code ran on for minutes (165 s) before seeing it."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(trajloss.__file__)), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "2048"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "2048", method], stdout=subprocess.PIPE,
                             text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "start"
