@@ -62,8 +62,16 @@ static void discretize_euler(ptrdiff_t n, ptrdiff_t m, const double *A, const do
         Bd[i] = dt * B[i];
 }
 
-static void discretize_rk4(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
-                           double dt, double *Ad, double *Bd, double *buf)
+static int cancelled(const tl_cancel *cancel)
+{
+    return cancel != NULL && cancel->poll != NULL && cancel->poll(cancel->ctx) != 0;
+}
+
+/* The three n x n products go through BLAS from TL_DENSE_BLAS_MIN_N on, each
+ * followed by a poll of the cancel hook. */
+static tl_status discretize_rk4(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
+                                double dt, double *Ad, double *Bd, double *buf,
+                                const tl_cancel *cancel)
 {
     const ptrdiff_t nn = n * n;
     double *F = buf, *S = buf + nn, *T = buf + 2 * nn;
@@ -73,15 +81,18 @@ static void discretize_rk4(ptrdiff_t n, ptrdiff_t m, const double *A, const doub
     tl_dense_axpby(n, 0.25, F, 0.0, S);
     tl_dense_add_identity(n, 1.0, S);
     for (int k = 3; k >= 2; k--) {
-        tl_dense_matmul(n, n, n, F, S, T);
+        tl_dense_gemm(n, n, F, S, T);
+        if (cancelled(cancel))
+            return TL_ERR_INTERRUPTED;
         tl_dense_axpby(n, 1.0 / k, T, 0.0, S);
         tl_dense_add_identity(n, 1.0, S);
     }
-    tl_dense_matmul(n, n, n, F, S, Ad);
+    tl_dense_gemm(n, n, F, S, Ad);
     tl_dense_add_identity(n, 1.0, Ad);
     tl_dense_matmul(n, n, m, S, B, Bd);
     for (ptrdiff_t i = 0; i < n * m; i++)
         Bd[i] *= dt;
+    return TL_OK;
 }
 
 tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
@@ -104,8 +115,7 @@ tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
         discretize_euler(n, m, A, B, dt, Ad, Bd);
         return TL_OK;
     case TL_DISC_RK4:
-        discretize_rk4(n, m, A, B, dt, Ad, Bd, (double *)work);
-        return TL_OK;
+        return discretize_rk4(n, m, A, B, dt, Ad, Bd, (double *)work, cancel);
     default:
         return TL_ERR_VALUE;
     }

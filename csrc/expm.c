@@ -5,8 +5,8 @@
  *
  *   1. Balance (LAPACK dgebal): a permutation, which exposes triangular and
  *      block-triangular structure, and a diagonal scaling by powers of two,
- *      kept only when it lowers the 1-norm. Both are exact similarities and
- *      are undone exactly at the end.
+ *      kept only when it lowers the 1-norm (see balance()). Both are exact
+ *      similarities and are undone exactly at the end.
  *   2. Choose the Pade degree m in {3, 5, 7, 9, 13} and the scaling 2^-s from
  *      d_k = ||A^k||_1^{1/k} of the powers the approximant needs anyway
  *      (A^2, A^4, A^6, and A^8, A^10 before degree 13), not from ||A||_1:
@@ -23,10 +23,10 @@
  *      form of the 2 x 2 exponential (their Code Fragment 2.1).
  *
  * Layout: our buffers are row-major and LAPACK is called column-major, so
- * LAPACK sees the transposes (see should_transpose for the orientation). U, V and every power here are polynomials in A
+ * LAPACK sees the transposes. U, V and every power here are polynomials in A
  * and commute, so (V - U)^T X^T = (V + U)^T has the same solution X as
- * (V - U) X = V + U, and no transposition is needed; a row-major upper
- * triangular matrix is a column-major lower triangular one.
+ * (V - U) X = V + U, and no transposition is needed. The orientation matters
+ * only for structure: see should_transpose().
  */
 #include <math.h>
 #include <stdint.h>
@@ -167,20 +167,64 @@ static void balance_apply(const expm_ws *w, const double *src, double *dst)
     }
 }
 
-/* W := the balanced W; `tmp` is an n x n scratch buffer. */
-static tl_status balance(expm_ws *w, double *tmp)
+/* Balancing jobs: dgebal's own 'P' (permute) and 'B' (permute, then scale
+ * what the permutation left), and ours, PERMUTE_SCALE_ALL: dgebal's
+ * permutation, then dgebal's scaling ('S') of the whole permuted matrix. */
+enum { PERMUTE_SCALE_ALL = 'A' };
+
+/* Fills w->perm and w->scale for `job`; `tmp` is n x n scratch. */
+static tl_status balance_job(expm_ws *w, double *tmp, char job)
 {
-    tl_status status = balance_info(w, tmp, 'B');
+    if (job != PERMUTE_SCALE_ALL)
+        return balance_info(w, tmp, job);
+    tl_status status = balance_info(w, tmp, 'P');
+    if (status != TL_OK)
+        return status;
+    balance_apply(w, w->W, tmp); /* the permuted W (the scale is 1 here) */
+    tl_lapack_int ilo, ihi;
+    const tl_lapack_int ni = (tl_lapack_int)w->n;
+    if (tl_lapacke_dgebal_work(TL_LAPACK_COL_MAJOR, 'S', ni, tmp, ni, &ilo, &ihi, w->scale) != 0)
+        return TL_ERR_LAPACK;
+    return TL_OK;
+}
+
+/* The 1-norm W would have after balancing with `job`. */
+static tl_status balanced_norm(expm_ws *w, double *tmp, char job, double *norm)
+{
+    tl_status status = balance_job(w, tmp, job);
     if (status != TL_OK)
         return status;
     balance_apply(w, w->W, tmp);
-    if (tl_dense_norm1(w->n, tmp) < tl_dense_norm1(w->n, w->W)) {
-        memcpy(w->W, tmp, (size_t)(w->n * w->n) * sizeof(double));
-        return TL_OK;
-    }
-    /* The scaling does not help: permute only (an exact similarity that
-     * keeps the norm and still exposes triangular structure). */
-    if ((status = balance_info(w, tmp, 'P')) != TL_OK)
+    *norm = tl_dense_norm1(w->n, tmp);
+    return TL_OK;
+}
+
+/* W := the balanced W; `tmp` is an n x n scratch buffer.
+ * Of three candidates the one with the smallest 1-norm wins (ties go to the
+ * fewer transformations):
+ *   'P'  permutation only: an exact similarity that keeps the norm;
+ *   'B'  permutation, then scaling of the part the permutation left;
+ *   PERMUTE_SCALE_ALL: permutation, then scaling of everything. 'B' leaves
+ *        the rows it isolates out of the scaling, and when those are the
+ *        zero rows of a ZOH matrix [[A, B], [0, 0]] the B block comes out
+ *        scaled by A's factors (up to 1e150 where A's entries span 1e300);
+ *        scaling all of it balances A and B together.
+ * Every candidate permutes, so a permuted triangular matrix always becomes
+ * triangular, and diagonal scaling keeps it so. */
+static tl_status balance(expm_ws *w, double *tmp)
+{
+    const double norm_p = tl_dense_norm1(w->n, w->W);
+    double norm_b, norm_a;
+    tl_status status;
+    if ((status = balanced_norm(w, tmp, 'B', &norm_b)) != TL_OK ||
+        (status = balanced_norm(w, tmp, PERMUTE_SCALE_ALL, &norm_a)) != TL_OK)
+        return status;
+    char job = 'P';
+    if (norm_b < norm_p && norm_b <= norm_a)
+        job = 'B';
+    else if (norm_a < norm_p && norm_a < norm_b)
+        job = PERMUTE_SCALE_ALL;
+    if ((status = balance_job(w, tmp, job)) != TL_OK)
         return status;
     balance_apply(w, w->W, tmp);
     memcpy(w->W, tmp, (size_t)(w->n * w->n) * sizeof(double));

@@ -95,7 +95,8 @@ size_t tl_discretize_work_bytes(ptrdiff_t n, ptrdiff_t m);
 /* Discretise xdot = A x + B u with step dt > 0 into (Ad, Bd).
  * A is n x n, B is n x m (row-major); Ad (n x n) and Bd (n x m) are written.
  * `work` holds tl_discretize_work_bytes(n, m) bytes; `cancel` (may be NULL)
- * is polled by the zoh exponential, TL_ERR_INTERRUPTED when it says stop. */
+ * is polled between the matrix products of zoh and rk4, TL_ERR_INTERRUPTED
+ * when it says stop. */
 tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
                         const double *A, const double *B, double dt,
                         double *Ad, double *Bd, void *work, const tl_cancel *cancel);

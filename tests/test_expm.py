@@ -28,6 +28,12 @@ def mp_expm(A):
         return np.array(mpmath.expm(mpmath.matrix(np.asarray(A).tolist())).tolist(), dtype=float)
 
 
+def mp_exp(x):
+    """exp of each entry of x, correctly rounded (mpmath at 40 digits)."""
+    with mpmath.workdps(40):
+        return np.array([float(mpmath.exp(float(v))) for v in np.ravel(x)]).reshape(np.shape(x))
+
+
 def rel_err(E, ref):
     """max |E - ref| / max |ref| (normwise, the accuracy scaling and squaring guarantees)."""
     return np.max(np.abs(E - ref)) / np.max(np.abs(ref))
@@ -135,7 +141,7 @@ def test_burkardt_tables(name):
     assert entry_err(_core.expm(A), ref) <= 1e-12
 
 
-@pytest.mark.parametrize("s", [1e4, 1e8, 1e12, 1e16])
+@pytest.mark.parametrize("s", [1e4, 1e8, 1e12, 1e16, 1e50, 1e150])
 def test_diagonal_similarity(s):
     """exp(D A0 D^-1) = D exp(A0) D^-1 entrywise, D = diag(s, 1) (old: 1.8e-5 at 1e12,
     0.16 at 1e16). exp(A0) is the closed form of a 2 x 2 matrix with complex eigenvalues."""
@@ -152,6 +158,18 @@ def test_diagonal_similarity(s):
     assert entry_err(Ad, want) <= 1e-14
 
 
+@pytest.mark.parametrize("s", [1e8, 1e40, 1e120])
+def test_graded_similarity(s):
+    """A 5 x 5 random matrix graded by D = diag(s^(i/4)): exp(D A0 D^-1) = D exp(A0) D^-1
+    entry by entry, exp(A0) from 40-digit mpmath (scipy.linalg.expm is off by 1.0 at 1e150
+    in the 2 x 2 case above; the old code by ~1 from 1e16)."""
+    A0 = np.random.default_rng(0).standard_normal((5, 5))
+    d = s ** (np.arange(5) / 4)
+    A = A0 * d[:, None] / d[None, :]
+    want = mp_expm(A0) * d[:, None] / d[None, :]
+    assert entry_err(_core.expm(A), want) <= 1e-12
+
+
 def test_stiff_scalar_zoh():
     """from_continuous([[-1]], [[100]], 20): Ad = exp(-20) (old: 2.061007e-9, 7e-5 off),
     Bd = 100 (1 - exp(-20))."""
@@ -162,12 +180,14 @@ def test_stiff_scalar_zoh():
 
 @pytest.mark.parametrize("lam", [-50.0, -20.0, -1e-3, 0.0, 0.7, 30.0])
 def test_scalar_and_diagonal(lam):
-    """A diagonal matrix exponentiates entry by entry, to the last ulp of exp."""
+    """A diagonal matrix exponentiates entry by entry, within an ulp of the correctly
+    rounded exp."""
     diag = np.array([lam, -lam / 3, 2.5, -7.0])
     E = _core.expm(np.diag(diag))
+    want = mp_exp(diag)
     assert np.all(E[~np.eye(4, dtype=bool)] == 0.0)
-    assert np.all(np.abs(np.diag(E) - np.exp(diag)) <= np.spacing(np.exp(diag)))
-    assert abs(_core.expm([[lam]])[0, 0] - math.exp(lam)) <= np.spacing(math.exp(lam))
+    assert np.all(np.abs(np.diag(E) - want) <= np.spacing(want))
+    assert abs(_core.expm([[lam]])[0, 0] - want[0]) <= np.spacing(want[0])
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 12, 20])
@@ -246,6 +266,24 @@ def test_triangular_stays_triangular(seed):
     assert rel_err(EB, mp_expm(Bk)) <= 1e-13
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_permuted_triangular(seed):
+    """P^T T P with T upper triangular (entries of mixed scale): balancing's permutation
+    finds the triangular form, so exp is exactly zero where exp(T) is, with exp(t_ii) on
+    the diagonal, and matches mpmath to 1e-13."""
+    rng = np.random.default_rng(seed)
+    n = 6
+    T = np.triu(rng.standard_normal((n, n))) * rng.choice([1.0, 100.0, 1e-3], (n, n))
+    p = rng.permutation(n)
+    E = _core.expm(T[np.ix_(p, p)])
+    ET = np.empty_like(E)
+    ET[np.ix_(p, p)] = E  # exp(P^T T P) = P^T exp(T) P
+    assert np.all(np.tril(ET, -1) == 0.0)
+    want = mp_exp(np.diag(T))
+    assert np.all(np.abs(np.diag(ET) - want) <= np.spacing(want))  # exp(t_ii) within an ulp
+    assert rel_err(ET, mp_expm(T)) <= 1e-13
+
+
 @pytest.mark.parametrize("n,scale,seed", [(2, 3.0, 0), (5, 0.1, 1), (5, 3.0, 2), (8, 30.0, 3),
                                           (6, 40.0, 4)])
 def test_random_vs_mpmath(n, scale, seed):
@@ -277,6 +315,19 @@ def test_zoh_large_vs_scipy():
     assert rel_err(Bd, ref[:n, n:]) <= 1e-12
 
 
+def test_rk4_large_vs_numpy():
+    """rk4 of a 100-state system (BLAS products) against its formula in NumPy:
+    Ad = I + F S, Bd = dt S B, S = I + F/2 (I + F/3 (I + F/4)), F = dt A."""
+    rng = np.random.default_rng(9)
+    n, dt = 100, 0.3
+    A, B = rng.standard_normal((n, n)) / 10, rng.standard_normal((n, 2))
+    F, I = dt * A, np.eye(n)
+    S = I + (F / 2) @ (I + (F / 3) @ (I + F / 4))
+    Ad, Bd = _core.discretize(A, B, dt, "rk4")
+    assert rel_err(Ad, I + F @ S) <= 1e-14
+    assert rel_err(Bd, dt * S @ B) <= 1e-14
+
+
 def test_bad_input_still_refused():
     """NaN and non-square input keep their clear errors."""
     with pytest.raises(ValueError, match="A"):
@@ -289,13 +340,13 @@ CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import trajloss
-    n = int(sys.argv[1])
+    n, method = int(sys.argv[1]), sys.argv[2]
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((n, n)) / np.sqrt(n), rng.standard_normal((n, 1))
     print("start", flush=True)
     t0 = time.monotonic()
     try:
-        trajloss.LinearSystem.from_continuous(A, B, 0.5)
+        trajloss.LinearSystem.from_continuous(A, B, 0.5, method=method)
         print("finished %.3f" % (time.monotonic() - t0), flush=True)
     except KeyboardInterrupt:
         t1 = time.monotonic()
@@ -305,12 +356,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_interrupts_from_continuous():
+@pytest.mark.parametrize("method", ["zoh", "rk4"])
+def test_ctrl_c_interrupts_from_continuous(method):
     """SIGINT half a second into a long from_continuous (n = 2048) raises KeyboardInterrupt
     within a few seconds; the old code ran on for minutes (165 s) before seeing it."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(trajloss.__file__)), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "2048"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "2048", method], stdout=subprocess.PIPE,
                             text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "start"

@@ -210,6 +210,8 @@ static void test_expm_cancel(void)
     calls = 0;
     CHECK(tl_discretize(TL_DISC_ZOH, N, 1, A, B, 1.0, E, Bd, dwork, &stop) ==
               TL_ERR_INTERRUPTED, "discretize stop");
+    CHECK(tl_discretize(TL_DISC_RK4, N, 1, A, B, 1.0, E, Bd, dwork, &stop) == TL_ERR_INTERRUPTED,
+          "rk4 stop");
     CHECK(strcmp(tl_status_message(TL_ERR_INTERRUPTED), "interrupted") == 0, "message");
     free(A), free(E), free(E2), free(Bd), free(work), free(dwork);
 }
