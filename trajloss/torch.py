@@ -97,18 +97,19 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
         raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
 
 
-def _same_device(first: str, tensors: dict) -> None:
-    """Every tensor of a call on one device: ValueError naming the first that is not.
+def _same_device(names: tuple, *tensors) -> None:
+    """Every tensor of a call on one device (the first's): ValueError naming the
+    first that is not, and both devices (``names[i]`` names ``tensors[i]``).
 
     Checked in the operators themselves (real and fake implementations), so a
     direct ``torch.ops.trajloss`` call, ``torch.compile`` and a module moved to
     another device are all covered; mixed ``meta``/CPU inputs would otherwise
     be dispatched to the fake implementation and return uninitialised memory."""
-    device = tensors[first].device
-    for name, t in tensors.items():
+    device = tensors[0].device
+    for name, t in zip(names, tensors):
         if t is not None and t.device != device:
-            raise ValueError(f"{name} is on {t.device} but {first} is on {device}: all tensor "
-                             "arguments of a trajloss call must be on one device")
+            raise ValueError(f"{name} is on {t.device} but {names[0]} is on {device}: all "
+                             "tensor arguments of a trajloss call must be on one device")
 
 
 def _check_tensors(**tensors):
@@ -180,24 +181,31 @@ def _tensor(a, like: Tensor) -> Tensor:
 
 # ---- rollout ------------------------------------------------------------
 
+_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd")
+_VJP_NAMES = ("x0", "controls", "grad_states", "Ad", "Bd")
+_CONTROL_NAMES = ("pred", "target", "lengths", "mask", "feature_weights")
+_LOSS_NAMES = ("controls", "x0", "ref_controls", "ref_states", "target", "weights", "lengths",
+               "mask", "feature_weights", "state_weights", "Ad", "Bd")
+
+
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
 def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
                 check_finite: bool = True) -> Tensor:
-    _same_device("x0", dict(x0=x0, controls=controls, Ad=Ad, Bd=Bd))
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
     return _tensor(_core.rollout(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
                                  _np(controls, "controls"), check_finite), x0)
 
 
 @_rollout_op.register_fake
 def _(Ad, Bd, x0, controls, check_finite=True):
-    _same_device("x0", dict(x0=x0, controls=controls, Ad=Ad, Bd=Bd))
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
     return controls.new_empty((*controls.shape[:-2], controls.shape[-2] + 1, x0.shape[-1]))
 
 
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
 def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
                     grad_states: Tensor, check_finite: bool = True) -> tuple[Tensor, Tensor]:
-    _same_device("x0", dict(x0=x0, controls=controls, grad_states=grad_states, Ad=Ad, Bd=Bd))
+    _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
     gu, gx = _core.rollout_vjp(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
                                _np(controls, "controls"), _np(grad_states, "grad_states"),
                                check_finite)
@@ -206,7 +214,7 @@ def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
 
 @_rollout_vjp_op.register_fake
 def _(Ad, Bd, x0, controls, grad_states, check_finite=True):
-    _same_device("x0", dict(x0=x0, controls=controls, grad_states=grad_states, Ad=Ad, Bd=Bd))
+    _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
     return torch.empty_like(controls), torch.empty_like(x0)
 
 
@@ -372,8 +380,7 @@ def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
                      mask: Optional[Tensor], discount: Optional[float], penalty: str,
                      delta: float, feature_weights: Optional[Tensor],
                      check_finite: bool = True) -> tuple[Tensor, Tensor]:
-    _same_device("pred", dict(pred=pred, target=target, lengths=lengths, mask=mask,
-                              feature_weights=feature_weights))
+    _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
     value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount,
                                      _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
                                      _np(feature_weights, "feature_weights"), check_finite, True)
@@ -382,8 +389,7 @@ def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
 
 @_control_loss_op.register_fake
 def _(pred, target, lengths, mask, discount, penalty, delta, feature_weights, check_finite=True):
-    _same_device("pred", dict(pred=pred, target=target, lengths=lengths, mask=mask,
-                              feature_weights=feature_weights))
+    _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
     return pred.new_empty(()), torch.empty_like(pred)
 
 
@@ -437,10 +443,8 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
                      delta: float, feature_weights: Optional[Tensor],
                      state_weights: Optional[Tensor],
                      check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _same_device("controls", dict(controls=controls, x0=x0, ref_controls=ref_controls,
-                                  ref_states=ref_states, target=target, weights=weights,
-                                  lengths=lengths, mask=mask, feature_weights=feature_weights,
-                                  state_weights=state_weights, Ad=Ad, Bd=Bd))
+    _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
+                 mask, feature_weights, state_weights, Ad, Bd)
     w = _checked_weights(weights)
     total, c, t, f, gu, gx = _core.rollout_loss(
         _np(Ad, "Ad"), _np(Bd, "Bd"), _np(controls, "controls"), _np(x0, "x0"),
@@ -458,16 +462,10 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
 @_rollout_loss_op.register_fake
 def _(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
       discount, lengths, mask, penalty, delta, feature_weights, state_weights, check_finite=True):
-    _same_device("controls", dict(controls=controls, x0=x0, ref_controls=ref_controls,
-                                  ref_states=ref_states, target=target, weights=weights,
-                                  lengths=lengths, mask=mask, feature_weights=feature_weights,
-                                  state_weights=state_weights, Ad=Ad, Bd=Bd))
+    _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
+                 mask, feature_weights, state_weights, Ad, Bd)
     return (controls.new_empty(()), torch.empty_like(controls), torch.empty_like(x0),
             controls.new_empty((7,), dtype=_F64))
-
-
-# inputs of rollout_loss that are differentiable besides controls (2), x0 (3), weights (8)
-_REF_INPUTS = (4, 5, 6, 15, 16)
 
 
 def _rollout_loss_setup(ctx, inputs, output):
@@ -486,7 +484,8 @@ def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
     (gu, gx, comps, Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths,
      mask, fw, sw) = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    if not (torch.is_grad_enabled() or any(needs[i] for i in _REF_INPUTS)):
+    if not (torch.is_grad_enabled() or needs[4] or needs[5] or needs[6] or needs[15]
+            or needs[16]):
         # the fused C gradient; d total / d weights = the raw terms
         g_w = comps[1:4] * g_value.to(_F64) if needs[8] else None
         return (None, None, gu * g_value, gx * g_value) + (None,) * 4 + (g_w,) + (None,) * 9
@@ -629,7 +628,7 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
         tensors = {k: v for k, v in (("weight", weight), ("terminal_weight", terminal_weight))
                    if isinstance(v, Tensor)}
         if isinstance(controls, Tensor):
-            _same_device("controls", dict(controls=controls, **tensors))
+            _same_device(("controls", *tensors), controls, *tensors.values())
         device = next(iter(tensors.values())).device
         weights = torch.stack([torch.ones((), dtype=_F64, device=device),
                                torch.as_tensor(weight, dtype=_F64, device=device),
@@ -808,7 +807,7 @@ class CombinedLoss(nn.Module):
                 "strategy_state": self.strategy.state_dict(),
                 "last": last,
                 "observed": bool(self._observed),
-                "epoch": self.epoch}
+                "epoch": self.epoch.item() if isinstance(self.epoch, np.generic) else self.epoch}
 
     def set_extra_state(self, state) -> None:
         """Restore :meth:`get_extra_state` (validated before anything changes)."""
