@@ -56,6 +56,7 @@ carries the strategy's state), and ``Rollout``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Optional
@@ -866,7 +867,6 @@ def _fixed_tensor_weight(weight: Tensor, name: str) -> float:
 
 
 def _copy_strategy(strategy: WeightingStrategy) -> WeightingStrategy:
-    import copy
     return copy.deepcopy(strategy)
 
 
