@@ -154,6 +154,15 @@ def test_opcheck_registrations(system, data):
                           (Ad, Bd, u, x0, data["ru"], data["rs"], None, 7,
                            torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64), False, None,
                            data["lengths"], None, "mse", 1.0, None, None))
+    # every differentiable input requiring grad (references, weights), check_finite given
+    torch.library.opcheck(torch.ops.trajloss.rollout_loss.default,
+                          (Ad, Bd, u, x0, data["ru"].clone().requires_grad_(),
+                           data["rs"].clone().requires_grad_(),
+                           data["rs"][:, -1].clone().requires_grad_(), 7,
+                           torch.tensor([1.0, 0.3, 0.5], dtype=torch.float64,
+                                        requires_grad=True), True, 0.8,
+                           data["lengths"], None, "huber", 0.5, None, None, False))
+    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, x0, u, False))
 
 
 def test_float32_keeps_dtype(system, data):
@@ -207,6 +216,27 @@ def test_compile_fullgraph_matches_eager(system, data):
     ref = tlt.combined_loss(system, model(x0).unsqueeze(-1), x0, ru, rs, weight=1.0,
                             discount=0.9, lengths=data["lengths"])
     torch.testing.assert_close(v2, ref)
+
+
+def test_compile_fullgraph_reference_and_weight_gradients(system, data):
+    # gradients of the references and of a weight tensor under torch.compile
+    # are those of eager mode
+    def f(u, x0, ru, rs, w, lengths):
+        return tlt.combined_loss(system, u, x0, ru, rs, weight=w, terminal_weight=0.4,
+                                 discount=0.8, lengths=lengths, penalty="huber", delta=0.7)
+
+    def run(fn):
+        args = [data["u"].clone().requires_grad_(), data["x0"],
+                data["ru"].clone().requires_grad_(), data["rs"].clone().requires_grad_(),
+                torch.tensor(0.3, dtype=torch.float64, requires_grad=True)]
+        value = fn(*args, data["lengths"])
+        return value, torch.autograd.grad(value, [a for a in args if a.requires_grad])
+
+    eager, g_eager = run(f)
+    compiled, g_compiled = run(torch.compile(f, fullgraph=True))
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b)
 
 
 def test_training_step_decreases_the_loss(system):

@@ -10,22 +10,54 @@ function that ``register_autograd`` generates lacks the ``setup_context``
 functorch requires (an open PyTorch bug, pytorch/pytorch#168393 and #179652);
 use ``torch.autograd.grad``/``backward`` instead.
 
-- CPU tensors reach C without copies (float32 or float64, any strides; the
-  core copies only what is not contiguous). Tensors on another device are
-  moved to the CPU for the call and the results come back on the input's
-  device (a one-time warning says so).
-- Losses are computed with their gradient in one C pass; backward only
-  scales the stored gradient, so a training step costs one call into C.
-- Gradients flow to ``controls``/``pred`` and ``x0`` (and to ``target`` of
-  :func:`control_loss`); references of the losses through the dynamics and
-  the system matrices are data: they receive no gradient.
+Gradients
+---------
+Every floating-point tensor argument gets its true gradient:
+
+- ``controls``/``pred`` and ``x0``: from the core's fused pass (the forward
+  computes value and gradient together; backward only scales the stored
+  gradient, so a training step costs one call into C);
+- the references ``target`` (of :func:`control_loss` and
+  :func:`terminal_loss`), ``ref_controls``, ``ref_states`` and
+  ``terminal_target``: ``∂ℓ/∂ref = −∂ℓ/∂pred`` of the matching term, with that
+  term's time, feature and state weights (when ``terminal_target`` is None,
+  ``ref_states`` also gets the terminal term's share);
+- ``weight`` and ``terminal_weight`` given as tensors: ``∂total/∂weight`` is
+  the raw trajectory term, ``∂total/∂terminal_weight`` the raw terminal term;
+- ``feature_weights``/``state_weights`` given as tensors:
+  ``∂ℓ/∂s_d = Σ_{b,t} w[b,t] ρ(r)[b,t,d] / (D Σ_b |S_b|)`` per term.
+
+Double backward (``create_graph=True``: Hessian-vector products,
+``gradgradcheck``, gradient penalties) is exact: the backward is then built
+from the differentiable rollout and adjoint operators (``J v`` is a rollout
+of ``v`` from ``x0 = 0``, ``Jᵀ g`` the adjoint pass) and the penalty's
+elementwise derivative, whose own derivative is the curvature ``ρ''``: 2 for
+``"mse"``, 1 inside ``|r| ≤ δ`` and 0 outside for ``"huber"``, 0 for
+``"l1"`` (away from the kinks ``r = 0``, ``|r| = δ``, where ρ has no second
+derivative and the one-sided value is used). Higher orders follow the same
+way. ``discount`` and ``delta`` are plain numbers: a tensor that requires grad
+there raises ``ValueError`` rather than being silently treated as a constant;
+the system matrices are data.
+
+Devices
+-------
+CPU tensors reach C without copies (float32 or float64, any strides; the
+core copies only what is not contiguous). Tensors on another real device
+(CUDA, ...) are moved to the CPU for the call and the results come back on
+the input's device (a one-time warning says so). All tensor arguments of a
+call must be on one device: otherwise ``ValueError`` names the argument and
+both devices. With every tensor on the ``meta`` device the functions return
+``meta`` tensors of the right shapes (shape inference, no numbers).
 
 Modules mirror the NumPy API: ``ControlLoss``, ``TrajectoryLoss``,
 ``TerminalLoss``, ``CombinedLoss`` (numbers or ``trajloss.weighting``
-strategies for ``weight``, an optional ``LossMonitor``), and ``Rollout``.
+strategies for ``weight``, an optional ``LossMonitor``; its ``state_dict``
+carries the strategy's state), and ``Rollout``.
 """
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from typing import Optional
 
@@ -42,6 +74,7 @@ __all__ = ["CombinedLoss", "ControlLoss", "Rollout", "TerminalLoss", "Trajectory
            "combined_loss", "control_loss", "rollout", "terminal_loss", "trajectory_loss"]
 
 _warned_device = False
+_F64 = torch.float64
 
 
 def _np(t: Optional[Tensor], name: str = "tensor"):
@@ -50,6 +83,10 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
     if t is None:
         return None
     if t.device.type != "cpu":
+        if t.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values: the C core "
+                             "cannot read it (give every tensor of the call on the meta device "
+                             "for shape inference, or real tensors)")
         if not _warned_device:
             _warned_device = True
             warnings.warn(f"trajloss computes on the CPU: tensors on {t.device} are copied there "
@@ -61,6 +98,21 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
         raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
 
 
+def _same_device(names: tuple, *tensors) -> None:
+    """Every tensor of a call on one device (the first's): ValueError naming the
+    first that is not, and both devices (``names[i]`` names ``tensors[i]``).
+
+    Checked in the operators themselves (real and fake implementations), so a
+    direct ``torch.ops.trajloss`` call, ``torch.compile`` and a module moved to
+    another device are all covered; mixed ``meta``/CPU inputs would otherwise
+    be dispatched to the fake implementation and return uninitialised memory."""
+    device = tensors[0].device
+    for name, t in zip(names, tensors):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {names[0]} is on {device}: all "
+                             "tensor arguments of a trajloss call must be on one device")
+
+
 def _check_tensors(**tensors):
     """The tensor arguments are tensors (or None where optional): a TypeError
     naming the argument, not an AttributeError or a dispatcher RuntimeError."""
@@ -70,16 +122,33 @@ def _check_tensors(**tensors):
 
 
 def _option(value, name, *, optional=False):
-    """A real number (or None when optional), as a float; TypeError naming it."""
+    """A real number (or None when optional), as a float; TypeError naming it.
+
+    A tensor that requires grad is refused: the losses are not differentiated
+    in their options, and taking its value would drop the gradient silently."""
     if value is None and optional:
         return None
     if isinstance(value, Tensor) and value.numel() == 1 and not (
             value.dtype == torch.bool or value.dtype.is_complex):
+        if value.requires_grad:
+            raise ValueError(f"{name} is a tensor that requires grad, but trajloss does not "
+                             f"differentiate with respect to {name}: pass a number or a "
+                             "detached tensor")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, "
                         f"got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite float64, got an integer of "
+                         f"{len(str(abs(int(value))))} digits") from None
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _penalty(penalty):
@@ -88,43 +157,79 @@ def _penalty(penalty):
     return penalty
 
 
+def _weight_arg(value, name):
+    """A term weight: a number (finite, >= 0; checked here) or a one-element
+    real tensor (a graph input, checked by the operator), as a 0-d tensor or float."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.dtype.is_complex:
+            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got shape "
+                             f"{tuple(value.shape)}")
+        return value.reshape(()).to(_F64)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{name} must be finite and >= 0, got an integer of "
+                             f"{len(str(abs(int(value))))} digits, beyond float64") from None
+    return _weight(value, name)
+
+
 def _tensor(a, like: Tensor) -> Tensor:
     return torch.from_numpy(np.asarray(a)).to(like.device)
 
 
 # ---- rollout ------------------------------------------------------------
 
+_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd")
+_VJP_NAMES = ("x0", "controls", "grad_states", "Ad", "Bd")
+_CONTROL_NAMES = ("pred", "target", "lengths", "mask", "feature_weights")
+_LOSS_NAMES = ("controls", "x0", "ref_controls", "ref_states", "target", "weights", "lengths",
+               "mask", "feature_weights", "state_weights", "Ad", "Bd")
+
+
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
-def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor) -> Tensor:
-    return _tensor(_core.rollout(_np(Ad), _np(Bd), _np(x0, "x0"), _np(controls, "controls")), x0)
+def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
+                check_finite: bool = True) -> Tensor:
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
+    return _tensor(_core.rollout(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
+                                 _np(controls, "controls"), check_finite), x0)
 
 
 @_rollout_op.register_fake
-def _(Ad, Bd, x0, controls):
+def _(Ad, Bd, x0, controls, check_finite=True):
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
     return controls.new_empty((*controls.shape[:-2], controls.shape[-2] + 1, x0.shape[-1]))
 
 
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
 def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
-                    grad_states: Tensor) -> tuple[Tensor, Tensor]:
-    gu, gx = _core.rollout_vjp(_np(Ad), _np(Bd), _np(x0, "x0"), _np(controls, "controls"),
-                               _np(grad_states, "grad_states"))
+                    grad_states: Tensor, check_finite: bool = True) -> tuple[Tensor, Tensor]:
+    _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
+    gu, gx = _core.rollout_vjp(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
+                               _np(controls, "controls"), _np(grad_states, "grad_states"),
+                               check_finite)
     return _tensor(gu, controls), _tensor(gx, x0)
 
 
 @_rollout_vjp_op.register_fake
-def _(Ad, Bd, x0, controls, grad_states):
+def _(Ad, Bd, x0, controls, grad_states, check_finite=True):
+    _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
     return torch.empty_like(controls), torch.empty_like(x0)
 
 
 def _rollout_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:4])
+    ctx.check_finite = inputs[4]
 
 
 def _rollout_backward(ctx, grad_states):
+    # the rollout is linear: its VJP is the adjoint pass, itself a
+    # differentiable operator, so every order of derivative is exact
     Ad, Bd, x0, controls = ctx.saved_tensors
-    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states)
-    return None, None, gx, gu
+    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states, ctx.check_finite)
+    return None, None, gx, gu, None
 
 
 _rollout_op.register_autograd(_rollout_backward, setup_context=_rollout_setup)
@@ -142,10 +247,131 @@ def _rollout_vjp_backward(ctx, g_controls, g_x0):
         g_controls = torch.zeros_like(controls)
     if g_x0 is None:
         g_x0 = torch.zeros_like(x0)
-    return None, None, None, None, _rollout_op(Ad, Bd, g_x0, g_controls)
+    return None, None, None, None, _rollout_op(Ad, Bd, g_x0, g_controls, False), None
 
 
 _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_vjp_setup)
+
+
+# ---- the losses as differentiable torch expressions -------------------------
+# Used only by backward, when the fused C gradient is not enough: for
+# create_graph=True (double backward) and for gradients of references,
+# feature/state weights. Same definitions as the core (trajloss.losses):
+# values in float64; padded or masked-out steps are never read (torch.where
+# before the penalty, so NaN there cannot reach a value or a gradient).
+
+def _valid_steps(B: int, T: int, lengths, mask, device) -> Tensor:
+    """Valid steps S_b as a bool tensor (B, T) (B = 1 for unbatched inputs)."""
+    if mask is not None:
+        return (mask != 0).reshape(B, T)
+    steps = torch.arange(T, device=device)
+    if lengths is not None:
+        return steps < lengths.reshape(-1, 1)
+    return torch.ones((B, T), dtype=torch.bool, device=device)
+
+
+def _time_weights(V: Tensor, discount) -> Tensor:
+    """``w[b, t] = γ^t |S_b| / Σ_{s∈S_b} γ^s`` on the valid steps V (B, T), 0 elsewhere.
+
+    Exponents are taken relative to a row's first valid step (γ < 1) or last
+    (γ > 1), so every power is <= 1 and the sum >= 1: no overflow for any T."""
+    Vf = V.to(_F64)
+    if discount is None or discount == 1.0:
+        return Vf
+    T = V.shape[-1]
+    lg = math.log(discount)
+    ints = V.to(torch.uint8)
+    ref = ints.argmax(-1) if lg < 0 else (T - 1) - ints.flip(-1).argmax(-1)
+    t = torch.arange(T, dtype=_F64, device=V.device)
+    e = torch.exp((t - ref.unsqueeze(-1).to(_F64)) * lg) * Vf
+    den = e.sum(-1, keepdim=True)
+    return torch.where(V, e * Vf.sum(-1, keepdim=True) / torch.where(den > 0, den, 1.0), 0.0)
+
+
+def _rho(r: Tensor, penalty: str, delta: float) -> Tensor:
+    if penalty == "mse":
+        return r * r
+    if penalty == "l1":
+        return r.abs()
+    a = r.abs()
+    return torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _term(pred: Tensor, ref: Tensor, V: Tensor, w: Tensor, scale, penalty, delta) -> Tensor:
+    """``Σ_{b,t} w[b,t] mean_d s_d ρ(pred − ref)[b,t,d] / Σ_b |S_b|``, pred (B, T, D)."""
+    r = torch.where(V.unsqueeze(-1), pred - ref, 0.0)
+    p = _rho(r, penalty, delta)
+    if scale is not None:
+        p = p * scale
+    return (p.sum(-1) * w).sum() / (pred.shape[-1] * V.sum())
+
+
+def _as64(*tensors):
+    return [None if t is None else t.to(_F64) for t in tensors]
+
+
+def _control_expr(pred, target, lengths, mask, discount, penalty, delta, fw):
+    pred, target, fw = _as64(pred, target, fw)
+    if pred.dim() == 2:  # unbatched (T, D)
+        pred, target = pred.unsqueeze(0), target.unsqueeze(0)
+    B, T, _ = pred.shape
+    V = _valid_steps(B, T, lengths, mask, pred.device)
+    return _term(pred, target, V, _time_weights(V, discount), fw, penalty, delta)
+
+
+def _rollout_loss_expr(Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, terms,
+                       include_initial, discount, lengths, mask, penalty, delta, fw, sw):
+    """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``)."""
+    u, x0, ru, rs, tgt, weights, fw, sw = _as64(controls, x0, ref_controls, ref_states, target,
+                                                weights, fw, sw)
+    if u.dim() == 2:  # unbatched
+        u, x0 = u.unsqueeze(0), x0.unsqueeze(0)
+        ru, rs, tgt = (None if a is None else a.unsqueeze(0) for a in (ru, rs, tgt))
+    B, T, _ = u.shape
+    V = _valid_steps(B, T, lengths, mask, u.device)
+    X = _rollout_op(Ad, Bd, x0, u, False)  # differentiable at every order
+    total = u.new_zeros(())
+    if terms & _core.TERM_CONTROL:
+        total = total + weights[0] * _term(u, ru, V, _time_weights(V, discount), fw, penalty,
+                                           delta)
+    if terms & _core.TERM_TRAJECTORY:
+        if include_initial:  # state 0 as an extra first step of every non-empty sequence
+            Vt = torch.cat([V.any(-1, keepdim=True), V], -1)
+            states, refs = X, rs
+        else:
+            Vt, states, refs = V, X[:, 1:], rs[:, 1:]
+        total = total + weights[1] * _term(states, refs, Vt, _time_weights(Vt, discount), sw,
+                                           penalty, delta)
+    if terms & _core.TERM_TERMINAL:
+        # the final valid state X[b, t_b + 1], t_b the last valid step
+        valid = V.any(-1)
+        last = (T - 1) - V.to(torch.uint8).flip(-1).argmax(-1)
+        idx = (last + 1).reshape(B, 1, 1).expand(B, 1, X.shape[-1])
+        final = X.gather(1, idx)
+        ref = rs.gather(1, idx) if tgt is None else tgt.unsqueeze(1)
+        total = total + weights[2] * _term(final, ref, valid.unsqueeze(-1),
+                                           valid.unsqueeze(-1).to(_F64), sw, penalty, delta)
+    return total
+
+
+def _expr_grads(ctx, g_value, expr, args, wanted):
+    """Gradients of ``g_value · expr(*args)`` with respect to ``args[i]``, i in wanted.
+
+    With create_graph (grad mode on in backward) the inputs are used as they
+    are, so the gradients are themselves differentiable: exact double backward.
+    Otherwise they are detached leaves and the result carries no graph."""
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if not create:
+            args = [a.detach().requires_grad_(i in wanted) if isinstance(a, Tensor) else a
+                    for i, a in enumerate(args)]
+        total = expr(*args)
+        grads = torch.autograd.grad(total, [args[i] for i in wanted], g_value.to(total.dtype),
+                                    create_graph=create, allow_unused=True)
+    out = [None] * len(args)
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return out
 
 
 # ---- control loss ---------------------------------------------------------
@@ -153,33 +379,61 @@ _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_
 @torch.library.custom_op("trajloss::control_loss", mutates_args=())
 def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
                      mask: Optional[Tensor], discount: Optional[float], penalty: str,
-                     delta: float, feature_weights: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+                     delta: float, feature_weights: Optional[Tensor],
+                     check_finite: bool = True) -> tuple[Tensor, Tensor]:
+    _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
     value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount,
                                      _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-                                     _np(feature_weights, "feature_weights"), True, True)
+                                     _np(feature_weights, "feature_weights"), check_finite, True)
     return torch.tensor(value, dtype=pred.dtype, device=pred.device), _tensor(grad, pred)
 
 
 @_control_loss_op.register_fake
-def _(pred, target, lengths, mask, discount, penalty, delta, feature_weights):
+def _(pred, target, lengths, mask, discount, penalty, delta, feature_weights, check_finite=True):
+    _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
     return pred.new_empty(()), torch.empty_like(pred)
 
 
 def _control_loss_setup(ctx, inputs, output):
+    pred, target, lengths, mask, discount, penalty, delta, fw, _ = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
+    ctx.options = (discount, penalty, delta)
+    ctx.save_for_backward(output[1], pred, target, lengths, mask, fw)
 
 
 def _control_loss_backward(ctx, g_value, _g_grad):
-    (grad,) = ctx.saved_tensors
-    g = grad * g_value
-    return g, -g, None, None, None, None, None, None  # rho(pred - target)
+    grad, pred, target, lengths, mask, fw = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if not (needs[7] or torch.is_grad_enabled()):  # the fused C gradient
+        g = grad * g_value
+        return g, -g, None, None, None, None, None, None, None  # rho(pred - target)
+    discount, penalty, delta = ctx.options
+    args = [pred, target, lengths, mask, fw]
+    gp, gt, _, _, gf = _expr_grads(
+        ctx, g_value,
+        lambda p, t, L, M, f: _control_expr(p, t, L, M, discount, penalty, delta, f),
+        args, [i for i, k in ((0, 0), (1, 1), (4, 7)) if needs[k]])
+    return gp, gt, None, None, None, None, None, gf, None
 
 
 _control_loss_op.register_autograd(_control_loss_backward, setup_context=_control_loss_setup)
 
 
 # ---- losses through the dynamics -----------------------------------------
+
+_WEIGHT_NAMES = ("weights[0] (the control term's weight)", "weight", "terminal_weight")
+
+
+def _checked_weights(weights: Tensor):
+    """The three term weights as floats, each finite and >= 0 (ValueError naming it)."""
+    if weights.shape != (3,):
+        raise ValueError(f"weights must have shape (3,), got {tuple(weights.shape)}")
+    w = _np(weights, "weights").tolist()
+    for name, v in zip(_WEIGHT_NAMES, w):
+        if not 0.0 <= v < math.inf:  # NaN fails too
+            raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+    return w
+
 
 @torch.library.custom_op("trajloss::rollout_loss", mutates_args=())
 def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
@@ -188,34 +442,73 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
                      include_initial: bool, discount: Optional[float],
                      lengths: Optional[Tensor], mask: Optional[Tensor], penalty: str,
                      delta: float, feature_weights: Optional[Tensor],
-                     state_weights: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    w = _np(weights).astype(np.float64)
+                     state_weights: Optional[Tensor],
+                     check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
+                 mask, feature_weights, state_weights, Ad, Bd)
+    w = _checked_weights(weights)
     total, c, t, f, gu, gx = _core.rollout_loss(
-        _np(Ad), _np(Bd), _np(controls, "controls"), _np(x0, "x0"),
+        _np(Ad, "Ad"), _np(Bd, "Bd"), _np(controls, "controls"), _np(x0, "x0"),
         _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"), _np(target, "target"),
-        terms, float(w[0]), float(w[1]), float(w[2]), include_initial, discount,
+        terms, w[0], w[1], w[2], include_initial, discount,
         _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-        _np(feature_weights, "feature_weights"), _np(state_weights, "state_weights"), True)
-    components = torch.tensor([total, c, t, f], dtype=torch.float64, device=controls.device)
+        _np(feature_weights, "feature_weights"), _np(state_weights, "state_weights"),
+        check_finite)
+    # the terms and the weights they were taken with (backward and CombinedLoss read them)
+    components = torch.tensor([total, c, t, f, *w], dtype=_F64, device=controls.device)
     return (torch.tensor(total, dtype=controls.dtype, device=controls.device),
             _tensor(gu, controls), _tensor(gx, x0), components)
 
 
 @_rollout_loss_op.register_fake
 def _(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
-      discount, lengths, mask, penalty, delta, feature_weights, state_weights):
+      discount, lengths, mask, penalty, delta, feature_weights, state_weights, check_finite=True):
+    _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
+                 mask, feature_weights, state_weights, Ad, Bd)
     return (controls.new_empty(()), torch.empty_like(controls), torch.empty_like(x0),
-            controls.new_empty((4,), dtype=torch.float64))
+            controls.new_empty((7,), dtype=_F64))
 
 
 def _rollout_loss_setup(ctx, inputs, output):
+    (Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
+     discount, lengths, mask, penalty, delta, fw, sw, _) = inputs
     ctx.mark_non_differentiable(output[1], output[2], output[3])
-    ctx.save_for_backward(output[1], output[2])
+    ctx.options = (terms, include_initial, discount, penalty, delta)
+    # a weights tensor that needs no gradient is not saved: CombinedLoss updates
+    # its buffer in place, and the values used are in the components output
+    ctx.save_for_backward(output[1], output[2], output[3], Ad, Bd, controls, x0, ref_controls,
+                          ref_states, target, weights if weights.requires_grad else None,
+                          lengths, mask, fw, sw)
 
 
 def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
-    gu, gx = ctx.saved_tensors
-    return (None, None, gu * g_value, gx * g_value) + (None,) * 13
+    (gu, gx, comps, Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths,
+     mask, fw, sw) = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if not (torch.is_grad_enabled() or needs[4] or needs[5] or needs[6] or needs[15]
+            or needs[16]):
+        # the fused C gradient; d total / d weights = the raw terms
+        g_w = comps[1:4] * g_value.to(_F64) if needs[8] else None
+        return (None, None, gu * g_value, gx * g_value) + (None,) * 4 + (g_w,) + (None,) * 9
+    terms, include_initial, discount, penalty, delta = ctx.options
+    if weights is None:
+        weights = comps[4:7]
+    args = [Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
+            fw, sw]
+    # argument positions in args -> in the operator's inputs
+    positions = dict(zip(range(12), (0, 1, 2, 3, 4, 5, 6, 8, 11, 12, 15, 16)))
+
+    def expr(Ad, Bd, u, x, ru, rs, tg, w, L, M, f, s):
+        return _rollout_loss_expr(Ad, Bd, u, x, ru, rs, tg, w, terms, include_initial,
+                                  discount, L, M, penalty, delta, f, s)
+
+    wanted = [i for i in (2, 3, 4, 5, 6, 7, 10, 11) if needs[positions[i]]]
+    grads = _expr_grads(ctx, g_value, expr, args, wanted)
+    out = [None] * 18
+    for i, g in enumerate(grads):
+        if g is not None:
+            out[positions[i]] = g
+    return tuple(out)
 
 
 _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollout_loss_setup)
@@ -245,56 +538,72 @@ def _opt(x, name):
         raise type(exc)(f"{name}: cannot be converted to a tensor ({exc})") from None
 
 
-def rollout(system, x0: Tensor, controls: Tensor) -> Tensor:
-    """``trajloss.rollout`` for tensors: (B, n), (B, T, m) -> (B, T+1, n), differentiable."""
+def rollout(system, x0: Tensor, controls: Tensor, *, check_finite=True) -> Tensor:
+    """``trajloss.rollout`` for tensors: (B, n), (B, T, m) -> (B, T+1, n).
+
+    Differentiable in ``x0`` and ``controls`` to every order (the rollout is
+    linear; its backward is the core's adjoint pass). ``check_finite=False``
+    lets NaN/inf inputs propagate instead of raising ``ValueError``."""
     system = _check_system(system)
     _check_tensors(x0=x0, controls=controls)
     Ad, Bd = _system_tensors(system, x0)
-    return _rollout_op(Ad, Bd, x0, controls)
+    return _rollout_op(Ad, Bd, x0, controls, _flag(check_finite, "check_finite"))
 
 
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
-                 penalty="mse", delta=1.0, feature_weights=None) -> Tensor:
-    """``trajloss.control_loss`` as a scalar tensor (differentiable in pred and target)."""
+                 penalty="mse", delta=1.0, feature_weights=None, check_finite=True) -> Tensor:
+    """``trajloss.control_loss`` as a scalar tensor, differentiable in ``pred``,
+    ``target`` (``−∂ℓ/∂pred``) and a ``feature_weights`` tensor, to every order.
+
+    Shapes as in NumPy: (B, T, D), or (T, D) for one unbatched sequence.
+    ``check_finite=False`` skips the NaN/inf check of the inputs."""
     _check_tensors(pred=pred, target=target)
     value, _ = _control_loss_op(pred, target, _opt(lengths, "lengths"), _opt(mask, "mask"),
                                 _option(discount, "discount", optional=True), _penalty(penalty),
-                                _option(delta, "delta"), _opt(feature_weights, "feature_weights"))
+                                _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
+                                _flag(check_finite, "check_finite"))
     return value
 
 
 def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
                   include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0, feature_weights=None, state_weights=None, required=None):
+                  delta=1.0, feature_weights=None, state_weights=None, check_finite=True,
+                  required=None):
     system = _check_system(system)
     _check_tensors(controls=controls, x0=x0, **(required or {}))
     Ad, Bd = _system_tensors(system, controls)
     if not isinstance(weights, Tensor):
-        weights = torch.tensor(weights, dtype=torch.float64)
+        weights = torch.tensor(weights, dtype=_F64, device=controls.device)
     return _rollout_loss_op(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
-                            weights, bool(include_initial),
+                            weights, _flag(include_initial, "include_initial"),
                             _option(discount, "discount", optional=True),
                             _opt(lengths, "lengths"), _opt(mask, "mask"), _penalty(penalty),
                             _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
-                            _opt(state_weights, "state_weights"))
+                            _opt(state_weights, "state_weights"),
+                            _flag(check_finite, "check_finite"))
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
                     include_initial=False, state_weights=None, discount=None, lengths=None,
-                    mask=None, penalty="mse", delta=1.0) -> Tensor:
-    """``trajloss.trajectory_loss`` as a scalar tensor (differentiable in controls and x0)."""
+                    mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
+    """``trajloss.trajectory_loss`` as a scalar tensor, differentiable (to every
+    order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor."""
     return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
                          [0.0, 1.0, 0.0], include_initial=include_initial, discount=discount,
                          lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights, required=dict(ref_states=ref_states))[0]
+                         state_weights=state_weights, check_finite=check_finite,
+                         required=dict(ref_states=ref_states))[0]
 
 
 def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengths=None,
-                  mask=None, state_weights=None, penalty="mse", delta=1.0) -> Tensor:
-    """``trajloss.terminal_loss`` as a scalar tensor (differentiable in controls and x0)."""
+                  mask=None, state_weights=None, penalty="mse", delta=1.0,
+                  check_finite=True) -> Tensor:
+    """``trajloss.terminal_loss`` as a scalar tensor, differentiable (to every
+    order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor."""
     return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
                          [0.0, 0.0, 1.0], lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights, required=dict(target=target))[0]
+                         delta=delta, state_weights=state_weights, check_finite=check_finite,
+                         required=dict(target=target))[0]
 
 
 _ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
@@ -303,61 +612,80 @@ _ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
 def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, ref_states: Tensor,
                   *, weight, terminal_weight=0.0, terminal_target=None, include_initial=False,
                   state_weights=None, feature_weights=None, discount=None, lengths=None,
-                  mask=None, penalty="mse", delta=1.0) -> Tensor:
-    """``trajloss.combined_loss`` as a scalar tensor; ``weight`` is a number
-    (or a 0-d tensor). For strategies and monitoring use :class:`CombinedLoss`."""
-    # numbers are checked here (the core would only say "invalid argument value");
-    # a tensor weight is a graph input and is checked by the core
-    weight = weight if isinstance(weight, Tensor) else _weight(weight, "weight")
-    terminal_weight = (terminal_weight if isinstance(terminal_weight, Tensor)
-                       else _weight(terminal_weight, "terminal_weight"))
-    weights = torch.stack([torch.ones((), dtype=torch.float64),
-                           torch.as_tensor(weight, dtype=torch.float64),
-                           torch.as_tensor(terminal_weight, dtype=torch.float64)])
+                  mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
+    """``trajloss.combined_loss`` as a scalar tensor; for strategies and
+    monitoring use :class:`CombinedLoss`.
+
+    ``weight`` and ``terminal_weight`` are numbers or one-element tensors,
+    finite and >= 0 (``ValueError`` naming the argument otherwise). Every
+    tensor argument is differentiable to every order: ``controls``, ``x0``,
+    ``ref_controls``, ``ref_states``, ``terminal_target``, the
+    ``feature_weights``/``state_weights`` tensors, and the weights
+    (``∂ℓ/∂weight`` = the raw trajectory term, ``∂ℓ/∂terminal_weight`` = the
+    raw terminal term)."""
+    weight = _weight_arg(weight, "weight")
+    terminal_weight = _weight_arg(terminal_weight, "terminal_weight")
+    if isinstance(weight, Tensor) or isinstance(terminal_weight, Tensor):
+        tensors = {k: v for k, v in (("weight", weight), ("terminal_weight", terminal_weight))
+                   if isinstance(v, Tensor)}
+        if isinstance(controls, Tensor):
+            _same_device(("controls", *tensors), controls, *tensors.values())
+        device = next(iter(tensors.values())).device
+        weights = torch.stack([torch.ones((), dtype=_F64, device=device),
+                               torch.as_tensor(weight, dtype=_F64, device=device),
+                               torch.as_tensor(terminal_weight, dtype=_F64, device=device)])
+    else:
+        weights = [1.0, weight, terminal_weight]
     return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
                          _ALL_TERMS, weights, include_initial=include_initial,
                          discount=discount, lengths=lengths, mask=mask, penalty=penalty,
                          delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights,
+                         state_weights=state_weights, check_finite=check_finite,
                          required=dict(ref_controls=ref_controls, ref_states=ref_states))[0]
 
 
 # ---- modules ---------------------------------------------------------------
 
 class Rollout(nn.Module):
-    """``Rollout(system)(x0, controls) -> states``."""
+    """``Rollout(system, check_finite=True)(x0, controls) -> states``."""
 
-    def __init__(self, system):
+    def __init__(self, system, check_finite=True):
         super().__init__()
         self.system = _check_system(system)
+        self.check_finite = _flag(check_finite, "check_finite")
 
     def forward(self, x0, controls):
-        return rollout(self.system, x0, controls)
+        return rollout(self.system, x0, controls, check_finite=self.check_finite)
 
 
 class ControlLoss(nn.Module):
-    """``ControlLoss(discount=None, penalty="mse", delta=1.0, feature_weights=None)(pred, target, lengths=None, mask=None)``."""
+    """``ControlLoss(discount=None, penalty="mse", delta=1.0, feature_weights=None,
+    check_finite=True)(pred, target, lengths=None, mask=None)``."""
 
-    def __init__(self, discount=None, penalty="mse", delta=1.0, feature_weights=None):
+    def __init__(self, discount=None, penalty="mse", delta=1.0, feature_weights=None,
+                 check_finite=True):
         super().__init__()
         self.discount, self.penalty, self.delta = discount, penalty, delta
         self.feature_weights = feature_weights
+        self.check_finite = _flag(check_finite, "check_finite")
 
     def forward(self, pred, target, lengths=None, mask=None):
         return control_loss(pred, target, discount=self.discount, lengths=lengths, mask=mask,
                             penalty=self.penalty, delta=self.delta,
-                            feature_weights=self.feature_weights)
+                            feature_weights=self.feature_weights,
+                            check_finite=self.check_finite)
 
 
 class TrajectoryLoss(nn.Module):
     """``TrajectoryLoss(system, ...)(controls, x0, ref_states, lengths=None, mask=None)``."""
 
     def __init__(self, system, include_initial=False, state_weights=None, discount=None,
-                 penalty="mse", delta=1.0):
+                 penalty="mse", delta=1.0, check_finite=True):
         super().__init__()
         self.system = _check_system(system)
         self.options = dict(include_initial=include_initial, state_weights=state_weights,
-                            discount=discount, penalty=penalty, delta=delta)
+                            discount=discount, penalty=penalty, delta=delta,
+                            check_finite=_flag(check_finite, "check_finite"))
 
     def forward(self, controls, x0, ref_states, lengths=None, mask=None):
         return trajectory_loss(self.system, controls, x0, ref_states, lengths=lengths,
@@ -367,14 +695,18 @@ class TrajectoryLoss(nn.Module):
 class TerminalLoss(nn.Module):
     """``TerminalLoss(system, ...)(controls, x0, target, lengths=None, mask=None)``."""
 
-    def __init__(self, system, state_weights=None, penalty="mse", delta=1.0):
+    def __init__(self, system, state_weights=None, penalty="mse", delta=1.0, check_finite=True):
         super().__init__()
         self.system = _check_system(system)
-        self.options = dict(state_weights=state_weights, penalty=penalty, delta=delta)
+        self.options = dict(state_weights=state_weights, penalty=penalty, delta=delta,
+                            check_finite=_flag(check_finite, "check_finite"))
 
     def forward(self, controls, x0, target, lengths=None, mask=None):
         return terminal_loss(self.system, controls, x0, target, lengths=lengths, mask=mask,
                              **self.options)
+
+
+_EXTRA_STATE_VERSION = 1
 
 
 class CombinedLoss(nn.Module):
@@ -392,29 +724,44 @@ class CombinedLoss(nn.Module):
     ``epoch`` attribute), and feeds ``monitor`` afterwards. Inside a compiled
     region those Python steps are skipped: call :meth:`update_weight` and
     ``monitor.update(loss_fn.components)`` outside it.
+
+    ``state_dict()`` holds, besides the ``weights`` buffer, an extra state
+    (``get_extra_state``): the strategy's class and ``state_dict()``, the
+    last call's terms not yet observed by the strategy, and ``epoch``. So
+    ``torch.save``/``torch.load`` (also with ``weights_only=True``) and
+    ``load_state_dict`` resume training with exactly the losses an
+    uninterrupted run gives; a state from another strategy or a malformed one
+    raises ``ValueError``/``TypeError`` before anything is changed.
     """
 
     def __init__(self, system, weight, terminal_weight=0.0, discount=None,
                  include_initial=False, penalty="mse", delta=1.0, feature_weights=None,
-                 state_weights=None, monitor=None):
+                 state_weights=None, monitor=None, check_finite=True):
         super().__init__()
         self.system = _check_system(system)
+        if not isinstance(weight, (str, WeightingStrategy)):
+            weight = _weight_arg(weight, "weight")  # names the argument and its limits
+            if isinstance(weight, Tensor):
+                weight = _fixed_tensor_weight(weight, "weight")
         self.strategy = _make_strategy(weight)
         self.monitor = monitor
         self.epoch = None
         self.options = dict(include_initial=include_initial, discount=discount, penalty=penalty,
                             delta=delta, feature_weights=feature_weights,
-                            state_weights=state_weights)
+                            state_weights=state_weights,
+                            check_finite=_flag(check_finite, "check_finite"))
         first = self.strategy.weight(epoch=0) if _needs_epoch(self.strategy) else self.strategy.weight()
-        terminal_weight = _weight(terminal_weight, "terminal_weight")
+        terminal_weight = _weight_arg(terminal_weight, "terminal_weight")
+        if isinstance(terminal_weight, Tensor):
+            terminal_weight = _fixed_tensor_weight(terminal_weight, "terminal_weight")
         self.register_buffer("weights", torch.tensor([1.0, first, terminal_weight],
-                                                     dtype=torch.float64))
-        self._last: Optional[Tensor] = None
+                                                     dtype=_F64))
+        self._last: Optional[Tensor] = None  # (total, c, t, f, w0, w1, w2) of the last call
         self._observed = True
 
     def update_weight(self, epoch=None):
         """Let the strategy observe the last call's terms and set the trajectory weight."""
-        if self._last is not None and not self._observed:
+        if self._last is not None and not self._observed and not self._last.is_meta:
             c, t = (float(v) for v in self._last[1:3])
             self.strategy.observe(c, t)
             self._observed = True
@@ -424,14 +771,19 @@ class CombinedLoss(nn.Module):
 
     @property
     def components(self) -> Optional[LossComponents]:
-        """The terms of the last call (``None`` before the first)."""
-        if self._last is None:
+        """The terms of the last call (``None`` before the first, and after a
+        call on the ``meta`` device, which has no values)."""
+        if self._last is None or self._last.is_meta:
             return None
-        total, c, t, f = (float(v) for v in self._last)
-        return LossComponents(c, t, f, float(self.weights[1]), float(self.weights[2]), total)
+        total, c, t, f, _, w, wf = self._last.tolist()
+        return LossComponents(c, t, f, w, wf, total)
 
     def forward(self, controls, x0, ref_controls, ref_states, lengths=None, mask=None,
                 epoch=None, terminal_target=None):
+        if isinstance(controls, Tensor) and controls.device != self.weights.device:
+            raise ValueError(f"controls is on {controls.device} but this CombinedLoss's buffers "
+                             f"are on {self.weights.device}: move the module with "
+                             f".to({str(controls.device)!r}) or the inputs to its device")
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.update_weight(epoch)
@@ -442,9 +794,80 @@ class CombinedLoss(nn.Module):
                                                          ref_states=ref_states))
         self._last = comps.detach()
         self._observed = False
-        if self.monitor is not None and not compiling:
+        if self.monitor is not None and not compiling and not comps.is_meta:
             self.monitor.update(self.components)
         return value
+
+    # -- state_dict round trip ------------------------------------------------
+
+    def get_extra_state(self) -> dict:
+        """The strategy's state and the pending observation (plain Python values)."""
+        last = None if self._last is None or self._last.is_meta else self._last.tolist()
+        return {"version": _EXTRA_STATE_VERSION,
+                "strategy": type(self.strategy).__name__,
+                "strategy_state": self.strategy.state_dict(),
+                "last": last,
+                "observed": bool(self._observed),
+                "epoch": self.epoch.item() if isinstance(self.epoch, np.generic) else self.epoch}
+
+    def set_extra_state(self, state) -> None:
+        """Restore :meth:`get_extra_state` (validated before anything changes)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"CombinedLoss extra state must be a dict, got {type(state).__name__}")
+        expected = {"version", "strategy", "strategy_state", "last", "observed", "epoch"}
+        if set(state) != expected:
+            raise ValueError(f"CombinedLoss extra state must have the keys {sorted(expected)}, "
+                             f"got {sorted(map(str, state))}")
+        if state["version"] != _EXTRA_STATE_VERSION:
+            raise ValueError(f"CombinedLoss extra state version must be {_EXTRA_STATE_VERSION}, "
+                             f"got {state['version']!r}")
+        name = type(self.strategy).__name__
+        if state["strategy"] != name:
+            raise ValueError(f"the saved state is of a {state['strategy']!r} weighting strategy, "
+                             f"this CombinedLoss uses {name!r}")
+        last = state["last"]
+        if last is not None:
+            if not (isinstance(last, (list, tuple)) and len(last) == 7 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in last)):
+                raise ValueError(f"CombinedLoss extra state 'last' must be None or 7 finite "
+                                 f"numbers (total, control, trajectory, terminal and the three "
+                                 f"weights), got {last!r}")
+            if min(last) < 0:
+                raise ValueError(f"CombinedLoss extra state 'last' must be >= 0, got {last!r}")
+        observed = state["observed"]
+        if not isinstance(observed, bool):
+            raise TypeError(f"CombinedLoss extra state 'observed' must be a bool, got {observed!r}")
+        epoch = state["epoch"]
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, float))):
+            raise TypeError(f"CombinedLoss extra state 'epoch' must be None or a number, "
+                            f"got {epoch!r}")
+        strategy_state = state["strategy_state"]
+        if not isinstance(strategy_state, dict):
+            raise TypeError(f"CombinedLoss extra state 'strategy_state' must be a dict, got "
+                            f"{type(strategy_state).__name__}")
+        # the strategy validates its own state; load it into a probe first so a
+        # refused state leaves this module's strategy untouched
+        probe = _copy_strategy(self.strategy)
+        probe.load_state_dict(strategy_state)
+        self.strategy.load_state_dict(strategy_state)
+        self._last = None if last is None else torch.tensor(
+            [float(v) for v in last], dtype=_F64, device=self.weights.device)
+        self._observed = observed if last is not None else True
+        self.epoch = epoch
+
+
+def _fixed_tensor_weight(weight: Tensor, name: str) -> float:
+    """A module's constant weight from a one-element tensor (checked like a number)."""
+    if weight.requires_grad:
+        raise ValueError(f"{name} is a tensor that requires grad, but CombinedLoss keeps its "
+                         "weights in a buffer (set by its strategy) and gives them no gradient: "
+                         "for a learned weight call trajloss.torch.combined_loss with the tensor")
+    return _weight(float(weight), name)
+
+
+def _copy_strategy(strategy: WeightingStrategy) -> WeightingStrategy:
+    return copy.deepcopy(strategy)
 
 
 def _needs_epoch(strategy: WeightingStrategy) -> bool:
