@@ -209,7 +209,8 @@ static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt
  * exact: K = C^+, the minimum-norm solution operator of C U = d, from the
  * column-pivoted QR of the row-equilibrated C^T: (D C)^T P = Q R gives
  * P^T D C = R^T Q^T, so U = Q z with R^T z = P^T D d. The plan keeps
- * K = Q, S = P^T D and L = R^T; each sample solves the small triangular
+ * K = Q, S = P^T D and L = R^T (its diagonal stored inverted, so a sample
+ * multiplies where it would divide); each sample solves the small triangular
  * system itself, a backward-stable solve whose residual is ~eps |C| |U|
  * (the explicit C^+ = Q R^-T S would leave ~eps cond(C) |C| |U|, and the
  * Cholesky factor of C C^T, used before, cond(D C)^2). D (1 / the row
@@ -296,7 +297,8 @@ static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratc
         const ptrdiff_t j = (ptrdiff_t)jpvt[k] - 1;
         plan->S[k * n + j] = D[j];
         for (ptrdiff_t i = 0; i < n; i++)
-            plan->L[k * n + i] = i <= k ? Ct[k * N + i] : 0.0;
+            plan->L[k * n + i] = i < k ? Ct[k * N + i] : 0.0;
+        plan->L[k * n + k] = 1.0 / Ct[k * N + k]; /* a multiply per sample, not a divide */
     }
     /* K = Q, explicitly (orthonormal columns: forming it costs nothing in
      * accuracy, unlike forming R^-T) */
@@ -473,7 +475,7 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
                 double acc = y[i];
                 for (ptrdiff_t j = 0; j < i; j++)
                     acc -= plan->L[i * n + j] * y[j];
-                y[i] = acc / plan->L[i * n + i];
+                y[i] = acc * plan->L[i * n + i];
             }
             matvec(T * m, n, plan->K, y, u);
         } else {
@@ -556,7 +558,7 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
             tl_vd acc = y[i];
             for (ptrdiff_t j = 0; j < i; j++)
                 acc -= tl_vsplat_f64(plan->L[i * n + j]) * y[j];
-            y[i] = acc / tl_vsplat_f64(plan->L[i * n + i]);
+            y[i] = acc * tl_vsplat_f64(plan->L[i * n + i]);
         }
         for (ptrdiff_t i = 0; i < n; i++)
             d[i] = y[i];
@@ -655,7 +657,7 @@ size_t tl_min_energy_law_work_bytes(ptrdiff_t n, ptrdiff_t m)
 /* Up to this growth of e^{At} the law is evaluated forward (see below). */
 #define TL_LAW_FORWARD_GROWTH 1e3
 
-/* E = e^{s A t} (s = +-1) */
+/* E = e^{A st} (st a signed time) */
 static tl_status expm_at(ptrdiff_t n, const double *A, double st, double *E, double *At, void *sub)
 {
     for (ptrdiff_t i = 0; i < n * n; i++)

@@ -354,7 +354,7 @@ typedef struct {
     double *AdT;    /* n x n: Ad^steps */
     double *K;      /* (steps m) x n */
     double *S;      /* exact: n x n, P^T D (one nonzero a row); else NULL */
-    double *L;      /* exact: n x n, R^T (lower triangular); else NULL */
+    double *L;      /* exact: n x n, R^T below the diagonal and 1 / R_kk on it; else NULL */
     double *Q;      /* (steps + 1) x n x n, continuous only (else NULL) */
 } tl_ref_plan;
 
@@ -400,10 +400,11 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
  * times 0 <= t <= H (no time stepping):
  *   u(t) = B^T e^{A^T (H - t)} lambda,  x(t) = e^{At} x0 + W_c(t) e^{A^T (H - t)} lambda,
  *   lambda = W_c(H)^-1 (xf - e^{AH} x0).
- * Evaluated as written when |e^{AH}|_1 <= |e^{-AH}|_1, else as the same law
- * of the time-reversed system (-A, -B) from xf back to x0, so that the
- * exponentials in use never grow much while others decay (a product of a
- * growing and a decaying exponential loses the state to cancellation).
+ * Evaluated as written unless |e^{AH}|_1 > 1e3 and |e^{-AH}|_1 is smaller;
+ * then as the same law of the time-reversed system (-A, -B) from xf back to
+ * x0, so that the exponentials in use never grow much while others decay
+ * (a product of a growing and a decaying exponential loses the state to
+ * cancellation).
  * x0, xf: batch x n; u: batch x ntimes x m; x: batch x ntimes x n.
  */
 typedef struct {

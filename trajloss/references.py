@@ -164,9 +164,10 @@ class MinEnergyLaw:
     all evaluated in the C core at any times -- no time stepping.
 
     Stability at long horizons: the formula is evaluated forward (as written)
-    when ``‖e^{AH}‖₁ ≤ ‖e^{−AH}‖₁`` and otherwise as the same law of the
-    time-reversed system ``(−A, −B)`` from ``xf`` back to ``x0``, so that the
-    exponentials in use never grow much while others decay. Where they still
+    unless ``‖e^{AH}‖₁ > 1e3`` and ``‖e^{−AH}‖₁ < ‖e^{AH}‖₁``; then as the
+    same law of the time-reversed system ``(−A, −B)`` from ``xf`` back to
+    ``x0``, so that the exponentials in use never grow much while others
+    decay (their product would lose the states to cancellation). Where they still
     grow by more than 1e6 (a system with both growing and decaying modes
     over a long horizon) :class:`numpy.linalg.LinAlgError` is raised rather
     than states that would lose more than ~1e-10 of their scale to

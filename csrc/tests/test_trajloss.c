@@ -787,7 +787,7 @@ static void test_references_batch(void)
                     acc += plan.S[i * n + j] * d[j];
                 for (ptrdiff_t j = 0; j < i; j++)
                     acc -= plan.L[i * n + j] * z[j];
-                z[i] = acc / plan.L[i * n + i];
+                z[i] = acc * plan.L[i * n + i]; /* L's diagonal holds 1 / R_kk */
             }
             for (ptrdiff_t k = 0; k < T; k++) {
                 for (ptrdiff_t j = 0; j < m; j++) {
