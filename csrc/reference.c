@@ -450,6 +450,21 @@ static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
         y[i] = x[i];
 }
 
+/* |a - b|_2 scaled by the largest |a_i - b_i|: where the plain sum of
+ * squares overflows (a long rollout of a growing mode misses xf by 1e200)
+ * final_error is still that miss, not inf. */
+static double scaled_distance(ptrdiff_t n, const double *a, const double *b)
+{
+    double mx = 0.0, acc = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        mx = fmax(mx, fabs(a[i] - b[i]));
+    if (!(mx > 0.0) || !isfinite(mx))
+        return mx;
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc += ((a[i] - b[i]) / mx) * ((a[i] - b[i]) / mx);
+    return mx * sqrt(acc);
+}
+
 /* Samples [b0, batch) of tl_ref_apply. Always inlined, so that the small
  * systems (TL_SMALL_SYSTEMS) get this loop with n and m as constants: the
  * matrix-vector products unrolled and the state kept in registers, about four
@@ -504,7 +519,7 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
         double err = 0.0;
         for (ptrdiff_t i = 0; i < n; i++)
             err += (y[i] - f[i]) * (y[i] - f[i]);
-        final_error[b] = sqrt(err);
+        final_error[b] = isfinite(err) ? sqrt(err) : scaled_distance(n, y, f);
 
         if (plan->method == TL_REF_CONTINUOUS) {
             /* x(k dt) = Ad^k x0 + Q_k d */
@@ -595,8 +610,15 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
     tl_vd err = tl_vsplat_f64(0.0);
     for (ptrdiff_t i = 0; i < n; i++)
         err += (y[i] - f[i]) * (y[i] - f[i]);
-    for (int l = 0; l < TL_LANES_F64; l++)
+    for (int l = 0; l < TL_LANES_F64; l++) {
         final_error[b + l] = sqrt(err[l]);
+        if (!isfinite(err[l])) { /* as apply_samples */
+            double yl[TL_REF_LANE_N], fl[TL_REF_LANE_N];
+            for (ptrdiff_t i = 0; i < n; i++)
+                yl[i] = y[i][l], fl[i] = f[i][l];
+            final_error[b + l] = scaled_distance(n, yl, fl);
+        }
+    }
 }
 
 /* A small system's samples: exact and average references four at a time

@@ -357,3 +357,21 @@ def test_memory_error_names_steps():
                          timeout=120)
     assert "MemoryError: min_energy: steps=1000000 needs" in out.stdout, out.stdout + out.stderr
     assert "GiB" in out.stdout
+
+
+def test_final_error_of_a_growing_rollout_does_not_overflow():
+    """A mode growing as 1.05^k over 10000 steps: the controls are fine
+    (cond(C) ~ 1), but the float64 rollout misses xf by ~1e195, whose square
+    overflows. final_error must be that miss (the scaled norm of
+    states[-1] - xf, computed here), finite and without an overflow warning."""
+    import warnings
+    system = trajloss.LinearSystem(np.diag([1.05, 0.5]), [[1.0], [1.0]])
+    x0, xf = np.array([[1.0, -0.5], [-2.0, 0.25]]), np.array([0.5, 0.1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = trajloss.min_energy(system, x0, xf, 10_000)
+    diff = ref.states[:, -1] - xf
+    mx = np.max(np.abs(diff), axis=1)
+    expected = mx * np.sqrt(np.sum((diff / mx[:, None]) ** 2, axis=1))
+    assert np.all(np.isfinite(ref.final_error)) and np.all(expected > 1e100)
+    np.testing.assert_allclose(ref.final_error, expected, rtol=1e-12)
