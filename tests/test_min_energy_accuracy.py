@@ -375,3 +375,10 @@ def test_final_error_of_a_growing_rollout_does_not_overflow():
     expected = mx * np.sqrt(np.sum((diff / mx[:, None]) ** 2, axis=1))
     assert np.all(np.isfinite(ref.final_error)) and np.all(expected > 1e100)
     np.testing.assert_allclose(ref.final_error, expected, rtol=1e-12)
+
+
+def test_overflowing_c_raises():
+    """10^399 is beyond float64: C itself cannot be formed."""
+    assert not np.isfinite(np.float64(10.0) ** 399)
+    with pytest.raises(np.linalg.LinAlgError, match=r"T = steps = 400\) is not finite"):
+        trajloss.min_energy(trajloss.LinearSystem([[10.0]], [[1.0]]), [1.0], [0.0], 400)
