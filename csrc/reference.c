@@ -205,31 +205,12 @@ static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt
     return TL_OK;
 }
 
-/*
- * exact: K = C^+, the minimum-norm solution operator of C U = d, from the
- * column-pivoted QR of the row-equilibrated C^T: (D C)^T P = Q R gives
- * P^T D C = R^T Q^T, so U = Q z with R^T z = P^T D d. The plan keeps
- * K = Q, S = P^T D and L = R^T (its diagonal stored inverted, so a sample
- * multiplies where it would divide); each sample solves the small triangular
- * system itself, a backward-stable solve whose residual is ~eps |C| |U|
- * (the explicit C^+ = Q R^-T S would leave ~eps cond(C) |C| |U|, and the
- * Cholesky factor of C C^T, used before, cond(D C)^2). D (1 / the row
- * norms) makes the rank test and the condition number independent of the
- * units of the states, as the equilibration of the Gramian did. Pow holds
- * Ad^j, j = 0 .. steps.
- */
-static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratch)
+/* Ct = D C, row-major n x N (= C^T column-major), with D = diag(1 / row
+ * norms) (a zero row stays zero); 0 when C is not finite. */
+static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, double *D)
 {
     const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
-    const size_t lw = exact_lwork(n);
-    double *Ct = scratch;    /* C^T, column-major N x n: the row-major C */
-    double *D = Ct + N * n, *tau = D + n, *lwork = tau + n;
-    double *cwork = lwork + lw; /* dtrcon: 3 n doubles */
-    tl_lapack_int *jpvt = (tl_lapack_int *)(cwork + 3 * n), *iwork = jpvt + n;
-    tl_ref_rank *rk = &plan->rank;
-    *rk = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
-
-    /* C: block k (columns k m .. k m + m - 1) is Ad^{T-1-k} Bd; D C */
+    /* block k (columns k m .. k m + m - 1) is Ad^{T-1-k} Bd; D C */
     int finite = 1;
     for (ptrdiff_t k = 0; k < T; k++) {
         const double *P = Pow + (T - 1 - k) * nn;
@@ -258,7 +239,34 @@ static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratc
         for (ptrdiff_t r = 0; r < N; r++)
             Ct[i * N + r] *= D[i];
     }
-    if (!finite) {
+    return finite;
+}
+
+/*
+ * exact: K = C^+, the minimum-norm solution operator of C U = d, from the
+ * column-pivoted QR of the row-equilibrated C^T: (D C)^T P = Q R gives
+ * P^T D C = R^T Q^T, so U = Q z with R^T z = P^T D d. The plan keeps
+ * K = Q, S = P^T D and L = R^T (its diagonal stored inverted, so a sample
+ * multiplies where it would divide); each sample solves the small triangular
+ * system itself, a backward-stable solve whose residual is ~eps |C| |U|
+ * (the explicit C^+ = Q R^-T S would leave ~eps cond(C) |C| |U|, and the
+ * Cholesky factor of C C^T, used before, cond(D C)^2). D (1 / the row
+ * norms) makes the rank test and the condition number independent of the
+ * units of the states, as the equilibration of the Gramian did. Pow holds
+ * Ad^j, j = 0 .. steps.
+ */
+static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratch)
+{
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
+    const size_t lw = exact_lwork(n);
+    double *Ct = scratch;    /* C^T, column-major N x n: the row-major C */
+    double *D = Ct + N * n, *tau = D + n, *lwork = tau + n;
+    double *cwork = lwork + lw; /* dtrcon: 3 n doubles */
+    tl_lapack_int *jpvt = (tl_lapack_int *)(cwork + 3 * n), *iwork = jpvt + n;
+    tl_ref_rank *rk = &plan->rank;
+    *rk = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
+
+    if (!scaled_c(plan, Pow, Ct, D)) {
         rk->rank = -1;
         return TL_ERR_SINGULAR;
     }
