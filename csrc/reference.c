@@ -16,6 +16,7 @@
  * tl_gramian) as sum_j Ad^j W_c(dt) Ad^j^T, which also gives every W_c(k dt)
  * for the continuous states and stays well scaled for long horizons.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -45,29 +46,51 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
         return TL_ERR_VALUE;
     if (work == NULL)
         return TL_ERR_NOMEM;
-    const ptrdiff_t N = 2 * n;
+    const ptrdiff_t N = 2 * n, nn = n * n;
     double *M = (double *)work, *E = M + N * N;
+    /* h = t / 2^k with |A|_1 h <= 1: then e^{-Ah} grows by at most e, and
+     * F^T G below loses almost nothing to cancellation */
+    const double anorm = tl_dense_norm1(n, A);
+    if (!isfinite(anorm))
+        return TL_ERR_VALUE;
+    int k = 0;
+    while (k < 2200 && anorm * ldexp(t, -k) > 1.0)
+        k++;
+    const double h = ldexp(t, -k);
     memset(M, 0, (size_t)(N * N) * sizeof(double));
     for (ptrdiff_t i = 0; i < n; i++)
         for (ptrdiff_t j = 0; j < n; j++) {
-            M[i * N + j] = -A[i * n + j] * t;
-            M[(n + i) * N + n + j] = A[j * n + i] * t;
+            M[i * N + j] = -A[i * n + j] * h;
+            M[(n + i) * N + n + j] = A[j * n + i] * h;
             double bb = 0.0;
-            for (ptrdiff_t k = 0; k < m; k++)
-                bb += B[i * m + k] * B[j * m + k];
-            M[i * N + n + j] = bb * t;
+            for (ptrdiff_t c = 0; c < m; c++)
+                bb += B[i * m + c] * B[j * m + c];
+            M[i * N + n + j] = bb * h;
         }
     tl_status status = tl_expm(N, M, E, E + N * N, NULL);
     if (status != TL_OK)
         return status;
-    /* Wc = F^T G with G = E[0:n, n:2n], F = E[n:2n, n:2n]; symmetrised */
+    /* Wc = F^T G with G = E[0:n, n:2n], F = E[n:2n, n:2n] */
     for (ptrdiff_t i = 0; i < n; i++)
         for (ptrdiff_t j = 0; j < n; j++) {
             double acc = 0.0;
-            for (ptrdiff_t k = 0; k < n; k++)
-                acc += E[(n + k) * N + n + i] * E[k * N + n + j];
+            for (ptrdiff_t q = 0; q < n; q++)
+                acc += E[(n + q) * N + n + i] * E[q * N + n + j];
             Wc[i * n + j] = acc;
         }
+    /* doublings; M (4 n^2, free now) holds Phi = e^{Ah} = F^T, Phi^2, Phi W */
+    double *Phi = M, *Phi2 = M + nn, *PW = M + 2 * nn;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            Phi[i * n + j] = E[(n + j) * N + n + i];
+    for (int r = 0; r < k; r++) {
+        tl_dense_matmul(n, n, n, Phi, Wc, PW);
+        tl_dense_matmul_nt(n, n, n, PW, Phi, Wc, 1); /* Wc += Phi Wc Phi^T */
+        if (r + 1 < k) {
+            tl_dense_matmul(n, n, n, Phi, Phi, Phi2);
+            memcpy(Phi, Phi2, (size_t)nn * sizeof(double));
+        }
+    }
     for (ptrdiff_t i = 0; i < n; i++)
         for (ptrdiff_t j = 0; j < i; j++)
             Wc[i * n + j] = Wc[j * n + i] = 0.5 * (Wc[i * n + j] + Wc[j * n + i]);
@@ -87,13 +110,34 @@ size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_metho
     if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 1)
         return 0;
     const size_t nn = (size_t)n * (size_t)n, nm = (size_t)n * (size_t)m, T = (size_t)steps;
-    /* Ad, AdT; Bd; K; Q */
+    /* Ad, AdT (and S, L for exact); Bd; K; Q */
     size_t count = 0;
-    if (!tl_add_product(&count, 2, nn) || !tl_add_product(&count, 1, nm) ||
+    if (!tl_add_product(&count, method == TL_REF_EXACT ? 4 : 2, nn) ||
+        !tl_add_product(&count, 1, nm) ||
         !tl_add_product(&count, T, nm) ||
         (method == TL_REF_CONTINUOUS && !tl_add_product(&count, T + 1, nn)))
         return 0;
     return tl_doubles_bytes(count);
+}
+
+/* LAPACK workspace of the exact plan (dgeqp3 needs 3 n + 1, dormqr n; more
+ * lets both block) */
+static size_t exact_lwork(ptrdiff_t n)
+{
+    return 32 * ((size_t)n + 1);
+}
+
+/* Scratch of the exact plan, in doubles: C^T (steps m x n), D, tau, the
+ * pivots and dtrcon's integers (a double slot each), dtrcon's 3 n and the
+ * LAPACK workspace. */
+static size_t exact_scratch_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
+{
+    size_t count = 0;
+    const size_t nm = (size_t)n * (size_t)m;
+    if (!tl_add_product(&count, (size_t)steps, nm) || !tl_add_product(&count, (size_t)n, 7) ||
+        !tl_add_product(&count, 1, exact_lwork(n)))
+        return 0;
+    return count;
 }
 
 size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
@@ -110,9 +154,11 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
         !tl_add_product(&doubles, 5, (size_t)n))
         return 0;
     const size_t bytes = tl_doubles_bytes(doubles);
+    const size_t exact = tl_doubles_bytes(exact_scratch_doubles(n, m, steps));
     const size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
-    const size_t more = sub > gram ? sub : gram;
-    if (bytes == 0 || more > SIZE_MAX - bytes)
+    size_t more = sub > gram ? sub : gram;
+    more = exact > more ? exact : more;
+    if (bytes == 0 || exact == 0 || more > SIZE_MAX - bytes)
         return 0;
     return bytes + more;
 }
@@ -159,6 +205,122 @@ static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt
     return TL_OK;
 }
 
+/* Ct = D C, row-major n x N (= C^T column-major), with D = diag(1 / row
+ * norms) (a zero row stays zero); 0 when C is not finite. */
+static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, double *D)
+{
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
+    /* block k (columns k m .. k m + m - 1) is Ad^{T-1-k} Bd; D C */
+    int finite = 1;
+    for (ptrdiff_t k = 0; k < T; k++) {
+        const double *P = Pow + (T - 1 - k) * nn;
+        for (ptrdiff_t i = 0; i < n; i++)
+            for (ptrdiff_t c = 0; c < m; c++) {
+                double acc = 0.0;
+                for (ptrdiff_t l = 0; l < n; l++)
+                    acc += P[i * n + l] * plan->Bd[l * m + c];
+                Ct[i * N + k * m + c] = acc;
+            }
+    }
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double scale = 0.0, ss = 1.0; /* the row's 2-norm without overflow */
+        for (ptrdiff_t r = 0; r < N; r++) {
+            const double v = fabs(Ct[i * N + r]);
+            finite &= isfinite(v);
+            if (v > scale) {
+                ss = 1.0 + ss * (scale / v) * (scale / v);
+                scale = v;
+            } else if (v > 0.0) {
+                ss += (v / scale) * (v / scale);
+            }
+        }
+        const double norm = scale * sqrt(ss);
+        D[i] = norm > 0.0 && isfinite(norm) ? 1.0 / norm : 1.0; /* a zero row stays zero */
+        for (ptrdiff_t r = 0; r < N; r++)
+            Ct[i * N + r] *= D[i];
+    }
+    return finite;
+}
+
+/*
+ * exact: K = C^+, the minimum-norm solution operator of C U = d, from the
+ * column-pivoted QR of the row-equilibrated C^T: (D C)^T P = Q R gives
+ * P^T D C = R^T Q^T, so U = Q z with R^T z = P^T D d. The plan keeps
+ * K = Q, S = P^T D and L = R^T (its diagonal stored inverted, so a sample
+ * multiplies where it would divide); each sample solves the small triangular
+ * system itself, a backward-stable solve whose residual is ~eps |C| |U|
+ * (the explicit C^+ = Q R^-T S would leave ~eps cond(C) |C| |U|, and the
+ * Cholesky factor of C C^T, used before, cond(D C)^2). D (1 / the row
+ * norms) makes the rank test and the condition number independent of the
+ * units of the states, as the equilibration of the Gramian did. Pow holds
+ * Ad^j, j = 0 .. steps.
+ */
+static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratch)
+{
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
+    const size_t lw = exact_lwork(n);
+    double *Ct = scratch;    /* C^T, column-major N x n: the row-major C */
+    double *D = Ct + N * n, *tau = D + n, *lwork = tau + n;
+    double *cwork = lwork + lw; /* dtrcon: 3 n doubles */
+    tl_lapack_int *jpvt = (tl_lapack_int *)(cwork + 3 * n), *iwork = jpvt + n;
+    tl_ref_rank *rk = &plan->rank;
+    *rk = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
+
+    if (!scaled_c(plan, Pow, Ct, D)) {
+        rk->rank = -1;
+        return TL_ERR_SINGULAR;
+    }
+
+    memset(jpvt, 0, (size_t)n * sizeof *jpvt); /* every column free to pivot */
+    tl_lapack_int info = tl_lapacke_dgeqp3_work(TL_LAPACK_COL_MAJOR, (tl_lapack_int)N,
+                                                (tl_lapack_int)n, Ct, (tl_lapack_int)N, jpvt, tau,
+                                                lwork, (tl_lapack_int)lw);
+    if (info != 0)
+        return TL_ERR_LAPACK;
+
+    /* the rank: leading |R_kk| above max(n, N) eps |R_11| (the pivoting
+     * makes them non-increasing) */
+    const ptrdiff_t kmax = N < n ? N : n;
+    rk->r_first = fabs(Ct[0]);
+    rk->tol = (double)(N > n ? N : n) * DBL_EPSILON * rk->r_first;
+    ptrdiff_t rank = 0;
+    while (rank < kmax && fabs(Ct[rank * N + rank]) > rk->tol)
+        rank++;
+    rk->rank = rank;
+    rk->r_last = rank > 0 ? fabs(Ct[(rank - 1) * N + rank - 1]) : 0.0;
+    rk->r_next = rank < kmax ? fabs(Ct[rank * N + rank]) : 0.0;
+    if (rank < n)
+        return TL_ERR_SINGULAR; /* some direction is unreachable in T steps */
+
+    double rcond = 0.0;
+    info = tl_lapacke_dtrcon_work(TL_LAPACK_COL_MAJOR, '1', 'U', 'N', (tl_lapack_int)n, Ct,
+                                  (tl_lapack_int)N, &rcond, cwork, iwork);
+    if (info != 0)
+        return TL_ERR_LAPACK;
+    plan->cond = rcond > 0.0 ? 1.0 / rcond : INFINITY;
+
+    /* S = P^T D: row k is D[j] e_j with j = jpvt[k] - 1; L = R^T */
+    memset(plan->S, 0, (size_t)nn * sizeof(double));
+    for (ptrdiff_t k = 0; k < n; k++) {
+        const ptrdiff_t j = (ptrdiff_t)jpvt[k] - 1;
+        plan->S[k * n + j] = D[j];
+        for (ptrdiff_t i = 0; i < n; i++)
+            plan->L[k * n + i] = i < k ? Ct[k * N + i] : 0.0;
+        plan->L[k * n + k] = 1.0 / Ct[k * N + k]; /* a multiply per sample, not a divide */
+    }
+    /* K = Q, explicitly (orthonormal columns: forming it costs nothing in
+     * accuracy, unlike forming R^-T) */
+    info = tl_lapacke_dorgqr_work(TL_LAPACK_COL_MAJOR, (tl_lapack_int)N, (tl_lapack_int)n,
+                                  (tl_lapack_int)n, Ct, (tl_lapack_int)N, tau, lwork,
+                                  (tl_lapack_int)lw);
+    if (info != 0)
+        return TL_ERR_LAPACK;
+    for (ptrdiff_t r = 0; r < N; r++) /* the plan's K is row-major N x n */
+        for (ptrdiff_t j = 0; j < n; j++)
+            plan->K[r * n + j] = Ct[j * N + r];
+    return TL_OK;
+}
+
 /* Y += P X P^T for n x n matrices (T1 is scratch). */
 static void add_congruence(ptrdiff_t n, const double *P, const double *X, double *Y, double *T1)
 {
@@ -181,6 +343,8 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
      * (then no size or index below overflows) */
     if (T < 1 || tl_ref_plan_bytes(n, m, T, method) == 0 || tl_ref_init_work_bytes(n, m, T) == 0)
         return TL_ERR_SHAPE;
+    if (method == TL_REF_EXACT && T > INT32_MAX / m) /* C^T's rows, a LAPACK int */
+        return TL_ERR_SHAPE;
     if (!isfinite(dt) || dt <= 0.0 || (continuous_model && (A == NULL || B == NULL)))
         return TL_ERR_VALUE;
     if (memory == NULL || work == NULL)
@@ -189,11 +353,16 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     double *p = (double *)memory;
     plan->n = n, plan->m = m, plan->steps = T, plan->method = method, plan->dt = dt;
     plan->cond = INFINITY;
+    plan->growth = 0.0;
+    plan->rank = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
     plan->Ad = p, p += nn;
     plan->Bd = p, p += n * m;
     plan->AdT = p, p += nn;
     plan->K = p, p += T * m * n;
     plan->Q = method == TL_REF_CONTINUOUS ? p : NULL;
+    plan->S = plan->L = NULL;
+    if (method == TL_REF_EXACT)
+        plan->S = p, plan->L = p + nn;
 
     double *Pow = (double *)work; /* Ad^j, j = 0 .. T */
     double *W = Pow + (T + 1) * nn, *G = W + nn, *Wdt = G + nn, *Wk = Wdt + nn;
@@ -213,27 +382,25 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
         memcpy(plan->Bd, sys->Bd, (size_t)(n * m) * sizeof(double));
     }
 
-    /* powers of Ad, the Gramian of the method, and its inverse */
+    /* powers of Ad */
     memset(Pow, 0, (size_t)nn * sizeof(double));
     tl_dense_add_identity(n, 1.0, Pow);
     for (ptrdiff_t j = 0; j < T; j++)
         tl_dense_matmul(n, n, n, plan->Ad, Pow + j * nn, Pow + (j + 1) * nn);
     memcpy(plan->AdT, Pow + T * nn, (size_t)nn * sizeof(double));
+    if (!continuous_model)
+        return exact_gain(plan, Pow, (double *)sub);
+
+    /* the continuous Gramian W_c(H) = sum_j Ad^j W_c(dt) Ad^j^T and its inverse */
     memset(W, 0, (size_t)nn * sizeof(double));
-    for (ptrdiff_t j = 0; j < T; j++) {
-        if (continuous_model) {
-            add_congruence(n, Pow + j * nn, Wdt, W, T1);
-        } else {
-            tl_dense_matmul(n, n, m, Pow + j * nn, plan->Bd, T2); /* V_j = Ad^j Bd */
-            tl_dense_matmul_nt(n, m, n, T2, T2, W, 1);             /* W += V_j V_j^T */
-        }
-    }
+    for (ptrdiff_t j = 0; j < T; j++)
+        add_congruence(n, Pow + j * nn, Wdt, W, T1);
     status = spd_inverse(n, W, G, Wt, D, lwork, iwork, &plan->cond);
     if (status != TL_OK)
         return status;
 
-    /* K block k = (Ad^{T-1-k} Bd)^T G, divided by dt for the averaged law */
-    const double scale = continuous_model ? 1.0 / dt : 1.0;
+    /* K block k = (Ad^{T-1-k} Bd)^T G / dt, the law averaged over interval k */
+    const double scale = 1.0 / dt;
     for (ptrdiff_t k = 0; k < T; k++) {
         tl_dense_matmul(n, n, m, Pow + (T - 1 - k) * nn, plan->Bd, T2);
         for (ptrdiff_t c = 0; c < m; c++)
@@ -245,8 +412,14 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
             }
     }
 
-    /* continuous states: Q_k = W_c(k dt) (Ad^{T-k})^T W_c(H)^-1 */
+    /* continuous states: Q_k = W_c(k dt) (Ad^{T-k})^T W_c(H)^-1. x_k = Ad^k x0
+     * + Q_k d cancels growing terms when Ad^k grows: refuse where that would
+     * cost more than ~1e-10 of the state scale */
     if (method == TL_REF_CONTINUOUS) {
+        for (ptrdiff_t k = 0; k <= T; k++)
+            plan->growth = fmax(plan->growth, tl_dense_norm1(n, Pow + k * nn));
+        if (!(plan->growth <= TL_LAW_GROWTH_LIMIT))
+            return TL_ERR_SINGULAR;
         memset(Wk, 0, (size_t)nn * sizeof(double));
         for (ptrdiff_t k = 0; k <= T; k++) {
             tl_dense_matmul_nt(n, n, n, Wk, Pow + (T - k) * nn, T1, 0);
@@ -285,6 +458,21 @@ static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
         y[i] = x[i];
 }
 
+/* |a - b|_2 scaled by the largest |a_i - b_i|: where the plain sum of
+ * squares overflows (a long rollout of a growing mode misses xf by 1e200)
+ * final_error is still that miss, not inf. */
+static double scaled_distance(ptrdiff_t n, const double *a, const double *b)
+{
+    double mx = 0.0, acc = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        mx = fmax(mx, fabs(a[i] - b[i]));
+    if (!(mx > 0.0) || !isfinite(mx))
+        return mx;
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc += ((a[i] - b[i]) / mx) * ((a[i] - b[i]) / mx);
+    return mx * sqrt(acc);
+}
+
 /* Samples [b0, batch) of tl_ref_apply. Always inlined, so that the small
  * systems (TL_SMALL_SYSTEMS) get this loop with n and m as constants: the
  * matrix-vector products unrolled and the state kept in registers, about four
@@ -304,7 +492,18 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
         matvec(n, n, plan->AdT, x, d);
         for (ptrdiff_t i = 0; i < n; i++)
             d[i] = f[i] - d[i];
-        matvec(T * m, n, plan->K, d, u);
+        if (plan->L != NULL) { /* exact: U = Q z, R^T z = P^T D d */
+            matvec(n, n, plan->S, d, y);
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double acc = y[i];
+                for (ptrdiff_t j = 0; j < i; j++)
+                    acc -= plan->L[i * n + j] * y[j];
+                y[i] = acc * plan->L[i * n + i];
+            }
+            matvec(T * m, n, plan->K, y, u);
+        } else {
+            matvec(T * m, n, plan->K, d, u);
+        }
 
         double e = 0.0;
         for (ptrdiff_t i = 0; i < T * m; i++)
@@ -328,7 +527,7 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
         double err = 0.0;
         for (ptrdiff_t i = 0; i < n; i++)
             err += (y[i] - f[i]) * (y[i] - f[i]);
-        final_error[b] = sqrt(err);
+        final_error[b] = isfinite(err) ? sqrt(err) : scaled_distance(n, y, f);
 
         if (plan->method == TL_REF_CONTINUOUS) {
             /* x(k dt) = Ad^k x0 + Q_k d */
@@ -371,6 +570,22 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
             acc += tl_vsplat_f64(plan->AdT[i * n + j]) * x[j];
         d[i] = f[i] - acc;
     }
+    if (plan->L != NULL) { /* exact: d <- z, R^T z = P^T D d, as in apply_samples */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            tl_vd acc = tl_vsplat_f64(0.0);
+            for (ptrdiff_t j = 0; j < n; j++)
+                acc += tl_vsplat_f64(plan->S[i * n + j]) * d[j];
+            y[i] = acc;
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            tl_vd acc = y[i];
+            for (ptrdiff_t j = 0; j < i; j++)
+                acc -= tl_vsplat_f64(plan->L[i * n + j]) * y[j];
+            y[i] = acc * tl_vsplat_f64(plan->L[i * n + i]);
+        }
+        for (ptrdiff_t i = 0; i < n; i++)
+            d[i] = y[i];
+    }
     tl_vd e = tl_vsplat_f64(0.0);
     for (ptrdiff_t i = 0; i < n; i++) {
         y[i] = x[i];
@@ -403,8 +618,15 @@ static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, co
     tl_vd err = tl_vsplat_f64(0.0);
     for (ptrdiff_t i = 0; i < n; i++)
         err += (y[i] - f[i]) * (y[i] - f[i]);
-    for (int l = 0; l < TL_LANES_F64; l++)
+    for (int l = 0; l < TL_LANES_F64; l++) {
         final_error[b + l] = sqrt(err[l]);
+        if (!isfinite(err[l])) { /* as apply_samples */
+            double yl[TL_REF_LANE_N], fl[TL_REF_LANE_N];
+            for (ptrdiff_t i = 0; i < n; i++)
+                yl[i] = y[i][l], fl[i] = f[i][l];
+            final_error[b + l] = scaled_distance(n, yl, fl);
+        }
+    }
 }
 
 /* A small system's samples: exact and average references four at a time
@@ -450,23 +672,35 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
 
 /* ---- the continuous law at arbitrary times ---------------------------- */
 
-size_t tl_min_energy_law_work_bytes(ptrdiff_t n)
+size_t tl_min_energy_law_work_bytes(ptrdiff_t n, ptrdiff_t m)
 {
-    if (n < 1 || n > TL_MAX_DIM)
+    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM)
         return 0;
     const size_t nn = (size_t)(n * n);
-    /* EH, G, Et, EHt, Wt, Wtmp, D; d, lam, v; dpocon work; pivots (double slots) */
-    size_t bytes = (7 * nn + 8 * (size_t)n) * sizeof(double);
+    /* EH, EmH, G, Et, EHt, Wt, Wtmp, Ah; Bh; D, d, lam, v; dpocon work;
+     * pivots (double slots) */
+    size_t bytes = (8 * nn + (size_t)(n * m) + 8 * (size_t)n) * sizeof(double);
     size_t e = tl_expm_work_bytes(n), g = tl_gramian_work_bytes(n);
     return bytes + (e > g ? e : g);
+}
+
+/* Up to this growth of e^{At} the law is evaluated forward (see below). */
+#define TL_LAW_FORWARD_GROWTH 1e3
+
+/* E = e^{A st} (st a signed time) */
+static tl_status expm_at(ptrdiff_t n, const double *A, double st, double *E, double *At, void *sub)
+{
+    for (ptrdiff_t i = 0; i < n * n; i++)
+        At[i] = A[i] * st;
+    return tl_expm(n, At, E, sub, NULL);
 }
 
 tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
                             double horizon, ptrdiff_t batch, const double *x0, const double *xf,
                             ptrdiff_t ntimes, const double *times, double *u, double *x,
-                            double *cond, void *work)
+                            tl_law_info *info, void *work)
 {
-    *cond = INFINITY;
+    *info = (tl_law_info){INFINITY, 0.0, 0};
     if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || batch < 0 || ntimes < 0)
         return TL_ERR_SHAPE;
     if (!isfinite(horizon) || horizon <= 0.0)
@@ -477,39 +711,57 @@ tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const dou
     if (work == NULL)
         return TL_ERR_NOMEM;
     const ptrdiff_t nn = n * n;
-    double *EH = (double *)work, *G = EH + nn, *Et = G + nn, *EHt = Et + nn, *Wt = EHt + nn;
-    double *Wtmp = Wt + nn, *D = Wtmp + nn, *d = D + n, *lam = d + n, *v = lam + n;
+    double *EH = (double *)work, *EmH = EH + nn, *G = EmH + nn, *Et = G + nn, *EHt = Et + nn;
+    double *Wt = EHt + nn, *Wtmp = Wt + nn, *Ah = Wtmp + nn, *Bh = Ah + nn;
+    double *D = Bh + n * m, *d = D + n, *lam = d + n, *v = lam + n;
     double *lwork = v + n;
     tl_lapack_int *iwork = (tl_lapack_int *)(lwork + 3 * n);
     void *sub = lwork + 4 * n;
 
-    /* G = W_c(H)^-1, EH = e^{AH} */
-    tl_status status = tl_gramian(n, m, A, B, horizon, Wt, sub);
+    /* the direction: forward (A, B) from x0 unless e^{AH} grows by more than
+     * TL_LAW_FORWARD_GROWTH and e^{-AH} less, then the time-reversed system
+     * (-A, -B) from xf, whose law at s = H - t is the same u(t), x(t). Forward
+     * keeps x(0) = x0 exact (W_c(0) = 0) and costs at most ~1e3 eps of the
+     * state scale to cancellation below that growth. */
+    tl_status status = expm_at(n, A, horizon, EH, Wtmp, sub);
+    if (status == TL_OK)
+        status = expm_at(n, A, -horizon, EmH, Wtmp, sub);
     if (status != TL_OK)
         return status;
-    status = spd_inverse(n, Wt, G, Wtmp, D, lwork, iwork, cond);
-    if (status != TL_OK)
-        return status;
-    double *At = Wtmp; /* A scaled by a time, reused */
+    const double gf = tl_dense_norm1(n, EH), gb = tl_dense_norm1(n, EmH);
+    const int back = gf > TL_LAW_FORWARD_GROWTH && gb < gf;
+    const double sign = back ? -1.0 : 1.0;
     for (ptrdiff_t i = 0; i < nn; i++)
-        At[i] = A[i] * horizon;
-    if ((status = tl_expm(n, At, EH, sub, NULL)) != TL_OK)
+        Ah[i] = sign * A[i];
+    for (ptrdiff_t i = 0; i < n * m; i++)
+        Bh[i] = sign * B[i];
+    if (back)
+        memcpy(EH, EmH, (size_t)nn * sizeof(double));
+    const double *s0 = back ? xf : x0, *s1 = back ? x0 : xf;
+    info->backward = back;
+    info->growth = back ? gb : gf;
+    if (!(info->growth <= TL_LAW_GROWTH_LIMIT))
+        return TL_ERR_SINGULAR;
+
+    /* G = W_c(H)^-1 of the direction used */
+    status = tl_gramian(n, m, Ah, Bh, horizon, Wt, sub);
+    if (status != TL_OK)
+        return status;
+    status = spd_inverse(n, Wt, G, Wtmp, D, lwork, iwork, &info->cond);
+    if (status != TL_OK)
         return status;
 
     for (ptrdiff_t q = 0; q < ntimes; q++) {
-        const double t = times[q];
-        for (ptrdiff_t i = 0; i < nn; i++)
-            At[i] = A[i] * t;
-        if ((status = tl_expm(n, At, Et, sub, NULL)) != TL_OK)
+        const double t = back ? horizon - times[q] : times[q];
+        if ((status = expm_at(n, Ah, t, Et, Wtmp, sub)) != TL_OK ||
+            (status = expm_at(n, Ah, horizon - t, EHt, Wtmp, sub)) != TL_OK ||
+            (status = tl_gramian(n, m, Ah, Bh, t, Wt, sub)) != TL_OK)
             return status;
-        for (ptrdiff_t i = 0; i < nn; i++)
-            At[i] = A[i] * (horizon - t);
-        if ((status = tl_expm(n, At, EHt, sub, NULL)) != TL_OK) /* e^{A (H - t)} */
-            return status;
-        if ((status = tl_gramian(n, m, A, B, t, Wt, sub)) != TL_OK)
-            return status;
+        info->growth = fmax(info->growth, fmax(tl_dense_norm1(n, Et), tl_dense_norm1(n, EHt)));
+        if (!(info->growth <= TL_LAW_GROWTH_LIMIT))
+            return TL_ERR_SINGULAR;
         for (ptrdiff_t b = 0; b < batch; b++) {
-            const double *xb = x0 + b * n, *fb = xf + b * n;
+            const double *xb = s0 + b * n, *fb = s1 + b * n;
             /* lam = G (xf - e^{AH} x0);  v = e^{A^T (H - t)} lam */
             matvec(n, n, EH, xb, d);
             for (ptrdiff_t i = 0; i < n; i++)
@@ -525,7 +777,7 @@ tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const dou
             for (ptrdiff_t c = 0; c < m; c++) { /* u = B^T v */
                 double acc = 0.0;
                 for (ptrdiff_t i = 0; i < n; i++)
-                    acc += B[i * m + c] * v[i];
+                    acc += Bh[i * m + c] * v[i];
                 ub[c] = acc;
             }
             matvec(n, n, Et, xb, xq); /* x = e^{At} x0 + W_c(t) v */

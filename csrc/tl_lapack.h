@@ -49,6 +49,11 @@ typedef int32_t tl_lapack_int;
 #define tl_lapacke_dpotrs_work TL_LAPACKE(dpotrs_work)
 #define tl_lapacke_dpocon_work TL_LAPACKE(dpocon_work)
 
+/* reference.c, exact minimum-norm controls: rank-revealing QR of C^T */
+#define tl_lapacke_dgeqp3_work TL_LAPACKE(dgeqp3_work)
+#define tl_lapacke_dorgqr_work TL_LAPACKE(dorgqr_work)
+#define tl_lapacke_dtrcon_work TL_LAPACKE(dtrcon_work)
+
 tl_lapack_int tl_lapacke_dgesv_work(int layout, tl_lapack_int n, tl_lapack_int nrhs,
                                     double *a, tl_lapack_int lda, tl_lapack_int *ipiv,
                                     double *b, tl_lapack_int ldb);
@@ -76,5 +81,18 @@ tl_lapack_int tl_lapacke_dpotrs_work(int layout, char uplo, tl_lapack_int n, tl_
 tl_lapack_int tl_lapacke_dpocon_work(int layout, char uplo, tl_lapack_int n, const double *a,
                                      tl_lapack_int lda, double anorm, double *rcond,
                                      double *work, tl_lapack_int *iwork);
+
+/* reference.c, exact minimum-norm controls */
+tl_lapack_int tl_lapacke_dgeqp3_work(int layout, tl_lapack_int m, tl_lapack_int n, double *a,
+                                     tl_lapack_int lda, tl_lapack_int *jpvt, double *tau,
+                                     double *work, tl_lapack_int lwork);
+
+tl_lapack_int tl_lapacke_dorgqr_work(int layout, tl_lapack_int m, tl_lapack_int n,
+                                     tl_lapack_int k, double *a, tl_lapack_int lda,
+                                     const double *tau, double *work, tl_lapack_int lwork);
+
+tl_lapack_int tl_lapacke_dtrcon_work(int layout, char norm, char uplo, char diag,
+                                     tl_lapack_int n, const double *a, tl_lapack_int lda,
+                                     double *rcond, double *work, tl_lapack_int *iwork);
 
 #endif /* TL_LAPACK_H */

@@ -308,9 +308,15 @@ int tl_all_finite_f32(const float *p, ptrdiff_t count);
 
 /* ---- reference.c: minimum-energy reference trajectories ---------------- */
 
-/* A Gramian whose (equilibrated) condition number exceeds this is treated
- * as singular: the reference would not reach its target reliably. */
+/* average and continuous, and the law: a continuous Gramian W_c(H) whose
+ * (equilibrated) condition number exceeds this is treated as singular. */
 #define TL_COND_LIMIT 1e12
+
+/* The law is evaluated in the direction (forward from x0, or backward from
+ * xf) in which e^{At} grows least; where it still grows by more than this
+ * over the horizon, cancellation would cost more than ~1e-10 of the state
+ * scale, and the law is refused (TL_ERR_SINGULAR with info->growth set). */
+#define TL_LAW_GROWTH_LIMIT 1e6
 
 typedef enum {
     TL_REF_EXACT = 0, /* discrete minimum-energy controls, reach xf exactly */
@@ -320,12 +326,31 @@ typedef enum {
 } tl_ref_method;
 
 /*
+ * The rank test of "exact": the column-pivoted QR of the row-equilibrated
+ * C^T (D C)^T P = Q R, D = diag(1 / |row i of C|_2), keeps the diagonal
+ * entries |R_kk| > tol = max(n, steps m) eps |R_11|. rank < n means some
+ * direction of the state space is unreachable in `steps` steps.
+ */
+typedef struct {
+    ptrdiff_t rank;   /* entries kept; -1 when C is not finite (Ad^steps overflows) */
+    double tol;       /* the tolerance on |R_kk| */
+    double r_first;   /* |R_11| */
+    double r_last;    /* |R_kk| of the last entry kept (0 when none is) */
+    double r_next;    /* |R_kk| of the first entry refused (0 when rank = n) */
+} tl_ref_rank;
+
+/*
  * Everything a minimum-energy reference needs that depends only on the
  * system, the number of steps and the method, computed once by
  * tl_ref_plan_init into caller-owned memory (tl_ref_plan_bytes), so that
  * each sample costs a few small matrix-vector products. With
  * d = xf - Ad^T x0 the controls are U = K d:
- *   exact:       K = C^T W^-1,          W = C C^T (discrete Gramian)
+ *   exact:       U = Q z with R^T z = S d, S = P^T D: the minimum-norm
+ *                solution of C U = d from the QR factorisation above, K = Q
+ *                explicit (orthonormal) and the triangular solve done per
+ *                sample, so the residual is that of a backward-stable solve
+ *                (an explicit C^+ = Q R^-T S would cost a factor cond(C); and
+ *                C C^T would square it)
  *   average:     K = C^T W_c(H)^-1 / dt (the law u(t) = B^T e^{A^T (H-t)} W_c^-1 d
  *                                        averaged over each interval)
  * where C = [Ad^{T-1} Bd ... Bd] and, for average/continuous, (Ad, Bd) is the
@@ -336,11 +361,17 @@ typedef struct {
     ptrdiff_t n, m, steps;
     tl_ref_method method;
     double dt;      /* sampling period (1 for a discrete system without one) */
-    double cond;    /* 1-norm condition number of the equilibrated Gramian */
+    double cond;    /* exact: 1-norm condition number estimate of R (that of the
+                     * equilibrated C); average, continuous: that of the equilibrated
+                     * W_c(H) */
+    double growth;  /* continuous: max_k |Ad^k|_1, refused above TL_LAW_GROWTH_LIMIT */
+    tl_ref_rank rank; /* exact only */
     double *Ad;     /* n x n: the dynamics the states are rolled out with */
     double *Bd;     /* n x m */
     double *AdT;    /* n x n: Ad^steps */
     double *K;      /* (steps m) x n */
+    double *S;      /* exact: n x n, P^T D (one nonzero a row); else NULL */
+    double *L;      /* exact: n x n, R^T below the diagonal and 1 / R_kk on it; else NULL */
     double *Q;      /* (steps + 1) x n x n, continuous only (else NULL) */
 } tl_ref_plan;
 
@@ -351,8 +382,11 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
  * Fill plan (its arrays carved from `memory`, tl_ref_plan_bytes long).
  * exact: sys is the discrete system, A and B may be NULL. average and
  * continuous: A (n x n) and B (n x m) are the continuous model, dt > 0.
- * steps >= 1. TL_ERR_SINGULAR (with plan->cond set, inf when the Cholesky
- * factorisation fails) for an uncontrollable or ill-conditioned Gramian.
+ * steps >= 1 (and steps m < 2^31 for exact, LAPACK's index range).
+ * TL_ERR_SINGULAR: exact, C numerically rank-deficient (plan->rank says
+ * how); average and continuous, W_c(H) singular or ill-conditioned
+ * (plan->cond, inf when the Cholesky factorisation fails), or continuous
+ * states that grow beyond TL_LAW_GROWTH_LIMIT (plan->growth).
  */
 tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
                            const tl_system *sys, const double *A, const double *B, double dt,
@@ -369,8 +403,11 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work);
 
-/* W_c(t) = int_0^t e^{As} B B^T e^{A^T s} ds by Van Loan's block exponential
- * exp([[-A, B B^T], [0, A^T]] t) = [[., G], [0, F]], W_c = F^T G. */
+/* W_c(t) = int_0^t e^{As} B B^T e^{A^T s} ds: Van Loan's block exponential
+ * exp([[-A, B B^T], [0, A^T]] h) = [[., G], [0, F]], W_c(h) = F^T G, at
+ * h = t / 2^k with |A|_1 h <= 1, then k doublings
+ * W_c(2h) = W_c(h) + e^{Ah} W_c(h) e^{A^T h}: a sum of positive semidefinite
+ * terms, where F^T G at a long t would cancel e^{-At} against e^{At}. */
 size_t tl_gramian_work_bytes(ptrdiff_t n);
 tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B, double t,
                      double *Wc, void *work);
@@ -380,14 +417,25 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
  * times 0 <= t <= H (no time stepping):
  *   u(t) = B^T e^{A^T (H - t)} lambda,  x(t) = e^{At} x0 + W_c(t) e^{A^T (H - t)} lambda,
  *   lambda = W_c(H)^-1 (xf - e^{AH} x0).
+ * Evaluated as written unless |e^{AH}|_1 > 1e3 and |e^{-AH}|_1 is smaller;
+ * then as the same law of the time-reversed system (-A, -B) from xf back to
+ * x0, so that the exponentials in use never grow much while others decay
+ * (a product of a growing and a decaying exponential loses the state to
+ * cancellation).
  * x0, xf: batch x n; u: batch x ntimes x m; x: batch x ntimes x n.
- * *cond is the condition number of the equilibrated W_c(H).
  */
-size_t tl_min_energy_law_work_bytes(ptrdiff_t n);
+typedef struct {
+    double cond;   /* condition number of the equilibrated Gramian of the direction used */
+    double growth; /* largest |e^{A t}|_1 met in that direction; refused above
+                      TL_LAW_GROWTH_LIMIT (TL_ERR_SINGULAR) */
+    int backward;  /* 1 when evaluated from xf back to x0 */
+} tl_law_info;
+
+size_t tl_min_energy_law_work_bytes(ptrdiff_t n, ptrdiff_t m);
 tl_status tl_min_energy_law(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
                             double horizon, ptrdiff_t batch, const double *x0, const double *xf,
                             ptrdiff_t ntimes, const double *times, double *u, double *x,
-                            double *cond, void *work);
+                            tl_law_info *info, void *work);
 
 #ifdef __cplusplus
 }

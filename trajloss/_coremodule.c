@@ -1618,6 +1618,54 @@ static void set_gramian_error(tl_status status, double cond, const char *context
                  context, cbuf, lbuf);
 }
 
+/* The continuous law (or the continuous states) would cancel exponentials
+ * that grow by `growth` over the horizon. */
+static void set_growth_error(double growth, double horizon, const char *context, int both_ways)
+{
+    char gbuf[32], lbuf[32], hbuf[32];
+    PyOS_snprintf(gbuf, sizeof gbuf, "%.3g", growth);
+    PyOS_snprintf(lbuf, sizeof lbuf, "%.0e", TL_LAW_GROWTH_LIMIT);
+    PyOS_snprintf(hbuf, sizeof hbuf, "%.6g", horizon);
+    PyErr_Format(LinAlgError,
+                 "%s: over the horizon %s, |e^(A t)|_1 grows to %s%s (limit %s): the states "
+                 "would be the difference of terms that large, and float64 would lose more "
+                 "than 1e-10 of the state scale to cancellation; use a shorter horizon",
+                 context, hbuf, gbuf,
+                 both_ways ? " forward and backward in time (the system has growing and "
+                             "decaying modes)" : "",
+                 lbuf);
+}
+
+/* "exact": C = [Ad^(T-1) Bd ... Bd] is rank-deficient, with the numbers of
+ * the rank test (trajloss.h, tl_ref_rank). */
+static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_intp steps)
+{
+    if (rk->rank < 0) {
+        PyErr_Format(LinAlgError,
+                     "min_energy: the controllability matrix C = [Ad^(T-1) Bd ... Bd] "
+                     "(T = steps = %zd) is not finite: Ad^T overflows float64", (Py_ssize_t)steps);
+        return;
+    }
+    char tol[32], r1[32], rl[32], rn[32], ratio[32];
+    PyOS_snprintf(tol, sizeof tol, "%.3g", rk->tol);
+    PyOS_snprintf(r1, sizeof r1, "%.3g", rk->r_first);
+    PyOS_snprintf(rl, sizeof rl, "%.3g", rk->r_last);
+    PyOS_snprintf(rn, sizeof rn, "%.3g", rk->r_next);
+    PyOS_snprintf(ratio, sizeof ratio, "%.3g",
+                  rk->r_next > 0.0 ? rk->r_first / rk->r_next : INFINITY);
+    const npy_intp cols = steps * m;
+    PyErr_Format(LinAlgError,
+                 "min_energy: the target is not reachable in %zd steps: the controllability "
+                 "matrix C = [Ad^(T-1) Bd ... Bd] (%zd x %zd, rows equilibrated) has "
+                 "numerical rank %zd < n = %zd (column-pivoted QR of C^T: |R_11| = %s, last "
+                 "diagonal entry kept %s, first refused %s, at or below the tolerance "
+                 "max(n, steps*m) * eps * |R_11| = %s; condition number %s, estimated as "
+                 "|R_11| / first refused)%s",
+                 (Py_ssize_t)steps, (Py_ssize_t)n, (Py_ssize_t)cols, (Py_ssize_t)rk->rank,
+                 (Py_ssize_t)n, r1, rl, rn, tol, ratio,
+                 cols < n ? ": fewer controls than states" : "");
+}
+
 /* x0 (B, n) or (n,) and xf of the same shape, as float64 copies. */
 static int boundary_states(PyObject *x0_obj, PyObject *xf_obj, npy_intp n, PyArrayObject **x0,
                            PyArrayObject **xf)
@@ -1721,10 +1769,18 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "min_energy: steps or dimensions out of range");
         goto done;
     }
+    const size_t work_bytes = init_bytes > apply_bytes ? init_bytes : apply_bytes;
     plan_mem = PyMem_RawMalloc(plan_bytes);
-    work = PyMem_RawMalloc(init_bytes > apply_bytes ? init_bytes : apply_bytes);
+    work = PyMem_RawMalloc(work_bytes);
     if (plan_mem == NULL || work == NULL) {
-        PyErr_NoMemory();
+        char gib[32];
+        PyOS_snprintf(gib, sizeof gib, "%.3g",
+                      ((double)plan_bytes + (double)work_bytes) / 1073741824.0);
+        PyErr_Format(PyExc_MemoryError,
+                     "min_energy: steps=%zd needs %s GiB of working memory for n=%zd, m=%zd "
+                     "(it grows as steps * n * max(n, m)), which could not be allocated; use "
+                     "fewer steps",
+                     steps, gib, (Py_ssize_t)sys.n, (Py_ssize_t)sys.m);
         goto done;
     }
     tl_ref_plan plan;
@@ -1740,10 +1796,15 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
     if (status == TL_OK)
         bad = nonfinite_outputs(4, (PyArrayObject *const[]){U, S, err, energy});
     Py_END_ALLOW_THREADS
-    if (status != TL_OK) {
+    if (status == TL_ERR_SINGULAR && method == TL_REF_EXACT)
+        set_rank_error(&plan.rank, sys.n, sys.m, steps);
+    else if (status == TL_ERR_SINGULAR && method == TL_REF_CONTINUOUS &&
+             !(plan.growth <= TL_LAW_GROWTH_LIMIT))
+        set_growth_error(plan.growth, steps * dt, "min_energy(method='continuous')", 0);
+    else if (status != TL_OK)
         set_gramian_error(status, plan.cond, "min_energy");
+    if (status != TL_OK)
         goto done;
-    }
     if (warn_overflow(bad, "min_energy", 4,
                       (const char *const[]){"controls", "states", "final_error", "energy"}) < 0)
         goto done;
@@ -1802,26 +1863,28 @@ static PyObject *core_min_energy_law(PyObject *self, PyObject *args)
     const int with_t = PyArray_NDIM(t) == 1;
     u = new_traj_array(&sh, nt, m, NPY_DOUBLE, with_t);
     x = new_traj_array(&sh, nt, n, NPY_DOUBLE, with_t);
-    work = PyMem_RawMalloc(tl_min_energy_law_work_bytes(n));
+    work = PyMem_RawMalloc(tl_min_energy_law_work_bytes(n, m));
     if (u == NULL || x == NULL || work == NULL) {
         if (work == NULL)
             PyErr_NoMemory();
         goto done;
     }
-    double cond;
+    tl_law_info info;
     tl_status status;
     unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
     status = tl_min_energy_law(n, m, PyArray_DATA(A), PyArray_DATA(B), horizon, sh.batch,
                                PyArray_DATA(x0), PyArray_DATA(xf), nt, tp, PyArray_DATA(u),
-                               PyArray_DATA(x), &cond, work);
+                               PyArray_DATA(x), &info, work);
     if (status == TL_OK)
         bad = nonfinite_outputs(2, (PyArrayObject *const[]){u, x});
     Py_END_ALLOW_THREADS
-    if (status != TL_OK) {
-        set_gramian_error(status, cond, "min_energy_law");
+    if (status == TL_ERR_SINGULAR && !(info.growth <= TL_LAW_GROWTH_LIMIT))
+        set_growth_error(info.growth, horizon, "min_energy_law", 1);
+    else if (status != TL_OK)
+        set_gramian_error(status, info.cond, "min_energy_law");
+    if (status != TL_OK)
         goto done;
-    }
     if (warn_overflow(bad, "min_energy_law", 2, (const char *const[]){"u", "x"}) < 0)
         goto done;
     result = Py_BuildValue("(OO)", u, x);

@@ -4,9 +4,18 @@ Three constructions (``method``), for ``T = steps`` and ``H = T·dt``:
 
 ``"exact"``
     Piecewise-constant controls of minimum ``Σ‖u_k‖²`` that reach ``xf``
-    exactly under the discrete dynamics: ``U = Cᵀ W⁻¹ (xf − Ad^T x0)`` with
-    ``C = [Ad^{T−1}Bd … Bd]`` and ``W = C Cᵀ`` (Cholesky via LAPACKE).
-    ``final_error`` is at machine precision.
+    under the discrete dynamics: the minimum-norm solution of
+    ``C U = xf − Ad^T x0`` with ``C = [Ad^{T−1}Bd … Bd]`` (n × T·m), from a
+    column-pivoted QR factorisation of the row-equilibrated ``Cᵀ``
+    (LAPACK ``dgeqp3``), ``U = Q R⁻ᵀ Pᵀ D d``, the triangular solve done per
+    sample. Its accuracy follows ``cond(C)``, never ``cond(C)²`` (no
+    ``C Cᵀ`` is formed): ``final_error`` is at rounding level relative to
+    the state scale (≤ 1e-9 on chains of 8 integrators and random 6-state
+    systems, where the pseudo-inverse reaches ~1e-11). ``numpy.linalg.LinAlgError``
+    only when ``C`` is numerically rank-deficient (some direction of the
+    state space cannot be reached in ``steps`` steps): a diagonal entry
+    ``|R_kk| ≤ max(n, T·m)·eps·|R_11|``; the message gives the rank found,
+    the tolerance and the diagonal entries.
 ``"average"``
     Seed 000's construction: the continuous minimum-energy law
     ``u(t) = Bᵀ e^{Aᵀ(H−t)} W_c(H)⁻¹ (xf − e^{AH} x0)`` averaged exactly over
@@ -16,11 +25,15 @@ Three constructions (``method``), for ``T = steps`` and ``H = T·dt``:
 ``"continuous"``
     The same averaged controls, with ``states`` the exact continuous optimal
     trajectory sampled at ``k·dt`` (no time stepping); it ends at ``xf``.
+    Where ``Ad^k`` grows by more than 1e6 over the horizon (an unstable
+    system over a long horizon) those states would be a difference of terms
+    that large, and ``LinAlgError`` says so instead.
 
 Everything that depends only on (system, steps, method) is computed once per
-call; each sample costs a few small matrix-vector products. An uncontrollable
-pair or a numerically singular Gramian raises ``numpy.linalg.LinAlgError``
-with the condition number.
+call; each sample costs a few small matrix-vector products. For "average"
+and "continuous", a singular or ill-conditioned continuous Gramian
+(equilibrated condition number above 1e12) raises ``LinAlgError`` with the
+condition number.
 """
 from __future__ import annotations
 
@@ -35,9 +48,11 @@ __all__ = ["MinEnergyLaw", "Reference", "min_energy", "min_energy_law", "REFEREN
 
 REFERENCE_METHODS = ("exact", "average", "continuous")
 
-# Far beyond any horizon whose Gramian float64 can invert; keeps every size
-# computation of the plan (steps x m x n doubles) far from overflow.
-_MAX_STEPS = 2**31 - 1
+# The plan and its scratch hold about steps * n * max(n, m) float64 numbers
+# (the powers Ad^k and the controllability matrix): 10**6 steps of the double
+# integrator take ~0.1 GB. A minimum-energy reference over more steps is not
+# something float64 powers Ad^k resolve either.
+_MAX_STEPS = 10**6
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,10 @@ class Reference:
         ``Σ_k ‖u_k‖² · dt`` (dt = 1 for a discrete system without one).
     method : str
     cond : float
-        Condition number of the (equilibrated) Gramian that was inverted.
+        ``"exact"``: estimated 1-norm condition number of the row-equilibrated
+        controllability matrix ``C`` (of its triangular factor ``R``);
+        ``"average"``/``"continuous"``: that of the equilibrated continuous
+        Gramian ``W_c(H)`` that was inverted.
     """
 
     controls: np.ndarray
@@ -69,7 +87,8 @@ def _steps(steps):
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps > _MAX_STEPS:
-        raise ValueError(f"steps must be <= {_MAX_STEPS}, got {steps}")
+        raise ValueError(f"steps must be <= {_MAX_STEPS} (the limit of min_energy: its plan holds "
+                         f"about steps * n * max(n, m) float64 numbers), got {steps}")
     return int(steps)
 
 
@@ -103,12 +122,23 @@ def min_energy(system, x0, xf, steps, method="exact"):
     x0 : array_like, (B, n) or (n,)
     xf : array_like, (B, n) or (n,)
         Targets; an ``(n,)`` target is used for every sample of a batch.
-    steps : int ≥ 1
+    steps : int, 1 ≤ steps ≤ 10**6
     method : {"exact", "average", "continuous"}
 
     Returns
     -------
     Reference (float64 arrays).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        "exact": ``C`` numerically rank-deficient (the message gives the rank,
+        the tolerance and the diagonal of ``R``); "average"/"continuous": the
+        continuous Gramian singular or ill-conditioned, or (continuous) the
+        states' exponentials growing beyond 1e6 over the horizon.
+    MemoryError
+        The plan for this many steps does not fit in memory (the message names
+        ``steps`` and the size).
     """
     system = _check_system(system)
     steps = _steps(steps)
@@ -129,8 +159,19 @@ class MinEnergyLaw:
 
     ``u(t) = Bᵀ e^{Aᵀ(H−t)} λ`` and ``x(t) = e^{At} x0 + W_c(t) e^{Aᵀ(H−t)} λ``
     with ``λ = W_c(H)⁻¹ (xf − e^{AH} x0)`` and the controllability Gramian
-    ``W_c(t) = ∫₀ᵗ e^{As} B Bᵀ e^{Aᵀs} ds`` (Van Loan's block exponential), all
-    evaluated in the C core at any times -- no time stepping.
+    ``W_c(t) = ∫₀ᵗ e^{As} B Bᵀ e^{Aᵀs} ds`` (Van Loan's block exponential over
+    a short step, then doublings ``W_c(2h) = W_c(h) + e^{Ah} W_c(h) e^{Aᵀh}``),
+    all evaluated in the C core at any times -- no time stepping.
+
+    Stability at long horizons: the formula is evaluated forward (as written)
+    unless ``‖e^{AH}‖₁ > 1e3`` and ``‖e^{−AH}‖₁ < ‖e^{AH}‖₁``; then as the
+    same law of the time-reversed system ``(−A, −B)`` from ``xf`` back to
+    ``x0``, so that the exponentials in use never grow much while others
+    decay (their product would lose the states to cancellation). Where they still
+    grow by more than 1e6 (a system with both growing and decaying modes
+    over a long horizon) :class:`numpy.linalg.LinAlgError` is raised rather
+    than states that would lose more than ~1e-10 of their scale to
+    cancellation.
     """
 
     def __init__(self, system, x0, xf, horizon):

@@ -817,6 +817,12 @@ static void test_references(void)
     tl_ref_plan plan;
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 5, work) ==
               TL_ERR_SINGULAR, "second state unreachable");
+    /* C = [1 1 1 1 1; 0 0 0 0 0]: rank 1 of 2, R_11 = 1 after equilibration
+     * (|row| = sqrt(5) scaled to 1), R_22 = 0 */
+    CHECK(plan.rank.rank == 1 && fabs(plan.rank.r_first - 1.0) < 1e-15 &&
+              plan.rank.r_next == 0.0 && fabs(plan.rank.tol - 5 * DBL_EPSILON) < 1e-30,
+          "rank report: rank %td, |R_11| %g, first refused %g, tol %g", plan.rank.rank,
+          plan.rank.r_first, plan.rank.r_next, plan.rank.tol);
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_AVERAGE, &stuck, NULL, NULL, 1.0, 5, work) ==
               TL_ERR_VALUE, "average needs A, B");
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 0, work) ==
@@ -825,9 +831,10 @@ static void test_references(void)
 
     /* the law at arbitrary times matches the closed form */
     const double A[4] = {0, 1, 0, 0}, Bc[2] = {0, 1}, times[3] = {0.0, 1.234, H};
-    double ul[3], xl[6], lcond;
-    void *lw = xmalloc(tl_min_energy_law_work_bytes(2));
-    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 3, times, ul, xl, &lcond, lw) == TL_OK,
+    double ul[3], xl[6];
+    tl_law_info linfo;
+    void *lw = xmalloc(tl_min_energy_law_work_bytes(2, 1));
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 3, times, ul, xl, &linfo, lw) == TL_OK,
           "law status");
     worst = 0.0;
     for (int q = 0; q < 3; q++) {
@@ -838,7 +845,7 @@ static void test_references(void)
     }
     CHECK(worst < 1e-12, "law vs closed form: %g", worst);
     const double late[1] = {H + 1.0};
-    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 1, late, ul, xl, &lcond, lw) == TL_ERR_VALUE,
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 1, late, ul, xl, &linfo, lw) == TL_ERR_VALUE,
           "time past the horizon");
     free(lw);
 }
@@ -891,11 +898,20 @@ static void test_references_batch(void)
                 d[i] = xf[b * n + i] - acc;
                 x[i] = x0[b * n + i];
             }
+            double z[6];
+            for (ptrdiff_t i = 0; i < n; i++) { /* R^T z = S d, forward substitution */
+                double acc = 0.0;
+                for (ptrdiff_t j = 0; j < n; j++)
+                    acc += plan.S[i * n + j] * d[j];
+                for (ptrdiff_t j = 0; j < i; j++)
+                    acc -= plan.L[i * n + j] * z[j];
+                z[i] = acc * plan.L[i * n + i]; /* L's diagonal holds 1 / R_kk */
+            }
             for (ptrdiff_t k = 0; k < T; k++) {
                 for (ptrdiff_t j = 0; j < m; j++) {
                     double uk = 0.0;
                     for (ptrdiff_t i = 0; i < n; i++)
-                        uk += plan.K[(k * m + j) * n + i] * d[i];
+                        uk += plan.K[(k * m + j) * n + i] * z[i];
                     e += uk * uk;
                     worst = fmax(worst, fabs(out[0][0][b * su + k * m + j] - uk) / (1 + fabs(uk)));
                 }
@@ -930,8 +946,8 @@ static void test_references_batch(void)
 static void test_references_huge(void)
 {
     const size_t max_doubles = SIZE_MAX / sizeof(double);
-    /* n = m = 1, exact: Ad, AdT, Bd and T controls; the last step count that fits */
-    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 3);
+    /* n = m = 1, exact: Ad, AdT, S, L, Bd and T controls; the last step count that fits */
+    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 5);
     CHECK(tl_ref_plan_bytes(1, 1, last_ok, TL_REF_EXACT) == max_doubles * sizeof(double),
           "largest addressable plan");
     CHECK(tl_ref_plan_bytes(1, 1, last_ok + 1, TL_REF_EXACT) == 0, "plan one step too long");
@@ -995,6 +1011,101 @@ static void test_references_wide_input(void)
     CHECK(fabs(energy - d * d / W) < 1e-13 * (d * d / W), "m > n energy %.17g vs %.17g", energy,
           d * d / W);
     free(mem), free(work), free(awork);
+}
+
+/* exact on a chain of 8 integrators (x_i' = x_{i+1}, x_8' = u), whose C has
+ * columns spanning dt^8 / 8! to dt: the rollout, done here, reaches xf to
+ * 1e-10 of the state scale (the Cholesky factor of C C^T missed it by up to
+ * 1e-3). Ad, Bd in closed form: Ad_ij = dt^(j-i) / (j-i)!, Bd_i = dt^(9-i) / (9-i)!. */
+static void test_references_chain(void)
+{
+    enum { n = 8 };
+    const double dts[3] = {0.25, 0.5, 1.0};
+    const ptrdiff_t Ts[2] = {24, 60};
+    double worst = 0.0;
+    unsigned seed = 4242u;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 2; b++) {
+            const double dt = dts[a];
+            const ptrdiff_t T = Ts[b];
+            double Ad[n * n] = {0}, Bd[n], fact = 1.0;
+            for (int k = 0; k <= n; k++) {
+                if (k > 0)
+                    fact *= k;
+                for (int i = 0; i + k < n; i++)
+                    Ad[i * n + i + k] = pow(dt, k) / fact;
+                if (k >= 1)
+                    Bd[n - k] = pow(dt, k) / fact;
+            }
+            tl_system sys = {n, 1, Ad, Bd};
+            void *mem = xmalloc(tl_ref_plan_bytes(n, 1, T, TL_REF_EXACT));
+            void *work = xmalloc(tl_ref_init_work_bytes(n, 1, T) + tl_ref_apply_work_bytes(n));
+            tl_ref_plan plan;
+            CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, dt, T, work) ==
+                      TL_OK && plan.rank.rank == n,
+                  "chain of 8 plan, dt %g T %td", dt, T);
+            double x0[n], xf[n], u[60], S[61 * n], err, energy, x[n], xn[n], scale = 1.0;
+            for (int i = 0; i < n; i++)
+                x0[i] = uniform(&seed), xf[i] = uniform(&seed), x[i] = x0[i];
+            CHECK(tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) == TL_OK, "apply");
+            for (ptrdiff_t k = 0; k < T; k++) {
+                for (int i = 0; i < n; i++) {
+                    xn[i] = Bd[i] * u[k];
+                    for (int j = 0; j < n; j++)
+                        xn[i] += Ad[i * n + j] * x[j];
+                }
+                for (int i = 0; i < n; i++)
+                    x[i] = xn[i], scale = fmax(scale, fabs(x[i]));
+            }
+            for (int i = 0; i < n; i++)
+                worst = fmax(worst, fabs(x[i] - xf[i]) / scale);
+            free(mem), free(work);
+        }
+    CHECK(worst < 1e-10, "chain of 8 reaches xf: %g of the state scale", worst);
+}
+
+/* The law of the scalar x' = a x + u at long horizons, stable and unstable,
+ * against its closed form x(t) = (x0 sinh(a (H - t)) + xf sinh(a t)) / sinh(a H)
+ * (the solution of x'' = a^2 x with x(0) = x0, x(H) = xf), written with
+ * decaying exponentials only; u(t) = x' - a x. */
+static void test_law_long_horizons(void)
+{
+    const struct {
+        double a, H;
+    } cases[] = {{-0.5, 200.0}, {-0.5, 1000.0}, {-2.0, 1000.0}, {0.5, 200.0}, {0.3, 1000.0}};
+    const double x0[1] = {1.5}, xf[1] = {-0.75};
+    double worst = 0.0;
+    void *lw = xmalloc(tl_min_energy_law_work_bytes(1, 1));
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const double a = cases[c].a, H = cases[c].H, k = fabs(a), A[1] = {a}, B[1] = {1.0};
+        double times[7] = {0.0, 1.0, 0.3 * H, 0.5 * H, 0.7 * H, H - 1.0, H}, ul[7], xl[7];
+        tl_law_info info;
+        CHECK(tl_min_energy_law(1, 1, A, B, H, 1, x0, xf, 7, times, ul, xl, &info, lw) == TL_OK,
+              "law a = %g, H = %g", a, H);
+        CHECK(info.backward == (a > 0) && info.growth <= 1.0 + 1e-12,
+              "direction of a = %g: backward %d growth %g", a, info.backward, info.growth);
+        for (int q = 0; q < 7; q++) {
+            const double t = times[q], s = H - t, den = -expm1(-2 * k * H);
+            /* sinh(k s)/sinh(k H) = e^{-k t} (1 - e^{-2 k s}) / (1 - e^{-2 k H}) */
+            const double w0 = exp(-k * t) * -expm1(-2 * k * s) / den;
+            const double w1 = exp(-k * s) * -expm1(-2 * k * t) / den;
+            const double dw0 = -k * exp(-k * t) * (1 + exp(-2 * k * s)) / den;
+            const double dw1 = k * exp(-k * s) * (1 + exp(-2 * k * t)) / den;
+            const double xt = x0[0] * w0 + xf[0] * w1, dx = x0[0] * dw0 + xf[0] * dw1;
+            worst = fmax(worst, fabs(xl[q] - xt) / 1.5);
+            worst = fmax(worst, fabs(ul[q] - (dx - a * xt)) / 1.5);
+        }
+    }
+    CHECK(worst < 1e-12, "scalar law at long horizons vs closed form: %g", worst);
+    /* a saddle, diag(1, -1), over H = 40: e^{At} grows by e^40 either way */
+    const double As[4] = {1, 0, 0, -1}, Bs[2] = {1, 1}, xs0[2] = {1, 1}, xsf[2] = {0, 0};
+    double tt[1] = {20.0}, us[1], xs[2];
+    tl_law_info info;
+    void *lw2 = xmalloc(tl_min_energy_law_work_bytes(2, 1));
+    CHECK(tl_min_energy_law(2, 1, As, Bs, 40.0, 1, xs0, xsf, 1, tt, us, xs, &info, lw2) ==
+                  TL_ERR_SINGULAR && info.growth > TL_LAW_GROWTH_LIMIT,
+          "saddle over a long horizon refused (growth %g)", info.growth);
+    free(lw), free(lw2);
 }
 
 static void test_final_state_error(void)
@@ -1235,6 +1346,8 @@ int main(void)
     test_references();
     test_references_huge();
     test_references_wide_input();
+    test_references_chain();
+    test_law_long_horizons();
     test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed == 0 ? 0 : 1;
