@@ -55,30 +55,41 @@ static double TL_SFX(cl_sequence)(const TL_SFX(cl_ctx) *c, ptrdiff_t b, double *
  * values in padding -- NaN and inf included -- neither raise nor change a bit
  * of the result. */
 
+/* Are count values at p finite? Short runs -- a sequence's x0, one state,
+ * its steps up to a length -- inline, where a call of the scanner (a clone
+ * picked at load time) would cost more than the few compares; x - x is +0
+ * for a finite x and NaN otherwise (as in finite.c). */
+static inline int TL_SFX(run_finite)(const TL_T *p, ptrdiff_t count)
+{
+    if (count >= 64)
+        return TL_SFX(tl_all_finite)(p, count);
+    int bad = 0;
+    for (ptrdiff_t i = 0; i < count; i++)
+        bad |= !(p[i] - p[i] == 0);
+    return !bad;
+}
+
 /* Are steps 0 .. end - 1 of a row of `width`-element steps finite: all of
- * them, or (valid_only) only those sequence b's selection marks valid?
- * Consecutive valid steps are scanned as one run. */
+ * them, or (valid_only) only those sequence b's selection marks valid? A
+ * mask selects by an AND of flags, not a branch a step: one pass over the
+ * row, whatever the values of the steps it leaves out. */
 static int TL_SFX(steps_finite)(const tl_selection *sel, ptrdiff_t b, const TL_T *row,
                                 ptrdiff_t width, ptrdiff_t end, int valid_only)
 {
     if (valid_only && sel->lengths != NULL && sel->lengths[b] < end)
         end = (ptrdiff_t)sel->lengths[b];
     if (!valid_only || sel->mask == NULL)
-        return TL_SFX(tl_all_finite)(row, end * width);
+        return TL_SFX(run_finite)(row, end * width);
     const unsigned char *valid = sel->mask + b * sel->steps;
-    ptrdiff_t t = 0;
-    while (t < end) {
-        if (!valid[t]) {
-            t++;
-            continue;
-        }
-        const ptrdiff_t first = t;
-        while (t < end && valid[t])
-            t++;
-        if (!TL_SFX(tl_all_finite)(row + first * width, (t - first) * width))
-            return 0;
+    int bad = 0;
+    for (ptrdiff_t t = 0; t < end; t++) {
+        const TL_T *p = row + t * width;
+        int step_bad = 0;
+        for (ptrdiff_t d = 0; d < width; d++)
+            step_bad |= !(p[d] - p[d] == 0);
+        bad |= step_bad & (valid[t] != 0);
     }
-    return 1;
+    return !bad;
 }
 
 /* The control loss reads the valid steps of pred and target: bit 0 set when
@@ -111,8 +122,12 @@ static void TL_SFX(cl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         int bad_in = 0, bad_out = 0;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         for (ptrdiff_t b = chunk * TL_CHUNK; b < end; b++) {
-            /* each row's read steps checked just before they are read, in cache */
-            if (c->spec->check_finite)
+            /* each row checked just before it is read, while it is in cache:
+             * whole (finite rows need nothing else), then, if that finds a
+             * NaN or inf, only at the steps the loss reads */
+            if (c->spec->check_finite &&
+                !(TL_SFX(tl_all_finite)(c->pred + b * row, row) &&
+                  TL_SFX(tl_all_finite)(c->target + b * row, row)))
                 bad_in |= TL_SFX(cl_seq_bad)(&c->spec->sel, c->D, c->pred, c->target, b) != 0;
             sum += TL_SFX(cl_sequence)(c, b, w, wv);
             if (c->grad != NULL)
@@ -380,7 +395,7 @@ static unsigned TL_SFX(rl_seq_bad)(const tl_loss_spec *spec, const TL_SFX(rl_dat
     if ((states || (terms & TL_TERM_CONTROL)) &&
         !TL_SFX(steps_finite)(sel, b, a->u + b * su, m, K, !states))
         bad |= TL_IN_CONTROLS;
-    if (states && !TL_SFX(tl_all_finite)(a->x0 + b * n, n))
+    if (states && !TL_SFX(run_finite)(a->x0 + b * n, n))
         bad |= TL_IN_X0;
     if (a->ru != NULL && !TL_SFX(steps_finite)(sel, b, a->ru + b * su, m, K, 1))
         bad |= TL_IN_REF_CONTROLS;
@@ -388,42 +403,30 @@ static unsigned TL_SFX(rl_seq_bad)(const tl_loss_spec *spec, const TL_SFX(rl_dat
         const TL_T *rs = a->rs + b * ss;
         const int ok = (terms & TL_TERM_TRAJECTORY)
                            ? TL_SFX(steps_finite)(sel, b, rs + n, n, K, 1) &&
-                                 (!spec->include_initial || TL_SFX(tl_all_finite)(rs, n))
-                           : TL_SFX(tl_all_finite)(rs + K * n, n); /* terminal, no target */
+                                 (!spec->include_initial || TL_SFX(run_finite)(rs, n))
+                           : TL_SFX(run_finite)(rs + K * n, n); /* terminal, no target */
         if (!ok)
             bad |= TL_IN_REF_STATES;
     }
-    if (a->tgt != NULL && !TL_SFX(tl_all_finite)(a->tgt + b * n, n))
+    if (a->tgt != NULL && !TL_SFX(run_finite)(a->tgt + b * n, n))
         bad |= TL_IN_TARGET;
     return bad;
 }
 
 /* Do the elements rows b0 .. b0 + rows - 1 read (rl_seq_bad) all finite?
- * Without lengths or mask every row reads the same elements: the arrays
- * read whole are scanned in one run across the rows. */
+ * First the rows of every array read, whole, one run an array (as fast as
+ * the machine reads memory): finite rows need nothing else, so finite
+ * inputs cost what a check of whole arrays costs. Only when a NaN or inf is
+ * somewhere in them -- padding, perhaps -- is each row checked element by
+ * element against what it reads. */
 static int TL_SFX(rl_rows_read_finite)(const tl_loss_spec *spec, const TL_SFX(rl_data) *a,
                                        ptrdiff_t b0, int rows, ptrdiff_t n, ptrdiff_t m)
 {
-    const tl_selection *sel = &spec->sel;
-    if (sel->lengths == NULL && sel->mask == NULL && sel->steps > 0) {
-        const ptrdiff_t T = sel->steps, su = T * m, ss = (T + 1) * n;
-        const int traj = (spec->terms & TL_TERM_TRAJECTORY) != 0;
-        const int states = traj || (spec->terms & TL_TERM_TERMINAL);
-        if (!TL_SFX(tl_all_finite)(a->u + b0 * su, rows * su) ||
-            (states && !TL_SFX(tl_all_finite)(a->x0 + b0 * n, rows * n)) ||
-            (a->ru != NULL && !TL_SFX(tl_all_finite)(a->ru + b0 * su, rows * su)) ||
-            (a->tgt != NULL && !TL_SFX(tl_all_finite)(a->tgt + b0 * n, rows * n)))
-            return 0;
-        if (a->rs == NULL)
-            return 1;
-        if (traj && spec->include_initial) /* every state scored */
-            return TL_SFX(tl_all_finite)(a->rs + b0 * ss, rows * ss);
-        for (ptrdiff_t b = b0; b < b0 + rows; b++) /* states 1 .. T, or T alone */
-            if (!(traj ? TL_SFX(tl_all_finite)(a->rs + b * ss + n, T * n)
-                       : TL_SFX(tl_all_finite)(a->rs + b * ss + T * n, n)))
-                return 0;
+    const ptrdiff_t su = spec->sel.steps * m, ss = (spec->sel.steps + 1) * n;
+#define TL_ROWS_OK(ptr, len) ((ptr) == NULL || TL_SFX(tl_all_finite)((ptr) + b0 * (len), rows * (len)))
+    if (TL_ROWS_OK(a->u, su) && TL_ROWS_OK(a->x0, n) && TL_ROWS_OK(a->ru, su) &&
+        TL_ROWS_OK(a->rs, ss) && TL_ROWS_OK(a->tgt, n))
         return 1;
-    }
     for (ptrdiff_t b = b0; b < b0 + rows; b++)
         if (TL_SFX(rl_seq_bad)(spec, a, b, n, m) != 0)
             return 0;
@@ -463,7 +466,6 @@ unsigned TL_SFX(tl_rollout_loss_bad_inputs)(const tl_system *sys, const tl_loss_
 static int TL_SFX(rl_outputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int rows,
                                      ptrdiff_t su, ptrdiff_t n)
 {
-#define TL_ROWS_OK(ptr, len) ((ptr) == NULL || TL_SFX(tl_all_finite)((ptr) + b0 * (len), rows * (len)))
     return TL_ROWS_OK(d->gu, su) && TL_ROWS_OK(d->gx, n);
 #undef TL_ROWS_OK
 }
