@@ -13,7 +13,9 @@
  * recurrences of different sequences overlap instead of waiting on each
  * other. Lanes past the end of the batch, and steps past a sequence's last
  * valid step, are switched off with selects (never multiplied by zero), so
- * padding values -- NaN included -- never reach a result.
+ * padding values -- NaN included -- never reach a result; check_finite scans
+ * only the elements a loss reads (rl_seq_bad, cl_seq_bad in loss_impl.h), so
+ * they never raise either.
  */
 #include <limits.h>
 #include <math.h>
@@ -26,7 +28,9 @@
 #include "sizes.h"
 #include "trajloss.h"
 
-/* rho(r) and its derivative for the three penalties (see trajloss.h). */
+/* rho(r) and its derivative for the three penalties (see trajloss.h). A NaN
+ * residual (an unchecked NaN input, check_finite off) has a NaN derivative
+ * too: no comparison may turn it into a finite-looking 0 or -delta. */
 static inline double rho(tl_penalty penalty, double delta, double r, double *drho)
 {
     switch (penalty) {
@@ -34,7 +38,7 @@ static inline double rho(tl_penalty penalty, double delta, double r, double *drh
         *drho = 2.0 * r;
         return r * r;
     case TL_PENALTY_L1:
-        *drho = (double)((r > 0.0) - (r < 0.0));
+        *drho = r != r ? r : (double)((r > 0.0) - (r < 0.0));
         return fabs(r);
     default: {
         const double abs_r = fabs(r);
@@ -42,7 +46,7 @@ static inline double rho(tl_penalty penalty, double delta, double r, double *drh
             *drho = r;
             return 0.5 * r * r;
         }
-        *drho = r > 0.0 ? delta : -delta;
+        *drho = r > 0.0 ? delta : r < 0.0 ? -delta : r;
         return delta * (abs_r - 0.5 * delta);
     }
     }

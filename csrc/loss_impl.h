@@ -50,6 +50,67 @@ static double TL_SFX(cl_sequence)(const TL_SFX(cl_ctx) *c, ptrdiff_t b, double *
     return sum;
 }
 
+/* ---- what a loss reads (check_finite) ------------------------------------
+ * check_finite looks at exactly the elements a loss reads (select.h), so
+ * values in padding -- NaN and inf included -- neither raise nor change a bit
+ * of the result. */
+
+/* Are count values at p finite? Short runs -- a sequence's x0, one state,
+ * its steps up to a length -- inline, where a call of the scanner (a clone
+ * picked at load time) would cost more than the few compares; x - x is +0
+ * for a finite x and NaN otherwise (as in finite.c). */
+static inline int TL_SFX(run_finite)(const TL_T *p, ptrdiff_t count)
+{
+    if (count >= 64)
+        return TL_SFX(tl_all_finite)(p, count);
+    int bad = 0;
+    for (ptrdiff_t i = 0; i < count; i++)
+        bad |= !(p[i] - p[i] == 0);
+    return !bad;
+}
+
+/* Are steps 0 .. end - 1 of a row of `width`-element steps finite: all of
+ * them, or (valid_only) only those sequence b's selection marks valid? A
+ * mask selects by an AND of flags, not a branch a step: one pass over the
+ * row, whatever the values of the steps it leaves out. */
+static int TL_SFX(steps_finite)(const tl_selection *sel, ptrdiff_t b, const TL_T *row,
+                                ptrdiff_t width, ptrdiff_t end, int valid_only)
+{
+    if (valid_only && sel->lengths != NULL && sel->lengths[b] < end)
+        end = (ptrdiff_t)sel->lengths[b];
+    if (!valid_only || sel->mask == NULL)
+        return TL_SFX(run_finite)(row, end * width);
+    const unsigned char *valid = sel->mask + b * sel->steps;
+    int bad = 0;
+    for (ptrdiff_t t = 0; t < end; t++) {
+        const TL_T *p = row + t * width;
+        int step_bad = 0;
+        for (ptrdiff_t d = 0; d < width; d++)
+            step_bad |= !(p[d] - p[d] == 0);
+        bad |= step_bad & (valid[t] != 0);
+    }
+    return !bad;
+}
+
+/* The control loss reads the valid steps of pred and target: bit 0 set when
+ * sequence b's hold NaN or inf in pred, bit 1 in target. */
+static unsigned TL_SFX(cl_seq_bad)(const tl_selection *sel, ptrdiff_t D, const TL_T *pred,
+                                   const TL_T *target, ptrdiff_t b)
+{
+    const ptrdiff_t T = sel->steps, row = T * D;
+    return (unsigned)!TL_SFX(steps_finite)(sel, b, pred + b * row, D, T, 1) |
+           (unsigned)!TL_SFX(steps_finite)(sel, b, target + b * row, D, T, 1) << 1;
+}
+
+unsigned TL_SFX(tl_control_loss_bad_inputs)(const tl_loss_spec *spec, ptrdiff_t features,
+                                            const TL_T *pred, const TL_T *target)
+{
+    unsigned bad = 0;
+    for (ptrdiff_t b = 0; b < spec->sel.batch && bad != 3u; b++)
+        bad |= TL_SFX(cl_seq_bad)(&spec->sel, features, pred, target, b);
+    return bad;
+}
+
 static void TL_SFX(cl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 {
     const TL_SFX(cl_ctx) *c = (const TL_SFX(cl_ctx) *)ctx;
@@ -61,10 +122,13 @@ static void TL_SFX(cl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         int bad_in = 0, bad_out = 0;
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         for (ptrdiff_t b = chunk * TL_CHUNK; b < end; b++) {
-            /* each row checked just before it is read, while it is in cache */
-            if (c->spec->check_finite)
-                bad_in |= !TL_SFX(tl_all_finite)(c->pred + b * row, row) ||
-                          !TL_SFX(tl_all_finite)(c->target + b * row, row);
+            /* each row checked just before it is read, while it is in cache:
+             * whole (finite rows need nothing else), then, if that finds a
+             * NaN or inf, only at the steps the loss reads */
+            if (c->spec->check_finite &&
+                !(TL_SFX(tl_all_finite)(c->pred + b * row, row) &&
+                  TL_SFX(tl_all_finite)(c->target + b * row, row)))
+                bad_in |= TL_SFX(cl_seq_bad)(&c->spec->sel, c->D, c->pred, c->target, b) != 0;
             sum += TL_SFX(cl_sequence)(c, b, w, wv);
             if (c->grad != NULL)
                 bad_out |= !TL_SFX(tl_all_finite)(c->grad + b * row, row);
@@ -301,22 +365,104 @@ static void TL_SFX(stage)(const TL_T *src, ptrdiff_t len, int lanes, TL_T *dst)
 
 typedef struct {
     const tl_rl_const *c;
-    TL_SFX(rl_data) all;   /* the whole batch, the arrays the terms read */
-    TL_SFX(rl_data) given; /* every input array the caller gave, for check_finite */
-    TL_SFX(rl_data) unread; /* given, less the arrays whose every element reaches a
-                               sum in the fast kernels (see rl_range) */
+    TL_SFX(rl_data) all;  /* the whole batch: the arrays the kernels use, and the gradients */
+    TL_SFX(rl_data) read; /* the arrays whose elements check_finite scans (rl_read_arrays) */
 } TL_SFX(rl_ctx);
 
-/* Are rows b0 .. b0 + rows - 1 of every input of d finite (NULL arrays pass)? */
-static int TL_SFX(rl_inputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int rows,
-                                    ptrdiff_t su, ptrdiff_t ss, ptrdiff_t n)
+/* The elements of sequence b a rollout loss with these terms reads, given
+ * its valid control steps S_b (last one t_b; none: nothing is read):
+ *   controls   steps 0 .. t_b when a state is scored -- a step left out of
+ *              S_b by a mask still drives the states after it -- else S_b;
+ *   x0         when a state is scored;
+ *   ref_controls  S_b (the control term);
+ *   ref_states the states scored: k + 1 for k in S_b and, with
+ *              include_initial, 0 (the trajectory term); t_b + 1 (the
+ *              terminal term, without a target);
+ *   target     (the terminal term).
+ * Returns the TL_IN_* bits (select.h) of those holding NaN or inf there; a
+ * (rl_read_arrays) holds only the arrays read. */
+static unsigned TL_SFX(rl_seq_bad)(const tl_loss_spec *spec, const TL_SFX(rl_data) *a,
+                                   ptrdiff_t b, ptrdiff_t n, ptrdiff_t m)
 {
-#define TL_ROWS_OK(ptr, len) ((ptr) == NULL || TL_SFX(tl_all_finite)((ptr) + b0 * (len), rows * (len)))
-    return TL_ROWS_OK(d->u, su) && TL_ROWS_OK(d->x0, n) && TL_ROWS_OK(d->ru, su) &&
-           TL_ROWS_OK(d->rs, ss) && TL_ROWS_OK(d->tgt, n);
+    const tl_selection *sel = &spec->sel;
+    const tl_seq_span span = tl_sel_span(sel, b);
+    if (span.count == 0)
+        return 0;
+    const ptrdiff_t T = sel->steps, K = span.last + 1, su = T * m, ss = (T + 1) * n;
+    const unsigned terms = spec->terms;
+    const int states = (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) != 0;
+    unsigned bad = 0;
+    if ((states || (terms & TL_TERM_CONTROL)) &&
+        !TL_SFX(steps_finite)(sel, b, a->u + b * su, m, K, !states))
+        bad |= TL_IN_CONTROLS;
+    if (states && !TL_SFX(run_finite)(a->x0 + b * n, n))
+        bad |= TL_IN_X0;
+    if (a->ru != NULL && !TL_SFX(steps_finite)(sel, b, a->ru + b * su, m, K, 1))
+        bad |= TL_IN_REF_CONTROLS;
+    if (a->rs != NULL) {
+        const TL_T *rs = a->rs + b * ss;
+        const int ok = (terms & TL_TERM_TRAJECTORY)
+                           ? TL_SFX(steps_finite)(sel, b, rs + n, n, K, 1) &&
+                                 (!spec->include_initial || TL_SFX(run_finite)(rs, n))
+                           : TL_SFX(run_finite)(rs + K * n, n); /* terminal, no target */
+        if (!ok)
+            bad |= TL_IN_REF_STATES;
+    }
+    if (a->tgt != NULL && !TL_SFX(run_finite)(a->tgt + b * n, n))
+        bad |= TL_IN_TARGET;
+    return bad;
 }
 
-/* ... and of its gradients. */
+/* Do the elements rows b0 .. b0 + rows - 1 read (rl_seq_bad) all finite?
+ * First the rows of every array read, whole, one run an array (as fast as
+ * the machine reads memory): finite rows need nothing else, so finite
+ * inputs cost what a check of whole arrays costs. Only when a NaN or inf is
+ * somewhere in them -- padding, perhaps -- is each row checked element by
+ * element against what it reads. */
+static int TL_SFX(rl_rows_read_finite)(const tl_loss_spec *spec, const TL_SFX(rl_data) *a,
+                                       ptrdiff_t b0, int rows, ptrdiff_t n, ptrdiff_t m)
+{
+    const ptrdiff_t su = spec->sel.steps * m, ss = (spec->sel.steps + 1) * n;
+#define TL_ROWS_OK(ptr, len) ((ptr) == NULL || TL_SFX(tl_all_finite)((ptr) + b0 * (len), rows * (len)))
+    if (TL_ROWS_OK(a->u, su) && TL_ROWS_OK(a->x0, n) && TL_ROWS_OK(a->ru, su) &&
+        TL_ROWS_OK(a->rs, ss) && TL_ROWS_OK(a->tgt, n))
+        return 1;
+    for (ptrdiff_t b = b0; b < b0 + rows; b++)
+        if (TL_SFX(rl_seq_bad)(spec, a, b, n, m) != 0)
+            return 0;
+    return 1;
+}
+
+/* The arrays of the batch a rollout loss with these terms reads: only the
+ * references its terms score, the target in place of ref_states' final
+ * state when there is one. */
+static TL_SFX(rl_data) TL_SFX(rl_read_arrays)(unsigned terms, const TL_T *controls,
+                                              const TL_T *x0, const TL_T *ref_controls,
+                                              const TL_T *ref_states, const TL_T *target)
+{
+    const TL_SFX(rl_data) d = {
+        controls, x0, (terms & TL_TERM_CONTROL) ? ref_controls : NULL,
+        (terms & TL_TERM_TRAJECTORY) || ((terms & TL_TERM_TERMINAL) && target == NULL)
+            ? ref_states
+            : NULL,
+        (terms & TL_TERM_TERMINAL) ? target : NULL, NULL, NULL};
+    return d;
+}
+
+unsigned TL_SFX(tl_rollout_loss_bad_inputs)(const tl_system *sys, const tl_loss_spec *spec,
+                                            const TL_T *controls, const TL_T *x0,
+                                            const TL_T *ref_controls, const TL_T *ref_states,
+                                            const TL_T *target)
+{
+    const TL_SFX(rl_data) a = TL_SFX(rl_read_arrays)(spec->terms, controls, x0, ref_controls,
+                                                     ref_states, target);
+    unsigned bad = 0;
+    for (ptrdiff_t b = 0; b < spec->sel.batch; b++)
+        bad |= TL_SFX(rl_seq_bad)(spec, &a, b, sys->n, sys->m);
+    return bad;
+}
+
+/* Are rows b0 .. b0 + rows - 1 of the gradients of d finite (NULL arrays pass)? */
 static int TL_SFX(rl_outputs_finite)(const TL_SFX(rl_data) *d, ptrdiff_t b0, int rows,
                                      ptrdiff_t su, ptrdiff_t n)
 {
@@ -373,15 +519,15 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         const ptrdiff_t end = (chunk + 1) * TL_CHUNK < B ? (chunk + 1) * TL_CHUNK : B;
         const int rows = (int)(end - start);
         /* A chunk of full tiles for the fast kernel needs no scan of what
-         * that kernel reads: it scores every element of those inputs, and a
-         * NaN or inf survives every +, - and * on its way to a sum (0 * inf
-         * is NaN), so the chunk's sums are finite exactly when those inputs
-         * are -- unless the sums overflowed, which a scan then tells apart.
-         * Other chunks are scanned just before the kernels read them, so the
-         * kernels read them again from cache, not memory. */
+         * it reads: with every step valid it scores every element it reads
+         * (rl_seq_bad), and a NaN or inf survives every +, - and * on its way
+         * to a sum (0 * inf is NaN), so the chunk's sums are finite exactly
+         * when those elements are -- unless the sums overflowed, which a scan
+         * then tells apart. Other chunks have the elements they read scanned
+         * just before the kernels read them, so from cache, not memory. */
         const int by_sums = fast != NULL && rows % TL_VL == 0;
         int bad_in = c->spec->check_finite && !by_sums &&
-                     !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n);
+                     !TL_SFX(rl_rows_read_finite)(c->spec, &x->read, start, rows, n, m);
         ptrdiff_t b0 = start;
         if (fast != NULL && rows >= TL_VL) { /* the chunk's full tiles in one run */
             if (!full_ready)
@@ -447,9 +593,8 @@ static void TL_SFX(rl_range)(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         }
         if (c->spec->check_finite && by_sums) {
             const double all = part[P_CONTROL] + part[P_TRAJECTORY] + part[P_TERMINAL];
-            bad_in = !(all - all == 0.0)
-                         ? !TL_SFX(rl_inputs_finite)(&x->given, start, rows, su, ss, n)
-                         : !TL_SFX(rl_inputs_finite)(&x->unread, start, rows, su, ss, n);
+            bad_in = !(all - all == 0.0) &&
+                     !TL_SFX(rl_rows_read_finite)(c->spec, &x->read, start, rows, n, m);
         }
         part[P_BAD_INPUT] = bad_in;
         /* by_sums: every gradient of the chunk went into the check (rl_backward_end) */
@@ -499,24 +644,9 @@ tl_status TL_SFX(tl_rollout_loss)(const tl_system *sys, const tl_loss_spec *spec
                            ds * (spec->terminal_weight / (N.terminal * (double)n)),
                            powers, partials, partials + P_COUNT * chunks, worker_doubles,
                            TL_SFX(rl_bytes)(&all, B, T * m, (T + 1) * n, n) > TL_PREFETCH_BYTES};
-    const TL_SFX(rl_data) given = {controls, x0, ref_controls, ref_states, target, NULL, NULL};
-    TL_SFX(rl_ctx) ctx = {&c, all, given, given};
-    /* What the fast kernel reads and scores in full: controls through the
-     * control penalty or through every later state (a non-finite u_k makes
-     * all of x_{k+1} non-finite, whatever Bd holds), x0 through the states,
-     * ref_controls, ref_states (an unscored state 0 as r - r, see
-     * tile_impl.h) and the terminal target. */
-    const int states = (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) != 0;
-    if (terms)
-        ctx.unread.u = NULL;
-    if (states)
-        ctx.unread.x0 = NULL;
-    if (terms & TL_TERM_CONTROL)
-        ctx.unread.ru = NULL;
-    if (terms & TL_TERM_TRAJECTORY)
-        ctx.unread.rs = NULL;
-    if (terms & TL_TERM_TERMINAL)
-        ctx.unread.tgt = NULL;
+    TL_SFX(rl_ctx) ctx = {&c, all,
+                          TL_SFX(rl_read_arrays)(terms, controls, x0, ref_controls, ref_states,
+                                                 target)};
     tl_parallel_ranges(spec->pool, spec->threads, chunks, TL_SFX(rl_range), &ctx);
 
     const double raw_c = sum_partials(partials, chunks, P_CONTROL) / (double)m;

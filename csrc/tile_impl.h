@@ -157,6 +157,19 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_stage)(const TL_SFX(rl_pass) *q, const TL
         TL_SFX(rl_transpose)(p->rs, q->ss, (q->K + 1) * q->n, b->rs);
 }
 
+/* rho and its derivative (tl_vrho) of the residuals r; a NaN residual --
+ * only from a NaN input that check_finite was told not to look for -- gets a
+ * NaN derivative, where the comparisons of "l1" and "huber" would make it a
+ * finite-looking 0 or -delta. By a select on r != r, so every other lane
+ * keeps its bits; the squared error (d = r) needs none. */
+static TL_ALWAYS_INLINE void TL_SFX(rl_rho)(const TL_SFX(rl_pass) *q, const TL_V r, TL_V *e,
+                                             TL_V *d)
+{
+    TL_SFX(tl_vrho)(q->pen, q->delta, r, e, d);
+    if (q->pen != TL_PENALTY_MSE)
+        *d = TL_SFX(tl_vblend)((TL_VM)(r != r), r, *d);
+}
+
 /* One step's penalty of `count` values v against ref, with value weights vw
  * and gradient weights gw: adds to *sum and stores the derivatives in g.
  * masked: only the lanes that score this step (on); else all of them. */
@@ -167,7 +180,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_score)(const TL_SFX(rl_pass) *q, const TL
 {
     TL_V e, d;
     for (ptrdiff_t i = 0; i < count; i++) {
-        TL_SFX(tl_vrho)(q->pen, q->delta, v[i] - ref[i], &e, &d);
+        TL_SFX(rl_rho)(q, v[i] - ref[i], &e, &d);
         const TL_V ve = vw[i] * e, gd = gw[i] * d;
         TL_SFX(tl_vacc)(sum, q->masked ? TL_SFX(tl_vkeep)(on, ve) : ve);
         g[i] = q->masked ? TL_SFX(tl_vkeep)(on, gd) : gd;
@@ -201,14 +214,9 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_forward_begin)(const TL_SFX(rl_pass) *q,
         TL_SFX(rl_score_states)(q, ts, b, 0, x, sum_t);
         return;
     }
+    /* an unscored state 0: its reference is never read (nor checked) */
     for (ptrdiff_t i = 0; i < n; i++)
         b->G[i] = TL_SFX(tl_vsplat)(0.0);
-    /* An unscored state 0 is never used by the fast kernels; for
-     * check_finite (see rl_range) it still reaches the sum, as r - r:
-     * +0 for a finite r, NaN for inf or NaN. */
-    if (!q->masked && (q->terms & TL_TERM_TRAJECTORY) && c->spec->check_finite)
-        for (ptrdiff_t i = 0; i < n; i++)
-            TL_SFX(tl_vacc)(sum_t, b->rs[i] - b->rs[i]);
 }
 
 /* Control step k: its penalty, then x = x_{k+1} and the terms at it. */
@@ -280,7 +288,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
         for (ptrdiff_t i = 0; i < n; i++) {
             const double s = sw != NULL ? sw[i] : 1.0;
             TL_V e, d;
-            TL_SFX(tl_vrho)(q->pen, q->delta, x[i] - tgt[i], &e, &d);
+            TL_SFX(rl_rho)(q, x[i] - tgt[i], &e, &d);
             TL_SFX(tl_vacc)(sum_f, TL_SFX(tl_vsplat)(s) * e);
             b->G[K * n + i] += TL_SFX(tl_vsplat)(c->sf * s) * d;
         }
@@ -293,7 +301,7 @@ static TL_ALWAYS_INLINE void TL_SFX(rl_terminal)(const TL_SFX(rl_pass) *q, const
         for (int l = 0; l < TL_VL; l++)
             if (scored[l])
                 tgt[l] = p->tgt != NULL ? p->tgt[l * n + i] : p->rs[l * ss + ts->K[l] * n + i];
-        TL_SFX(tl_vrho)(q->pen, q->delta, xf[i] - tgt, &e, &d);
+        TL_SFX(rl_rho)(q, xf[i] - tgt, &e, &d);
         const TL_V gd = TL_SFX(tl_vsplat)(c->sf * s) * d;
         TL_SFX(tl_vacc)(sum_f, TL_SFX(tl_vkeep)(scored, TL_SFX(tl_vsplat)(s) * e));
         for (int l = 0; l < TL_VL; l++)

@@ -43,6 +43,11 @@ tl_seq_span tl_sel_span(const tl_selection *sel, ptrdiff_t b)
         span.last = span.count - 1;
         return span;
     }
+    if (sel->mask == NULL) { /* every step valid */
+        span.count = sel->steps;
+        span.last = sel->steps - 1;
+        return span;
+    }
     for (ptrdiff_t t = 0; t < sel->steps; t++)
         if (tl_sel_valid(sel, b, t)) {
             span.count++;

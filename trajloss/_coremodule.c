@@ -34,6 +34,7 @@
 #endif
 
 #include "trajloss.h"
+#include "select.h" /* what a loss reads: naming its non-finite input */
 
 #ifndef TL_LAPACK_PROVIDER
 #define TL_LAPACK_PROVIDER "unknown"
@@ -317,6 +318,31 @@ static int check_all_finite(const float_arg *arg)
     return -1;
 }
 
+/* -1 with ValueError if the first lengths[b] steps (of `width` elements) of
+ * row b of a converted (B, T, width) array hold NaN or inf; every step when
+ * lengths is NULL. */
+static int check_read_prefix_finite(const float_arg *arg, npy_intp batch, npy_intp steps,
+                                    npy_intp width, const int64_t *lengths)
+{
+    if (lengths == NULL)
+        return check_all_finite(arg);
+    const int f64 = PyArray_TYPE(arg->arr) == NPY_DOUBLE;
+    const char *data = PyArray_DATA(arg->arr);
+    const npy_intp row = steps * width * (f64 ? 8 : 4);
+    for (npy_intp b = 0; b < batch; b++) {
+        const ptrdiff_t count = (ptrdiff_t)lengths[b] * width;
+        if (!(f64 ? tl_all_finite_f64((const double *)(data + b * row), count)
+                  : tl_all_finite_f32((const float *)(data + b * row), count))) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s contains NaN or inf at a step before its sequence's length; pass "
+                         "check_finite=False to let them propagate",
+                         arg->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int check_float_args_finite(const float_arg *args, int count)
 {
     for (int i = 0; i < count; i++)
@@ -326,17 +352,24 @@ static int check_float_args_finite(const float_arg *args, int count)
 }
 
 /*
- * The losses let the core check their inputs as it reads them (spec
- * check_finite), so the data streams from memory once. When the core says
- * TL_ERR_NONFINITE -- or TL_ERR_EMPTY, which it finds before reading -- this
- * scans the arguments to raise the ValueError naming the first bad one, as
- * a check before the call would have. 1 when it raised.
+ * The losses let the core check the elements they read as it reads them
+ * (spec check_finite): padding is never read, so never checked, and the data
+ * streams from memory once. When the core says TL_ERR_NONFINITE, `bad` (the
+ * core's tl_*_bad_inputs: one bit per argument, in the order of `bits`)
+ * names the first of args that holds NaN or inf where it is read.
  */
-static int loss_inputs_not_finite(tl_status status, const float_arg *args, int count)
+static void set_nonfinite_error(unsigned bad, const float_arg *args, const unsigned *bits,
+                                int count)
 {
-    if (status != TL_ERR_NONFINITE && status != TL_ERR_EMPTY)
-        return 0;
-    return check_float_args_finite(args, count) < 0;
+    for (int i = 0; i < count; i++)
+        if (bad & bits[i]) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s contains NaN or inf at a step the loss reads; pass "
+                         "check_finite=False to let them propagate",
+                         args[i].name);
+            return;
+        }
+    set_status_error(TL_ERR_NONFINITE, "loss");
 }
 
 /* Scratch of `bytes` (0 means a size computation would overflow). */
@@ -1289,6 +1322,45 @@ static PyObject *named_tuple(PyTypeObject *type, Py_ssize_t count, PyObject *con
 
 /* ---- _core.control_loss ----------------------------------------------- */
 
+/*
+ * control_loss reads a 2-D pred as ONE unbatched sequence of shape (T, D):
+ * axis 0 is time (the discount, lengths and mask run along it), axis 1 the
+ * features. A (B, T) batch of scalar sequences is then misread, and lengths
+ * or a mask shaped for B sequences say so: they are refused here with the
+ * rule and the fix, before parse_selection's plainer shape message.
+ */
+static int check_unbatched_selection(PyObject *lengths, PyObject *mask, npy_intp T, npy_intp D)
+{
+    PyObject *objs[2] = {lengths, mask};
+    const char *names[2] = {"lengths", "mask"};
+    for (int i = 0; i < 2; i++) {
+        if (objs[i] == Py_None)
+            continue;
+        PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(objs[i], NULL, 0, 0, 0, NULL);
+        if (arr == NULL) { /* parse_selection names the argument */
+            PyErr_Clear();
+            continue;
+        }
+        const int fits = i == 0 ? PyArray_NDIM(arr) == 0
+                                : PyArray_NDIM(arr) == 1 && PyArray_DIM(arr, 0) == T;
+        char s1[SHAPE_BUF];
+        if (!fits)
+            PyErr_Format(PyExc_ValueError,
+                         "%s: control_loss reads a 2-D pred of shape (T, D) = (%" NPY_INTP_FMT
+                         ", %" NPY_INTP_FMT ") as one sequence of T = %" NPY_INTP_FMT
+                         " steps of D = %" NPY_INTP_FMT " features (the discount, lengths "
+                         "and mask run along axis 0), so %s must be %s, got shape %s; for a "
+                         "batch of B sequences of T scalar steps pass pred[..., None] and "
+                         "target[..., None], of shape (B, T, 1)",
+                         names[i], T, D, T, D, names[i],
+                         i == 0 ? "a single integer" : "of shape (T,)", ARRAY_SHAPE(arr, s1));
+        Py_DECREF(arr);
+        if (!fits)
+            return -1;
+    }
+    return 0;
+}
+
 static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -1325,7 +1397,8 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
         contiguous_float_args(fa, 2, typenum) < 0)
         goto done;
     pred = fa[0].arr;
-    if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
+    if ((nd == 2 && check_unbatched_selection(lengths, mask, sh.steps, D) < 0) ||
+        parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
                         &owned) < 0 ||
         parse_penalty(penalty, delta, &spec) < 0 ||
         feature_weights_arg(fw_obj, "feature_weights", D, &fw) < 0)
@@ -1361,9 +1434,17 @@ static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssi
         status = tl_control_loss_f32(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
                                      &value, grad ? PyArray_DATA(grad) : NULL, work);
     Py_END_ALLOW_THREADS
+    if (status == TL_ERR_NONFINITE) {
+        const unsigned bad = typenum == NPY_DOUBLE
+                                 ? tl_control_loss_bad_inputs_f64(&spec, D, PyArray_DATA(pred),
+                                                                  PyArray_DATA(fa[1].arr))
+                                 : tl_control_loss_bad_inputs_f32(&spec, D, PyArray_DATA(pred),
+                                                                  PyArray_DATA(fa[1].arr));
+        set_nonfinite_error(bad, fa, (const unsigned[]){1u, 2u}, 2);
+        goto done;
+    }
     if (status != TL_OK) {
-        if (!(check_finite && loss_inputs_not_finite(status, fa, 2)))
-            set_loss_error(status, "control_loss");
+        set_loss_error(status, "control_loss");
         goto done;
     }
     if (check_finite && value.nonfinite) /* rare: find out which output */
@@ -1497,9 +1578,23 @@ static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssi
                                      PyArray_DATA(gu), PyArray_DATA(gx), work);
     Py_END_ALLOW_THREADS
 #undef DATA_OR_NULL
+    if (status == TL_ERR_NONFINITE) {
+#define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
+        const unsigned bad =
+            typenum == NPY_DOUBLE
+                ? tl_rollout_loss_bad_inputs_f64(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
+                                                 DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4))
+                : tl_rollout_loss_bad_inputs_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
+                                                 DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4));
+#undef DATA_OR_NULL
+        set_nonfinite_error(bad, fa,
+                            (const unsigned[]){TL_IN_X0, TL_IN_CONTROLS, TL_IN_REF_CONTROLS,
+                                               TL_IN_REF_STATES, TL_IN_TARGET},
+                            5);
+        goto done;
+    }
     if (status != TL_OK) {
-        if (!(check_finite && loss_inputs_not_finite(status, fa, 5)))
-            set_loss_error(status, "loss");
+        set_loss_error(status, "loss");
         goto done;
     }
     if (check_finite && v.nonfinite) /* rare: find out which output */
@@ -1558,7 +1653,11 @@ static PyObject *core_final_state_error(PyObject *self, PyObject *args)
         contiguous_float_args(fa, 3, typenum) < 0 ||
         parse_selection(Py_None, lengths, Py_None, sh.batched, sh.batch, sh.steps, &sel, &owned) < 0)
         goto done;
-    if (check_finite && check_float_args_finite(fa, 3) < 0)
+    /* controls after a sequence's length are never read, so never checked */
+    if (check_finite && (check_all_finite(&fa[0]) < 0 ||
+                         check_read_prefix_finite(&fa[1], sh.batch, sh.steps, sys.m,
+                                                  sel.lengths) < 0 ||
+                         check_all_finite(&fa[2]) < 0))
         goto done;
     err = (PyArrayObject *)PyArray_EMPTY(sh.batched, &sh.batch, typenum, 0);
     work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));

@@ -20,9 +20,34 @@ with per-feature multipliers s (default 1). Each loss is::
     ℓ = Σ_{b,t} w[b, t] e[b, t] / Σ_b |S_b|
 
 which, for γ = 1 and no padding, is ``numpy.mean`` of the elementwise penalty
-(PyTorch's ``reduction="mean"``). Steps after a sequence's last valid step
-are never read and get exactly zero gradient, so padding values do not
-matter; a batch with no valid step raises ``ValueError``.
+(PyTorch's ``reduction="mean"``). A batch with no valid step raises
+``ValueError``.
+
+Padding and ``check_finite``
+----------------------------
+Each loss reads exactly these elements; everything else is padding, which
+is never read: any value there (NaN, inf, huge numbers) gives the same value
+and gradients, bit for bit, as zeros, and gets exactly zero gradient. For
+sequence b with valid steps S_b, last valid step t_b (a sequence with no
+valid step reads nothing):
+
+* ``control_loss``: ``pred`` and ``target`` at the steps of S_b.
+* ``trajectory_loss``, ``terminal_loss``, ``combined_loss``:
+  ``controls`` at steps 0 … t_b -- with a ``mask``, a step the mask leaves
+  out before t_b still drives the states after it, so it is read and has a
+  gradient (the control term itself skips it); ``x0``; ``ref_controls`` at
+  S_b (the control term); ``ref_states`` at the states scored: state t+1 for
+  t in S_b, state 0 with ``include_initial`` (the trajectory term), state
+  t_b+1 (the terminal term when it has no target); the terminal ``target``.
+
+``check_finite=True`` (the default) raises ``ValueError`` naming the first
+argument with a NaN or inf among the elements read -- and only there. It
+costs no extra pass over memory: the core checks elements as it reads them.
+``check_finite=False`` turns off that check and the ``RuntimeWarning`` for an
+overflow (without the check, a NaN input and an overflow cannot be told
+apart). Nothing else changes: NaN or inf in an element read propagates, so
+the value is NaN or inf and so are the gradients it reaches, for every
+penalty -- never a finite-looking number.
 """
 from __future__ import annotations
 
@@ -192,6 +217,12 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
     Parameters
     ----------
     pred, target : array_like, shape (B, T, D) or (T, D)
+        A 2-D array is ONE unbatched sequence of T steps with D features:
+        axis 0 is time (the discount, ``lengths`` and ``mask`` run along it)
+        and the mean is over its T·D elements. A batch of B sequences of
+        scalar steps, shape (B, T), must be passed as ``pred[..., None]``,
+        shape (B, T, 1); with 2-D inputs, ``lengths`` other than a single
+        integer or a ``mask`` other than shape (T,) raise ``ValueError``.
     discount : float or None
         γ of the time weights (None: uniform).
     lengths : array_like of int, shape (B,) (an int when unbatched), optional
@@ -202,7 +233,10 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
     feature_weights : array_like, shape (D,), optional
         Per-feature multipliers f ≥ 0.
     check_finite : bool
-        Raise on NaN/inf in the inputs (default).
+        Raise ``ValueError`` on NaN/inf in ``pred`` or ``target`` at a valid
+        step (default); padding is never read, so never checked. False lets
+        them propagate (see the module docstring, "Padding and
+        check_finite").
 
     Returns
     -------
@@ -256,8 +290,13 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
     include_initial : bool
     state_weights : array_like, shape (n,), optional
         Per-state multipliers s ≥ 0.
-    discount, lengths, mask, penalty, delta, check_finite
+    discount, lengths, mask, penalty, delta
         As in :func:`control_loss`.
+    check_finite : bool
+        Raise ``ValueError`` on NaN/inf in an element the loss reads: controls
+        up to each sequence's last valid step (masked-out steps before it
+        included: they drive the later states), x0, and ref_states at the
+        scored states (module docstring, "Padding and check_finite").
 
     Returns
     -------
@@ -286,7 +325,8 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
     controls : array_like, shape (B, T, m) or (T, m)
     x0, target : array_like, shape (B, n) or (n,)
     lengths, mask, state_weights, penalty, delta, check_finite
-        As in :func:`trajectory_loss`.
+        As in :func:`trajectory_loss` (``target`` of a sequence with no valid
+        step is not read).
 
     Returns
     -------
@@ -324,7 +364,11 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
         Finite, ≥ 0.
     epoch : int, optional
         Passed to a strategy (``Curriculum`` needs it).
-    Others as in :func:`control_loss` and :func:`trajectory_loss`.
+    Others as in :func:`control_loss` and :func:`trajectory_loss`;
+    ``check_finite`` checks the elements the three terms read: controls up
+    to each last valid step, x0, ref_controls at valid steps, ref_states at
+    the scored states and ``terminal_target`` (module docstring, "Padding
+    and check_finite").
 
     Returns
     -------

@@ -25,7 +25,14 @@ def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=Tr
     xf : array_like, (B, n) or (n,)
         Targets; one ``(n,)`` target serves a whole batch.
     lengths : array_like of int, (B,), optional
-        Valid steps of each sequence, in [0, T].
+        Valid steps of each sequence, in [0, T]. Controls at steps ≥
+        ``lengths[b]`` are padding: never read, any value (NaN included)
+        gives the same bits as zeros.
+    check_finite : bool
+        Raise ``ValueError`` on NaN/inf in what is read: ``x0``, ``xf`` and
+        the controls before each length (default). ``False`` skips that
+        check and the overflow ``RuntimeWarning``; NaN/inf read then come
+        out as NaN/inf errors.
 
     Returns
     -------

@@ -31,8 +31,10 @@ def rollout(system, x0, controls, *, check_finite=True):
     controls : array_like, shape (B, T, m) or (T, m)
         Control ``k`` acts on ``[k dt, (k+1) dt)``.
     check_finite : bool
-        Raise ``ValueError`` on NaN/inf inputs (default); with ``False`` they
-        propagate into the output.
+        Raise ``ValueError`` on NaN/inf inputs (default; every element is
+        read, there is no padding here); with ``False`` they propagate into
+        the output, and an overflow gives inf/NaN states without the
+        ``RuntimeWarning``.
 
     Returns
     -------

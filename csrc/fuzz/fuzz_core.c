@@ -364,18 +364,12 @@ static int all_finite(const double *x, ptrdiff_t count)
     return 1;
 }
 
-static int all_finite_f(const float *x, ptrdiff_t count)
-{
-    for (ptrdiff_t i = 0; x != NULL && i < count; i++)
-        if (!isfinite(x[i]))
-            return 0;
-    return 1;
-}
-
 /*
  * The check_finite and nonfinite contract of a loss call with status st:
- * TL_OK with check_finite means every input was finite, TL_ERR_NONFINITE
- * means check_finite was set and one was not; with TL_OK, value->nonfinite
+ * TL_OK with check_finite means every element the call reads was finite
+ * (inputs_finite: control_reads_finite, rollout_reads_finite -- padding is
+ * never read), TL_ERR_NONFINITE means check_finite was set and one was not;
+ * with TL_OK, value->nonfinite
  * says whether a value field or a gradient written is inf or NaN.
  */
 static void check_finite_contract(const tl_loss_spec *spec, tl_status st, int inputs_finite,
@@ -637,6 +631,74 @@ static ptrdiff_t sel_span(const fz_sel *z, ptrdiff_t b, ptrdiff_t *last)
         if (sel_valid_step(z, b, t))
             count++, *last = t;
     return count;
+}
+
+/* Are elements at .. at + count - 1 of d (or of f, when given) finite? */
+static int fz_run_finite(const double *d, const float *f, ptrdiff_t at, ptrdiff_t count)
+{
+    for (ptrdiff_t i = at; i < at + count; i++)
+        if (f ? !isfinite(f[i]) : !isfinite(d[i]))
+            return 0;
+    return 1;
+}
+
+/* Are the elements the control loss reads -- pred and target at the valid
+ * steps -- finite? (what check_finite checks; padding is never read) */
+static int control_reads_finite(const fz_sel *z, ptrdiff_t D, const double *P, const float *pf,
+                                const double *Q, const float *qf)
+{
+    const ptrdiff_t T = z->sel.steps;
+    for (ptrdiff_t b = 0; b < z->sel.batch; b++)
+        for (ptrdiff_t t = 0; t < T; t++)
+            if (sel_valid_step(z, b, t) && !(fz_run_finite(P, pf, (b * T + t) * D, D) &&
+                                            fz_run_finite(Q, qf, (b * T + t) * D, D)))
+                return 0;
+    return 1;
+}
+
+/* The same for a rollout loss, the rule written out: a sequence with a
+ * valid step (the last one L) reads controls 0 .. L when a state term is
+ * computed (valid steps only otherwise), x0 (a state term), ref_controls at
+ * its valid steps (control term), ref_states at the states scored -- t + 1
+ * for valid t, 0 with include_initial (trajectory term), L + 1 (terminal
+ * term without a target) -- and the target (terminal term). Arrays are given
+ * as double (d*) or, when f32, float (f*); NULL when absent. */
+static int rollout_reads_finite(const fz_sel *z, const tl_loss_spec *spec, ptrdiff_t n,
+                                ptrdiff_t m, const double *U, const float *uf,
+                                const double *X0, const float *x0f, const double *RU,
+                                const float *ruf, const double *RS, const float *rsf,
+                                const double *TG, const float *tgf)
+{
+    const ptrdiff_t T = z->sel.steps;
+    const unsigned terms = spec->terms;
+    const int traj = (terms & TL_TERM_TRAJECTORY) != 0, term = (terms & TL_TERM_TERMINAL) != 0;
+    const int states = traj || term, has_tg = TG != NULL || tgf != NULL;
+    const int has_ru = RU != NULL || ruf != NULL, has_rs = RS != NULL || rsf != NULL;
+    for (ptrdiff_t b = 0; b < z->sel.batch; b++) {
+        ptrdiff_t last;
+        if (sel_span(z, b, &last) == 0)
+            continue;
+        for (ptrdiff_t t = 0; t <= last; t++) {
+            const int valid = sel_valid_step(z, b, t);
+            if ((states || valid) && !fz_run_finite(U, uf, (b * T + t) * m, m))
+                return 0;
+            if (valid && (terms & TL_TERM_CONTROL) && has_ru &&
+                !fz_run_finite(RU, ruf, (b * T + t) * m, m))
+                return 0;
+            if (valid && traj && !fz_run_finite(RS, rsf, (b * (T + 1) + t + 1) * n, n))
+                return 0;
+        }
+        if (states && !fz_run_finite(X0, x0f, b * n, n))
+            return 0;
+        if (traj && spec->include_initial && !fz_run_finite(RS, rsf, b * (T + 1) * n, n))
+            return 0;
+        if (term && has_tg && !fz_run_finite(TG, tgf, b * n, n))
+            return 0;
+        if (term && !has_tg && has_rs &&
+            !fz_run_finite(RS, rsf, (b * (T + 1) + last + 1) * n, n))
+            return 0;
+    }
+    return 1;
 }
 
 /* Reference weights of one sequence over indices j of `len` slots: slot j is
@@ -1119,9 +1181,12 @@ static void fuzz_control_loss(reader *r, int f32)
 #undef CL_CALL
     check_status(st, "control_loss");
     check_inputs();
+    /* only what the loss reads is checked (sizes are valid when these come back) */
     check_finite_contract(&spec, st,
-                          f32 ? all_finite_f(pf, cnt) && all_finite_f(qf, cnt)
-                              : all_finite(P, cnt) && all_finite(Q, cnt),
+                          st != TL_OK && st != TL_ERR_NONFINITE
+                              ? 1
+                              : control_reads_finite(&z, D, P, f32 ? pf : NULL, Q,
+                                                     f32 ? qf : NULL),
                           &v, !want_grad || all_finite(g, cnt));
     if (!z.valid || nowork || bytes == 0 || D < 1 || !spec_valid(&spec, 0))
         CHECK(st != TL_OK, "TL_OK for an invalid call");
@@ -1300,14 +1365,13 @@ static void fuzz_rollout_loss(reader *r, int f32)
 #undef RL_CALL
     check_status(st, "rollout_loss");
     {
-        int in_ok = f32 ? all_finite_f(uf, nu) && all_finite_f(x0f, nx) : all_finite(U, nu) &&
-                                                                            all_finite(X0, nx);
-        if (f32)
-            in_ok = in_ok && (!ruf || all_finite_f(ruf, nu)) && (!rsf || all_finite_f(rsf, ns)) &&
-                    (!tgf || all_finite_f(tgf, nx));
-        else
-            in_ok = in_ok && (!RU || all_finite(RU, nu)) && (!RS || all_finite(RS, ns)) &&
-                    (!TG || all_finite(TG, nx));
+        /* only what the loss reads is checked (sizes are valid when these come back) */
+        const int in_ok = st != TL_OK && st != TL_ERR_NONFINITE
+                              ? 1
+                              : f32 ? rollout_reads_finite(&z, &spec, n, m, NULL, uf, NULL, x0f,
+                                                           NULL, ruf, NULL, rsf, NULL, tgf)
+                                    : rollout_reads_finite(&z, &spec, n, m, U, NULL, X0, NULL,
+                                                           RU, NULL, RS, NULL, TG, NULL);
         check_finite_contract(&spec, st, in_ok, &v,
                               (!want_gu || all_finite(gu, nu)) && (!want_gx || all_finite(gx, nx)));
     }

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "parallel.h"
+#include "select.h"
 #include "trajloss.h"
 
 static int n_passed, n_failed;
@@ -1156,9 +1157,35 @@ static void test_all_finite(void)
     CHECK(ok, "tl_all_finite agrees with isfinite");
 }
 
-/* check_finite: TL_ERR_NONFINITE for an inf/NaN in any input, padding and
- * unscored values included; nonfinite for an overflowing result; and the
- * zero gradient of padding when Ad itself holds NaN. */
+/* Is element i of rollout-loss input a (0 u, 1 x0, 2 ru, 3 rs, 4 tg) read by
+ * a call of all three terms with the default terminal target (tg unused)
+ * when it is `with_tg`, and without include_initial? The rule written out:
+ * controls before each sequence's end, x0 of a sequence with a valid step,
+ * ref_controls at valid steps, ref_states at the states scored (1 .. L_b). */
+static int rollout_reads(int a, ptrdiff_t i, const int64_t *lengths, ptrdiff_t T, ptrdiff_t n,
+                         int with_tg) /* m = 1 */
+{
+    const ptrdiff_t row = a == 0 || a == 2 ? T : a == 3 ? (T + 1) * n : n;
+    const ptrdiff_t b = i / row, k = a == 3 ? (i % row) / n : i % row;
+    const ptrdiff_t L = lengths != NULL ? (ptrdiff_t)lengths[b] : T;
+    switch (a) {
+    case 0:
+    case 2:
+        return k < L;
+    case 1:
+        return L > 0;
+    case 3:
+        return k >= 1 && k <= L;
+    default:
+        return with_tg && L > 0;
+    }
+}
+
+/* check_finite: TL_ERR_NONFINITE for an inf/NaN in an element a loss reads,
+ * with tl_rollout_loss_bad_inputs naming the input; an element it does not
+ * read (padding, an unscored state 0) changes neither the status nor a bit
+ * of the result; nonfinite for an overflowing result; and the zero gradient
+ * of padding when Ad itself holds NaN. */
 static void test_loss_finite_checks(void)
 {
     unsigned seed = 4242u;
@@ -1167,39 +1194,60 @@ static void test_loss_finite_checks(void)
     random_system(n, m, Ad, Bd, &seed);
     tl_system sys = {n, m, Ad, Bd};
     double u[9 * 5], ru[9 * 5], x0[9 * 2], rs[9 * 6 * 2], tg[9 * 2], gu[9 * 5], gx[9 * 2];
+    double gu0[9 * 5], gx0[9 * 2];
     double *arrays[5] = {u, x0, ru, rs, tg};
+    const unsigned bits[5] = {TL_IN_CONTROLS, TL_IN_X0, TL_IN_REF_CONTROLS, TL_IN_REF_STATES,
+                              TL_IN_TARGET};
     const ptrdiff_t sizes[5] = {B * T * m, B * n, B * T * m, B * (T + 1) * n, B * n};
     for (int a = 0; a < 5; a++)
         for (ptrdiff_t i = 0; i < sizes[a]; i++)
             arrays[a][i] = uniform(&seed);
     const int64_t lengths[9] = {5, 2, 0, 4, 5, 1, 3, 5, 2};
     void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
-    tl_loss_value v;
-    int ok = 1;
+    tl_loss_value v, v0;
+    int ok = 1, reads_seen = 0, skips_seen = 0;
     for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
-        tl_loss_spec spec = {{B, T, with_lengths ? lengths : NULL, NULL, 1.0}, TL_PENALTY_MSE,
-                             1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
-                             0.3, 0.2, 0, NULL, NULL, 1, 1, 0, NULL};
-        ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) == TL_OK &&
-              !v.nonfinite;
-        /* each array, first / last / padding position, with and without the check */
-        for (int a = 0; a < 5; a++) {
-            const ptrdiff_t where[3] = {0, sizes[a] - 1, a == 0 ? 2 * T * m - 1 : sizes[a] / 2};
-            for (int w = 0; w < 3; w++) {
-                const double keep = arrays[a][where[w]];
-                arrays[a][where[w]] = w == 1 ? INFINITY : NAN;
-                spec.check_finite = 1;
-                ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) ==
-                      TL_ERR_NONFINITE;
-                spec.check_finite = 0;
-                ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tg, &v, gu, gx, work) ==
-                      TL_OK;
-                spec.check_finite = 1;
-                arrays[a][where[w]] = keep;
+        for (int with_tg = 0; with_tg < 2; with_tg++) {
+            const int64_t *len = with_lengths ? lengths : NULL;
+            const double *tgt = with_tg ? tg : NULL;
+            tl_loss_spec spec = {{B, T, len, NULL, 1.0}, TL_PENALTY_MSE,
+                                 1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
+                                 0.3, 0.2, 0, NULL, NULL, 1, 1, 0, NULL};
+            ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v0, gu0, gx0, work) ==
+                      TL_OK && !v0.nonfinite;
+            ok &= tl_rollout_loss_bad_inputs_f64(&sys, &spec, u, x0, ru, rs, tgt) == 0;
+            /* every element of every array, NaN or inf, with and without the check */
+            for (int a = 0; a < 5; a++) {
+                for (ptrdiff_t i = 0; i < sizes[a]; i++) {
+                    const double keep = arrays[a][i];
+                    const int read = rollout_reads(a, i, len, T, n, with_tg);
+                    reads_seen += read;
+                    skips_seen += !read;
+                    arrays[a][i] = i % 2 ? INFINITY : NAN;
+                    spec.check_finite = 1;
+                    const tl_status st =
+                        tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v, gu, gx, work);
+                    const unsigned bad = tl_rollout_loss_bad_inputs_f64(&sys, &spec, u, x0, ru,
+                                                                         rs, tgt);
+                    if (read) {
+                        ok &= st == TL_ERR_NONFINITE && bad == bits[a];
+                        spec.check_finite = 0;
+                        ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v, gu, gx,
+                                                  work) == TL_OK &&
+                              !isfinite(v.total) && v.nonfinite;
+                    } else {
+                        ok &= st == TL_OK && bad == 0 &&
+                              memcmp(&v.total, &v0.total, sizeof v.total) == 0 &&
+                              memcmp(gu, gu0, sizeof gu) == 0 && memcmp(gx, gx0, sizeof gx) == 0;
+                    }
+                    arrays[a][i] = keep;
+                }
             }
         }
     }
-    CHECK(ok, "check_finite finds inf/NaN in every input, padding included");
+    CHECK(ok && reads_seen > 0 && skips_seen > 0,
+          "check_finite finds inf/NaN in every element read, and only there (%d read, %d not)",
+          reads_seen, skips_seen);
 
     /* the control loss: a NaN in its last row, and a float64 value past DBL_MAX */
     tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
@@ -1221,6 +1269,31 @@ static void test_loss_finite_checks(void)
     ok &= tl_control_loss_f32(&cs, m, uf, rf, &v, gf, cw) == TL_OK && v.nonfinite &&
           isfinite(v.total) && isinf(gf[0]);
     CHECK(ok, "control loss: TL_ERR_NONFINITE for NaN input, nonfinite for overflow");
+
+    /* the control loss with lengths reads the valid steps only: NaN past a
+     * length is TL_OK with the same bits, NaN before it TL_ERR_NONFINITE */
+    cs.sel.batch = B, cs.sel.steps = T, cs.sel.lengths = lengths;
+    for (int i = 0; i < B * T; i++)
+        u[i] = uniform(&seed), ru[i] = uniform(&seed);
+    ok = tl_control_loss_f64(&cs, m, u, ru, &v0, gu0, cw) == TL_OK;
+    for (int q = 0; q < 2; q++) {
+        double *arr = q == 0 ? u : ru;
+        for (ptrdiff_t b = 0; b < B; b++)
+            for (ptrdiff_t t = 0; t < T; t++) {
+                const double keep = arr[b * T + t];
+                arr[b * T + t] = NAN;
+                const tl_status st = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw);
+                const unsigned bad = tl_control_loss_bad_inputs_f64(&cs, m, u, ru);
+                if (t < lengths[b])
+                    ok &= st == TL_ERR_NONFINITE && bad == 1u << q;
+                else
+                    ok &= st == TL_OK && bad == 0 && memcmp(&v.total, &v0.total, 8) == 0 &&
+                          memcmp(gu, gu0, sizeof gu) == 0;
+                arr[b * T + t] = keep;
+            }
+    }
+    CHECK(ok, "control loss: check_finite reads the valid steps only");
+    cs.sel.lengths = NULL;
     free(cw);
 
     /* NaN in Ad: every gradient after a sequence's last valid step is still
