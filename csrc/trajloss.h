@@ -231,10 +231,13 @@ typedef struct {
     const double *state_weights;   /* per state, or NULL */
     int threads;                   /* worker threads over the batch (0 or 1: the caller's;
                                       see tl_pool for where the others come from) */
-    int check_finite;              /* nonzero: TL_ERR_NONFINITE when any value of an input
-                                      array (padding included) is NaN or inf; checked block
-                                      by block just before the kernel reads it, so the data
-                                      is streamed from memory once */
+    int check_finite;              /* nonzero: TL_ERR_NONFINITE when an element the call
+                                      reads is NaN or inf (controls up to each last valid
+                                      step, x0, ref_controls at valid steps, ref_states at
+                                      scored states, the target; pred/target at valid steps).
+                                      Padding is never read, so never checked. Blocks are
+                                      scanned whole just before the kernel reads them, and
+                                      element by element only when that scan finds one */
     int lanes;                     /* rollout losses: 0 computes 512-bit tiles (eight
                                       float64 or sixteen float32 sequences at a time) where
                                       the CPU has AVX-512 (in calls of 512 to some 10^5

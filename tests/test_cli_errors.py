@@ -201,7 +201,7 @@ BAD_VALUES = {
           ([[float("inf")], [1]], ["B", "finite"]), (1.0, ["B"])],
     "dt": [("fast", ["dt"]), (None, ["dt"]), (True, ["dt"]), ([0.1], ["dt"]), (0, ["dt"]),
            (-0.5, ["dt"]), (float("nan"), ["dt"]), (float("inf"), ["dt"]), (1e300, ["dt"]),
-           (1e-320, ["horizon"])],
+           (1e-320, ["not reachable"])],
     "x0_low": [([0, 0, 0], ["x0_low"]), ([float("nan"), 0], ["x0_low"]), ("a", ["x0_low"]),
                ([2, 2], ["x0_low", "x0_high"]), ([[0, 0]], ["x0_low"])],
     "x0_high": [([-1e200, -1e200], ["x0_low", "x0_high"]), ([None, 1], ["x0_high"])],

@@ -383,11 +383,12 @@ def test_final_state_error_and_success_rate(p, data):
         assert rate in (0.0, 1.0)
 
 
-def _equilibrated_cond(Ad, Bd, T):
+def _scaled_c_cond(Ad, Bd, T):
+    """cond of the controllability matrix C with its rows scaled to unit
+    length (the problem "exact" solves), from NumPy's SVD."""
     C = controllability_matrix(Ad, Bd, T)
-    W = C @ C.T
-    d = 1.0 / np.sqrt(np.diag(W))
-    return np.linalg.cond(W * d[:, None] * d[None, :])
+    s = np.linalg.svd(C / np.linalg.norm(C, axis=1, keepdims=True), compute_uv=False)
+    return s[0] / s[-1] if s[-1] > 0 else np.inf
 
 
 @SETTINGS
@@ -405,14 +406,16 @@ def test_min_energy_exact_is_the_minimum_norm_solution(n, m, seed, data):
     x0_call = layout(x0, data.draw(st.sampled_from(LAYOUT_KINDS[:6] + ["readonly"])))
     x0_call = x0_call.astype(data.draw(st.sampled_from([np.float64, np.float32, np.int64])))
     x0 = f64(x0_call)
-    cond = _equilibrated_cond(Ad, Bd, T)
+    cond = _scaled_c_cond(Ad, Bd, T)
     try:
         ref = tl.min_energy(system, x0_call, xf, T)
     except np.linalg.LinAlgError:
-        # refused only when the Gramian really is (nearly) singular
-        assert cond > 1e11, f"LinAlgError although the equilibrated Gramian has cond {cond:.3g}"
+        # refused only when C is rank-deficient to working precision: the
+        # rank test is |R_kk| <= max(n, T m) eps |R_11| of a pivoted QR,
+        # within a modest factor of the singular values' ratio
+        assert cond > 1e-3 / (max(n, T * m) * np.finfo(float).eps), \
+            f"LinAlgError although the scaled C has cond {cond:.3g}"
         return
-    assert cond < 1e13, f"accepted a Gramian with cond {cond:.3g}"
     U = min_norm_controls(Ad, Bd, x0, xf, T)
     if B is None:
         U = U[0]

@@ -943,18 +943,22 @@ def test_padding_invariance(rng, loss, dtype, pad, fill, include_initial):
         assert np.all(padded.grad_x0[3] == 0)  # the empty sequence
 
 
-def test_padding_nan_rejected_when_check_finite(rng):
-    """check_finite=True checks whole arrays, padding included."""
+def test_padding_nan_is_not_read_when_check_finite(rng):
+    """check_finite=True checks what the loss reads: NaN in padding neither
+    raises nor changes a bit, NaN in a valid step raises naming pred."""
     pred, target = control_data(rng, np.float64)
     lengths = np.array([6, 3, 1, 2])
-    pred = pred.copy()
-    pred[1, 5] = np.nan
-    with pytest.raises(ValueError, match=r"\bpred\b"):
-        trajloss.control_loss(pred, target, lengths=lengths)
-    res = trajloss.control_loss(pred, target, lengths=lengths, check_finite=False)
-    ref = control_loss_ref(np.nan_to_num(pred), target, lengths=lengths)
+    clean = trajloss.control_loss(pred, target, lengths=lengths)
+    padded = pred.copy()
+    padded[1, 5] = np.nan
+    res = trajloss.control_loss(padded, target, lengths=lengths)
+    ref = control_loss_ref(pred, target, lengths=lengths)
     check_value(res.value, ref["value"], np.float64)
+    assert res.value == clean.value and np.array_equal(res.grad, clean.grad)
     assert res.grad[1, 5, 0] == 0
+    padded[1, 2] = np.nan  # a valid step of sequence 1
+    with pytest.raises(ValueError, match=r"\bpred\b"):
+        trajloss.control_loss(padded, target, lengths=lengths)
 
 
 @pytest.mark.parametrize("loss", ["control", "trajectory"])
