@@ -165,6 +165,42 @@ static void reraise_with_name(const char *name, const char *what)
     Py_XDECREF(tb);
 }
 
+/*
+ * -1 with a TypeError naming the argument when obj is a numpy.ma.MaskedArray:
+ * the core reads an array's data, so a mask would be silently ignored. Plain
+ * ndarrays cost one pointer comparison; only subclasses ask numpy.ma.
+ */
+static int refuse_masked(PyObject *obj, const char *name)
+{
+    if (!PyArray_Check(obj) || PyArray_CheckExact(obj))
+        return 0;
+    PyObject *ma = PyImport_ImportModule("numpy.ma");
+    PyObject *masked = ma ? PyObject_GetAttrString(ma, "MaskedArray") : NULL;
+    Py_XDECREF(ma);
+    if (masked == NULL)
+        return -1;
+    const int is = PyObject_IsInstance(obj, masked);
+    Py_DECREF(masked);
+    if (is == 1)
+        PyErr_Format(PyExc_TypeError,
+                     "%s is a numpy.ma.MaskedArray, whose mask trajloss would not read: "
+                     "pass plain arrays (e.g. %s.filled(0)) and give the valid steps "
+                     "as lengths= or mask=", name, name);
+    return is == 0 ? 0 : -1;
+}
+
+/* obj as an array (no copy of an ndarray), or NULL with an exception naming
+ * the argument; masked arrays are refused. */
+static PyArrayObject *named_array(PyObject *obj, const char *name)
+{
+    if (refuse_masked(obj, name) < 0)
+        return NULL;
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (arr == NULL)
+        reraise_with_name(name, "cannot be converted to an array");
+    return arr;
+}
+
 /* ---- trajectory arrays: float32/float64, one dtype per call ----------- */
 
 typedef struct {
@@ -208,7 +244,7 @@ static int in_place(PyArrayObject *arr, int typenum)
  */
 static PyArrayObject *ready_array(PyObject *obj, int typenum)
 {
-    if (!PyArray_Check(obj))
+    if (!PyArray_CheckExact(obj)) /* subclasses go through named_array's checks */
         return NULL;
     PyArrayObject *arr = (PyArrayObject *)obj;
     if (!(typenum >= 0 ? in_place(arr, typenum)
@@ -240,12 +276,8 @@ static int wrap_float_args(float_arg *args, int count, int *typenum)
             continue;
         args[i].weak = is_weak(args[i].obj);
         args[i].arr = ready_array(args[i].obj, -1);
-        if (args[i].arr == NULL)
-            args[i].arr = (PyArrayObject *)PyArray_FromAny(args[i].obj, NULL, 0, 0, 0, NULL);
-        if (args[i].arr == NULL) {
-            reraise_with_name(args[i].name, "cannot be converted to an array");
+        if (args[i].arr == NULL && (args[i].arr = named_array(args[i].obj, args[i].name)) == NULL)
             goto fail;
-        }
         if (refuse_huge(args[i].arr, args[i].name) < 0)
             goto fail;
         int type = PyArray_TYPE(args[i].arr);
@@ -431,11 +463,9 @@ static int warn_overflow(unsigned bad, const char *context, int count, const cha
  * NULL with an exception naming the argument. */
 static PyArrayObject *real_array(PyObject *obj, const char *name)
 {
-    PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-    if (arr == NULL) {
-        reraise_with_name(name, "cannot be converted to an array");
+    PyArrayObject *arr = named_array(obj, name);
+    if (arr == NULL)
         return NULL;
-    }
     if (refuse_huge(arr, name) < 0) {
         Py_DECREF(arr);
         return NULL;
@@ -949,9 +979,8 @@ static int parse_selection(PyObject *discount, PyObject *lengths, PyObject *mask
         return -1;
     }
     if (lengths != Py_None) {
-        PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(lengths, NULL, 0, 0, 0, NULL);
+        PyArrayObject *arr = named_array(lengths, "lengths");
         if (arr == NULL) {
-            reraise_with_name("lengths", "cannot be converted to an array");
             return -1;
         }
         owned->lengths = arr;
@@ -1006,9 +1035,8 @@ static int parse_selection(PyObject *discount, PyObject *lengths, PyObject *mask
         sel->lengths = len;
     }
     if (mask != Py_None) {
-        PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(mask, NULL, 0, 0, 0, NULL);
+        PyArrayObject *arr = named_array(mask, "mask");
         if (arr == NULL) {
-            reraise_with_name("mask", "cannot be converted to an array");
             return -1;
         }
         owned->mask = arr;
@@ -1074,11 +1102,9 @@ static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
     *out = NULL;
     if (obj == Py_None)
         return 0;
-    PyArrayObject *arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-    if (arr == NULL) {
-        reraise_with_name(name, "cannot be converted to an array");
+    PyArrayObject *arr = named_array(obj, name);
+    if (arr == NULL)
         return -1;
-    }
     if (refuse_huge(arr, name) < 0) {
         Py_DECREF(arr);
         return -1;
@@ -1146,13 +1172,10 @@ static PyObject *core_time_weights(PyObject *self, PyObject *args)
     int batched = 0;
     npy_intp batch = 1;
     if (lengths != Py_None || mask != Py_None) {
-        PyArrayObject *probe = (PyArrayObject *)PyArray_FromAny(
-            lengths != Py_None ? lengths : mask, NULL, 0, 0, 0, NULL);
-        if (probe == NULL) {
-            reraise_with_name(lengths != Py_None ? "lengths" : "mask",
-                              "cannot be converted to an array");
+        PyArrayObject *probe = named_array(lengths != Py_None ? lengths : mask,
+                                           lengths != Py_None ? "lengths" : "mask");
+        if (probe == NULL)
             return NULL;
-        }
         batched = PyArray_NDIM(probe) == (lengths != Py_None ? 1 : 2);
         batch = batched ? PyArray_DIM(probe, 0) : 1;
         Py_DECREF(probe);
