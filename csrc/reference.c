@@ -234,10 +234,14 @@ static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, doub
                 ss += (v / scale) * (v / scale);
             }
         }
-        const double norm = scale * sqrt(ss);
-        D[i] = norm > 0.0 && isfinite(norm) ? 1.0 / norm : 1.0; /* a zero row stays zero */
+        const double norm = scale * sqrt(ss), inv = 1.0 / norm;
+        /* A zero row stays zero. A row too small to scale (1 / norm
+         * overflows: entries near 2^-1024, subnormal) counts as zero too:
+         * reaching that direction would need controls beyond float64. */
+        const int tiny = norm > 0.0 && !isfinite(inv);
+        D[i] = norm > 0.0 && isfinite(norm) && !tiny ? inv : 1.0;
         for (ptrdiff_t r = 0; r < N; r++)
-            Ct[i * N + r] *= D[i];
+            Ct[i * N + r] = tiny ? 0.0 : Ct[i * N + r] * D[i];
     }
     return finite;
 }

@@ -382,3 +382,17 @@ def test_overflowing_c_raises():
     assert math.log10(np.finfo(np.float64).max) < 399
     with pytest.raises(np.linalg.LinAlgError, match=r"T = steps = 400\) is not finite"):
         trajloss.min_energy(trajloss.LinearSystem([[10.0]], [[1.0]]), [1.0], [0.0], 400)
+
+
+@pytest.mark.parametrize("dt", [1e-320, 1e-310])
+def test_rows_below_float64_scaling_are_unreachable_not_nan(dt):
+    """A controllability row of subnormal size cannot be equilibrated (1 / its
+    norm overflows): reaching that direction needs controls beyond float64, so
+    it counts as a zero row. The refusal's numbers stay finite (no NaN from
+    inf / inf), and the rank is NumPy's SVD rank of the same C."""
+    system = trajloss.LinearSystem(np.eye(2), np.array([[1.0], [dt]]))
+    C = np.hstack([system.Bd] * 15)  # Ad = I: every block is Bd
+    assert np.linalg.matrix_rank(C) == 1
+    with pytest.raises(np.linalg.LinAlgError, match=r"numerical rank 1 < n = 2") as info:
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), 15)
+    assert "nan" not in str(info.value).lower()
