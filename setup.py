@@ -20,8 +20,14 @@ CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "disc
 def lapack_options():
     provider = os.environ.get("TRAJLOSS_LAPACK", "scipy-openblas32")
     if provider == "system":
+        # the matrix exponential's products call cblas_dgemm: OpenBLAS's
+        # lapacke brings it, a reference LAPACK setup links cblas beside it
+        modules = ["lapacke"]
+        if subprocess.run(["pkg-config", "--exists", "cblas"]).returncode == 0:
+            modules.append("cblas")
+
         def pkg(flag):
-            out = subprocess.run(["pkg-config", flag, "lapacke"], check=True,
+            out = subprocess.run(["pkg-config", flag, *modules], check=True,
                                  capture_output=True, text=True).stdout
             return shlex.split(out)
         cflags, libs = pkg("--cflags"), pkg("--libs")
