@@ -1,4 +1,4 @@
-"""``python -m trajloss report``: seed 000's analysis for any LTI system.
+"""``python -m trajloss report``: the loss-scale and reference analysis for any LTI system.
 
 Four tables: the scales of the control and trajectory loss terms for random
 predictions and the weight that balances them; each term's share of the
@@ -47,7 +47,7 @@ def default_problem(steps=None, dt=None, bound=None):
         system = DoubleIntegrator(dt=dt)
     except ValueError as exc:
         raise ValueError(f"--dt {dt!r} gives no usable discrete system ({exc})") from None
-    return Problem("double integrator (seed 000)", system,
+    return Problem("double integrator", system,
                    np.array(SEED000["x0_low"]), np.array(SEED000["x0_high"]),
                    np.zeros(2), SEED000["steps"] if steps is None else steps,
                    SEED000["control_bound"] if bound is None else bound)
@@ -319,7 +319,7 @@ def render(r):
     d = r["discretisation"]
     out += ["3. End-point error ‖x_T − xf‖₂ of the minimum-energy references",
             _table(["reference", "mean", "max"],
-                   [["average: continuous law averaged per interval, ZOH rollout (seed 000)",
+                   [["average: continuous law averaged per interval, ZOH rollout",
                      f"{d['average']['mean']:.4f}", f"{d['average']['max']:.4f}"],
                     ["exact: discrete minimum energy (trajloss default)",
                      f"{d['exact']['mean']:.1e}", f"{d['exact']['max']:.1e}"],
@@ -388,7 +388,7 @@ def build_parser(prog="python -m trajloss report"):
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=_positive(int, MAX_STEPS), default=None,
                         help=f"control steps per trajectory, at most {MAX_STEPS} "
-                             "(default: 15, seed 000)")
+                             "(default: 15)")
     parser.add_argument("--dt", type=_positive(float), default=None,
                         help="sampling period in seconds, e.g. 0.25 or 1/3 (default: 1/3)")
     parser.add_argument("--samples", type=_positive(int, MAX_SAMPLES), default=10_000,
