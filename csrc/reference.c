@@ -234,14 +234,17 @@ static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, doub
                 ss += (v / scale) * (v / scale);
             }
         }
-        const double norm = scale * sqrt(ss), inv = 1.0 / norm;
-        /* A zero row stays zero. A row too small to scale (1 / norm
-         * overflows: entries near 2^-1024, subnormal) counts as zero too:
-         * reaching that direction would need controls beyond float64. */
-        const int tiny = norm > 0.0 && !isfinite(inv);
-        D[i] = norm > 0.0 && isfinite(norm) && !tiny ? inv : 1.0;
+        /* 1 / norm = (1 / scale) / sqrt(ss), which overflows neither for a
+         * row whose norm passes DBL_MAX (its entries are finite) nor, as
+         * 1 / scale, unless the row is subnormal. A zero row stays zero. A
+         * subnormal row counts as zero too: reaching that direction would
+         * need controls beyond float64. */
+        const double inv_scale = 1.0 / scale, root = sqrt(ss);
+        const int tiny = scale > 0.0 && !isfinite(inv_scale);
+        const int scaled = scale > 0.0 && isfinite(scale) && !tiny;
+        D[i] = scaled ? inv_scale / root : 1.0;
         for (ptrdiff_t r = 0; r < N; r++)
-            Ct[i * N + r] = tiny ? 0.0 : Ct[i * N + r] * D[i];
+            Ct[i * N + r] = tiny ? 0.0 : scaled ? Ct[i * N + r] * inv_scale / root : Ct[i * N + r];
     }
     return finite;
 }

@@ -396,3 +396,15 @@ def test_rows_below_float64_scaling_are_unreachable_not_nan(dt):
     with pytest.raises(np.linalg.LinAlgError, match=r"numerical rank 1 < n = 2") as info:
         trajloss.min_energy(system, np.ones(2), np.zeros(2), 15)
     assert "nan" not in str(info.value).lower()
+
+
+def test_rows_whose_norm_passes_float64_are_still_equilibrated():
+    """A row of C with finite entries whose 2-norm exceeds DBL_MAX (found by the
+    fuzzer): its scale is computed as (1 / max) / sqrt(sum), which does not
+    overflow, so the rank test sees the equilibrated row, not infinities.
+    C = [M, M] has rank 1; the minimum-norm controls are d / (2 M) each."""
+    M = np.finfo(float).max
+    system = trajloss.LinearSystem([[0.0]], [[M, M]])
+    ref = trajloss.min_energy(system, np.zeros(1), np.array([M / 4]), 1)
+    np.testing.assert_allclose(ref.controls, np.full((1, 2), 0.125), rtol=1e-15)
+    assert ref.final_error <= 4 * np.finfo(float).eps * (M / 4)

@@ -22,7 +22,17 @@
  *     losses and their gradients); values after a sequence's last valid step
  *     (poisoned with NaN at times) never influence a result; with spec.threads
  *     (API 2), the losses are bit-for-bit those of one thread;
- *   - time weights are >= 0, zero at invalid steps, and average 1 per sequence.
+ *   - time weights are >= 0, zero at invalid steps, and average 1 per sequence;
+ *   - references: "exact" refuses (TL_ERR_SINGULAR) exactly as its rank test
+ *     says -- plan.rank.rank < n with r_next <= tol < r_last, tol = max(n,
+ *     steps m) eps r_first, or rank -1 (C not finite, never for a moderate
+ *     system) -- and TL_OK means rank n and a finite cond(R) >= 1, however
+ *     large; its states are the rollout of its controls, final_error and
+ *     energy are what they say, and x_T reaches xf to the accuracy of a
+ *     backward-stable solve; "average" and "continuous" refuse only for a
+ *     Gramian cond above TL_COND_LIMIT or (continuous) a growth above
+ *     TL_LAW_GROWTH_LIMIT; tl_min_energy_law's info likewise, and its x(0) is
+ *     x0 exactly when evaluated forward (x(H) = xf backward).
  * ASan and UBSan catch the rest.
  *
  * To see what an input decodes to (printed as it is decoded, so also before a
@@ -98,12 +108,13 @@ static int verbose;
  * 1000 inputs: libFuzzer leaves with _Exit),
  * to see that the reference comparisons are not vacuous. */
 enum { ST_EXPM, ST_DISC, ST_ROLL, ST_VJP, ST_FSE, ST_TW, ST_CL, ST_RL, ST_RLG, ST_REF, ST_GRAM,
-       ST_LAW, ST_HUGE, ST_THREADS, ST_COUNT };
+       ST_LAW, ST_HUGE, ST_THREADS, ST_EXACT, ST_RANK, ST_LAW_END, ST_COUNT };
 static const char *const stat_names[ST_COUNT] = {
     "expm finite", "discretize finite", "rollout vs reference", "vjp vs reference",
     "final_state_error vs reference", "time weights vs reference", "control loss vs reference",
     "rollout loss finite", "rollout loss vs reference", "reference finite", "gramian finite",
-    "min_energy_law finite", "huge-size call made", "threads vs one thread"};
+    "min_energy_law finite", "huge-size call made", "threads vs one thread",
+    "exact reference reaches xf", "exact refused, rank < n", "law x(0) = x0 / x(H) = xf"};
 static unsigned long stats[ST_COUNT];
 static int print_stats;
 #define STAT(k) (stats[k]++)
@@ -232,6 +243,10 @@ static void *xalloc(size_t bytes)
         fprintf(stderr, "fuzz_core: out of memory or allocation slots\n");
         abort();
     }
+    /* all bytes 0xff, a NaN as a double or float: scratch the callee reads
+     * before writing shows, the same way in every run (ASan's own fill
+     * covers only the first 4 KiB and leaves the rest as the last user left it) */
+    memset(p, 0xff, bytes ? bytes : 1);
     allocs[nallocs++] = p;
     return p;
 }
@@ -1563,6 +1578,115 @@ static void fuzz_rollout_loss(reader *r, int f32)
           "total %.17g, weighted sum of terms %.17g", v.total, total);
 }
 
+/*
+ * The refusal of a plan. exact: C is rank-deficient in the pivoted QR's own
+ * terms -- rank < n, |R_kk| of the first refused entry at most tol and of the
+ * last kept one above it, tol = max(n, steps m) eps |R_11| -- or C is not
+ * finite (rank -1), which a moderate system whose powers stay below 1e20
+ * (mod) cannot give. (|R_kk| is non-increasing only up to rounding: a later
+ * entry kept may exceed |R_11| by an ulp, so only the tolerance orders them.) average, continuous: the Gramian's condition number is
+ * above TL_COND_LIMIT, or (continuous) the states' growth above
+ * TL_LAW_GROWTH_LIMIT.
+ */
+static void check_singular_plan(const tl_ref_plan *plan, int method, int mod)
+{
+    if (method != TL_REF_EXACT) {
+        note("cond=%.6g growth=%.6g ", plan->cond, plan->growth);
+        CHECK(!(plan->cond <= TL_COND_LIMIT) ||
+                  (method == TL_REF_CONTINUOUS && !(plan->growth <= TL_LAW_GROWTH_LIMIT)),
+              "TL_ERR_SINGULAR with cond %g, growth %g", plan->cond, plan->growth);
+        return;
+    }
+    const tl_ref_rank *rk = &plan->rank;
+    const ptrdiff_t n = plan->n, N = plan->steps * plan->m;
+    note("rank=%td tol=%.6g r_first=%.6g r_last=%.6g r_next=%.6g ", rk->rank, rk->tol,
+         rk->r_first, rk->r_last, rk->r_next);
+    if (rk->rank == -1) {
+        CHECK(!mod, "C not finite for a moderate system");
+        return;
+    }
+    STAT(ST_RANK);
+    CHECK(rk->rank >= 0 && rk->rank < n && rk->rank <= N, "TL_ERR_SINGULAR with rank %td of "
+          "n=%td, steps m=%td", rk->rank, n, N);
+    CHECK(isfinite(rk->r_first) && rk->r_first >= 0.0 &&
+              rk->tol == (double)(N > n ? N : n) * DBL_EPSILON * rk->r_first,
+          "tol %.17g for |R_11| %.17g", rk->tol, rk->r_first);
+    CHECK(rk->r_next <= rk->tol, "first refused |R_kk| %.17g "
+          "above tol %.17g", rk->r_next, rk->tol);
+    if (rk->rank > 0)
+        CHECK(rk->r_last > rk->tol,
+              "last kept |R_kk| %.17g, tol %.17g, |R_11| %.17g", rk->r_last, rk->tol,
+              rk->r_first);
+    else
+        CHECK(rk->r_last == 0.0, "rank 0 with last kept |R_kk| %.17g", rk->r_last);
+}
+
+/* TL_OK: exact keeps every entry of R (rank n, none refused), a finite
+ * condition estimate >= 1 of R that may exceed TL_COND_LIMIT; average and
+ * continuous, the Gramian's cond within the limit, and the growth too. */
+static void check_ok_plan(const tl_ref_plan *plan, int method)
+{
+    const double one = 1.0 - 64 * DBL_EPSILON; /* |R| |R^-1 x| >= |x|, up to rounding */
+    if (method == TL_REF_EXACT) {
+        const tl_ref_rank *rk = &plan->rank;
+        CHECK(rk->rank == plan->n && rk->r_next == 0.0 && rk->r_last > rk->tol &&
+                  plan->steps * plan->m >= plan->n,
+              "TL_OK with rank %td of n=%td, r_last %.17g, tol %.17g, r_next %.17g", rk->rank,
+              plan->n, rk->r_last, rk->tol, rk->r_next);
+        CHECK(isfinite(plan->cond) && plan->cond >= one, "exact TL_OK with cond %g", plan->cond);
+        return;
+    }
+    CHECK(plan->cond <= TL_COND_LIMIT && plan->cond >= one, "TL_OK with cond %g", plan->cond);
+    if (method == TL_REF_CONTINUOUS)
+        CHECK(plan->growth <= TL_LAW_GROWTH_LIMIT && plan->growth >= 1.0, /* Ad^0 = I */
+              "TL_OK with growth %g", plan->growth);
+}
+
+/*
+ * exact, moderate inputs: the states are the rollout of the controls (against
+ * ref_rollout), final_error is |x_T - xf|_2, and x_T reaches xf to the
+ * accuracy of a backward-stable solve, whatever cond(R) is: rounding errors of
+ * eps times the magnitudes summed along the way (M_k below bounds |x_k| from
+ * |x0|, |u_j| and the growth of Ad, so an ill-conditioned C, whose controls
+ * are ~cond(R) |d| / |C|, may miss by ~eps cond(R) |d|, no more). An explicit
+ * pseudo-inverse, or normal equations, would miss by another factor cond(R)
+ * (or its square) and fail this for cond(R) >> 1e4. The ill-conditioned
+ * (cond(R) 1e9 .. 1e15) seeds in fuzz/corpus/cover-ref-exact-* reach it.
+ */
+static void check_exact_reference(const fz_system *s, const tl_ref_plan *plan, ptrdiff_t Ba,
+                                  const double *x0, const double *xf, const double *u,
+                                  const double *xs, const double *fe)
+{
+    const ptrdiff_t n = s->na, m = s->ma, T = plan->steps;
+    const double g = s->grow, bn = max_abs(s->Bd, n * m) * (double)m;
+    const double c = 32.0 * (double)(n + m + T * m) * DBL_EPSILON;
+    double *R = dalloc(Ba * (T + 1) * n);
+    STAT(ST_EXACT);
+    ref_rollout(s, Ba, T, x0, u, R);
+    for (ptrdiff_t b = 0; b < Ba; b++) {
+        const double *Xb = xs + b * (T + 1) * n, *Rb = R + b * (T + 1) * n;
+        double M = max_abs(x0 + b * n, n) * (double)n; /* a bound on |x_k|_inf */
+        for (ptrdiff_t k = 0; k <= T; k++) {
+            if (k > 0)
+                M = g * M + bn * max_abs(u + (b * T + k - 1) * m, m);
+            for (ptrdiff_t i = 0; i < n; i++)
+                CHECK(fabs(Xb[k * n + i] - Rb[k * n + i]) <= c * (double)(k + 1) * M,
+                      "states[%td][%td][%td] = %.17g, rollout of the controls %.17g", b, k, i,
+                      Xb[k * n + i], Rb[k * n + i]);
+        }
+        double sq = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++)
+            sq += (Xb[T * n + i] - xf[b * n + i]) * (Xb[T * n + i] - xf[b * n + i]);
+        CHECK(fabs(fe[b] - sqrt(sq)) <= 1e-13 * sqrt(sq) + 1e-300, "final_error[%td] = %.17g, "
+              "|x_T - xf| %.17g", b, fe[b], sqrt(sq));
+        const double scale = M + max_abs(xf + b * n, n) + pow(g, (double)T) *
+                             max_abs(x0 + b * n, n) * (double)n;
+        CHECK(fe[b] <= c * (double)(T + n) * scale,
+              "final_error[%td] = %.17g misses xf: cond(R) %g, scale %.6g", b, fe[b],
+              plan->cond, scale);
+    }
+}
+
 static void fuzz_references(reader *r)
 {
     fz_system s;
@@ -1598,26 +1722,29 @@ static void fuzz_references(reader *r)
                     work == NULL || pbytes == 0 || ibytes == 0;
     if (bad)
         CHECK(st != TL_OK, "TL_OK for an invalid plan");
-    if (st == TL_ERR_SINGULAR)
-        CHECK(!(plan.cond <= TL_COND_LIMIT), "TL_ERR_SINGULAR with cond %g", plan.cond);
-    if (st != TL_OK)
-        return;
-    note("cond=%.6g ", plan.cond);
-    CHECK(plan.cond <= TL_COND_LIMIT && plan.cond >= 0.0, "TL_OK with cond %g", plan.cond);
-    CHECK(plan.n == s.n && plan.m == s.m && plan.steps == T && (int)plan.method == method,
-          "plan sizes");
     /* dt moderate for every method: the energy sum |u|^2 dt of finite controls
      * may overflow for a huge dt (the exact method reads dt only there) */
-    const int mod = s.moderate && moderate(dt) &&
+    const int mod = !bad && s.moderate && moderate(dt) &&
                     (!cont || (dt * Ta * norm1(n, n, s.Ad) <= 20.0 &&
                                dt * Ta * norm1(n, m, s.Bd) <= 1e3)) &&
                     (cont || pow(s.grow, (double)Ta) <= 1e20);
+    if (st == TL_ERR_SINGULAR)
+        check_singular_plan(&plan, method, mod);
+    if (st != TL_OK)
+        return;
+    note("cond=%.6g ", plan.cond);
+    CHECK(plan.n == s.n && plan.m == s.m && plan.steps == T && (int)plan.method == method,
+          "plan sizes");
+    check_ok_plan(&plan, method);
     if (mod) {
         CHECK(all_finite(plan.Ad, n * n) && all_finite(plan.Bd, n * m) &&
                   all_finite(plan.AdT, n * n) && all_finite(plan.K, Ta * m * n),
               "plan not finite");
         if (plan.Q)
             CHECK(all_finite(plan.Q, (Ta + 1) * n * n), "plan Q not finite");
+        if (method == TL_REF_EXACT)
+            CHECK(all_finite(plan.S, n * n) && all_finite(plan.L, n * n),
+                  "plan S, L not finite");
     }
     /* apply to a batch */
     const size_t abytes = tl_ref_apply_work_bytes(s.n);
@@ -1642,6 +1769,16 @@ static void fuzz_references(reader *r)
             for (ptrdiff_t b = 0; b < Ba; b++)
                 for (ptrdiff_t i = 0; i < n; i++)
                     CHECK(xs[b * (Ta + 1) * n + i] == x0[b * n + i], "states[0] != x0");
+        for (ptrdiff_t b = 0; b < Ba; b++) {
+            double e = 0.0;
+            for (ptrdiff_t i = 0; i < Ta * m; i++)
+                e += u[b * Ta * m + i] * u[b * Ta * m + i];
+            e *= plan.dt;
+            CHECK(fabs(en[b] - e) <= 1e-13 * e + 1e-300, "energy[%td] = %.17g, sum |u|^2 dt "
+                  "%.17g", b, en[b], e);
+        }
+        if (method == TL_REF_EXACT)
+            check_exact_reference(&s, &plan, Ba, x0, xf, u, xs, fe);
     }
 }
 
@@ -1683,7 +1820,7 @@ static void fuzz_min_energy_law(reader *r)
     const ptrdiff_t n = rd_size(r, 4, 0), m = rd_size(r, 4, 0);
     const ptrdiff_t B = rd_size(r, 3, 1), Q = rd_size(r, 4, 1);
     const double H = rd_double(r);
-    const size_t bytes = tl_min_energy_law_work_bytes(n);
+    const size_t bytes = tl_min_energy_law_work_bytes(n, m);
     note("min_energy_law n=%td m=%td B=%td ntimes=%td horizon=%.17g ", n, m, B, Q, H);
     if (!dim_callable(n) || !dim_callable(m))
         return;
@@ -1694,21 +1831,60 @@ static void fuzz_min_energy_law(reader *r)
         const unsigned c = rd_u8(r);
         times[q] = c < 200 ? H * (double)(c % 11) / 10.0 : rd_double(r);
     }
-    double *u = dout(Ba * Qa * ma), *x = dout(Ba * Qa * na), cond = -1.0;
+    note("A=[");
+    for (ptrdiff_t i = 0; i < na * na; i++)
+        note("%s%.17g", i ? "," : "", A[i]);
+    note("] B=[");
+    for (ptrdiff_t i = 0; i < na * ma; i++)
+        note("%s%.17g", i ? "," : "", Bm[i]);
+    note("] times=[");
+    for (ptrdiff_t q = 0; q < Qa; q++)
+        note("%s%.17g", q ? "," : "", times[q]);
+    note("] ");
+    double *u = dout(Ba * Qa * ma), *x = dout(Ba * Qa * na);
+    tl_law_info info = {-1.0, -1.0, -1};
     void *work = rd_u8(r) % 16 == 0 ? NULL : xalloc(bytes);
     watch_input(A, (size_t)(na * na) * sizeof(double), "A");
+    watch_input(Bm, (size_t)(na * ma) * sizeof(double), "B");
+    watch_input(x0, (size_t)(Ba * na) * sizeof(double), "x0");
+    watch_input(xf, (size_t)(Ba * na) * sizeof(double), "xf");
     watch_input(times, (size_t)Qa * sizeof(double), "times");
-    tl_status st = tl_min_energy_law(n, m, A, Bm, H, B, x0, xf, Q, times, u, x, &cond, work);
+    tl_status st = tl_min_energy_law(n, m, A, Bm, H, B, x0, xf, Q, times, u, x, &info, work);
     check_status(st, "tl_min_energy_law");
     check_inputs();
+    note("cond=%.6g growth=%.6g backward=%d ", info.cond, info.growth, info.backward);
     if (!dim_valid(n) || !dim_valid(m) || B < 0 || Q < 0 || work == NULL || !isfinite(H) ||
         !(H > 0.0))
         CHECK(st != TL_OK, "TL_OK for an invalid call");
+    /* refused: an ill-conditioned Gramian of the direction used, or e^{At} growing past
+     * the limit in it (then the Gramian may not have been looked at) */
     if (st == TL_ERR_SINGULAR)
-        CHECK(!(cond <= TL_COND_LIMIT), "TL_ERR_SINGULAR with cond %g", cond);
+        CHECK(!(info.cond <= TL_COND_LIMIT) || !(info.growth <= TL_LAW_GROWTH_LIMIT),
+              "TL_ERR_SINGULAR with cond %g, growth %g", info.cond, info.growth);
     if (st != TL_OK)
         return;
-    CHECK(cond <= TL_COND_LIMIT, "TL_OK with cond %g", cond);
+    CHECK(info.cond <= TL_COND_LIMIT && info.cond >= 1.0 - 64 * DBL_EPSILON,
+          "TL_OK with cond %g", info.cond);
+    /* growth may be 0: e^{AH} of a hugely negative A underflows */
+    CHECK(info.growth <= TL_LAW_GROWTH_LIMIT && info.growth >= 0.0, "TL_OK with growth %g",
+          info.growth);
+    CHECK(info.backward == 0 || info.backward == 1, "backward = %d", info.backward);
+    /* forward, W_c(0) = 0 and e^{A 0} = I: x(0) is x0 itself; backward, x(H) is xf --
+     * where the multiplier W_c(0) multiplies is finite (moderate data; a NaN or inf
+     * in x0 or xf, or an overflowing W_c(H)^-1, gives 0 inf) */
+    const int mod_sys = moderate(H) && all_moderate(A, na * na) && all_moderate(Bm, na * ma);
+    for (ptrdiff_t q = 0; q < Qa && mod_sys; q++) {
+        const double *end = info.backward ? xf : x0;
+        if (times[q] != (info.backward ? H : 0.0))
+            continue;
+        STAT(ST_LAW_END);
+        for (ptrdiff_t b = 0; b < Ba; b++)
+            for (ptrdiff_t i = 0; i < na && all_moderate(x0 + b * na, na) &&
+                                  all_moderate(xf + b * na, na); i++)
+                CHECK(x[(b * Qa + q) * na + i] == end[b * na + i], "x[%td] at t = %g is %.17g, "
+                      "not the %s %.17g", b, times[q], x[(b * Qa + q) * na + i],
+                      info.backward ? "target" : "start", end[b * na + i]);
+    }
     if (!moderate(H) || !all_moderate(A, na * na) || !all_moderate(Bm, na * ma) ||
         !all_moderate(x0, Ba * na) || !all_moderate(xf, Ba * na))
         return;
@@ -1746,7 +1922,7 @@ static void fuzz_huge_sizes(reader *r)
         (void)tl_expm_work_bytes(T), (void)tl_expm_work_bytes(n);
         (void)tl_discretize_work_bytes(n, m), (void)tl_rollout_work_bytes(n);
         (void)tl_time_weights_work_bytes(T), (void)tl_gramian_work_bytes(n);
-        (void)tl_ref_apply_work_bytes(n), (void)tl_min_energy_law_work_bytes(n);
+        (void)tl_ref_apply_work_bytes(n), (void)tl_min_energy_law_work_bytes(n, m);
         (void)tl_ref_plan_bytes(n, m, T, TL_REF_CONTINUOUS);
         (void)tl_ref_init_work_bytes(n, m, T);
         (void)ws_control_loss(n, &spec), (void)ws_rollout_loss(n, m, &spec);
@@ -1818,11 +1994,11 @@ static void fuzz_huge_sizes(reader *r)
         return;
     }
     default: { /* the law at many times for an empty batch */
-        bytes = tl_min_energy_law_work_bytes(n);
+        bytes = tl_min_energy_law_work_bytes(n, m);
         if (bytes > WORK_CAP)
             return;
-        double cond;
-        st = tl_min_energy_law(n, m, Ad, Bd, 1.0, 0, NULL, NULL, 0, NULL, NULL, NULL, &cond,
+        tl_law_info info;
+        st = tl_min_energy_law(n, m, Ad, Bd, 1.0, 0, NULL, NULL, 0, NULL, NULL, NULL, &info,
                                xalloc(bytes));
         break;
     }

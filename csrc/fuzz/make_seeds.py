@@ -1,7 +1,9 @@
 """Write the seed corpus of fuzz_core: for each of its 20 entry-point
 selectors, a few inputs whose sizes are small and whose values are moderate
 (every byte < 200 decodes so), from a fixed generator -- rerunning this
-script reproduces fuzz/corpus/ exactly.
+script reproduces the seed-* files of fuzz/corpus/ exactly. It leaves the
+others alone: repro-* (past findings) and cover-* (inputs built by hand to
+reach a path random bytes rarely do, e.g. an ill-conditioned exact reference).
 
     python3 csrc/fuzz/make_seeds.py
 """
