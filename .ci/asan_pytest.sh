@@ -98,6 +98,9 @@ rm -f "$logs"/*
 # the normal run of the same tests and by `make -C csrc valgrind`.
 #  - tests/test_rollout.py::test_rollout_memory_flat ("RSS grew by 133.9 MiB")
 #  - tests/test_leaks.py::test_rss_stays_flat
+#  - tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory and
+#    test_many_systems_do_not_grow_memory ("RSS grew 75.6 MB over 200 eager
+#    calls", 0.5 MB without ASan): JAX's caches, the same quarantine
 # The benchmark suite's smoke test is left to the normal run as well: it calls
 # trajloss only as the loss tests do, and its time (13 s in the normal run,
 # more here) goes to torch.compile and JAX tracing; CI was at 908 s of its
@@ -107,6 +110,8 @@ status=0
 run_sanitized "$PYTHON" -m pytest -x -q -p no:cacheprovider \
     --deselect tests/test_rollout.py::test_rollout_memory_flat \
     --deselect tests/test_leaks.py::test_rss_stays_flat \
+    --deselect tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory \
+    --deselect tests/test_jax_grads.py::test_many_systems_do_not_grow_memory \
     --ignore tests/test_benchmarks.py "$@" || status=$?
 # Every file in $logs is a sanitizer report, except those that only hold the
 # warning ASan prints when allocator_may_return_null turns an absurd allocation
