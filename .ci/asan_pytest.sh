@@ -101,6 +101,10 @@ rm -f "$logs"/*
 #  - tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory and
 #    test_many_systems_do_not_grow_memory ("RSS grew 75.6 MB over 200 eager
 #    calls", 0.5 MB without ASan): JAX's caches, the same quarantine
+# and one test that needs an RLIMIT_AS cap, which this run lifts (see the
+# sitecustomize above): under the cap min_energy's multi-GiB plan is a
+# MemoryError naming steps; without it the plan is made and the call runs.
+#  - tests/test_min_energy_accuracy.py::test_memory_error_names_steps
 # The benchmark suite's smoke test is left to the normal run as well: it calls
 # trajloss only as the loss tests do, and its time (13 s in the normal run,
 # more here) goes to torch.compile and JAX tracing; CI was at 908 s of its
@@ -112,6 +116,7 @@ run_sanitized "$PYTHON" -m pytest -x -q -p no:cacheprovider \
     --deselect tests/test_leaks.py::test_rss_stays_flat \
     --deselect tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory \
     --deselect tests/test_jax_grads.py::test_many_systems_do_not_grow_memory \
+    --deselect tests/test_min_energy_accuracy.py::test_memory_error_names_steps \
     --ignore tests/test_benchmarks.py "$@" || status=$?
 # Every file in $logs is a sanitizer report, except those that only hold the
 # warning ASan prints when allocator_may_return_null turns an absurd allocation
