@@ -3,7 +3,6 @@ a ``--system`` file (JSON and .npz), the file itself -- ends in one line on
 stderr that names what is wrong, exit status 2 and no traceback; text the
 user supplied is echoed with control characters escaped."""
 
-import io
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trajloss
+from npy_helpers import npy_member
 import trajloss.__main__ as cli
 import trajloss.report
 
@@ -330,15 +330,6 @@ def test_bad_npz_values(capsys, tmp_path, key, value, word):
     path = tmp_path / "sys.npz"
     np.savez(path, **npz_arrays(**{key: value}))
     assert_one_line_error(run_inprocess(capsys, "--system", str(path), "--samples", "30"), word)
-
-
-def npy_member(array, shape=None):
-    """The bytes of a .npy file holding ``array``, with a header claiming ``shape``."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {
-        "descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-        "shape": array.shape if shape is None else shape})
-    return buf.getvalue() + array.tobytes()
 
 
 def test_npz_claiming_more_than_it_holds(capsys, tmp_path):

@@ -7,7 +7,6 @@ Dataset.load, calibrate, the weighting strategies, the NumPy losses' weight
 checks, and the package's import graph."""
 
 import ast
-import io
 import json
 import math
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 import trajloss
+from npy_helpers import npy_member
 from trajloss import weighting
 
 PACKAGE = os.path.dirname(os.path.abspath(trajloss.__file__))
@@ -165,15 +165,6 @@ def test_object_arrays_are_refused_without_unpickling(saved, tmp_path):
     path = write_npz(tmp_path, changed(arrays, method=np.array(["exact", None], dtype=object)))
     with pytest.raises(ValueError, match="method: object arrays"):
         trajloss.Dataset.load(path)
-
-
-def npy_member(array, shape=None):
-    """A .npy file's bytes holding ``array``, its header claiming ``shape``."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {
-        "descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-        "shape": array.shape if shape is None else shape})
-    return buf.getvalue() + array.tobytes()
 
 
 def forged_zip(path, arrays, key, data, shape, compression=zipfile.ZIP_DEFLATED):

@@ -445,6 +445,18 @@ def _torch_args(a, torch):
             for k, v in a.items()}
 
 
+def framework_options(loss, lengths, mask, penalty):
+    """The options of the torch/JAX padding tests, and the arguments they
+    differentiate."""
+    kw = dict(lengths=lengths, mask=mask, penalty=penalty, delta=0.5)
+    if loss != "terminal":
+        kw.update(discount=0.9)
+    if loss not in ("control", "terminal"):
+        kw["include_initial"] = True
+    diff = ("pred", "target") if loss == "control" else ("controls", "x0")
+    return kw, diff
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("penalty", PENALTIES)
 @pytest.mark.parametrize("kind", ["lengths", "mask"])
@@ -453,12 +465,7 @@ def test_torch_padding_never_changes_a_bit(rng, loss, kind, penalty, dtype):
     torch = pytest.importorskip("torch")
     import trajloss.torch as tt
     system, a, rd, lengths, mask = case(rng, loss, kind, dtype, include_initial=True)
-    kw = dict(lengths=lengths, mask=mask, penalty=penalty, delta=0.5)
-    if loss != "terminal":
-        kw.update(discount=0.9)
-    if loss not in ("control", "terminal"):
-        kw["include_initial"] = True
-    diff = ("pred", "target") if loss == "control" else ("controls", "x0")
+    kw, diff = framework_options(loss, lengths, mask, penalty)
 
     def run(arrays):
         t = _torch_args(arrays, torch)
@@ -483,12 +490,7 @@ def test_jax_padding_never_changes_a_bit(rng, loss, kind, penalty, dtype):
     jax.config.update("jax_enable_x64", True)
     import trajloss.jax as tj
     system, a, rd, lengths, mask = case(rng, loss, kind, dtype, include_initial=True)
-    kw = dict(lengths=lengths, mask=mask, penalty=penalty, delta=0.5)
-    if loss != "terminal":
-        kw.update(discount=0.9)
-    if loss not in ("control", "terminal"):
-        kw["include_initial"] = True
-    diff = ("pred", "target") if loss == "control" else ("controls", "x0")
+    kw, diff = framework_options(loss, lengths, mask, penalty)
 
     def run(arrays):
         def f(*xs):
