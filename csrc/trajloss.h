@@ -52,17 +52,108 @@ typedef struct tl_cancel {
     void *ctx;
 } tl_cancel;
 
-/* A discrete linear time-invariant system x_{k+1} = Ad x_k + Bd u_k.
- * Ad is n x n, Bd is n x m, both row-major; the core only reads them. */
-typedef struct {
-    ptrdiff_t n;
-    ptrdiff_t m;
-    const double *Ad;
-    const double *Bd;
-} tl_system;
+/* ---- dynamics.c: the one description of a system ---------------------- */
 
-/* TL_OK when 1 <= n, m <= TL_MAX_DIM and both matrices are given. */
-tl_status tl_system_check(const tl_system *sys);
+/*
+ * Shapes, strides and padding -- the invariants every entry point shares.
+ *
+ * Trajectory arrays are dense, C order, batch-major and contiguous:
+ *   x0 [B][n], controls [B][T][m], states [B][T+1][n], ref_controls [B][T][m],
+ *   ref_states [B][T+1][n], target [B][n]; gradients have their input's shape.
+ * Control step k acts between state k and state k+1.
+ *
+ * The system's arrays are float64 whatever the trajectory dtype. A tl_field
+ * is one of them: the matrix (or vector) of sample b at step k starts at
+ *     data + b * batch_stride + k * step_stride        (in doubles)
+ * and is itself dense, row-major. Stride 0 means shared: batch_stride 0 is
+ * one system for the whole batch, step_stride 0 the same at every step.
+ * A call checks that a field with batch_stride != 0 covers its batch
+ * (dyn->batch == B) and one with step_stride != 0 its steps (dyn->steps == T).
+ *
+ * Padding. A sequence's valid steps (tl_selection) end at its last valid
+ * step t_b. Elements a call does not read -- controls after t_b, references
+ * at steps that are not scored -- may hold anything, NaN included: they never
+ * change a bit of a result and check_finite never looks at them; the
+ * gradient there is exactly 0. (A control masked out before t_b is read: it
+ * drives the states after it.)
+ */
+typedef struct {
+    const double *data;      /* NULL: absent (an offset only) */
+    ptrdiff_t batch_stride;  /* doubles between samples, 0 = shared by the batch */
+    ptrdiff_t step_stride;   /* doubles between steps, 0 = the same at every step */
+} tl_field;
+
+typedef enum {
+    TL_DYN_LINEAR = 0, /* x_{k+1} = A_k x_k + B_k u_k (+ c_k) */
+    TL_DYN_COUNT
+} tl_dyn_kind;
+
+/*
+ * Slots for the dynamics that come next (nonlinear systems, system gradients,
+ * LQR/iLQR), in the signatures of trajloss' C callback contract, for one
+ * sample, float64, row-major, returning 0 on success:
+ *   step(x, u, params, dt, x_next)           x_next = F(x, u; params)
+ *   jacobians(x, u, params, dt, Fx, Fu)      Fx = dF/dx (n x n), Fu = dF/du (n x m)
+ *   param_jacobian(x, u, params, dt, Fp)     Fp = dF/dparams (n x nparams)
+ * A linear system's Jacobians are (A_k, B_k) themselves; its kernels read
+ * them through tl_dyn_A/tl_dyn_B, which is where a step function's
+ * Jacobians, evaluated along the forward pass, will be read instead. Until a
+ * kind uses them they must be NULL (tl_dynamics_check).
+ */
+typedef int (*tl_step_fn)(const double *x, const double *u, const double *params, double dt,
+                          double *x_next);
+typedef int (*tl_jacobian_fn)(const double *x, const double *u, const double *params,
+                              double dt, double *Fx, double *Fu);
+typedef int (*tl_param_jacobian_fn)(const double *x, const double *u, const double *params,
+                                    double dt, double *Fp);
+
+typedef struct {
+    tl_dyn_kind kind;
+    ptrdiff_t n, m;   /* state and input dimensions, 1 .. TL_MAX_DIM */
+    ptrdiff_t batch;  /* samples the per-sample fields hold (0 when none is per-sample) */
+    ptrdiff_t steps;  /* steps the time-varying fields hold (0 when none varies) */
+    tl_field A;       /* n x n */
+    tl_field B;       /* n x m */
+    tl_field c;       /* n, the offset; c.data NULL for none */
+    /* reserved (see above): NULL / 0 for linear systems */
+    tl_step_fn step;
+    tl_jacobian_fn jacobians;
+    tl_param_jacobian_fn param_jacobian;
+    tl_field params;  /* nparams doubles a sample */
+    ptrdiff_t nparams;
+    double dt;
+} tl_dynamics;
+
+/* A shared, time-invariant linear system over Ad (n x n) and Bd (n x m). */
+tl_dynamics tl_dynamics_linear(ptrdiff_t n, ptrdiff_t m, const double *Ad, const double *Bd);
+
+/* TL_OK when dyn is well formed (sizes in range, matrices given, reserved
+ * slots empty, strides >= 0) and fits a call over `batch` sequences of
+ * `steps` steps (per-sample fields: dyn->batch == batch; time-varying fields:
+ * dyn->steps == steps); TL_ERR_SHAPE for sizes, TL_ERR_VALUE otherwise. */
+tl_status tl_dynamics_check(const tl_dynamics *dyn, ptrdiff_t batch, ptrdiff_t steps);
+
+/* The matrices of sample b at step k. */
+static inline const double *tl_field_at(const tl_field *f, ptrdiff_t b, ptrdiff_t k)
+{
+    return f->data == NULL ? NULL : f->data + b * f->batch_stride + k * f->step_stride;
+}
+static inline const double *tl_dyn_A(const tl_dynamics *d, ptrdiff_t b, ptrdiff_t k)
+{
+    return tl_field_at(&d->A, b, k);
+}
+static inline const double *tl_dyn_B(const tl_dynamics *d, ptrdiff_t b, ptrdiff_t k)
+{
+    return tl_field_at(&d->B, b, k);
+}
+static inline const double *tl_dyn_c(const tl_dynamics *d, ptrdiff_t b, ptrdiff_t k)
+{
+    return tl_field_at(&d->c, b, k);
+}
+
+/* The storage type of a call's trajectory arrays. float32 calls compute the
+ * rollout losses in float (as PyTorch does); every sum is a double. */
+typedef enum { TL_F64 = 0, TL_F32, TL_DTYPE_COUNT } tl_dtype;
 
 /* ---- expm.c ------------------------------------------------------------ */
 
@@ -103,43 +194,36 @@ tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
 
 /* ---- rollout.c --------------------------------------------------------- */
 
-/* Scratch space for the rollout and its adjoint (per call, not per sample). */
+/* Doubles of scratch the rollout, its adjoint and the final-state error need
+ * (per call, not per sample); 0 when n is out of range. */
 size_t tl_rollout_work_bytes(ptrdiff_t n);
 
-/* states[b][0] = x0[b];  states[b][k+1] = Ad states[b][k] + Bd controls[b][k].
- * x0 is batch x n, controls batch x steps x m, states batch x (steps+1) x n.
- * batch >= 0 and steps >= 0; the state is carried in double between steps. */
-tl_status tl_rollout_f64(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                         const double *x0, const double *controls,
-                         double *states, void *work);
-tl_status tl_rollout_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                         const float *x0, const float *controls,
-                         float *states, void *work);
+/* states[b][0] = x0[b];  states[b][k+1] = A_k states[b][k] + B_k controls[b][k] + c_k
+ * (the matrices of sample b). batch >= 0, steps >= 0; x0, controls and states
+ * are of `dtype`; the state is carried in double between steps. */
+tl_status tl_rollout(const tl_dynamics *dyn, tl_dtype dtype, ptrdiff_t batch, ptrdiff_t steps,
+                     const void *x0, const void *controls, void *states, void *work);
 
 /* The adjoint (vector-Jacobian product) of the rollout. Given
  * grad_states = dL/dstates (batch x (steps+1) x n) it writes
- *   grad_controls[b][k] = Bd^T lambda[b][k+1]   (batch x steps x m)
- *   grad_x0[b]          = lambda[b][0]          (batch x n)
+ *   grad_controls[b][k] = B_k^T lambda[b][k+1]   (batch x steps x m)
+ *   grad_x0[b]          = lambda[b][0]           (batch x n)
  * with lambda[b][steps] = grad_states[b][steps] and
- *   lambda[b][k] = grad_states[b][k] + Ad^T lambda[b][k+1].
- * Either output may be NULL when it is not wanted. */
-tl_status tl_rollout_vjp_f64(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                             const double *grad_states,
-                             double *grad_controls, double *grad_x0, void *work);
-tl_status tl_rollout_vjp_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                             const float *grad_states,
-                             float *grad_controls, float *grad_x0, void *work);
+ *   lambda[b][k] = grad_states[b][k] + A_k^T lambda[b][k+1].
+ * Either output may be NULL when it is not wanted. x0 and controls (the point
+ * the Jacobians are taken at) are not read by linear systems and may be NULL. */
+tl_status tl_rollout_vjp(const tl_dynamics *dyn, tl_dtype dtype, ptrdiff_t batch,
+                         ptrdiff_t steps, const void *x0, const void *controls,
+                         const void *grad_states, void *grad_controls, void *grad_x0,
+                         void *work);
 
 /* The Euclidean distance of each sequence's final valid state to its target:
  * error[b] = |x_{L_b} - xf[b]|_2 with L_b = lengths[b] (steps when lengths is
- * NULL), x the rollout of controls from x0. xf is batch x n; work as for the
- * rollout. TL_ERR_VALUE for a length outside [0, steps]. */
-tl_status tl_final_state_error_f64(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                                   const int64_t *lengths, const double *controls,
-                                   const double *x0, const double *xf, double *error, void *work);
-tl_status tl_final_state_error_f32(const tl_system *sys, ptrdiff_t batch, ptrdiff_t steps,
-                                   const int64_t *lengths, const float *controls,
-                                   const float *x0, const float *xf, float *error, void *work);
+ * NULL), x the rollout of controls from x0. xf is batch x n, error batch long,
+ * all of `dtype`. TL_ERR_VALUE for a length outside [0, steps]. */
+tl_status tl_final_state_error(const tl_dynamics *dyn, tl_dtype dtype, ptrdiff_t batch,
+                               ptrdiff_t steps, const int64_t *lengths, const void *controls,
+                               const void *x0, const void *xf, void *error, void *work);
 
 /* ---- weights.c: which steps count, and how much ------------------------ */
 
@@ -183,8 +267,7 @@ typedef enum {
  * Worker threads kept between loss calls (optional: tl_loss_spec.pool). A
  * call with threads > 1 and no pool starts its threads and joins them before
  * it returns; with a pool it uses the pool's threads, started when a call
- * first needs them, which then wait for the next call spinning for some
- * 100 us and afterwards asleep. The memory is the caller's:
+ * first needs them and asleep between calls. The memory is the caller's:
  *
  *     tl_pool *pool = malloc(tl_pool_bytes());
  *     tl_pool_init(pool);          starts no thread yet
@@ -209,6 +292,12 @@ enum {
     TL_TERM_TERMINAL = 4    /* the final valid state vs a target */
 };
 
+/* Which kernel a rollout loss runs. AUTO: the fast path (tiles of sequences
+ * side by side, batch innermost) wherever it applies, the plain per-sequence
+ * kernel elsewhere; REFERENCE: the plain kernel alone (for tests: both agree
+ * to rounding). */
+typedef enum { TL_KERNEL_AUTO = 0, TL_KERNEL_REFERENCE, TL_KERNEL_COUNT } tl_kernel;
+
 /*
  * Per-step error e[b][t] = mean_d s_d rho(pred - ref)[b][t][d] (s = feature
  * or state weights, NULL for all ones); each term's value is
@@ -219,10 +308,10 @@ enum {
  * with time index 0 that is valid for every sequence with a valid step.
  */
 typedef struct {
-    tl_selection sel;
+    tl_selection sel;              /* batch B, steps T, valid steps, discount */
     tl_penalty penalty;
     double delta;
-    unsigned terms;                /* TL_TERM_* flags */
+    unsigned terms;                /* TL_TERM_* flags (the control loss: TL_TERM_CONTROL) */
     double control_weight;         /* multipliers of each term in total and gradient */
     double trajectory_weight;
     double terminal_weight;
@@ -232,21 +321,22 @@ typedef struct {
     int threads;                   /* worker threads over the batch (0 or 1: the caller's;
                                       see tl_pool for where the others come from) */
     int check_finite;              /* nonzero: TL_ERR_NONFINITE when an element the call
-                                      reads is NaN or inf (controls up to each last valid
-                                      step, x0, ref_controls at valid steps, ref_states at
-                                      scored states, the target; pred/target at valid steps).
-                                      Padding is never read, so never checked. Blocks are
-                                      scanned whole just before the kernel reads them, and
-                                      element by element only when that scan finds one */
-    int lanes;                     /* rollout losses: 0 computes 512-bit tiles (eight
-                                      float64 or sixteen float32 sequences at a time) where
-                                      the CPU has AVX-512 (in calls of 512 to some 10^5
-                                      sequences, whose arrays stay in the cache), 256-bit
-                                      ones (four float64, eight float32) elsewhere; 4
-                                      always 256-bit ones; other values are refused. The
-                                      results are the same bits either way */
+                                      reads is NaN or inf (see "Padding" above) */
+    tl_kernel kernel;
     tl_pool *pool;                 /* threads kept between calls, or NULL */
 } tl_loss_spec;
+
+/* The arrays of a loss call, all of `dtype` (shapes: see "Shapes" above).
+ * The control loss: controls = pred, ref_controls = target (B x T x D),
+ * grad_controls = d value / d pred. The rollout losses read the references
+ * their terms score: ref_controls (control term), ref_states (trajectory
+ * term; the terminal term too when target is NULL) and target. Either
+ * gradient may be NULL when it is not wanted. */
+typedef struct {
+    tl_dtype dtype;
+    const void *controls, *x0, *ref_controls, *ref_states, *target;
+    void *grad_controls, *grad_x0;
+} tl_loss_io;
 
 typedef struct {
     double total;      /* sum of weight * raw value over the computed terms */
@@ -258,50 +348,36 @@ typedef struct {
 } tl_loss_value;
 
 /*
- * Scratch bytes of a control loss call (0 when a size is out of range or
- * too large to address). The work splits the batch into fixed chunks whose
- * partial sums are added in order, so results are bit-for-bit the same for
- * any spec->threads; the scratch grows with the threads actually used.
+ * Scratch bytes of a loss call: dyn NULL for the control loss over
+ * `features` features, else the rollout loss of dyn (features unused).
+ * 0 when a size is out of range or too large to address. The work splits
+ * the batch into fixed chunks whose partial sums are added in order, so
+ * results are bit-for-bit the same for any spec->threads.
  */
-size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t batch,
-                                  int threads);
+size_t tl_loss_work_bytes(const tl_dynamics *dyn, ptrdiff_t features, const tl_loss_spec *spec);
 
-/* The control term alone: pred and target are B x T x features, grad (same
- * shape, may be NULL) = d value / d pred. Only TL_TERM_CONTROL is used, with
- * weight 1. TL_ERR_EMPTY when no step of the batch is valid. */
-tl_status tl_control_loss_f64(const tl_loss_spec *spec, ptrdiff_t features,
-                              const double *pred, const double *target,
-                              tl_loss_value *value, double *grad, void *work);
-tl_status tl_control_loss_f32(const tl_loss_spec *spec, ptrdiff_t features,
-                              const float *pred, const float *target,
-                              tl_loss_value *value, float *grad, void *work);
-
-/* As tl_control_loss_work_bytes, for the rollout losses. */
-size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
-                                  int threads);
+/* The control term alone, over `features` features per step. TL_ERR_EMPTY
+ * when no step of the batch is valid. */
+tl_status tl_control_loss(const tl_loss_spec *spec, ptrdiff_t features, const tl_loss_io *io,
+                          tl_loss_value *value, void *work);
 
 /*
- * Control, trajectory and terminal terms through the dynamics, with the
- * forward rollout, penalties, weights, reduction and adjoint in one pass per
- * sequence. controls B x T x m, x0 B x n, ref_controls B x T x m (control
- * term), ref_states B x (T+1) x n (trajectory term), target B x n (terminal
- * term; NULL means ref_states at each final valid state). Gradients of
- * value->total: grad_controls B x T x m, grad_x0 B x n (either may be NULL).
- * Values after a sequence's last valid step never influence a result (they
- * may be read, then discarded by selects); their gradient is exactly zero.
- * The _f32 kernel computes in float (Ad, Bd rounded to float), each penalty
- * widened to double before it is summed; steps < INT_MAX.
+ * Control, trajectory and terminal terms through the dynamics: the forward
+ * rollout, penalties, weights, reduction and adjoint in one pass per
+ * sequence. Gradients of value->total: grad_controls B x T x m, grad_x0 B x n.
  */
-tl_status tl_rollout_loss_f64(const tl_system *sys, const tl_loss_spec *spec,
-                              const double *controls, const double *x0,
-                              const double *ref_controls, const double *ref_states,
-                              const double *target, tl_loss_value *value,
-                              double *grad_controls, double *grad_x0, void *work);
-tl_status tl_rollout_loss_f32(const tl_system *sys, const tl_loss_spec *spec,
-                              const float *controls, const float *x0,
-                              const float *ref_controls, const float *ref_states,
-                              const float *target, tl_loss_value *value,
-                              float *grad_controls, float *grad_x0, void *work);
+tl_status tl_rollout_loss(const tl_dynamics *dyn, const tl_loss_spec *spec,
+                          const tl_loss_io *io, tl_loss_value *value, void *work);
+
+/* Which inputs hold NaN or inf at an element the call reads -- what
+ * check_finite checks -- a bit per input (TL_IN_*), 0 when none; for naming
+ * the argument after a call returned TL_ERR_NONFINITE. dyn NULL: the control
+ * loss (controls = pred, ref_controls = target). Scans the whole batch on the
+ * caller's thread. */
+enum { TL_IN_CONTROLS = 1, TL_IN_X0 = 2, TL_IN_REF_CONTROLS = 4, TL_IN_REF_STATES = 8,
+       TL_IN_TARGET = 16 };
+unsigned tl_loss_bad_inputs(const tl_dynamics *dyn, ptrdiff_t features,
+                            const tl_loss_spec *spec, const tl_loss_io *io);
 
 /* ---- finite.c ------------------------------------------------------------ */
 
@@ -383,7 +459,7 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
 
 /*
  * Fill plan (its arrays carved from `memory`, tl_ref_plan_bytes long).
- * exact: sys is the discrete system, A and B may be NULL. average and
+ * exact: dyn is the discrete system (sample `sample` of it), A and B may be NULL. average and
  * continuous: A (n x n) and B (n x m) are the continuous model, dt > 0.
  * steps >= 1 (and steps m < 2^31 for exact, LAPACK's index range).
  * TL_ERR_SINGULAR: exact, C numerically rank-deficient (plan->rank says
@@ -392,7 +468,8 @@ size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
  * states that grow beyond TL_LAW_GROWTH_LIMIT (plan->growth).
  */
 tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
-                           const tl_system *sys, const double *A, const double *B, double dt,
+                           const tl_dynamics *dyn, ptrdiff_t sample,
+                           const double *A, const double *B, double dt,
                            ptrdiff_t steps, void *work);
 
 size_t tl_ref_apply_work_bytes(ptrdiff_t n);
