@@ -121,6 +121,9 @@ def test_system_attributes(form):
         close(s.B, case.raw["B"], 0, "B kept")
         close(np.asarray(s.dt, float), case.raw["dt"], 0, "dt kept")
         assert s.method == "zoh"
+    if kind == "tv":
+        close(s.Ad, case.raw["Ad"], 0, "Ad as given")
+        close(s.Bd, case.raw["Bd"], 0, "Bd as given")
     if kind in ("lti", "tv") and extra is not None:
         close(s.offset, case.raw["offset"], 0, "offset")
     elif kind in ("lti", "tv"):
