@@ -58,7 +58,7 @@ import numpy as np
 
 from . import _core
 from .rollout import _check_system
-from .systems import LinearSystem
+from .systems import _LinearDynamics
 from ._strategy import WeightingStrategy
 
 _ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
@@ -242,8 +242,9 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
     -------
     LossResult with ``value`` and ``grad`` (shape and dtype of ``pred``).
     """
-    value, grad = _core.control_loss(pred, target, discount, lengths, mask, penalty, delta,
-                                     feature_weights, check_finite, True)
+    value, grad = _core.control_loss(pred, target, discount=discount, lengths=lengths, mask=mask,
+                                     penalty=penalty, delta=delta,
+                                     feature_weights=feature_weights, check_finite=check_finite)
     return _make(LossResult, (value, grad, None, None))
 
 
@@ -260,12 +261,13 @@ def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms,
                   include_initial=False, discount=None, lengths=None, mask=None,
                   penalty="mse", delta=1.0, feature_weights=None, state_weights=None,
                   check_finite=True, target_name="target"):
-    system = _check_system(system)
-    return _core.rollout_loss(system.Ad, system.Bd, controls, x0, ref_controls, ref_states,
-                              target, terms, control_weight, trajectory_weight,
-                              terminal_weight, bool(include_initial), discount, lengths, mask,
-                              penalty, delta, feature_weights, state_weights, check_finite,
-                              target_name)
+    return _core.rollout_loss(
+        _check_system(system)._core, controls, x0, ref_controls, ref_states, target, terms=terms,
+        control_weight=control_weight, trajectory_weight=trajectory_weight,
+        terminal_weight=terminal_weight, include_initial=include_initial, discount=discount,
+        lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+        feature_weights=feature_weights, state_weights=state_weights,
+        check_finite=check_finite, target_name=target_name)
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
@@ -283,7 +285,7 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls : array_like, shape (B, T, m) or (T, m)
     x0 : array_like, shape (B, n) or (n,)
     ref_states : array_like, shape (B, T+1, n) or (T+1, n)
@@ -321,7 +323,7 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls : array_like, shape (B, T, m) or (T, m)
     x0, target : array_like, shape (B, n) or (n,)
     lengths, mask, state_weights, penalty, delta, check_finite
@@ -352,7 +354,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls, ref_controls : array_like, shape (B, T, m) or (T, m)
     x0 : array_like, shape (B, n) or (n,)
     ref_states : array_like, shape (B, T+1, n) or (T+1, n)
@@ -378,7 +380,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     """
     if ref_controls is None or ref_states is None:
         _required(ref_controls=ref_controls, ref_states=ref_states)
-    if not isinstance(system, LinearSystem):
+    if not isinstance(system, _LinearDynamics):
         _check_system(system)
     # called on every training step: straight to the core, no keyword layers
     strategy = None
@@ -389,9 +391,12 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
         terminal_weight = _weight(terminal_weight, "terminal_weight")
     # the core builds the LossResult itself (_core.set_result_types, at import)
     result = _core.rollout_loss(
-        system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
-        _ALL_TERMS, 1.0, weight, terminal_weight, include_initial, discount, lengths, mask,
-        penalty, delta, feature_weights, state_weights, check_finite, "terminal_target", True)
+        system._core, controls, x0, ref_controls, ref_states, terminal_target, terms=_ALL_TERMS,
+        control_weight=1.0, trajectory_weight=weight, terminal_weight=terminal_weight,
+        include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
+        penalty=penalty, delta=delta, feature_weights=feature_weights,
+        state_weights=state_weights, check_finite=check_finite, target_name="terminal_target",
+        combined=True)
     if strategy is not None:
         strategy.observe(result.components.control, result.components.trajectory)
     return result
