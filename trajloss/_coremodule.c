@@ -660,13 +660,12 @@ static void release_system(system_arg *s)
  * exception naming "system: Ad" (Bd, offset). */
 static PyArrayObject *system_field(PyObject *obj, int i)
 {
-    char name[32];
-    PyOS_snprintf(name, sizeof name, "system: %s", SYSTEM_FIELDS[i]);
+    static const char *const names[3] = {"system: Ad", "system: Bd", "system: offset"};
     PyArrayObject *arr = ready_array(obj, NPY_DOUBLE);
     if (arr == NULL)
-        return real_array(obj, name); /* checked and copied */
+        return real_array(obj, names[i]); /* checked and copied */
     if (!sealed(arr) && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
-        PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", name);
+        PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", names[i]);
         Py_DECREF(arr);
         return NULL;
     }
@@ -1113,12 +1112,13 @@ static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
     return 0;
 }
 
-/* None, or a float64 copy of a (dim,) vector of finite numbers >= 0. */
+/* None (or NULL: not given), or a float64 copy of a (dim,) vector of finite
+ * numbers >= 0. */
 static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
                                PyArrayObject **out)
 {
     *out = NULL;
-    if (obj == Py_None)
+    if (obj == NULL || obj == Py_None)
         return 0;
     PyArrayObject *arr = named_array(obj, name);
     if (arr == NULL)
@@ -1413,6 +1413,20 @@ typedef enum {
     OP_COUNT
 } op_kind;
 
+/* The rows of ENTRIES: one Python function each. combined_loss is the
+ * rollout loss of all three terms returning a LossResult: a row of its own, so
+ * that its every-step call passes few keywords (CPython builds a dict for a
+ * call of many). */
+typedef enum {
+    E_ROLLOUT,
+    E_ROLLOUT_VJP,
+    E_FINAL_STATE_ERROR,
+    E_CONTROL_LOSS,
+    E_ROLLOUT_LOSS,
+    E_COMBINED_LOSS,
+    E_COUNT
+} entry_id;
+
 /* Where each argument lands, whichever entry point takes it. The control
  * loss's pred and target are the controls and reference controls of
  * tl_loss_io; final_state_error's xf is a target. */
@@ -1420,7 +1434,7 @@ typedef enum {
     A_SYSTEM, A_X0, A_CONTROLS, A_GRAD_STATES, A_REF_CONTROLS, A_REF_STATES, A_TARGET,
     A_TERMS, A_CONTROL_WEIGHT, A_TRAJECTORY_WEIGHT, A_TERMINAL_WEIGHT, A_INCLUDE_INITIAL,
     A_DISCOUNT, A_LENGTHS, A_MASK, A_PENALTY, A_DELTA, A_FEATURE_WEIGHTS, A_STATE_WEIGHTS,
-    A_CHECK_FINITE, A_TARGET_NAME, A_COMBINED, A_WANT_GRAD, A_KERNEL,
+    A_CHECK_FINITE, A_TARGET_NAME, A_WANT_GRAD, A_KERNEL,
     A_COUNT
 } arg_slot;
 
@@ -1459,6 +1473,7 @@ typedef enum { FIN_ALL, FIN_PREFIX, FIN_CORE } finite_kind;
 typedef struct {
     const char *name; /* the Python name */
     const char *context; /* in front of its status errors */
+    op_kind op;
     int npos;            /* parameters that may be given by position */
     param params[MAX_PARAMS]; /* NULL-terminated */
     int narrays;
@@ -1468,74 +1483,90 @@ typedef struct {
     int noutputs;
     output_spec outputs[MAX_OUTPUTS];
     finite_kind finite;
+    /* the rollout losses' defaults: terms (0: terms= is required), the control
+     * term's weight, and whether the result is a LossResult */
+    unsigned terms;
+    double control_weight;
+    int combined;
 } entry;
 
 #define P_CHECK_FINITE {"check_finite", A_CHECK_FINITE, 0}
 #define P_SELECTION {"discount", A_DISCOUNT, 0}, {"lengths", A_LENGTHS, 0}, {"mask", A_MASK, 0}
 #define P_PENALTY {"penalty", A_PENALTY, 0}, {"delta", A_DELTA, 0}, {"kernel", A_KERNEL, 0}
 
-static const entry ENTRIES[OP_COUNT] = {
-    [OP_ROLLOUT] = {"rollout", "rollout", 3,
-                    {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
-                     P_CHECK_FINITE, {NULL, 0, 0}},
-                    2, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL}},
-                    1, {{R_T1, C_N, "the states"}}, FIN_ALL},
-    [OP_ROLLOUT_VJP] = {"rollout_vjp", "rollout_vjp", 4,
-                        {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
-                         {"grad_states", A_GRAD_STATES, 1}, P_CHECK_FINITE, {NULL, 0, 0}},
-                        3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
-                            {A_GRAD_STATES, R_T1, C_N, "the states"}},
-                        2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_ALL},
-    [OP_FINAL_STATE_ERROR] = {"final_state_error", "final_state_error", 4,
-                              {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1},
-                               {"x0", A_X0, 1}, {"xf", A_TARGET, 1}, {"lengths", A_LENGTHS, 0},
-                               P_CHECK_FINITE, {NULL, 0, 0}},
-                              3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
-                                  {A_TARGET, R_NONE, C_N, "x0"}},
-                              1, {{R_NONE, C_NONE, "the error"}}, FIN_PREFIX},
-    [OP_CONTROL_LOSS] = {"control_loss", "control_loss", 2,
-                         {{"pred", A_CONTROLS, 1}, {"target", A_REF_CONTROLS, 1}, P_SELECTION,
-                          P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0}, P_CHECK_FINITE,
-                          {"want_grad", A_WANT_GRAD, 0}, {NULL, 0, 0}},
-                         2, {{A_CONTROLS, R_T, C_M, NULL}, {A_REF_CONTROLS, R_T, C_M, "pred"}},
-                         1, {{R_T, C_M, "the gradient"}}, FIN_CORE},
-    [OP_ROLLOUT_LOSS] = {"rollout_loss", "loss", 6,
+#define P_ROLLOUT_LOSS_OPTIONS                                                                   \
+    {"terminal_weight", A_TERMINAL_WEIGHT, 0}, {"include_initial", A_INCLUDE_INITIAL, 0},         \
+        P_SELECTION, P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0},                        \
+        {"state_weights", A_STATE_WEIGHTS, 0}, P_CHECK_FINITE
+#define ROLLOUT_LOSS_ARRAYS(target_like)                                                         \
+    5, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},                                  \
+        {A_REF_CONTROLS, R_T, C_M, "controls"}, {A_REF_STATES, R_T1, C_N, "the states"},          \
+        {A_TARGET, R_NONE, C_N, target_like}},                                                   \
+        2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_CORE
+
+static const entry ENTRIES[E_COUNT] = {
+    [E_ROLLOUT] = {"rollout", "rollout", OP_ROLLOUT, 3,
+                   {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
+                    P_CHECK_FINITE, {NULL, 0, 0}},
+                   2, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL}},
+                   1, {{R_T1, C_N, "the states"}}, FIN_ALL, 0, 0.0, 0},
+    [E_ROLLOUT_VJP] = {"rollout_vjp", "rollout_vjp", OP_ROLLOUT_VJP, 4,
+                       {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
+                        {"grad_states", A_GRAD_STATES, 1}, P_CHECK_FINITE, {NULL, 0, 0}},
+                       3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
+                           {A_GRAD_STATES, R_T1, C_N, "the states"}},
+                       2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_ALL,
+                       0, 0.0, 0},
+    [E_FINAL_STATE_ERROR] = {"final_state_error", "final_state_error", OP_FINAL_STATE_ERROR, 4,
+                             {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1},
+                              {"x0", A_X0, 1}, {"xf", A_TARGET, 1}, {"lengths", A_LENGTHS, 0},
+                              P_CHECK_FINITE, {NULL, 0, 0}},
+                             3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
+                                 {A_TARGET, R_NONE, C_N, "x0"}},
+                             1, {{R_NONE, C_NONE, "the error"}}, FIN_PREFIX, 0, 0.0, 0},
+    [E_CONTROL_LOSS] = {"control_loss", "control_loss", OP_CONTROL_LOSS, 2,
+                        {{"pred", A_CONTROLS, 1}, {"target", A_REF_CONTROLS, 1}, P_SELECTION,
+                         P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0}, P_CHECK_FINITE,
+                         {"want_grad", A_WANT_GRAD, 0}, {NULL, 0, 0}},
+                        2, {{A_CONTROLS, R_T, C_M, NULL}, {A_REF_CONTROLS, R_T, C_M, "pred"}},
+                        1, {{R_T, C_M, "the gradient"}}, FIN_CORE, TL_TERM_CONTROL, 1.0, 0},
+    [E_ROLLOUT_LOSS] = {"rollout_loss", "loss", OP_ROLLOUT_LOSS, 6,
+                        {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1}, {"x0", A_X0, 1},
+                         {"ref_controls", A_REF_CONTROLS, 0}, {"ref_states", A_REF_STATES, 0},
+                         {"target", A_TARGET, 0}, {"terms", A_TERMS, 1},
+                         {"control_weight", A_CONTROL_WEIGHT, 0},
+                         {"trajectory_weight", A_TRAJECTORY_WEIGHT, 0}, P_ROLLOUT_LOSS_OPTIONS,
+                         {"target_name", A_TARGET_NAME, 0}, {NULL, 0, 0}},
+                        ROLLOUT_LOSS_ARRAYS("x0"), 0, 0.0, 0},
+    [E_COMBINED_LOSS] = {"combined_loss", "loss", OP_ROLLOUT_LOSS, 6,
                          {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1}, {"x0", A_X0, 1},
-                          {"ref_controls", A_REF_CONTROLS, 0}, {"ref_states", A_REF_STATES, 0},
-                          {"target", A_TARGET, 0}, {"terms", A_TERMS, 1},
-                          {"control_weight", A_CONTROL_WEIGHT, 0},
-                          {"trajectory_weight", A_TRAJECTORY_WEIGHT, 0},
-                          {"terminal_weight", A_TERMINAL_WEIGHT, 0},
-                          {"include_initial", A_INCLUDE_INITIAL, 0}, P_SELECTION, P_PENALTY,
-                          {"feature_weights", A_FEATURE_WEIGHTS, 0},
-                          {"state_weights", A_STATE_WEIGHTS, 0}, P_CHECK_FINITE,
-                          {"target_name", A_TARGET_NAME, 0}, {"combined", A_COMBINED, 0},
-                          {NULL, 0, 0}},
-                         5, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
-                             {A_REF_CONTROLS, R_T, C_M, "controls"},
-                             {A_REF_STATES, R_T1, C_N, "the states"},
-                             {A_TARGET, R_NONE, C_N, "x0"}},
-                         2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_CORE},
+                          {"ref_controls", A_REF_CONTROLS, 1}, {"ref_states", A_REF_STATES, 1},
+                          {"terminal_target", A_TARGET, 0}, {"weight", A_TRAJECTORY_WEIGHT, 1},
+                          P_ROLLOUT_LOSS_OPTIONS, {NULL, 0, 0}},
+                         ROLLOUT_LOSS_ARRAYS("x0"),
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0, 1},
 };
+#undef P_ROLLOUT_LOSS_OPTIONS
+#undef ROLLOUT_LOSS_ARRAYS
 
 /* The parameter names, interned at import (parallel to ENTRIES[op].params):
  * keywords are found by pointer, as CPython's own parsers do. */
-static PyObject *param_keys[OP_COUNT][MAX_PARAMS];
+static PyObject *param_keys[E_COUNT][MAX_PARAMS];
 
 static int intern_param_keys(void)
 {
-    for (int op = 0; op < OP_COUNT; op++)
-        for (int j = 0; ENTRIES[op].params[j].name != NULL; j++)
-            if ((param_keys[op][j] = PyUnicode_InternFromString(ENTRIES[op].params[j].name)) == NULL)
+    for (int row = 0; row < E_COUNT; row++)
+        for (int j = 0; ENTRIES[row].params[j].name != NULL; j++)
+            if ((param_keys[row][j] = PyUnicode_InternFromString(ENTRIES[row].params[j].name)) == NULL)
                 return -1;
     return 0;
 }
 
 static int find_param(const entry *e, PyObject *key)
 {
-    const int op = (int)(e - ENTRIES);
+    const ptrdiff_t row = e - ENTRIES;
     for (int j = 0; e->params[j].name != NULL; j++)
-        if (param_keys[op][j] == key)
+        if (param_keys[row][j] == key)
             return j;
     for (int j = 0; e->params[j].name != NULL; j++)
         if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, e->params[j].name) == 0)
@@ -1583,12 +1614,12 @@ static int parse_call(const entry *e, PyObject *const *args, Py_ssize_t nargs, P
     return 0;
 }
 
-static const char *param_name(const entry *e, arg_slot slot)
+static const param *find_slot(const entry *e, arg_slot slot)
 {
     for (int j = 0; e->params[j].name != NULL; j++)
         if (e->params[j].slot == slot)
-            return e->params[j].name;
-    return "?";
+            return &e->params[j];
+    return NULL; /* not reached: each array of a row is one of its parameters */
 }
 
 /* An option's truth value (dflt when not given); -1 with an exception. */
@@ -1702,7 +1733,7 @@ static int loss_spec(const entry *e, PyObject *const *a, const traj_shape *sh, n
     PyObject *discount = a[A_DISCOUNT] ? a[A_DISCOUNT] : Py_None;
     PyObject *lengths = a[A_LENGTHS] ? a[A_LENGTHS] : Py_None;
     PyObject *mask = a[A_MASK] ? a[A_MASK] : Py_None;
-    const int control = e == &ENTRIES[OP_CONTROL_LOSS];
+    const int control = e->op == OP_CONTROL_LOSS;
     if ((control && !sh->batched && check_unbatched_selection(lengths, mask, sh->steps, m) < 0) ||
         parse_selection(discount, lengths, mask, sh->batched, sh->batch, sh->steps, &spec->sel,
                         owned) < 0 ||
@@ -1715,14 +1746,16 @@ static int loss_spec(const entry *e, PyObject *const *a, const traj_shape *sh, n
     spec->check_finite = check_finite; /* the core checks each element as it reads it */
     spec->threads = loss_threads;
     spec->pool = loss_threads_pool(spec->threads);
+    spec->terms = e->terms; /* the rollout losses' terms_arg may say otherwise */
     if (control) {
-        spec->terms = TL_TERM_CONTROL;
-        spec->control_weight = 1.0;
+        spec->control_weight = e->control_weight;
         return 0;
     }
     int include_initial;
-    if (double_arg(a[A_CONTROL_WEIGHT], "control_weight", 0.0, &spec->control_weight) < 0 ||
-        double_arg(a[A_TRAJECTORY_WEIGHT], "trajectory_weight", 0.0, &spec->trajectory_weight) < 0 ||
+    if (double_arg(a[A_CONTROL_WEIGHT], "control_weight", e->control_weight,
+                   &spec->control_weight) < 0 ||
+        double_arg(a[A_TRAJECTORY_WEIGHT], find_slot(e, A_TRAJECTORY_WEIGHT)->name, 0.0,
+                   &spec->trajectory_weight) < 0 ||
         double_arg(a[A_TERMINAL_WEIGHT], "terminal_weight", 0.0, &spec->terminal_weight) < 0 ||
         flag_arg(a[A_INCLUDE_INITIAL], 0, &include_initial) < 0)
         return -1;
@@ -1730,11 +1763,12 @@ static int loss_spec(const entry *e, PyObject *const *a, const traj_shape *sh, n
     return 0;
 }
 
-/* The rollout loss's terms (bit flags); -1 with an exception. Bits beyond the
- * three terms reach the core, which refuses them (TL_ERR_VALUE). */
-static int terms_arg(PyObject *obj, const float_arg *fa, unsigned *terms)
+/* The rollout loss's terms (bit flags; obj NULL: the row's); -1 with an
+ * exception. Bits beyond the three terms reach the core, which refuses them
+ * (TL_ERR_VALUE). */
+static int terms_arg(const entry *e, PyObject *obj, const float_arg *fa, unsigned *terms)
 {
-    const unsigned long t = PyLong_AsUnsignedLong(obj);
+    const unsigned long t = obj == NULL ? e->terms : PyLong_AsUnsignedLong(obj);
     if (t == (unsigned long)-1 && PyErr_Occurred())
         return -1;
     *terms = t > 7 ? 8u : (unsigned)t;
@@ -1781,17 +1815,17 @@ static PyObject *entry_result(op_kind op, PyArrayObject **out, const tl_loss_val
 static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
-    const op_kind op = (op_kind)(e - ENTRIES);
+    const op_kind op = e->op;
     const int is_loss = op == OP_CONTROL_LOSS || op == OP_ROLLOUT_LOSS;
     PyObject *a[A_COUNT];
-    int check_finite, combined, want_grad, typenum;
-    const char *target_name = "target";
+    int check_finite, want_grad, typenum;
+    const char *target_name = NULL;
     if (parse_call(e, args, nargs, kwnames, a) < 0 || flag_arg(a[A_CHECK_FINITE], 1, &check_finite) < 0 ||
-        flag_arg(a[A_COMBINED], 0, &combined) < 0 || flag_arg(a[A_WANT_GRAD], 1, &want_grad) < 0 ||
+        flag_arg(a[A_WANT_GRAD], 1, &want_grad) < 0 ||
         (a[A_TARGET_NAME] != NULL && (target_name = PyUnicode_AsUTF8(a[A_TARGET_NAME])) == NULL))
         return NULL;
-    if (combined && loss_result_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "rollout_loss: set_result_types was never called");
+    if (e->combined && loss_result_type == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s: set_result_types was never called", e->name);
         return NULL;
     }
 
@@ -1808,9 +1842,10 @@ static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nar
     unsigned terms = 0;
     for (int i = 0; i < e->narrays; i++) {
         const arg_slot s = e->arrays[i].slot;
-        const int optional = a[s] == Py_None && op == OP_ROLLOUT_LOSS && i >= 2;
-        fa[i] = (float_arg){s == A_TARGET && op == OP_ROLLOUT_LOSS ? target_name : param_name(e, s),
-                            optional ? NULL : a[s], NULL, 0};
+        const param *p = find_slot(e, s);
+        const int absent = a[s] == Py_None && !p->required; /* a term's reference: None */
+        fa[i] = (float_arg){s == A_TARGET && target_name != NULL ? target_name : p->name,
+                            absent ? NULL : a[s], NULL, 0};
     }
     if (op != OP_CONTROL_LOSS && parse_system(a[A_SYSTEM], &sys) < 0)
         return NULL;
@@ -1819,7 +1854,7 @@ static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nar
     if (check_call_shapes(e, op != OP_CONTROL_LOSS ? &sys : NULL, fa, &sh, &n, &m) < 0 ||
         contiguous_float_args(fa, e->narrays, typenum) < 0)
         goto done;
-    if (op == OP_ROLLOUT_LOSS && terms_arg(a[A_TERMS], fa, &terms) < 0)
+    if (op == OP_ROLLOUT_LOSS && terms_arg(e, a[A_TERMS], fa, &terms) < 0)
         goto done;
     if (is_loss && loss_spec(e, a, &sh, n, m, check_finite, &spec, &owned, &fw, &sw) < 0)
         goto done;
@@ -1914,7 +1949,7 @@ static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nar
     }
     if (warn_overflow(bad, e->context, nwarn, warn_names) < 0)
         goto done;
-    result = entry_result(op, out, &value, &spec, combined);
+    result = entry_result(op, out, &value, &spec, e->combined);
 
 done:
     PyMem_RawFree(work);
@@ -1928,18 +1963,19 @@ done:
     return result;
 }
 
-#define ENTRY_POINT(fn, op)                                                                      \
+#define ENTRY_POINT(fn, row)                                                                      \
     static PyObject *fn(PyObject *self, PyObject *const *args, Py_ssize_t nargs,                  \
                         PyObject *kwnames)                                                       \
     {                                                                                            \
         (void)self;                                                                              \
-        return run_entry(&ENTRIES[op], args, nargs, kwnames);                                    \
+        return run_entry(&ENTRIES[row], args, nargs, kwnames);                                   \
     }
-ENTRY_POINT(core_rollout, OP_ROLLOUT)
-ENTRY_POINT(core_rollout_vjp, OP_ROLLOUT_VJP)
-ENTRY_POINT(core_final_state_error, OP_FINAL_STATE_ERROR)
-ENTRY_POINT(core_control_loss, OP_CONTROL_LOSS)
-ENTRY_POINT(core_rollout_loss, OP_ROLLOUT_LOSS)
+ENTRY_POINT(core_rollout, E_ROLLOUT)
+ENTRY_POINT(core_rollout_vjp, E_ROLLOUT_VJP)
+ENTRY_POINT(core_final_state_error, E_FINAL_STATE_ERROR)
+ENTRY_POINT(core_control_loss, E_CONTROL_LOSS)
+ENTRY_POINT(core_rollout_loss, E_ROLLOUT_LOSS)
+ENTRY_POINT(core_combined_loss, E_COMBINED_LOSS)
 #undef ENTRY_POINT
 
 /* ---- _core.min_energy / _core.min_energy_law ------------------------- */
@@ -2278,12 +2314,19 @@ static PyMethodDef core_methods[] = {
      "             terms, control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,\n"
      "             include_initial=False, discount=None, lengths=None, mask=None,\n"
      "             penalty='mse', delta=1.0, kernel='auto', feature_weights=None,\n"
-     "             state_weights=None, check_finite=True, target_name='target',\n"
-     "             combined=False)\n"
-     "    -> (total, control, trajectory, terminal, grad_controls, grad_x0), or a LossResult"},
+     "             state_weights=None, check_finite=True, target_name='target')\n"
+     "    -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
+    {"combined_loss", FASTCALL_KW(core_combined_loss),
+     "combined_loss(system, controls, x0, ref_controls, ref_states, terminal_target=None, *,\n"
+     "              weight, terminal_weight=0.0, include_initial=False, discount=None,\n"
+     "              lengths=None, mask=None, penalty='mse', delta=1.0, kernel='auto',\n"
+     "              feature_weights=None, state_weights=None, check_finite=True)\n"
+     "    -> LossResult(total, grad_controls, grad_x0, LossComponents(control, trajectory,\n"
+     "       terminal, weight, terminal_weight, total)): all three terms, the control one\n"
+     "       at weight 1"},
     {"set_result_types", core_set_result_types, METH_VARARGS,
      "set_result_types(LossResult, LossComponents)\n\n"
-     "The named tuples rollout_loss(..., combined=True) returns (set by trajloss.losses)."},
+     "The named tuples combined_loss returns (set by trajloss.losses)."},
     {"min_energy", core_min_energy, METH_VARARGS,
      "min_energy(system, A, B, dt, x0, xf, steps, method)\n"
      "    -> (controls, states, final_error, energy, cond)"},

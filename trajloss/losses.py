@@ -61,7 +61,7 @@ from .rollout import _check_system
 from .systems import _LinearDynamics
 from ._strategy import WeightingStrategy
 
-_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+_TRAJECTORY, _TERMINAL = _core.TERM_TRAJECTORY, _core.TERM_TERMINAL
 
 __all__ = [
     "LossComponents",
@@ -256,20 +256,6 @@ def _required(**arrays):
             raise TypeError(f"{name} must be an array, got None")
 
 
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
-                  control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,
-                  include_initial=False, discount=None, lengths=None, mask=None,
-                  penalty="mse", delta=1.0, feature_weights=None, state_weights=None,
-                  check_finite=True, target_name="target"):
-    return _core.rollout_loss(
-        _check_system(system)._core, controls, x0, ref_controls, ref_states, target, terms=terms,
-        control_weight=control_weight, trajectory_weight=trajectory_weight,
-        terminal_weight=terminal_weight, include_initial=include_initial, discount=discount,
-        lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-        feature_weights=feature_weights, state_weights=state_weights,
-        check_finite=check_finite, target_name=target_name)
-
-
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
                     state_weights=None, discount=None, lengths=None, mask=None, penalty="mse",
                     delta=1.0, check_finite=True):
@@ -305,8 +291,8 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
     _required(ref_states=ref_states)
-    total, _, _, _, grad, grad_x0 = _rollout_loss(
-        system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
+    total, _, _, _, grad, grad_x0 = _core.rollout_loss(
+        _check_system(system)._core, controls, x0, None, ref_states, terms=_TRAJECTORY,
         trajectory_weight=1.0, include_initial=include_initial, discount=discount,
         lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
         check_finite=check_finite)
@@ -335,10 +321,10 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
     _required(target=target)
-    total, _, _, _, grad, grad_x0 = _rollout_loss(
-        system, controls, x0, None, None, target, _core.TERM_TERMINAL, terminal_weight=1.0,
-        lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
-        check_finite=check_finite)
+    total, _, _, _, grad, grad_x0 = _core.rollout_loss(
+        _check_system(system)._core, controls, x0, None, None, target, terms=_TERMINAL,
+        terminal_weight=1.0, lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+        state_weights=state_weights, check_finite=check_finite)
     return _make(LossResult, (total, grad, grad_x0, None))
 
 
@@ -390,13 +376,12 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     if not (type(terminal_weight) is float and 0.0 <= terminal_weight < _INF):
         terminal_weight = _weight(terminal_weight, "terminal_weight")
     # the core builds the LossResult itself (_core.set_result_types, at import)
-    result = _core.rollout_loss(
-        system._core, controls, x0, ref_controls, ref_states, terminal_target, terms=_ALL_TERMS,
-        control_weight=1.0, trajectory_weight=weight, terminal_weight=terminal_weight,
-        include_initial=include_initial, discount=discount, lengths=lengths, mask=mask,
-        penalty=penalty, delta=delta, feature_weights=feature_weights,
-        state_weights=state_weights, check_finite=check_finite, target_name="terminal_target",
-        combined=True)
+    # (few keywords: CPython passes many in a dict)
+    result = _core.combined_loss(
+        system._core, controls, x0, ref_controls, ref_states, terminal_target, weight=weight,
+        terminal_weight=terminal_weight, include_initial=include_initial, discount=discount,
+        lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+        feature_weights=feature_weights, state_weights=state_weights, check_finite=check_finite)
     if strategy is not None:
         strategy.observe(result.components.control, result.components.trajectory)
     return result
