@@ -87,15 +87,38 @@ def rollout_loss(
     state_weights: Optional[ArrayLike] = None,
     check_finite: bool = True,
     target_name: str = "target",
-    combined: bool = False,
-) -> Union[Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]], Any]:
-    """terms: TERM_* bit flags. -> (total, control, trajectory, terminal, grad_controls
-    (B, T, m), grad_x0 (B, n)); with ``combined``, a LossResult(total, grad_controls, grad_x0,
-    LossComponents(control, trajectory, terminal, trajectory_weight, terminal_weight, total))
-    of the classes set_result_types registered. kernel: "auto" | "reference" (for tests)."""
+) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
+    """terms: TERM_* bit flags; a None reference: that term's reference absent.
+    -> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n)).
+    target_name: what errors call ``target``. kernel: "auto" | "reference" (for tests)."""
+
+def combined_loss(
+    system: SystemTuple,
+    controls: ArrayLike,
+    x0: ArrayLike,
+    ref_controls: ArrayLike,
+    ref_states: ArrayLike,
+    terminal_target: Optional[ArrayLike] = None,
+    *,
+    weight: float,
+    terminal_weight: float = 0.0,
+    include_initial: bool = False,
+    discount: Optional[float] = None,
+    lengths: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    penalty: str = "mse",
+    delta: float = 1.0,
+    kernel: str = "auto",
+    feature_weights: Optional[ArrayLike] = None,
+    state_weights: Optional[ArrayLike] = None,
+    check_finite: bool = True,
+) -> Any:
+    """All three terms (the control one at weight 1) -> LossResult(total, grad_controls,
+    grad_x0, LossComponents(control, trajectory, terminal, weight, terminal_weight, total)) of
+    the classes set_result_types registered."""
 
 def set_result_types(result: type, components: type, /) -> None:
-    """The named tuples rollout_loss(..., combined=True) builds (trajloss.losses sets them)."""
+    """The named tuples combined_loss builds (trajloss.losses sets them)."""
 
 COND_LIMIT: float
 
