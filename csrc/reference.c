@@ -22,7 +22,6 @@
 #include <string.h>
 
 #include "dense.h"
-#include "lanes.h" /* TL_ALWAYS_INLINE, TL_SMALL_SYSTEMS */
 #include "sizes.h"
 #include "tl_lapack.h"
 #include "trajloss.h"
@@ -336,16 +335,22 @@ static void add_congruence(ptrdiff_t n, const double *P, const double *X, double
 }
 
 tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
-                           const tl_system *sys, const double *A, const double *B, double dt,
+                           const tl_dynamics *dyn, ptrdiff_t sample,
+                           const double *A, const double *B, double dt,
                            ptrdiff_t steps, void *work)
 {
     if (plan == NULL || (int)method < 0 || method >= TL_REF_COUNT)
         return TL_ERR_VALUE;
     const int continuous_model = method != TL_REF_EXACT;
-    tl_status status = tl_system_check(sys);
+    /* one shared, time-invariant system for now; per-sample and time-varying
+     * forms: see the reference helper's redesign */
+    tl_status status = tl_dynamics_check(dyn, 0, 0);
+    if (status == TL_OK && (dyn->A.batch_stride != 0 || dyn->B.batch_stride != 0 ||
+                            dyn->c.data != NULL || sample != 0))
+        status = TL_ERR_VALUE;
     if (status != TL_OK)
         return status;
-    const ptrdiff_t n = sys->n, m = sys->m, T = steps, nn = n * n;
+    const ptrdiff_t n = dyn->n, m = dyn->m, T = steps, nn = n * n;
     /* steps >= 1, and few enough that the plan and the scratch are addressable
      * (then no size or index below overflows) */
     if (T < 1 || tl_ref_plan_bytes(n, m, T, method) == 0 || tl_ref_init_work_bytes(n, m, T) == 0)
@@ -385,8 +390,8 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
         if (status != TL_OK)
             return status;
     } else {
-        memcpy(plan->Ad, sys->Ad, (size_t)nn * sizeof(double));
-        memcpy(plan->Bd, sys->Bd, (size_t)(n * m) * sizeof(double));
+        memcpy(plan->Ad, dyn->A.data, (size_t)nn * sizeof(double));
+        memcpy(plan->Bd, dyn->B.data, (size_t)(n * m) * sizeof(double));
     }
 
     /* powers of Ad */
@@ -448,7 +453,7 @@ size_t tl_ref_apply_work_bytes(ptrdiff_t n)
 }
 
 /* y = M x for an r x c row-major M */
-static TL_ALWAYS_INLINE void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x,
+static inline void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x,
                                     double *y)
 {
     for (ptrdiff_t i = 0; i < r; i++) {
@@ -459,7 +464,7 @@ static TL_ALWAYS_INLINE void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, c
     }
 }
 
-static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
+static inline void copy(ptrdiff_t n, const double *x, double *y)
 {
     for (ptrdiff_t i = 0; i < n; i++)
         y[i] = x[i];
@@ -485,7 +490,7 @@ static double scaled_distance(ptrdiff_t n, const double *a, const double *b)
  * matrix-vector products unrolled and the state kept in registers, about four
  * times faster at n = 2 than with sizes read at run time. The operations and their
  * order are the same for every (n, m), so are the results. */
-static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0, ptrdiff_t batch,
+static inline void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0, ptrdiff_t batch,
                                            const double *x0, const double *xf,
                                            double *controls, double *states,
                                            double *final_error, double *energy, double *d,
@@ -550,112 +555,6 @@ static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0
     }
 }
 
-/* The small systems' states fit in these many vectors (TL_SMALL_SYSTEMS). */
-#define TL_REF_LANE_N 6
-
-/* Samples b .. b + 3 of an exact or average reference, one a lane: the
- * operations of apply_samples in its order for each sample (the controls,
- * the energy and the rollout interleaved step by step: each is still its
- * own chain in its own order), so the same bits, four samples an
- * instruction. Only the loads and stores go element by element. */
-static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, const double *x0,
-                                        const double *xf, double *controls, double *states,
-                                        double *final_error, double *energy, const ptrdiff_t n,
-                                        const ptrdiff_t m)
-{
-    const ptrdiff_t T = plan->steps, su = T * m, ss = (T + 1) * n;
-    tl_vd x[TL_REF_LANE_N], f[TL_REF_LANE_N], d[TL_REF_LANE_N], y[TL_REF_LANE_N];
-    tl_vd yn[TL_REF_LANE_N];
-    double *u = controls + b * su, *s = states + b * ss;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        x[i] = tl_vgather_f64(x0 + b * n + i, n);
-        f[i] = tl_vgather_f64(xf + b * n + i, n);
-    }
-    for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Ad^T x0 */
-        tl_vd acc = tl_vsplat_f64(0.0);
-        for (ptrdiff_t j = 0; j < n; j++)
-            acc += tl_vsplat_f64(plan->AdT[i * n + j]) * x[j];
-        d[i] = f[i] - acc;
-    }
-    if (plan->L != NULL) { /* exact: d <- z, R^T z = P^T D d, as in apply_samples */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = tl_vsplat_f64(0.0);
-            for (ptrdiff_t j = 0; j < n; j++)
-                acc += tl_vsplat_f64(plan->S[i * n + j]) * d[j];
-            y[i] = acc;
-        }
-        for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = y[i];
-            for (ptrdiff_t j = 0; j < i; j++)
-                acc -= tl_vsplat_f64(plan->L[i * n + j]) * y[j];
-            y[i] = acc * tl_vsplat_f64(plan->L[i * n + i]);
-        }
-        for (ptrdiff_t i = 0; i < n; i++)
-            d[i] = y[i];
-    }
-    tl_vd e = tl_vsplat_f64(0.0);
-    for (ptrdiff_t i = 0; i < n; i++) {
-        y[i] = x[i];
-        tl_vscatter_f64(x[i], s + i, ss);
-    }
-    for (ptrdiff_t k = 0; k < T; k++) {
-        tl_vd uk[TL_REF_LANE_N];
-        for (ptrdiff_t j = 0; j < m; j++) { /* u_k = K_k d, and its energy */
-            tl_vd acc = tl_vsplat_f64(0.0);
-            for (ptrdiff_t i = 0; i < n; i++)
-                acc += tl_vsplat_f64(plan->K[(k * m + j) * n + i]) * d[i];
-            uk[j] = acc;
-            e += acc * acc;
-            tl_vscatter_f64(acc, u + k * m + j, su);
-        }
-        for (ptrdiff_t i = 0; i < n; i++) { /* x_{k+1} = Ad x_k + Bd u_k */
-            tl_vd acc = tl_vsplat_f64(0.0);
-            for (ptrdiff_t j = 0; j < n; j++)
-                acc += tl_vsplat_f64(plan->Ad[i * n + j]) * y[j];
-            for (ptrdiff_t j = 0; j < m; j++)
-                acc += tl_vsplat_f64(plan->Bd[i * m + j]) * uk[j];
-            yn[i] = acc;
-        }
-        for (ptrdiff_t i = 0; i < n; i++) {
-            y[i] = yn[i];
-            tl_vscatter_f64(y[i], s + (k + 1) * n + i, ss);
-        }
-    }
-    tl_vscatter_f64(e * tl_vsplat_f64(plan->dt), energy + b, 1);
-    tl_vd err = tl_vsplat_f64(0.0);
-    for (ptrdiff_t i = 0; i < n; i++)
-        err += (y[i] - f[i]) * (y[i] - f[i]);
-    for (int l = 0; l < TL_LANES_F64; l++) {
-        final_error[b + l] = sqrt(err[l]);
-        if (!isfinite(err[l])) { /* as apply_samples */
-            double yl[TL_REF_LANE_N], fl[TL_REF_LANE_N];
-            for (ptrdiff_t i = 0; i < n; i++)
-                yl[i] = y[i][l], fl[i] = f[i][l];
-            final_error[b + l] = scaled_distance(n, yl, fl);
-        }
-    }
-}
-
-/* A small system's samples: exact and average references four at a time
- * (also built for AVX2), the rest -- the last few, continuous states -- one
- * at a time. */
-#define TL_SMALL_SYSTEM(N, M)                                                                 \
-    TL_CLONES static void apply_small_##N##_##M(const tl_ref_plan *plan, ptrdiff_t batch,     \
-                                                const double *x0, const double *xf,           \
-                                                double *controls, double *states,             \
-                                                double *final_error, double *energy)          \
-    {                                                                                         \
-        ptrdiff_t b = 0;                                                                      \
-        if (plan->method != TL_REF_CONTINUOUS)                                                \
-            for (; b + TL_LANES_F64 <= batch; b += TL_LANES_F64)                              \
-                apply_four(plan, b, x0, xf, controls, states, final_error, energy, N, M);     \
-        double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
-        apply_samples(plan, b, batch, x0, xf, controls, states, final_error, energy, scratch, \
-                      N, M);                                                                  \
-    }
-TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
-
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work)
@@ -665,13 +564,6 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
     if (work == NULL)
         return TL_ERR_NOMEM;
     const ptrdiff_t n = plan->n, m = plan->m;
-#define TL_SMALL_SYSTEM(N, M)                                                                     \
-    if (n == (N) && m == (M)) {                                                               \
-        apply_small_##N##_##M(plan, batch, x0, xf, controls, states, final_error, energy);    \
-        return TL_OK;                                                                         \
-    }
-    TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
     apply_samples(plan, 0, batch, x0, xf, controls, states, final_error, energy, (double *)work,
                   n, m);
     return TL_OK;
