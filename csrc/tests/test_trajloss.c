@@ -320,7 +320,7 @@ static void test_rollout(void)
         double *x0 = xmalloc(sizeof(double) * B * n), *u = xmalloc(sizeof(double) * B * T * m);
         double *S = xmalloc(sizeof(double) * B * (T + 1) * n);
         double *ref = xmalloc(sizeof(double) * B * (T + 1) * n);
-        void *work = xmalloc(tl_rollout_work_bytes(n));
+        void *work = xmalloc(tl_rollout_work_bytes(n, m));
         for (ptrdiff_t i = 0; i < B * n; i++)
             x0[i] = uniform(&seed);
         for (ptrdiff_t i = 0; i < B * T * m; i++)
@@ -393,7 +393,7 @@ static void test_rollout(void)
 static void test_rollout_errors(void)
 {
     double Ad[1] = {1}, Bd[1] = {1}, x0[1] = {0}, u[1] = {0}, S[2];
-    void *work = xmalloc(tl_rollout_work_bytes(1));
+    void *work = xmalloc(tl_rollout_work_bytes(1, 1));
     const tl_dynamics sys = tl_dynamics_linear(1, 1, Ad, Bd);
     CHECK(tl_rollout(&sys, TL_F64, -1, 1, x0, u, S, work) == TL_ERR_SHAPE, "batch < 0");
     CHECK(tl_rollout(&sys, TL_F64, 1, -1, x0, u, S, work) == TL_ERR_SHAPE, "steps < 0");
@@ -410,8 +410,9 @@ static void test_rollout_errors(void)
           "vjp no grad");
     CHECK(tl_rollout_vjp(&sys, TL_F32, 1, 1, NULL, NULL, S, u, x0, NULL) == TL_ERR_NOMEM,
           "vjp no work");
-    CHECK(tl_rollout_work_bytes(0) == 0 && tl_rollout_work_bytes(TL_MAX_DIM + 1) == 0,
-          "rollout work of a bad n");
+    CHECK(tl_rollout_work_bytes(0, 1) == 0 && tl_rollout_work_bytes(TL_MAX_DIM + 1, 1) == 0 &&
+              tl_rollout_work_bytes(1, 0) == 0 && tl_rollout_work_bytes(1, -1) == 0,
+          "rollout work of a bad n or m");
     free(work);
 }
 
@@ -1097,7 +1098,7 @@ static void test_dynamics_check(void)
     /* every entry point refuses a system that does not fit, and writes nothing */
     double x0[4] = {1, 2, 3, 4}, u[24] = {0}, S[40], gu[24], gx[4], err[4], tg[4] = {0};
     double rs[40] = {0};
-    void *work = xmalloc(tl_rollout_work_bytes(2));
+    void *work = xmalloc(tl_rollout_work_bytes(2, 1));
     e = d, e.A.batch_stride = 4, e.batch = 3; /* covers 3 samples, the calls have 2 */
     memset(S, 0xA5, sizeof S), memset(gu, 0xA5, sizeof gu), memset(err, 0xA5, sizeof err);
     CHECK(tl_rollout(&e, TL_F64, 2, 3, x0, u, S, work) == TL_ERR_SHAPE, "rollout, batch 2 of 3");
@@ -1143,7 +1144,7 @@ static void test_rollout_forms(void)
         double *rgu = xmalloc(sizeof(double) * nu), *rgx = xmalloc(sizeof(double) * nx);
         double err[5], rerr[5];
         int64_t len[5];
-        void *work = xmalloc(tl_rollout_work_bytes(n));
+        void *work = xmalloc(tl_rollout_work_bytes(n, m));
         for (ptrdiff_t i = 0; i < nx; i++)
             x0[i] = uniform(&seed), xf[i] = uniform(&seed);
         for (ptrdiff_t i = 0; i < nu; i++)
@@ -1519,12 +1520,16 @@ static void test_references_per_sample(void)
     int ok = 1;
     for (ptrdiff_t b = 0; b < B; b++) {
         tl_ref_plan plan;
-        ok &= tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, b, NULL, NULL, 1.0, T, work) ==
-              TL_OK;
+        const tl_status st =
+            tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, b, NULL, NULL, 1.0, T, work);
+        CHECK(st == TL_OK, "per-sample plan of sample %td: status %d", b, (int)st);
         double x0[3], xf[3], u[6 * 2], S[7 * 3], err, energy, x[3], xn[3];
         for (ptrdiff_t i = 0; i < n; i++)
             x0[i] = uniform(&seed), xf[i] = uniform(&seed), x[i] = x0[i];
-        ok &= tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) == TL_OK;
+        if (st != TL_OK || tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) != TL_OK) {
+            ok = 0;
+            continue;
+        }
         const double *A = s.A + b * n * n, *Bm = s.Bm + b * n * m; /* step 0 of sample b */
         for (ptrdiff_t k = 0; k < T; k++) {
             for (ptrdiff_t i = 0; i < n; i++) {
@@ -1914,7 +1919,7 @@ static void test_final_state_error(void)
     const double x0[4] = {1, 2, 1, 2}, xf[4] = {0, 0, 1, 2}, u[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     const int64_t lengths[2] = {4, 0};
     double err[2];
-    void *work = xmalloc(tl_rollout_work_bytes(2));
+    void *work = xmalloc(tl_rollout_work_bytes(2, 1));
     CHECK(tl_final_state_error(&sys, TL_F64, 2, 4, lengths, u, x0, xf, err, work) == TL_OK,
           "status");
     const double t = 4 * dt, p = 1 + 2 * t + t * t / 2, v = 2 + t;
@@ -2127,7 +2132,8 @@ static void test_loss_finite_checks(void)
 }
 
 /* Every chunk is computed exactly once, by a worker numbered below
- * tl_workers, whatever the count and the threads asked for. */
+ * min(workers, count) (at least 1), whatever the count and the workers
+ * asked for. */
 typedef struct {
     int *hits, bad_worker, workers;
 } ranges_seen;
@@ -2142,17 +2148,58 @@ static void record_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
 }
 
 /* One call of tl_parallel_ranges, checked; 1 if every chunk was computed
- * exactly once by a worker numbered below tl_workers. */
-static int ranges_once(tl_pool *pool, int threads, ptrdiff_t count)
+ * exactly once by a worker numbered below min(workers, count). */
+static int ranges_once(tl_pool *pool, int workers, ptrdiff_t count)
 {
-    ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0, tl_workers(threads, count)};
+    const int bound = workers < 1 ? 1 : count < workers ? (count < 1 ? 1 : (int)count) : workers;
+    ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0, bound};
     memset(seen.hits, 0, sizeof(int) * (size_t)(count + 1));
-    tl_parallel_ranges(pool, threads, count, record_range, &seen);
-    int ok = !seen.bad_worker && seen.workers >= 1 && seen.workers <= (threads > 1 ? threads : 1);
+    tl_parallel_ranges(pool, workers, count, record_range, &seen);
+    int ok = !seen.bad_worker;
     for (ptrdiff_t i = 0; i < count; i++)
         ok &= seen.hits[i] == 1;
     free(seen.hits);
     return ok;
+}
+
+/* Worker 0 holds its first range until another worker has run one (or 5 s
+ * passed): a call with two workers really runs on two threads. */
+typedef struct {
+    pthread_mutex_t lock;
+    int others;
+} meeting;
+
+static int others_seen(meeting *m)
+{
+    pthread_mutex_lock(&m->lock);
+    const int others = m->others;
+    pthread_mutex_unlock(&m->lock);
+    return others;
+}
+
+static void meet_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
+{
+    meeting *m = (meeting *)ctx;
+    (void)end;
+    if (worker != 0) {
+        pthread_mutex_lock(&m->lock);
+        m->others++;
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    const struct timespec pause = {0, 100000}; /* 0.1 ms */
+    for (int i = 0; begin == 0 && i < 50000 && others_seen(m) == 0; i++)
+        nanosleep(&pause, NULL);
+}
+
+static int runs_on_two_threads(tl_pool *pool)
+{
+    meeting m;
+    pthread_mutex_init(&m.lock, NULL);
+    m.others = 0;
+    tl_parallel_ranges(pool, 2, 64, meet_range, &m);
+    pthread_mutex_destroy(&m.lock);
+    return m.others > 0;
 }
 
 typedef struct {
@@ -2161,11 +2208,11 @@ typedef struct {
 } pool_user;
 
 /* Many calls on one pool, some after a pause long enough for its threads
- * to fall asleep, with the thread count changing between calls. */
+ * to fall asleep, with the worker count changing between calls. */
 static void *use_pool(void *arg)
 {
     pool_user *u = (pool_user *)arg;
-    const struct timespec pause = {0, 2000000}; /* 2 ms: past the spin */
+    const struct timespec pause = {0, 2000000}; /* 2 ms */
     for (int call = 0; call < 300; call++) {
         if (call % 50 == 7)
             nanosleep(&pause, NULL);
@@ -2177,18 +2224,16 @@ static void *use_pool(void *arg)
 
 static void test_parallel_ranges(void)
 {
-    const ptrdiff_t counts[] = {0, 1, 7, 8, 9, 64, 1001};
+    const ptrdiff_t counts[] = {0, 1, 2, 7, 8, 9, 64, 1001};
     tl_pool *pool = xmalloc(tl_pool_bytes());
     CHECK(tl_pool_init(pool) == TL_OK && tl_pool_init(NULL) == TL_ERR_VALUE, "pool init");
-    int ok = 1, several = 0;
-    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
-        for (int threads = 0; threads <= 5; threads++) {
-            ok &= ranges_once(NULL, threads, counts[k]) && ranges_once(pool, threads, counts[k]);
-            several |= tl_workers(threads, counts[k]) > 1;
-        }
-    }
-    CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below tl_workers");
-    CHECK(several, "parallel ranges: some cases use more than one worker");
+    int ok = 1;
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++)
+        for (int workers = -1; workers <= 5; workers++)
+            ok &= ranges_once(NULL, workers, counts[k]) && ranges_once(pool, workers, counts[k]);
+    CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below min(workers, count)");
+    CHECK(runs_on_two_threads(NULL) && runs_on_two_threads(pool),
+          "parallel ranges: two workers run on two threads, with and without a pool");
 
     /* two threads share the pool: one call at a time uses it, the other
      * starts threads of its own; every call still covers its chunks once */
@@ -2201,16 +2246,16 @@ static void test_parallel_ranges(void)
     CHECK(started && users[0].ok && users[1].ok,
           "parallel ranges: a pool shared by two calling threads, asleep and awake");
     tl_pool_stop(pool);
-    CHECK(tl_pool_init(pool) == TL_OK && ranges_once(pool, 3, 100), "a stopped pool re-initialised");
+    CHECK(tl_pool_init(pool) == TL_OK && ranges_once(pool, 3, 100),
+          "a stopped pool re-initialised");
     tl_pool_stop(pool);
     free(pool);
     tl_pool_stop(NULL);
-    CHECK(tl_workers(2, 7) == 1 && tl_workers(2, 8) == 2 && tl_workers(300, 1 << 20) == 256,
-          "tl_workers: two only from eight chunks, capped at 256");
 }
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* failures show even if a later test crashes */
     test_references_batch();
     test_status_messages();
     test_expm_closed_forms();
