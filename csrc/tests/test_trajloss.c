@@ -1505,6 +1505,93 @@ static void test_loss_kernels(void)
     free(pool);
 }
 
+/* Either gradient may be NULL: the value and the other gradient are the
+ * same bits as with both; and a call with no valid step is TL_ERR_EMPTY
+ * (no steps, no sequences, or every length 0). Both kernels, both dtypes. */
+static void test_loss_optional_outputs(void)
+{
+    unsigned seed = 71u;
+    const ptrdiff_t n = 3, m = 2, B = 11, T = 4;
+    const form_desc d = nth_form(63);
+    formed_sys s;
+    formed_init(&s, &d, n, m, B, T, &seed);
+    int ok = 1;
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++)
+        for (int f32 = 0; f32 < 2; f32++) {
+            tl_loss_spec spec = basic_spec(B, T, 7u);
+            spec.kernel = (tl_kernel)kernel, spec.include_initial = 1, spec.sel.discount = 0.9;
+            loss_data L;
+            loss_data_init(&L, &s, &spec, &seed);
+            const size_t es = f32 ? sizeof(float) : sizeof(double);
+            void *u = xmalloc(es * B * T * m), *x0 = xmalloc(es * B * n);
+            void *ru = xmalloc(es * B * T * m), *rs = xmalloc(es * B * (T + 1) * n);
+            for (ptrdiff_t i = 0; i < B * T * m; i++) {
+                if (f32)
+                    ((float *)u)[i] = (float)L.u[i], ((float *)ru)[i] = (float)L.ru[i];
+                else
+                    ((double *)u)[i] = L.u[i], ((double *)ru)[i] = L.ru[i];
+            }
+            for (ptrdiff_t i = 0; i < B * n; i++) {
+                if (f32)
+                    ((float *)x0)[i] = (float)L.x0[i];
+                else
+                    ((double *)x0)[i] = L.x0[i];
+            }
+            for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++) {
+                if (f32)
+                    ((float *)rs)[i] = (float)L.rs[i];
+                else
+                    ((double *)rs)[i] = L.rs[i];
+            }
+            void *gu[2] = {xmalloc(es * B * T * m), xmalloc(es * B * T * m)};
+            void *gx[2] = {xmalloc(es * B * n), xmalloc(es * B * n)};
+            void *work = xmalloc(tl_loss_work_bytes(&s.dyn, 0, &spec));
+            tl_loss_io io = {f32 ? TL_F32 : TL_F64, u, x0, ru, rs, NULL, gu[0], gx[0]};
+            tl_loss_value v0, v;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v0, work) == TL_OK;
+            io.grad_controls = NULL, io.grad_x0 = gx[1];
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0) &&
+                  memcmp(gx[0], gx[1], es * B * n) == 0;
+            io.grad_controls = gu[1], io.grad_x0 = NULL;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0) &&
+                  memcmp(gu[0], gu[1], es * B * T * m) == 0;
+            io.grad_controls = NULL;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0);
+            /* the control loss without its gradient */
+            tl_loss_spec cs = spec;
+            cs.terms = TL_TERM_CONTROL;
+            void *cw = xmalloc(tl_loss_work_bytes(NULL, m, &cs));
+            tl_loss_io cio = {io.dtype, u, NULL, ru, NULL, NULL, gu[0], NULL};
+            ok &= tl_control_loss(&cs, m, &cio, &v0, cw) == TL_OK;
+            cio.grad_controls = NULL;
+            ok &= tl_control_loss(&cs, m, &cio, &v, cw) == TL_OK && same_value(&v, &v0);
+            /* no valid step */
+            const int64_t zeros[11] = {0};
+            tl_loss_spec empty = spec;
+            empty.sel.lengths = zeros;
+            ok &= tl_rollout_loss(&s.dyn, &empty, &io, &v, work) == TL_ERR_EMPTY;
+            ok &= tl_control_loss(&empty, m, &cio, &v, cw) == TL_ERR_EMPTY;
+            free(u), free(x0), free(ru), free(rs), free(gu[0]), free(gu[1]), free(gx[0]);
+            free(gx[1]), free(work), free(cw);
+            loss_data_free(&L);
+        }
+    CHECK(ok, "NULL gradients leave the value and the other gradient unchanged; no valid step "
+              "is TL_ERR_EMPTY");
+    /* no sequences, and sequences of no steps, over a shared system */
+    double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0, 0.1}, z[4] = {0};
+    const tl_dynamics sys = tl_dynamics_linear(2, 1, Ad, Bd);
+    tl_loss_value v;
+    tl_loss_spec none = basic_spec(0, 3, 7u), nosteps = basic_spec(2, 0, 7u);
+    void *w0 = xmalloc(tl_loss_work_bytes(&sys, 0, &none));
+    void *w1 = xmalloc(tl_loss_work_bytes(&sys, 0, &nosteps));
+    const tl_loss_io io = {TL_F64, z, z, z, z, NULL, NULL, NULL};
+    CHECK(tl_rollout_loss(&sys, &none, &io, &v, w0) == TL_ERR_EMPTY &&
+              tl_rollout_loss(&sys, &nosteps, &io, &v, w1) == TL_ERR_EMPTY,
+          "an empty batch and sequences of no steps are TL_ERR_EMPTY");
+    free(w0), free(w1);
+    formed_free(&s);
+}
+
 /* Exact references of a per-sample system: sample s's plan is that of its
  * own matrices -- its controls, rolled out here with them, reach xf. */
 static void test_references_per_sample(void)
@@ -2277,6 +2364,7 @@ int main(void)
     test_loss_forms();
     test_loss_forms_fd();
     test_loss_kernels();
+    test_loss_optional_outputs();
     test_all_finite();
     test_loss_finite_checks();
     test_references();
