@@ -544,12 +544,16 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
 
 /* ---- apply ------------------------------------------------------------ */
 
+/* Samples a tile of tl_ref_apply holds side by side. */
+#define TL_REF_TILE 8
+
 size_t tl_ref_apply_work_bytes(ptrdiff_t n)
 {
     const size_t roll = tl_rollout_work_bytes(n);
     if (n < 1 || n > TL_MAX_DIM || roll == 0)
         return 0;
-    return 3 * (size_t)n * sizeof(double) + roll;
+    /* d, y, yn; a tile's x0, d and y */
+    return (3 + 3 * TL_REF_TILE) * (size_t)n * sizeof(double) + roll;
 }
 
 /* d = xf - Phi(T, 0) x0 - r: what the controls must add to the free response */
@@ -580,6 +584,93 @@ static void sample_controls(const tl_ref_plan *plan, const double *d, double *y,
     matvec(Tm, n, plan->K, y, u);
 }
 
+/*
+ * The controls and energies of TL_REF_TILE samples side by side: the
+ * operations of target_gap and sample_controls on each sample, in their
+ * order (so the same bits as one sample at a time), with the sample index
+ * innermost, where the compiler vectorises the loops whatever n and m are.
+ * w holds 3 n TL_REF_TILE doubles.
+ */
+static void tile_controls(const tl_ref_plan *plan, const double *x0, const double *xf,
+                          double *controls, double *energy, double *w)
+{
+    enum { L = TL_REF_TILE };
+    const ptrdiff_t n = plan->n, Tm = plan->steps * plan->m;
+    double *X = w, *D = X + n * L, *Y = D + n * L, acc[L];
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int l = 0; l < L; l++)
+            X[i * L + l] = x0[l * n + i];
+    for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Phi(T, 0) x0 - r */
+        for (int l = 0; l < L; l++)
+            acc[l] = 0.0;
+        for (ptrdiff_t j = 0; j < n; j++)
+            for (int l = 0; l < L; l++)
+                acc[l] += plan->AdT[i * n + j] * X[j * L + l];
+        for (int l = 0; l < L; l++)
+            D[i * L + l] = xf[l * n + i] - acc[l] - plan->drift[i];
+    }
+    const double *Z = D;
+    if (plan->L != NULL) { /* exact: R^T z = P^T D d */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            for (int l = 0; l < L; l++)
+                acc[l] = 0.0;
+            for (ptrdiff_t j = 0; j < n; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += plan->S[i * n + j] * D[j * L + l];
+            for (int l = 0; l < L; l++)
+                Y[i * L + l] = acc[l];
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            for (int l = 0; l < L; l++)
+                acc[l] = Y[i * L + l];
+            for (ptrdiff_t j = 0; j < i; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] -= plan->L[i * n + j] * Y[j * L + l];
+            for (int l = 0; l < L; l++)
+                Y[i * L + l] = acc[l] * plan->L[i * n + i];
+        }
+        Z = Y;
+    }
+    double e[L];
+    for (int l = 0; l < L; l++)
+        e[l] = 0.0;
+    for (ptrdiff_t r = 0; r < Tm; r++) { /* u = K z */
+        for (int l = 0; l < L; l++)
+            acc[l] = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++)
+            for (int l = 0; l < L; l++)
+                acc[l] += plan->K[r * n + i] * Z[i * L + l];
+        for (int l = 0; l < L; l++) {
+            controls[l * Tm + r] = acc[l];
+            e[l] += acc[l] * acc[l];
+        }
+    }
+    for (int l = 0; l < L; l++)
+        energy[l] = e[l] * plan->dt;
+}
+
+/* The controls and energies of a batch: whole tiles, then the last few one
+ * at a time (the same operations, so the same bits). w: 2 n doubles, then
+ * a tile's 3 n TL_REF_TILE. */
+static void batch_controls(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
+                           const double *xf, double *controls, double *energy, double *w)
+{
+    const ptrdiff_t n = plan->n, Tm = plan->steps * plan->m;
+    double *d = w, *y = d + n;
+    ptrdiff_t b = 0;
+    for (; b + TL_REF_TILE <= batch; b += TL_REF_TILE)
+        tile_controls(plan, x0 + b * n, xf + b * n, controls + b * Tm, energy + b, y + n);
+    for (; b < batch; b++) {
+        double *u = controls + b * Tm;
+        target_gap(plan, x0 + b * n, xf + b * n, d);
+        sample_controls(plan, d, y, u);
+        double e = 0.0;
+        for (ptrdiff_t i = 0; i < Tm; i++)
+            e += u[i] * u[i];
+        energy[b] = e * plan->dt;
+    }
+}
+
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work)
@@ -588,17 +679,10 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
         return plan == NULL ? TL_ERR_VALUE : TL_ERR_SHAPE;
     if (work == NULL)
         return TL_ERR_NOMEM;
-    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, nn = n * n;
-    double *d = (double *)work, *y = d + n, *yn = y + n, *rwork = yn + n;
-    for (ptrdiff_t b = 0; b < batch; b++) {
-        double *u = controls + b * T * m;
-        target_gap(plan, x0 + b * n, xf + b * n, d);
-        sample_controls(plan, d, y, u);
-        double e = 0.0;
-        for (ptrdiff_t i = 0; i < T * m; i++)
-            e += u[i] * u[i];
-        energy[b] = e * plan->dt;
-    }
+    const ptrdiff_t n = plan->n, T = plan->steps, nn = n * n;
+    double *d = (double *)work, *y = d + n, *yn = y + n;
+    double *rwork = yn + n + 3 * TL_REF_TILE * n;
+    batch_controls(plan, batch, x0, xf, controls, energy, d);
     /* the states: the rollout of the controls under the plan's dynamics
      * (for continuous only its end point is kept, below) */
     tl_status status = tl_rollout(&plan->dyn, TL_F64, batch, T, x0, controls, states, rwork);

@@ -329,7 +329,7 @@ static void test_forms(void)
             for (int offset = 0; offset < 2; offset++) {
                 if (!offset && (per[2] || tv[2]))
                     continue;
-                check_form(dims[q][0], dims[q][1], dims[q][2], 5, per, tv, offset, &seed);
+                check_form(dims[q][0], dims[q][1], dims[q][2], 11, per, tv, offset, &seed);
             }
         }
     printf("every form: worst controls vs normal equations %.3g, worst reach %.3g\n",
