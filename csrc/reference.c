@@ -547,10 +547,10 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
 /* Samples a tile of tl_ref_apply holds side by side. */
 #define TL_REF_TILE 8
 
-size_t tl_ref_apply_work_bytes(ptrdiff_t n)
+size_t tl_ref_apply_work_bytes(ptrdiff_t n, ptrdiff_t m)
 {
-    const size_t roll = tl_rollout_work_bytes(n);
-    if (n < 1 || n > TL_MAX_DIM || roll == 0)
+    const size_t roll = tl_rollout_work_bytes(n, m);
+    if (roll == 0)
         return 0;
     /* d, y, yn; a tile's x0, d and y */
     return (3 + 3 * TL_REF_TILE) * (size_t)n * sizeof(double) + roll;
@@ -721,7 +721,7 @@ size_t tl_min_energy_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps,
 {
     const size_t plan = tl_ref_plan_bytes(n, m, steps, method);
     const size_t init = tl_ref_init_work_bytes(n, m, steps, method);
-    const size_t apply = tl_ref_apply_work_bytes(n);
+    const size_t apply = tl_ref_apply_work_bytes(n, m);
     const size_t more = init > apply ? init : apply;
     if (plan == 0 || init == 0 || apply == 0 || more > SIZE_MAX - plan)
         return 0;

@@ -194,9 +194,9 @@ tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
 
 /* ---- rollout.c --------------------------------------------------------- */
 
-/* Doubles of scratch the rollout, its adjoint and the final-state error need
- * (per call, not per sample); 0 when n is out of range. */
-size_t tl_rollout_work_bytes(ptrdiff_t n);
+/* Bytes of scratch the rollout, its adjoint and the final-state error need
+ * (per call, not per sample); 0 when n or m is out of range. */
+size_t tl_rollout_work_bytes(ptrdiff_t n, ptrdiff_t m);
 
 /* states[b][0] = x0[b];  states[b][k+1] = A_k states[b][k] + B_k controls[b][k] + c_k
  * (the matrices of sample b). batch >= 0, steps >= 0; x0, controls and states
@@ -498,7 +498,7 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
                            ptrdiff_t steps, void *work);
 
 /* Bytes of tl_ref_apply's scratch (its own and tl_rollout's). */
-size_t tl_ref_apply_work_bytes(ptrdiff_t n);
+size_t tl_ref_apply_work_bytes(ptrdiff_t n, ptrdiff_t m);
 
 /*
  * References for a batch under one plan: x0, xf batch x n; writes controls
