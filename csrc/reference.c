@@ -766,7 +766,7 @@ tl_status tl_min_energy(tl_ref_method method, const tl_dynamics *dyn, const tl_r
                           (dyn->c.data != NULL && dyn->c.batch_stride != 0));
     void *mem = work, *sub = (char *)work + plan_bytes;
     tl_ref_plan plan;
-    const ptrdiff_t plans = per_sample ? batch : (batch > 0 ? 1 : 0);
+    const ptrdiff_t plans = per_sample ? batch : 1; /* a shared plan even for no sample */
     for (ptrdiff_t q = 0; q < plans; q++) {
         if (per_sample && cancel != NULL && cancel->poll != NULL && cancel->poll(cancel->ctx))
             return TL_ERR_INTERRUPTED;

@@ -525,7 +525,8 @@ typedef struct {
 
 /* What tl_min_energy reports. */
 typedef struct {
-    ptrdiff_t plans;  /* plans made: 1 when everything is shared, else one per sample */
+    ptrdiff_t plans;  /* plans made: 1 when everything is shared (also for batch 0),
+                         else one per sample */
     ptrdiff_t sample; /* on TL_ERR_SINGULAR: the sample whose plan failed */
     double cond;      /* the largest plan->cond of the plans made (of the failed one
                          on TL_ERR_SINGULAR) */
