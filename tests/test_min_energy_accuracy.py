@@ -425,14 +425,15 @@ def test_steps_limit_is_named():
 
 
 def test_memory_error_names_steps():
-    """Under a 3 GiB address-space limit, a plan of 10**6 steps for n = 24
-    (~4.6 GiB of powers Ad^k alone) cannot be allocated: the MemoryError names
-    steps and the size instead of being empty."""
+    """Under a 3 GiB address-space limit, an exact plan of 10**6 steps for
+    n = m = 24 (~4.6 GiB for the 24 x 24e6 controllability matrix alone)
+    cannot be allocated: the MemoryError names steps and the size instead of
+    being empty."""
     code = textwrap.dedent("""
         import resource, numpy as np
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
         import trajloss
-        system = trajloss.LinearSystem(np.eye(24) * 0.5, np.eye(24)[:, :1])
+        system = trajloss.LinearSystem(np.eye(24) * 0.5, np.eye(24))
         try:
             trajloss.min_energy(system, np.ones(24), np.zeros(24), 10**6)
         except MemoryError as e:
