@@ -109,24 +109,24 @@ static void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x, d
     }
 }
 
-/* |a - b|_2 scaled by the largest |a_i - b_i|: where the plain sum of
- * squares overflows (a long rollout of a growing mode misses xf by 1e200)
- * final_error is still that miss, not inf. */
-static double distance(ptrdiff_t n, const double *a, const double *b)
+/* |a - b|_2 (a's entries `sa` doubles apart) scaled by the largest
+ * |a_i - b_i|: where the plain sum of squares overflows (a long rollout of a
+ * growing mode misses xf by 1e200) final_error is still that miss, not inf. */
+static double distance(ptrdiff_t n, const double *a, ptrdiff_t sa, const double *b)
 {
     double acc = 0.0;
     for (ptrdiff_t i = 0; i < n; i++)
-        acc += (a[i] - b[i]) * (a[i] - b[i]);
+        acc += (a[i * sa] - b[i]) * (a[i * sa] - b[i]);
     if (isfinite(acc))
         return sqrt(acc);
     double mx = 0.0;
     for (ptrdiff_t i = 0; i < n; i++)
-        mx = fmax(mx, fabs(a[i] - b[i]));
+        mx = fmax(mx, fabs(a[i * sa] - b[i]));
     if (!(mx > 0.0) || !isfinite(mx))
         return mx;
     acc = 0.0;
     for (ptrdiff_t i = 0; i < n; i++)
-        acc += ((a[i] - b[i]) / mx) * ((a[i] - b[i]) / mx);
+        acc += ((a[i * sa] - b[i]) / mx) * ((a[i * sa] - b[i]) / mx);
     return mx * sqrt(acc);
 }
 
@@ -585,17 +585,23 @@ static void sample_controls(const tl_ref_plan *plan, const double *d, double *y,
 }
 
 /*
- * The controls and energies of TL_REF_TILE samples side by side: the
- * operations of target_gap and sample_controls on each sample, in their
- * order (so the same bits as one sample at a time), with the sample index
- * innermost, where the compiler vectorises the loops whatever n and m are.
- * w holds 3 n TL_REF_TILE doubles.
+ * TL_REF_TILE samples side by side, the sample index innermost (where the
+ * compiler vectorises the loops whatever n and m are): their controls and
+ * energies -- the operations of target_gap and sample_controls, in their
+ * order -- and their rollout under plan->dyn -- the operations of
+ * tl_rollout's step (rollout.h: acc = c_k, += A_k x, += B_k u), in its
+ * order -- with the final errors. So the same bits as one sample at a time
+ * through sample_controls and tl_rollout, at the cost the fused per-sample
+ * loops of a shared system had before. The states are not stored for
+ * continuous (they are computed afterwards). w holds 3 n TL_REF_TILE doubles.
  */
-static void tile_controls(const tl_ref_plan *plan, const double *x0, const double *xf,
-                          double *controls, double *energy, double *w)
+static void tile_reference(const tl_ref_plan *plan, const double *x0, const double *xf,
+                           double *controls, double *states, double *final_error,
+                           double *energy, double *w)
 {
     enum { L = TL_REF_TILE };
-    const ptrdiff_t n = plan->n, Tm = plan->steps * plan->m;
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, Tm = T * m, ss = (T + 1) * n;
+    const int store = plan->method != TL_REF_CONTINUOUS;
     double *X = w, *D = X + n * L, *Y = D + n * L, acc[L];
     for (ptrdiff_t i = 0; i < n; i++)
         for (int l = 0; l < L; l++)
@@ -609,7 +615,7 @@ static void tile_controls(const tl_ref_plan *plan, const double *x0, const doubl
         for (int l = 0; l < L; l++)
             D[i * L + l] = xf[l * n + i] - acc[l] - plan->drift[i];
     }
-    const double *Z = D;
+    double *Z = D;
     if (plan->L != NULL) { /* exact: R^T z = P^T D d */
         for (ptrdiff_t i = 0; i < n; i++) {
             for (int l = 0; l < L; l++)
@@ -647,28 +653,35 @@ static void tile_controls(const tl_ref_plan *plan, const double *x0, const doubl
     }
     for (int l = 0; l < L; l++)
         energy[l] = e[l] * plan->dt;
-}
 
-/* The controls and energies of a batch: whole tiles, then the last few one
- * at a time (the same operations, so the same bits). w: 2 n doubles, then
- * a tile's 3 n TL_REF_TILE. */
-static void batch_controls(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
-                           const double *xf, double *controls, double *energy, double *w)
-{
-    const ptrdiff_t n = plan->n, Tm = plan->steps * plan->m;
-    double *d = w, *y = d + n;
-    ptrdiff_t b = 0;
-    for (; b + TL_REF_TILE <= batch; b += TL_REF_TILE)
-        tile_controls(plan, x0 + b * n, xf + b * n, controls + b * Tm, energy + b, y + n);
-    for (; b < batch; b++) {
-        double *u = controls + b * Tm;
-        target_gap(plan, x0 + b * n, xf + b * n, d);
-        sample_controls(plan, d, y, u);
-        double e = 0.0;
-        for (ptrdiff_t i = 0; i < Tm; i++)
-            e += u[i] * u[i];
-        energy[b] = e * plan->dt;
+    /* the rollout: X holds x_k, Z (free now) x_{k+1} */
+    double *Xn = Z;
+    for (ptrdiff_t i = 0; i < n && store; i++)
+        for (int l = 0; l < L; l++)
+            states[l * ss + i] = X[i * L + l];
+    for (ptrdiff_t k = 0; k < T; k++) {
+        const double *A = tl_dyn_A(&plan->dyn, 0, k), *B = tl_dyn_B(&plan->dyn, 0, k);
+        const double *c = tl_dyn_c(&plan->dyn, 0, k);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            for (int l = 0; l < L; l++)
+                acc[l] = c != NULL ? c[i] : 0.0;
+            for (ptrdiff_t j = 0; j < n; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += A[i * n + j] * X[j * L + l];
+            for (ptrdiff_t j = 0; j < m; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += B[i * m + j] * controls[l * Tm + k * m + j];
+            for (int l = 0; l < L; l++)
+                Xn[i * L + l] = acc[l];
+        }
+        double *swap = X;
+        X = Xn, Xn = swap;
+        for (ptrdiff_t i = 0; i < n && store; i++)
+            for (int l = 0; l < L; l++)
+                states[l * ss + (k + 1) * n + i] = X[i * L + l];
     }
+    for (int l = 0; l < L; l++)
+        final_error[l] = distance(n, X + l, L, xf + l * n);
 }
 
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
@@ -679,17 +692,29 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
         return plan == NULL ? TL_ERR_VALUE : TL_ERR_SHAPE;
     if (work == NULL)
         return TL_ERR_NOMEM;
-    const ptrdiff_t n = plan->n, T = plan->steps, nn = n * n;
-    double *d = (double *)work, *y = d + n, *yn = y + n;
-    double *rwork = yn + n + 3 * TL_REF_TILE * n;
-    batch_controls(plan, batch, x0, xf, controls, energy, d);
-    /* the states: the rollout of the controls under the plan's dynamics
-     * (for continuous only its end point is kept, below) */
-    tl_status status = tl_rollout(&plan->dyn, TL_F64, batch, T, x0, controls, states, rwork);
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, nn = n * n;
+    double *d = (double *)work, *y = d + n, *yn = y + n, *tile = yn + n;
+    double *rwork = tile + 3 * TL_REF_TILE * n;
+    ptrdiff_t b0 = 0;
+    for (; b0 + TL_REF_TILE <= batch; b0 += TL_REF_TILE)
+        tile_reference(plan, x0 + b0 * n, xf + b0 * n, controls + b0 * T * m,
+                       states + b0 * (T + 1) * n, final_error + b0, energy + b0, tile);
+    /* the last few one at a time: their controls, then tl_rollout */
+    for (ptrdiff_t b = b0; b < batch; b++) {
+        double *u = controls + b * T * m;
+        target_gap(plan, x0 + b * n, xf + b * n, d);
+        sample_controls(plan, d, y, u);
+        double e = 0.0;
+        for (ptrdiff_t i = 0; i < T * m; i++)
+            e += u[i] * u[i];
+        energy[b] = e * plan->dt;
+    }
+    tl_status status = tl_rollout(&plan->dyn, TL_F64, batch - b0, T, x0 + b0 * n,
+                                  controls + b0 * T * m, states + b0 * (T + 1) * n, rwork);
     if (status != TL_OK)
         return status;
-    for (ptrdiff_t b = 0; b < batch; b++)
-        final_error[b] = distance(n, states + (b * (T + 1) + T) * n, xf + b * n);
+    for (ptrdiff_t b = b0; b < batch; b++)
+        final_error[b] = distance(n, states + (b * (T + 1) + T) * n, 1, xf + b * n);
     if (plan->method != TL_REF_CONTINUOUS)
         return TL_OK;
     /* continuous: x(k dt) = Ad^k x0 + Q_k d, Ad^k x0 carried in y */
