@@ -552,8 +552,8 @@ size_t tl_ref_apply_work_bytes(ptrdiff_t n, ptrdiff_t m)
     const size_t roll = tl_rollout_work_bytes(n, m);
     if (roll == 0)
         return 0;
-    /* d, y, yn; a tile's x0, d and y */
-    return (3 + 3 * TL_REF_TILE) * (size_t)n * sizeof(double) + roll;
+    /* d, y, yn; a tile's x_k, d, z and u_k */
+    return ((3 + 3 * TL_REF_TILE) * (size_t)n + TL_REF_TILE * (size_t)m) * sizeof(double) + roll;
 }
 
 /* d = xf - Phi(T, 0) x0 - r: what the controls must add to the free response */
@@ -593,7 +593,8 @@ static void sample_controls(const tl_ref_plan *plan, const double *d, double *y,
  * order -- with the final errors. So the same bits as one sample at a time
  * through sample_controls and tl_rollout, at the cost the fused per-sample
  * loops of a shared system had before. The states are not stored for
- * continuous (they are computed afterwards). w holds 3 n TL_REF_TILE doubles.
+ * continuous (they are computed afterwards). w holds (3 n + m) TL_REF_TILE
+ * doubles.
  */
 static void tile_reference(const tl_ref_plan *plan, const double *x0, const double *xf,
                            double *controls, double *states, double *final_error,
@@ -602,6 +603,7 @@ static void tile_reference(const tl_ref_plan *plan, const double *x0, const doub
     enum { L = TL_REF_TILE };
     const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, Tm = T * m, ss = (T + 1) * n;
     const int store = plan->method != TL_REF_CONTINUOUS;
+    /* X: x_k; D: d, then (average) z; Y: (exact) z; the other of D, Y: x_{k+1} */
     double *X = w, *D = X + n * L, *Y = D + n * L, acc[L];
     for (ptrdiff_t i = 0; i < n; i++)
         for (int l = 0; l < L; l++)
@@ -615,7 +617,7 @@ static void tile_reference(const tl_ref_plan *plan, const double *x0, const doub
         for (int l = 0; l < L; l++)
             D[i * L + l] = xf[l * n + i] - acc[l] - plan->drift[i];
     }
-    double *Z = D;
+    const double *Z = D;
     if (plan->L != NULL) { /* exact: R^T z = P^T D d */
         for (ptrdiff_t i = 0; i < n; i++) {
             for (int l = 0; l < L; l++)
@@ -637,29 +639,30 @@ static void tile_reference(const tl_ref_plan *plan, const double *x0, const doub
         }
         Z = Y;
     }
-    double e[L];
+    /* step by step: u_k = K_k z (its energy summed in the order of
+     * sample_controls), then x_{k+1} = A_k x_k + B_k u_k + c_k */
+    double e[L], *Xn = Z == D ? Y : D, *U = w + 3 * n * L;
     for (int l = 0; l < L; l++)
         e[l] = 0.0;
-    for (ptrdiff_t r = 0; r < Tm; r++) { /* u = K z */
-        for (int l = 0; l < L; l++)
-            acc[l] = 0.0;
-        for (ptrdiff_t i = 0; i < n; i++)
-            for (int l = 0; l < L; l++)
-                acc[l] += plan->K[r * n + i] * Z[i * L + l];
-        for (int l = 0; l < L; l++) {
-            controls[l * Tm + r] = acc[l];
-            e[l] += acc[l] * acc[l];
-        }
-    }
-    for (int l = 0; l < L; l++)
-        energy[l] = e[l] * plan->dt;
-
-    /* the rollout: X holds x_k, Z (free now) x_{k+1} */
-    double *Xn = Z;
     for (ptrdiff_t i = 0; i < n && store; i++)
         for (int l = 0; l < L; l++)
             states[l * ss + i] = X[i * L + l];
     for (ptrdiff_t k = 0; k < T; k++) {
+        for (ptrdiff_t j = 0; j < m; j++) {
+            const double *Kr = plan->K + (k * m + j) * n;
+            for (int l = 0; l < L; l++)
+                acc[l] = 0.0;
+            for (ptrdiff_t i = 0; i < n; i++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += Kr[i] * Z[i * L + l];
+            for (int l = 0; l < L; l++) {
+                U[j * L + l] = acc[l];
+                e[l] += acc[l] * acc[l];
+            }
+        }
+        for (ptrdiff_t j = 0; j < m; j++)
+            for (int l = 0; l < L; l++)
+                controls[l * Tm + k * m + j] = U[j * L + l];
         const double *A = tl_dyn_A(&plan->dyn, 0, k), *B = tl_dyn_B(&plan->dyn, 0, k);
         const double *c = tl_dyn_c(&plan->dyn, 0, k);
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -670,7 +673,7 @@ static void tile_reference(const tl_ref_plan *plan, const double *x0, const doub
                     acc[l] += A[i * n + j] * X[j * L + l];
             for (ptrdiff_t j = 0; j < m; j++)
                 for (int l = 0; l < L; l++)
-                    acc[l] += B[i * m + j] * controls[l * Tm + k * m + j];
+                    acc[l] += B[i * m + j] * U[j * L + l];
             for (int l = 0; l < L; l++)
                 Xn[i * L + l] = acc[l];
         }
@@ -680,6 +683,8 @@ static void tile_reference(const tl_ref_plan *plan, const double *x0, const doub
             for (int l = 0; l < L; l++)
                 states[l * ss + (k + 1) * n + i] = X[i * L + l];
     }
+    for (int l = 0; l < L; l++)
+        energy[l] = e[l] * plan->dt;
     for (int l = 0; l < L; l++)
         final_error[l] = distance(n, X + l, L, xf + l * n);
 }
@@ -694,7 +699,7 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
         return TL_ERR_NOMEM;
     const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, nn = n * n;
     double *d = (double *)work, *y = d + n, *yn = y + n, *tile = yn + n;
-    double *rwork = tile + 3 * TL_REF_TILE * n;
+    double *rwork = tile + TL_REF_TILE * (3 * n + m);
     ptrdiff_t b0 = 0;
     for (; b0 + TL_REF_TILE <= batch; b0 += TL_REF_TILE)
         tile_reference(plan, x0 + b0 * n, xf + b0 * n, controls + b0 * T * m,
