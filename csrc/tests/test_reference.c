@@ -489,6 +489,39 @@ static void test_double_integrator(void)
               TL_ERR_SHAPE, "zero steps");
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, 1, NULL, NULL, 1.0, 5, iw) ==
               TL_ERR_SHAPE, "sample 1 of a shared system");
+    CHECK(tl_min_energy(TL_REF_EXACT, &dyn, &model, 1, 1, x0, xf, u, S, &err, &energy, &info,
+                        work, NULL) == TL_ERR_SINGULAR && info.rank.rank == 1,
+          "one step of one input cannot steer two states");
+
+    /* continuous: the states are the continuous optimum on the grid */
+    CHECK(tl_min_energy(TL_REF_CONTINUOUS, &dyn, &model, T, 1, x0, xf, u, S, &err, &energy, &info,
+                        work, NULL) == TL_OK, "continuous status");
+    worst = 0.0;
+    for (ptrdiff_t k = 0; k <= T; k++) {
+        const double t = k * dt;
+        worst = fmax(worst, fabs(S[2 * k] - (x0[0] + x0[1] * t + a * t * t / 2 + b * t * t * t / 6)));
+        worst = fmax(worst, fabs(S[2 * k + 1] - (x0[1] + a * t + b * t * t / 2)));
+    }
+    CHECK(worst < 1e-12, "continuous states vs the closed form: %g", worst);
+
+    /* the law at arbitrary times */
+    const double times[3] = {0.0, 1.234, H}, late[1] = {H + 1.0};
+    double ul[3], xl[6];
+    tl_law_info linfo;
+    void *lw = xmalloc(tl_min_energy_law_work_bytes(2, 1));
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 3, times, ul, xl, &linfo, lw) == TL_OK,
+          "law status");
+    worst = 0.0;
+    for (int q = 0; q < 3; q++) {
+        const double t = times[q];
+        worst = fmax(worst, fabs(ul[q] - (a + b * t)));
+        worst = fmax(worst, fabs(xl[2 * q] - (x0[0] + x0[1] * t + a * t * t / 2 + b * t * t * t / 6)));
+        worst = fmax(worst, fabs(xl[2 * q + 1] - (x0[1] + a * t + b * t * t / 2)));
+    }
+    CHECK(worst < 1e-12, "law vs the closed form: %g", worst);
+    CHECK(tl_min_energy_law(2, 1, A, Bc, H, 1, x0, xf, 1, late, ul, xl, &linfo, lw) ==
+              TL_ERR_VALUE, "a time past the horizon");
+    free(lw);
     free(mem), free(iw), free(work);
 }
 
