@@ -841,3 +841,25 @@ def test_time_varying_unreachable_step_structure(rng):
     ref = trajloss.min_energy(system, np.ones(2), np.zeros(2), T)
     U, _ = ltv_min_norm(A[None], Bm[None], np.zeros((1, T, 2)), np.ones((1, 2)), np.zeros((1, 2)))
     np.testing.assert_allclose(ref.controls, U[0], rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_continuous_uncontrollable_names_the_sample():
+    """Sample 1's continuous pair (A = diag(-1, -2), B = e1) leaves its second
+    state unreachable; sample 0 (a double integrator) is fine."""
+    A = np.stack([[[0.0, 1.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, -2.0]]])
+    B = np.stack([[[0.0], [1.0]], [[1.0], [0.0]]])
+    system = trajloss.LinearSystem.from_continuous(A, B, 0.2)
+    for method in ("average", "continuous"):
+        with pytest.raises(np.linalg.LinAlgError, match=r"sample 1 of the per-sample system.*"
+                                                        r"condition number"):
+            trajloss.min_energy(system, np.ones((2, 2)), np.zeros(2), 10, method)
+    with pytest.raises(np.linalg.LinAlgError, match=r"sample 1 .*numerical rank 1 < n = 2"):
+        trajloss.min_energy(system, np.ones((2, 2)), np.zeros(2), 10)
+
+
+def test_time_varying_rank_message_names_its_c():
+    T = 4
+    A = np.broadcast_to(np.eye(2), (T, 2, 2))
+    system = trajloss.TimeVaryingSystem(A, np.broadcast_to([[1.0], [0.0]], (T, 2, 1)))
+    with pytest.raises(np.linalg.LinAlgError, match=r"Ad_\(T-1\)\.\.\.Ad_1 Bd_0"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), T)
