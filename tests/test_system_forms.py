@@ -273,10 +273,14 @@ def test_batch_sizes(form, B):
     close(gx0, wx0, RTOL64, "vjp x0")
     lengths = d["lengths"].copy()
     lengths[0] = max(lengths[0], 1)
+    mask = d["mask"].copy()
+    mask[0, 0] = True
     for kind in ("trajectory", "terminal", "combined"):
         for kw in (dict(penalty="mse"),
                    dict(penalty="huber", delta=0.5, lengths=lengths, discount=0.9,
-                        state_weights=d["state_weights"])):
+                        state_weights=d["state_weights"]),
+                   dict(penalty="l1", mask=mask, discount=1.2, include_initial=True,
+                        feature_weights=d["feature_weights"])):
             res = call_loss(case.system, kind, d, **kw)
             value, wU, wx0, _ = ref_loss(case, kind, d, **kw)
             close(res.value, value, RTOL64, f"{kind} {kw['penalty']} value")
@@ -288,10 +292,11 @@ def test_batch_sizes(form, B):
 # float32 and unbatched inputs
 # --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("B", [1, 9, 300])
 @pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "tv-psA", "cont-psAB-dtvec",
-                                  "lti-shared-psoff", "tv-shared-off"])
-def test_float32_inputs(form):
-    case = make_case(form, B=9, T=5)
+                                  "lti-shared-psoff", "tv-shared-off", "lti-shared"])
+def test_float32_inputs(form, B):
+    case = make_case(form, B=B, T=5)
     d = data(case, dtype=np.float32)
     X = trajloss.rollout(case.system, d["x0"], d["U"])
     assert X.dtype == np.float32
@@ -561,6 +566,37 @@ def test_threads_bit_identical(form):
 @pytest.mark.parametrize("B", [9, 300])
 @pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "tv-shared-off",
                                   "cont-psAB-dtvec"])
+def test_nan_padding_after_mask_changes_no_bit(form, B):
+    """With a mask, the padding is what follows each sequence's last valid step
+    (masked-out steps before it still drive the states and are read)."""
+    case = make_case(form, B=B, T=6)
+    d = data(case)
+    T = case.T
+    mask = d["mask"].copy()
+    mask[0, 0] = True
+    mask[-1] = False
+    K = np.where(mask.any(1), T - np.argmax(mask[:, ::-1], axis=1), 0)  # last valid step + 1
+    pad_u = np.arange(T)[None, :] >= K[:, None]
+    scored = np.zeros((B, T + 1), bool)
+    scored[:, 1:] = mask
+    scored[:, 0] = mask.any(1)
+    zero, nan = dict(d), dict(d)
+    for k, pad in (("U", pad_u), ("ref_controls", ~mask), ("ref_states", ~scored)):
+        zero[k] = np.where(pad[..., None], 0.0, d[k])
+        nan[k] = np.where(pad[..., None], np.nan, d[k])
+    zero["target"] = np.where((K == 0)[:, None], 0.0, d["target"])
+    nan["target"] = np.where((K == 0)[:, None], np.nan, d["target"])
+    a = _everything_padded(case.system, zero, None, d["target"], mask=mask)
+    b = _everything_padded(case.system, nan, None, d["target"], mask=mask)
+    for k in a:
+        assert np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes(), k
+    for k in ("trajectory_grad", "terminal_grad", "combined_grad"):
+        assert np.all(b[k][pad_u] == 0), f"{k}: padding has a gradient"
+
+
+@pytest.mark.parametrize("B", [9, 300])
+@pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "tv-shared-off",
+                                  "cont-psAB-dtvec"])
 def test_nan_padding_changes_no_bit(form, B):
     case = make_case(form, B=B, T=6)
     d = data(case)
@@ -588,17 +624,20 @@ def test_nan_padding_changes_no_bit(form, B):
         assert np.all(b[k][pad_u] == 0), f"{k}: padding has a gradient"
 
 
-def _everything_padded(system, d, lengths, xf):
+def _everything_padded(system, d, lengths, xf, mask=None):
     out = {}
     for kind in ("trajectory", "terminal", "combined"):
-        kw = dict(lengths=lengths, discount=1.2, penalty="mse", state_weights=d["state_weights"])
+        kw = dict(discount=1.2, penalty="mse", state_weights=d["state_weights"])
+        kw.update(dict(mask=mask) if mask is not None else dict(lengths=lengths))
         if kind != "terminal":
             kw["include_initial"] = True
         res = call_loss(system, kind, d, **kw)
         out[kind] = np.float64(res.value)
         out[kind + "_grad"] = res.grad
         out[kind + "_grad_x0"] = res.grad_x0
-    out["final_state_error"] = trajloss.final_state_error(system, d["U"], d["x0"], xf, lengths)
+    if mask is None:
+        out["final_state_error"] = trajloss.final_state_error(system, d["U"], d["x0"], xf,
+                                                              lengths)
     return out
 
 
