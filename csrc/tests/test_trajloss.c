@@ -1508,6 +1508,28 @@ static void test_loss_kernels(void)
 /* Either gradient may be NULL: the value and the other gradient are the
  * same bits as with both; and a call with no valid step is TL_ERR_EMPTY
  * (no steps, no sequences, or every length 0). Both kernels, both dtypes. */
+/* A control-only rollout loss never reads the system: a NaN in A changes
+ * nothing (the gradient is 2 (u - ru) / (T m), the control loss's). */
+static void test_control_only_ignores_system(void)
+{
+    double An[4] = {1, NAN, 0, 1}, Bd[2] = {0, 0.1};
+    double u[3] = {1, 2, 3}, ru[3] = {0, 0, 0}, x0[2] = {0, 0}, gu[3], gx[2];
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+        tl_dynamics dn = tl_dynamics_linear(2, 1, An, Bd);
+        tl_loss_spec spec = {{1, 3, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
+                             0.0, 0.0, 0, NULL, NULL, 1, 0, (tl_kernel)kernel, NULL};
+        tl_loss_io io = {TL_F64, u, x0, ru, NULL, NULL, gu, gx};
+        tl_loss_value v;
+        void *w = xmalloc(tl_loss_work_bytes(&dn, 0, &spec));
+        const tl_status st = tl_rollout_loss(&dn, &spec, &io, &v, w);
+        CHECK(st == TL_OK && fabs(v.total - 14.0 / 3.0) < 1e-15, "control-only value %g", v.total);
+        for (int k = 0; k < 3; k++)
+            CHECK(fabs(gu[k] - 2.0 * (k + 1) / 3.0) < 1e-15, "control-only grad[%d] %g", k, gu[k]);
+        CHECK(gx[0] == 0.0 && gx[1] == 0.0, "control-only grad_x0 %g %g", gx[0], gx[1]);
+        free(w);
+    }
+}
+
 static void test_loss_optional_outputs(void)
 {
     unsigned seed = 71u;
@@ -2378,6 +2400,7 @@ int main(void)
     test_discretize();
     test_rollout();
     test_rollout_errors();
+    test_control_only_ignores_system();
     test_time_weights();
     test_time_weights_huge();
     test_losses();
