@@ -24,11 +24,8 @@
 #include "select.h"
 #include "sizes.h"
 
-/* The kernels pass vectors wider than the baseline's registers between
- * static functions of this file only, all inlined: the ABI note GCC and
- * clang give for that does not concern them. Contracting a * b + c into
- * one FMA is what the hot loops are made of (-std=c11 alone turns it off). */
-#pragma GCC diagnostic ignored "-Wpsabi"
+/* Contracting a * b + c into one FMA is what the hot loops are made of
+ * (-std=c11 alone turns it off). */
 #if defined(__clang__)
 #pragma clang fp contract(fast)
 #elif defined(__GNUC__)
@@ -53,8 +50,9 @@
 
 #define TL_INLINE static inline __attribute__((always_inline))
 
-/* The sums of a tile, lane by lane, in double whatever the dtype. */
-typedef double tl_tile_sums __attribute__((vector_size(TL_TILE * sizeof(double))));
+/* A vector register of doubles: the sums of a tile, lane by lane, are
+ * double whatever the dtype. */
+typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
 
 /*
  * The scratch of one kernel call, in the units the kernels carve it in:

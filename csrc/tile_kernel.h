@@ -4,10 +4,17 @@
  * TL_F(name) giving each name the dtype's suffix. What it computes is
  * engine.h's; how:
  *
- * A tile is TL_TILE consecutive sequences; a vector V holds one element of
- * each (lane l = sequence b0 + l), in TL_T, so float32 runs in float, eight
- * lanes a register, and float64 in double. Per step the forward pass
- *   - gathers the tile's controls u_k (and references) into m vectors,
+ * A tile is TL_TILE consecutive sequences, lane l being sequence b0 + l. One
+ * value of the tile (an element of x, of u, of a derivative) is TL_TILE
+ * numbers of TL_T -- float32 computes in float, float64 in double -- held as
+ * TL_P vectors V of the target's register width (TL_L lanes each): two
+ * 256-bit vectors for float64 on AVX2, one for float32; four and two
+ * 128-bit ones on the baseline. (A single 8-lane vector type wider than the
+ * registers is not split into registers by GCC: it lives in memory.) Tile
+ * value e of a buffer is buf[e TL_P .. e TL_P + TL_P - 1].
+ *
+ * Per step the forward pass
+ *   - gathers the tile's controls u_k (and references) into m values,
  *   - scores u_k (control term) and stores its derivative Gc_k,
  *   - computes x_{k+1} = c_k + B_k u_k + A_k x_k (mv below),
  *   - scores x_{k+1} (trajectory term) and stores its derivative G_{k+1};
@@ -24,7 +31,8 @@
  * steps are masks, and everything a lane must not see -- steps it does not
  * score, states after its last one -- is removed by bitwise selects, never
  * multiplied by 0 (0 * NaN is NaN): padding of any value never changes a
- * result, and lam stays exactly 0 after a lane's last state.
+ * result, and lam stays exactly 0 after a lane's last state. A uniform
+ * selection has masks of all ones: one path serves every selection.
  *
  * Two tiles are in flight: the forward pass of one runs in the same loop as
  * the backward pass of the one before, so the step-to-step chains of small
@@ -33,63 +41,87 @@
 
 #define V TL_F(vec)
 #define M TL_F(mask)
-typedef TL_T V __attribute__((vector_size(TL_TILE * sizeof(TL_T))));
-typedef TL_I M __attribute__((vector_size(TL_TILE * sizeof(TL_T))));
+#define H TL_F(half)
+#define TL_L (TL_TILE_VREG_BYTES / (int)sizeof(TL_T)) /* lanes of a vector */
+#define TL_P (TL_TILE / TL_L)                          /* vectors of a tile value */
+#define TL_Q ((int)(sizeof(double) / sizeof(TL_T)))    /* double vectors of a vector */
+typedef TL_T V __attribute__((vector_size(TL_TILE_VREG_BYTES)));
+typedef TL_I M __attribute__((vector_size(TL_TILE_VREG_BYTES)));
+/* the part of a vector that widens to one vector of doubles */
+typedef TL_T H __attribute__((vector_size(TL_TILE_VREG_BYTES / TL_Q)));
 
 /* Rows of one block of mv: its accumulators fill half the vector registers. */
-#define TL_ROWS ((8 * TL_TILE_VREG_BYTES) / (int)sizeof(V) < 1 ? 1 : (8 * TL_TILE_VREG_BYTES) / (int)sizeof(V))
+#define TL_ROWS (8 / TL_P)
 
 TL_VRHO_DEFINE(TL_F(vrho), TL_T, V, M)
 
+/* x in every lane. (Not for hot loops: 0 + x is not x for x = -0, so it
+ * costs an add; there a vector times a scalar broadcasts it alone.) */
 TL_INLINE V TL_F(splat)(TL_T x)
 {
     const V zero = {0};
     return zero + x;
 }
 
-/* mask ? a : b, lane by lane, and mask ? a : 0. (No function here takes a
- * vector by value: GCC notes the ABI of such arguments once a file, -Wpsabi
- * pragmas or not.) */
+TL_INLINE M TL_F(splat_i)(ptrdiff_t x)
+{
+    const M zero = {0};
+    return zero + (TL_I)x;
+}
+
+/* mask ? a : b, lane by lane, and mask ? a : 0. */
 #define TL_SEL(mask, a, b) ((V)(((M)(a) & (mask)) | ((M)(b) & ~(mask))))
 #define TL_KEEP(mask, a) ((V)((M)(a) & (mask)))
 
-/* (p[0], p[stride], ..., p[7 stride]) and its inverse. */
-TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride)
+/* Lane l of tile value e of buf. */
+#define TL_LANE(buf, e, l) ((buf)[(e) * TL_P + (l) / TL_L][(l) % TL_L])
+
+/* Vector h of a tile value from p[0], p[stride], ..., p[7 stride]; and back. */
+TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride, int h)
 {
     V v;
-    for (int l = 0; l < TL_TILE; l++)
-        v[l] = p[l * stride];
+    for (int l = 0; l < TL_L; l++)
+        v[l] = p[(h * TL_L + l) * stride];
     return v;
 }
 
 TL_INLINE void TL_F(scatter)(const V *v, TL_T *p, ptrdiff_t stride)
 {
-    for (int l = 0; l < TL_TILE; l++)
-        p[l * stride] = (*v)[l];
+    for (int h = 0; h < TL_P; h++)
+        for (int l = 0; l < TL_L; l++)
+            p[(h * TL_L + l) * stride] = v[h][l];
 }
 
-/* Adds v to the sums, lane by lane, in double. */
-#define TL_ACC(sum, v) (*(sum) += __builtin_convertvector((v), tl_tile_sums))
+/* sum[h TL_Q ...] += vector h of a tile value, lane by lane, in double. */
+TL_INLINE void TL_F(acc)(tl_tile_dv *sum, int h, const V *v)
+{
+    for (int q = 0; q < TL_Q; q++) {
+        H part;
+        memcpy(&part, (const char *)v + q * sizeof part, sizeof part);
+        sum[h * TL_Q + q] += __builtin_convertvector(part, tl_tile_dv);
+    }
+}
 
 /* ---- the call, its tiles and their selection --------------------------- */
 
-/* The valid steps and weights of the lanes of a tile, one vector a step. */
+/* The valid steps and weights of the lanes of a tile, a tile value a step. */
 typedef struct {
-    M *vc;          /* T: control step k is valid */
-    M *vs;          /* T + 1: state k is scored by the trajectory term */
-    V *wcv, *wcg;   /* T: control weights w_k, and scale[0] w_k */
-    V *wsv, *wsg;   /* T + 1: state weights, and scale[1] times them */
-    M fin;          /* each lane's final valid state K_l (0: no valid step) */
-    ptrdiff_t Kmax; /* the largest K_l */
-    int ragged;     /* do lanes end at different states? */
+    M *vc;                 /* T: control step k is valid (all ones) or not (0) */
+    M *vs;                 /* T + 1: state k is scored by the trajectory term */
+    V *wcv, *wcg;          /* T: control weights w_k, and scale[0] w_k */
+    V *wsv, *wsg;          /* T + 1: state weights, and scale[1] times them */
+    ptrdiff_t K[TL_TILE];  /* each lane's final valid state (0: no valid step) */
+    M fin[TL_P];           /* the same as a tile value */
+    ptrdiff_t Kmax;        /* the largest */
+    int ragged;            /* do lanes end at different states? */
 } TL_F(sel_t);
 
 /* A tile in flight: its selection, derivatives, registers and matrices. */
 typedef struct {
     ptrdiff_t b0;
     TL_F(sel_t) own, *sel; /* sel: own, or the call's when every lane is alike */
-    V *G, *Gc;             /* (T+1) n and T m */
-    V *x, *xn, *xf, *lam, *ln, *tgt, *cv; /* n each */
+    V *G, *Gc;             /* (T+1) n and T m tile values */
+    V *x, *xn, *xf, *lam, *ln, *cv; /* n each */
     V *uk, *gu;            /* m each */
     V *Av, *Bv;            /* A, B in lane layout (per-sample systems) */
     TL_T *As, *Bs;         /* or as scalars (shared systems) */
@@ -117,7 +149,7 @@ typedef struct {
     TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
     double *row;                    /* T + 2: one sequence's time weights */
     TL_F(slot_t) slot[2];
-    tl_tile_sums sum[3];
+    tl_tile_dv sum[3][TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES];
 } TL_F(call_t);
 
 /* Field f (len elements) of lanes b0 .. b0 + 7 at step k: into the lane
@@ -131,16 +163,12 @@ static void TL_F(field_at)(const tl_field *f, ptrdiff_t len, ptrdiff_t b0, ptrdi
             st[i] = (TL_T)p[i];
         return;
     }
-    for (ptrdiff_t i = 0; i < len; i++) {
-        V v;
+    for (ptrdiff_t i = 0; i < len; i++)
         for (int l = 0; l < TL_TILE; l++)
-            v[l] = (TL_T)p[l * f->batch_stride + i];
-        vt[i] = v;
-    }
+            TL_LANE(vt, i, l) = (TL_T)p[l * f->batch_stride + i];
 }
 
-/* The slot's matrices at step k: those that vary in `which` (bits 1 A,
- * 2 B, 4 c) among the fields f says. */
+/* The slot's matrices at step k, those of `which` (bits 1 A, 2 B, 4 c). */
 static void TL_F(mats_at)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, unsigned which)
 {
     const tl_dynamics *d = q->c->dyn;
@@ -153,48 +181,48 @@ static void TL_F(mats_at)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, u
         TL_F(field_at)(&d->c, n, s->b0, k, s->cv, NULL);
 }
 
-/* Bits of the fields that are shared and fixed, per sample and fixed, and time-varying. */
-static unsigned TL_F(fields)(const tl_dynamics *d, int per_sample, int varying)
+/* The bits (as mats_at) of the fields fixed in time that are per sample
+ * (per_sample) or shared by the batch. */
+static unsigned TL_F(fixed_fields)(const tl_dynamics *d, int per_sample)
 {
     const tl_field *f[3] = {&d->A, &d->B, &d->c};
     unsigned bits = 0;
     for (int i = 0; i < 3; i++)
-        if ((f[i]->step_stride != 0) == varying &&
-            (varying || (f[i]->batch_stride != 0) == per_sample))
+        if (f[i]->step_stride == 0 && (f[i]->batch_stride != 0) == per_sample)
             bits |= 1u << i;
     return bits;
 }
 
-/* Lane l of the selection vectors: sequence b, or nothing (b < 0). */
+/* Lane l of the selection: sequence b's valid steps and weights. */
 static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptrdiff_t b)
 {
     const tl_loss_ctx *c = q->c;
     const tl_selection *sel = &c->spec->sel;
     const ptrdiff_t T = q->T;
-    const tl_seq_span span = b >= 0 ? tl_sel_span(sel, b) : (tl_seq_span){0, -1};
+    const tl_seq_span span = tl_sel_span(sel, b);
     double *w = q->row;
-    sl->fin[l] = span.count > 0 ? (TL_I)(span.last + 1) : 0;
+    sl->K[l] = span.count > 0 ? span.last + 1 : 0;
     if (span.count == 0) {
         for (ptrdiff_t k = 0; k <= T; k++) {
             if (k < T) {
-                sl->vc[k][l] = 0;
-                sl->wcv[k][l] = sl->wcg[k][l] = 0;
+                TL_LANE(sl->vc, k, l) = 0;
+                TL_LANE(sl->wcv, k, l) = TL_LANE(sl->wcg, k, l) = 0;
             }
-            sl->vs[k][l] = 0;
-            sl->wsv[k][l] = sl->wsg[k][l] = 0;
+            TL_LANE(sl->vs, k, l) = 0;
+            TL_LANE(sl->wsv, k, l) = TL_LANE(sl->wsg, k, l) = 0;
         }
         return;
     }
     tl_sel_weights(sel, b, 0, c->powers, w);
     for (ptrdiff_t k = 0; k < T; k++) {
-        sl->vc[k][l] = tl_sel_valid(sel, b, k) ? -1 : 0;
-        sl->wcv[k][l] = (TL_T)w[k];
-        sl->wcg[k][l] = (TL_T)(c->scale[0] * w[k]);
+        TL_LANE(sl->vc, k, l) = tl_sel_valid(sel, b, k) ? -1 : 0;
+        TL_LANE(sl->wcv, k, l) = (TL_T)w[k];
+        TL_LANE(sl->wcg, k, l) = (TL_T)(c->scale[0] * w[k]);
     }
     /* state k >= 1 is scored with control step k - 1; state 0 only with the shift */
-    sl->vs[0][l] = q->shift ? -1 : 0;
+    TL_LANE(sl->vs, 0, l) = q->shift ? -1 : 0;
     for (ptrdiff_t k = 1; k <= T; k++)
-        sl->vs[k][l] = sl->vc[k - 1][l];
+        TL_LANE(sl->vs, k, l) = TL_LANE(sl->vc, k - 1, l);
     if (q->shift) {
         tl_sel_weights(sel, b, 1, c->powers, w);
     } else { /* state k's weight is step k - 1's */
@@ -202,67 +230,66 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
         w[0] = 0.0;
     }
     for (ptrdiff_t k = 0; k <= T; k++) {
-        sl->wsv[k][l] = (TL_T)w[k];
-        sl->wsg[k][l] = (TL_T)(c->scale[1] * w[k]);
+        TL_LANE(sl->wsv, k, l) = (TL_T)w[k];
+        TL_LANE(sl->wsg, k, l) = (TL_T)(c->scale[1] * w[k]);
     }
 }
 
-/* The selection of the tile from b0 (b0 < 0: every sequence's, alike). */
+/* The selection of the tile from b0; b0 < 0: of a uniform selection, every
+ * lane sequence 0's. */
 static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t b0)
 {
-    for (int l = 0; l < TL_TILE; l++) {
-        if (b0 < 0 && l > 0) { /* a uniform selection: lane 0's everywhere */
-            for (ptrdiff_t k = 0; k <= q->T; k++) {
-                if (k < q->T) {
-                    sl->vc[k][l] = sl->vc[k][0];
-                    sl->wcv[k][l] = sl->wcv[k][0];
-                    sl->wcg[k][l] = sl->wcg[k][0];
-                }
-                sl->vs[k][l] = sl->vs[k][0];
-                sl->wsv[k][l] = sl->wsv[k][0];
-                sl->wsg[k][l] = sl->wsg[k][0];
-            }
-            sl->fin[l] = sl->fin[0];
-            continue;
-        }
-        TL_F(select_lane)(q, sl, l, b0 < 0 ? 0 : b0 + l);
-    }
-    TL_I kmax = 0;
     for (int l = 0; l < TL_TILE; l++)
-        kmax = sl->fin[l] > kmax ? sl->fin[l] : kmax;
-    sl->Kmax = (ptrdiff_t)kmax;
+        TL_F(select_lane)(q, sl, l, b0 < 0 ? 0 : b0 + l);
+    sl->Kmax = 0;
+    for (int l = 0; l < TL_TILE; l++) {
+        sl->Kmax = sl->K[l] > sl->Kmax ? sl->K[l] : sl->Kmax;
+        TL_LANE(sl->fin, 0, l) = (TL_I)sl->K[l];
+    }
     sl->ragged = 0;
     for (int l = 0; l < TL_TILE; l++)
-        sl->ragged |= sl->fin[l] != kmax;
+        sl->ragged |= sl->K[l] != sl->Kmax;
 }
 
 /* ---- the matrix-vector kernel ------------------------------------------ */
 
 /* out[i] = init[i] + sum_j a(i, j) a.z[j] + sum_j b(i, j) b.z[j] for the R
- * rows from i0; where `live` is given, lanes outside it keep init. */
+ * rows from i0 (tile values); where `live` is given, lanes outside it keep
+ * init. vec: the matrices are lane tables, else scalars to broadcast. */
 TL_INLINE void TL_F(mv_rows)(const int R, const int vec, ptrdiff_t i0, const V *init,
-                             const TL_F(mat_t) a, const TL_F(mat_t) b, const M *live,
+                             const TL_F(mat_t) *a, const TL_F(mat_t) *b, const M *live,
                              V *restrict out)
 {
-    V acc[8];
+    V acc[8][TL_P];
     for (int r = 0; r < R; r++)
-        acc[r] = init[i0 + r];
+        for (int h = 0; h < TL_P; h++)
+            acc[r][h] = init[(i0 + r) * TL_P + h];
     for (int t = 0; t < 2; t++) {
-        const TL_F(mat_t) *p = t == 0 ? &a : &b;
+        const TL_F(mat_t) *p = t == 0 ? a : b;
         for (ptrdiff_t j = 0; j < p->cols; j++) {
-            const V z = p->z[j];
+            const V *z = p->z + j * TL_P;
             for (int r = 0; r < R; r++) {
                 const ptrdiff_t e = (i0 + r) * p->rs + j * p->cs;
-                acc[r] += (vec ? p->v[e] : TL_F(splat)(p->s[e])) * z;
+                if (vec) {
+                    for (int h = 0; h < TL_P; h++)
+                        acc[r][h] += p->v[e * TL_P + h] * z[h];
+                } else { /* one broadcast of the scalar for the TL_P vectors */
+                    const TL_T coef = p->s[e];
+                    for (int h = 0; h < TL_P; h++)
+                        acc[r][h] += z[h] * coef;
+                }
             }
         }
     }
     for (int r = 0; r < R; r++)
-        out[i0 + r] = live != NULL ? TL_SEL(*live, acc[r], init[i0 + r]) : acc[r];
+        for (int h = 0; h < TL_P; h++) {
+            const ptrdiff_t o = (i0 + r) * TL_P + h;
+            out[o] = live != NULL ? TL_SEL(live[h], acc[r][h], init[o]) : acc[r][h];
+        }
 }
 
-TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F(mat_t) a,
-                        const TL_F(mat_t) b, const M *live, V *restrict out)
+TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F(mat_t) *a,
+                        const TL_F(mat_t) *b, const M *live, V *restrict out)
 {
     ptrdiff_t i = 0;
     if (TL_ROWS >= 8)
@@ -280,26 +307,29 @@ TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F
 /* ---- the forward pass ---------------------------------------------------- */
 
 /* The trajectory term at the tile's state k (in s->x): adds its value to the
- * sums and stores its derivative G_k. The masks of a uniform selection are
- * all ones: a select costs an AND, and one path serves every selection. */
+ * sums and stores its derivative G_k. */
 TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k)
 {
     const ptrdiff_t n = q->n;
-    V *G = s->G + k * n;
+    V *G = s->G + k * n * TL_P;
     if (!q->traj) {
-        for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
             G[i] = TL_F(splat)(0);
         return;
     }
     const TL_F(sel_t) *sl = s->sel;
+    const M *on = sl->vs + k * TL_P;
+    const V *wv = sl->wsv + k * TL_P, *wg = sl->wsg + k * TL_P;
     const TL_T *rs = q->rs + s->b0 * q->ss + k * n;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        const V r = s->x[i] - TL_F(gather)(rs + i, q->ss);
-        V d;
-        const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
-        TL_ACC(&q->sum[1], TL_KEEP(sl->vs[k], sl->wsv[k] * (q->sw[i] * e)));
-        G[i] = TL_KEEP(sl->vs[k], sl->wsg[k] * (q->sw[i] * d));
-    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int h = 0; h < TL_P; h++) {
+            const V r = s->x[i * TL_P + h] - TL_F(gather)(rs + i, q->ss, h);
+            V d;
+            const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
+            const V ve = TL_KEEP(on[h], wv[h] * (q->sw[i] * e));
+            TL_F(acc)(q->sum[1], h, &ve);
+            G[i * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->sw[i] * d));
+        }
 }
 
 /* x = x0 and the terms at state 0. */
@@ -309,11 +339,12 @@ TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s)
     if (!q->states)
         return;
     for (ptrdiff_t i = 0; i < n; i++)
-        s->x[i] = s->xf[i] = TL_F(gather)(q->x0 + s->b0 * n + i, n);
+        for (int h = 0; h < TL_P; h++)
+            s->x[i * TL_P + h] = s->xf[i * TL_P + h] = TL_F(gather)(q->x0 + s->b0 * n + i, n, h);
     if (q->shift) {
         TL_F(score_states)(q, s, 0);
     } else { /* an unscored state 0: its reference is never read */
-        for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
             s->G[i] = TL_F(splat)(0);
     }
 }
@@ -324,20 +355,26 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
     const ptrdiff_t n = q->n, m = q->m, su = q->su;
     const TL_F(sel_t) *sl = s->sel;
     const TL_T *u = q->u + s->b0 * su + k * m;
+    V *Gc = s->Gc + k * m * TL_P;
     for (ptrdiff_t j = 0; j < m; j++)
-        s->uk[j] = TL_F(gather)(u + j, su);
+        for (int h = 0; h < TL_P; h++)
+            s->uk[j * TL_P + h] = TL_F(gather)(u + j, su, h);
     if (q->ctl) {
+        const M *on = sl->vc + k * TL_P;
+        const V *wv = sl->wcv + k * TL_P, *wg = sl->wcg + k * TL_P;
         const TL_T *ru = q->ru + s->b0 * su + k * m;
-        for (ptrdiff_t j = 0; j < m; j++) {
-            const V r = s->uk[j] - TL_F(gather)(ru + j, su);
-            V d;
-            const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
-            TL_ACC(&q->sum[0], TL_KEEP(sl->vc[k], sl->wcv[k] * (q->fw[j] * e)));
-            s->Gc[k * m + j] = TL_KEEP(sl->vc[k], sl->wcg[k] * (q->fw[j] * d));
-        }
-    } else {
         for (ptrdiff_t j = 0; j < m; j++)
-            s->Gc[k * m + j] = TL_F(splat)(0);
+            for (int h = 0; h < TL_P; h++) {
+                const V r = s->uk[j * TL_P + h] - TL_F(gather)(ru + j, su, h);
+                V d;
+                const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
+                const V ve = TL_KEEP(on[h], wv[h] * (q->fw[j] * e));
+                TL_F(acc)(q->sum[0], h, &ve);
+                Gc[j * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->fw[j] * d));
+            }
+    } else {
+        for (ptrdiff_t j = 0; j < m * TL_P; j++)
+            Gc[j] = TL_F(splat)(0);
     }
     if (!q->states)
         return;
@@ -346,16 +383,17 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
     /* the controls first: they are ready before x_k, so only A_k x_k stands
      * on the chain from step to step */
     const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m, s->uk}, A = {s->Av, s->As, n, 1, n, s->x};
-    TL_F(mv)(vec, n, s->cv, B, A, NULL, s->xn);
+    TL_F(mv)(vec, n, s->cv, &B, &A, NULL, s->xn);
     V *t = s->x;
     s->x = s->xn;
     s->xn = t;
     TL_F(score_states)(q, s, k + 1);
-    if (q->term && sl->ragged) { /* keep each lane's final state */
-        const M final = (M)(sl->fin == (M){0} + (TL_I)(k + 1));
-        for (ptrdiff_t i = 0; i < n; i++)
-            s->xf[i] = TL_SEL(final, s->x[i], s->xf[i]);
-    }
+    if (q->term && sl->ragged) /* keep each lane's final state */
+        for (int h = 0; h < TL_P; h++) {
+            const M final = (M)(sl->fin[h] == TL_F(splat_i)(k + 1));
+            for (ptrdiff_t i = 0; i < n; i++)
+                s->xf[i * TL_P + h] = TL_SEL(final, s->x[i * TL_P + h], s->xf[i * TL_P + h]);
+        }
 }
 
 /* The terminal term at each lane's final valid state: adds to G there. */
@@ -365,37 +403,27 @@ TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
     const ptrdiff_t n = q->n, K = sl->Kmax, ss = q->ss;
     if (!q->term || K == 0)
         return;
-    if (!sl->ragged) { /* every lane ends at K, in s->x */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const V tgt = q->tgt != NULL ? TL_F(gather)(q->tgt + s->b0 * n + i, n)
-                                         : TL_F(gather)(q->rs + s->b0 * ss + K * n + i, ss);
-            const V r = s->x[i] - tgt;
-            V d;
+    /* lanes with no valid step are left out; targets gathered lane by lane */
+    const V *x = sl->ragged ? s->xf : s->x;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int h = 0; h < TL_P; h++) {
+            V tgt = TL_F(splat)(0), d;
+            for (int l = 0; l < TL_L; l++) {
+                const ptrdiff_t b = s->b0 + h * TL_L + l, Kl = sl->K[h * TL_L + l];
+                if (Kl > 0)
+                    tgt[l] = q->tgt != NULL ? q->tgt[b * n + i] : q->rs[b * ss + Kl * n + i];
+            }
+            const V r = x[i * TL_P + h] - tgt;
             const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
-            TL_ACC(&q->sum[2], q->sw[i] * e);
-            s->G[K * n + i] += (q->sf * q->sw[i]) * d;
+            const V gd = (q->sf * q->sw[i]) * d;
+            const V ve = TL_KEEP((M)(sl->fin[h] > TL_F(splat_i)(0)), q->sw[i] * e);
+            TL_F(acc)(q->sum[2], h, &ve);
+            for (int l = 0; l < TL_L; l++) {
+                const ptrdiff_t Kl = sl->K[h * TL_L + l];
+                if (Kl > 0)
+                    s->G[(Kl * n + i) * TL_P + h][l] += gd[l];
+            }
         }
-        return;
-    }
-    /* lanes end at different states: lane by lane, lanes with no valid step left out */
-    const M scored = (M)(sl->fin > (M){0});
-    for (ptrdiff_t i = 0; i < n; i++) {
-        V tgt = TL_F(splat)(0), d;
-        for (int l = 0; l < TL_TILE; l++) {
-            const ptrdiff_t b = s->b0 + l, Kl = (ptrdiff_t)sl->fin[l];
-            if (Kl > 0)
-                tgt[l] = q->tgt != NULL ? q->tgt[b * n + i] : q->rs[b * ss + Kl * n + i];
-        }
-        const V r = s->xf[i] - tgt;
-        const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
-        const V gd = (q->sf * q->sw[i]) * d;
-        TL_ACC(&q->sum[2], TL_KEEP(scored, q->sw[i] * e));
-        for (int l = 0; l < TL_TILE; l++) {
-            const ptrdiff_t Kl = (ptrdiff_t)sl->fin[l];
-            if (Kl > 0)
-                s->G[Kl * n + i][l] += gd[l];
-        }
-    }
 }
 
 /* ---- the backward pass ----------------------------------------------------- */
@@ -404,8 +432,8 @@ TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
 {
     const ptrdiff_t n = q->n, K = s->sel->Kmax;
     if (q->states)
-        for (ptrdiff_t i = 0; i < n; i++)
-            s->lam[i] = s->G[K * n + i];
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
+            s->lam[i] = s->G[K * n * TL_P + i];
 }
 
 /* Step k: grad u_k = Gc_k + B_k^T lam_{k+1} and lam_k = G_k + A_k^T lam_{k+1};
@@ -419,22 +447,24 @@ TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k
     if (!q->states) {
         if (gu != NULL)
             for (ptrdiff_t j = 0; j < m; j++)
-                TL_F(scatter)(&s->Gc[k * m + j], gu + j, su);
+                TL_F(scatter)(s->Gc + (k * m + j) * TL_P, gu + j, su);
         return;
     }
     if (q->a_tv | q->b_tv)
         TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1));
-    const M live = (M)((M){0} + (TL_I)k < sl->fin);
-    const M *lv = sl->ragged ? &live : NULL;
+    M live[TL_P];
+    for (int h = 0; h < TL_P; h++)
+        live[h] = (M)(TL_F(splat_i)(k) < sl->fin[h]);
+    const M *lv = sl->ragged ? live : NULL;
     const TL_F(mat_t) none = {NULL, NULL, 0, 0, 0, NULL};
     if (gu != NULL) {
         const TL_F(mat_t) Bt = {s->Bv, s->Bs, 1, m, n, s->lam};
-        TL_F(mv)(vec, m, s->Gc + k * m, Bt, none, lv, s->gu);
+        TL_F(mv)(vec, m, s->Gc + k * m * TL_P, &Bt, &none, lv, s->gu);
         for (ptrdiff_t j = 0; j < m; j++)
-            TL_F(scatter)(&s->gu[j], gu + j, su);
+            TL_F(scatter)(s->gu + j * TL_P, gu + j, su);
     }
     const TL_F(mat_t) At = {s->Av, s->As, 1, n, n, s->lam};
-    TL_F(mv)(vec, n, s->G + k * n, At, none, lv, s->ln);
+    TL_F(mv)(vec, n, s->G + k * n * TL_P, &At, &none, lv, s->ln);
     V *t = s->lam;
     s->lam = s->ln;
     s->ln = t;
@@ -444,10 +474,14 @@ TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k
 TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s)
 {
     const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel->Kmax;
-    const V zero = TL_F(splat)(0);
     if (q->gx != NULL)
-        for (ptrdiff_t i = 0; i < n; i++)
-            TL_F(scatter)(q->states ? &s->lam[i] : &zero, q->gx + s->b0 * n + i, n);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            if (q->states)
+                TL_F(scatter)(s->lam + i * TL_P, q->gx + s->b0 * n + i, n);
+            else
+                for (int l = 0; l < TL_TILE; l++)
+                    q->gx[(s->b0 + l) * n + i] = 0;
+        }
     if (q->gu != NULL && K < T)
         for (int l = 0; l < TL_TILE; l++)
             memset(q->gu + (s->b0 + l) * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
@@ -461,7 +495,7 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
     s->b0 = b0;
     if (!q->c->uniform)
         TL_F(select_tile)(q, &s->own, b0);
-    const unsigned fixed = TL_F(fields)(q->c->dyn, 1, 0);
+    const unsigned fixed = TL_F(fixed_fields)(q->c->dyn, 1);
     if (fixed != 0 && q->states)
         TL_F(mats_at)(q, s, 0, fixed);
 }
@@ -556,41 +590,41 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     for (ptrdiff_t j = 0; j < m; j++)
         q->fw[j] = spec->feature_weights != NULL ? (TL_T)spec->feature_weights[j] : 1;
 
+    /* the slots, in tile values (TL_P vectors) from a 64-byte boundary */
     V *v = (V *)tl_tile_align(work + lay.doubles - 2 * TL_TILE);
     for (int i = 0; i < 2; i++) {
         TL_F(slot_t) *s = &q->slot[i];
         s->own.vc = (M *)v;
-        s->own.vs = s->own.vc + T;
-        s->own.wcv = (V *)(s->own.vs + T + 1);
-        s->own.wcg = s->own.wcv + T;
-        s->own.wsv = s->own.wcg + T;
-        s->own.wsg = s->own.wsv + T + 1;
-        s->G = s->own.wsg + T + 1;
-        s->Gc = s->G + (T + 1) * n;
-        s->x = s->Gc + T * m;
-        s->xn = s->x + n;
-        s->xf = s->xn + n;
-        s->lam = s->xf + n;
-        s->ln = s->lam + n;
-        s->tgt = s->ln + n;
-        s->cv = s->tgt + n;
-        s->uk = s->cv + n;
-        s->gu = s->uk + m;
-        s->Av = s->gu + m;
-        s->Bv = s->Av + n * n;
+        s->own.vs = s->own.vc + T * TL_P;
+        s->own.wcv = (V *)(s->own.vs + (T + 1) * TL_P);
+        s->own.wcg = s->own.wcv + T * TL_P;
+        s->own.wsv = s->own.wcg + T * TL_P;
+        s->own.wsg = s->own.wsv + (T + 1) * TL_P;
+        s->G = s->own.wsg + (T + 1) * TL_P;
+        s->Gc = s->G + (T + 1) * n * TL_P;
+        s->x = s->Gc + T * m * TL_P;
+        s->xn = s->x + n * TL_P;
+        s->xf = s->xn + n * TL_P;
+        s->lam = s->xf + n * TL_P;
+        s->ln = s->lam + n * TL_P;
+        s->cv = s->ln + n * TL_P;
+        s->uk = s->cv + n * TL_P;
+        s->gu = s->uk + m * TL_P;
+        s->Av = s->gu + m * TL_P;
+        s->Bv = s->Av + n * n * TL_P;
         s->As = (TL_T *)s->Av;
         s->Bs = s->As + n * n;
-        v += lay.slot;
         s->sel = &s->own;
+        v += lay.slot * TL_P;
     }
     if (c->uniform) { /* one selection for every tile, in slot 0's room */
         TL_F(select_tile)(q, &q->slot[0].own, -1);
         q->slot[1].sel = &q->slot[0].own;
     }
-    const unsigned fixed = TL_F(fields)(d, 0, 0);
+    const unsigned fixed = TL_F(fixed_fields)(d, 0);
     for (int i = 0; i < 2; i++) {
         TL_F(slot_t) *s = &q->slot[i];
-        for (ptrdiff_t k = 0; k < n; k++)
+        for (ptrdiff_t k = 0; k < n * TL_P; k++)
             s->cv[k] = TL_F(splat)(0);
         s->b0 = 0;
         if (q->states)
@@ -608,14 +642,20 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
         TL_F(run_lanes)(&q, b0, tiles);
     else
         TL_F(run_shared)(&q, b0, tiles);
+    /* the lanes' sums in lane order */
     for (int i = 0; i < 3; i++) {
         double s = 0.0;
-        for (int l = 0; l < TL_TILE; l++)
-            s += q.sum[i][l];
+        for (int k = 0; k < (int)(sizeof q.sum[i] / sizeof q.sum[i][0]); k++)
+            for (int l = 0; l < (int)(sizeof q.sum[i][0] / sizeof(double)); l++)
+                s += q.sum[i][k][l];
         sums[i] += s;
     }
 }
 
 #undef TL_ROWS
+#undef TL_L
+#undef TL_P
+#undef TL_Q
 #undef V
 #undef M
+#undef H
