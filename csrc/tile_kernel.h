@@ -73,8 +73,25 @@ TL_INLINE M TL_F(splat_i)(ptrdiff_t x)
 #define TL_SEL(mask, a, b) ((V)(((M)(a) & (mask)) | ((M)(b) & ~(mask))))
 #define TL_KEEP(mask, a) ((V)((M)(a) & (mask)))
 
-/* Lane l of tile value e of buf. */
-#define TL_LANE(buf, e, l) ((buf)[(e) * TL_P + (l) / TL_L][(l) % TL_L])
+/* Lane l of tile value e of a buffer of tile values (element e TL_TILE + l
+ * of it as an array), written and read as a scalar: memcpy, as a store into
+ * a vector's lane may become a load, an insert and a store of the vector. */
+TL_INLINE void TL_F(put)(V *buf, ptrdiff_t e, int l, TL_T x)
+{
+    memcpy((char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, &x, sizeof x);
+}
+
+TL_INLINE void TL_F(put_i)(M *buf, ptrdiff_t e, int l, TL_I x)
+{
+    memcpy((char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, &x, sizeof x);
+}
+
+TL_INLINE TL_T TL_F(get)(const V *buf, ptrdiff_t e, int l)
+{
+    TL_T x;
+    memcpy(&x, (const char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, sizeof x);
+    return x;
+}
 
 /* Vector h of a tile value from p[0], p[stride], ..., p[7 stride]; and back. */
 TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride, int h)
@@ -165,7 +182,7 @@ static void TL_F(field_at)(const tl_field *f, ptrdiff_t len, ptrdiff_t b0, ptrdi
     }
     for (ptrdiff_t i = 0; i < len; i++)
         for (int l = 0; l < TL_TILE; l++)
-            TL_LANE(vt, i, l) = (TL_T)p[l * f->batch_stride + i];
+            TL_F(put)(vt, i, l, (TL_T)p[l * f->batch_stride + i]);
 }
 
 /* The slot's matrices at step k, those of `which` (bits 1 A, 2 B, 4 c). */
@@ -205,24 +222,26 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
     if (span.count == 0) {
         for (ptrdiff_t k = 0; k <= T; k++) {
             if (k < T) {
-                TL_LANE(sl->vc, k, l) = 0;
-                TL_LANE(sl->wcv, k, l) = TL_LANE(sl->wcg, k, l) = 0;
+                TL_F(put_i)(sl->vc, k, l, 0);
+                TL_F(put)(sl->wcv, k, l, 0);
+                TL_F(put)(sl->wcg, k, l, 0);
             }
-            TL_LANE(sl->vs, k, l) = 0;
-            TL_LANE(sl->wsv, k, l) = TL_LANE(sl->wsg, k, l) = 0;
+            TL_F(put_i)(sl->vs, k, l, 0);
+            TL_F(put)(sl->wsv, k, l, 0);
+            TL_F(put)(sl->wsg, k, l, 0);
         }
         return;
     }
     tl_sel_weights(sel, b, 0, c->powers, w);
-    for (ptrdiff_t k = 0; k < T; k++) {
-        TL_LANE(sl->vc, k, l) = tl_sel_valid(sel, b, k) ? -1 : 0;
-        TL_LANE(sl->wcv, k, l) = (TL_T)w[k];
-        TL_LANE(sl->wcg, k, l) = (TL_T)(c->scale[0] * w[k]);
-    }
     /* state k >= 1 is scored with control step k - 1; state 0 only with the shift */
-    TL_LANE(sl->vs, 0, l) = q->shift ? -1 : 0;
-    for (ptrdiff_t k = 1; k <= T; k++)
-        TL_LANE(sl->vs, k, l) = TL_LANE(sl->vc, k - 1, l);
+    TL_F(put_i)(sl->vs, 0, l, q->shift ? -1 : 0);
+    for (ptrdiff_t k = 0; k < T; k++) {
+        const TL_I valid = tl_sel_valid(sel, b, k) ? -1 : 0;
+        TL_F(put_i)(sl->vc, k, l, valid);
+        TL_F(put_i)(sl->vs, k + 1, l, valid);
+        TL_F(put)(sl->wcv, k, l, (TL_T)w[k]);
+        TL_F(put)(sl->wcg, k, l, (TL_T)(c->scale[0] * w[k]));
+    }
     if (q->shift) {
         tl_sel_weights(sel, b, 1, c->powers, w);
     } else { /* state k's weight is step k - 1's */
@@ -230,8 +249,8 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
         w[0] = 0.0;
     }
     for (ptrdiff_t k = 0; k <= T; k++) {
-        TL_LANE(sl->wsv, k, l) = (TL_T)w[k];
-        TL_LANE(sl->wsg, k, l) = (TL_T)(c->scale[1] * w[k]);
+        TL_F(put)(sl->wsv, k, l, (TL_T)w[k]);
+        TL_F(put)(sl->wsg, k, l, (TL_T)(c->scale[1] * w[k]));
     }
 }
 
@@ -244,7 +263,7 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
     sl->Kmax = 0;
     for (int l = 0; l < TL_TILE; l++) {
         sl->Kmax = sl->K[l] > sl->Kmax ? sl->K[l] : sl->Kmax;
-        TL_LANE(sl->fin, 0, l) = (TL_I)sl->K[l];
+        TL_F(put_i)(sl->fin, 0, l, (TL_I)sl->K[l]);
     }
     sl->ragged = 0;
     for (int l = 0; l < TL_TILE; l++)
@@ -421,7 +440,8 @@ TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
             for (int l = 0; l < TL_L; l++) {
                 const ptrdiff_t Kl = sl->K[h * TL_L + l];
                 if (Kl > 0)
-                    s->G[(Kl * n + i) * TL_P + h][l] += gd[l];
+                    TL_F(put)(s->G, Kl * n + i, h * TL_L + l,
+                              TL_F(get)(s->G, Kl * n + i, h * TL_L + l) + gd[l]);
             }
         }
 }
