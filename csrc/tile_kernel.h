@@ -96,9 +96,11 @@ TL_INLINE TL_T TL_F(get)(const V *buf, ptrdiff_t e, int l)
 /* Vector h of a tile value from p[0], p[stride], ..., p[7 stride]; and back. */
 TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride, int h)
 {
-    V v;
+    TL_T a[TL_L];
     for (int l = 0; l < TL_L; l++)
-        v[l] = p[(h * TL_L + l) * stride];
+        a[l] = p[(h * TL_L + l) * stride];
+    V v;
+    memcpy(&v, a, sizeof v);
     return v;
 }
 
