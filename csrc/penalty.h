@@ -57,11 +57,11 @@ static inline double tl_rho(tl_penalty penalty, double delta, double r, double *
                                                         const V *rp, V *drho)                 \
     {                                                                                         \
         const V r = *rp;                                                                      \
-        const V zero = {0}, one = zero + (T)1, half = zero + (T)0.5, d = zero + delta;        \
         if (penalty == TL_PENALTY_MSE) {                                                      \
             *drho = r + r;                                                                    \
             return r * r;                                                                     \
         }                                                                                     \
+        const V zero = {0}, one = zero + (T)1, half = zero + (T)0.5, d = zero + delta;        \
         const M pos = (M)(r > zero), neg = (M)(r < zero), nan = (M)(r != r);                 \
         const V abs_r = (V)((M)r & ~(M)(-zero)); /* -zero: the sign bit alone */             \
         /* sign(r): 1, -1, or 0 at 0 and NaN; a NaN lane then takes r itself */              \

@@ -56,16 +56,16 @@ typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
 
 /*
  * The scratch of one kernel call, in the units the kernels carve it in:
- * `doubles` of its own (the time weights of one sequence and the state and
- * feature weights), then, from a 64-byte boundary, two slots (tiles in
- * flight) of `slot` vectors of TL_TILE elements each:
+ * `doubles` of its own (the time weights of one sequence, the state and
+ * feature weights, room to align), then, from a 64-byte boundary, `slot`
+ * tile values (TL_TILE elements each) for the tile being computed:
  *   selection   6 T + 3   masks of the valid control steps (T) and of the
  *                         states scored (T + 1), and their value and
  *                         gradient weights (2 T + 2 (T + 1))
  *   G, Gc       (T+1) n + T m   the penalty derivatives of states, controls
- *   registers   7 n + 2 m       x, its successor, the final state, lambda,
- *                               its predecessor, a target, the offset; a
- *                               control, a control gradient
+ *   registers   6 n + 2 m       x, its successor, the final state, lambda,
+ *                               its predecessor, the offset; a control, a
+ *                               control gradient
  *   matrices    n (n + m)       A and B of the step, laid out for the tile
  */
 typedef struct {
@@ -79,7 +79,7 @@ static int tl_tile_layout_of(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T, tl_tile_layo
     l->slot = 0;
     return tl_add_product(&l->doubles, 1, S + 2 + N + Mu + 2 * TL_TILE) &&
            tl_add_product(&l->slot, 6, S + 1) && tl_add_product(&l->slot, S + 1, N) &&
-           tl_add_product(&l->slot, S, Mu) && tl_add_product(&l->slot, 7, N) &&
+           tl_add_product(&l->slot, S, Mu) && tl_add_product(&l->slot, 6, N) &&
            tl_add_product(&l->slot, 2, Mu) && tl_add_product(&l->slot, N, N + Mu);
 }
 
@@ -125,7 +125,7 @@ size_t tl_tile_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T)
     size_t total = 0;
     if (n < 1 || m < 1 || n > TL_TILE_MAX_DIM || m > TL_TILE_MAX_DIM || T < 0 ||
         !tl_tile_layout_of(n, m, T, &l) || !tl_add_product(&total, 1, l.doubles) ||
-        !tl_add_product(&total, 2 * TL_TILE, l.slot))
+        !tl_add_product(&total, TL_TILE, l.slot))
         return 0;
     return total;
 }

@@ -33,10 +33,6 @@
  * multiplied by 0 (0 * NaN is NaN): padding of any value never changes a
  * result, and lam stays exactly 0 after a lane's last state. A uniform
  * selection has masks of all ones: one path serves every selection.
- *
- * Two tiles are in flight: the forward pass of one runs in the same loop as
- * the backward pass of the one before, so the step-to-step chains of small
- * systems (each step waits for the last) overlap.
  */
 
 #define V TL_F(vec)
@@ -135,10 +131,10 @@ typedef struct {
     int ragged;            /* do lanes end at different states? */
 } TL_F(sel_t);
 
-/* A tile in flight: its selection, derivatives, registers and matrices. */
+/* The tile being computed: its selection, derivatives, registers and matrices. */
 typedef struct {
     ptrdiff_t b0;
-    TL_F(sel_t) own, *sel; /* sel: own, or the call's when every lane is alike */
+    TL_F(sel_t) own, *sel;
     V *G, *Gc;             /* (T+1) n and T m tile values */
     V *x, *xn, *xf, *lam, *ln, *cv; /* n each */
     V *uk, *gu;            /* m each */
@@ -167,7 +163,7 @@ typedef struct {
     TL_T *gu, *gx;
     TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
     double *row;                    /* T + 2: one sequence's time weights */
-    TL_F(slot_t) slot[2];
+    TL_F(slot_t) slot;
     tl_tile_dv sum[3][TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES];
 } TL_F(call_t);
 
@@ -522,35 +518,26 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
         TL_F(mats_at)(q, s, 0, fixed);
 }
 
-/* `tiles` tiles from b0, the forward pass of tile t beside the backward
- * pass of tile t - 1 (when a gradient is wanted). vec: the matrices are in
- * lane layout (a constant: the kernel is compiled for each). */
+/* `tiles` tiles from b0, each through its forward pass and then (when a
+ * gradient is wanted) its backward pass. vec: the matrices are in lane
+ * layout (a constant: the kernel is compiled for each). */
 TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const int vec)
 {
+    TL_F(slot_t) *s = &q->slot;
     const int grads = q->gu != NULL || q->gx != NULL;
-    for (ptrdiff_t t = 0; t <= tiles; t++) {
-        TL_F(slot_t) *f = t < tiles ? &q->slot[t & 1] : NULL;
-        TL_F(slot_t) *b = t > 0 && grads ? &q->slot[(t - 1) & 1] : NULL;
-        ptrdiff_t Kf = 0, Kb = 0;
-        if (f != NULL) {
-            TL_F(tile_begin)(q, f, b0 + t * TL_TILE);
-            TL_F(forward_begin)(q, f);
-            Kf = f->sel->Kmax;
-        }
-        if (b != NULL) {
-            TL_F(backward_begin)(q, b);
-            Kb = b->sel->Kmax;
-        }
-        for (ptrdiff_t i = 0; i < Kf || i < Kb; i++) {
-            if (i < Kf)
-                TL_F(forward_step)(q, f, i, vec);
-            if (i < Kb)
-                TL_F(backward_step)(q, b, Kb - 1 - i, vec);
-        }
-        if (f != NULL)
-            TL_F(forward_end)(q, f);
-        if (b != NULL)
-            TL_F(backward_end)(q, b);
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
+        const ptrdiff_t K = s->sel->Kmax;
+        TL_F(forward_begin)(q, s);
+        for (ptrdiff_t k = 0; k < K; k++)
+            TL_F(forward_step)(q, s, k, vec);
+        TL_F(forward_end)(q, s);
+        if (!grads)
+            continue;
+        TL_F(backward_begin)(q, s);
+        for (ptrdiff_t k = K - 1; k >= 0; k--)
+            TL_F(backward_step)(q, s, k, vec);
+        TL_F(backward_end)(q, s);
     }
 }
 
@@ -612,46 +599,37 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     for (ptrdiff_t j = 0; j < m; j++)
         q->fw[j] = spec->feature_weights != NULL ? (TL_T)spec->feature_weights[j] : 1;
 
-    /* the slots, in tile values (TL_P vectors) from a 64-byte boundary */
+    /* the tile's room, in tile values (TL_P vectors) from a 64-byte boundary */
     V *v = (V *)tl_tile_align(work + lay.doubles - 2 * TL_TILE);
-    for (int i = 0; i < 2; i++) {
-        TL_F(slot_t) *s = &q->slot[i];
-        s->own.vc = (M *)v;
-        s->own.vs = s->own.vc + T * TL_P;
-        s->own.wcv = (V *)(s->own.vs + (T + 1) * TL_P);
-        s->own.wcg = s->own.wcv + T * TL_P;
-        s->own.wsv = s->own.wcg + T * TL_P;
-        s->own.wsg = s->own.wsv + (T + 1) * TL_P;
-        s->G = s->own.wsg + (T + 1) * TL_P;
-        s->Gc = s->G + (T + 1) * n * TL_P;
-        s->x = s->Gc + T * m * TL_P;
-        s->xn = s->x + n * TL_P;
-        s->xf = s->xn + n * TL_P;
-        s->lam = s->xf + n * TL_P;
-        s->ln = s->lam + n * TL_P;
-        s->cv = s->ln + n * TL_P;
-        s->uk = s->cv + n * TL_P;
-        s->gu = s->uk + m * TL_P;
-        s->Av = s->gu + m * TL_P;
-        s->Bv = s->Av + n * n * TL_P;
-        s->As = (TL_T *)s->Av;
-        s->Bs = s->As + n * n;
-        s->sel = &s->own;
-        v += lay.slot * TL_P;
-    }
-    if (c->uniform) { /* one selection for every tile, in slot 0's room */
-        TL_F(select_tile)(q, &q->slot[0].own, -1);
-        q->slot[1].sel = &q->slot[0].own;
-    }
-    const unsigned fixed = TL_F(fixed_fields)(d, 0);
-    for (int i = 0; i < 2; i++) {
-        TL_F(slot_t) *s = &q->slot[i];
-        for (ptrdiff_t k = 0; k < n * TL_P; k++)
-            s->cv[k] = TL_F(splat)(0);
-        s->b0 = 0;
-        if (q->states)
-            TL_F(mats_at)(q, s, 0, fixed);
-    }
+    TL_F(slot_t) *s = &q->slot;
+    s->own.vc = (M *)v;
+    s->own.vs = s->own.vc + T * TL_P;
+    s->own.wcv = (V *)(s->own.vs + (T + 1) * TL_P);
+    s->own.wcg = s->own.wcv + T * TL_P;
+    s->own.wsv = s->own.wcg + T * TL_P;
+    s->own.wsg = s->own.wsv + (T + 1) * TL_P;
+    s->G = s->own.wsg + (T + 1) * TL_P;
+    s->Gc = s->G + (T + 1) * n * TL_P;
+    s->x = s->Gc + T * m * TL_P;
+    s->xn = s->x + n * TL_P;
+    s->xf = s->xn + n * TL_P;
+    s->lam = s->xf + n * TL_P;
+    s->ln = s->lam + n * TL_P;
+    s->cv = s->ln + n * TL_P;
+    s->uk = s->cv + n * TL_P;
+    s->gu = s->uk + m * TL_P;
+    s->Av = s->gu + m * TL_P;
+    s->Bv = s->Av + n * n * TL_P;
+    s->As = (TL_T *)s->Av;
+    s->Bs = s->As + n * n;
+    s->sel = &s->own;
+    if (c->uniform) /* one selection for every tile */
+        TL_F(select_tile)(q, &s->own, -1);
+    for (ptrdiff_t k = 0; k < n * TL_P; k++)
+        s->cv[k] = TL_F(splat)(0);
+    s->b0 = 0;
+    if (q->states) /* the matrices shared by the batch and fixed in time */
+        TL_F(mats_at)(q, s, 0, TL_F(fixed_fields)(d, 0));
 }
 
 static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
