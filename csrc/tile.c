@@ -11,7 +11,7 @@
  * tl_tile_pick_<isa>; only the baseline build defines the engine.h calls.
  *
  * Where it applies (tl_tile_kernel): linear systems of every form -- shared,
- * per sample, time-varying, with or without offset -- with n, m <= 
+ * per sample, time-varying, with or without offset -- with n, m <=
  * TL_TILE_MAX_DIM and at least one step. Larger systems, and the rest, run
  * through the reference kernel tl_loss_seq.
  */

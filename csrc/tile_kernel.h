@@ -134,7 +134,7 @@ typedef struct {
 /* The tile being computed: its selection, derivatives, registers and matrices. */
 typedef struct {
     ptrdiff_t b0;
-    TL_F(sel_t) own, *sel;
+    TL_F(sel_t) sel;
     V *G, *Gc;             /* (T+1) n and T m tile values */
     V *x, *xn, *xf, *lam, *ln, *cv; /* n each */
     V *uk, *gu;            /* m each */
@@ -334,7 +334,7 @@ TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k)
             G[i] = TL_F(splat)(0);
         return;
     }
-    const TL_F(sel_t) *sl = s->sel;
+    const TL_F(sel_t) *sl = &s->sel;
     const M *on = sl->vs + k * TL_P;
     const V *wv = sl->wsv + k * TL_P, *wg = sl->wsg + k * TL_P;
     const TL_T *rs = q->rs + s->b0 * q->ss + k * n;
@@ -370,7 +370,7 @@ TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s)
 TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
 {
     const ptrdiff_t n = q->n, m = q->m, su = q->su;
-    const TL_F(sel_t) *sl = s->sel;
+    const TL_F(sel_t) *sl = &s->sel;
     const TL_T *u = q->u + s->b0 * su + k * m;
     V *Gc = s->Gc + k * m * TL_P;
     for (ptrdiff_t j = 0; j < m; j++)
@@ -416,7 +416,7 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
 /* The terminal term at each lane's final valid state: adds to G there. */
 TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
 {
-    const TL_F(sel_t) *sl = s->sel;
+    const TL_F(sel_t) *sl = &s->sel;
     const ptrdiff_t n = q->n, K = sl->Kmax, ss = q->ss;
     if (!q->term || K == 0)
         return;
@@ -448,7 +448,7 @@ TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
 
 TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
 {
-    const ptrdiff_t n = q->n, K = s->sel->Kmax;
+    const ptrdiff_t n = q->n, K = s->sel.Kmax;
     if (q->states)
         for (ptrdiff_t i = 0; i < n * TL_P; i++)
             s->lam[i] = s->G[K * n * TL_P + i];
@@ -460,7 +460,7 @@ TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
 TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
 {
     const ptrdiff_t n = q->n, m = q->m, su = q->su;
-    const TL_F(sel_t) *sl = s->sel;
+    const TL_F(sel_t) *sl = &s->sel;
     TL_T *gu = q->gu != NULL ? q->gu + s->b0 * su + k * m : NULL;
     if (!q->states) {
         if (gu != NULL)
@@ -491,7 +491,7 @@ TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k
 /* grad x0 = lam_0, and zero gradients after the tile's last step. */
 TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s)
 {
-    const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel->Kmax;
+    const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel.Kmax;
     if (q->gx != NULL)
         for (ptrdiff_t i = 0; i < n; i++) {
             if (q->states)
@@ -512,7 +512,7 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
 {
     s->b0 = b0;
     if (!q->c->uniform)
-        TL_F(select_tile)(q, &s->own, b0);
+        TL_F(select_tile)(q, &s->sel, b0);
     const unsigned fixed = TL_F(fixed_fields)(q->c->dyn, 1);
     if (fixed != 0 && q->states)
         TL_F(mats_at)(q, s, 0, fixed);
@@ -527,7 +527,7 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const i
     const int grads = q->gu != NULL || q->gx != NULL;
     for (ptrdiff_t t = 0; t < tiles; t++) {
         TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
-        const ptrdiff_t K = s->sel->Kmax;
+        const ptrdiff_t K = s->sel.Kmax;
         TL_F(forward_begin)(q, s);
         for (ptrdiff_t k = 0; k < K; k++)
             TL_F(forward_step)(q, s, k, vec);
@@ -602,13 +602,13 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     /* the tile's room, in tile values (TL_P vectors) from a 64-byte boundary */
     V *v = (V *)tl_tile_align(work + lay.doubles - 2 * TL_TILE);
     TL_F(slot_t) *s = &q->slot;
-    s->own.vc = (M *)v;
-    s->own.vs = s->own.vc + T * TL_P;
-    s->own.wcv = (V *)(s->own.vs + (T + 1) * TL_P);
-    s->own.wcg = s->own.wcv + T * TL_P;
-    s->own.wsv = s->own.wcg + T * TL_P;
-    s->own.wsg = s->own.wsv + (T + 1) * TL_P;
-    s->G = s->own.wsg + (T + 1) * TL_P;
+    s->sel.vc = (M *)v;
+    s->sel.vs = s->sel.vc + T * TL_P;
+    s->sel.wcv = (V *)(s->sel.vs + (T + 1) * TL_P);
+    s->sel.wcg = s->sel.wcv + T * TL_P;
+    s->sel.wsv = s->sel.wcg + T * TL_P;
+    s->sel.wsg = s->sel.wsv + (T + 1) * TL_P;
+    s->G = s->sel.wsg + (T + 1) * TL_P;
     s->Gc = s->G + (T + 1) * n * TL_P;
     s->x = s->Gc + T * m * TL_P;
     s->xn = s->x + n * TL_P;
@@ -622,9 +622,8 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     s->Bv = s->Av + n * n * TL_P;
     s->As = (TL_T *)s->Av;
     s->Bs = s->As + n * n;
-    s->sel = &s->own;
     if (c->uniform) /* one selection for every tile */
-        TL_F(select_tile)(q, &s->own, -1);
+        TL_F(select_tile)(q, &s->sel, -1);
     for (ptrdiff_t k = 0; k < n * TL_P; k++)
         s->cv[k] = TL_F(splat)(0);
     s->b0 = 0;
