@@ -270,6 +270,29 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
 
 /* ---- the matrix-vector kernel ------------------------------------------ */
 
+/* acc[r] += sum_j p(i0 + r, j) p.z[j] for r < R. */
+TL_INLINE void TL_F(mv_add)(const int R, const int vec, ptrdiff_t i0, const TL_F(mat_t) *p,
+                            V acc[][TL_P])
+{
+    const ptrdiff_t cols = p->cols, rs = p->rs, cs = p->cs;
+    const V *z = p->z;
+    if (vec) {
+        const V *c = p->v + i0 * rs * TL_P;
+        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs * TL_P)
+            for (int r = 0; r < R; r++)
+                for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += c[r * rs * TL_P + h] * z[h];
+    } else { /* one broadcast of each scalar for the TL_P vectors */
+        const TL_T *c = p->s + i0 * rs;
+        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs)
+            for (int r = 0; r < R; r++) {
+                const TL_T coef = c[r * rs];
+                for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += z[h] * coef;
+            }
+    }
+}
+
 /* out[i] = init[i] + sum_j a(i, j) a.z[j] + sum_j b(i, j) b.z[j] for the R
  * rows from i0 (tile values); where `live` is given, lanes outside it keep
  * init. vec: the matrices are lane tables, else scalars to broadcast. */
@@ -281,23 +304,8 @@ TL_INLINE void TL_F(mv_rows)(const int R, const int vec, ptrdiff_t i0, const V *
     for (int r = 0; r < R; r++)
         for (int h = 0; h < TL_P; h++)
             acc[r][h] = init[(i0 + r) * TL_P + h];
-    for (int t = 0; t < 2; t++) {
-        const TL_F(mat_t) *p = t == 0 ? a : b;
-        for (ptrdiff_t j = 0; j < p->cols; j++) {
-            const V *z = p->z + j * TL_P;
-            for (int r = 0; r < R; r++) {
-                const ptrdiff_t e = (i0 + r) * p->rs + j * p->cs;
-                if (vec) {
-                    for (int h = 0; h < TL_P; h++)
-                        acc[r][h] += p->v[e * TL_P + h] * z[h];
-                } else { /* one broadcast of the scalar for the TL_P vectors */
-                    const TL_T coef = p->s[e];
-                    for (int h = 0; h < TL_P; h++)
-                        acc[r][h] += z[h] * coef;
-                }
-            }
-        }
-    }
+    TL_F(mv_add)(R, vec, i0, a, acc);
+    TL_F(mv_add)(R, vec, i0, b, acc);
     for (int r = 0; r < R; r++)
         for (int h = 0; h < TL_P; h++) {
             const ptrdiff_t o = (i0 + r) * TL_P + h;
@@ -325,7 +333,8 @@ TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F
 
 /* The trajectory term at the tile's state k (in s->x): adds its value to the
  * sums and stores its derivative G_k. */
-TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k)
+TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
+                                  const int mse)
 {
     const ptrdiff_t n = q->n;
     V *G = s->G + k * n * TL_P;
@@ -342,7 +351,7 @@ TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k)
         for (int h = 0; h < TL_P; h++) {
             const V r = s->x[i * TL_P + h] - TL_F(gather)(rs + i, q->ss, h);
             V d;
-            const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
+            const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
             const V ve = TL_KEEP(on[h], wv[h] * (q->sw[i] * e));
             TL_F(acc)(q->sum[1], h, &ve);
             G[i * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->sw[i] * d));
@@ -350,7 +359,7 @@ TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k)
 }
 
 /* x = x0 and the terms at state 0. */
-TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s)
+TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, const int mse)
 {
     const ptrdiff_t n = q->n;
     if (!q->states)
@@ -359,7 +368,7 @@ TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s)
         for (int h = 0; h < TL_P; h++)
             s->x[i * TL_P + h] = s->xf[i * TL_P + h] = TL_F(gather)(q->x0 + s->b0 * n + i, n, h);
     if (q->shift) {
-        TL_F(score_states)(q, s, 0);
+        TL_F(score_states)(q, s, 0, mse);
     } else { /* an unscored state 0: its reference is never read */
         for (ptrdiff_t i = 0; i < n * TL_P; i++)
             s->G[i] = TL_F(splat)(0);
@@ -367,7 +376,8 @@ TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s)
 }
 
 /* Control step k: its penalty, then x = x_{k+1} and the terms there. */
-TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
+TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec,
+                                  const int mse)
 {
     const ptrdiff_t n = q->n, m = q->m, su = q->su;
     const TL_F(sel_t) *sl = &s->sel;
@@ -384,7 +394,7 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
             for (int h = 0; h < TL_P; h++) {
                 const V r = s->uk[j * TL_P + h] - TL_F(gather)(ru + j, su, h);
                 V d;
-                const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
+                const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
                 const V ve = TL_KEEP(on[h], wv[h] * (q->fw[j] * e));
                 TL_F(acc)(q->sum[0], h, &ve);
                 Gc[j * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->fw[j] * d));
@@ -404,7 +414,7 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
     V *t = s->x;
     s->x = s->xn;
     s->xn = t;
-    TL_F(score_states)(q, s, k + 1);
+    TL_F(score_states)(q, s, k + 1, mse);
     if (q->term && sl->ragged) /* keep each lane's final state */
         for (int h = 0; h < TL_P; h++) {
             const M final = (M)(sl->fin[h] == TL_F(splat_i)(k + 1));
@@ -519,18 +529,20 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
 }
 
 /* `tiles` tiles from b0, each through its forward pass and then (when a
- * gradient is wanted) its backward pass. vec: the matrices are in lane
- * layout (a constant: the kernel is compiled for each). */
-TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const int vec)
+ * gradient is wanted) its backward pass. Constants, each a version of the
+ * kernel: vec, the matrices are in lane layout; mse, the penalty is the
+ * squared error (else the compiler computes every penalty and selects). */
+TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const int vec,
+                         const int mse)
 {
     TL_F(slot_t) *s = &q->slot;
     const int grads = q->gu != NULL || q->gx != NULL;
     for (ptrdiff_t t = 0; t < tiles; t++) {
         TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
         const ptrdiff_t K = s->sel.Kmax;
-        TL_F(forward_begin)(q, s);
+        TL_F(forward_begin)(q, s, mse);
         for (ptrdiff_t k = 0; k < K; k++)
-            TL_F(forward_step)(q, s, k, vec);
+            TL_F(forward_step)(q, s, k, vec, mse);
         TL_F(forward_end)(q, s);
         if (!grads)
             continue;
@@ -543,12 +555,22 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const i
 
 static void TL_F(run_shared)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
 {
-    TL_F(run)(q, b0, tiles, 0);
+    TL_F(run)(q, b0, tiles, 0, 0);
 }
 
 static void TL_F(run_lanes)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
 {
-    TL_F(run)(q, b0, tiles, 1);
+    TL_F(run)(q, b0, tiles, 1, 0);
+}
+
+static void TL_F(run_shared_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 0, 1);
+}
+
+static void TL_F(run_lanes_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 1, 1);
 }
 
 /* ---- the kernel ----------------------------------------------------------------- */
@@ -637,10 +659,10 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
     TL_F(call_t) q;
     TL_F(call_init)(&q, c, work);
     const ptrdiff_t tiles = count / TL_TILE;
-    if (q.vec)
-        TL_F(run_lanes)(&q, b0, tiles);
+    if (q.pen == TL_PENALTY_MSE)
+        (q.vec ? TL_F(run_lanes_mse) : TL_F(run_shared_mse))(&q, b0, tiles);
     else
-        TL_F(run_shared)(&q, b0, tiles);
+        (q.vec ? TL_F(run_lanes) : TL_F(run_shared))(&q, b0, tiles);
     /* the lanes' sums in lane order */
     for (int i = 0; i < 3; i++) {
         double s = 0.0;
