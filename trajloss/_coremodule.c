@@ -622,10 +622,13 @@ static PyArrayObject *new_traj_array(const traj_shape *sh, npy_intp rows, npy_in
  *   time-varying:   Ad (T, n, n) | (B, T, n, n), Bd (T, n, m) | (B, T, n, m),
  *                   offset None | (T, n) | (B, T, n)
  * each independently shared by the batch (batch stride 0) or per sample. It
- * becomes one tl_dynamics with those strides, read in place. The arrays of
- * trajloss' own systems were checked when the system was made and cannot
- * change since (sealed); any other tuple -- the frameworks' helpers make
- * some -- is checked on every call and copied unless it is float64 C order.
+ * becomes one tl_dynamics with those strides, read in place. The tuple of a
+ * trajloss system is of the type trajloss.systems registers (set_system_type)
+ * and holds read-only arrays whose values were checked when the system was
+ * made: they are not checked again (a scan as long as the matrices of a
+ * time-varying system per sample). Any other tuple -- the frameworks'
+ * helpers make some -- is checked on every call and copied unless it is
+ * float64 C order.
  */
 typedef struct {
     PyArrayObject *arr[3]; /* owned: Ad, Bd, offset (NULL when absent) */
@@ -638,16 +641,18 @@ static const char *const FIELD_SHAPES[2][3] = {
     {"(n, n) or (B, n, n)", "(n, m) or (B, n, m)", "(n,) or (B, n)"},
     {"(T, n, n) or (B, T, n, n)", "(T, n, m) or (B, T, n, m)", "(T, n) or (B, T, n)"}};
 
-/* Is arr's memory immutable: read-only, over a bytes object (trajloss.systems
- * makes its arrays so)? Then its values are those checked when it was made. */
-static int sealed(PyArrayObject *arr)
+static PyTypeObject *system_type; /* trajloss.systems._SystemCore, set once at its import */
+
+static PyObject *core_set_system_type(PyObject *self, PyObject *type)
 {
-    if (PyArray_FLAGS(arr) & NPY_ARRAY_WRITEABLE)
-        return 0;
-    PyObject *base = PyArray_BASE(arr);
-    while (base != NULL && PyArray_Check(base))
-        base = PyArray_BASE((PyArrayObject *)base);
-    return base != NULL && PyBytes_CheckExact(base);
+    (void)self;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "set_system_type: a tuple subclass is required");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(system_type, (PyTypeObject *)type);
+    Py_RETURN_NONE;
 }
 
 static void release_system(system_arg *s)
@@ -658,13 +663,14 @@ static void release_system(system_arg *s)
 
 /* Field i of the tuple as float64 C-contiguous finite values, or NULL with an
  * exception naming "system: Ad" (Bd, offset). */
-static PyArrayObject *system_field(PyObject *obj, int i)
+static PyArrayObject *system_field(PyObject *obj, int i, int trusted)
 {
     static const char *const names[3] = {"system: Ad", "system: Bd", "system: offset"};
     PyArrayObject *arr = ready_array(obj, NPY_DOUBLE);
     if (arr == NULL)
         return real_array(obj, names[i]); /* checked and copied */
-    if (!sealed(arr) && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
+    trusted = trusted && !PyArray_ISWRITEABLE(arr); /* made writeable again: look */
+    if (!trusted && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
         PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", names[i]);
         Py_DECREF(arr);
         return NULL;
@@ -755,12 +761,13 @@ static int parse_system(PyObject *obj, system_arg *s)
     const int tv = PyObject_IsTrue(PyTuple_GET_ITEM(obj, 3));
     if (tv < 0)
         return -1;
+    const int trusted = system_type != NULL && Py_TYPE(obj) == system_type;
     int from_batch = -1, from_steps = -1;
     for (int i = 0; i < 3; i++) {
         PyObject *item = PyTuple_GET_ITEM(obj, i);
         if (i == 2 && item == Py_None)
             continue;
-        if ((s->arr[i] = system_field(item, i)) == NULL ||
+        if ((s->arr[i] = system_field(item, i, trusted)) == NULL ||
             system_field_layout(s, i, tv, &from_batch, &from_steps) < 0) {
             release_system(s);
             return -1;
@@ -2324,6 +2331,10 @@ static PyMethodDef core_methods[] = {
      "    -> LossResult(total, grad_controls, grad_x0, LossComponents(control, trajectory,\n"
      "       terminal, weight, terminal_weight, total)): all three terms, the control one\n"
      "       at weight 1"},
+    {"set_system_type", core_set_system_type, METH_O,
+     "set_system_type(cls)\n\n"
+     "The tuple subclass of trajloss systems' _core (set by trajloss.systems): its arrays\n"
+     "were checked when the system was made and are read without checking them again."},
     {"set_result_types", core_set_result_types, METH_VARARGS,
      "set_result_types(LossResult, LossComponents)\n\n"
      "The named tuples combined_loss returns (set by trajloss.losses)."},
