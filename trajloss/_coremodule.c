@@ -2043,14 +2043,20 @@ static void set_growth_error(double growth, double horizon, const char *context,
                  lbuf);
 }
 
-/* "exact": C = [Ad^(T-1) Bd ... Bd] is rank-deficient, with the numbers of
- * the rank test (trajloss.h, tl_ref_rank). */
-static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_intp steps)
+/* "exact": C is rank-deficient, with the numbers of the rank test
+ * (trajloss.h, tl_ref_rank); `where` names the sample of a per-sample system
+ * ("" otherwise). */
+static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_intp steps,
+                           int time_varying, const char *where)
 {
+    const char *cdef = time_varying ? "C = [Ad_(T-1)...Ad_1 Bd_0, ..., Bd_(T-1)]"
+                                    : "C = [Ad^(T-1) Bd ... Bd]";
     if (rk->rank < 0) {
         PyErr_Format(LinAlgError,
-                     "min_energy: the controllability matrix C = [Ad^(T-1) Bd ... Bd] "
-                     "(T = steps = %zd) is not finite: Ad^T overflows float64", (Py_ssize_t)steps);
+                     "min_energy%s: the controllability matrix %s (T = steps = %zd) is not "
+                     "finite: %s overflows float64",
+                     where, cdef, (Py_ssize_t)steps,
+                     time_varying ? "the product Ad_(T-1)...Ad_1" : "Ad^(T-1)");
         return;
     }
     char tol[32], r1[32], rl[32], rn[32], ratio[32];
@@ -2062,14 +2068,14 @@ static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_in
                   rk->r_next > 0.0 ? rk->r_first / rk->r_next : INFINITY);
     const npy_intp cols = steps * m;
     PyErr_Format(LinAlgError,
-                 "min_energy: the target is not reachable in %zd steps: the controllability "
-                 "matrix C = [Ad^(T-1) Bd ... Bd] (%zd x %zd, rows equilibrated) has "
+                 "min_energy%s: the target is not reachable in %zd steps: the controllability "
+                 "matrix %s (%zd x %zd, rows equilibrated) has "
                  "numerical rank %zd < n = %zd (column-pivoted QR of C^T: |R_11| = %s, last "
                  "diagonal entry kept %s, first refused %s, at or below the tolerance "
                  "max(n, steps*m) * eps * |R_11| = %s; condition number %s, estimated as "
                  "|R_11| / first refused)%s",
-                 (Py_ssize_t)steps, (Py_ssize_t)n, (Py_ssize_t)cols, (Py_ssize_t)rk->rank,
-                 (Py_ssize_t)n, r1, rl, rn, tol, ratio,
+                 where, (Py_ssize_t)steps, cdef, (Py_ssize_t)n, (Py_ssize_t)cols,
+                 (Py_ssize_t)rk->rank, (Py_ssize_t)n, r1, rl, rn, tol, ratio,
                  cols < n ? ": fewer controls than states" : "");
 }
 
@@ -2105,22 +2111,93 @@ fail:
 static const char *const REF_METHODS[TL_REF_COUNT] = {"exact", "average", "continuous"};
 
 /*
+ * One array of a system's sampling period or continuous model (dt: rows =
+ * cols = 0, a number; A: n x n, B: n x m), shared (that shape, or () for dt)
+ * or per sample ((batch,) + that shape), as a tl_field over a float64 copy
+ * owned in *arr; -1 with a ValueError naming "system: <name>" otherwise.
+ */
+static int model_field(PyObject *obj, const char *name, npy_intp rows, npy_intp cols,
+                       npy_intp batch, PyArrayObject **arr, tl_field *f)
+{
+    char label[32], s[SHAPE_BUF];
+    PyOS_snprintf(label, sizeof label, "system: %s", name);
+    if ((*arr = real_array(obj, label)) == NULL)
+        return -1;
+    const int scalar = rows == 0; /* dt */
+    const int core_nd = scalar ? 0 : 2, nd = PyArray_NDIM(*arr);
+    const npy_intp *dims = PyArray_DIMS(*arr);
+    int ok = nd == core_nd || nd == core_nd + 1;
+    if (ok && !scalar)
+        ok = dims[nd - 2] == rows && dims[nd - 1] == cols;
+    if (ok && nd == core_nd + 1)
+        ok = dims[0] == batch;
+    if (!ok) {
+        if (scalar)
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s must be a number or hold one per sample, shape (%zd,), "
+                         "got shape %s",
+                         name, (Py_ssize_t)batch, ARRAY_SHAPE(*arr, s));
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s must have shape (%zd, %zd), or (%zd, %zd, %zd) with one per "
+                         "sample of the batch, got shape %s",
+                         name, (Py_ssize_t)rows, (Py_ssize_t)cols, (Py_ssize_t)batch,
+                         (Py_ssize_t)rows, (Py_ssize_t)cols, ARRAY_SHAPE(*arr, s));
+        Py_CLEAR(*arr);
+        return -1;
+    }
+    f->data = (const double *)PyArray_DATA(*arr);
+    f->batch_stride = nd == core_nd + 1 ? (scalar ? 1 : rows * cols) : 0;
+    f->step_stride = 0;
+    if (scalar)
+        for (npy_intp i = 0; i < PyArray_SIZE(*arr); i++)
+            if (!(f->data[i] > 0.0)) {
+                value_error("system: dt must be > 0, got %g at index %zd", f->data[i],
+                            (Py_ssize_t)i);
+                Py_CLEAR(*arr);
+                return -1;
+            }
+    return 0;
+}
+
+/* The message of a failed plan: which sample, for a per-sample system. */
+static void set_plan_error(tl_status status, const tl_ref_info *info, int method,
+                           const tl_dynamics *dyn, npy_intp steps, double horizon)
+{
+    char where[64] = "", context[96];
+    if (info->plans > 1 || dyn->batch != 0)
+        PyOS_snprintf(where, sizeof where, " (sample %zd of the per-sample system)",
+                      (Py_ssize_t)info->sample);
+    PyOS_snprintf(context, sizeof context, "min_energy%s", where);
+    if (status == TL_ERR_SINGULAR && method == TL_REF_EXACT) {
+        set_rank_error(&info->rank, dyn->n, dyn->m, steps, dyn->steps != 0, where);
+    } else if (status == TL_ERR_SINGULAR && method == TL_REF_CONTINUOUS &&
+               !(info->growth <= TL_LAW_GROWTH_LIMIT)) {
+        PyOS_snprintf(context, sizeof context, "min_energy(method='continuous')%s", where);
+        set_growth_error(info->growth, horizon, context, 0);
+    } else {
+        set_gramian_error(status, info->cond, context);
+    }
+}
+
+/*
  * min_energy(system, A, B, dt, x0, xf, steps, method)
  *   -> (controls, states, final_error, energy, cond)
- * system is system._core; A, B are None for "exact" on a discrete system; dt
- * is the period. Self-contained (its own argument parsing and checks): the
- * references' forms change here alone.
+ * system is system._core, any linear form ("exact"); A (n, n) | (B, n, n)
+ * and B (n, m) | (B, n, m) the continuous model of "average"/"continuous"
+ * (None for "exact"); dt the period, a number or (B,) one per sample. One
+ * plan for a shared system, one per sample otherwise (tl_min_energy); cond
+ * is the largest of the plans'.
  */
 static PyObject *core_min_energy(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *result = NULL;
-    PyObject *sys_obj, *A_obj, *B_obj, *x0_obj, *xf_obj;
-    double dt;
+    PyObject *sys_obj, *A_obj, *B_obj, *dt_obj, *x0_obj, *xf_obj;
     Py_ssize_t steps;
     const char *method_name;
-    if (!PyArg_ParseTuple(args, "OOOdOOns:min_energy", &sys_obj, &A_obj, &B_obj, &dt, &x0_obj,
-                          &xf_obj, &steps, &method_name))
+    if (!PyArg_ParseTuple(args, "OOOOOOns:min_energy", &sys_obj, &A_obj, &B_obj, &dt_obj,
+                          &x0_obj, &xf_obj, &steps, &method_name))
         return NULL;
     int method = -1;
     for (int i = 0; i < TL_REF_COUNT; i++)
@@ -2136,107 +2213,93 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "steps must be >= 1, got %zd", steps);
         return NULL;
     }
-    if (!isfinite(dt) || dt <= 0.0) {
-        value_error("dt must be a finite number > 0, got %g", dt);
-        return NULL;
-    }
-    PyArrayObject *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL;
+    PyArrayObject *A = NULL, *B = NULL, *dt = NULL, *x0 = NULL, *xf = NULL;
     PyArrayObject *U = NULL, *S = NULL, *err = NULL, *energy = NULL;
-    void *plan_mem = NULL, *work = NULL;
+    void *work = NULL;
     system_arg system;
     if (parse_system(sys_obj, &system) < 0)
         return NULL;
     const tl_dynamics *dyn = &system.dyn;
-    if (dyn->batch != 0 || dyn->steps != 0 || dyn->c.data != NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "min_energy: the system must be one time-invariant system shared by the "
-                        "batch, without an offset");
-        goto done;
-    }
-    const struct { npy_intp n, m; } sys = {dyn->n, dyn->m};
-    if (method != TL_REF_EXACT) {
-        if (A_obj == Py_None || B_obj == Py_None) {
-            PyErr_Format(PyExc_ValueError,
-                         "method '%s' needs the continuous model: build the system with "
-                         "LinearSystem.from_continuous", method_name);
-            goto done;
-        }
-        if (system_pair(A_obj, B_obj, "A", "B", &A, &B) < 0)
-            goto done;
-        if (PyArray_DIM(A, 0) != sys.n || PyArray_DIM(B, 1) != sys.m) {
-            PyErr_SetString(PyExc_ValueError, "A, B do not match the shapes of Ad, Bd");
-            goto done;
-        }
-    }
-    if (boundary_states(x0_obj, xf_obj, sys.n, &x0, &xf) < 0)
+    const npy_intp n = dyn->n, m = dyn->m;
+    if (boundary_states(x0_obj, xf_obj, n, &x0, &xf) < 0)
         goto done;
     const int batched = PyArray_NDIM(x0) == 2;
     const npy_intp batch = batched ? PyArray_DIM(x0, 0) : 1;
     traj_shape sh = {batched, batch, steps};
-    U = new_traj_array(&sh, steps, sys.m, NPY_DOUBLE, 1);
-    S = new_traj_array(&sh, steps + 1, sys.n, NPY_DOUBLE, 1);
+    if (system_fits(&system, &sh) < 0)
+        goto done;
+    tl_ref_model model = {{NULL, 0, 0}, {NULL, 0, 0}, {NULL, 0, 0}};
+    if (method != TL_REF_EXACT) {
+        if (dyn->steps != 0 || A_obj == Py_None || B_obj == Py_None) {
+            PyErr_Format(PyExc_ValueError,
+                         "system: method '%s' needs a continuous model (A, B): build the system "
+                         "with LinearSystem.from_continuous%s", method_name,
+                         dyn->steps != 0 ? " (a time-varying system has none)" : "");
+            goto done;
+        }
+        if (model_field(A_obj, "A", n, n, batch, &A, &model.A) < 0 ||
+            model_field(B_obj, "B", n, m, batch, &B, &model.B) < 0)
+            goto done;
+    }
+    if (model_field(dt_obj, "dt", 0, 0, batch, &dt, &model.dt) < 0)
+        goto done;
+    U = new_traj_array(&sh, steps, m, NPY_DOUBLE, 1);
+    S = new_traj_array(&sh, steps + 1, n, NPY_DOUBLE, 1);
     err = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     energy = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     if (U == NULL || S == NULL || err == NULL || energy == NULL)
         goto done;
-    size_t plan_bytes = tl_ref_plan_bytes(sys.n, sys.m, steps, (tl_ref_method)method);
-    size_t init_bytes = tl_ref_init_work_bytes(sys.n, sys.m, steps);
-    size_t apply_bytes = tl_ref_apply_work_bytes(sys.n);
-    if (plan_bytes == 0 || init_bytes == 0) {
+    const size_t work_bytes = tl_min_energy_work_bytes(n, m, steps, (tl_ref_method)method);
+    if (work_bytes == 0) {
         PyErr_SetString(PyExc_ValueError, "min_energy: steps or dimensions out of range");
         goto done;
     }
-    const size_t work_bytes = init_bytes > apply_bytes ? init_bytes : apply_bytes;
-    plan_mem = PyMem_RawMalloc(plan_bytes);
-    work = PyMem_RawMalloc(work_bytes);
-    if (plan_mem == NULL || work == NULL) {
+    if ((work = PyMem_RawMalloc(work_bytes)) == NULL) {
         char gib[32];
-        PyOS_snprintf(gib, sizeof gib, "%.3g",
-                      ((double)plan_bytes + (double)work_bytes) / 1073741824.0);
+        PyOS_snprintf(gib, sizeof gib, "%.3g", (double)work_bytes / 1073741824.0);
         PyErr_Format(PyExc_MemoryError,
                      "min_energy: steps=%zd needs %s GiB of working memory for n=%zd, m=%zd "
-                     "(it grows as steps * n * max(n, m)), which could not be allocated; use "
+                     "(it grows as steps * n * %s), which could not be allocated; use "
                      "fewer steps",
-                     steps, gib, (Py_ssize_t)sys.n, (Py_ssize_t)sys.m);
+                     steps, gib, (Py_ssize_t)n, (Py_ssize_t)m,
+                     method == TL_REF_EXACT ? "m" : "n");
         goto done;
     }
-    tl_ref_plan plan;
+    tl_ref_info info;
     tl_status status;
     unsigned bad = 0;
+    poll_state poll;
+    const tl_cancel cancel = signal_cancel(&poll);
     Py_BEGIN_ALLOW_THREADS
-    status = tl_ref_plan_init(&plan, plan_mem, (tl_ref_method)method, dyn, 0,
-                              A ? PyArray_DATA(A) : NULL, B ? PyArray_DATA(B) : NULL, dt, steps,
-                              work);
-    if (status == TL_OK)
-        status = tl_ref_apply(&plan, batch, PyArray_DATA(x0), PyArray_DATA(xf), PyArray_DATA(U),
-                              PyArray_DATA(S), PyArray_DATA(err), PyArray_DATA(energy), work);
+    status = tl_min_energy((tl_ref_method)method, dyn, &model, steps, batch, PyArray_DATA(x0),
+                           PyArray_DATA(xf), PyArray_DATA(U), PyArray_DATA(S), PyArray_DATA(err),
+                           PyArray_DATA(energy), &info, work, &cancel);
     if (status == TL_OK)
         bad = nonfinite_outputs(4, (PyArrayObject *const[]){U, S, err, energy});
     Py_END_ALLOW_THREADS
-    if (status == TL_ERR_SINGULAR && method == TL_REF_EXACT)
-        set_rank_error(&plan.rank, sys.n, sys.m, steps);
-    else if (status == TL_ERR_SINGULAR && method == TL_REF_CONTINUOUS &&
-             !(plan.growth <= TL_LAW_GROWTH_LIMIT))
-        set_growth_error(plan.growth, steps * dt, "min_energy(method='continuous')", 0);
-    else if (status != TL_OK)
-        set_gramian_error(status, plan.cond, "min_energy");
-    if (status != TL_OK)
+    if (status == TL_ERR_INTERRUPTED) {
+        set_status_error(status, "min_energy");
         goto done;
+    }
+    if (status != TL_OK) {
+        const double period = ((const double *)PyArray_DATA(dt))[model.dt.batch_stride ? info.sample : 0];
+        set_plan_error(status, &info, method, dyn, steps, steps * period);
+        goto done;
+    }
     if (warn_overflow(bad, "min_energy", 4,
                       (const char *const[]){"controls", "states", "final_error", "energy"}) < 0)
         goto done;
     PyObject *err_obj = PyArray_Return(err), *energy_obj = PyArray_Return(energy);
     err = energy = NULL; /* PyArray_Return took them */
     if (err_obj != NULL && energy_obj != NULL)
-        result = Py_BuildValue("(OOOOd)", U, S, err_obj, energy_obj, plan.cond);
+        result = Py_BuildValue("(OOOOd)", U, S, err_obj, energy_obj, info.cond);
     Py_XDECREF(err_obj);
     Py_XDECREF(energy_obj);
 
 done:
-    PyMem_RawFree(plan_mem);
     PyMem_RawFree(work);
     release_system(&system);
-    Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf);
+    Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(dt), Py_XDECREF(x0), Py_XDECREF(xf);
     Py_XDECREF(U), Py_XDECREF(S), Py_XDECREF(err), Py_XDECREF(energy);
     return result;
 }
