@@ -749,9 +749,12 @@ def test_from_continuous_dt_vector_of_double_integrators():
         np.testing.assert_allclose(s.Ad[b], Ad_ref, rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(s.Bd[b], Bd_ref, rtol=1e-14, atol=0)
     assert "batch=4" in repr(s) and "dt=" in repr(s)
-    # a list is a (B,) dt too
+    # a list is a (B,) dt too, and a 0-d array one number
     s2 = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], list(dts))
     np.testing.assert_array_equal(s2.Ad, s.Ad)
+    s0 = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], np.array(0.25))
+    assert s0.batch is None and isinstance(s0.dt, float) and s0.dt == 0.25
+    np.testing.assert_allclose(s0.Bd, di_exact(0.25)[1], rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("A,B,dt,exc,who", [

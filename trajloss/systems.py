@@ -100,6 +100,8 @@ def _check_dt_batch(dt):
     """dt of from_continuous: a real number > 0 (a float), or a (B,) array of them."""
     if isinstance(dt, (list, tuple, np.ndarray)):
         arr = _array(dt, "dt")
+        if arr.ndim == 0:  # a 0-d array is a number
+            return _check_dt(arr[()], allow_none=False)
         if arr.ndim != 1 or arr.shape[0] < 1:
             raise ValueError(f"dt must be a number or a (B,) array of numbers with B >= 1, got "
                              f"shape {_shape(arr.shape)}")
