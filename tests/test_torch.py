@@ -129,7 +129,8 @@ def test_gradcheck_every_op(system, data):
     Ad, Bd = torch.tensor(system.Ad), torch.tensor(system.Bd)
     G = torch.randn(B, T + 1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda g: torch.ops.trajloss.rollout_vjp(Ad, Bd, x0.detach(), u.detach(), g), (G,))
+        lambda g: torch.ops.trajloss.rollout_vjp(Ad, Bd, False, x0.detach(), u.detach(), g),
+        (G,))
     assert torch.autograd.gradgradcheck(lambda a, b: tlt.rollout(system, a, b), (x0, u))
     assert torch.autograd.gradcheck(
         lambda a, b: tlt.control_loss(a, b, discount=0.5, lengths=L, penalty="huber", delta=0.7),
@@ -147,22 +148,22 @@ def test_opcheck_registrations(system, data):
     Ad, Bd = torch.tensor(system.Ad), torch.tensor(system.Bd)
     u = data["u"].clone().requires_grad_()
     x0 = data["x0"].clone().requires_grad_()
-    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, x0, u))
+    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, None, False, x0, u))
     torch.library.opcheck(torch.ops.trajloss.control_loss.default,
                           (u, data["ru"], None, None, 0.5, "mse", 1.0, None))
     torch.library.opcheck(torch.ops.trajloss.rollout_loss.default,
-                          (Ad, Bd, u, x0, data["ru"], data["rs"], None, 7,
+                          (Ad, Bd, None, False, u, x0, data["ru"], data["rs"], None, 7,
                            torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64), False, None,
                            data["lengths"], None, "mse", 1.0, None, None))
     # every differentiable input requiring grad (references, weights), check_finite given
     torch.library.opcheck(torch.ops.trajloss.rollout_loss.default,
-                          (Ad, Bd, u, x0, data["ru"].clone().requires_grad_(),
+                          (Ad, Bd, None, False, u, x0, data["ru"].clone().requires_grad_(),
                            data["rs"].clone().requires_grad_(),
                            data["rs"][:, -1].clone().requires_grad_(), 7,
                            torch.tensor([1.0, 0.3, 0.5], dtype=torch.float64,
                                         requires_grad=True), True, 0.8,
                            data["lengths"], None, "huber", 0.5, None, None, False))
-    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, x0, u, False))
+    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, None, False, x0, u, False))
 
 
 def test_float32_keeps_dtype(system, data):

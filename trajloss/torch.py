@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _core
+from . import _core, _kinds
 from .losses import LossComponents, _weight
 from .rollout import _check_system
 from .weighting import WeightingStrategy, make as _make_strategy
@@ -180,74 +180,115 @@ def _tensor(a, like: Tensor) -> Tensor:
     return torch.from_numpy(np.asarray(a)).to(like.device)
 
 
+# ---- the system ------------------------------------------------------------
+# An operator takes a system as four arguments: its arrays as float64 tensors
+# Ad, Bd, offset (None when absent) and the flag time_varying -- the
+# ``system._core`` tuple of the C core (see trajloss.systems), with tensors.
+# Each array is shared ((n, n), (T, n, n) when time-varying, ...) or per
+# sample (a leading axis of B).
+
+def _system(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool) -> tuple:
+    """The core's system tuple from an operator's system arguments."""
+    return (_np(Ad, "system (Ad)"), _np(Bd, "system (Bd)"), _np(offset, "system (offset)"),
+            time_varying)
+
+
+def _check_forms(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
+                 controls: Tensor) -> None:
+    """The shape rules the core checks, for the fake implementations (meta
+    tensors, ``torch.compile`` tracing): a per-sample system's B is the data's
+    B, a time-varying system's T the controls' T; ValueError naming ``system``."""
+    core_nd = ((Ad, 2), (Bd, 2), (offset, 1))
+    lead = int(time_varying)
+    batched = controls.dim() == 3
+    for a, nd in core_nd:
+        if a is None:
+            continue
+        if a.dim() == nd + lead + 1 and batched and a.shape[0] != controls.shape[0]:
+            raise ValueError(f"system: its per-sample arrays hold B = {a.shape[0]} samples but "
+                             f"the data holds B = {controls.shape[0]}")
+        if time_varying and a.dim() >= nd + 1 and a.shape[-nd - 1] != controls.shape[-2]:
+            raise ValueError(f"system: the time-varying system has T = {a.shape[-nd - 1]} steps "
+                             f"but controls have T = {controls.shape[-2]}")
+
+
 # ---- rollout ------------------------------------------------------------
 
-_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd")
+_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd", "offset")
 _VJP_NAMES = ("x0", "controls", "grad_states", "Ad", "Bd")
 _CONTROL_NAMES = ("pred", "target", "lengths", "mask", "feature_weights")
 _LOSS_NAMES = ("controls", "x0", "ref_controls", "ref_states", "target", "weights", "lengths",
-               "mask", "feature_weights", "state_weights", "Ad", "Bd")
+               "mask", "feature_weights", "state_weights", "Ad", "Bd", "offset")
 
 
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
-def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
-                check_finite: bool = True) -> Tensor:
-    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
-    return _tensor(_core.rollout(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
-                                 _np(controls, "controls"), check_finite), x0)
+def _rollout_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
+                x0: Tensor, controls: Tensor, check_finite: bool = True) -> Tensor:
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
+    return _tensor(_core.rollout(_system(Ad, Bd, offset, time_varying), _np(x0, "x0"),
+                                 _np(controls, "controls"), check_finite=check_finite), x0)
 
 
 @_rollout_op.register_fake
-def _(Ad, Bd, x0, controls, check_finite=True):
-    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
+def _(Ad, Bd, offset, time_varying, x0, controls, check_finite=True):
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
+    _check_forms(Ad, Bd, offset, time_varying, controls)
     return controls.new_empty((*controls.shape[:-2], controls.shape[-2] + 1, x0.shape[-1]))
 
 
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
-def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
+def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, time_varying: bool, x0: Tensor, controls: Tensor,
                     grad_states: Tensor, check_finite: bool = True) -> tuple[Tensor, Tensor]:
+    # the adjoint does not read the offset (the rollout is affine in it)
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
-    gu, gx = _core.rollout_vjp(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
+    gu, gx = _core.rollout_vjp(_system(Ad, Bd, None, time_varying), _np(x0, "x0"),
                                _np(controls, "controls"), _np(grad_states, "grad_states"),
-                               check_finite)
+                               check_finite=check_finite)
     return _tensor(gu, controls), _tensor(gx, x0)
 
 
 @_rollout_vjp_op.register_fake
-def _(Ad, Bd, x0, controls, grad_states, check_finite=True):
+def _(Ad, Bd, time_varying, x0, controls, grad_states, check_finite=True):
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
+    _check_forms(Ad, Bd, None, time_varying, controls)
     return torch.empty_like(controls), torch.empty_like(x0)
 
 
 def _rollout_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.check_finite = inputs[4]
+    Ad, Bd, _, time_varying, x0, controls, check_finite = inputs
+    ctx.save_for_backward(Ad, Bd, x0, controls)
+    ctx.time_varying, ctx.check_finite = time_varying, check_finite
 
 
 def _rollout_backward(ctx, grad_states):
-    # the rollout is linear: its VJP is the adjoint pass, itself a
+    # the rollout is affine: its VJP is the adjoint pass, itself a
     # differentiable operator, so every order of derivative is exact
     Ad, Bd, x0, controls = ctx.saved_tensors
-    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states, ctx.check_finite)
-    return None, None, gx, gu, None
+    gu, gx = _rollout_vjp_op(Ad, Bd, ctx.time_varying, x0, controls, grad_states,
+                             ctx.check_finite)
+    return None, None, None, None, gx, gu, None
 
 
 _rollout_op.register_autograd(_rollout_backward, setup_context=_rollout_setup)
 
 
 def _rollout_vjp_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
+    Ad, Bd, time_varying, x0, controls = inputs[:5]
+    ctx.save_for_backward(Ad, Bd, x0, controls)
+    ctx.time_varying = time_varying
 
 
 def _rollout_vjp_backward(ctx, g_controls, g_x0):
     # rollout_vjp is linear in grad_states, (gu, gx) = J^T G with J the rollout's
-    # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents.
+    # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents by the
+    # linear part of the dynamics (no offset).
     Ad, Bd, x0, controls = ctx.saved_tensors
     if g_controls is None:
         g_controls = torch.zeros_like(controls)
     if g_x0 is None:
         g_x0 = torch.zeros_like(x0)
-    return None, None, None, None, _rollout_op(Ad, Bd, g_x0, g_controls, False), None
+    jv = _rollout_op(Ad, Bd, None, ctx.time_varying, g_x0, g_controls, False)
+    return None, None, None, None, None, jv, None
 
 
 _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_vjp_setup)
@@ -319,9 +360,10 @@ def _control_expr(pred, target, lengths, mask, discount, penalty, delta, fw):
     return _term(pred, target, V, _time_weights(V, discount), fw, penalty, delta)
 
 
-def _rollout_loss_expr(Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, terms,
+def _rollout_loss_expr(system, controls, x0, ref_controls, ref_states, target, weights, terms,
                        include_initial, discount, lengths, mask, penalty, delta, fw, sw):
-    """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``)."""
+    """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``);
+    ``system`` the operators' system arguments ``(Ad, Bd, offset, time_varying)``."""
     u, x0, ru, rs, tgt, weights, fw, sw = _as64(controls, x0, ref_controls, ref_states, target,
                                                 weights, fw, sw)
     if u.dim() == 2:  # unbatched
@@ -329,7 +371,7 @@ def _rollout_loss_expr(Ad, Bd, controls, x0, ref_controls, ref_states, target, w
         ru, rs, tgt = (None if a is None else a.unsqueeze(0) for a in (ru, rs, tgt))
     B, T, _ = u.shape
     V = _valid_steps(B, T, lengths, mask, u.device)
-    X = _rollout_op(Ad, Bd, x0, u, False)  # differentiable at every order
+    X = _rollout_op(*system, x0, u, False)  # differentiable at every order
     total = u.new_zeros(())
     if terms & _core.TERM_CONTROL:
         total = total + weights[0] * _term(u, ru, V, _time_weights(V, discount), fw, penalty,
@@ -382,9 +424,11 @@ def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
                      delta: float, feature_weights: Optional[Tensor],
                      check_finite: bool = True) -> tuple[Tensor, Tensor]:
     _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
-    value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount,
-                                     _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-                                     _np(feature_weights, "feature_weights"), check_finite, True)
+    value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount=discount,
+                                     lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"),
+                                     penalty=penalty, delta=delta,
+                                     feature_weights=_np(feature_weights, "feature_weights"),
+                                     check_finite=check_finite)
     return torch.tensor(value, dtype=pred.dtype, device=pred.device), _tensor(grad, pred)
 
 
@@ -436,24 +480,27 @@ def _checked_weights(weights: Tensor):
 
 
 @torch.library.custom_op("trajloss::rollout_loss", mutates_args=())
-def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
+def _rollout_loss_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
+                     controls: Tensor, x0: Tensor,
                      ref_controls: Optional[Tensor], ref_states: Optional[Tensor],
                      target: Optional[Tensor], terms: int, weights: Tensor,
                      include_initial: bool, discount: Optional[float],
                      lengths: Optional[Tensor], mask: Optional[Tensor], penalty: str,
                      delta: float, feature_weights: Optional[Tensor],
-                     state_weights: Optional[Tensor],
-                     check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     state_weights: Optional[Tensor], check_finite: bool = True,
+                     target_name: str = "target") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
-                 mask, feature_weights, state_weights, Ad, Bd)
+                 mask, feature_weights, state_weights, Ad, Bd, offset)
     w = _checked_weights(weights)
     total, c, t, f, gu, gx = _core.rollout_loss(
-        _np(Ad, "Ad"), _np(Bd, "Bd"), _np(controls, "controls"), _np(x0, "x0"),
-        _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"), _np(target, "target"),
-        terms, w[0], w[1], w[2], include_initial, discount,
-        _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-        _np(feature_weights, "feature_weights"), _np(state_weights, "state_weights"),
-        check_finite)
+        _system(Ad, Bd, offset, time_varying), _np(controls, "controls"), _np(x0, "x0"),
+        _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"),
+        _np(target, target_name), terms=terms, control_weight=w[0], trajectory_weight=w[1],
+        terminal_weight=w[2], include_initial=include_initial, discount=discount,
+        lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"), penalty=penalty, delta=delta,
+        feature_weights=_np(feature_weights, "feature_weights"),
+        state_weights=_np(state_weights, "state_weights"), check_finite=check_finite,
+        target_name=target_name)
     # the terms and the weights they were taken with (backward and CombinedLoss read them)
     components = torch.tensor([total, c, t, f, *w], dtype=_F64, device=controls.device)
     return (torch.tensor(total, dtype=controls.dtype, device=controls.device),
@@ -461,53 +508,69 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
 
 
 @_rollout_loss_op.register_fake
-def _(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
-      discount, lengths, mask, penalty, delta, feature_weights, state_weights, check_finite=True):
+def _(Ad, Bd, offset, time_varying, controls, x0, ref_controls, ref_states, target, terms,
+      weights, include_initial, discount, lengths, mask, penalty, delta, feature_weights,
+      state_weights, check_finite=True, target_name="target"):
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
-                 mask, feature_weights, state_weights, Ad, Bd)
+                 mask, feature_weights, state_weights, Ad, Bd, offset)
+    _check_forms(Ad, Bd, offset, time_varying, controls)
     return (controls.new_empty(()), torch.empty_like(controls), torch.empty_like(x0),
             controls.new_empty((7,), dtype=_F64))
 
 
+#: The operator's inputs by name, in order (backward maps gradients by these).
+_LOSS_INPUTS = ("Ad", "Bd", "offset", "time_varying", "controls", "x0", "ref_controls",
+                "ref_states", "target", "terms", "weights", "include_initial", "discount",
+                "lengths", "mask", "penalty", "delta", "feature_weights", "state_weights",
+                "check_finite", "target_name")
+_AT = {name: i for i, name in enumerate(_LOSS_INPUTS)}
+#: The inputs with a gradient; those whose gradient the fused C pass does not give.
+_LOSS_DIFF = ("controls", "x0", "ref_controls", "ref_states", "target", "weights",
+              "feature_weights", "state_weights")
+_NOT_FUSED = tuple(_AT[k] for k in ("ref_controls", "ref_states", "target", "feature_weights",
+                                    "state_weights"))
+#: What backward saves, after the three fused outputs (gu, gx, components).
+_SAVED = ("Ad", "Bd", "offset", "controls", "x0", "ref_controls", "ref_states", "target",
+          "weights", "lengths", "mask", "feature_weights", "state_weights")
+
+
 def _rollout_loss_setup(ctx, inputs, output):
-    (Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
-     discount, lengths, mask, penalty, delta, fw, sw, _) = inputs
+    a = dict(zip(_LOSS_INPUTS, inputs))
     ctx.mark_non_differentiable(output[1], output[2], output[3])
-    ctx.options = (terms, include_initial, discount, penalty, delta)
+    ctx.options = tuple(a[k] for k in ("time_varying", "terms", "include_initial", "discount",
+                                       "penalty", "delta"))
     # a weights tensor that needs no gradient is not saved: CombinedLoss updates
     # its buffer in place, and the values used are in the components output
-    ctx.save_for_backward(output[1], output[2], output[3], Ad, Bd, controls, x0, ref_controls,
-                          ref_states, target, weights if weights.requires_grad else None,
-                          lengths, mask, fw, sw)
+    if not a["weights"].requires_grad:
+        a["weights"] = None
+    ctx.save_for_backward(output[1], output[2], output[3], *(a[k] for k in _SAVED))
 
 
 def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
-    (gu, gx, comps, Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths,
-     mask, fw, sw) = ctx.saved_tensors
+    gu, gx, comps, *saved = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    if not (torch.is_grad_enabled() or needs[4] or needs[5] or needs[6] or needs[15]
-            or needs[16]):
+    out = [None] * len(_LOSS_INPUTS)
+    if not (torch.is_grad_enabled() or any(needs[i] for i in _NOT_FUSED)):
         # the fused C gradient; d total / d weights = the raw terms
-        g_w = comps[1:4] * g_value.to(_F64) if needs[8] else None
-        return (None, None, gu * g_value, gx * g_value) + (None,) * 4 + (g_w,) + (None,) * 9
-    terms, include_initial, discount, penalty, delta = ctx.options
-    if weights is None:
-        weights = comps[4:7]
-    args = [Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
-            fw, sw]
-    # argument positions in args -> in the operator's inputs
-    positions = dict(zip(range(12), (0, 1, 2, 3, 4, 5, 6, 8, 11, 12, 15, 16)))
+        out[_AT["controls"]], out[_AT["x0"]] = gu * g_value, gx * g_value
+        if needs[_AT["weights"]]:
+            out[_AT["weights"]] = comps[1:4] * g_value.to(_F64)
+        return tuple(out)
+    a = dict(zip(_SAVED, saved))
+    time_varying, terms, include_initial, discount, penalty, delta = ctx.options
+    if a["weights"] is None:
+        a["weights"] = comps[4:7]
+    names = ("system",) + _SAVED[3:]
+    args = [(a["Ad"], a["Bd"], a["offset"], time_varying)] + [a[k] for k in _SAVED[3:]]
 
-    def expr(Ad, Bd, u, x, ru, rs, tg, w, L, M, f, s):
-        return _rollout_loss_expr(Ad, Bd, u, x, ru, rs, tg, w, terms, include_initial,
+    def expr(system, u, x, ru, rs, tg, w, L, M, f, s):
+        return _rollout_loss_expr(system, u, x, ru, rs, tg, w, terms, include_initial,
                                   discount, L, M, penalty, delta, f, s)
 
-    wanted = [i for i in (2, 3, 4, 5, 6, 7, 10, 11) if needs[positions[i]]]
-    grads = _expr_grads(ctx, g_value, expr, args, wanted)
-    out = [None] * 18
-    for i, g in enumerate(grads):
+    wanted = [i for i, k in enumerate(names) if k in _LOSS_DIFF and needs[_AT[k]]]
+    for i, g in enumerate(_expr_grads(ctx, g_value, expr, args, wanted)):
         if g is not None:
-            out[positions[i]] = g
+            out[_AT[names[i]]] = g
     return tuple(out)
 
 
@@ -516,14 +579,19 @@ _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollou
 
 # ---- functions -------------------------------------------------------------
 
-def _system_tensors(system, like: Tensor):
-    """(Ad, Bd) as float64 tensors on like's device, made once per system and device."""
+def _system_tensors(system, like: Tensor) -> tuple:
+    """The operators' system arguments ``(Ad, Bd, offset, time_varying)``: the
+    system's arrays as float64 tensors on like's device, made once per system
+    and device (the arrays are immutable) and kept on the system, so the cache
+    lives and dies with it and holds one entry per device."""
     system = _check_system(system)
     cache = system.__dict__.setdefault("_torch_tensors", {})
     key = str(like.device)
-    if key not in cache:  # the system's arrays are read-only: copy them once
-        cache[key] = (torch.tensor(system.Ad, device=like.device),
-                      torch.tensor(system.Bd, device=like.device))
+    if key not in cache:
+        Ad, Bd, offset, time_varying = system._core
+        cache[key] = (torch.tensor(Ad, device=like.device), torch.tensor(Bd, device=like.device),
+                      None if offset is None else torch.tensor(offset, device=like.device),
+                      bool(time_varying))
     return cache[key]
 
 
@@ -541,13 +609,15 @@ def _opt(x, name):
 def rollout(system, x0: Tensor, controls: Tensor, *, check_finite=True) -> Tensor:
     """``trajloss.rollout`` for tensors: (B, n), (B, T, m) -> (B, T+1, n).
 
-    Differentiable in ``x0`` and ``controls`` to every order (the rollout is
-    linear; its backward is the core's adjoint pass). ``check_finite=False``
-    lets NaN/inf inputs propagate instead of raising ``ValueError``."""
-    system = _check_system(system)
+    Every system form: shared or per-sample (its B must be the data's),
+    time-invariant or time-varying (its T must be the controls'), with or
+    without an offset. Differentiable in ``x0`` and ``controls`` to every
+    order (the rollout is affine; its backward is the core's adjoint pass).
+    ``check_finite=False`` lets NaN/inf inputs propagate instead of raising
+    ``ValueError``."""
     _check_tensors(x0=x0, controls=controls)
-    Ad, Bd = _system_tensors(system, x0)
-    return _rollout_op(Ad, Bd, x0, controls, _flag(check_finite, "check_finite"))
+    return _rollout_op(*_system_tensors(system, x0), x0, controls,
+                       _flag(check_finite, "check_finite"))
 
 
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
@@ -565,48 +635,52 @@ def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, m
     return value
 
 
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
-                  include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0, feature_weights=None, state_weights=None, check_finite=True,
-                  required=None):
-    system = _check_system(system)
-    _check_tensors(controls=controls, x0=x0, **(required or {}))
-    Ad, Bd = _system_tensors(system, controls)
+def _rollout_loss(kind, system, controls, x0, refs, weights, *, include_initial=False,
+                  discount=None, lengths=None, mask=None, penalty="mse", delta=1.0,
+                  feature_weights=None, state_weights=None, check_finite=True):
+    """The loss ``kind`` (trajloss._kinds) with the term weights ``weights``
+    (three numbers or a float64 tensor of 3): ``(value, grad_controls, grad_x0,
+    components)``, components = (total, control, trajectory, terminal, w_c, w_t, w_f)."""
+    _check_system(system)
+    _check_tensors(controls=controls, x0=x0, **{k: refs.get(k) for k in kind.references
+                                                if k in kind.required or refs.get(k) is not None})
+    ref_controls, ref_states, target = kind.slots(refs)
+    system = _system_tensors(system, controls)
     if not isinstance(weights, Tensor):
         weights = torch.tensor(weights, dtype=_F64, device=controls.device)
-    return _rollout_loss_op(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
+    return _rollout_loss_op(*system, controls, x0, ref_controls, ref_states, target, kind.terms,
                             weights, _flag(include_initial, "include_initial"),
                             _option(discount, "discount", optional=True),
                             _opt(lengths, "lengths"), _opt(mask, "mask"), _penalty(penalty),
                             _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
                             _opt(state_weights, "state_weights"),
-                            _flag(check_finite, "check_finite"))
+                            _flag(check_finite, "check_finite"), kind.target_name)
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
                     include_initial=False, state_weights=None, discount=None, lengths=None,
                     mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
     """``trajloss.trajectory_loss`` as a scalar tensor, differentiable (to every
-    order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor."""
-    return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
-                         [0.0, 1.0, 0.0], include_initial=include_initial, discount=discount,
-                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights, check_finite=check_finite,
-                         required=dict(ref_states=ref_states))[0]
+    order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor.
+    Every system form, as in :func:`rollout`."""
+    kind = _kinds.TRAJECTORY_LOSS
+    return _rollout_loss(kind, system, controls, x0, dict(ref_states=ref_states),
+                         kind.term_weights(), include_initial=include_initial,
+                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
+                         delta=delta, state_weights=state_weights,
+                         check_finite=check_finite)[0]
 
 
 def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengths=None,
                   mask=None, state_weights=None, penalty="mse", delta=1.0,
                   check_finite=True) -> Tensor:
     """``trajloss.terminal_loss`` as a scalar tensor, differentiable (to every
-    order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor."""
-    return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
-                         [0.0, 0.0, 1.0], lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights, check_finite=check_finite,
-                         required=dict(target=target))[0]
-
-
-_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+    order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor.
+    Every system form, as in :func:`rollout`."""
+    kind = _kinds.TERMINAL_LOSS
+    return _rollout_loss(kind, system, controls, x0, dict(target=target), kind.term_weights(),
+                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+                         state_weights=state_weights, check_finite=check_finite)[0]
 
 
 def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, ref_states: Tensor,
@@ -614,7 +688,7 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
                   state_weights=None, feature_weights=None, discount=None, lengths=None,
                   mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
     """``trajloss.combined_loss`` as a scalar tensor; for strategies and
-    monitoring use :class:`CombinedLoss`.
+    monitoring use :class:`CombinedLoss`. Every system form, as in :func:`rollout`.
 
     ``weight`` and ``terminal_weight`` are numbers or one-element tensors,
     finite and >= 0 (``ValueError`` naming the argument otherwise). Every
@@ -623,25 +697,24 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
     ``feature_weights``/``state_weights`` tensors, and the weights
     (``∂ℓ/∂weight`` = the raw trajectory term, ``∂ℓ/∂terminal_weight`` = the
     raw terminal term)."""
+    kind = _kinds.COMBINED_LOSS
     weight = _weight_arg(weight, "weight")
     terminal_weight = _weight_arg(terminal_weight, "terminal_weight")
+    weights = kind.term_weights(weight, terminal_weight)
     if isinstance(weight, Tensor) or isinstance(terminal_weight, Tensor):
         tensors = {k: v for k, v in (("weight", weight), ("terminal_weight", terminal_weight))
                    if isinstance(v, Tensor)}
         if isinstance(controls, Tensor):
             _same_device(("controls", *tensors), controls, *tensors.values())
         device = next(iter(tensors.values())).device
-        weights = torch.stack([torch.ones((), dtype=_F64, device=device),
-                               torch.as_tensor(weight, dtype=_F64, device=device),
-                               torch.as_tensor(terminal_weight, dtype=_F64, device=device)])
-    else:
-        weights = [1.0, weight, terminal_weight]
-    return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
-                         _ALL_TERMS, weights, include_initial=include_initial,
-                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights, check_finite=check_finite,
-                         required=dict(ref_controls=ref_controls, ref_states=ref_states))[0]
+        weights = torch.stack([torch.as_tensor(w, dtype=_F64, device=device) for w in weights])
+    return _rollout_loss(kind, system, controls, x0,
+                         dict(ref_controls=ref_controls, ref_states=ref_states,
+                              terminal_target=terminal_target), weights,
+                         include_initial=include_initial, discount=discount, lengths=lengths,
+                         mask=mask, penalty=penalty, delta=delta,
+                         feature_weights=feature_weights, state_weights=state_weights,
+                         check_finite=check_finite)[0]
 
 
 # ---- modules ---------------------------------------------------------------
@@ -787,11 +860,11 @@ class CombinedLoss(nn.Module):
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.update_weight(epoch)
-        value, _, _, comps = _rollout_loss(self.system, controls, x0, ref_controls, ref_states,
-                                           terminal_target, _ALL_TERMS, self.weights,
-                                           lengths=lengths, mask=mask, **self.options,
-                                           required=dict(ref_controls=ref_controls,
-                                                         ref_states=ref_states))
+        value, _, _, comps = _rollout_loss(_kinds.COMBINED_LOSS, self.system, controls, x0,
+                                           dict(ref_controls=ref_controls, ref_states=ref_states,
+                                                terminal_target=terminal_target),
+                                           self.weights, lengths=lengths, mask=mask,
+                                           **self.options)
         self._last = comps.detach()
         self._observed = False
         if self.monitor is not None and not compiling and not comps.is_meta:
