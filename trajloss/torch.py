@@ -585,14 +585,28 @@ def _system_tensors(system, like: Tensor) -> tuple:
     and device (the arrays are immutable) and kept on the system, so the cache
     lives and dies with it and holds one entry per device."""
     system = _check_system(system)
+    if torch.compiler.is_compiling():
+        return _system_constants(system, str(like.device))
+    return _cached_system_tensors(system, str(like.device))
+
+
+def _cached_system_tensors(system, device: str) -> tuple:
     cache = system.__dict__.setdefault("_torch_tensors", {})
-    key = str(like.device)
-    if key not in cache:
+    if device not in cache:
         Ad, Bd, offset, time_varying = system._core
-        cache[key] = (torch.tensor(Ad, device=like.device), torch.tensor(Bd, device=like.device),
-                      None if offset is None else torch.tensor(offset, device=like.device),
-                      bool(time_varying))
-    return cache[key]
+        cache[device] = (torch.tensor(Ad, device=device), torch.tensor(Bd, device=device),
+                         None if offset is None else torch.tensor(offset, device=device),
+                         bool(time_varying))
+    return cache[device]
+
+
+@torch.compiler.assume_constant_result
+def _system_constants(system, device: str) -> tuple:
+    """:func:`_cached_system_tensors`, run as Python while ``torch.compile``
+    traces: the system's arrays are sealed (trajloss.systems), which Dynamo
+    cannot wrap as graph inputs, so the tensors are constants of the graph,
+    which Dynamo guards on the system's identity (another system recompiles)."""
+    return _cached_system_tensors(system, device)
 
 
 def _opt(x, name):
