@@ -37,11 +37,8 @@ class Kind(NamedTuple):
 
     def slots(self, refs: dict) -> tuple:
         """The core's ``(ref_controls, ref_states, target)`` from the public
-        arguments ``refs`` (name -> value), after checking the required ones:
-        ``TypeError`` naming a required reference that is None."""
-        for name in self.required:
-            if refs.get(name) is None:
-                raise TypeError(f"{name} must be an array, got None")
+        arguments ``refs`` (name -> value; each front end checks ``required``
+        with its own notion of an array)."""
         return tuple(None if name is None else refs.get(name) for name in self.references)
 
     def term_weights(self, weight=None, terminal_weight=None) -> tuple:

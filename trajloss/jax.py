@@ -651,7 +651,9 @@ def _rollout_loss(kind, system, controls, x0, refs, *, weight=None, terminal_wei
     (name -> array or None); ``weight``/``terminal_weight`` where the kind
     leaves them to the caller (floats, or JAX arrays to differentiate)."""
     system = _check_system(system)
-    ref_controls, ref_states, target = kind.slots(refs)  # TypeError for a missing one
+    for name in kind.required:
+        _array(refs.get(name), name)  # TypeError naming a missing one
+    ref_controls, ref_states, target = kind.slots(refs)
     controls, x0 = _array(controls, "controls"), _array(x0, "x0")
     arrays = dict(controls=controls, x0=x0,
                   ref_controls=_opt_array(ref_controls, "ref_controls"),

@@ -82,7 +82,7 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
     global _warned_device
     if t is None:
         return None
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         if t.device.type == "meta":
             raise ValueError(f"{name} is on the meta device, which holds no values: the C core "
                              "cannot read it (give every tensor of the call on the meta device "
@@ -93,7 +93,7 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
                           "and the results copied back", RuntimeWarning, stacklevel=3)
         t = t.cpu()
     try:
-        return t.detach().numpy()
+        return (t.detach() if t.requires_grad else t).numpy()
     except TypeError:  # a dtype NumPy does not have (bfloat16, ...)
         raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
 
@@ -177,34 +177,43 @@ def _weight_arg(value, name):
 
 
 def _tensor(a, like: Tensor) -> Tensor:
-    return torch.from_numpy(np.asarray(a)).to(like.device)
+    """The core's result ``a`` as a tensor on like's device (no copy on the CPU)."""
+    t = torch.from_numpy(np.asarray(a))
+    return t if like.is_cpu else t.to(like.device)
 
 
-# ---- the system ------------------------------------------------------------
-# An operator takes a system as four arguments: its arrays as float64 tensors
-# Ad, Bd, offset (None when absent) and the flag time_varying -- the
-# ``system._core`` tuple of the C core (see trajloss.systems), with tensors.
-# Each array is shared ((n, n), (T, n, n) when time-varying, ...) or per
-# sample (a leading axis of B).
+# ---- the operators' arguments --------------------------------------------------
+# An operator takes a system as three tensors, Ad, Bd and offset (None when
+# absent): the arrays of ``system._core`` (trajloss.systems) as float64
+# tensors, each shared ((n, n), (T, n, n) when time-varying, ...) or per sample
+# (a leading axis of B). Its boolean options and the loss's terms travel as the
+# bits of one integer ``flags``: PyTorch's custom-operator layer spends time
+# quadratic in the number of an operator's arguments on every differentiable
+# call (torch._library.utils.fill_defaults reads the schema once per argument),
+# which for a 21-argument operator was most of a small loss's cost.
 
-def _system(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool) -> tuple:
+_TIME_VARYING, _CHECK_FINITE, _INCLUDE_INITIAL, _TERMINAL_TARGET = 8, 16, 32, 64
+_TERMS = _kinds.ALL_TERMS  # bits 0-2: TERM_CONTROL | TERM_TRAJECTORY | TERM_TERMINAL
+assert _TERMS == 7  # the core's term flags are the low three bits
+
+
+def _system(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], flags: int) -> tuple:
     """The core's system tuple from an operator's system arguments."""
     return (_np(Ad, "system (Ad)"), _np(Bd, "system (Bd)"), _np(offset, "system (offset)"),
-            time_varying)
+            bool(flags & _TIME_VARYING))
 
 
-def _check_forms(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
+def _check_forms(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], flags: int,
                  controls: Tensor) -> None:
     """The shape rules the core checks, for the fake implementations (meta
     tensors, ``torch.compile`` tracing): a per-sample system's B is the data's
     B, a time-varying system's T the controls' T; ValueError naming ``system``."""
-    core_nd = ((Ad, 2), (Bd, 2), (offset, 1))
-    lead = int(time_varying)
+    time_varying = bool(flags & _TIME_VARYING)
     batched = controls.dim() == 3
-    for a, nd in core_nd:
+    for a, nd in ((Ad, 2), (Bd, 2), (offset, 1)):
         if a is None:
             continue
-        if a.dim() == nd + lead + 1 and batched and a.shape[0] != controls.shape[0]:
+        if a.dim() == nd + time_varying + 1 and batched and a.shape[0] != controls.shape[0]:
             raise ValueError(f"system: its per-sample arrays hold B = {a.shape[0]} samples but "
                              f"the data holds B = {controls.shape[0]}")
         if time_varying and a.dim() >= nd + 1 and a.shape[-nd - 1] != controls.shape[-2]:
@@ -222,73 +231,74 @@ _LOSS_NAMES = ("controls", "x0", "ref_controls", "ref_states", "target", "weight
 
 
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
-def _rollout_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
-                x0: Tensor, controls: Tensor, check_finite: bool = True) -> Tensor:
+def _rollout_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], x0: Tensor, controls: Tensor,
+                flags: int) -> Tensor:
+    """States (.., T+1, n); flags: time-varying, check_finite."""
     _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
-    return _tensor(_core.rollout(_system(Ad, Bd, offset, time_varying), _np(x0, "x0"),
-                                 _np(controls, "controls"), check_finite=check_finite), x0)
+    return _tensor(_core.rollout(_system(Ad, Bd, offset, flags), _np(x0, "x0"),
+                                 _np(controls, "controls"),
+                                 check_finite=bool(flags & _CHECK_FINITE)), x0)
 
 
 @_rollout_op.register_fake
-def _(Ad, Bd, offset, time_varying, x0, controls, check_finite=True):
+def _(Ad, Bd, offset, x0, controls, flags):
     _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
-    _check_forms(Ad, Bd, offset, time_varying, controls)
+    _check_forms(Ad, Bd, offset, flags, controls)
     return controls.new_empty((*controls.shape[:-2], controls.shape[-2] + 1, x0.shape[-1]))
 
 
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
-def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, time_varying: bool, x0: Tensor, controls: Tensor,
-                    grad_states: Tensor, check_finite: bool = True) -> tuple[Tensor, Tensor]:
-    # the adjoint does not read the offset (the rollout is affine in it)
+def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor, grad_states: Tensor,
+                    flags: int) -> tuple[Tensor, Tensor]:
+    """(∂/∂controls, ∂/∂x0) of <grad_states, states>; the adjoint does not read
+    the offset (the rollout is affine in it)."""
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
-    gu, gx = _core.rollout_vjp(_system(Ad, Bd, None, time_varying), _np(x0, "x0"),
+    gu, gx = _core.rollout_vjp(_system(Ad, Bd, None, flags), _np(x0, "x0"),
                                _np(controls, "controls"), _np(grad_states, "grad_states"),
-                               check_finite=check_finite)
+                               check_finite=bool(flags & _CHECK_FINITE))
     return _tensor(gu, controls), _tensor(gx, x0)
 
 
 @_rollout_vjp_op.register_fake
-def _(Ad, Bd, time_varying, x0, controls, grad_states, check_finite=True):
+def _(Ad, Bd, x0, controls, grad_states, flags):
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
-    _check_forms(Ad, Bd, None, time_varying, controls)
+    _check_forms(Ad, Bd, None, flags, controls)
     return torch.empty_like(controls), torch.empty_like(x0)
 
 
 def _rollout_setup(ctx, inputs, output):
-    Ad, Bd, _, time_varying, x0, controls, check_finite = inputs
+    Ad, Bd, _, x0, controls, flags = inputs
     ctx.save_for_backward(Ad, Bd, x0, controls)
-    ctx.time_varying, ctx.check_finite = time_varying, check_finite
+    ctx.flags = flags
 
 
 def _rollout_backward(ctx, grad_states):
     # the rollout is affine: its VJP is the adjoint pass, itself a
     # differentiable operator, so every order of derivative is exact
     Ad, Bd, x0, controls = ctx.saved_tensors
-    gu, gx = _rollout_vjp_op(Ad, Bd, ctx.time_varying, x0, controls, grad_states,
-                             ctx.check_finite)
-    return None, None, None, None, gx, gu, None
+    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states, ctx.flags)
+    return None, None, None, gx, gu, None
 
 
 _rollout_op.register_autograd(_rollout_backward, setup_context=_rollout_setup)
 
 
 def _rollout_vjp_setup(ctx, inputs, output):
-    Ad, Bd, time_varying, x0, controls = inputs[:5]
+    Ad, Bd, x0, controls, _, flags = inputs
     ctx.save_for_backward(Ad, Bd, x0, controls)
-    ctx.time_varying = time_varying
+    ctx.flags = flags & _TIME_VARYING
 
 
 def _rollout_vjp_backward(ctx, g_controls, g_x0):
     # rollout_vjp is linear in grad_states, (gu, gx) = J^T G with J the rollout's
     # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents by the
-    # linear part of the dynamics (no offset).
+    # linear part of the dynamics (no offset, no finiteness check).
     Ad, Bd, x0, controls = ctx.saved_tensors
     if g_controls is None:
         g_controls = torch.zeros_like(controls)
     if g_x0 is None:
         g_x0 = torch.zeros_like(x0)
-    jv = _rollout_op(Ad, Bd, None, ctx.time_varying, g_x0, g_controls, False)
-    return None, None, None, None, None, jv, None
+    return None, None, None, None, _rollout_op(Ad, Bd, None, g_x0, g_controls, ctx.flags), None
 
 
 _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_vjp_setup)
@@ -363,7 +373,8 @@ def _control_expr(pred, target, lengths, mask, discount, penalty, delta, fw):
 def _rollout_loss_expr(system, controls, x0, ref_controls, ref_states, target, weights, terms,
                        include_initial, discount, lengths, mask, penalty, delta, fw, sw):
     """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``);
-    ``system`` the operators' system arguments ``(Ad, Bd, offset, time_varying)``."""
+    ``system`` the operators' system arguments ``(Ad, Bd, offset, flags)`` (flags:
+    the time-varying bit)."""
     u, x0, ru, rs, tgt, weights, fw, sw = _as64(controls, x0, ref_controls, ref_states, target,
                                                 weights, fw, sw)
     if u.dim() == 2:  # unbatched
@@ -371,7 +382,7 @@ def _rollout_loss_expr(system, controls, x0, ref_controls, ref_states, target, w
         ru, rs, tgt = (None if a is None else a.unsqueeze(0) for a in (ru, rs, tgt))
     B, T, _ = u.shape
     V = _valid_steps(B, T, lengths, mask, u.device)
-    X = _rollout_op(*system, x0, u, False)  # differentiable at every order
+    X = _rollout_op(*system[:3], x0, u, system[3])  # differentiable at every order
     total = u.new_zeros(())
     if terms & _core.TERM_CONTROL:
         total = total + weights[0] * _term(u, ru, V, _time_weights(V, discount), fw, penalty,
@@ -479,28 +490,50 @@ def _checked_weights(weights: Tensor):
     return w
 
 
+#: The rollout_loss operator's inputs, in order: tensors, then the options --
+#: ``flags`` (the terms' bits, include_initial, check_finite, time-varying,
+#: terminal target's name), ``reals`` = ``(delta,)`` or ``(delta, discount)``
+#: and ``penalty``.
+_LOSS_INPUTS = ("Ad", "Bd", "offset", "controls", "x0", "ref_controls", "ref_states", "target",
+                "weights", "lengths", "mask", "feature_weights", "state_weights", "flags",
+                "reals", "penalty")
+_AT = {name: i for i, name in enumerate(_LOSS_INPUTS)}
+_TENSORS = 13  # the inputs before flags: what backward saves
+#: The inputs with a gradient; those whose gradient the fused C pass does not give.
+_LOSS_DIFF = ("controls", "x0", "ref_controls", "ref_states", "target", "weights",
+              "feature_weights", "state_weights")
+_NOT_FUSED = tuple(_AT[k] for k in ("ref_controls", "ref_states", "target", "feature_weights",
+                                    "state_weights"))
+
+
+def _loss_options(flags: int, reals: list) -> dict:
+    """The core's keyword options from an operator's ``flags`` and ``reals``."""
+    return dict(terms=flags & _TERMS, include_initial=bool(flags & _INCLUDE_INITIAL),
+                discount=reals[1] if len(reals) > 1 else None, delta=reals[0],
+                check_finite=bool(flags & _CHECK_FINITE),
+                target_name="terminal_target" if flags & _TERMINAL_TARGET else "target")
+
+
 @torch.library.custom_op("trajloss::rollout_loss", mutates_args=())
-def _rollout_loss_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_varying: bool,
-                     controls: Tensor, x0: Tensor,
-                     ref_controls: Optional[Tensor], ref_states: Optional[Tensor],
-                     target: Optional[Tensor], terms: int, weights: Tensor,
-                     include_initial: bool, discount: Optional[float],
-                     lengths: Optional[Tensor], mask: Optional[Tensor], penalty: str,
-                     delta: float, feature_weights: Optional[Tensor],
-                     state_weights: Optional[Tensor], check_finite: bool = True,
-                     target_name: str = "target") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _rollout_loss_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], controls: Tensor,
+                     x0: Tensor, ref_controls: Optional[Tensor], ref_states: Optional[Tensor],
+                     target: Optional[Tensor], weights: Tensor, lengths: Optional[Tensor],
+                     mask: Optional[Tensor], feature_weights: Optional[Tensor],
+                     state_weights: Optional[Tensor], flags: int, reals: list[float],
+                     penalty: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(total, ∂/∂controls, ∂/∂x0, components) of the core's rollout_loss; the
+    components are (total, control, trajectory, terminal, w_c, w_t, w_f)."""
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
                  mask, feature_weights, state_weights, Ad, Bd, offset)
     w = _checked_weights(weights)
+    options = _loss_options(flags, reals)
     total, c, t, f, gu, gx = _core.rollout_loss(
-        _system(Ad, Bd, offset, time_varying), _np(controls, "controls"), _np(x0, "x0"),
+        _system(Ad, Bd, offset, flags), _np(controls, "controls"), _np(x0, "x0"),
         _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"),
-        _np(target, target_name), terms=terms, control_weight=w[0], trajectory_weight=w[1],
-        terminal_weight=w[2], include_initial=include_initial, discount=discount,
-        lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"), penalty=penalty, delta=delta,
-        feature_weights=_np(feature_weights, "feature_weights"),
-        state_weights=_np(state_weights, "state_weights"), check_finite=check_finite,
-        target_name=target_name)
+        _np(target, options["target_name"]), control_weight=w[0], trajectory_weight=w[1],
+        terminal_weight=w[2], lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"),
+        penalty=penalty, feature_weights=_np(feature_weights, "feature_weights"),
+        state_weights=_np(state_weights, "state_weights"), **options)
     # the terms and the weights they were taken with (backward and CombinedLoss read them)
     components = torch.tensor([total, c, t, f, *w], dtype=_F64, device=controls.device)
     return (torch.tensor(total, dtype=controls.dtype, device=controls.device),
@@ -508,69 +541,53 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], time_vary
 
 
 @_rollout_loss_op.register_fake
-def _(Ad, Bd, offset, time_varying, controls, x0, ref_controls, ref_states, target, terms,
-      weights, include_initial, discount, lengths, mask, penalty, delta, feature_weights,
-      state_weights, check_finite=True, target_name="target"):
+def _(Ad, Bd, offset, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
+      feature_weights, state_weights, flags, reals, penalty):
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
                  mask, feature_weights, state_weights, Ad, Bd, offset)
-    _check_forms(Ad, Bd, offset, time_varying, controls)
+    _check_forms(Ad, Bd, offset, flags, controls)
     return (controls.new_empty(()), torch.empty_like(controls), torch.empty_like(x0),
             controls.new_empty((7,), dtype=_F64))
 
 
-#: The operator's inputs by name, in order (backward maps gradients by these).
-_LOSS_INPUTS = ("Ad", "Bd", "offset", "time_varying", "controls", "x0", "ref_controls",
-                "ref_states", "target", "terms", "weights", "include_initial", "discount",
-                "lengths", "mask", "penalty", "delta", "feature_weights", "state_weights",
-                "check_finite", "target_name")
-_AT = {name: i for i, name in enumerate(_LOSS_INPUTS)}
-#: The inputs with a gradient; those whose gradient the fused C pass does not give.
-_LOSS_DIFF = ("controls", "x0", "ref_controls", "ref_states", "target", "weights",
-              "feature_weights", "state_weights")
-_NOT_FUSED = tuple(_AT[k] for k in ("ref_controls", "ref_states", "target", "feature_weights",
-                                    "state_weights"))
-#: What backward saves, after the three fused outputs (gu, gx, components).
-_SAVED = ("Ad", "Bd", "offset", "controls", "x0", "ref_controls", "ref_states", "target",
-          "weights", "lengths", "mask", "feature_weights", "state_weights")
-
-
 def _rollout_loss_setup(ctx, inputs, output):
-    a = dict(zip(_LOSS_INPUTS, inputs))
     ctx.mark_non_differentiable(output[1], output[2], output[3])
-    ctx.options = tuple(a[k] for k in ("time_varying", "terms", "include_initial", "discount",
-                                       "penalty", "delta"))
+    ctx.options = inputs[_TENSORS:]
+    saved = list(inputs[:_TENSORS])
     # a weights tensor that needs no gradient is not saved: CombinedLoss updates
     # its buffer in place, and the values used are in the components output
-    if not a["weights"].requires_grad:
-        a["weights"] = None
-    ctx.save_for_backward(output[1], output[2], output[3], *(a[k] for k in _SAVED))
+    if not saved[_AT["weights"]].requires_grad:
+        saved[_AT["weights"]] = None
+    ctx.save_for_backward(output[1], output[2], output[3], *saved)
 
 
 def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
     gu, gx, comps, *saved = ctx.saved_tensors
     needs = ctx.needs_input_grad
     out = [None] * len(_LOSS_INPUTS)
-    if not (torch.is_grad_enabled() or any(needs[i] for i in _NOT_FUSED)):
+    if not (torch.is_grad_enabled() or any(map(needs.__getitem__, _NOT_FUSED))):
         # the fused C gradient; d total / d weights = the raw terms
         out[_AT["controls"]], out[_AT["x0"]] = gu * g_value, gx * g_value
         if needs[_AT["weights"]]:
             out[_AT["weights"]] = comps[1:4] * g_value.to(_F64)
         return tuple(out)
-    a = dict(zip(_SAVED, saved))
-    time_varying, terms, include_initial, discount, penalty, delta = ctx.options
-    if a["weights"] is None:
-        a["weights"] = comps[4:7]
-    names = ("system",) + _SAVED[3:]
-    args = [(a["Ad"], a["Bd"], a["offset"], time_varying)] + [a[k] for k in _SAVED[3:]]
+    flags, reals, penalty = ctx.options
+    options = _loss_options(flags, reals)
+    if saved[_AT["weights"]] is None:
+        saved[_AT["weights"]] = comps[4:7]
+    # args[0] is the system, args[i] for i >= 1 the input at position i + 2
+    args = [(*saved[:3], flags & _TIME_VARYING)] + saved[3:]
 
     def expr(system, u, x, ru, rs, tg, w, L, M, f, s):
-        return _rollout_loss_expr(system, u, x, ru, rs, tg, w, terms, include_initial,
-                                  discount, L, M, penalty, delta, f, s)
+        return _rollout_loss_expr(system, u, x, ru, rs, tg, w, options["terms"],
+                                  options["include_initial"], options["discount"], L, M,
+                                  penalty, options["delta"], f, s)
 
-    wanted = [i for i, k in enumerate(names) if k in _LOSS_DIFF and needs[_AT[k]]]
+    wanted = [i for i in range(1, len(args))
+              if _LOSS_INPUTS[i + 2] in _LOSS_DIFF and needs[i + 2]]
     for i, g in enumerate(_expr_grads(ctx, g_value, expr, args, wanted)):
         if g is not None:
-            out[_AT[names[i]]] = g
+            out[i + 2] = g
     return tuple(out)
 
 
@@ -580,14 +597,14 @@ _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollou
 # ---- functions -------------------------------------------------------------
 
 def _system_tensors(system, like: Tensor) -> tuple:
-    """The operators' system arguments ``(Ad, Bd, offset, time_varying)``: the
-    system's arrays as float64 tensors on like's device, made once per system
+    """The operators' system arguments and flag ``(Ad, Bd, offset, tv)``: the
+    system's arrays as float64 tensors on like's device (tv: the flags' bit
+    of a time-varying system, else 0), made once per system
     and device (the arrays are immutable) and kept on the system, so the cache
     lives and dies with it and holds one entry per device."""
-    system = _check_system(system)
     if torch.compiler.is_compiling():
-        return _system_constants(system, str(like.device))
-    return _cached_system_tensors(system, str(like.device))
+        return _system_constants(_check_system(system), str(like.device))
+    return _cached_system_tensors(_check_system(system), str(like.device))
 
 
 def _cached_system_tensors(system, device: str) -> tuple:
@@ -596,7 +613,7 @@ def _cached_system_tensors(system, device: str) -> tuple:
         Ad, Bd, offset, time_varying = system._core
         cache[device] = (torch.tensor(Ad, device=device), torch.tensor(Bd, device=device),
                          None if offset is None else torch.tensor(offset, device=device),
-                         bool(time_varying))
+                         _TIME_VARYING if time_varying else 0)
     return cache[device]
 
 
@@ -630,8 +647,9 @@ def rollout(system, x0: Tensor, controls: Tensor, *, check_finite=True) -> Tenso
     ``check_finite=False`` lets NaN/inf inputs propagate instead of raising
     ``ValueError``."""
     _check_tensors(x0=x0, controls=controls)
-    return _rollout_op(*_system_tensors(system, x0), x0, controls,
-                       _flag(check_finite, "check_finite"))
+    Ad, Bd, offset, tv = _system_tensors(system, x0)
+    return _rollout_op(Ad, Bd, offset, x0, controls,
+                       tv | _CHECK_FINITE * _flag(check_finite, "check_finite"))
 
 
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
@@ -656,19 +674,25 @@ def _rollout_loss(kind, system, controls, x0, refs, weights, *, include_initial=
     (three numbers or a float64 tensor of 3): ``(value, grad_controls, grad_x0,
     components)``, components = (total, control, trajectory, terminal, w_c, w_t, w_f)."""
     _check_system(system)
-    _check_tensors(controls=controls, x0=x0, **{k: refs.get(k) for k in kind.references
-                                                if k in kind.required or refs.get(k) is not None})
-    ref_controls, ref_states, target = kind.slots(refs)
-    system = _system_tensors(system, controls)
+    _check_tensors(controls=controls, x0=x0)
+    slots = ref_controls, ref_states, target = kind.slots(refs)
+    for name, ref in zip(kind.references, slots):
+        if not (ref is None and name not in kind.required or isinstance(ref, Tensor)):
+            _check_tensors(**{name: ref})
+    Ad, Bd, offset, tv = _system_tensors(system, controls)
     if not isinstance(weights, Tensor):
         weights = torch.tensor(weights, dtype=_F64, device=controls.device)
-    return _rollout_loss_op(*system, controls, x0, ref_controls, ref_states, target, kind.terms,
-                            weights, _flag(include_initial, "include_initial"),
-                            _option(discount, "discount", optional=True),
-                            _opt(lengths, "lengths"), _opt(mask, "mask"), _penalty(penalty),
-                            _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
-                            _opt(state_weights, "state_weights"),
-                            _flag(check_finite, "check_finite"), kind.target_name)
+    flags = (kind.terms | tv | _CHECK_FINITE * _flag(check_finite, "check_finite")
+             | _INCLUDE_INITIAL * _flag(include_initial, "include_initial")
+             | _TERMINAL_TARGET * (kind.target_name == "terminal_target"))
+    discount = _option(discount, "discount", optional=True)
+    delta = _option(delta, "delta")
+    return _rollout_loss_op(Ad, Bd, offset, controls, x0, ref_controls, ref_states, target,
+                            weights, _opt(lengths, "lengths"), _opt(mask, "mask"),
+                            _opt(feature_weights, "feature_weights"),
+                            _opt(state_weights, "state_weights"), flags,
+                            [delta] if discount is None else [delta, discount],
+                            _penalty(penalty))
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
