@@ -519,3 +519,23 @@ def test_jax_mismatched_system_names_system(case):
         with pytest.raises(ValueError) as exc:
             f(a["controls"])
         _assert_names_system(exc, want, got)
+
+
+def test_torch_keeps_nothing_on_the_system():
+    # the per-device tensors live beside the system, not in it: a system used
+    # by trajloss.torch pickles to the same bytes as before (no tensor inside,
+    # loadable without torch), and its tensors go when it goes
+    torch = pytest.importorskip("torch")
+    import gc
+    import pickle
+    import trajloss.torch as tlt
+    system = make_form("per_sample")[0]
+    before = pickle.dumps(system)
+    a = make_data("combined")
+    tlt.rollout(system, torch.tensor(a["x0"]), torch.tensor(a["controls"]))
+    assert pickle.dumps(system) == before
+    assert len(tlt._SYSTEM_TENSORS) >= 1
+    n = len(tlt._SYSTEM_TENSORS)
+    del system
+    gc.collect()
+    assert len(tlt._SYSTEM_TENSORS) == n - 1

@@ -59,6 +59,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -599,22 +600,30 @@ _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollou
 def _system_tensors(system, like: Tensor) -> tuple:
     """The operators' system arguments and flag ``(Ad, Bd, offset, tv)``: the
     system's arrays as float64 tensors on like's device (tv: the flags' bit
-    of a time-varying system, else 0), made once per system
-    and device (the arrays are immutable) and kept on the system, so the cache
-    lives and dies with it and holds one entry per device."""
+    of a time-varying system, else 0), made once per system and device (the
+    arrays are immutable)."""
     if torch.compiler.is_compiling():
         return _system_constants(_check_system(system), str(like.device))
     return _cached_system_tensors(_check_system(system), str(like.device))
 
 
+#: system -> {device: tensors}; an entry lives as long as its system (nothing
+#: is stored on the system itself, so pickling a system never pickles tensors)
+_SYSTEM_TENSORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _cached_system_tensors(system, device: str) -> tuple:
-    cache = system.__dict__.setdefault("_torch_tensors", {})
-    if device not in cache:
+    per_device = _SYSTEM_TENSORS.get(system)
+    if per_device is None:
+        per_device = _SYSTEM_TENSORS[system] = {}
+    tensors = per_device.get(device)
+    if tensors is None:
         Ad, Bd, offset, time_varying = system._core
-        cache[device] = (torch.tensor(Ad, device=device), torch.tensor(Bd, device=device),
-                         None if offset is None else torch.tensor(offset, device=device),
-                         _TIME_VARYING if time_varying else 0)
-    return cache[device]
+        tensors = per_device[device] = (
+            torch.tensor(Ad, device=device), torch.tensor(Bd, device=device),
+            None if offset is None else torch.tensor(offset, device=device),
+            _TIME_VARYING if time_varying else 0)
+    return tensors
 
 
 @torch.compiler.assume_constant_result
