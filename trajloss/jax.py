@@ -56,10 +56,22 @@ shard (each device's loss is the loss of its own shard), and the gradient of
 an input replicated over the shards is the sum over the shards. Other
 shardings over several devices raise ``ValueError``.
 
+Systems: every form of :mod:`trajloss.systems` -- one ``LinearSystem``
+shared by the batch, one system per sample (``Ad`` (B, n, n), ``Bd``
+(B, n, m), an ``offset``), a ``TimeVaryingSystem`` ((T, n, n) or
+(B, T, n, n)), a batched ``LinearSystem.from_continuous`` -- with the values
+and gradients of the NumPy API. A per-sample system's B must be the data's B,
+a time-varying system's T the controls' T: ``ValueError`` naming ``system``
+when the call is traced. Inside ``jax.shard_map`` each device sees its shard
+of the batch, so a per-sample system must be that of the shard. The system's
+arrays are data (no gradient).
+
 Caches: none of the module's own. The host callbacks are small immutable
-objects that compare equal whenever the static options are equal, and the
-system matrices are passed as call operands, so JAX compiles each callback
-once per option set and shape, whatever the system or the weights.
+objects that compare equal whenever the static options and the shapes of the
+system's arrays are equal; the arrays themselves (also a per-sample system's
+B·n·n numbers) are call operands, never part of a callback's identity, so JAX
+compiles each callback once per option set and shape, whatever the system's
+values or the weights.
 """
 from __future__ import annotations
 

@@ -10,6 +10,20 @@ function that ``register_autograd`` generates lacks the ``setup_context``
 functorch requires (an open PyTorch bug, pytorch/pytorch#168393 and #179652);
 use ``torch.autograd.grad``/``backward`` instead.
 
+Systems
+-------
+Every function takes every system form of :mod:`trajloss.systems`: one
+``LinearSystem`` shared by the batch, one system per sample (``Ad`` (B, n, n),
+``Bd`` (B, n, m), an ``offset``), a ``TimeVaryingSystem`` ((T, n, n) or
+(B, T, n, n)), a batched ``LinearSystem.from_continuous``; values and
+gradients are those of the NumPy API. A per-sample system's B must be the
+data's B and a time-varying system's T the controls' T (``ValueError`` naming
+``system``, also on the ``meta`` device and under ``torch.compile``). Under
+``DistributedDataParallel`` each process sees its own shard of the batch, so
+give each process the per-sample system of its shard. The system's arrays are
+data (no gradient); their float64 tensors are made once per system and device
+and dropped with the system.
+
 Gradients
 ---------
 Every floating-point tensor argument gets its true gradient:
@@ -30,14 +44,14 @@ Every floating-point tensor argument gets its true gradient:
 Double backward (``create_graph=True``: Hessian-vector products,
 ``gradgradcheck``, gradient penalties) is exact: the backward is then built
 from the differentiable rollout and adjoint operators (``J v`` is a rollout
-of ``v`` from ``x0 = 0``, ``Jᵀ g`` the adjoint pass) and the penalty's
+of ``v`` from ``x0 = 0`` by the linear part of the dynamics, without the
+offset; ``Jᵀ g`` the adjoint pass, for every system form) and the penalty's
 elementwise derivative, whose own derivative is the curvature ``ρ''``: 2 for
 ``"mse"``, 1 inside ``|r| ≤ δ`` and 0 outside for ``"huber"``, 0 for
 ``"l1"`` (away from the kinks ``r = 0``, ``|r| = δ``, where ρ has no second
 derivative and the one-sided value is used). Higher orders follow the same
 way. ``discount`` and ``delta`` are plain numbers: a tensor that requires grad
-there raises ``ValueError`` rather than being silently treated as a constant;
-the system matrices are data.
+there raises ``ValueError`` rather than being silently treated as a constant.
 
 Devices
 -------
