@@ -539,3 +539,26 @@ def test_torch_keeps_nothing_on_the_system():
     del system
     gc.collect()
     assert len(tlt._SYSTEM_TENSORS) == n - 1
+
+
+@pytest.mark.parametrize("form", ["time_varying", "shared_offset"])
+def test_unbatched_sequence(form):
+    # one (T, m) sequence under a shared time-varying or offset system: the
+    # loop's sample 0, in torch (with double backward) and JAX
+    torch = pytest.importorskip("torch")
+    import trajloss.torch as tlt
+    jax, tlj = _jax()
+    system, raw = make_form(form)
+    a = {k: v[0] for k, v in make_data("trajectory").items()}
+    batched = {k: v[None] for k, v in a.items()}
+    ref = np_sequence(np_rollout(raw, batched["x0"], batched["controls"]),
+                      batched["ref_states"], np.ones((1, T + 1), bool), 1.0, "mse")
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in a.items()}
+    f = lambda u, x0, rs: tlt.trajectory_loss(system, u, x0, rs, include_initial=True)
+    np.testing.assert_allclose(f(*t.values()).item(), ref, rtol=1e-12)
+    assert torch.autograd.gradgradcheck(f, tuple(t.values()))
+    g = lambda u, x0, rs: tlj.trajectory_loss(system, u, x0, rs, include_initial=True)
+    value, grads = jax.value_and_grad(g, argnums=(0, 1, 2))(*a.values())
+    np.testing.assert_allclose(value, ref, rtol=1e-12)
+    for gj, gt in zip(grads, torch.autograd.grad(f(*t.values()), tuple(t.values()))):
+        np.testing.assert_allclose(gj, gt.numpy(), rtol=1e-13, atol=1e-15)
