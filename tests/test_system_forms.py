@@ -570,7 +570,7 @@ def test_shared_equals_per_sample_copies(form, B):
         close(copied[k], shared[k], 1e-13, k)
 
 
-@pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "cont-psAB-dtvec", "lti-shared"])
+@pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "tv-shared-off", "lti-shared"])
 def test_threads_bit_identical(form):
     case = make_case(form, B=1030, T=6)
     d = data(case)
