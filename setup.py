@@ -8,11 +8,17 @@ LAPACK provider, chosen with the environment variable TRAJLOSS_LAPACK:
 """
 import os
 import shlex
+import shutil
 import subprocess
 
 import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.modified import newer_group
+except ImportError:  # setuptools < 69
+    from distutils.dep_util import newer_group
 
 CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "discretize.c",
                 "dynamics.c", "rollout.c", "weights.c", "loss.c", "tile.c", "tile_v3.c",
@@ -82,12 +88,30 @@ core = Extension(
 class parallel_build_ext(build_ext):
     """Compile the sources in parallel, one job a CPU (unless --parallel says
     otherwise). Nothing is forced: an extension newer than its sources and
-    headers (and the LAPACK provider stamp) is not rebuilt."""
+    headers (and the LAPACK provider stamp) is not rebuilt.
+
+    An editable install (``pip install -e .``) builds into a fresh temporary
+    directory every time, where setuptools' timestamp check always finds
+    nothing; the module it then copies into the source tree is what counts.
+    So when that copy is up to date it is reused instead of recompiled."""
 
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
             self.parallel = True
+
+    def build_extension(self, ext):
+        in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               self.get_ext_filename(ext.name))
+        target = self.get_ext_fullpath(ext.name)
+        if (getattr(self, "editable_mode", False) and os.path.exists(in_tree)
+                and os.path.abspath(target) != in_tree
+                and not newer_group(list(ext.sources) + list(ext.depends), in_tree, "newer")):
+            print(f"trajloss: {self.get_ext_filename(ext.name)} is up to date, not rebuilt")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(in_tree, target)
+            return
+        super().build_extension(ext)
 
 
 setup(ext_modules=[core], cmdclass={"build_ext": parallel_build_ext})
