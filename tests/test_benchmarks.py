@@ -26,8 +26,9 @@ COMBINED = {"trajloss", "numpy-matrix", "numpy-loop", "torch-loop", "torch-loop-
             "torch-matrix", "torch.compile-matrix", "jax-scan", "jax-matrix"}
 CONTROL = {"trajloss", "numpy", "torch-eager", "torch.compile", "jax-jit"}
 GENERAL = {"trajloss", "torch-loop", "torch-loop-addmm", "torch-matrix", "jax-scan"}
-PER_SAMPLE = {"trajloss", "numpy-loop", "torch-loop", "torch-loop-addmm", "jax-scan"}
-TIME_VARYING = PER_SAMPLE | {"torch-matrix"}
+FORM_LOOPS = {"trajloss", "numpy-loop", "torch-loop", "torch-loop-addmm", "jax-scan"}
+PER_SAMPLE = FORM_LOOPS | {"torch-loop-bcast"}
+TIME_VARYING = FORM_LOOPS | {"torch-matrix"}
 EXPECTED = {  # workload -> implementations of every case
     "W1": [COMBINED],
     "W2": [COMBINED],
@@ -147,8 +148,8 @@ def test_speed_rows_pick_the_fastest_eager_torch(tiny_run):
     for s in speed:
         key = [r for r in rows if r["workload"] == s["workload"] and r["dtype"] == s["dtype"]
                and s["case"].endswith(r["case"])]
-        torch_rows = [r for r in key if r["impl"] in ("torch-loop", "torch-loop-addmm",
-                                                      "torch-matrix") and "median_s" in r]
+        torch_rows = [r for r in key if r["impl"].startswith("torch-") and "median_s" in r]
+        assert {r["impl"] for r in torch_rows} & {"torch-loop", "torch-loop-addmm"}
         best = min(torch_rows, key=lambda r: r["median_s"])
         assert (s["torch_best"], s["torch_best_s"]) == (best["impl"], best["median_s"])
         assert s["goal"] == goals.get((s["workload"], key[0]["case"]), 3)
