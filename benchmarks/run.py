@@ -382,12 +382,22 @@ def weighted_sum_sq(w, r):
     return w * (r * r).sum() if w.ndim == 0 else (w[..., None] * (r * r)).sum()
 
 
-def loss_value(c, rollout, U, x0, RU, RX, L, Lf):
-    """The loss as a differentiable expression (PyTorch and JAX baselines)."""
+def framework_inputs(p: LossProblem):
+    """``(U, x0, RU, RX1, L, Lf)`` for the PyTorch and JAX baselines: RX1 =
+    ``RX[:, 1:]``, the states the trajectory term scores, sliced once outside
+    the timed call (a contiguous operand is ~10 % faster in PyTorch at W1)."""
+    U, x0, RU, RX, L, Lf = p.arrays()
+    RX1 = None if RX is None else np.ascontiguousarray(RX[:, 1:])
+    return U, x0, RU, RX1, L, Lf
+
+
+def loss_value(c, rollout, U, x0, RU, RX1, L, Lf):
+    """The loss as a differentiable expression (PyTorch and JAX baselines);
+    ``RX1 = RX[:, 1:]``."""
     cw, sw = step_weights(c, L, Lf)
     value = weighted_sum_sq(cw, U - RU)
     if rollout is not None:
-        value = value + weighted_sum_sq(sw, rollout(U, x0) - RX[:, 1:])
+        value = value + weighted_sum_sq(sw, rollout(U, x0) - RX1)
     return value
 
 
@@ -533,11 +543,16 @@ def torch_dynamics(c, form: str, sform: str = "shared"):
     Slicing ``U[:, k]`` instead of ``unbind`` is slower: the backward of each
     slice writes a zero tensor of U's full size.
     """
+    torch = framework("torch")
     if form == "matrix":
         if sform == "per_sample":
             raise ValueError("no matrix form for per-sample systems")
-        return matrix_rollout(c)
-    torch = framework("torch")
+        PhiT, GamT = c.PhiT, c.GamT
+
+        def rollout(U, x0):  # one addmm: ~15 % faster than matmul + add at W1
+            B, T = U.shape[0], U.shape[1]
+            return torch.addmm(x0 @ PhiT, U.reshape(B, -1), GamT).reshape(B, T, -1)
+        return rollout
     if form == "loop-bcast":
         if sform != "per_sample":
             raise ValueError("the broadcast loop is for per-sample systems")
@@ -608,12 +623,13 @@ def setup_torch(p: LossProblem, form: Optional[str], compiled: Optional[str] = N
     of the forward (AOTAutograd compiles the backward); gradients by ``torch.autograd.grad``."""
     torch = framework("torch")
     c = SimpleNamespace(**{k: torch.from_numpy(v) for k, v in loss_constants(p).items()})
-    U, x0, RU, RX, L, Lf = (None if a is None else torch.from_numpy(a) for a in p.arrays())
+    U, x0, RU, RX1, L, Lf = (None if a is None else torch.from_numpy(a)
+                             for a in framework_inputs(p))
     leaves = (U.requires_grad_(),) + ((x0.requires_grad_(),) if p.combined else ())
     rollout = torch_dynamics(c, form, p.form) if p.combined else None
 
-    def value_fn(U, x0, RU, RX, L, Lf):
-        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+    def value_fn(U, x0, RU, RX1, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX1, L, Lf)
 
     if compiled:
         if not hasattr(torch, "compile"):
@@ -622,7 +638,7 @@ def setup_torch(p: LossProblem, form: Optional[str], compiled: Optional[str] = N
         value_fn = torch.compile(value_fn, dynamic=False, backend=compiled)
 
     def call():
-        v = value_fn(U, x0, RU, RX, L, Lf)
+        v = value_fn(U, x0, RU, RX1, L, Lf)
         g = torch.autograd.grad(v, leaves)
         return v, g[0], (g[1] if len(g) > 1 else None)
     return call
@@ -663,11 +679,11 @@ def setup_jax(p: LossProblem, form: Optional[str]) -> Callable:
     """``jax.jit(jax.value_and_grad(loss, argnums=(controls, x0)))``."""
     jax = framework("jax")
     c = SimpleNamespace(**{k: jax.numpy.asarray(v) for k, v in loss_constants(p).items()})
-    args = tuple(None if a is None else jax.device_put(a) for a in p.arrays())
+    args = tuple(None if a is None else jax.device_put(a) for a in framework_inputs(p))
     rollout = jax_dynamics(c, form, p.form) if p.combined else None
 
-    def value_fn(U, x0, RU, RX, L, Lf):
-        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+    def value_fn(U, x0, RU, RX1, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX1, L, Lf)
 
     step = jax.jit(jax.value_and_grad(value_fn, argnums=(0, 1) if p.combined else 0))
 
