@@ -1028,6 +1028,8 @@ class Context:
             impls = COMBINED_IMPLS if problem.combined else CONTROL_IMPLS
         case = case or problem.label()
         extra = dict(B=problem.B, form=problem.form)
+        if problem.combined:
+            extra.update(n=problem.system.n, m=problem.system.m, T=problem.T)
         try:
             if problem.combined:
                 trajloss_system(problem.system)
@@ -1391,6 +1393,15 @@ def best_of(rows, workload, case, dtype, family):
     return min(them, key=lambda r: r["median_s"]) if them else None
 
 
+def dynamics_flops(r) -> Optional[float]:
+    """Floating-point operations of the rollout and adjoint of a combined loss:
+    ``4·B·T·n·(n + m)`` (A x + B u forward, Aᵀλ and Bᵀλ back, 2 per multiply-add);
+    the elementwise loss terms are O(B·T·(n + m)) and left out. For a roofline."""
+    if not all(k in r for k in ("B", "T", "n", "m")):
+        return None
+    return 4.0 * r["B"] * r["T"] * r["n"] * (r["n"] + r["m"])
+
+
 def speed_rows(rows) -> list:
     """One line per case with a speed goal: trajloss vs the fastest PyTorch eager
     form (family "torch": unbind loop, addmm loop, block-Toeplitz matrix)."""
@@ -1406,7 +1417,9 @@ def speed_rows(rows) -> list:
         ratio = best["median_s"] / tl[0]["median_s"] if tl and best else None
         case = f"{CASE_NAMES[key[0]]} {key[1]}".strip()
         variants = {x["impl"]: x["median_s"] for x in find(rows, *key, family="torch")}
-        out.append(dict(workload=key[0], case=case, dtype=key[2],
+        flops = dynamics_flops(r)
+        out.append(dict(workload=key[0], case=case, dtype=key[2], flops=flops,
+                        trajloss_gflops=flops / tl[0]["median_s"] / 1e9 if tl and flops else None,
                         trajloss_s=tl[0]["median_s"] if tl else None,
                         torch_best_s=best["median_s"] if best else None,
                         torch_best=best["impl"] if best else None, torch_variants_s=variants,
@@ -1454,12 +1467,14 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
     for s in speed_rows(rows):
         variants = ", ".join(f"{k.replace('torch-', '')} {fmt_ms(v)}"
                              for k, v in s["torch_variants_s"].items())
-        body.append((s["case"], s["dtype"], fmt_ms(s["trajloss_s"]),
+        gflops = "—" if s.get("trajloss_gflops") is None else f"{s['trajloss_gflops']:.1f}"
+        body.append((s["case"], s["dtype"], fmt_ms(s["trajloss_s"]), gflops,
                      f"{fmt_ms(s['torch_best_s'])} ({s['torch_best'] or '—'})", variants,
                      "—" if s["speedup"] is None else f"{s['speedup']:.1f}x",
                      f">= {s['goal']:g}x", yes_no(s["met"])))
     if body:
-        lines += [markdown_table(("case", "dtype", "trajloss ms", "torch best ms (variant)",
+        lines += [markdown_table(("case", "dtype", "trajloss ms", "trajloss GFLOP/s",
+                                  "torch best ms (variant)",
                                   "torch eager forms ms", "speed-up", "target", "met"), body), ""]
     same = same_matrices_rows(rows)
     if same:

@@ -159,6 +159,11 @@ def test_speed_rows_pick_the_fastest_eager_torch(tiny_run):
             assert s["met"] == (s["speedup"] >= s["goal"])
         else:
             assert s["speedup"] is None and s["met"] is None
+        if s["workload"] == "W7":  # "general (n,m,T) B=..": rollout + adjoint 4·B·T·n·(n+m)
+            n, m, T = (int(v) for v in s["case"].split("(")[1].split(")")[0].split(","))
+            assert s["flops"] == 4 * TINY_B * T * n * (n + m)
+            if tl:
+                assert s["trajloss_gflops"] == s["flops"] / tl[0]["median_s"] / 1e9
         seen.add(s["workload"])
     assert seen == {"W1", "W7", "W8"}
     text = md.read_text()
