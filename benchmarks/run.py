@@ -1459,10 +1459,16 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
     lines = []
     if machine:
         git = machine.get("git") or {}
-        lines += [f"Build {git.get('commit', '?')[:10]}{' (dirty)' if git.get('dirty') else ''}, "
+        ext = git.get("extension") or {}
+        lines += [f"Build {git.get('commit', '?')[:10]}{' (dirty)' if git.get('dirty') else ''}"
+                  + (f" (extension sha256 {ext['sha256']}, built {ext['built'][:16]} UTC)"
+                     if ext else "") + ", "
                   f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
                   f"{machine.get('date', '')[:16]} UTC, `--{mode or '?'}` run; one thread for "
-                  f"every contestant, medians of interleaved rounds.", ""]
+                  f"every contestant, medians of interleaved rounds."
+                  + (" One-thread NumPy matmul: {float64_gflops:.1f} GFLOP/s float64, "
+                     "{float32_gflops:.1f} float32.".format(**machine["matmul_peak"])
+                     if machine.get("matmul_peak") else ""), ""]
     body = []
     for s in speed_rows(rows):
         variants = ", ".join(f"{k.replace('torch-', '')} {fmt_ms(v)}"
@@ -1598,6 +1604,16 @@ def machine_info(ctx: Context) -> dict:
                "dirty": bool(run("status", "--porcelain", "--", "csrc", "trajloss", "setup.py"))}
     except (OSError, subprocess.SubprocessError):
         pass
+    try:  # which compiled extension ran: the commit alone does not say when it was built
+        import hashlib
+        so = trajloss._core.__file__
+        with open(so, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+        git["extension"] = {"path": os.path.relpath(so, REPO), "sha256": digest,
+                            "built": datetime.datetime.fromtimestamp(
+                                os.path.getmtime(so), datetime.timezone.utc).isoformat()}
+    except (AttributeError, OSError):
+        pass
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -1637,6 +1653,25 @@ def plot_w1(rows, path: str) -> Optional[str]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def matmul_rates(size: int) -> dict:
+    """This machine's practical compute peak on one thread: NumPy's (OpenBLAS)
+    square matmul, float64 and float32, best of 5 -- the roof of a roofline
+    (W6's copy gives the bandwidth)."""
+    rng = np.random.default_rng(8)
+    out = {"size": size}
+    for dtype in (np.float64, np.float32):
+        a = rng.random((size, size)).astype(dtype)
+        b = rng.random((size, size)).astype(dtype)
+        c = a @ b
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+        out[np.dtype(dtype).name + "_gflops"] = 2.0 * size ** 3 / best / 1e9
+    return out
 
 
 def default_out(mode: Mode) -> str:
@@ -1752,10 +1787,13 @@ def main(argv=None) -> int:
     out = args.out or default_out(args.mode)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = plot_w1(ctx.rows, os.path.splitext(out)[0] + "-w1.png") if args.plot else None
+    machine = machine_info(ctx)
+    machine["matmul_peak"] = matmul_rates(256 if args.mode.name == "tiny" else 1024)
+    report += ["", "Machine: one-thread NumPy matmul ({size}²) {float64_gflops:.1f} GFLOP/s "
+                   "float64, {float32_gflops:.1f} float32".format(**machine["matmul_peak"])]
     report += ["", f"wall time {wall:.1f} s; JSON: {out}" + (f"; plot: {plot}" if plot else "")]
     print("\n".join(report))
 
-    machine = machine_info(ctx)
     if args.markdown:
         text = readme_markdown(ctx.rows, ts, machine, args.mode.name)
         if args.markdown == "-":
