@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick    # 3 measurements per point, same sizes
     python benchmarks/run.py --tiny     # smoke test: tiny sizes, well under a minute
     python benchmarks/run.py --only W1,W3 --out /tmp/x.json --plot --threads 2
+    python benchmarks/run.py --markdown tables.md   # the README tables, also to a file
+    python benchmarks/run.py --render results.json  # the README tables of a saved run
 
 Workloads (see benchmarks/README.md):
 
@@ -15,6 +17,11 @@ W3  seed 004: time-weighted control_loss only, discount 0.375, D = 6, T = 100, B
 W4  min_energy(method="exact") for 10**6 double-integrator samples, T = 15
 W5  per-call overhead at B = 1 (combined_loss of W1 and a minimal control_loss)
 W6  the memory floor of W1 at B = 262144: one copy of the bytes W1 reads + writes
+W7  combined_loss value + gradient, random stable systems, (n, m, T) in
+    {(5, 2, 50), (12, 4, 50), (24, 6, 100)}, B = 1024, float64 and float32
+W8  as W7 at (12, 4, 50) with one system per sample (B, n, n) and per step (T, n, n)
+W9  trajloss vs trajloss: a shared system vs the same matrices per sample / per step
+W10 trajloss with 1 vs 2 threads over B in {64, ..., 16384}: where threads pay
 
 Every baseline computes exactly trajloss's definition (losses.py module
 docstring) and is checked against trajloss -- value and every gradient, relative
