@@ -14,7 +14,8 @@ import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "discretize.c", "rollout.c", "weights.c", "loss.c", "reference.c"]
+CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "discretize.c",
+                "dynamics.c", "rollout.c", "weights.c", "loss.c", "tile.c", "reference.c"]
 
 
 def lapack_options():
@@ -45,9 +46,30 @@ def lapack_options():
 
 provider, lapack_cflags, lapack_libs, _ = lapack_options()
 
+
+def provider_stamp(name):
+    """A file that changes only when the LAPACK provider does: listed among
+    the extension's dependencies, so switching TRAJLOSS_LAPACK rebuilds, and
+    an unchanged tree is not rebuilt (setuptools compares timestamps)."""
+    path = os.path.join("build", "lapack-provider.txt")
+    os.makedirs("build", exist_ok=True)
+    try:
+        with open(path) as f:
+            if f.read() == name:
+                return path
+    except OSError:
+        pass
+    with open(path, "w") as f:
+        f.write(name)
+    return path
+
+
+HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h"))
+
 core = Extension(
     "trajloss._core",
     sources=["trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
+    depends=HEADERS + [provider_stamp(provider)],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
     extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra",
@@ -56,18 +78,15 @@ core = Extension(
 )
 
 
-
-class always_build_ext(build_ext):
-    """Rebuild every time: the objects depend on TRAJLOSS_LAPACK, which
-    setuptools' timestamp check cannot see. The sources compile in parallel
-    (one job a CPU, unless --parallel says otherwise): csrc/loss.c alone takes
-    about two minutes at -O3, its kernels compiled for every small system."""
+class parallel_build_ext(build_ext):
+    """Compile the sources in parallel, one job a CPU (unless --parallel says
+    otherwise). Nothing is forced: an extension newer than its sources and
+    headers (and the LAPACK provider stamp) is not rebuilt."""
 
     def finalize_options(self):
         super().finalize_options()
-        self.force = True
         if not self.parallel:
             self.parallel = True
 
 
-setup(ext_modules=[core], cmdclass={"build_ext": always_build_ext})
+setup(ext_modules=[core], cmdclass={"build_ext": parallel_build_ext})

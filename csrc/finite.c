@@ -2,7 +2,7 @@
  * finite.c -- are all values of an array finite?
  *
  * x - x is +0 for a finite x and NaN for inf or NaN, so (x - x) != 0 flags
- * exactly the non-finite values. The flags of 256-bit vectors are OR-ed
+ * exactly the non-finite values. The flags of vectors are OR-ed
  * (integer OR reorders freely, so this vectorises under strict IEEE rules,
  * where a floating-point sum of x * 0 could not) and looked at once a block,
  * which lets a bad value stop the scan early. Out of cache the scan runs at
@@ -10,8 +10,14 @@
  */
 #include <string.h>
 
-#include "lanes.h"
 #include "trajloss.h"
+
+/* 128-bit vectors (every x86-64 has them) of each type and their comparison
+ * masks (GCC, clang); four of them an iteration keep the scan at memory speed. */
+typedef double tl_vd __attribute__((vector_size(16)));
+typedef long long tl_vm __attribute__((vector_size(16)));
+typedef float tl_vf __attribute__((vector_size(16)));
+typedef int tl_vi __attribute__((vector_size(16)));
 
 #define TL_FINITE_BLOCK 4096 /* elements between early exits */
 
@@ -19,20 +25,20 @@
  * four vectors an iteration, then single vectors, then one vector overlapping
  * the end (short rows, as the losses check a tile at a time, stay vectorised). */
 #define TL_FINITE_SCAN(NAME, T, VT, VM, W)                                                    \
-    static inline VM NAME##_flags(const T *p)                                                 \
+    static inline __attribute__((always_inline)) VM NAME##_flags(const T *p)                                                 \
     {                                                                                         \
         VT a;                                                                                 \
         memcpy(&a, p, sizeof a);                                                              \
         return (VM)((a - a) != 0);                                                            \
     }                                                                                         \
-    static inline int NAME##_any(VM bad)                                                      \
+    static inline __attribute__((always_inline)) int NAME##_any(VM bad)                                                      \
     {                                                                                         \
         int any = 0;                                                                          \
         for (int l = 0; l < (W); l++)                                                         \
             any |= bad[l] != 0;                                                               \
         return any;                                                                           \
     }                                                                                         \
-    TL_CLONES int NAME(const T *p, ptrdiff_t count)                                           \
+    int NAME(const T *p, ptrdiff_t count)                                           \
     {                                                                                         \
         if (count < (W)) {                                                                    \
             for (ptrdiff_t i = 0; i < count; i++)                                             \
@@ -60,6 +66,6 @@
         return !NAME##_any(bad);                                                               \
     }
 
-TL_FINITE_SCAN(tl_all_finite_f64, double, tl_vd, tl_vm, TL_LANES_F64)
-TL_FINITE_SCAN(tl_all_finite_f32, float, tl_vf, tl_vi, TL_LANES_F32)
+TL_FINITE_SCAN(tl_all_finite_f64, double, tl_vd, tl_vm, 2)
+TL_FINITE_SCAN(tl_all_finite_f32, float, tl_vf, tl_vi, 4)
 #undef TL_FINITE_SCAN

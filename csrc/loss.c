@@ -1,87 +1,38 @@
 /*
- * loss.c -- control, trajectory, terminal and combined losses with their
- * analytic gradients (kernels in loss_impl.h, one per storage type).
+ * loss.c -- the losses and their analytic gradients: the driver that every
+ * loss call goes through, and the plain reference kernel of the rollout
+ * losses.
  *
- * Layout of the work. The batch is cut into chunks of TL_CHUNK sequences
- * (parallel.h); each chunk's partial sums are stored and added in chunk
- * order, so the value does not depend on how many threads ran. The rollout
- * losses process a chunk as tiles of sequences held side by side in vectors
- * (lanes.h; four in float64, eight in float32, computed in float and summed
- * in double; on AVX-512, pairs of tiles as one 512-bit tile of eight float64
- * or sixteen float32 lanes: lanes8.h, wide_impl.h and the end of this file):
- * every operation acts on all lanes at once, and the
- * recurrences of different sequences overlap instead of waiting on each
- * other. Lanes past the end of the batch, and steps past a sequence's last
- * valid step, are switched off with selects (never multiplied by zero), so
- * padding values -- NaN included -- never reach a result; check_finite scans
- * only the elements a loss reads (rl_seq_bad, cl_seq_bad in loss_impl.h), so
- * they never raise either.
+ * The driver. The batch is cut into chunks of TL_CHUNK sequences
+ * (parallel.h); each chunk's sums are stored and added in chunk order, so the
+ * value does not depend on how many threads ran. A chunk's whole tiles of
+ * TL_TILE sequences go through the fast kernel where one applies (tile.c,
+ * engine.h), the rest through tl_loss_seq below; which is decided by the
+ * chunk alone, never by the threads. With check_finite, the rows a chunk
+ * reads are scanned whole just before its kernel reads them (from cache);
+ * only when that scan finds a NaN or inf are the elements the loss reads
+ * looked at one by one, so padding never raises.
+ *
+ * The reference kernel (tl_loss_seq) runs one sequence in double: the
+ * forward rollout of its states up to the last one scored, then one
+ * backward sweep that adds each state's penalty derivative to the adjoint
+ * lambda_k = dL/dx_k and each control's to B_k^T lambda_{k+1}. It reads the
+ * system through rollout.h's step and adjoint, so every form of tl_dynamics
+ * (shared, per sample, per step, with offset) runs through the same lines.
  */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "lanes.h"
+#include "engine.h"
 #include "parallel.h"
+#include "penalty.h"
+#include "rollout.h"
 #include "select.h"
 #include "sizes.h"
-#include "trajloss.h"
 
-/* rho(r) and its derivative for the three penalties (see trajloss.h). A NaN
- * residual (an unchecked NaN input, check_finite off) has a NaN derivative
- * too: no comparison may turn it into a finite-looking 0 or -delta. */
-static inline double rho(tl_penalty penalty, double delta, double r, double *drho)
-{
-    switch (penalty) {
-    case TL_PENALTY_MSE:
-        *drho = 2.0 * r;
-        return r * r;
-    case TL_PENALTY_L1:
-        *drho = r != r ? r : (double)((r > 0.0) - (r < 0.0));
-        return fabs(r);
-    default: {
-        const double abs_r = fabs(r);
-        if (abs_r <= delta) {
-            *drho = r;
-            return 0.5 * r * r;
-        }
-        *drho = r > 0.0 ? delta : r < 0.0 ? -delta : r;
-        return delta * (abs_r - 0.5 * delta);
-    }
-    }
-}
-
-/*
- * One run of contiguous elements with per-element weights wv:
- * returns sum wv rho(p - q) and, when g is given, stores scale wv rho'(p - q).
- * The sum is kept in four interleaved partial sums (element e goes to
- * e mod 4), a fixed order the compiler can vectorise -- a single running
- * sum would force it to add one element at a time.
- */
-#define TL_PEN_RUN(T_, NAME)                                                                  \
-    static double NAME(tl_penalty penalty, double delta, ptrdiff_t len, const T_ *p,          \
-                       const T_ *q, const double *wv, double scale, T_ *g)                    \
-    {                                                                                         \
-        double part[4] = {0.0, 0.0, 0.0, 0.0}, d;                                             \
-        if (penalty == TL_PENALTY_MSE && g != NULL) {                                         \
-            for (ptrdiff_t e = 0; e < len; e++) {                                             \
-                const double r = (double)p[e] - (double)q[e];                                 \
-                part[e & 3] += wv[e] * r * r;                                                 \
-                g[e] = (T_)(scale * wv[e] * 2.0 * r);                                         \
-            }                                                                                 \
-        } else {                                                                              \
-            for (ptrdiff_t e = 0; e < len; e++) {                                             \
-                part[e & 3] += wv[e] * rho(penalty, delta, (double)p[e] - (double)q[e], &d);  \
-                if (g != NULL)                                                                \
-                    g[e] = (T_)(scale * wv[e] * d);                                           \
-            }                                                                                 \
-        }                                                                                     \
-        return (part[0] + part[1]) + (part[2] + part[3]);                                     \
-    }
-TL_PEN_RUN(double, pen_run_f64)
-TL_PEN_RUN(float, pen_run_f32)
-#undef TL_PEN_RUN
+/* ---- checks and counts --------------------------------------------------- */
 
 static int finite_nonneg(double x)
 {
@@ -95,9 +46,8 @@ static tl_status check_spec(const tl_loss_spec *spec)
     tl_status status = tl_selection_check(&spec->sel);
     if (status != TL_OK)
         return status;
-    if ((int)spec->penalty < 0 || spec->penalty >= TL_PENALTY_COUNT)
-        return TL_ERR_VALUE;
-    if (spec->lanes != 0 && spec->lanes != TL_LANES_F64)
+    if ((int)spec->penalty < 0 || spec->penalty >= TL_PENALTY_COUNT ||
+        (int)spec->kernel < 0 || spec->kernel >= TL_KERNEL_COUNT)
         return TL_ERR_VALUE;
     if (spec->penalty == TL_PENALTY_HUBER && !(isfinite(spec->delta) && spec->delta > 0.0))
         return TL_ERR_VALUE;
@@ -136,147 +86,110 @@ static tl_valid_counts count_valid(const tl_selection *sel, int shift)
     return N;
 }
 
-static tl_status check_rollout_call(const tl_system *sys, const tl_loss_spec *spec,
-                                    const void *controls, const void *x0,
-                                    const void *ref_controls, const void *ref_states,
-                                    const void *target, const void *value, const void *work)
+static size_t elem_size(tl_dtype dtype)
 {
-    tl_status status = tl_system_check(sys);
-    if (status == TL_OK)
-        status = check_spec(spec);
-    if (status != TL_OK)
-        return status;
-    const unsigned terms = spec->terms;
-    if (terms == 0 || (terms & ~7u) != 0 || value == NULL || work == NULL)
-        return work == NULL ? TL_ERR_NOMEM : TL_ERR_VALUE;
-    if (spec->sel.batch > 0 &&
-        (controls == NULL || x0 == NULL ||
-         ((terms & TL_TERM_CONTROL) && ref_controls == NULL) ||
-         ((terms & TL_TERM_TRAJECTORY) && ref_states == NULL) ||
-         ((terms & TL_TERM_TERMINAL) && target == NULL && ref_states == NULL)))
-        return TL_ERR_VALUE;
-    return TL_OK;
+    return dtype == TL_F64 ? sizeof(double) : sizeof(float);
 }
 
-/* ---- scratch sizes ------------------------------------------------------ */
+static const void *elem_at(tl_dtype dtype, const void *p, ptrdiff_t i)
+{
+    return p == NULL ? NULL : (const char *)p + (size_t)i * elem_size(dtype);
+}
 
+static int run_finite(tl_dtype dtype, const void *p, ptrdiff_t count)
+{
+    return dtype == TL_F64 ? tl_all_finite_f64((const double *)p, count)
+                           : tl_all_finite_f32((const float *)p, count);
+}
+
+/* ---- the workspace -------------------------------------------------------- */
+
+/* What each chunk reports: three term sums and two flags (1.0 when set). */
+enum { P_CONTROL, P_TRAJECTORY, P_TERMINAL, P_BAD_INPUT, P_BAD_OUTPUT, P_COUNT };
+
+/* A loss call's scratch, carved from the caller's `work` by loss_work. */
+typedef struct {
+    double *powers;        /* steps + 2: tl_sel_powers */
+    double *partials;      /* P_COUNT per chunk */
+    double *flat;          /* control loss: T x D weights w_t f_d of a uniform selection */
+    double *workers;       /* worker_doubles for each worker */
+    size_t worker_doubles;
+    int worker_count;
+    size_t bytes;          /* of all of it; 0 when it cannot be addressed */
+} tl_loss_work;
 
 static ptrdiff_t chunk_count(ptrdiff_t batch)
 {
     return batch / TL_CHUNK + (batch % TL_CHUNK != 0);
 }
 
-/* What each chunk reports: three term sums and two flags (1.0 when set). */
-enum { P_CONTROL, P_TRAJECTORY, P_TERMINAL, P_BAD_INPUT, P_BAD_OUTPUT, P_COUNT };
-
-/* Doubles of shared scratch: the powers (steps + 2) and P_COUNT per chunk. */
-static int shared_doubles(ptrdiff_t steps, ptrdiff_t batch, size_t *count)
+/* Multiply-adds a sequence costs (about): what decides whether threads pay. */
+static double sequence_cost(const tl_dynamics *dyn, ptrdiff_t features, ptrdiff_t steps)
 {
-    *count = 0;
-    return tl_add_product(count, (size_t)steps + 2, 1) &&
-           tl_add_product(count, (size_t)chunk_count(batch), P_COUNT);
+    const double width = dyn != NULL ? (double)dyn->n * (double)(dyn->n + dyn->m) * 2.0
+                                     : (double)features;
+    return (double)steps * (width + 8.0);
 }
 
-static size_t total_bytes(size_t shared, size_t per_worker, int workers)
+/* A thread costs some 50 us to wake and join: a worker needs at least this
+ * many multiply-adds (about 200 us of work) before another one pays. */
+#define TL_MIN_WORK_PER_WORKER 4e5
+
+static int loss_workers(const tl_dynamics *dyn, ptrdiff_t features, const tl_loss_spec *spec)
 {
-    size_t doubles = shared;
-    if (!tl_add_product(&doubles, per_worker, (size_t)workers))
+    const ptrdiff_t chunks = chunk_count(spec->sel.batch);
+    const double work = (double)spec->sel.batch * sequence_cost(dyn, features, spec->sel.steps);
+    double useful = work / TL_MIN_WORK_PER_WORKER;
+    if (useful > (double)chunks)
+        useful = (double)chunks;
+    int workers = spec->threads < 1 ? 1 : spec->threads;
+    if (workers > TL_MAX_WORKERS)
+        workers = TL_MAX_WORKERS;
+    return useful < (double)workers ? (useful < 1.0 ? 1 : (int)useful) : workers;
+}
+
+/* Lays the scratch of a call out from base (NULL: only sizes it). */
+static tl_loss_work loss_work(const tl_dynamics *dyn, ptrdiff_t features,
+                              const tl_loss_spec *spec, void *base)
+{
+    tl_loss_work w = {0};
+    const ptrdiff_t T = spec->sel.steps, B = spec->sel.batch;
+    size_t per = 0, shared = 0;
+    int ok = tl_add_product(&shared, (size_t)T + 2, 1) &&
+             tl_add_product(&shared, (size_t)chunk_count(B), P_COUNT);
+    if (dyn == NULL) {
+        ok = ok && tl_add_product(&shared, (size_t)T, (size_t)features) &&
+             tl_add_product(&per, (size_t)T + 2 + (size_t)features, 1);
+    } else {
+        const size_t seq = tl_loss_seq_doubles(dyn->n, dyn->m, T);
+        const size_t tile = tl_tile_doubles(dyn->n, dyn->m, T);
+        ok = ok && seq != 0 && tl_add_product(&per, seq > tile ? seq : tile, 1);
+    }
+    w.worker_count = loss_workers(dyn, features, spec);
+    w.worker_doubles = per;
+    size_t total = shared;
+    if (!ok || !tl_add_product(&total, per, (size_t)w.worker_count))
+        return w;
+    w.bytes = tl_doubles_bytes(total);
+    if (base != NULL && w.bytes != 0) {
+        w.powers = (double *)base;
+        w.partials = w.powers + T + 2;
+        w.flat = w.partials + P_COUNT * chunk_count(B);
+        w.workers = w.flat + (dyn == NULL ? T * features : 0);
+    }
+    return w;
+}
+
+size_t tl_loss_work_bytes(const tl_dynamics *dyn, ptrdiff_t features, const tl_loss_spec *spec)
+{
+    if (spec == NULL || spec->sel.batch < 0 || spec->sel.steps < 0 ||
+        spec->sel.steps >= INT_MAX || (dyn == NULL && features < 1) ||
+        (dyn != NULL && (dyn->n < 1 || dyn->n > TL_MAX_DIM || dyn->m < 1 || dyn->m > TL_MAX_DIM)))
         return 0;
-    return tl_doubles_bytes(doubles);
+    return loss_work(dyn, features, spec, NULL).bytes;
 }
 
-size_t tl_control_loss_work_bytes(ptrdiff_t features, ptrdiff_t steps, ptrdiff_t batch,
-                                  int threads)
-{
-    size_t shared, per_worker = 0;
-    if (features < 1 || steps < 0 || batch < 0 || !shared_doubles(steps, batch, &shared))
-        return 0;
-    /* shared: the weights of every element of a row when they are the same
-     * for every sequence (T x features); per worker: one row of weights */
-    if (!tl_add_product(&shared, (size_t)steps, (size_t)features) ||
-        !tl_add_product(&per_worker, (size_t)steps + 2, 1) ||
-        !tl_add_product(&per_worker, (size_t)features, 1))
-        return 0;
-    return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
-}
-
-/* Vectors of one tile's buffer (rl_buf in tile_impl.h). */
-#define TL_TILE_VECTORS(T, n, m) (2 * ((T) + 1) * (n) + 3 * (T) * (m))
-
-/* Doubles one 256-bit vector takes: a tile's lanes in either dtype (tl_vd,
- * tl_vf), its sums (tl_vd), and one element of its rows. */
-enum { VEC = 4 };
-
-/* Doubles one worker of a rollout loss needs (carved up in rl_range and tile_impl.h). */
-static int rollout_worker_doubles(size_t n, size_t m, size_t T, size_t *count)
-{
-    *count = 0;
-    /* two tiles' buffers (TL_TILE_VECTORS): G and the ref states, transposed;
-     * Gc and the controls and ref controls, transposed */
-    return tl_add_product(count, 2 * (T + 1) * VEC, 2 * n) &&
-           tl_add_product(count, 2 * T * VEC, 3 * m) &&
-           tl_add_product(count, VEC, 5 * n + m) &&    /* x, xn, xf, lam, ln, uk (TL_REG_VECTORS) */
-           tl_add_product(count, VEC * n, n + m) &&    /* the splats of Ad, Bd */
-           tl_add_product(count, VEC, 2 * T + 2) &&    /* vc, vs, fin */
-           tl_add_product(count, 2 * VEC, (T + 1) * n + T * m) && /* weight tables */
-           tl_add_product(count, VEC, 8) &&            /* the sums (TL_SUM_VECTORS) */
-           tl_add_product(count, 2 * VEC, 2 * T + 1) && /* wc, ws (up to 8 lanes) */
-           tl_add_product(count, T + 2, 1) &&          /* one row of weights */
-           tl_add_product(count, 4 * VEC, T * m) &&    /* staging: u, ru, gu (+ spare) */
-           tl_add_product(count, VEC, (T + 1) * n) &&  /* staging: ref states */
-           tl_add_product(count, 4 * VEC, n)           /* staging: x0, target, gx (+ spare) */
-#if TL_WIDE /* the 512-bit kernels (wide_select, after TL_STAGE_DOUBLES): */
-           && tl_add_product(count, 2 * VEC * 6 * (T + 1), n) && /* two tiles' buffers (6 of
-                                                                    2 (T+1) n + 3 T m) and the
-                                                                    weight tables */
-           tl_add_product(count, 2 * VEC * 8 * T, m) &&
-           tl_add_product(count, 2 * VEC, 2 * T + 2)   /* vc, vs, fin */
-#endif
-        ;
-}
-
-/* Where in a worker's scratch the staging area ends (from its start, in
- * doubles) and the eight-lane kernels' scratch begins. */
-#define TL_STAGE_DOUBLES(T, n, m) (4 * VEC * (T) * (m) + VEC * ((T) + 1) * (n) + 4 * VEC * (n))
-
-size_t tl_rollout_loss_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, ptrdiff_t batch,
-                                  int threads)
-{
-    size_t shared, per_worker;
-    /* steps < INT_MAX: a float32 tile compares step indices in int lanes */
-    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 0 || steps >= INT_MAX ||
-        batch < 0 ||
-        (size_t)steps > SIZE_MAX / 8 / TL_MAX_DIM || !shared_doubles(steps, batch, &shared) ||
-        !rollout_worker_doubles((size_t)n, (size_t)m, (size_t)steps, &per_worker))
-        return 0;
-    return total_bytes(shared, per_worker, tl_workers(threads, chunk_count(batch)));
-}
-
-/* Everything a rollout-loss tile needs that is the same for the whole call. */
-typedef struct {
-    const tl_system *sys;
-    const tl_loss_spec *spec;
-    ptrdiff_t B, T, n, m;
-    int shift, uniform;
-    double sc, st, sf; /* gradient scale of each term: weight / (count * dim), times
-                        * TL_RHO_SCALE (lanes.h) */
-    const double *powers;
-    double *partials;  /* 3 per chunk */
-    double *worker_work;
-    size_t worker_doubles;
-    int prefetch;      /* do the fast kernels prefetch the tiles ahead (TL_PREFETCH_BYTES)? */
-} tl_rl_const;
-
-/* A call whose arrays (the inputs its terms read and the gradients) hold
- * more bytes than this prefetches its inputs TL_AHEAD tiles ahead in the
- * fast kernels. Measured on W1 (one thread, 2 MiB L2, 32 MiB L3): 8-17 %
- * faster at B = 262144 (170 MB in float64, 85 MB in float32) and 16 % at
- * 32768 in float64 (21 MB); 3 % slower at 16384 in float64 (11 MB), where
- * the arrays stay in the L3 between calls and the prefetches are only
- * extra instructions. */
-#define TL_PREFETCH_BYTES (16.0 * 1024 * 1024)
-#define TL_AHEAD 2 /* tiles: 2 KiB of W1's inputs, in both dtypes (1 and 3 measured slower) */
-#define TL_LINE 64 /* bytes in a cache line */
+/* ---- the sums of the chunks ------------------------------------------------- */
 
 /* The sum over chunks of one slot, in chunk order (the same for any threads). */
 static double sum_partials(const double *partials, ptrdiff_t chunks, int slot)
@@ -296,130 +209,463 @@ static tl_status finish_call(const double *partials, ptrdiff_t chunks, tl_loss_v
     return sum_partials(partials, chunks, P_BAD_INPUT) > 0.0 ? TL_ERR_NONFINITE : TL_OK;
 }
 
-/* A chunk's sums (rl_range; P_COUNT above): for each term two sets of four
- * double lanes, one for the chunk's even tiles and one for its odd ones, at
- * sums[2 term + parity] -- the control, trajectory and terminal terms and the
- * fast kernels' gradient check (tile_impl.h). A tile of twice the lanes then
- * holds an even and an odd tile side by side and adds into the same lanes
- * in the same order. */
-#define TL_SUM_C 0
-#define TL_SUM_T 2
-#define TL_SUM_F 4
-#define TL_SUM_CHK 6
-#define TL_SUM_VECTORS 8
-#define TL_VS tl_vd  /* a tile's sums, in registers */
-#define TL_PAIRED 0  /* does one TL_VS hold both sets? */
+/* ---- what a loss reads (check_finite) -------------------------------------- */
 
-#if TL_WIDE
-/* The fast kernels hand pairs of full tiles to the 512-bit kernels at the
- * end of this file, where the CPU has AVX-512 (tl_wide_for_f64/_f32). */
-typedef void (*tl_wide_fn)(const tl_rl_const *c, const void *ts, int selected, const void *a,
-                           ptrdiff_t b0, ptrdiff_t pairs, tl_vd *sums, double *work);
-static tl_wide_fn tl_wide_for_f64(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
-static tl_wide_fn tl_wide_for_f32(const tl_rl_const *c, ptrdiff_t n, ptrdiff_t m, unsigned terms);
-#define TL_WIDE_RUN 1
-#else
-#define TL_WIDE_RUN 0
-#endif
-
-#define TL_T double
-#define TL_V tl_vd
-#define TL_VM tl_vm
-#define TL_VL TL_LANES_F64
-#define TL_SFX(name) name##_f64
-#include "loss_impl.h"
-#undef TL_T
-#undef TL_V
-#undef TL_VM
-#undef TL_VL
-#undef TL_SFX
-
-#define TL_T float
-#define TL_V tl_vf
-#define TL_VM tl_vi
-#define TL_VL TL_LANES_F32
-#define TL_SFX(name) name##_f32
-#include "loss_impl.h"
-#undef TL_T
-#undef TL_V
-#undef TL_VM
-#undef TL_VL
-#undef TL_SFX
-
-#if TL_WIDE
-/* ---- 512-bit tiles, for AVX-512 -------------------------------------------
- * Only the fast kernels: a chunk's full tiles of a uniform selection, two at
- * a time, the low half of every vector an even tile and the high half the
- * odd one after it. The same source (tile_impl.h, wide_impl.h) with eight
- * float64 or sixteen float32 lanes (lanes8.h), and sums of eight double lanes
- * that are the 256-bit kernels' two sets (TL_SUM_C), so every value rounds
- * exactly as in 256-bit tiles. Compiled for AVX-512 and called only where
- * the CPU has it; everything they call is compiled here too, so vectors are
- * passed between functions the same way on both sides. */
-#pragma GCC push_options
-#pragma GCC target("avx2,avx512f,avx512dq,avx512vl")
-#include "lanes8.h"
-#undef TL_SUM_C
-#undef TL_SUM_T
-#undef TL_SUM_F
-#undef TL_SUM_CHK
-#undef TL_VS
-#undef TL_PAIRED
-#define TL_SUM_C 0 /* in eight-lane vectors: the two sets of a term side by side */
-#define TL_SUM_T 1
-#define TL_SUM_F 2
-#define TL_SUM_CHK 3
-#define TL_VS tl_v8d
-#define TL_PAIRED 1
-
-/* Calls with fewer sequences keep 256-bit tiles, and so do calls that
- * stream their arrays from memory (c->prefetch, TL_PREFETCH_BYTES). W1 in
- * float64 on one thread (an Intel Xeon with AVX-512; eight lanes / four,
- * interleaved in one process): 1.10-1.17 at B = 64, 1.01-1.06 at 256,
- * 0.92-0.96 at 512, 0.75-0.78 at 1024, 0.84-0.88 at 2048-4096, 0.88-0.99 at
- * 16384 (11 MB) -- and 1.19-1.27 at 262144 (170 MB), where the eight-row
- * loads of a tile from memory cost more than its arithmetic saves. */
-#define TL_WIDE_MIN_BATCH 512
-
-#define TL_T double
-#define TL_V tl_v8d
-#define TL_VM tl_v8m
-#define TL_VL TL_LANES_F64X8
-#define TL_SFX(name) name##_f64x8
-#define TL_NARROW(name) name##_f64
-#include "wide_impl.h" /* which undefines these */
-
-/* Rows of 8-15 floats (TL_HALF in tile_impl.h; W1's 15 controls) move by
- * halves: columns 0-7 of sixteen rows into dst[0..7] by the eight-lane
- * tiles' 8 x 8 transpose of each eight rows and a join, instead of sixteen
- * single loads a column; and back. */
-static inline void tl_vtranspose_half_f32x16(const float *src, ptrdiff_t stride, tl_v16f dst[8])
+/* Are steps 0 .. end - 1 of a row of `width`-element steps finite: all of
+ * them, or (valid_only) only those sequence b's selection marks valid? */
+static int steps_finite(const tl_selection *sel, ptrdiff_t b, tl_dtype dtype, const void *row,
+                        ptrdiff_t width, ptrdiff_t end, int valid_only)
 {
-    tl_vf lo[8], hi[8];
-    rl_transpose_block_f32(src, stride, lo);
-    rl_transpose_block_f32(src + 8 * stride, stride, hi);
-    for (int c = 0; c < 8; c++)
-        dst[c] = tl_vjoin_f32x16(lo[c], hi[c]);
+    if (valid_only && sel->lengths != NULL && sel->lengths[b] < end)
+        end = (ptrdiff_t)sel->lengths[b];
+    if (!valid_only || sel->mask == NULL)
+        return run_finite(dtype, row, end * width);
+    for (ptrdiff_t t = 0; t < end; t++)
+        if (tl_sel_valid(sel, b, t) && !run_finite(dtype, elem_at(dtype, row, t * width), width))
+            return 0;
+    return 1;
 }
 
-static inline void tl_vuntranspose_half_f32x16(const tl_v16f src[8], float *dst, ptrdiff_t stride)
+/* The TL_IN_* bits of sequence b's inputs holding NaN or inf where the call
+ * reads them (see "Padding" in trajloss.h):
+ *   controls     up to the last valid step, or only the valid ones when no
+ *                state is scored (a masked-out control before the last valid
+ *                step drives the states after it);
+ *   x0           when a state is scored;
+ *   ref_controls at valid steps (the control term);
+ *   ref_states   at the states scored; target (the terminal term).
+ * dyn NULL: the control loss, pred in controls and target in ref_controls. */
+static unsigned seq_bad(const tl_dynamics *dyn, ptrdiff_t D, const tl_loss_spec *spec,
+                        const tl_loss_io *io, ptrdiff_t b)
 {
-    tl_vf lo[8], hi[8];
-    for (int c = 0; c < 8; c++) {
-        lo[c] = TL_SHUF(src[c], src[c], 0, 1, 2, 3, 4, 5, 6, 7);
-        hi[c] = TL_SHUF(src[c], src[c], 8, 9, 10, 11, 12, 13, 14, 15);
+    const tl_selection *sel = &spec->sel;
+    const tl_seq_span span = tl_sel_span(sel, b);
+    if (span.count == 0)
+        return 0;
+    const tl_dtype dt = io->dtype;
+    const ptrdiff_t T = sel->steps, K = span.last + 1;
+    if (dyn == NULL)
+        return (unsigned)!steps_finite(sel, b, dt, elem_at(dt, io->controls, b * T * D), D, T, 1) *
+                   TL_IN_CONTROLS |
+               (unsigned)!steps_finite(sel, b, dt, elem_at(dt, io->ref_controls, b * T * D), D, T,
+                                       1) * TL_IN_REF_CONTROLS;
+    const ptrdiff_t n = dyn->n, m = dyn->m, su = T * m, ss = (T + 1) * n;
+    const unsigned terms = spec->terms;
+    const int states = (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL)) != 0;
+    unsigned bad = 0;
+    if (!steps_finite(sel, b, dt, elem_at(dt, io->controls, b * su), m, K, !states))
+        bad |= TL_IN_CONTROLS;
+    if (states && !run_finite(dt, elem_at(dt, io->x0, b * n), n))
+        bad |= TL_IN_X0;
+    if ((terms & TL_TERM_CONTROL) &&
+        !steps_finite(sel, b, dt, elem_at(dt, io->ref_controls, b * su), m, K, 1))
+        bad |= TL_IN_REF_CONTROLS;
+    const void *rs = elem_at(dt, io->ref_states, b * ss);
+    if ((terms & TL_TERM_TRAJECTORY) &&
+        !(steps_finite(sel, b, dt, elem_at(dt, rs, n), n, K, 1) &&
+          (!spec->include_initial || run_finite(dt, rs, n))))
+        bad |= TL_IN_REF_STATES;
+    if (terms & TL_TERM_TERMINAL) {
+        if (io->target != NULL && !run_finite(dt, elem_at(dt, io->target, b * n), n))
+            bad |= TL_IN_TARGET;
+        if (io->target == NULL && !run_finite(dt, elem_at(dt, rs, K * n), n))
+            bad |= TL_IN_REF_STATES;
     }
-    rl_untranspose_block_f32(lo, dst, stride);
-    rl_untranspose_block_f32(hi, dst + 8 * stride, stride);
+    return bad;
 }
 
-#define TL_T float
-#define TL_V tl_v16f
-#define TL_VM tl_v16i
-#define TL_VL TL_LANES_F32X16
-#define TL_SFX(name) name##_f32x16
-#define TL_NARROW(name) name##_f32
-#define TL_HALF TL_HALF_F32X16
-#include "wide_impl.h"
-#pragma GCC pop_options
-#endif /* TL_WIDE */
+unsigned tl_loss_bad_inputs(const tl_dynamics *dyn, ptrdiff_t features,
+                            const tl_loss_spec *spec, const tl_loss_io *io)
+{
+    unsigned bad = 0;
+    for (ptrdiff_t b = 0; b < spec->sel.batch; b++)
+        bad |= seq_bad(dyn, features, spec, io, b);
+    return bad;
+}
+
+/* Are the elements rows b0 .. b1 - 1 read all finite? Each array's rows are
+ * scanned whole first (finite rows need nothing more); only when that finds
+ * a NaN or inf -- in padding, perhaps -- is each row looked at element by
+ * element against what it reads. */
+static int rows_read_finite(const tl_dynamics *dyn, ptrdiff_t D, const tl_loss_spec *spec,
+                            const tl_loss_io *io, ptrdiff_t b0, ptrdiff_t b1)
+{
+    const ptrdiff_t T = spec->sel.steps, rows = b1 - b0;
+    const tl_dtype dt = io->dtype;
+    const unsigned terms = dyn == NULL ? TL_TERM_CONTROL : spec->terms;
+    const ptrdiff_t su = dyn == NULL ? T * D : T * dyn->m, n = dyn == NULL ? 0 : dyn->n;
+    const ptrdiff_t ss = (T + 1) * n;
+    const void *rs = (terms & TL_TERM_TRAJECTORY) ||
+                             ((terms & TL_TERM_TERMINAL) && io->target == NULL)
+                         ? io->ref_states
+                         : NULL;
+    const struct {
+        const void *p;
+        ptrdiff_t row;
+    } arrays[5] = {{io->controls, su},
+                   {dyn != NULL ? io->x0 : NULL, n},
+                   {(terms & TL_TERM_CONTROL) ? io->ref_controls : NULL, su},
+                   {rs, ss},
+                   {(terms & TL_TERM_TERMINAL) ? io->target : NULL, n}};
+    int all = 1;
+    for (int i = 0; i < 5 && all; i++)
+        if (arrays[i].p != NULL && arrays[i].row > 0)
+            all = run_finite(dt, elem_at(dt, arrays[i].p, b0 * arrays[i].row), rows * arrays[i].row);
+    for (ptrdiff_t b = b0; b < b1 && !all; b++)
+        if (seq_bad(dyn, D, spec, io, b) != 0)
+            return 0;
+    return 1;
+}
+
+/* ---- the reference kernel of the rollout losses ---------------------------- */
+
+size_t tl_loss_seq_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T)
+{
+    size_t count = 0;
+    /* states (T+1) n; lambda, its predecessor, the state gradient: 3 n;
+     * a control gradient: m; two rows of time weights: 2 (T + 2) */
+    if (!tl_add_product(&count, (size_t)T + 1, (size_t)n) ||
+        !tl_add_product(&count, 3, (size_t)n) || !tl_add_product(&count, 1, (size_t)m) ||
+        !tl_add_product(&count, 2, (size_t)T + 2))
+        return 0;
+    return count;
+}
+
+/* sum_i s_i rho(x_i - ref_i), adding scale s_i rho'(x_i - ref_i) to g[i]. */
+static double score(const tl_loss_spec *spec, ptrdiff_t len, const double *x, tl_dtype dtype,
+                    const void *ref, const double *s, double scale, double *g)
+{
+    double sum = 0.0, d;
+    for (ptrdiff_t i = 0; i < len; i++) {
+        const double si = s != NULL ? s[i] : 1.0;
+        sum += si * tl_rho(spec->penalty, spec->delta, x[i] - tl_load(dtype, ref, i), &d);
+        g[i] += scale * si * d;
+    }
+    return sum;
+}
+
+void tl_loss_seq(const tl_loss_ctx *c, ptrdiff_t b, double sums[3], double *work)
+{
+    const tl_loss_spec *spec = c->spec;
+    const tl_selection *sel = &spec->sel;
+    const tl_loss_io *io = c->io;
+    const tl_dynamics *dyn = c->dyn;
+    const tl_dtype dt = io->dtype;
+    const ptrdiff_t T = c->T, n = c->n, m = c->m;
+    const unsigned terms = spec->terms;
+    const tl_seq_span span = tl_sel_span(sel, b);
+    const ptrdiff_t K = span.last + 1; /* states 0 .. K are all the sequence needs */
+    const void *u = elem_at(dt, io->controls, b * T * m);
+    const void *ru = elem_at(dt, io->ref_controls, b * T * m);
+    const void *rs = elem_at(dt, io->ref_states, b * (T + 1) * n);
+    const void *tgt = io->target != NULL ? elem_at(dt, io->target, b * n) : elem_at(dt, rs, K * n);
+
+    double *x = work, *lam = x + (T + 1) * n, *prev = lam + n, *g = prev + n, *gu = g + n;
+    double *w = gu + m, *ws = w + T + 2;
+    if (span.count > 0) {
+        for (ptrdiff_t i = 0; i < n; i++)
+            x[i] = tl_load(dt, io->x0, b * n + i);
+        if (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL))
+            for (ptrdiff_t k = 0; k < K; k++)
+                tl_dyn_step(dyn, b, k, x + k * n, dt, elem_at(dt, u, k * m), x + (k + 1) * n);
+        tl_sel_weights(sel, b, 0, c->powers, w);
+        if (c->shift)
+            tl_sel_weights(sel, b, 1, c->powers, ws);
+    }
+
+    /* lambda_K: the terms of state K; then back to state 0 */
+    for (ptrdiff_t i = 0; i < n; i++)
+        lam[i] = 0.0;
+    for (ptrdiff_t k = span.count > 0 ? K : -1; k >= 0; k--) {
+        if (k < K) { /* step k: u_k's gradient, and lambda_k = A_k^T lambda_{k+1} */
+            tl_dyn_adjoint(dyn, b, k, lam, prev, gu);
+            if ((terms & TL_TERM_CONTROL) && tl_sel_valid(sel, b, k)) {
+                double d;
+                for (ptrdiff_t j = 0; j < m; j++) {
+                    const double f = spec->feature_weights != NULL ? spec->feature_weights[j] : 1.0;
+                    const double r = tl_load(dt, u, k * m + j) - tl_load(dt, ru, k * m + j);
+                    sums[0] += w[k] * f * tl_rho(spec->penalty, spec->delta, r, &d);
+                    gu[j] += c->scale[0] * w[k] * f * d;
+                }
+            }
+            if (io->grad_controls != NULL)
+                for (ptrdiff_t j = 0; j < m; j++)
+                    tl_store(dt, io->grad_controls, (b * T + k) * m + j, gu[j]);
+            double *t = lam;
+            lam = prev;
+            prev = t;
+        }
+        /* the terms scoring state k add their derivatives to lambda_k */
+        for (ptrdiff_t i = 0; i < n; i++)
+            g[i] = 0.0;
+        const int scored = k == 0 ? c->shift : tl_sel_valid(sel, b, k - 1);
+        if ((terms & TL_TERM_TRAJECTORY) && scored) {
+            const double wk = c->shift ? ws[k] : w[k - 1];
+            sums[1] += wk * score(spec, n, x + k * n, dt, elem_at(dt, rs, k * n),
+                                  spec->state_weights, c->scale[1] * wk, g);
+        }
+        if ((terms & TL_TERM_TERMINAL) && k == K)
+            sums[2] += score(spec, n, x + k * n, dt, tgt, spec->state_weights, c->scale[2], g);
+        for (ptrdiff_t i = 0; i < n; i++)
+            lam[i] += g[i];
+    }
+    /* no gradient reaches the steps after the last valid one */
+    if (io->grad_controls != NULL)
+        for (ptrdiff_t j = (b * T + K) * m; j < (b + 1) * T * m; j++)
+            tl_store(dt, io->grad_controls, j, 0.0);
+    if (io->grad_x0 != NULL)
+        for (ptrdiff_t i = 0; i < n; i++)
+            tl_store(dt, io->grad_x0, b * n + i, span.count > 0 ? lam[i] : 0.0);
+}
+
+/* ---- the rollout losses -------------------------------------------------------- */
+
+typedef struct {
+    const tl_loss_ctx *c;
+    const tl_loss_work *w;
+    tl_tile_fn fast;
+} tl_rl_job;
+
+/* Are rows b0 .. b1 - 1 of the gradients finite? */
+static int grads_finite(const tl_loss_io *io, ptrdiff_t su, ptrdiff_t n, ptrdiff_t b0,
+                        ptrdiff_t b1)
+{
+    const tl_dtype dt = io->dtype;
+    return (io->grad_controls == NULL ||
+            run_finite(dt, elem_at(dt, io->grad_controls, b0 * su), (b1 - b0) * su)) &&
+           (io->grad_x0 == NULL || run_finite(dt, elem_at(dt, io->grad_x0, b0 * n), (b1 - b0) * n));
+}
+
+static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
+{
+    const tl_rl_job *job = (const tl_rl_job *)ctx;
+    const tl_loss_ctx *c = job->c;
+    const tl_loss_spec *spec = c->spec;
+    double *work = job->w->workers + (size_t)worker * job->w->worker_doubles;
+    for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
+        const ptrdiff_t start = chunk * TL_CHUNK;
+        const ptrdiff_t end = start + TL_CHUNK < c->B ? start + TL_CHUNK : c->B;
+        double sums[3] = {0.0, 0.0, 0.0};
+        const int bad_in =
+            spec->check_finite && !rows_read_finite(c->dyn, 0, spec, c->io, start, end);
+        ptrdiff_t b = start;
+        const ptrdiff_t tiled = (end - start) / TL_TILE * TL_TILE;
+        if (job->fast != NULL && tiled > 0) {
+            job->fast(c, b, tiled, sums, work);
+            b += tiled;
+        }
+        for (; b < end; b++)
+            tl_loss_seq(c, b, sums, work);
+        double *part = job->w->partials + P_COUNT * chunk;
+        part[P_CONTROL] = sums[0];
+        part[P_TRAJECTORY] = sums[1];
+        part[P_TERMINAL] = sums[2];
+        part[P_BAD_INPUT] = bad_in;
+        part[P_BAD_OUTPUT] = !grads_finite(c->io, c->T * c->m, c->n, start, end);
+    }
+}
+
+static tl_status check_rollout_call(const tl_dynamics *dyn, const tl_loss_spec *spec,
+                                    const tl_loss_io *io, const tl_loss_value *value,
+                                    const void *work)
+{
+    tl_status status = check_spec(spec);
+    if (status == TL_OK)
+        status = tl_dynamics_check(dyn, spec->sel.batch, spec->sel.steps);
+    if (status != TL_OK)
+        return status;
+    const unsigned terms = spec->terms;
+    if (terms == 0 || (terms & ~7u) != 0 || value == NULL || io == NULL ||
+        (int)io->dtype < 0 || io->dtype >= TL_DTYPE_COUNT)
+        return TL_ERR_VALUE;
+    if (work == NULL)
+        return TL_ERR_NOMEM;
+    if (spec->sel.batch > 0 &&
+        (io->controls == NULL || io->x0 == NULL ||
+         ((terms & TL_TERM_CONTROL) && io->ref_controls == NULL) ||
+         ((terms & TL_TERM_TRAJECTORY) && io->ref_states == NULL) ||
+         ((terms & TL_TERM_TERMINAL) && io->target == NULL && io->ref_states == NULL)))
+        return TL_ERR_VALUE;
+    return TL_OK;
+}
+
+tl_status tl_rollout_loss(const tl_dynamics *dyn, const tl_loss_spec *spec,
+                          const tl_loss_io *io, tl_loss_value *value, void *work)
+{
+    tl_status status = check_rollout_call(dyn, spec, io, value, work);
+    if (status != TL_OK)
+        return status;
+    const tl_loss_work w = loss_work(dyn, 0, spec, work);
+    if (w.bytes == 0)
+        return TL_ERR_SHAPE; /* scratch that cannot be addressed: refused before work is touched */
+    const tl_selection *sel = &spec->sel;
+    const ptrdiff_t B = sel->batch, T = sel->steps, n = dyn->n, m = dyn->m;
+    const ptrdiff_t chunks = chunk_count(B);
+    const unsigned terms = spec->terms;
+    const int shift = (terms & TL_TERM_TRAJECTORY) && spec->include_initial ? 1 : 0;
+    const tl_valid_counts N = count_valid(sel, shift);
+    if (N.control == 0.0)
+        return TL_ERR_EMPTY;
+
+    tl_sel_powers(sel, w.powers);
+    /* terms not computed keep zero scales */
+    const tl_loss_ctx c = {
+        dyn, spec, io, B, T, n, m, shift, sel->lengths == NULL && sel->mask == NULL,
+        {(terms & TL_TERM_CONTROL) ? spec->control_weight / (N.control * (double)m) : 0.0,
+         (terms & TL_TERM_TRAJECTORY) ? spec->trajectory_weight / (N.trajectory * (double)n) : 0.0,
+         (terms & TL_TERM_TERMINAL) ? spec->terminal_weight / (N.terminal * (double)n) : 0.0},
+        w.powers};
+    const tl_rl_job job = {&c, &w, spec->kernel == TL_KERNEL_AUTO ? tl_tile_kernel(&c) : NULL};
+    tl_parallel_ranges(spec->pool, w.worker_count, chunks, rl_range, (void *)&job);
+
+    value->control = (terms & TL_TERM_CONTROL)
+                         ? sum_partials(w.partials, chunks, P_CONTROL) / (double)m / N.control
+                         : 0.0;
+    value->trajectory = (terms & TL_TERM_TRAJECTORY)
+                            ? sum_partials(w.partials, chunks, P_TRAJECTORY) / (double)n /
+                                  N.trajectory
+                            : 0.0;
+    value->terminal = (terms & TL_TERM_TERMINAL)
+                          ? sum_partials(w.partials, chunks, P_TERMINAL) / (double)n / N.terminal
+                          : 0.0;
+    value->total = spec->control_weight * value->control +
+                   spec->trajectory_weight * value->trajectory +
+                   spec->terminal_weight * value->terminal;
+    return finish_call(w.partials, chunks, value);
+}
+
+/* ---- the control loss ------------------------------------------------------- */
+
+/*
+ * One run of contiguous elements with per-element weights wv: returns
+ * sum wv rho(p - q) and, when g is given, stores scale wv rho'(p - q). Four
+ * interleaved partial sums (element e goes to e mod 4), a fixed order the
+ * compiler can vectorise, where one running sum would add one at a time.
+ */
+#define TL_PEN_RUN(T_, NAME)                                                                  \
+    static double NAME(tl_penalty penalty, double delta, ptrdiff_t len, const T_ *p,          \
+                       const T_ *q, const double *wv, double scale, T_ *g)                    \
+    {                                                                                         \
+        double part[4] = {0.0, 0.0, 0.0, 0.0}, d;                                             \
+        for (ptrdiff_t e = 0; e < len; e++) {                                                 \
+            part[e & 3] += wv[e] * tl_rho(penalty, delta, (double)p[e] - (double)q[e], &d);   \
+            if (g != NULL)                                                                    \
+                g[e] = (T_)(scale * wv[e] * d);                                               \
+        }                                                                                     \
+        return (part[0] + part[1]) + (part[2] + part[3]);                                     \
+    }
+TL_PEN_RUN(double, pen_run_f64)
+TL_PEN_RUN(float, pen_run_f32)
+#undef TL_PEN_RUN
+
+static double pen_run(tl_dtype dt, const tl_loss_spec *spec, ptrdiff_t len, const void *p,
+                      const void *q, const double *wv, double scale, void *g)
+{
+    if (dt == TL_F64)
+        return pen_run_f64(spec->penalty, spec->delta, len, p, q, wv, scale, g);
+    return pen_run_f32(spec->penalty, spec->delta, len, p, q, wv, scale, g);
+}
+
+typedef struct {
+    const tl_loss_spec *spec;
+    const tl_loss_io *io;
+    ptrdiff_t D;
+    double scale;      /* 1 / (count * D) */
+    const double *flat; /* T x D weights, when every sequence has the same */
+    const double *powers;
+    const tl_loss_work *w;
+} tl_cl_job;
+
+/* sum_t w_t sum_d f_d rho(...) of sequence b, storing its gradient row. */
+static double cl_sequence(const tl_cl_job *j, ptrdiff_t b, double *w, double *wv)
+{
+    const tl_loss_spec *spec = j->spec;
+    const tl_selection *sel = &spec->sel;
+    const tl_dtype dt = j->io->dtype;
+    const ptrdiff_t T = sel->steps, D = j->D, row = b * T * D;
+    const void *p = elem_at(dt, j->io->controls, row), *q = elem_at(dt, j->io->ref_controls, row);
+    void *g = j->io->grad_controls != NULL ? (char *)j->io->grad_controls + (size_t)row * elem_size(dt)
+                                           : NULL;
+    if (j->flat != NULL)
+        return pen_run(dt, spec, T * D, p, q, j->flat, j->scale, g);
+    double sum = 0.0;
+    tl_sel_weights(sel, b, 0, j->powers, w);
+    for (ptrdiff_t t = 0; t < T; t++) {
+        void *gt = g != NULL ? (char *)g + (size_t)(t * D) * elem_size(dt) : NULL;
+        if (!tl_sel_valid(sel, b, t)) {
+            if (gt != NULL)
+                memset(gt, 0, (size_t)D * elem_size(dt));
+            continue;
+        }
+        for (ptrdiff_t d = 0; d < D; d++)
+            wv[d] = w[t] * (spec->feature_weights != NULL ? spec->feature_weights[d] : 1.0);
+        sum += pen_run(dt, spec, D, elem_at(dt, p, t * D), elem_at(dt, q, t * D), wv, j->scale,
+                       gt);
+    }
+    return sum;
+}
+
+static void cl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
+{
+    const tl_cl_job *j = (const tl_cl_job *)ctx;
+    const tl_loss_spec *spec = j->spec;
+    double *w = j->w->workers + (size_t)worker * j->w->worker_doubles;
+    double *wv = w + spec->sel.steps + 2;
+    const ptrdiff_t B = spec->sel.batch;
+    for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
+        const ptrdiff_t start = chunk * TL_CHUNK;
+        const ptrdiff_t end = start + TL_CHUNK < B ? start + TL_CHUNK : B;
+        const int bad_in =
+            spec->check_finite && !rows_read_finite(NULL, j->D, spec, j->io, start, end);
+        double sum = 0.0;
+        for (ptrdiff_t b = start; b < end; b++)
+            sum += cl_sequence(j, b, w, wv);
+        double *part = j->w->partials + P_COUNT * chunk;
+        part[P_CONTROL] = sum;
+        part[P_TRAJECTORY] = part[P_TERMINAL] = 0.0;
+        part[P_BAD_INPUT] = bad_in;
+        part[P_BAD_OUTPUT] = !grads_finite(j->io, spec->sel.steps * j->D, 0, start, end);
+    }
+}
+
+tl_status tl_control_loss(const tl_loss_spec *spec, ptrdiff_t features, const tl_loss_io *io,
+                          tl_loss_value *value, void *work)
+{
+    tl_status status = check_spec(spec);
+    if (status != TL_OK)
+        return status;
+    if (features < 1)
+        return TL_ERR_SHAPE;
+    if (value == NULL || io == NULL || (int)io->dtype < 0 || io->dtype >= TL_DTYPE_COUNT)
+        return TL_ERR_VALUE;
+    if (work == NULL)
+        return TL_ERR_NOMEM;
+    const tl_selection *sel = &spec->sel;
+    const tl_loss_work w = loss_work(NULL, features, spec, work);
+    if (w.bytes == 0)
+        return TL_ERR_SHAPE;
+    const ptrdiff_t T = sel->steps, D = features, chunks = chunk_count(sel->batch);
+    const double valid = count_valid(sel, 0).control;
+    if (valid == 0.0)
+        return TL_ERR_EMPTY;
+    if (io->controls == NULL || io->ref_controls == NULL)
+        return TL_ERR_VALUE;
+
+    tl_sel_powers(sel, w.powers);
+    tl_cl_job j = {spec, io, D, 1.0 / (valid * (double)D), NULL, w.powers, &w};
+    if (sel->lengths == NULL && sel->mask == NULL) {
+        /* every sequence has the same weights: lay them out once per element */
+        tl_sel_weights(sel, 0, 0, w.powers, w.workers);
+        for (ptrdiff_t t = 0; t < T; t++)
+            for (ptrdiff_t d = 0; d < D; d++)
+                w.flat[t * D + d] =
+                    w.workers[t] * (spec->feature_weights != NULL ? spec->feature_weights[d] : 1.0);
+        j.flat = w.flat;
+    }
+    tl_parallel_ranges(spec->pool, w.worker_count, chunks, cl_range, &j);
+
+    value->control = sum_partials(w.partials, chunks, P_CONTROL) / (valid * (double)D);
+    value->total = value->control;
+    value->trajectory = value->terminal = 0.0;
+    return finish_call(w.partials, chunks, value);
+}

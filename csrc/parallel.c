@@ -5,19 +5,13 @@
  * Workers claim small ranges from a shared counter instead of owning a fixed
  * share. On a virtual machine an idle CPU can take hundreds of microseconds
  * to wake up; with fixed halves the calling thread would then wait for the
- * late one, and two threads were measured slower than one (0.88x at
- * B = 16384). Claiming, the calling thread simply does more of the work.
+ * late one. Claiming, the calling thread simply does more of the work.
  * Which worker computes a chunk never changes what the chunk computes, so
  * results stay bit-identical for any thread count and any timing.
  *
- * The threads come from a tl_pool. A caller that keeps one between calls
- * (the Python module does) has its threads wait for the next call spinning
- * for TL_POOL_SPIN_NS and only then sleep: measured on this project's VM, a
- * new thread blocked its creator 22-77 us and ran up to 100 us later, a
- * sleeping one took 45-56 us to wake, a spinning one sees the next call at
- * once -- so calls in a loop share their work from the start. Without a
- * pool, or when another call is using it, a call makes a pool of its own
- * and stops it (joins its threads) before it returns.
+ * Pool threads sleep between calls (a condition variable): a call wakes them
+ * in some 50 us, which is why the loss driver only asks for another worker
+ * when each has a few hundred microseconds of work (loss.c).
  *
  * How a call and the pool threads meet, without a lock on the fast path:
  * the caller writes the call while `open` is 0, sets `open`, then bumps
@@ -40,32 +34,9 @@
 #define TL_HAVE_PTHREADS 1
 #endif
 
-/* Enough for any machine we expect; more threads than this are capped. */
-#define TL_MAX_WORKERS 256
-
-/* A thread costs tens of microseconds to start or wake; below this many
- * chunks per worker (1024 sequences) the extra threads would cost more than
- * they save. */
-#define TL_MIN_CHUNKS_PER_WORKER 4
-
 /* Claims per worker if all were equally fast: small enough that a late
  * worker leaves little imbalance, large enough that claiming is free. */
 #define TL_CLAIMS_PER_WORKER 8
-
-/* How long a pool thread spins for the next call before it sleeps: longer
- * than the gap between the calls of a loop, short enough that the CPU is
- * soon left to other work (PyTorch's OpenMP threads spin similarly). */
-#define TL_POOL_SPIN_NS 100000
-
-int tl_workers(int threads, ptrdiff_t count)
-{
-    if (threads > TL_MAX_WORKERS)
-        threads = TL_MAX_WORKERS;
-    const ptrdiff_t useful = count / TL_MIN_CHUNKS_PER_WORKER;
-    if (threads < 1 || useful < 2)
-        return 1;
-    return useful < threads ? (int)useful : threads;
-}
 
 #ifdef TL_HAVE_PTHREADS
 
@@ -140,29 +111,12 @@ static void claim_ranges(tl_pool *p, int worker)
     }
 }
 
-static long long elapsed_ns(const struct timespec *since)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long long)(now.tv_sec - since->tv_sec) * 1000000000LL + (now.tv_nsec - since->tv_nsec);
-}
-
-/* Waits for the generation to move on from `seen`: spinning first, then
- * asleep. A caller bumps the generation before it reads `sleepers`, and a
- * sleeper counts itself (under the lock) before it reads the generation, so
- * one of the two always sees the other and no wake-up is lost. */
+/* Waits for the generation to move on from `seen`, asleep. A caller bumps
+ * the generation before it reads `sleepers`, and a sleeper counts itself
+ * (under the lock) before it reads the generation, so one of the two always
+ * sees the other and no wake-up is lost. */
 static unsigned wait_for_call(tl_pool *p, unsigned seen)
 {
-    struct timespec since;
-    clock_gettime(CLOCK_MONOTONIC, &since);
-    for (unsigned spin = 1;; spin++) {
-        const unsigned g = atomic_load(&p->generation);
-        if (g != seen)
-            return g;
-        TL_CPU_RELAX();
-        if (spin % 64 == 0 && elapsed_ns(&since) > TL_POOL_SPIN_NS)
-            break;
-    }
     pthread_mutex_lock(&p->lock);
     atomic_fetch_add(&p->sleepers, 1);
     unsigned g;
@@ -251,9 +205,12 @@ void tl_pool_stop(tl_pool *pool)
     pool->started = 0;
 }
 
-void tl_parallel_ranges(tl_pool *pool, int threads, ptrdiff_t count, tl_range_fn fn, void *ctx)
+void tl_parallel_ranges(tl_pool *pool, int workers, ptrdiff_t count, tl_range_fn fn, void *ctx)
 {
-    const int workers = tl_workers(threads, count);
+    if (workers > TL_MAX_WORKERS)
+        workers = TL_MAX_WORKERS;
+    if (workers > count)
+        workers = (int)count;
     if (workers > 1) {
         if (pool != NULL && pool_run(pool, workers, count, fn, ctx))
             return;
@@ -288,10 +245,10 @@ void tl_pool_stop(tl_pool *pool)
     (void)pool;
 }
 
-void tl_parallel_ranges(tl_pool *pool, int threads, ptrdiff_t count, tl_range_fn fn, void *ctx)
+void tl_parallel_ranges(tl_pool *pool, int workers, ptrdiff_t count, tl_range_fn fn, void *ctx)
 {
     (void)pool;
-    (void)threads;
+    (void)workers;
     fn(ctx, 0, count, 0);
 }
 

@@ -22,7 +22,6 @@
 #include <string.h>
 
 #include "dense.h"
-#include "lanes.h" /* TL_ALWAYS_INLINE, TL_SMALL_SYSTEMS */
 #include "sizes.h"
 #include "tl_lapack.h"
 #include "trajloss.h"
@@ -97,131 +96,162 @@ tl_status tl_gramian(ptrdiff_t n, ptrdiff_t m, const double *A, const double *B,
     return TL_OK;
 }
 
-/* ---- plan ---------------------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------- */
+
+/* y = M x for an r x c row-major M */
+static void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x, double *y)
+{
+    for (ptrdiff_t i = 0; i < r; i++) {
+        double acc = 0.0;
+        for (ptrdiff_t j = 0; j < c; j++)
+            acc += M[i * c + j] * x[j];
+        y[i] = acc;
+    }
+}
+
+/* |a - b|_2 (a's entries `sa` doubles apart) scaled by the largest
+ * |a_i - b_i|: where the plain sum of squares overflows (a long rollout of a
+ * growing mode misses xf by 1e200) final_error is still that miss, not inf. */
+static double distance(ptrdiff_t n, const double *a, ptrdiff_t sa, const double *b)
+{
+    double acc = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc += (a[i * sa] - b[i]) * (a[i * sa] - b[i]);
+    if (isfinite(acc))
+        return sqrt(acc);
+    double mx = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        mx = fmax(mx, fabs(a[i * sa] - b[i]));
+    if (!(mx > 0.0) || !isfinite(mx))
+        return mx;
+    acc = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        acc += ((a[i * sa] - b[i]) / mx) * ((a[i * sa] - b[i]) / mx);
+    return mx * sqrt(acc);
+}
+
+/* ---- plan sizes ------------------------------------------------------------ */
 
 /*
- * Sizes are checked as in loss.c, with sizes.h: counted in size_t, and a
- * query that cannot say returns 0. n, m <= TL_MAX_DIM keep n * n and n * m
- * small; only steps is unbounded.
+ * Sizes are checked with sizes.h: counted in size_t, and a query that
+ * cannot say returns 0. n, m <= TL_MAX_DIM keep n * n and n * m small; only
+ * steps is unbounded.
  */
+
+static int ref_sizes_ok(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method)
+{
+    return n >= 1 && n <= TL_MAX_DIM && m >= 1 && m <= TL_MAX_DIM && steps >= 1 &&
+           (int)method >= 0 && method < TL_REF_COUNT;
+}
 
 size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method)
 {
-    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 1)
+    if (!ref_sizes_ok(n, m, steps, method))
         return 0;
     const size_t nn = (size_t)n * (size_t)n, nm = (size_t)n * (size_t)m, T = (size_t)steps;
-    /* Ad, AdT (and S, L for exact); Bd; K; Q */
+    /* AdT, drift, K; exact: S, L; else Ad, Bd (and Q for continuous) */
     size_t count = 0;
-    if (!tl_add_product(&count, method == TL_REF_EXACT ? 4 : 2, nn) ||
-        !tl_add_product(&count, 1, nm) ||
-        !tl_add_product(&count, T, nm) ||
+    if (!tl_add_product(&count, 1, nn) || !tl_add_product(&count, 1, (size_t)n) ||
+        !tl_add_product(&count, T, nm) || !tl_add_product(&count, 2, nn) ||
+        (method != TL_REF_EXACT && !tl_add_product(&count, 1, nm)) ||
         (method == TL_REF_CONTINUOUS && !tl_add_product(&count, T + 1, nn)))
         return 0;
     return tl_doubles_bytes(count);
 }
 
-/* LAPACK workspace of the exact plan (dgeqp3 needs 3 n + 1, dormqr n; more
+/* LAPACK workspace of the exact plan (dgeqp3 needs 3 n + 1, dorgqr n; more
  * lets both block) */
 static size_t exact_lwork(ptrdiff_t n)
 {
     return 32 * ((size_t)n + 1);
 }
 
-/* Scratch of the exact plan, in doubles: C^T (steps m x n), D, tau, the
- * pivots and dtrcon's integers (a double slot each), dtrcon's 3 n and the
- * LAPACK workspace. */
+/* Scratch of the exact plan, in doubles: P, P A (n x n each), C (n x steps m),
+ * D, tau, the pivots and dtrcon's integers (a double slot each), dtrcon's
+ * 3 n and the LAPACK workspace; 0 when not representable. */
 static size_t exact_scratch_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
 {
     size_t count = 0;
-    const size_t nm = (size_t)n * (size_t)m;
-    if (!tl_add_product(&count, (size_t)steps, nm) || !tl_add_product(&count, (size_t)n, 7) ||
-        !tl_add_product(&count, 1, exact_lwork(n)))
+    const size_t nn = (size_t)n * (size_t)n, nm = (size_t)n * (size_t)m;
+    if (!tl_add_product(&count, 2, nn) || !tl_add_product(&count, (size_t)steps, nm) ||
+        !tl_add_product(&count, (size_t)n, 7) || !tl_add_product(&count, 1, exact_lwork(n)))
         return 0;
     return count;
 }
 
-size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
+/* Scratch of the average and continuous plans: Ad^j (j = 0 .. steps); W, G,
+ * Wdt, Wk, T1, Wt; T2 (n x max(n, m): it holds Ad^j Bd); D, dpocon's work
+ * and pivots (a double slot each, so the sub-workspace after them stays
+ * aligned); then the larger of tl_discretize's and tl_gramian's. */
+static size_t model_scratch_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
 {
-    if (n < 1 || n > TL_MAX_DIM || m < 1 || m > TL_MAX_DIM || steps < 1)
-        return 0;
     const size_t nn = (size_t)n * (size_t)n, T = (size_t)steps;
-    /* Ad^j; W, G, Wdt, Wk, T1, Wt; T2 (n x max(n, m): it holds V_j = Ad^j Bd);
-     * D, dpocon work, pivots (a double slot each, so the sub-workspace after
-     * them stays aligned for doubles) */
     size_t doubles = 0;
     if (!tl_add_product(&doubles, T + 1, nn) || !tl_add_product(&doubles, 6, nn) ||
         !tl_add_product(&doubles, (size_t)n, (size_t)(n > m ? n : m)) ||
         !tl_add_product(&doubles, 5, (size_t)n))
         return 0;
     const size_t bytes = tl_doubles_bytes(doubles);
-    const size_t exact = tl_doubles_bytes(exact_scratch_doubles(n, m, steps));
     const size_t sub = tl_discretize_work_bytes(n, m), gram = tl_gramian_work_bytes(n);
-    size_t more = sub > gram ? sub : gram;
-    more = exact > more ? exact : more;
-    if (bytes == 0 || exact == 0 || more > SIZE_MAX - bytes)
+    const size_t more = sub > gram ? sub : gram;
+    if (bytes == 0 || more == 0 || more > SIZE_MAX - bytes)
         return 0;
     return bytes + more;
 }
 
-/*
- * G = W^-1 through the Cholesky factor of the equilibrated D W D
- * (D = diag(W)^-1/2), which removes the scale difference between states
- * (position vs velocity) from the condition number. Sets *cond.
- */
-static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt, double *D,
-                             double *lwork, tl_lapack_int *iwork, double *cond)
+size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method)
 {
-    *cond = INFINITY;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (!(W[i * n + i] > 0.0) || !isfinite(W[i * n + i]))
-            return TL_ERR_SINGULAR; /* a state no input reaches */
-        D[i] = 1.0 / sqrt(W[i * n + i]);
-    }
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            Wt[i * n + j] = D[i] * W[i * n + j] * D[j];
-    const double anorm = tl_dense_norm1(n, Wt);
-    tl_lapack_int N = (tl_lapack_int)n;
-    tl_lapack_int info = tl_lapacke_dpotrf_work(TL_LAPACK_COL_MAJOR, 'L', N, Wt, N);
-    if (info > 0)
-        return TL_ERR_SINGULAR;
-    if (info < 0)
-        return TL_ERR_LAPACK;
-    double rcond = 0.0;
-    info = tl_lapacke_dpocon_work(TL_LAPACK_COL_MAJOR, 'L', N, Wt, N, anorm, &rcond, lwork, iwork);
-    if (info != 0)
-        return TL_ERR_LAPACK;
-    *cond = rcond > 0.0 ? 1.0 / rcond : INFINITY;
-    if (!(*cond <= TL_COND_LIMIT))
-        return TL_ERR_SINGULAR;
-    memset(G, 0, (size_t)(n * n) * sizeof(double));
-    tl_dense_add_identity(n, 1.0, G);
-    info = tl_lapacke_dpotrs_work(TL_LAPACK_COL_MAJOR, 'L', N, N, Wt, N, G, N);
-    if (info != 0)
-        return TL_ERR_LAPACK;
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            G[i * n + j] *= D[i] * D[j];
-    return TL_OK;
+    if (!ref_sizes_ok(n, m, steps, method))
+        return 0;
+    if (method == TL_REF_EXACT)
+        return tl_doubles_bytes(exact_scratch_doubles(n, m, steps));
+    return model_scratch_bytes(n, m, steps);
 }
 
-/* Ct = D C, row-major n x N (= C^T column-major), with D = diag(1 / row
- * norms) (a zero row stays zero); 0 when C is not finite. */
-static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, double *D)
+/* ---- exact ------------------------------------------------------------------ */
+
+/*
+ * C (row-major n x T m, which is C^T column-major), Phi(T, 0) and the drift
+ * r of one sample's dynamics d1 (batch 0), by the backward recurrence
+ *   P = Phi(T, k+1):  block k of C = P B_k,  r += P c_k,  then P <- P A_k,
+ * from P = I at k = T - 1. A time-invariant system costs the T products of
+ * Ad's powers, as before; nothing of size T n^2 is kept.
+ */
+static void controllability(const tl_ref_plan *plan, const tl_dynamics *d1, double *Ct,
+                            double *P, double *PA)
 {
     const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
-    /* block k (columns k m .. k m + m - 1) is Ad^{T-1-k} Bd; D C */
-    int finite = 1;
-    for (ptrdiff_t k = 0; k < T; k++) {
-        const double *P = Pow + (T - 1 - k) * nn;
+    memset(P, 0, (size_t)nn * sizeof(double));
+    tl_dense_add_identity(n, 1.0, P);
+    memset(plan->drift, 0, (size_t)n * sizeof(double));
+    for (ptrdiff_t k = T - 1; k >= 0; k--) {
+        const double *Bk = tl_dyn_B(d1, 0, k), *ck = tl_dyn_c(d1, 0, k);
         for (ptrdiff_t i = 0; i < n; i++)
             for (ptrdiff_t c = 0; c < m; c++) {
                 double acc = 0.0;
                 for (ptrdiff_t l = 0; l < n; l++)
-                    acc += P[i * n + l] * plan->Bd[l * m + c];
+                    acc += P[i * n + l] * Bk[l * m + c];
                 Ct[i * N + k * m + c] = acc;
             }
+        if (ck != NULL)
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double acc = 0.0;
+                for (ptrdiff_t l = 0; l < n; l++)
+                    acc += P[i * n + l] * ck[l];
+                plan->drift[i] += acc;
+            }
+        tl_dense_gemm(n, n, P, tl_dyn_A(d1, 0, k), PA);
+        double *swap = P;
+        P = PA, PA = swap;
     }
+    memcpy(plan->AdT, P, (size_t)nn * sizeof(double));
+}
+
+/* Ct = D C for the row-major n x N C in Ct, D = diag(1 / row norms) (a zero
+ * row stays zero); 0 when C is not finite. */
+static int equilibrate_rows(ptrdiff_t n, ptrdiff_t N, double *Ct, double *D)
+{
+    int finite = 1;
     for (ptrdiff_t i = 0; i < n; i++) {
         double scale = 0.0, ss = 1.0; /* the row's 2-norm without overflow */
         for (ptrdiff_t r = 0; r < N; r++) {
@@ -250,30 +280,31 @@ static int scaled_c(const tl_ref_plan *plan, const double *Pow, double *Ct, doub
 }
 
 /*
- * exact: K = C^+, the minimum-norm solution operator of C U = d, from the
+ * exact: the minimum-norm solution operator of C U = d, from the
  * column-pivoted QR of the row-equilibrated C^T: (D C)^T P = Q R gives
  * P^T D C = R^T Q^T, so U = Q z with R^T z = P^T D d. The plan keeps
  * K = Q, S = P^T D and L = R^T (its diagonal stored inverted, so a sample
  * multiplies where it would divide); each sample solves the small triangular
  * system itself, a backward-stable solve whose residual is ~eps |C| |U|
  * (the explicit C^+ = Q R^-T S would leave ~eps cond(C) |C| |U|, and the
- * Cholesky factor of C C^T, used before, cond(D C)^2). D (1 / the row
- * norms) makes the rank test and the condition number independent of the
- * units of the states, as the equilibration of the Gramian did. Pow holds
- * Ad^j, j = 0 .. steps.
+ * Cholesky factor of C C^T cond(D C)^2). D (1 / the row norms) makes the
+ * rank test and the condition number independent of the units of the
+ * states.
  */
-static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratch)
+static tl_status exact_plan(tl_ref_plan *plan, const tl_dynamics *d1, double *scratch)
 {
     const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, N = T * m, nn = n * n;
     const size_t lw = exact_lwork(n);
-    double *Ct = scratch;    /* C^T, column-major N x n: the row-major C */
+    double *P = scratch, *PA = P + nn;
+    double *Ct = PA + nn; /* C, row-major n x N: C^T column-major N x n */
     double *D = Ct + N * n, *tau = D + n, *lwork = tau + n;
     double *cwork = lwork + lw; /* dtrcon: 3 n doubles */
     tl_lapack_int *jpvt = (tl_lapack_int *)(cwork + 3 * n), *iwork = jpvt + n;
     tl_ref_rank *rk = &plan->rank;
     *rk = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
 
-    if (!scaled_c(plan, Pow, Ct, D)) {
+    controllability(plan, d1, Ct, P, PA);
+    if (!equilibrate_rows(n, N, Ct, D)) {
         rk->rank = -1;
         return TL_ERR_SINGULAR;
     }
@@ -328,6 +359,50 @@ static tl_status exact_gain(tl_ref_plan *plan, const double *Pow, double *scratc
     return TL_OK;
 }
 
+/* ---- average and continuous --------------------------------------------- */
+
+/*
+ * G = W^-1 through the Cholesky factor of the equilibrated D W D
+ * (D = diag(W)^-1/2), which removes the scale difference between states
+ * (position vs velocity) from the condition number. Sets *cond.
+ */
+static tl_status spd_inverse(ptrdiff_t n, const double *W, double *G, double *Wt, double *D,
+                             double *lwork, tl_lapack_int *iwork, double *cond)
+{
+    *cond = INFINITY;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (!(W[i * n + i] > 0.0) || !isfinite(W[i * n + i]))
+            return TL_ERR_SINGULAR; /* a state no input reaches */
+        D[i] = 1.0 / sqrt(W[i * n + i]);
+    }
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            Wt[i * n + j] = D[i] * W[i * n + j] * D[j];
+    const double anorm = tl_dense_norm1(n, Wt);
+    tl_lapack_int N = (tl_lapack_int)n;
+    tl_lapack_int info = tl_lapacke_dpotrf_work(TL_LAPACK_COL_MAJOR, 'L', N, Wt, N);
+    if (info > 0)
+        return TL_ERR_SINGULAR;
+    if (info < 0)
+        return TL_ERR_LAPACK;
+    double rcond = 0.0;
+    info = tl_lapacke_dpocon_work(TL_LAPACK_COL_MAJOR, 'L', N, Wt, N, anorm, &rcond, lwork, iwork);
+    if (info != 0)
+        return TL_ERR_LAPACK;
+    *cond = rcond > 0.0 ? 1.0 / rcond : INFINITY;
+    if (!(*cond <= TL_COND_LIMIT))
+        return TL_ERR_SINGULAR;
+    memset(G, 0, (size_t)(n * n) * sizeof(double));
+    tl_dense_add_identity(n, 1.0, G);
+    info = tl_lapacke_dpotrs_work(TL_LAPACK_COL_MAJOR, 'L', N, N, Wt, N, G, N);
+    if (info != 0)
+        return TL_ERR_LAPACK;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t j = 0; j < n; j++)
+            G[i * n + j] *= D[i] * D[j];
+    return TL_OK;
+}
+
 /* Y += P X P^T for n x n matrices (T1 is scratch). */
 static void add_congruence(ptrdiff_t n, const double *P, const double *X, double *Y, double *T1)
 {
@@ -335,42 +410,12 @@ static void add_congruence(ptrdiff_t n, const double *P, const double *X, double
     tl_dense_matmul_nt(n, n, n, T1, P, Y, 1);
 }
 
-tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
-                           const tl_system *sys, const double *A, const double *B, double dt,
-                           ptrdiff_t steps, void *work)
+/* average and continuous from the continuous (A, B) and dt (see the top of
+ * this file). */
+static tl_status model_plan(tl_ref_plan *plan, const double *A, const double *B, void *work)
 {
-    if (plan == NULL || (int)method < 0 || method >= TL_REF_COUNT)
-        return TL_ERR_VALUE;
-    const int continuous_model = method != TL_REF_EXACT;
-    tl_status status = tl_system_check(sys);
-    if (status != TL_OK)
-        return status;
-    const ptrdiff_t n = sys->n, m = sys->m, T = steps, nn = n * n;
-    /* steps >= 1, and few enough that the plan and the scratch are addressable
-     * (then no size or index below overflows) */
-    if (T < 1 || tl_ref_plan_bytes(n, m, T, method) == 0 || tl_ref_init_work_bytes(n, m, T) == 0)
-        return TL_ERR_SHAPE;
-    if (method == TL_REF_EXACT && T > INT32_MAX / m) /* C^T's rows, a LAPACK int */
-        return TL_ERR_SHAPE;
-    if (!isfinite(dt) || dt <= 0.0 || (continuous_model && (A == NULL || B == NULL)))
-        return TL_ERR_VALUE;
-    if (memory == NULL || work == NULL)
-        return TL_ERR_NOMEM;
-
-    double *p = (double *)memory;
-    plan->n = n, plan->m = m, plan->steps = T, plan->method = method, plan->dt = dt;
-    plan->cond = INFINITY;
-    plan->growth = 0.0;
-    plan->rank = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
-    plan->Ad = p, p += nn;
-    plan->Bd = p, p += n * m;
-    plan->AdT = p, p += nn;
-    plan->K = p, p += T * m * n;
-    plan->Q = method == TL_REF_CONTINUOUS ? p : NULL;
-    plan->S = plan->L = NULL;
-    if (method == TL_REF_EXACT)
-        plan->S = p, plan->L = p + nn;
-
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, nn = n * n;
+    const double dt = plan->dt;
     double *Pow = (double *)work; /* Ad^j, j = 0 .. T */
     double *W = Pow + (T + 1) * nn, *G = W + nn, *Wdt = G + nn, *Wk = Wdt + nn;
     double *T1 = Wk + nn, *T2 = T1 + nn; /* T2 holds V_j = Ad^j Bd, n x m */
@@ -378,25 +423,17 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     tl_lapack_int *iwork = (tl_lapack_int *)(lwork + 3 * n);
     void *sub = lwork + 4 * n;
 
-    if (continuous_model) {
-        status = tl_discretize(TL_DISC_ZOH, n, m, A, B, dt, plan->Ad, plan->Bd, sub, NULL);
-        if (status == TL_OK)
-            status = tl_gramian(n, m, A, B, dt, Wdt, sub);
-        if (status != TL_OK)
-            return status;
-    } else {
-        memcpy(plan->Ad, sys->Ad, (size_t)nn * sizeof(double));
-        memcpy(plan->Bd, sys->Bd, (size_t)(n * m) * sizeof(double));
-    }
+    tl_status status = tl_discretize(TL_DISC_ZOH, n, m, A, B, dt, plan->Ad, plan->Bd, sub, NULL);
+    if (status == TL_OK)
+        status = tl_gramian(n, m, A, B, dt, Wdt, sub);
+    if (status != TL_OK)
+        return status;
 
-    /* powers of Ad */
     memset(Pow, 0, (size_t)nn * sizeof(double));
     tl_dense_add_identity(n, 1.0, Pow);
     for (ptrdiff_t j = 0; j < T; j++)
         tl_dense_matmul(n, n, n, plan->Ad, Pow + j * nn, Pow + (j + 1) * nn);
     memcpy(plan->AdT, Pow + T * nn, (size_t)nn * sizeof(double));
-    if (!continuous_model)
-        return exact_gain(plan, Pow, (double *)sub);
 
     /* the continuous Gramian W_c(H) = sum_j Ad^j W_c(dt) Ad^j^T and its inverse */
     memset(W, 0, (size_t)nn * sizeof(double));
@@ -422,7 +459,7 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     /* continuous states: Q_k = W_c(k dt) (Ad^{T-k})^T W_c(H)^-1. x_k = Ad^k x0
      * + Q_k d cancels growing terms when Ad^k grows: refuse where that would
      * cost more than ~1e-10 of the state scale */
-    if (method == TL_REF_CONTINUOUS) {
+    if (plan->method == TL_REF_CONTINUOUS) {
         for (ptrdiff_t k = 0; k <= T; k++)
             plan->growth = fmax(plan->growth, tl_dense_norm1(n, Pow + k * nn));
         if (!(plan->growth <= TL_LAW_GROWTH_LIMIT))
@@ -438,223 +475,219 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
     return TL_OK;
 }
 
+/* ---- plan ------------------------------------------------------------------ */
+
+/* One sample of dyn as a system of its own: the sample's matrices, shared
+ * (batch_stride 0, batch 0); time-varying fields keep their step strides. */
+static tl_field sample_field(tl_field f, ptrdiff_t b)
+{
+    if (f.data != NULL)
+        f.data += b * f.batch_stride;
+    f.batch_stride = 0;
+    return f;
+}
+
+tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method,
+                           const tl_dynamics *dyn, ptrdiff_t sample,
+                           const double *A, const double *B, double dt,
+                           ptrdiff_t steps, void *work)
+{
+    if (plan == NULL || dyn == NULL || (int)method < 0 || method >= TL_REF_COUNT)
+        return TL_ERR_VALUE;
+    const int exact = method == TL_REF_EXACT;
+    if (!exact && dyn->steps != 0)
+        return TL_ERR_VALUE; /* a time-varying system has no continuous model */
+    tl_status status = tl_dynamics_check(dyn, dyn->batch, steps);
+    if (status != TL_OK)
+        return status;
+    const ptrdiff_t n = dyn->n, m = dyn->m, T = steps, nn = n * n;
+    if (sample < 0 || sample >= (dyn->batch > 0 ? dyn->batch : 1))
+        return TL_ERR_SHAPE;
+    /* steps >= 1, and few enough that the plan and the scratch are addressable
+     * (then no size or index below overflows) */
+    if (T < 1 || tl_ref_plan_bytes(n, m, T, method) == 0 ||
+        tl_ref_init_work_bytes(n, m, T, method) == 0)
+        return TL_ERR_SHAPE;
+    if (exact && T > INT32_MAX / m) /* C^T's rows, a LAPACK int */
+        return TL_ERR_SHAPE;
+    if (!isfinite(dt) || dt <= 0.0 || (!exact && (A == NULL || B == NULL)))
+        return TL_ERR_VALUE;
+    if (memory == NULL || work == NULL)
+        return TL_ERR_NOMEM;
+
+    double *p = (double *)memory;
+    plan->n = n, plan->m = m, plan->steps = T, plan->method = method, plan->dt = dt;
+    plan->cond = INFINITY;
+    plan->growth = 0.0;
+    plan->rank = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
+    plan->AdT = p, p += nn;
+    plan->drift = p, p += n;
+    plan->K = p, p += T * m * n;
+    plan->Ad = plan->Bd = plan->S = plan->L = plan->Q = NULL;
+    if (exact) {
+        plan->S = p, plan->L = p + nn;
+        plan->dyn = *dyn;
+        plan->dyn.batch = 0;
+        plan->dyn.A = sample_field(dyn->A, sample);
+        plan->dyn.B = sample_field(dyn->B, sample);
+        plan->dyn.c = sample_field(dyn->c, sample);
+        return exact_plan(plan, &plan->dyn, (double *)work);
+    }
+    plan->Ad = p, p += nn;
+    plan->Bd = p, p += n * m;
+    if (method == TL_REF_CONTINUOUS)
+        plan->Q = p;
+    memset(plan->drift, 0, (size_t)n * sizeof(double));
+    plan->dyn = tl_dynamics_linear(n, m, plan->Ad, plan->Bd);
+    return model_plan(plan, A, B, work);
+}
+
 /* ---- apply ------------------------------------------------------------ */
 
-size_t tl_ref_apply_work_bytes(ptrdiff_t n)
+/* Samples a tile of tl_ref_apply holds side by side. */
+#define TL_REF_TILE 8
+
+size_t tl_ref_apply_work_bytes(ptrdiff_t n, ptrdiff_t m)
 {
-    if (n < 1 || n > TL_MAX_DIM)
+    const size_t roll = tl_rollout_work_bytes(n, m);
+    if (roll == 0)
         return 0;
-    return 4 * (size_t)n * sizeof(double);
+    /* d, y, yn; a tile's x_k, d, z and u_k */
+    return ((3 + 3 * TL_REF_TILE) * (size_t)n + TL_REF_TILE * (size_t)m) * sizeof(double) + roll;
 }
 
-/* y = M x for an r x c row-major M */
-static TL_ALWAYS_INLINE void matvec(ptrdiff_t r, ptrdiff_t c, const double *M, const double *x,
-                                    double *y)
+/* d = xf - Phi(T, 0) x0 - r: what the controls must add to the free response */
+static void target_gap(const tl_ref_plan *plan, const double *x, const double *f, double *d)
 {
-    for (ptrdiff_t i = 0; i < r; i++) {
-        double acc = 0.0;
-        for (ptrdiff_t j = 0; j < c; j++)
-            acc += M[i * c + j] * x[j];
-        y[i] = acc;
+    const ptrdiff_t n = plan->n;
+    matvec(n, n, plan->AdT, x, d);
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] = f[i] - d[i] - plan->drift[i];
+}
+
+/* One sample's controls u (T x m) from d; y is n doubles of scratch. */
+static void sample_controls(const tl_ref_plan *plan, const double *d, double *y, double *u)
+{
+    const ptrdiff_t n = plan->n, Tm = plan->steps * plan->m;
+    if (plan->L == NULL) { /* average, continuous: U = K d */
+        matvec(Tm, n, plan->K, d, u);
+        return;
     }
-}
-
-static TL_ALWAYS_INLINE void copy(ptrdiff_t n, const double *x, double *y)
-{
-    for (ptrdiff_t i = 0; i < n; i++)
-        y[i] = x[i];
-}
-
-/* |a - b|_2 scaled by the largest |a_i - b_i|: where the plain sum of
- * squares overflows (a long rollout of a growing mode misses xf by 1e200)
- * final_error is still that miss, not inf. */
-static double scaled_distance(ptrdiff_t n, const double *a, const double *b)
-{
-    double mx = 0.0, acc = 0.0;
-    for (ptrdiff_t i = 0; i < n; i++)
-        mx = fmax(mx, fabs(a[i] - b[i]));
-    if (!(mx > 0.0) || !isfinite(mx))
-        return mx;
-    for (ptrdiff_t i = 0; i < n; i++)
-        acc += ((a[i] - b[i]) / mx) * ((a[i] - b[i]) / mx);
-    return mx * sqrt(acc);
-}
-
-/* Samples [b0, batch) of tl_ref_apply. Always inlined, so that the small
- * systems (TL_SMALL_SYSTEMS) get this loop with n and m as constants: the
- * matrix-vector products unrolled and the state kept in registers, about four
- * times faster at n = 2 than with sizes read at run time. The operations and their
- * order are the same for every (n, m), so are the results. */
-static TL_ALWAYS_INLINE void apply_samples(const tl_ref_plan *plan, ptrdiff_t b0, ptrdiff_t batch,
-                                           const double *x0, const double *xf,
-                                           double *controls, double *states,
-                                           double *final_error, double *energy, double *d,
-                                           const ptrdiff_t n, const ptrdiff_t m)
-{
-    const ptrdiff_t T = plan->steps;
-    double *y = d + n, *yn = y + n;
-    for (ptrdiff_t b = b0; b < batch; b++) {
-        const double *x = x0 + b * n, *f = xf + b * n;
-        double *u = controls + b * T * m, *s = states + b * (T + 1) * n;
-        matvec(n, n, plan->AdT, x, d);
-        for (ptrdiff_t i = 0; i < n; i++)
-            d[i] = f[i] - d[i];
-        if (plan->L != NULL) { /* exact: U = Q z, R^T z = P^T D d */
-            matvec(n, n, plan->S, d, y);
-            for (ptrdiff_t i = 0; i < n; i++) {
-                double acc = y[i];
-                for (ptrdiff_t j = 0; j < i; j++)
-                    acc -= plan->L[i * n + j] * y[j];
-                y[i] = acc * plan->L[i * n + i];
-            }
-            matvec(T * m, n, plan->K, y, u);
-        } else {
-            matvec(T * m, n, plan->K, d, u);
-        }
-
-        double e = 0.0;
-        for (ptrdiff_t i = 0; i < T * m; i++)
-            e += u[i] * u[i];
-        energy[b] = e * plan->dt;
-
-        /* the ZOH rollout of the controls: the states (exact, average) or
-         * only the end point (continuous) */
-        copy(n, x, y);
-        if (plan->method != TL_REF_CONTINUOUS)
-            copy(n, x, s);
-        for (ptrdiff_t k = 0; k < T; k++) {
-            matvec(n, n, plan->Ad, y, yn);
-            for (ptrdiff_t i = 0; i < n; i++)
-                for (ptrdiff_t j = 0; j < m; j++)
-                    yn[i] += plan->Bd[i * m + j] * u[k * m + j];
-            copy(n, yn, y);
-            if (plan->method != TL_REF_CONTINUOUS)
-                copy(n, y, s + (k + 1) * n);
-        }
-        double err = 0.0;
-        for (ptrdiff_t i = 0; i < n; i++)
-            err += (y[i] - f[i]) * (y[i] - f[i]);
-        final_error[b] = isfinite(err) ? sqrt(err) : scaled_distance(n, y, f);
-
-        if (plan->method == TL_REF_CONTINUOUS) {
-            /* x(k dt) = Ad^k x0 + Q_k d */
-            copy(n, x, y);
-            for (ptrdiff_t k = 0; k <= T; k++) {
-                matvec(n, n, plan->Q + k * n * n, d, s + k * n);
-                for (ptrdiff_t i = 0; i < n; i++)
-                    s[k * n + i] += y[i];
-                matvec(n, n, plan->Ad, y, yn);
-                copy(n, yn, y);
-            }
-        }
-    }
-}
-
-/* The small systems' states fit in these many vectors (TL_SMALL_SYSTEMS). */
-#define TL_REF_LANE_N 6
-
-/* Samples b .. b + 3 of an exact or average reference, one a lane: the
- * operations of apply_samples in its order for each sample (the controls,
- * the energy and the rollout interleaved step by step: each is still its
- * own chain in its own order), so the same bits, four samples an
- * instruction. Only the loads and stores go element by element. */
-static TL_ALWAYS_INLINE void apply_four(const tl_ref_plan *plan, ptrdiff_t b, const double *x0,
-                                        const double *xf, double *controls, double *states,
-                                        double *final_error, double *energy, const ptrdiff_t n,
-                                        const ptrdiff_t m)
-{
-    const ptrdiff_t T = plan->steps, su = T * m, ss = (T + 1) * n;
-    tl_vd x[TL_REF_LANE_N], f[TL_REF_LANE_N], d[TL_REF_LANE_N], y[TL_REF_LANE_N];
-    tl_vd yn[TL_REF_LANE_N];
-    double *u = controls + b * su, *s = states + b * ss;
+    /* exact: U = Q z, R^T z = P^T D d (L's diagonal holds 1 / R_kk) */
+    matvec(n, n, plan->S, d, y);
     for (ptrdiff_t i = 0; i < n; i++) {
-        x[i] = tl_vgather_f64(x0 + b * n + i, n);
-        f[i] = tl_vgather_f64(xf + b * n + i, n);
+        double acc = y[i];
+        for (ptrdiff_t j = 0; j < i; j++)
+            acc -= plan->L[i * n + j] * y[j];
+        y[i] = acc * plan->L[i * n + i];
     }
-    for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Ad^T x0 */
-        tl_vd acc = tl_vsplat_f64(0.0);
+    matvec(Tm, n, plan->K, y, u);
+}
+
+/*
+ * TL_REF_TILE samples side by side, the sample index innermost (where the
+ * compiler vectorises the loops whatever n and m are): their controls and
+ * energies -- the operations of target_gap and sample_controls, in their
+ * order -- and their rollout under plan->dyn -- the operations of
+ * tl_rollout's step (rollout.h: acc = c_k, += A_k x, += B_k u), in its
+ * order -- with the final errors. So the same bits as one sample at a time
+ * through sample_controls and tl_rollout, at the cost the fused per-sample
+ * loops of a shared system had before. The states are not stored for
+ * continuous (they are computed afterwards). w holds (3 n + m) TL_REF_TILE
+ * doubles.
+ */
+static void tile_reference(const tl_ref_plan *plan, const double *x0, const double *xf,
+                           double *controls, double *states, double *final_error,
+                           double *energy, double *w)
+{
+    enum { L = TL_REF_TILE };
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, Tm = T * m, ss = (T + 1) * n;
+    const int store = plan->method != TL_REF_CONTINUOUS;
+    /* X: x_k; D: d, then (average) z; Y: (exact) z; the other of D, Y: x_{k+1} */
+    double *X = w, *D = X + n * L, *Y = D + n * L, acc[L];
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int l = 0; l < L; l++)
+            X[i * L + l] = x0[l * n + i];
+    for (ptrdiff_t i = 0; i < n; i++) { /* d = xf - Phi(T, 0) x0 - r */
+        for (int l = 0; l < L; l++)
+            acc[l] = 0.0;
         for (ptrdiff_t j = 0; j < n; j++)
-            acc += tl_vsplat_f64(plan->AdT[i * n + j]) * x[j];
-        d[i] = f[i] - acc;
+            for (int l = 0; l < L; l++)
+                acc[l] += plan->AdT[i * n + j] * X[j * L + l];
+        for (int l = 0; l < L; l++)
+            D[i * L + l] = xf[l * n + i] - acc[l] - plan->drift[i];
     }
-    if (plan->L != NULL) { /* exact: d <- z, R^T z = P^T D d, as in apply_samples */
+    const double *Z = D;
+    if (plan->L != NULL) { /* exact: R^T z = P^T D d */
         for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = tl_vsplat_f64(0.0);
+            for (int l = 0; l < L; l++)
+                acc[l] = 0.0;
             for (ptrdiff_t j = 0; j < n; j++)
-                acc += tl_vsplat_f64(plan->S[i * n + j]) * d[j];
-            y[i] = acc;
+                for (int l = 0; l < L; l++)
+                    acc[l] += plan->S[i * n + j] * D[j * L + l];
+            for (int l = 0; l < L; l++)
+                Y[i * L + l] = acc[l];
         }
         for (ptrdiff_t i = 0; i < n; i++) {
-            tl_vd acc = y[i];
+            for (int l = 0; l < L; l++)
+                acc[l] = Y[i * L + l];
             for (ptrdiff_t j = 0; j < i; j++)
-                acc -= tl_vsplat_f64(plan->L[i * n + j]) * y[j];
-            y[i] = acc * tl_vsplat_f64(plan->L[i * n + i]);
+                for (int l = 0; l < L; l++)
+                    acc[l] -= plan->L[i * n + j] * Y[j * L + l];
+            for (int l = 0; l < L; l++)
+                Y[i * L + l] = acc[l] * plan->L[i * n + i];
         }
-        for (ptrdiff_t i = 0; i < n; i++)
-            d[i] = y[i];
+        Z = Y;
     }
-    tl_vd e = tl_vsplat_f64(0.0);
-    for (ptrdiff_t i = 0; i < n; i++) {
-        y[i] = x[i];
-        tl_vscatter_f64(x[i], s + i, ss);
-    }
+    /* step by step: u_k = K_k z (its energy summed in the order of
+     * sample_controls), then x_{k+1} = A_k x_k + B_k u_k + c_k */
+    double e[L], *Xn = Z == D ? Y : D, *U = w + 3 * n * L;
+    for (int l = 0; l < L; l++)
+        e[l] = 0.0;
+    for (ptrdiff_t i = 0; i < n && store; i++)
+        for (int l = 0; l < L; l++)
+            states[l * ss + i] = X[i * L + l];
     for (ptrdiff_t k = 0; k < T; k++) {
-        tl_vd uk[TL_REF_LANE_N];
-        for (ptrdiff_t j = 0; j < m; j++) { /* u_k = K_k d, and its energy */
-            tl_vd acc = tl_vsplat_f64(0.0);
+        for (ptrdiff_t j = 0; j < m; j++) {
+            const double *Kr = plan->K + (k * m + j) * n;
+            for (int l = 0; l < L; l++)
+                acc[l] = 0.0;
             for (ptrdiff_t i = 0; i < n; i++)
-                acc += tl_vsplat_f64(plan->K[(k * m + j) * n + i]) * d[i];
-            uk[j] = acc;
-            e += acc * acc;
-            tl_vscatter_f64(acc, u + k * m + j, su);
+                for (int l = 0; l < L; l++)
+                    acc[l] += Kr[i] * Z[i * L + l];
+            for (int l = 0; l < L; l++) {
+                U[j * L + l] = acc[l];
+                e[l] += acc[l] * acc[l];
+            }
         }
-        for (ptrdiff_t i = 0; i < n; i++) { /* x_{k+1} = Ad x_k + Bd u_k */
-            tl_vd acc = tl_vsplat_f64(0.0);
-            for (ptrdiff_t j = 0; j < n; j++)
-                acc += tl_vsplat_f64(plan->Ad[i * n + j]) * y[j];
-            for (ptrdiff_t j = 0; j < m; j++)
-                acc += tl_vsplat_f64(plan->Bd[i * m + j]) * uk[j];
-            yn[i] = acc;
-        }
+        for (ptrdiff_t j = 0; j < m; j++)
+            for (int l = 0; l < L; l++)
+                controls[l * Tm + k * m + j] = U[j * L + l];
+        const double *A = tl_dyn_A(&plan->dyn, 0, k), *B = tl_dyn_B(&plan->dyn, 0, k);
+        const double *c = tl_dyn_c(&plan->dyn, 0, k);
         for (ptrdiff_t i = 0; i < n; i++) {
-            y[i] = yn[i];
-            tl_vscatter_f64(y[i], s + (k + 1) * n + i, ss);
+            for (int l = 0; l < L; l++)
+                acc[l] = c != NULL ? c[i] : 0.0;
+            for (ptrdiff_t j = 0; j < n; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += A[i * n + j] * X[j * L + l];
+            for (ptrdiff_t j = 0; j < m; j++)
+                for (int l = 0; l < L; l++)
+                    acc[l] += B[i * m + j] * U[j * L + l];
+            for (int l = 0; l < L; l++)
+                Xn[i * L + l] = acc[l];
         }
+        double *swap = X;
+        X = Xn, Xn = swap;
+        for (ptrdiff_t i = 0; i < n && store; i++)
+            for (int l = 0; l < L; l++)
+                states[l * ss + (k + 1) * n + i] = X[i * L + l];
     }
-    tl_vscatter_f64(e * tl_vsplat_f64(plan->dt), energy + b, 1);
-    tl_vd err = tl_vsplat_f64(0.0);
-    for (ptrdiff_t i = 0; i < n; i++)
-        err += (y[i] - f[i]) * (y[i] - f[i]);
-    for (int l = 0; l < TL_LANES_F64; l++) {
-        final_error[b + l] = sqrt(err[l]);
-        if (!isfinite(err[l])) { /* as apply_samples */
-            double yl[TL_REF_LANE_N], fl[TL_REF_LANE_N];
-            for (ptrdiff_t i = 0; i < n; i++)
-                yl[i] = y[i][l], fl[i] = f[i][l];
-            final_error[b + l] = scaled_distance(n, yl, fl);
-        }
-    }
+    for (int l = 0; l < L; l++)
+        energy[l] = e[l] * plan->dt;
+    for (int l = 0; l < L; l++)
+        final_error[l] = distance(n, X + l, L, xf + l * n);
 }
-
-/* A small system's samples: exact and average references four at a time
- * (also built for AVX2), the rest -- the last few, continuous states -- one
- * at a time. */
-#define TL_SMALL_SYSTEM(N, M)                                                                 \
-    TL_CLONES static void apply_small_##N##_##M(const tl_ref_plan *plan, ptrdiff_t batch,     \
-                                                const double *x0, const double *xf,           \
-                                                double *controls, double *states,             \
-                                                double *final_error, double *energy)          \
-    {                                                                                         \
-        ptrdiff_t b = 0;                                                                      \
-        if (plan->method != TL_REF_CONTINUOUS)                                                \
-            for (; b + TL_LANES_F64 <= batch; b += TL_LANES_F64)                              \
-                apply_four(plan, b, x0, xf, controls, states, final_error, energy, N, M);     \
-        double scratch[3 * (N)]; /* not `work`: no output store can alias it */              \
-        apply_samples(plan, b, batch, x0, xf, controls, states, final_error, energy, scratch, \
-                      N, M);                                                                  \
-    }
-TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
 
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
@@ -664,19 +697,126 @@ tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x
         return plan == NULL ? TL_ERR_VALUE : TL_ERR_SHAPE;
     if (work == NULL)
         return TL_ERR_NOMEM;
-    const ptrdiff_t n = plan->n, m = plan->m;
-#define TL_SMALL_SYSTEM(N, M)                                                                     \
-    if (n == (N) && m == (M)) {                                                               \
-        apply_small_##N##_##M(plan, batch, x0, xf, controls, states, final_error, energy);    \
-        return TL_OK;                                                                         \
+    const ptrdiff_t n = plan->n, m = plan->m, T = plan->steps, nn = n * n;
+    double *d = (double *)work, *y = d + n, *yn = y + n, *tile = yn + n;
+    double *rwork = tile + TL_REF_TILE * (3 * n + m);
+    ptrdiff_t b0 = 0;
+    for (; b0 + TL_REF_TILE <= batch; b0 += TL_REF_TILE)
+        tile_reference(plan, x0 + b0 * n, xf + b0 * n, controls + b0 * T * m,
+                       states + b0 * (T + 1) * n, final_error + b0, energy + b0, tile);
+    /* the last few one at a time: their controls, then tl_rollout */
+    for (ptrdiff_t b = b0; b < batch; b++) {
+        double *u = controls + b * T * m;
+        target_gap(plan, x0 + b * n, xf + b * n, d);
+        sample_controls(plan, d, y, u);
+        double e = 0.0;
+        for (ptrdiff_t i = 0; i < T * m; i++)
+            e += u[i] * u[i];
+        energy[b] = e * plan->dt;
     }
-    TL_SMALL_SYSTEMS
-#undef TL_SMALL_SYSTEM
-    apply_samples(plan, 0, batch, x0, xf, controls, states, final_error, energy, (double *)work,
-                  n, m);
+    tl_status status = tl_rollout(&plan->dyn, TL_F64, batch - b0, T, x0 + b0 * n,
+                                  controls + b0 * T * m, states + b0 * (T + 1) * n, rwork);
+    if (status != TL_OK)
+        return status;
+    for (ptrdiff_t b = b0; b < batch; b++)
+        final_error[b] = distance(n, states + (b * (T + 1) + T) * n, 1, xf + b * n);
+    if (plan->method != TL_REF_CONTINUOUS)
+        return TL_OK;
+    /* continuous: x(k dt) = Ad^k x0 + Q_k d, Ad^k x0 carried in y */
+    for (ptrdiff_t b = 0; b < batch; b++) {
+        const double *x = x0 + b * n;
+        double *s = states + b * (T + 1) * n;
+        target_gap(plan, x, xf + b * n, d);
+        memcpy(y, x, (size_t)n * sizeof(double));
+        for (ptrdiff_t k = 0; k <= T; k++) {
+            matvec(n, n, plan->Q + k * nn, d, s + k * n);
+            for (ptrdiff_t i = 0; i < n; i++)
+                s[k * n + i] += y[i];
+            matvec(n, n, plan->Ad, y, yn);
+            memcpy(y, yn, (size_t)n * sizeof(double));
+        }
+    }
     return TL_OK;
 }
 
+/* ---- a batch over any linear form ------------------------------------- */
+
+static double field_double(const tl_field *f, ptrdiff_t b)
+{
+    return f->data[b * f->batch_stride];
+}
+
+size_t tl_min_energy_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps,
+                                tl_ref_method method)
+{
+    const size_t plan = tl_ref_plan_bytes(n, m, steps, method);
+    const size_t init = tl_ref_init_work_bytes(n, m, steps, method);
+    const size_t apply = tl_ref_apply_work_bytes(n, m);
+    const size_t more = init > apply ? init : apply;
+    if (plan == 0 || init == 0 || apply == 0 || more > SIZE_MAX - plan)
+        return 0;
+    return plan + more;
+}
+
+static void note_plan(tl_ref_info *info, const tl_ref_plan *plan, ptrdiff_t b, int failed)
+{
+    info->plans++;
+    info->sample = b;
+    info->cond = failed || info->plans == 1 ? plan->cond : fmax(info->cond, plan->cond);
+    info->growth = failed ? plan->growth : fmax(info->growth, plan->growth);
+    info->rank = plan->rank;
+}
+
+tl_status tl_min_energy(tl_ref_method method, const tl_dynamics *dyn, const tl_ref_model *model,
+                        ptrdiff_t steps, ptrdiff_t batch, const double *x0, const double *xf,
+                        double *controls, double *states, double *final_error, double *energy,
+                        tl_ref_info *info, void *work, const tl_cancel *cancel)
+{
+    if (info == NULL || dyn == NULL || model == NULL || model->dt.data == NULL)
+        return TL_ERR_VALUE;
+    *info = (tl_ref_info){0, 0, INFINITY, 0.0, {0, 0.0, 0.0, 0.0, 0.0}};
+    if (batch < 0)
+        return TL_ERR_SHAPE;
+    tl_status status = tl_dynamics_check(dyn, batch, steps);
+    if (status != TL_OK)
+        return status;
+    const ptrdiff_t n = dyn->n, m = dyn->m;
+    const size_t plan_bytes = tl_ref_plan_bytes(n, m, steps, method);
+    if (plan_bytes == 0 || tl_min_energy_work_bytes(n, m, steps, method) == 0)
+        return TL_ERR_SHAPE;
+    if (work == NULL)
+        return TL_ERR_NOMEM;
+    const int continuous = method != TL_REF_EXACT;
+    if (continuous && (model->A.data == NULL || model->B.data == NULL))
+        return TL_ERR_VALUE;
+    const int per_sample =
+        model->dt.batch_stride != 0 ||
+        (continuous ? model->A.batch_stride != 0 || model->B.batch_stride != 0
+                    : dyn->A.batch_stride != 0 || dyn->B.batch_stride != 0 ||
+                          (dyn->c.data != NULL && dyn->c.batch_stride != 0));
+    void *mem = work, *sub = (char *)work + plan_bytes;
+    tl_ref_plan plan;
+    const ptrdiff_t plans = per_sample ? batch : 1; /* a shared plan even for no sample */
+    for (ptrdiff_t q = 0; q < plans; q++) {
+        if (per_sample && cancel != NULL && cancel->poll != NULL && cancel->poll(cancel->ctx))
+            return TL_ERR_INTERRUPTED;
+        const ptrdiff_t b = per_sample ? q : 0, count = per_sample ? 1 : batch;
+        plan.cond = INFINITY, plan.growth = 0.0; /* what a plan refused early reports */
+        plan.rank = (tl_ref_rank){0, 0.0, 0.0, 0.0, 0.0};
+        status = tl_ref_plan_init(&plan, mem, method, dyn, dyn->batch > 0 ? b : 0,
+                                  continuous ? tl_field_at(&model->A, b, 0) : NULL,
+                                  continuous ? tl_field_at(&model->B, b, 0) : NULL,
+                                  field_double(&model->dt, b), steps, sub);
+        note_plan(info, &plan, b, status != TL_OK);
+        if (status == TL_OK)
+            status = tl_ref_apply(&plan, count, x0 + b * n, xf + b * n,
+                                  controls + b * steps * m, states + b * (steps + 1) * n,
+                                  final_error + b, energy + b, sub);
+        if (status != TL_OK)
+            return status;
+    }
+    return TL_OK;
+}
 /* ---- the continuous law at arbitrary times ---------------------------- */
 
 size_t tl_min_energy_law_work_bytes(ptrdiff_t n, ptrdiff_t m)

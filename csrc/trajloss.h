@@ -194,9 +194,9 @@ tl_status tl_discretize(tl_disc_method method, ptrdiff_t n, ptrdiff_t m,
 
 /* ---- rollout.c --------------------------------------------------------- */
 
-/* Doubles of scratch the rollout, its adjoint and the final-state error need
- * (per call, not per sample); 0 when n is out of range. */
-size_t tl_rollout_work_bytes(ptrdiff_t n);
+/* Bytes of scratch the rollout, its adjoint and the final-state error need
+ * (per call, not per sample); 0 when n or m is out of range. */
+size_t tl_rollout_work_bytes(ptrdiff_t n, ptrdiff_t m);
 
 /* states[b][0] = x0[b];  states[b][k+1] = A_k states[b][k] + B_k controls[b][k] + c_k
  * (the matrices of sample b). batch >= 0, steps >= 0; x0, controls and states
@@ -411,7 +411,7 @@ typedef enum {
  * direction of the state space is unreachable in `steps` steps.
  */
 typedef struct {
-    ptrdiff_t rank;   /* entries kept; -1 when C is not finite (Ad^steps overflows) */
+    ptrdiff_t rank;   /* entries kept; -1 when C is not finite (Phi(T, 1) overflows) */
     double tol;       /* the tolerance on |R_kk| */
     double r_first;   /* |R_11| */
     double r_last;    /* |R_kk| of the last entry kept (0 when none is) */
@@ -419,48 +419,73 @@ typedef struct {
 } tl_ref_rank;
 
 /*
- * Everything a minimum-energy reference needs that depends only on the
- * system, the number of steps and the method, computed once by
+ * Everything a minimum-energy reference needs that depends only on one
+ * system, the number of steps T and the method, computed once by
  * tl_ref_plan_init into caller-owned memory (tl_ref_plan_bytes), so that
- * each sample costs a few small matrix-vector products. With
- * d = xf - Ad^T x0 the controls are U = K d:
- *   exact:       U = Q z with R^T z = S d, S = P^T D: the minimum-norm
- *                solution of C U = d from the QR factorisation above, K = Q
- *                explicit (orthonormal) and the triangular solve done per
- *                sample, so the residual is that of a backward-stable solve
- *                (an explicit C^+ = Q R^-T S would cost a factor cond(C); and
- *                C C^T would square it)
+ * each sample costs a few small matrix-vector products.
+ *
+ * The dynamics x_{k+1} = A_k x_k + B_k u_k + c_k of one sample (every
+ * linear form of tl_dynamics: shared or that sample's matrices, the same at
+ * every step or time-varying, with or without the offset c) give
+ *   x_T = Phi(T, 0) x0 + C U + r,   Phi(T, k) = A_{T-1} ... A_k (Phi(T, T) = I),
+ *   C = [Phi(T, 1) B_0, Phi(T, 2) B_1, ..., B_{T-1}]     (n x T m),
+ *   r = sum_k Phi(T, k+1) c_k                            (the offset's drift),
+ * so the controls solve C U = d with d = xf - Phi(T, 0) x0 - r. For a
+ * time-invariant system Phi(T, k) = Ad^{T-k} and C = [Ad^{T-1} Bd ... Bd].
+ * The controls are U = K d, or for exact U = K z with R^T z = S d:
+ *   exact:       the minimum-norm solution of C U = d from the QR
+ *                factorisation above, S = P^T D, K = Q explicit (orthonormal)
+ *                and the triangular solve done per sample, so the residual is
+ *                that of a backward-stable solve (an explicit
+ *                C^+ = Q R^-T S would cost a factor cond(C); and C C^T
+ *                would square it)
  *   average:     K = C^T W_c(H)^-1 / dt (the law u(t) = B^T e^{A^T (H-t)} W_c^-1 d
  *                                        averaged over each interval)
- * where C = [Ad^{T-1} Bd ... Bd] and, for average/continuous, (Ad, Bd) is the
- * exact ZOH of the continuous (A, B). Continuous states are
+ * where for average/continuous (Ad, Bd) is the exact ZOH of the continuous
+ * (A, B) (time-invariant, no offset). Continuous states are
  * x(k dt) = Ad^k x0 + Q_k d with Q_k = W_c(k dt) e^{A^T (H - k dt)} W_c(H)^-1.
+ * The states of exact and average are the rollout (tl_rollout) of the
+ * controls under plan->dyn: exact, the sample's own dynamics; average and
+ * continuous, the plan's ZOH (Ad, Bd).
  */
 typedef struct {
     ptrdiff_t n, m, steps;
     tl_ref_method method;
-    double dt;      /* sampling period (1 for a discrete system without one) */
+    double dt;      /* sampling period (1 for a discrete system without one): energy */
     double cond;    /* exact: 1-norm condition number estimate of R (that of the
                      * equilibrated C); average, continuous: that of the equilibrated
                      * W_c(H) */
     double growth;  /* continuous: max_k |Ad^k|_1, refused above TL_LAW_GROWTH_LIMIT */
     tl_ref_rank rank; /* exact only */
-    double *Ad;     /* n x n: the dynamics the states are rolled out with */
-    double *Bd;     /* n x m */
-    double *AdT;    /* n x n: Ad^steps */
+    tl_dynamics dyn;  /* the dynamics the states are rolled out with, one sample's
+                       * (batch 0). exact: the caller's arrays -- they must outlive
+                       * the plan; average, continuous: over Ad, Bd below */
+    double *Ad;     /* average, continuous: n x n, the ZOH of (A, B); exact: NULL */
+    double *Bd;     /* average, continuous: n x m; exact: NULL */
+    double *AdT;    /* n x n: Phi(T, 0) (Ad^T) */
+    double *drift;  /* n: r above (zeros without an offset) */
     double *K;      /* (steps m) x n */
     double *S;      /* exact: n x n, P^T D (one nonzero a row); else NULL */
     double *L;      /* exact: n x n, R^T below the diagonal and 1 / R_kk on it; else NULL */
     double *Q;      /* (steps + 1) x n x n, continuous only (else NULL) */
 } tl_ref_plan;
 
+/* Bytes of a plan's memory and of tl_ref_plan_init's scratch; 0 when a size
+ * is out of range or not addressable. exact needs O(T n m + n^2) doubles of
+ * each; average and continuous O(T n^2) (the powers Ad^k). */
 size_t tl_ref_plan_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method);
-size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps);
+size_t tl_ref_init_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps, tl_ref_method method);
 
 /*
- * Fill plan (its arrays carved from `memory`, tl_ref_plan_bytes long).
- * exact: dyn is the discrete system (sample `sample` of it), A and B may be NULL. average and
- * continuous: A (n x n) and B (n x m) are the continuous model, dt > 0.
+ * Fill plan (its arrays carved from `memory`, tl_ref_plan_bytes long) for
+ * sample `sample` of dyn (0 <= sample < max(dyn->batch, 1); every per-sample
+ * field is read at that sample, shared ones as they are).
+ * exact: dyn is the discrete system, any linear form whose time-varying
+ * fields cover `steps` (dyn->steps == steps); A and B may be NULL; dt only
+ * scales the energy. average and continuous: A (n x n) and B (n x m) are that
+ * sample's continuous model and dt > 0 its period; dyn gives n and m only and
+ * must be time-invariant (a time-varying system has no continuous model:
+ * TL_ERR_VALUE).
  * steps >= 1 (and steps m < 2^31 for exact, LAPACK's index range).
  * TL_ERR_SINGULAR: exact, C numerically rank-deficient (plan->rank says
  * how); average and continuous, W_c(H) singular or ill-conditioned
@@ -472,16 +497,61 @@ tl_status tl_ref_plan_init(tl_ref_plan *plan, void *memory, tl_ref_method method
                            const double *A, const double *B, double dt,
                            ptrdiff_t steps, void *work);
 
-size_t tl_ref_apply_work_bytes(ptrdiff_t n);
+/* Bytes of tl_ref_apply's scratch (its own and tl_rollout's). */
+size_t tl_ref_apply_work_bytes(ptrdiff_t n, ptrdiff_t m);
 
 /*
- * References for a batch: x0, xf batch x n; writes controls batch x steps x m,
- * states batch x (steps+1) x n, final_error (|x_T of the ZOH rollout - xf|_2)
- * and energy (sum_k |u_k|^2 dt), each batch long.
+ * References for a batch under one plan: x0, xf batch x n; writes controls
+ * batch x steps x m, states batch x (steps+1) x n, final_error
+ * (|x_T of the rollout under plan->dyn - xf|_2, scaled so that it overflows
+ * only when the miss itself does) and energy (sum_k |u_k|^2 dt), each batch
+ * long.
  */
 tl_status tl_ref_apply(const tl_ref_plan *plan, ptrdiff_t batch, const double *x0,
                        const double *xf, double *controls, double *states,
                        double *final_error, double *energy, void *work);
+
+/*
+ * The sampling period and continuous model of a batch for tl_min_energy, as
+ * tl_fields (step_stride 0; batch_stride 0 = shared, else one per sample):
+ * dt one double a sample (> 0); A n x n and B n x m, the continuous model of
+ * average and continuous (data NULL for exact).
+ */
+typedef struct {
+    tl_field dt;
+    tl_field A;
+    tl_field B;
+} tl_ref_model;
+
+/* What tl_min_energy reports. */
+typedef struct {
+    ptrdiff_t plans;  /* plans made: 1 when everything is shared (also for batch 0),
+                         else one per sample */
+    ptrdiff_t sample; /* on TL_ERR_SINGULAR: the sample whose plan failed */
+    double cond;      /* the largest plan->cond of the plans made (of the failed one
+                         on TL_ERR_SINGULAR) */
+    double growth;    /* likewise plan->growth */
+    tl_ref_rank rank; /* exact, on TL_ERR_SINGULAR: the failed plan's rank test */
+} tl_ref_info;
+
+/* Bytes of tl_min_energy's work (a plan and the scratch of its init and apply). */
+size_t tl_min_energy_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps,
+                                tl_ref_method method);
+
+/*
+ * Minimum-energy references for a batch over any linear form: one plan for
+ * the batch when dyn and the model are shared by it (a shared system costs
+ * one plan whatever the batch), else one plan per sample, each applied to
+ * its own sample. dyn covers batch and steps as in tl_dynamics_check; the
+ * caller guarantees that the model's per-sample fields hold `batch` samples.
+ * Outputs as tl_ref_apply. `cancel` (may be NULL) is polled between
+ * per-sample plans: TL_ERR_INTERRUPTED. Errors as tl_ref_plan_init, with
+ * info naming the sample.
+ */
+tl_status tl_min_energy(tl_ref_method method, const tl_dynamics *dyn, const tl_ref_model *model,
+                        ptrdiff_t steps, ptrdiff_t batch, const double *x0, const double *xf,
+                        double *controls, double *states, double *final_error, double *energy,
+                        tl_ref_info *info, void *work, const tl_cancel *cancel);
 
 /* W_c(t) = int_0^t e^{As} B B^T e^{A^T s} ds: Van Loan's block exponential
  * exp([[-A, B B^T], [0, A^T]] h) = [[., G], [0, F]], W_c(h) = F^T G, at

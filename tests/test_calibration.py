@@ -193,3 +193,48 @@ def test_unknown_baseline(di_data, baseline):
 def test_bad_control_bound(di_data, bound):
     with pytest.raises(ValueError):
         trajloss.calibrate(trajloss.DoubleIntegrator(), di_data, control_bound=bound)
+
+
+# --------------------------------------------------------------------------
+# Every form of system
+# --------------------------------------------------------------------------
+
+
+def loop_rollout(A, Bm, c, x0, U):
+    """x_{k+1} = A_k x_k + B_k u_k + c_k with (N, T, ...) arrays, a plain loop."""
+    N, T, n, _ = Bm.shape
+    X = np.empty((N, T + 1, n))
+    X[:, 0] = x0
+    for b in range(N):
+        for k in range(T):
+            X[b, k + 1] = A[b, k] @ X[b, k] + Bm[b, k] @ U[b, k] + c[b, k]
+    return X
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_per_sample_and_time_varying_against_numpy(rng, time_varying):
+    N, T, n = 40, 6, 2
+    lead = (N, T) if time_varying else (N,)
+    A = np.eye(n) + 0.2 * rng.standard_normal(lead + (n, n))
+    Bm = rng.standard_normal(lead + (n, 1))
+    c = 0.1 * rng.standard_normal(lead + (n,))
+    cls = trajloss.TimeVaryingSystem if time_varying else trajloss.LinearSystem
+    system = cls(A, Bm, dt=0.25, offset=c)
+    data = trajloss.make_dataset(system, N, T, x0_low=[-1, -1], x0_high=[1, 1], seed=1)
+    cal = trajloss.calibrate(system, data, control_bound=2.0, seed=5)
+    U = np.random.default_rng(5).uniform(-2.0, 2.0, size=data.controls.shape)
+    if not time_varying:
+        A, Bm, c = (np.broadcast_to(a[:, None], (N, T) + a.shape[1:]) for a in (A, Bm, c))
+    X = loop_rollout(A, Bm, c, data.x0, U)
+    assert cal.control_mse == pytest.approx(float(np.mean((U - data.controls) ** 2)), rel=1e-12)
+    assert cal.trajectory_mse == pytest.approx(float(np.mean((X - data.states) ** 2)), rel=1e-10)
+
+
+def test_mismatched_system_names_system(rng, di_data):
+    Ad, Bd = di_matrices(DT)
+    per_sample = trajloss.LinearSystem(np.stack([Ad] * 3), Bd)
+    with pytest.raises(ValueError, match=r"system holds B = 3.*N = 400"):
+        trajloss.calibrate(per_sample, di_data)
+    tv = trajloss.TimeVaryingSystem(np.stack([Ad] * 7), np.stack([Bd] * 7))
+    with pytest.raises(ValueError, match=r"system is time-varying over T = 7.*T = 15"):
+        trajloss.calibrate(tv, di_data)

@@ -660,7 +660,7 @@ def build_cases():
     sys_cases = [
         ("Ad-2x3", np.ones((2, 3)), np.ones((2, 1)), VE, "Ad"),
         ("Ad-rank1", np.ones(2), np.ones((2, 1)), VE, "Ad"),
-        ("Ad-rank3", np.ones((2, 2, 2)), np.ones((2, 1)), VE, "Ad"),
+        ("Ad-rank4", np.ones((2, 2, 2, 2)), np.ones((2, 1)), VE, "Ad"),  # rank 3: per sample
         ("Ad-rank0", 1.0, np.ones((1, 1)), VE, "Ad"),
         ("Bd-rows", np.eye(2), np.ones((3, 1)), VE, "Bd"),
         ("Bd-rank1", np.eye(2), np.ones(2), VE, "Bd"),
@@ -698,12 +698,20 @@ def build_cases():
     for did, dv, exc in bad_dts:
         add(f"LinearSystem:dt-{did}", lambda dv=dv: tl.LinearSystem(np.eye(2), np.ones((2, 1)), dv),
             Raises(exc, name("dt")))
-        add(f"from_continuous:dt-{did}",
-            lambda dv=dv: tl.LinearSystem.from_continuous(_A, _B, dv), Raises(exc, name("dt")))
+        if did not in ("list", "array"):  # from_continuous takes a (B,) dt: one per sample
+            add(f"from_continuous:dt-{did}",
+                lambda dv=dv: tl.LinearSystem.from_continuous(_A, _B, dv), Raises(exc, name("dt")))
         add(f"DoubleIntegrator:dt-{did}", lambda dv=dv: tl.DoubleIntegrator(dv),
             Raises(exc, name("dt")))
     add("from_continuous:dt-None", lambda: tl.LinearSystem.from_continuous(_A, _B, None),
         Raises(TE, name("dt")))
+    for did, dv, exc in (("array2d", np.array([[0.1]]), VE), ("empty", np.zeros(0), VE),
+                         ("array-negative", np.array([0.1, -0.1]), VE),
+                         ("array-nan", np.array([0.1, np.nan]), VE),
+                         ("array-str", np.array(["0.1"]), TE),
+                         ("array-bool", np.array([True]), TE)):
+        add(f"from_continuous:dt-{did}",
+            lambda dv=dv: tl.LinearSystem.from_continuous(_A, _B, dv), Raises(exc, name("dt")))
     for meth in ("foo", "", "ZOH", "zoh ", None, 1, ["zoh"], b"zoh"):
         add(f"from_continuous:method-{meth!r}",
             lambda meth=meth: tl.LinearSystem.from_continuous(_A, _B, 0.1, meth),

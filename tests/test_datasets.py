@@ -397,3 +397,151 @@ def test_absurd_size_is_a_value_error_naming_size():
     import trajloss
     with pytest.raises(ValueError, match=r"\bsize\b"):
         trajloss.make_dataset(trajloss.DoubleIntegrator(), 2**70)
+
+
+# --------------------------------------------------------------------------
+# Every form of system
+# --------------------------------------------------------------------------
+
+
+def loop_min_norm(A, Bm, c, x0, xf):
+    """Sample b's minimum-norm controls of C U = xf - Phi(T,0) x0 - sum Phi(T,k+1) c_k,
+    C = [Phi(T,1) B_0 ... B_{T-1}] built here (A, Bm, c: (N, T, ...)), by lstsq."""
+    N, T, n, m = Bm.shape
+    U = np.empty((N, T, m))
+    for b in range(N):
+        Phi = [None] * (T + 1)
+        Phi[T] = np.eye(n)
+        for k in range(T - 1, -1, -1):
+            Phi[k] = Phi[k + 1] @ A[b, k]
+        C = np.hstack([Phi[k + 1] @ Bm[b, k] for k in range(T)])
+        d = xf[b] - Phi[0] @ x0[b] - sum(Phi[k + 1] @ c[b, k] for k in range(T))
+        U[b] = np.linalg.lstsq(C, d, rcond=None)[0].reshape(T, m)
+    return U
+
+
+def loop_rollout(A, Bm, c, x0, U):
+    N, T, n, _ = Bm.shape
+    X = np.empty((N, T + 1, n))
+    X[:, 0] = x0
+    for b in range(N):
+        for k in range(T):
+            X[b, k + 1] = A[b, k] @ X[b, k] + Bm[b, k] @ U[b, k] + c[b, k]
+    return X
+
+
+def per_sample_system(seed, N, T=None, offset=True):
+    """A per-sample (and time-varying when T is given) system with offsets,
+    and its arrays expanded to (N, T, ...) for the loops here."""
+    rng = np.random.default_rng(seed)
+    lead = (N,) if T is None else (N, T)
+    A = rng.standard_normal(lead + (2, 2)) * 0.3 + np.eye(2)
+    Bm = rng.standard_normal(lead + (2, 1))
+    c = rng.standard_normal(lead + (2,)) * 0.1 if offset else None
+    if T is None:
+        system = trajloss.LinearSystem(A, Bm, dt=0.5, offset=c)
+        T = 6
+        A, Bm = (np.broadcast_to(a[:, None], (N, T) + a.shape[1:]) for a in (A, Bm))
+        cc = np.broadcast_to(c[:, None], (N, T, 2)) if offset else np.zeros((N, T, 2))
+    else:
+        system = trajloss.TimeVaryingSystem(A, Bm, dt=0.5, offset=c)
+        cc = c if offset else np.zeros((N, T, 2))
+    return system, A, Bm, cc, T
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_per_sample_dataset_against_numpy(time_varying):
+    N = 60
+    system, A, Bm, c, T = per_sample_system(3, N, 7 if time_varying else None)
+    data = trajloss.make_dataset(system, N, T, x0_low=[-1, -1], x0_high=[1, 1], target=[0.5, 0],
+                                 seed=4)
+    U = loop_min_norm(A, Bm, c, data.x0, data.xf)
+    np.testing.assert_allclose(data.controls, U, rtol=0, atol=1e-9 * scale_of(U))
+    X = loop_rollout(A, Bm, c, data.x0, data.controls)
+    np.testing.assert_allclose(data.states, X, rtol=0, atol=1e-12 * scale_of(X))
+    assert np.max(np.abs(X[:, -1] - data.xf)) <= 1e-10 * scale_of(X)
+    np.testing.assert_allclose(data.energy, 0.5 * np.sum(data.controls ** 2, axis=(1, 2)),
+                               rtol=1e-12)
+
+
+def test_time_varying_dataset_steps_default_and_shared(rng):
+    """A shared time-varying system with an offset: steps defaults to its T."""
+    T = 9
+    A = np.eye(2) + 0.2 * rng.standard_normal((T, 2, 2))
+    Bm = rng.standard_normal((T, 2, 1))
+    c = 0.1 * rng.standard_normal((T, 2))
+    system = trajloss.TimeVaryingSystem(A, Bm, offset=c)
+    data = trajloss.make_dataset(system, 30, x0_low=[-1, -1], x0_high=[1, 1], seed=2)
+    assert data.steps == T and data.dt is None
+    N = 30
+    Ae, Be, ce = (np.broadcast_to(a, (N,) + a.shape) for a in (A, Bm, c))
+    U = loop_min_norm(Ae, Be, ce, data.x0, data.xf)
+    np.testing.assert_allclose(data.controls, U, rtol=0, atol=1e-9 * scale_of(U))
+    X = loop_rollout(Ae, Be, ce, data.x0, data.controls)
+    assert np.max(np.abs(X[:, -1])) <= 1e-10 * scale_of(X)
+
+
+def test_per_sample_resampling_keeps_each_sample_its_system():
+    """Redrawn samples keep their own system: every stored reference is the
+    minimum-norm one of its sample's system, including the redrawn ones."""
+    N = 200
+    system, A, Bm, c, T = per_sample_system(5, N, offset=False)
+    free = trajloss.make_dataset(system, N, T, x0_low=[-3, -3], x0_high=[3, 3], seed=1)
+    bound = float(np.quantile(np.abs(free.controls).max(axis=(1, 2)), 0.8))
+    data = trajloss.make_dataset(system, N, T, x0_low=[-3, -3], x0_high=[3, 3],
+                                 control_bound=bound, seed=1)
+    assert data.resampled > 0 and np.all(np.abs(data.controls) <= bound)
+    U = loop_min_norm(A, Bm, c, data.x0, data.xf)
+    np.testing.assert_allclose(data.controls, U, rtol=0, atol=1e-9 * scale_of(U))
+
+
+def test_per_sample_continuous_dataset_with_progress_chunks(monkeypatch):
+    """from_continuous with one dt per sample, made in chunks (a progress bar's
+    path): each sample is its own double integrator's closed form."""
+    pytest.importorskip("tqdm")
+    from trajloss import datasets
+    monkeypatch.setattr(datasets, "_CHUNK", 7)
+    N = 20
+    dts = np.linspace(0.1, 0.5, N)
+    system = trajloss.LinearSystem.from_continuous([[0.0, 1.0], [0.0, 0.0]], [[0.0], [1.0]], dts)
+    data = trajloss.make_dataset(system, N, 15, x0_low=[-1, -1], x0_high=[1, 1],
+                                 method="average", seed=3, progress=True)
+    for b in range(N):
+        a, bb = di_law_coefficients(data.x0[b], np.zeros(2), 15 * dts[b])
+        mid = (np.arange(15) + 0.5) * dts[b]
+        np.testing.assert_allclose(data.controls[b, :, 0], a + bb * mid, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(data.dt, dts)
+
+
+def test_per_sample_dt_round_trip(tmp_path):
+    dts = np.array([0.1, 0.2, 0.3])
+    system = trajloss.LinearSystem.from_continuous([[0.0, 1.0], [0.0, 0.0]], [[0.0], [1.0]], dts)
+    data = trajloss.make_dataset(system, 3, 6, x0_low=[-1, -1], x0_high=[1, 1])
+    path = tmp_path / "ps.npz"
+    data.save(path)
+    back = trajloss.Dataset.load(path)
+    np.testing.assert_array_equal(back.dt, dts)
+    for k in ARRAYS:
+        assert np.array_equal(getattr(back, k), getattr(data, k)), k
+    np.savez(tmp_path / "bad.npz", **{k: v for k, v in np.load(path).items() if k != "dt"},
+             dt=np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"dt.*\(3,\)"):
+        trajloss.Dataset.load(tmp_path / "bad.npz")
+
+
+def test_per_sample_size_mismatch_names_system():
+    system, *_ = per_sample_system(1, 10)
+    with pytest.raises(ValueError, match=r"system holds B = 10.*size = 12"):
+        trajloss.make_dataset(system, 12, 6, x0_low=[-1, -1], x0_high=[1, 1])
+
+
+def test_time_varying_steps_mismatch_names_system():
+    system, *_ = per_sample_system(1, 10, 7)
+    with pytest.raises(ValueError, match=r"system is time-varying over T = 7.*steps = 6"):
+        trajloss.make_dataset(system, 10, 6, x0_low=[-1, -1], x0_high=[1, 1])
+
+
+def test_time_varying_continuous_methods_name_system():
+    system, *_ = per_sample_system(1, 10, 7)
+    with pytest.raises(ValueError, match="system"):
+        trajloss.make_dataset(system, 10, 7, x0_low=[-1, -1], x0_high=[1, 1], method="average")

@@ -30,8 +30,8 @@ from reference_helpers import (
 DT = 1.0 / 3.0
 T15 = 15
 H15 = T15 * DT
-# every (n, m) with a loop of its own (TL_SMALL_SYSTEMS in csrc/lanes.h), and
-# sizes that take the general one
+# small and larger sizes (batches of eight samples side by side and the
+# last few one at a time, in the same kernel whatever n and m)
 SHAPES = [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (5, 3), (6, 2), (6, 3),
           (8, 3)]
 CONT_SHAPES = [(2, 1), (3, 2), (4, 1), (6, 2), (8, 3)]
@@ -600,3 +600,266 @@ def test_law_time_error_message_is_formatted():
 def test_law_bad_horizon(horizon):
     with pytest.raises(ValueError):
         trajloss.min_energy_law(trajloss.DoubleIntegrator(), np.ones(2), np.zeros(2), horizon)
+
+
+# --------------------------------------------------------------------------
+# Every form of system: per-sample, time-varying, offsets
+# --------------------------------------------------------------------------
+
+
+def form_arrays(rng, B, T, n, m, per, tv, offset):
+    """Random (Ad, Bd, offset) of one form: per = (Ad, Bd, offset) per sample,
+    tv: time-varying (each array an axis of T). Returns the arrays as the
+    system takes them and the same expanded to (B, T, ...) for the loops here."""
+    def draw(shape, kind, i):
+        lead = ((B,) if per[i] else ()) + ((T,) if tv else ())
+        if kind == "A":
+            a = rng.standard_normal(lead + shape)
+            a *= 0.9 / np.linalg.norm(a, 2, axis=(-2, -1), keepdims=True)
+            return a
+        return rng.standard_normal(lead + shape)
+
+    Ad, Bd = draw((n, n), "A", 0), draw((n, m), "B", 1)
+    c = draw((n,), "c", 2) if offset else None
+
+    def expand(a, core):
+        if a is None:
+            return np.zeros((B, T) + core)
+        if not tv:
+            a = a[..., None, :, :] if len(core) == 2 else a[..., None, :]
+        return np.broadcast_to(a, (B, T) + core)
+
+    return (Ad, Bd, c), (expand(Ad, (n, n)), expand(Bd, (n, m)), expand(c, (n,)))
+
+
+def ltv_min_norm(A, Bm, c, x0, xf):
+    """Per sample, the minimum-norm U of C U = xf - Phi(T,0) x0 - sum_k Phi(T,k+1) c_k
+    with C = [Phi(T,1) B_0, ..., B_{T-1}], Phi(T,k) = A_{T-1}...A_k multiplied
+    out here, solved by numpy.linalg.lstsq; (B, T, m) and C's condition numbers."""
+    Bn, T, n, m = Bm.shape
+    U = np.empty((Bn, T, m))
+    conds = []
+    for b in range(Bn):
+        Phi = [None] * (T + 1)
+        Phi[T] = np.eye(n)
+        for k in range(T - 1, -1, -1):
+            Phi[k] = Phi[k + 1] @ A[b, k]
+        C = np.hstack([Phi[k + 1] @ Bm[b, k] for k in range(T)])
+        d = xf[b] - Phi[0] @ x0[b] - sum(Phi[k + 1] @ c[b, k] for k in range(T))
+        U[b] = np.linalg.lstsq(C, d, rcond=None)[0].reshape(T, m)
+        conds.append(np.linalg.cond(C))
+    return U, max(conds)
+
+
+def ltv_rollout(A, Bm, c, x0, U):
+    """x_{k+1} = A_k x_k + B_k u_k + c_k, a plain loop over samples and steps."""
+    Bn, T, n, _ = Bm.shape
+    X = np.empty((Bn, T + 1, n))
+    for b in range(Bn):
+        X[b, 0] = x0[b]
+        for k in range(T):
+            X[b, k + 1] = A[b, k] @ X[b, k] + Bm[b, k] @ U[b, k] + c[b, k]
+    return X
+
+
+FORMS = [  # (Ad, Bd, offset per sample), time-varying, offset
+    ((False, False, False), False, True),
+    ((True, False, False), False, False),
+    ((False, True, False), False, False),
+    ((True, True, True), False, True),
+    ((False, False, True), False, True),
+    ((False, False, False), True, False),
+    ((False, False, False), True, True),
+    ((True, False, False), True, True),
+    ((True, True, True), True, True),
+]
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (2, 1), (3, 2), (4, 1), (5, 3)])
+@pytest.mark.parametrize("form", range(len(FORMS)))
+def test_exact_every_form_against_numpy(rng, n, m, form):
+    per, tv, offset = FORMS[form]
+    Bn, T, dt = 9, max(6, 2 * n), 0.25
+    (Ad, Bd, c), (A, Bm, cc) = form_arrays(rng, Bn, T, n, m, per, tv, offset)
+    cls = trajloss.TimeVaryingSystem if tv else trajloss.LinearSystem
+    system = cls(Ad, Bd, dt=dt, offset=c)
+    x0 = rng.uniform(-3, 3, (Bn, n))
+    xf = rng.uniform(-1, 1, (Bn, n))
+    ref = trajloss.min_energy(system, x0, xf, T)
+    U, cond = ltv_min_norm(A, Bm, cc, x0, xf)
+    scale = state_scale(U)
+    assert np.max(np.abs(ref.controls - U)) <= 1e-13 * cond * scale + 1e-12, cond
+    X = ltv_rollout(A, Bm, cc, x0, ref.controls)
+    xs = state_scale(X, xf)
+    np.testing.assert_allclose(ref.states, X, rtol=0, atol=1e-12 * xs)
+    assert np.max(np.linalg.norm(X[:, T] - xf, axis=1)) <= 1e-10 * xs
+    np.testing.assert_allclose(ref.final_error, np.linalg.norm(X[:, T] - xf, axis=1), rtol=0,
+                               atol=1e-12 * xs)
+    np.testing.assert_allclose(ref.energy, energy_of(ref.controls, dt), rtol=1e-13)
+
+
+def test_exact_per_sample_unbatched_and_broadcast_target(rng):
+    """A per-sample system of B = 1 serves an unbatched x0; an (n,) target is
+    every sample's."""
+    Ad, Bd = random_discrete(rng, 3, 2)
+    one = trajloss.LinearSystem(Ad[None], Bd[None])
+    x0 = rng.standard_normal(3)
+    ref = trajloss.min_energy(one, x0, np.zeros(3), 4)
+    assert ref.controls.shape == (4, 2) and ref.states.shape == (5, 3) and ref.energy.shape == ()
+    U, _ = ltv_min_norm(np.broadcast_to(Ad, (1, 4, 3, 3)), np.broadcast_to(Bd, (1, 4, 3, 2)),
+                        np.zeros((1, 4, 3)), x0[None], np.zeros((1, 3)))
+    np.testing.assert_allclose(ref.controls, U[0], rtol=1e-10, atol=1e-12)
+
+
+def test_exact_per_sample_dt_scales_each_energy(rng):
+    """from_continuous with one dt per sample: sample b's own ZOH (SciPy
+    expm) and its own dt in the energy."""
+    A, B = random_continuous(rng, 2, 1)
+    dts = np.array([0.1, 0.25, 0.5])
+    system = trajloss.LinearSystem.from_continuous(A, B, dts)
+    x0 = rng.standard_normal((3, 2))
+    ref = trajloss.min_energy(system, x0, np.zeros(2), 8)
+    for b, dt in enumerate(dts):
+        Ad, Bd = zoh(A, B, dt)
+        U = min_norm_controls(Ad, Bd, x0[b], np.zeros(2), 8)[0]
+        np.testing.assert_allclose(ref.controls[b], U, rtol=1e-9, atol=1e-12)
+        assert ref.energy[b] == pytest.approx(np.sum(U ** 2) * dt, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["average", "continuous"])
+def test_per_sample_continuous_model_double_integrator_closed_form(rng, method):
+    """One double integrator per sample, each with its own dt and input gain
+    g (B = [0, g]): u(t) = (a + b t) / g of its own horizon T dt, averaged
+    over each interval (the closed form at the interval's midpoint)."""
+    dts = np.array([1 / 3, 0.1, 0.25, 0.5])
+    gains = np.array([1.0, 2.0, 0.5, 4.0])
+    A = np.array([[0.0, 1.0], [0.0, 0.0]])
+    Bs = np.stack([[[0.0], [g]] for g in gains])
+    system = trajloss.LinearSystem.from_continuous(A, Bs, dts)
+    x0 = seed_box(rng, 4)
+    T = 15
+    ref = trajloss.min_energy(system, x0, np.zeros(2), T, method)
+    for b, (dt, g) in enumerate(zip(dts, gains)):
+        H = T * dt
+        a, bb = di_law_coefficients(x0[b], np.zeros(2), H)
+        mid = (np.arange(T) + 0.5) * dt
+        np.testing.assert_allclose(ref.controls[b, :, 0], (a + bb * mid) / g, rtol=0, atol=1e-11)
+        if method == "average":
+            assert ref.final_error[b] == pytest.approx(abs(bb[0]) * H * dt * dt / 12, abs=1e-11)
+        else:
+            for k in range(T + 1):
+                np.testing.assert_allclose(ref.states[b, k], di_state(x0[b], a, bb, k * dt)[0],
+                                           rtol=0, atol=1e-10)
+
+
+def test_per_sample_average_random_against_quadrature(rng):
+    """Per-sample continuous (A_b, B_b), one dt: each sample's controls are
+    its own law averaged over each interval (Simpson quadrature, SciPy expm)."""
+    Bn, n, m, T, dt = 3, 3, 2, 8, 0.2
+    models = [well_conditioned_continuous(rng, n, m, dt, T)[:2] for _ in range(Bn)]
+    A = np.stack([a for a, _ in models])
+    B = np.stack([b for _, b in models])
+    system = trajloss.LinearSystem.from_continuous(A, B, dt)
+    x0 = rng.standard_normal((Bn, n))
+    xf = rng.standard_normal((Bn, n))
+    ref = trajloss.min_energy(system, x0, xf, T, "average")
+    for b in range(Bn):
+        lam = law_lambda(A[b], B[b], x0[b], xf[b], T * dt, 400)
+        expect = interval_averages(A[b], B[b], lam, T * dt, dt, T)[0]
+        np.testing.assert_allclose(ref.controls[b], expect, rtol=1e-7, atol=1e-8)
+        Ad, Bd = zoh(A[b], B[b], dt)
+        np.testing.assert_allclose(ref.states[b], rollout(Ad, Bd, x0[b], ref.controls[b]),
+                                   rtol=0, atol=1e-12 * state_scale(ref.states[b]))
+
+
+def test_per_sample_law_double_integrator_closed_form(rng):
+    gains = np.array([1.0, 3.0, 0.25])
+    A = np.array([[0.0, 1.0], [0.0, 0.0]])
+    Bs = np.stack([[[0.0], [g]] for g in gains])
+    system = trajloss.LinearSystem.from_continuous(A, Bs, 0.1)
+    x0 = seed_box(rng, 3)
+    H = 4.0
+    law = trajloss.min_energy_law(system, x0, np.zeros(2), H)
+    t = np.array([0.0, 1.3, 2.5, H])
+    u, x = law.evaluate(t)
+    assert u.shape == (3, 4, 1) and x.shape == (3, 4, 2)
+    for b, g in enumerate(gains):
+        a, bb = di_law_coefficients(x0[b], np.zeros(2), H)
+        np.testing.assert_allclose(u[b, :, 0], (a + bb * t) / g, rtol=0, atol=1e-10)
+        for q, tq in enumerate(t):
+            np.testing.assert_allclose(x[b, q], di_state(x0[b], a, bb, tq)[0], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="system"):
+        trajloss.min_energy_law(system, x0[:2], np.zeros(2), H)
+
+
+def test_per_sample_batch_mismatch_names_system(rng):
+    Ad, Bd = random_discrete(rng, 2, 1)
+    system = trajloss.LinearSystem(np.stack([Ad] * 3), Bd)
+    with pytest.raises(ValueError, match=r"system.*3"):
+        trajloss.min_energy(system, np.ones((4, 2)), np.zeros(2), 5)
+    with pytest.raises(ValueError, match="system"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), 5)
+
+
+def test_time_varying_steps_mismatch_names_system(rng):
+    A = np.stack([random_discrete(rng, 2, 1)[0] for _ in range(6)])
+    Bm = rng.standard_normal((6, 2, 1))
+    system = trajloss.TimeVaryingSystem(A, Bm, dt=0.1)
+    with pytest.raises(ValueError, match=r"system.*6"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), 5)
+
+
+@pytest.mark.parametrize("method", ["average", "continuous"])
+def test_time_varying_has_no_continuous_model(rng, method):
+    A = np.stack([random_discrete(rng, 2, 1)[0] for _ in range(5)])
+    system = trajloss.TimeVaryingSystem(A, rng.standard_normal((5, 2, 1)), dt=0.1)
+    with pytest.raises(ValueError, match="system.*TimeVaryingSystem"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), 5, method)
+    with pytest.raises(ValueError, match="system"):
+        trajloss.min_energy_law(system, np.ones(2), np.zeros(2), 1.0)
+
+
+def test_per_sample_unreachable_names_the_sample(rng):
+    Ad = np.stack([np.array([[1.0, 0.5], [0.0, 1.0]]), np.eye(2), np.array([[1.0, 0.5], [0.0, 1.0]])])
+    Bd = np.stack([[[0.125], [0.5]], [[1.0], [0.0]], [[0.125], [0.5]]])
+    system = trajloss.LinearSystem(Ad, Bd)
+    with pytest.raises(np.linalg.LinAlgError, match=r"sample 1 .*numerical rank 1 < n = 2"):
+        trajloss.min_energy(system, np.ones((3, 2)), np.zeros(2), 4)
+
+
+def test_time_varying_unreachable_step_structure(rng):
+    """B_k = 0 at every step but the last: C = [0 ... 0, B_{T-1}] has rank m = 1 < 2."""
+    T = 5
+    A = np.broadcast_to(np.array([[1.0, 0.1], [0.0, 1.0]]), (T, 2, 2))
+    Bm = np.zeros((T, 2, 1))
+    Bm[-1] = [[0.0], [1.0]]
+    system = trajloss.TimeVaryingSystem(A, Bm)
+    with pytest.raises(np.linalg.LinAlgError, match=r"numerical rank 1 < n = 2"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), T)
+    Bm[0] = [[1.0], [0.0]]  # now reachable: check against NumPy
+    system = trajloss.TimeVaryingSystem(A, Bm)
+    ref = trajloss.min_energy(system, np.ones(2), np.zeros(2), T)
+    U, _ = ltv_min_norm(A[None], Bm[None], np.zeros((1, T, 2)), np.ones((1, 2)), np.zeros((1, 2)))
+    np.testing.assert_allclose(ref.controls, U[0], rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_continuous_uncontrollable_names_the_sample():
+    """Sample 1's continuous pair (A = diag(-1, -2), B = e1) leaves its second
+    state unreachable; sample 0 (a double integrator) is fine."""
+    A = np.stack([[[0.0, 1.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, -2.0]]])
+    B = np.stack([[[0.0], [1.0]], [[1.0], [0.0]]])
+    system = trajloss.LinearSystem.from_continuous(A, B, 0.2)
+    for method in ("average", "continuous"):
+        with pytest.raises(np.linalg.LinAlgError, match=r"sample 1 of the per-sample system.*"
+                                                        r"condition number"):
+            trajloss.min_energy(system, np.ones((2, 2)), np.zeros(2), 10, method)
+    with pytest.raises(np.linalg.LinAlgError, match=r"sample 1 .*numerical rank 1 < n = 2"):
+        trajloss.min_energy(system, np.ones((2, 2)), np.zeros(2), 10)
+
+
+def test_time_varying_rank_message_names_its_c():
+    T = 4
+    A = np.broadcast_to(np.eye(2), (T, 2, 2))
+    system = trajloss.TimeVaryingSystem(A, np.broadcast_to([[1.0], [0.0]], (T, 2, 1)))
+    with pytest.raises(np.linalg.LinAlgError, match=r"Ad_\(T-1\)\.\.\.Ad_1 Bd_0"):
+        trajloss.min_energy(system, np.ones(2), np.zeros(2), T)

@@ -508,3 +508,411 @@ def test_double_integrator_instances_are_independent():
     b = trajloss.DoubleIntegrator(dt=0.25)
     np.testing.assert_allclose(a.Bd, di_exact(0.5)[1], rtol=1e-14)
     np.testing.assert_allclose(b.Bd, di_exact(0.25)[1], rtol=1e-14)
+
+
+# ==========================================================================
+# Every form: per-sample LinearSystem, offsets, TimeVaryingSystem, batched
+# from_continuous (their rollouts and losses are in test_system_forms.py)
+# ==========================================================================
+
+import copy  # noqa: E402
+import pickle  # noqa: E402
+import re  # noqa: E402
+
+from trajloss import _core  # noqa: E402
+
+
+def named(*names):
+    """Regex matching any of the names as a whole word."""
+    return "|".join(rf"\b{re.escape(a)}\b" for a in names)
+
+
+def assert_sealed(a, shape):
+    """Read-only float64 C-contiguous, and no one can make it writeable again."""
+    assert_readonly_f64(a, shape)
+    with pytest.raises(ValueError):
+        a.setflags(write=True)
+
+
+def _forms(rng, B=4, T=5, n=3, m=2):
+    """(kwargs, time_varying, batch, steps) for every combination of shared and
+    per-sample arrays, with and without an offset, both system classes."""
+    out = []
+    for tv in (False, True):
+        lead = (T,) if tv else ()
+        for a_ps in (False, True):
+            for b_ps in (False, True):
+                for off in (None, False, True):
+                    Ad = rng.standard_normal(((B,) if a_ps else ()) + lead + (n, n)) * 0.4
+                    Bd = rng.standard_normal(((B,) if b_ps else ()) + lead + (n, m))
+                    kw = dict(Ad=Ad, Bd=Bd)
+                    if off is not None:
+                        kw["offset"] = rng.standard_normal(((B,) if off else ()) + lead + (n,))
+                    per_sample = a_ps or b_ps or bool(off)
+                    out.append((kw, tv, B if per_sample else None, T if tv else None))
+    return out
+
+
+def test_every_form_attributes_and_core_tuple(rng):
+    B, T, n, m = 4, 5, 3, 2
+    for kw, tv, batch, steps in _forms(rng, B, T, n, m):
+        cls = trajloss.TimeVaryingSystem if tv else trajloss.LinearSystem
+        snap = snapshot(*kw.values())
+        s = cls(dt=0.1, **kw)
+        assert_untouched(list(kw.values()), snap)
+        assert (s.n, s.m, s.batch, s.steps, s.dt) == (n, m, batch, steps, 0.1)
+        assert s.A is None and s.B is None and s.method is None
+        for name in ("Ad", "Bd", "offset"):
+            given = kw.get(name)
+            got = getattr(s, name)
+            if given is None:
+                assert got is None
+                continue
+            assert_sealed(got, given.shape)
+            np.testing.assert_array_equal(got, given)
+        Ad, Bd, off, time_varying = s._core
+        assert Ad is s.Ad and Bd is s.Bd and off is s.offset and time_varying is tv
+        r = repr(s)
+        assert cls.__name__ in r and "object at 0x" not in r
+        assert (f"batch={batch}" in r) == (batch is not None)
+        assert (f"steps={steps}" in r) == (steps is not None)
+
+
+def test_system_classes_and_exports():
+    assert trajloss.TimeVaryingSystem is trajloss.systems.TimeVaryingSystem
+    assert "TimeVaryingSystem" in trajloss.__all__
+    assert not issubclass(trajloss.TimeVaryingSystem, trajloss.LinearSystem)
+    assert issubclass(trajloss.DoubleIntegrator, trajloss.LinearSystem)
+    assert trajloss.DoubleIntegrator().batch is None
+
+
+def test_caller_arrays_stay_independent(rng):
+    Ad, Bd, c = rng.standard_normal((3, 2, 2)), rng.standard_normal((2, 1)), rng.standard_normal(2)
+    s = trajloss.LinearSystem(Ad, Bd, offset=c)
+    Ad0, c0 = Ad.copy(), c.copy()
+    Ad[...] = 9.0
+    c[...] = 9.0
+    np.testing.assert_array_equal(s.Ad, Ad0)
+    np.testing.assert_array_equal(s.offset, c0)
+
+
+_I, _B1 = np.eye(2), np.ones((2, 1))
+
+
+@pytest.mark.parametrize("kw,exc,who", [
+    (dict(Ad=np.ones((2, 2, 2, 2)), Bd=_B1), ValueError, "Ad"),
+    (dict(Ad=np.ones((3, 2, 3)), Bd=_B1), ValueError, "Ad"),
+    (dict(Ad=np.ones((0, 2, 2)), Bd=_B1), ValueError, "Ad"),
+    (dict(Ad=_I, Bd=np.ones((3, 3, 1))), ValueError, "Bd"),
+    (dict(Ad=_I, Bd=np.ones((3, 2, 0))), ValueError, "Bd"),
+    (dict(Ad=np.ones((3, 2, 2)), Bd=np.ones((4, 2, 1))), ValueError, "Bd"),
+    (dict(Ad=_I, Bd=_B1, offset=np.ones(3)), ValueError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=np.ones((2, 2, 2))), ValueError, "offset"),
+    (dict(Ad=np.ones((3, 2, 2)), Bd=_B1, offset=np.ones((4, 2))), ValueError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=[np.nan, 0.0]), ValueError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=[np.inf, 0.0]), ValueError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=np.ones(2, complex)), TypeError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=np.ones(2, bool)), TypeError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=["a", "b"]), TypeError, "offset"),
+    (dict(Ad=_I, Bd=_B1, offset=[[0.0], [1.0, 2.0]]), ValueError, "offset"),
+    (dict(Ad=np.full((3, 2, 2), np.nan), Bd=_B1), ValueError, "Ad"),
+    (dict(Ad=_I, Bd=np.ones((3, 2, 1), np.complex128)), TypeError, "Bd"),
+], ids=["Ad-rank4", "Ad-notsquare-batched", "Ad-B0", "Bd-rows-batched", "Bd-m0-batched",
+        "B-mismatch", "offset-n", "offset-rank3", "offset-B-mismatch", "offset-nan",
+        "offset-inf", "offset-complex", "offset-bool", "offset-str", "offset-ragged",
+        "Ad-nan-batched", "Bd-complex-batched"])
+def test_linear_system_form_errors_name_the_argument(kw, exc, who):
+    with pytest.raises(exc, match=named(who)):
+        trajloss.LinearSystem(**kw)
+
+
+def test_batch_mismatch_names_both_arrays_and_sizes():
+    with pytest.raises(ValueError) as info:
+        trajloss.LinearSystem(np.ones((3, 2, 2)), np.ones((4, 2, 1)))
+    msg = str(info.value)
+    assert "Ad" in msg and "Bd" in msg and "3" in msg and "4" in msg
+
+
+def test_masked_offset_is_refused():
+    with pytest.raises(TypeError, match=r"^offset is a numpy\.ma\.MaskedArray"):
+        trajloss.LinearSystem(_I, _B1, offset=np.ma.MaskedArray(np.zeros(2)))
+
+
+@pytest.mark.parametrize("kw,exc,who", [
+    (dict(Ad=_I, Bd=_B1), ValueError, "Ad"),  # no T axis
+    (dict(Ad=np.ones((2, 2, 2, 2, 2)), Bd=np.ones((2, 2, 1))), ValueError, "Ad"),
+    (dict(Ad=np.ones((0, 2, 2)), Bd=np.ones((0, 2, 1))), ValueError, "Ad"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=_B1), ValueError, "Bd"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=np.ones((4, 2, 1))), ValueError, "Bd"),
+    (dict(Ad=np.ones((3, 5, 2, 2)), Bd=np.ones((4, 5, 2, 1))), ValueError, "Bd"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=np.ones((5, 2, 1)), offset=np.ones(2)), ValueError, "offset"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=np.ones((5, 2, 1)), offset=np.ones((4, 2))), ValueError,
+     "offset"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=np.ones((5, 2, 1)), offset=np.full((5, 2), np.nan)),
+     ValueError, "offset"),
+    (dict(Ad=np.ones((5, 2, 2)), Bd=np.ones((5, 2, 1), np.complex64)), TypeError, "Bd"),
+], ids=["no-T", "Ad-rank5", "T0", "Bd-no-T", "T-mismatch", "B-mismatch", "offset-no-T",
+        "offset-T-mismatch", "offset-nan", "Bd-complex"])
+def test_time_varying_errors_name_the_argument(kw, exc, who):
+    with pytest.raises(exc, match=named(who)):
+        trajloss.TimeVaryingSystem(**kw)
+
+
+@pytest.mark.parametrize("dt", [0.0, -1.0, np.nan, "0.1", [0.1], np.array([0.1])])
+def test_time_varying_dt_is_one_number(dt):
+    with pytest.raises((TypeError, ValueError), match=named("dt")):
+        trajloss.TimeVaryingSystem(np.ones((3, 2, 2)), np.ones((3, 2, 1)), dt=dt)
+
+
+def test_copies_and_pickles_stay_sealed(rng):
+    systems = [trajloss.LinearSystem(rng.standard_normal((3, 2, 2)), rng.standard_normal((2, 1)),
+                                     dt=0.5, offset=rng.standard_normal(2)),
+               trajloss.TimeVaryingSystem(rng.standard_normal((4, 2, 2)),
+                                          rng.standard_normal((3, 4, 2, 1))),
+               trajloss.LinearSystem.from_continuous(rng.standard_normal((3, 2, 2)),
+                                                     rng.standard_normal((2, 1)), [0.1, 0.2, 0.3]),
+               trajloss.DoubleIntegrator(0.25)]
+    for s in systems:
+        for t in (copy.deepcopy(s), copy.copy(s), pickle.loads(pickle.dumps(s))):
+            assert type(t) is type(s) and repr(t) == repr(s)
+            for name in ("Ad", "Bd", "offset", "A", "B", "dt"):
+                a, b = getattr(s, name), getattr(t, name)
+                if isinstance(a, np.ndarray):
+                    assert_sealed(b, a.shape)
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    assert a == b
+            assert t._core[0] is t.Ad and t._core[3] == s._core[3]
+
+
+# --------------------------------------------------------------------------
+# from_continuous with one model per sample
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("batched", ["A", "B", "dt", "A+B", "all"])
+def test_from_continuous_batched_matches_each_sample(rng, method, batched):
+    """Sample b of a batched model is exactly the shared model (A[b], B[b],
+    dt[b]), and that one matches the independent reference of its method."""
+    Bsz, n, m = 3, 3, 2
+    A = rng.standard_normal((Bsz, n, n)) if "A" in batched or batched == "all" else \
+        rng.standard_normal((n, n))
+    Bm = rng.standard_normal((Bsz, n, m)) if "B" in batched.replace("dt", "") or \
+        batched == "all" else rng.standard_normal((n, m))
+    dt = rng.uniform(0.05, 0.3, Bsz) if batched in ("dt", "all") else 0.2
+    s = trajloss.LinearSystem.from_continuous(A, Bm, dt, method=method)
+    assert s.batch == Bsz and s.steps is None and s.method == method
+    assert_sealed(s.Ad, (Bsz, n, n))
+    assert_sealed(s.Bd, (Bsz, n, m))
+    assert_sealed(s.A, np.shape(A))
+    assert_sealed(s.B, np.shape(Bm))
+    np.testing.assert_array_equal(s.A, A)
+    np.testing.assert_array_equal(s.B, Bm)
+    if isinstance(dt, float):
+        assert isinstance(s.dt, float) and s.dt == dt
+    else:
+        assert_sealed(s.dt, (Bsz,))
+        np.testing.assert_array_equal(s.dt, dt)
+    ref_fn = {"zoh": ref_zoh_taylor, "euler": ref_euler, "rk4": ref_rk4}[method]
+    for b in range(Bsz):
+        Ab = A[b] if A.ndim == 3 else A
+        Bb = Bm[b] if Bm.ndim == 3 else Bm
+        db = dt if isinstance(dt, float) else float(dt[b])
+        one = trajloss.LinearSystem.from_continuous(Ab, Bb, db, method=method)
+        np.testing.assert_array_equal(s.Ad[b], one.Ad)
+        np.testing.assert_array_equal(s.Bd[b], one.Bd)
+        Ad_ref, Bd_ref = ref_fn(Ab, Bb, db)
+        np.testing.assert_allclose(s.Ad[b], Ad_ref, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(s.Bd[b], Bd_ref, rtol=1e-13, atol=1e-14)
+
+
+def test_from_continuous_dt_vector_of_double_integrators():
+    dts = np.array([0.1, 0.25, 1 / 3, 1.0])
+    s = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], dts)
+    for b, dt in enumerate(dts):
+        Ad_ref, Bd_ref = di_exact(dt)
+        np.testing.assert_allclose(s.Ad[b], Ad_ref, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(s.Bd[b], Bd_ref, rtol=1e-14, atol=0)
+    assert "batch=4" in repr(s) and "dt=" in repr(s)
+    # a list is a (B,) dt too
+    s2 = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], list(dts))
+    np.testing.assert_array_equal(s2.Ad, s.Ad)
+
+
+@pytest.mark.parametrize("A,B,dt,exc,who", [
+    (np.zeros((3, 2, 2)), np.zeros((4, 2, 1)), 0.1, ValueError, "B"),
+    (np.zeros((3, 2, 2)), np.zeros((2, 1)), [0.1, 0.2], ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), [[0.1]], ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), [], ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), [0.1, 0.0], ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), [0.1, -np.inf], ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), np.array([0.1, np.nan]), ValueError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), np.array([1j]), TypeError, "dt"),
+    (np.zeros((2, 2)), np.zeros((2, 1)), [True], TypeError, "dt"),
+    (np.zeros((0, 2, 2)), np.zeros((2, 1)), 0.1, ValueError, "A"),
+    (np.full((2, 2, 2), np.nan), np.zeros((2, 1)), 0.1, ValueError, "A"),
+    (np.zeros((2, 2, 2, 2)), np.zeros((2, 1)), 0.1, ValueError, "A"),
+], ids=["A-B-batch", "A-dt-batch", "dt-2d", "dt-empty", "dt-zero", "dt-inf", "dt-nan",
+        "dt-complex", "dt-bool", "A-B0", "A-nan", "A-rank4"])
+def test_from_continuous_batched_errors_name_the_argument(A, B, dt, exc, who):
+    with pytest.raises(exc, match=named(who)):
+        trajloss.LinearSystem.from_continuous(A, B, dt)
+
+
+def test_from_continuous_overflow_names_the_sample():
+    A = np.stack([np.eye(2) * 0.1, np.eye(2) * 1e3])
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        with pytest.raises(ValueError, match=r"Ad.*sample 1"):
+            trajloss.LinearSystem.from_continuous(A, np.ones((2, 1)), 1.0)
+
+
+@pytest.mark.parametrize("dt", [[0.1, 0.2], np.array([0.1])])
+def test_double_integrator_dt_is_one_number(dt):
+    with pytest.raises(TypeError, match=named("dt")):
+        trajloss.DoubleIntegrator(dt)
+
+
+# --------------------------------------------------------------------------
+# The system meets the data: B and T must match (ValueError naming system)
+# --------------------------------------------------------------------------
+
+
+def _calls(s, B, T, n=2, m=1):
+    rng = np.random.default_rng(0)
+    u, x0 = rng.standard_normal((B, T, m)), rng.standard_normal((B, n))
+    rs, ru = rng.standard_normal((B, T + 1, n)), rng.standard_normal((B, T, m))
+    return {
+        "rollout": lambda: trajloss.rollout(s, x0, u),
+        "rollout_vjp": lambda: trajloss.rollout_vjp(s, x0, u, rs),
+        "trajectory_loss": lambda: trajloss.trajectory_loss(s, u, x0, rs),
+        "terminal_loss": lambda: trajloss.terminal_loss(s, u, x0, x0),
+        "combined_loss": lambda: trajloss.combined_loss(s, u, x0, ru, rs, weight=0.5),
+        "final_state_error": lambda: trajloss.final_state_error(s, u, x0, x0),
+        "success_rate": lambda: trajloss.success_rate(s, u, x0, x0, 0.1),
+    }
+
+
+@pytest.mark.parametrize("fname", list(_calls(trajloss.DoubleIntegrator(), 1, 1)))
+def test_per_sample_batch_mismatch_names_system(fname):
+    s = trajloss.LinearSystem(np.tile(np.eye(2), (3, 1, 1)), np.ones((2, 1)))
+    with pytest.raises(ValueError, match=r"\bsystem\b.*\b3\b.*\b5\b"):
+        _calls(s, 5, 4)[fname]()
+
+
+@pytest.mark.parametrize("fname", list(_calls(trajloss.DoubleIntegrator(), 1, 1)))
+def test_time_varying_steps_mismatch_names_system(fname):
+    s = trajloss.TimeVaryingSystem(np.tile(np.eye(2), (6, 1, 1)), np.ones((6, 2, 1)))
+    with pytest.raises(ValueError, match=r"\bsystem\b.*\b6\b.*\b4\b"):
+        _calls(s, 3, 4)[fname]()
+
+
+def test_per_sample_system_of_one_serves_unbatched_data(rng):
+    Ad, Bd = rng.standard_normal((1, 2, 2)) * 0.5, rng.standard_normal((1, 2, 1))
+    c = rng.standard_normal((1, 2))
+    u, x0 = rng.standard_normal((4, 1)), rng.standard_normal(2)
+    X = trajloss.rollout(trajloss.LinearSystem(Ad, Bd, offset=c), x0, u)
+    x, want = x0, [x0]
+    for k in range(4):
+        x = Ad[0] @ x + Bd[0] @ u[k] + c[0]
+        want.append(x)
+    np.testing.assert_allclose(X, np.array(want), rtol=1e-14, atol=1e-14)
+    s3 = trajloss.LinearSystem(np.tile(Ad, (3, 1, 1)), Bd[0])
+    with pytest.raises(ValueError, match=r"\bsystem\b.*\b3\b.*unbatched"):
+        trajloss.rollout(s3, x0, u)
+
+
+# --------------------------------------------------------------------------
+# The extension's side of the contract (trajloss._core)
+# --------------------------------------------------------------------------
+
+
+def test_core_checks_a_hand_made_system_tuple(rng):
+    """Tuples that are not a trajloss system's are validated on every call."""
+    u, x0 = rng.standard_normal((2, 3, 1)), rng.standard_normal((2, 2))
+    good = trajloss.DoubleIntegrator()
+    want = trajloss.rollout(good, x0, u)
+    # any real arrays, any layout: converted
+    for Ad, Bd in ((np.asfortranarray(good.Ad), np.repeat(good.Bd, 2, axis=1)[:, ::2]),
+                   (good.Ad.tolist(), good.Bd.tolist())):
+        np.testing.assert_array_equal(_core.rollout((Ad, Bd, None, False), x0, u), want)
+    Ad_nan = good.Ad.copy()
+    Ad_nan[0, 1] = np.nan
+    bad = [
+        ((Ad_nan, good.Bd, None, False), ValueError, r"system: Ad contains NaN"),
+        ((good.Ad, good.Bd, np.array([np.inf, 0.0]), False), ValueError, r"system: offset"),
+        ((good.Ad, np.ones((3, 1)), None, False), ValueError, r"system: Bd"),
+        ((good.Ad, good.Bd, None, True), ValueError, r"system: Ad"),
+        ((good.Ad, good.Bd, np.ones((2, 2, 2)), False), ValueError, r"system: offset"),
+        ((good.Ad, good.Bd.astype(complex), None, False), TypeError, r"system: Bd"),
+        ((good.Ad, good.Bd, None), TypeError, r"^system must be"),
+        ([good.Ad, good.Bd, None, False], TypeError, r"^system must be"),
+        (good, TypeError, r"^system must be"),
+    ]
+    for system, exc, pattern in bad:
+        with pytest.raises(exc, match=pattern):
+            _core.rollout(system, x0, u)
+
+
+def test_core_writeable_system_arrays_are_rechecked(rng):
+    """A tuple of writeable arrays may change between calls: checked each time."""
+    Ad, Bd = np.eye(2), np.ones((2, 1))
+    system = (Ad, Bd, None, False)
+    u, x0 = rng.standard_normal((2, 3, 1)), rng.standard_normal((2, 2))
+    _core.rollout(system, x0, u)
+    Ad[1, 1] = np.inf
+    with pytest.raises(ValueError, match="system: Ad contains NaN or inf"):
+        _core.rollout(system, x0, u)
+
+
+def test_core_entry_points_parse_keywords(rng):
+    s = trajloss.DoubleIntegrator()
+    u, x0 = rng.standard_normal((3, 4, 1)), rng.standard_normal((3, 2))
+    ru, rs = rng.standard_normal((3, 4, 1)), rng.standard_normal((3, 5, 2))
+    # defaults only: the same numbers as the public functions
+    v, g = _core.control_loss(u, ru)
+    r = trajloss.control_loss(u, ru)
+    assert v == r.value
+    np.testing.assert_array_equal(g, r.grad)
+    assert _core.control_loss(pred=u, target=ru, want_grad=False) == r.value
+    t = _core.rollout_loss(s._core, u, x0, None, rs, terms=_core.TERM_TRAJECTORY,
+                           trajectory_weight=1.0)
+    r = trajloss.trajectory_loss(s, u, x0, rs)
+    assert t[0] == r.value and t[2] == r.value
+    np.testing.assert_array_equal(t[4], r.grad)
+    # value by a NumPy loop, and the reference kernel agrees to rounding
+    X = ref_rollout_np(s.Ad, s.Bd, x0, u)
+    np.testing.assert_allclose(t[0], np.mean((X[:, 1:] - rs[:, 1:]) ** 2), rtol=1e-13)
+    tr = _core.rollout_loss(s._core, u, x0, None, rs, terms=_core.TERM_TRAJECTORY,
+                            trajectory_weight=1.0, kernel="reference")
+    np.testing.assert_allclose(tr[0], t[0], rtol=1e-14)
+    np.testing.assert_allclose(tr[4], t[4], rtol=1e-13, atol=1e-16)
+    c = _core.combined_loss(s._core, u, x0, ru, rs, weight=0.5)
+    rc = trajloss.combined_loss(s, u, x0, ru, rs, weight=0.5)
+    assert type(c) is trajloss.LossResult and c.value == rc.value
+    assert c.components == rc.components
+    bad = [
+        (lambda: _core.rollout(s._core, x0, u, True), TypeError, "positional"),
+        (lambda: _core.rollout(s._core, x0, u, check_finit=True), TypeError, "check_finit"),
+        (lambda: _core.rollout(s._core, x0, controls=u, x0=x0), TypeError, "multiple"),
+        (lambda: _core.rollout(s._core, x0), TypeError, "controls"),
+        (lambda: _core.rollout_loss(s._core, u, x0, None, rs), TypeError, "terms"),
+        (lambda: _core.rollout_loss(s._core, u, x0, None, None, terms=_core.TERM_TRAJECTORY),
+         ValueError, "missing its reference"),
+        (lambda: _core.control_loss(u, ru, kernel="fast"), ValueError, "kernel"),
+        (lambda: _core.control_loss(u, ru, kernel=1), ValueError, "kernel"),
+        (lambda: _core.combined_loss(s._core, u, x0, ru, rs, weight="1"), TypeError, "weight"),
+        (lambda: _core.combined_loss(s._core, u, x0, ru, rs), TypeError, "weight"),
+        (lambda: _core.combined_loss(s._core, u, x0, None, rs, weight=1.0), TypeError,
+         "ref_controls"),
+    ]
+    for call, exc, word in bad:
+        with pytest.raises(exc, match=word):
+            call()
+
+
+def ref_rollout_np(Ad, Bd, x0, u):
+    X = [x0]
+    for k in range(u.shape[1]):
+        X.append(X[-1] @ Ad.T + u[:, k] @ Bd.T)
+    return np.stack(X, axis=1)

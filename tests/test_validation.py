@@ -55,7 +55,8 @@ _B2 = np.ones((2, 1))
         (np.ones((2, 3)), np.ones((2, 1)), name("Ad")),  # not square
         (np.ones((3, 2)), np.ones((3, 1)), name("Ad")),  # not square
         (np.ones(2), np.ones((2, 1)), name("Ad")),  # rank 1
-        (np.ones((2, 2, 2)), np.ones((2, 1)), name("Ad")),  # rank 3
+        # rank 3 is one system per sample now: rank 4 is not a LinearSystem
+        (np.ones((2, 2, 2, 2)), np.ones((2, 1)), name("Ad")),  # rank 4
         (np.float64(1.0), np.ones((1, 1)), name("Ad")),  # rank 0
         (_I2, np.ones((3, 1)), name("Bd")),  # Bd rows != n
         (_I2, np.ones((1, 1)), name("Bd")),  # Bd rows != n
@@ -69,7 +70,7 @@ _B2 = np.ones((2, 1))
         (_I2, np.array([[1.0], [-np.inf]]), name("Bd")),
     ],
     ids=[
-        "Ad-2x3", "Ad-3x2", "Ad-rank1", "Ad-rank3", "Ad-rank0", "Bd-rows3", "Bd-rows1",
+        "Ad-2x3", "Ad-3x2", "Ad-rank1", "Ad-rank4", "Ad-rank0", "Bd-rows3", "Bd-rows1",
         "Bd-rank1", "Bd-rank3", "n0", "m0", "Ad-nan", "Ad-inf", "Bd-nan", "Bd-inf",
     ],
 )
@@ -124,7 +125,7 @@ _A2 = np.array([[0.0, 1.0], [0.0, 0.0]])
     [
         (np.ones((2, 3)), _B2, name("A")),
         (np.ones(2), _B2, name("A")),
-        (np.ones((2, 2, 2)), _B2, name("A")),
+        (np.ones((2, 2, 2, 2)), _B2, name("A")),  # rank 3 is a batch of systems
         (_A2, np.ones((3, 1)), name("B")),
         (_A2, np.ones(2), name("B")),
         (np.zeros((0, 0)), np.zeros((0, 1)), name("A", "n")),
@@ -134,7 +135,7 @@ _A2 = np.array([[0.0, 1.0], [0.0, 0.0]])
         (_A2, np.array([[np.nan], [1.0]]), name("B")),
         (_A2, np.array([[np.inf], [1.0]]), name("B")),
     ],
-    ids=["A-2x3", "A-rank1", "A-rank3", "B-rows", "B-rank1", "n0", "m0", "A-nan", "A-inf",
+    ids=["A-2x3", "A-rank1", "A-rank4", "B-rows", "B-rank1", "n0", "m0", "A-nan", "A-inf",
          "B-nan", "B-inf"],
 )
 @pytest.mark.parametrize("method", ["zoh", "euler", "rk4"])

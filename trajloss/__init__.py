@@ -24,7 +24,7 @@ from .metrics import final_state_error, success_rate
 from .monitor import LossMonitor
 from .references import MinEnergyLaw, Reference, min_energy, min_energy_law
 from .rollout import rollout, rollout_vjp
-from .systems import DoubleIntegrator, LinearSystem
+from .systems import DoubleIntegrator, LinearSystem, TimeVaryingSystem
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "make_dataset",
     "DoubleIntegrator",
     "LinearSystem",
+    "TimeVaryingSystem",
     "LossComponents",
     "LossMonitor",
     "LossResult",

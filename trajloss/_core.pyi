@@ -19,26 +19,25 @@ def discretize(
 ) -> Tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(A (n, n), B (n, m), dt > 0, 'zoh' | 'euler' | 'rk4') -> (Ad (n, n), Bd (n, m))."""
 
-def check_system(
-    Ad: ArrayLike, Bd: ArrayLike, sq_name: str = "Ad", in_name: str = "Bd", /
-) -> Tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Validated float64 C-contiguous copies of an (n, n) and an (n, m) matrix."""
+# A system is the tuple trajloss system objects keep as ``system._core``:
+# (Ad, Bd, offset, time_varying) -- float64 arrays, offset None or an array.
+#   time_varying False: Ad (n, n) | (B, n, n), Bd (n, m) | (B, n, m), offset (n,) | (B, n)
+#   time_varying True:  Ad (T, n, n) | (B, T, n, n), Bd (T, n, m) | (B, T, n, m),
+#                       offset (T, n) | (B, T, n)
+# each independently shared by the batch or per sample (B = the data's batch size).
+SystemTuple = Tuple[NDArray[np.float64], NDArray[np.float64], Optional[NDArray[np.float64]], bool]
 
 def rollout(
-    Ad: NDArray[np.float64],
-    Bd: NDArray[np.float64],
-    x0: ArrayLike,
-    controls: ArrayLike,
-    check_finite: bool = True,
+    system: SystemTuple, x0: ArrayLike, controls: ArrayLike, *, check_finite: bool = True
 ) -> NDArray[np.floating]:
     """x0 (B, n) | (n,), controls (B, T, m) | (T, m) -> states (B, T+1, n) | (T+1, n)."""
 
 def rollout_vjp(
-    Ad: NDArray[np.float64],
-    Bd: NDArray[np.float64],
+    system: SystemTuple,
     x0: ArrayLike,
     controls: ArrayLike,
     grad_states: ArrayLike,
+    *,
     check_finite: bool = True,
 ) -> Tuple[NDArray[np.floating], NDArray[np.floating]]:
     """grad_states (B, T+1, n) -> (grad_controls (B, T, m), grad_x0 (B, n))."""
@@ -51,56 +50,80 @@ def time_weights(
 def control_loss(
     pred: ArrayLike,
     target: ArrayLike,
-    discount: Optional[float],
-    lengths: Optional[ArrayLike],
-    mask: Optional[ArrayLike],
-    penalty: str,
-    delta: float,
-    feature_weights: Optional[ArrayLike],
-    check_finite: bool,
-    want_grad: bool,
-    /,
+    *,
+    discount: Optional[float] = None,
+    lengths: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    penalty: str = "mse",
+    delta: float = 1.0,
+    kernel: str = "auto",
+    feature_weights: Optional[ArrayLike] = None,
+    check_finite: bool = True,
+    want_grad: bool = True,
 ) -> Union[float, Tuple[float, NDArray[np.floating]]]:
-    """pred, target (B, T, D) | (T, D) -> value, or (value, grad) with grad shaped like pred."""
+    """pred, target (B, T, D) | (T, D) -> (value, grad) with grad shaped like pred, or value
+    when not want_grad. kernel: "auto" | "reference" (for tests)."""
 
 def rollout_loss(
-    Ad: NDArray[np.float64],
-    Bd: NDArray[np.float64],
+    system: SystemTuple,
     controls: ArrayLike,
     x0: ArrayLike,
-    ref_controls: Optional[ArrayLike],
-    ref_states: Optional[ArrayLike],
-    target: Optional[ArrayLike],
+    ref_controls: Optional[ArrayLike] = None,
+    ref_states: Optional[ArrayLike] = None,
+    target: Optional[ArrayLike] = None,
+    *,
     terms: int,
-    control_weight: float,
-    trajectory_weight: float,
-    terminal_weight: float,
-    include_initial: bool,
-    discount: Optional[float],
-    lengths: Optional[ArrayLike],
-    mask: Optional[ArrayLike],
-    penalty: str,
-    delta: float,
-    feature_weights: Optional[ArrayLike],
-    state_weights: Optional[ArrayLike],
-    check_finite: bool,
+    control_weight: float = 0.0,
+    trajectory_weight: float = 0.0,
+    terminal_weight: float = 0.0,
+    include_initial: bool = False,
+    discount: Optional[float] = None,
+    lengths: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    penalty: str = "mse",
+    delta: float = 1.0,
+    kernel: str = "auto",
+    feature_weights: Optional[ArrayLike] = None,
+    state_weights: Optional[ArrayLike] = None,
+    check_finite: bool = True,
     target_name: str = "target",
-    combined: bool = False,
-    /,
-) -> Union[Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]], Any]:
-    """-> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n));
-    with ``combined``, a LossResult(total, grad_controls, grad_x0, LossComponents(control,
-    trajectory, terminal, trajectory_weight, terminal_weight, total)) of the classes
-    set_result_types registered."""
+) -> Tuple[float, float, float, float, NDArray[np.floating], NDArray[np.floating]]:
+    """terms: TERM_* bit flags; a None reference: that term's reference absent.
+    -> (total, control, trajectory, terminal, grad_controls (B, T, m), grad_x0 (B, n)).
+    target_name: what errors call ``target``. kernel: "auto" | "reference" (for tests)."""
+
+def combined_loss(
+    system: SystemTuple,
+    controls: ArrayLike,
+    x0: ArrayLike,
+    ref_controls: ArrayLike,
+    ref_states: ArrayLike,
+    terminal_target: Optional[ArrayLike] = None,
+    *,
+    weight: float,
+    terminal_weight: float = 0.0,
+    include_initial: bool = False,
+    discount: Optional[float] = None,
+    lengths: Optional[ArrayLike] = None,
+    mask: Optional[ArrayLike] = None,
+    penalty: str = "mse",
+    delta: float = 1.0,
+    kernel: str = "auto",
+    feature_weights: Optional[ArrayLike] = None,
+    state_weights: Optional[ArrayLike] = None,
+    check_finite: bool = True,
+) -> Any:
+    """All three terms (the control one at weight 1) -> LossResult(total, grad_controls,
+    grad_x0, LossComponents(control, trajectory, terminal, weight, terminal_weight, total)) of
+    the classes set_result_types registered."""
 
 def set_result_types(result: type, components: type, /) -> None:
-    """The named tuples rollout_loss(..., combined=True) builds (trajloss.losses sets them)."""
+    """The named tuples combined_loss builds (trajloss.losses sets them)."""
 
 COND_LIMIT: float
 
 def min_energy(
-    Ad: ArrayLike,
-    Bd: ArrayLike,
+    system: SystemTuple,
     A: Optional[ArrayLike],
     B: Optional[ArrayLike],
     dt: float,
@@ -118,10 +141,15 @@ def min_energy_law(
     """-> (u (B, len(t), m), x (B, len(t), n)) of the continuous minimum-energy law."""
 
 def final_state_error(
-    Ad: ArrayLike, Bd: ArrayLike, controls: ArrayLike, x0: ArrayLike, xf: ArrayLike,
-    lengths: Optional[ArrayLike], check_finite: bool, /,
+    system: SystemTuple,
+    controls: ArrayLike,
+    x0: ArrayLike,
+    xf: ArrayLike,
+    *,
+    lengths: Optional[ArrayLike] = None,
+    check_finite: bool = True,
 ) -> NDArray[np.floating]:
-    """-> (B,) distances of each final valid state to xf (0-d when unbatched)."""
+    """xf of x0's shape -> (B,) distances of each final valid state to xf (0-d when unbatched)."""
 
 def set_num_threads(k: int, /) -> None:
     """Worker threads the losses use over the batch (1 .. 256)."""

@@ -4,7 +4,13 @@
  * Every entry point follows the same path: parse -> validate and convert the
  * arguments (naming the argument in every error) -> allocate the outputs and
  * the scratch space while holding the GIL -> release the GIL around the C
- * core -> map its status code to an exception. There is no maths here.
+ * core -> map its status code to an exception. There is no maths here. The
+ * rollouts and losses are rows of one table (ENTRIES) that take that path
+ * through one function (run_entry); expm, discretize, time_weights and the
+ * references have calls of their own.
+ *
+ * Systems arrive as system._core = (Ad, Bd, offset, time_varying) (see
+ * parse_system) and become one tl_dynamics.
  *
  * Dtype policy for trajectory arrays (x0, controls, states, gradients):
  *   - ndarrays and other array-likes must be float32 or float64, and all of
@@ -13,8 +19,8 @@
  *     and adopt the call's dtype (float64 when nothing else decides);
  *   - arrays are copied only when they are not already C-contiguous, aligned
  *     and of the right dtype.
- * System matrices (A, B, Ad, Bd) accept any real numeric array-like and are
- * stored as float64.
+ * System matrices (A, B, Ad, Bd, offset) accept any real numeric array-like
+ * and are stored as float64.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,7 +40,6 @@
 #endif
 
 #include "trajloss.h"
-#include "select.h" /* what a loss reads: naming its non-finite input */
 
 #ifndef TL_LAPACK_PROVIDER
 #define TL_LAPACK_PROVIDER "unknown"
@@ -375,14 +380,6 @@ static int check_read_prefix_finite(const float_arg *arg, npy_intp batch, npy_in
     return 0;
 }
 
-static int check_float_args_finite(const float_arg *args, int count)
-{
-    for (int i = 0; i < count; i++)
-        if (check_all_finite(&args[i]) < 0)
-            return -1;
-    return 0;
-}
-
 /*
  * The losses let the core check the elements they read as it reads them
  * (spec check_finite): padding is never read, so never checked, and the data
@@ -615,6 +612,191 @@ static PyArrayObject *new_traj_array(const traj_shape *sh, npy_intp rows, npy_in
     return (PyArrayObject *)PyArray_EMPTY(nd, dims, typenum, 0);
 }
 
+
+/* ---- the system: system._core -> tl_dynamics ---------------------------- */
+
+/*
+ * Every entry point that takes a system takes system._core, the tuple
+ * (Ad, Bd, offset, time_varying) of trajloss/systems.py:
+ *   time-invariant: Ad (n, n) | (B, n, n), Bd (n, m) | (B, n, m), offset None | (n,) | (B, n)
+ *   time-varying:   Ad (T, n, n) | (B, T, n, n), Bd (T, n, m) | (B, T, n, m),
+ *                   offset None | (T, n) | (B, T, n)
+ * each independently shared by the batch (batch stride 0) or per sample. It
+ * becomes one tl_dynamics with those strides, read in place. The arrays of
+ * trajloss' own systems were checked when the system was made and cannot
+ * change since (sealed); any other tuple -- the frameworks' helpers make
+ * some -- is checked on every call and copied unless it is float64 C order.
+ */
+typedef struct {
+    PyArrayObject *arr[3]; /* owned: Ad, Bd, offset (NULL when absent) */
+    tl_dynamics dyn;
+} system_arg;
+
+static const char *const SYSTEM_FIELDS[3] = {"Ad", "Bd", "offset"};
+static const int FIELD_NDIM[3] = {2, 2, 1}; /* of one matrix (vector) */
+static const char *const FIELD_SHAPES[2][3] = {
+    {"(n, n) or (B, n, n)", "(n, m) or (B, n, m)", "(n,) or (B, n)"},
+    {"(T, n, n) or (B, T, n, n)", "(T, n, m) or (B, T, n, m)", "(T, n) or (B, T, n)"}};
+
+/* Is arr's memory immutable: read-only, over a bytes object (trajloss.systems
+ * makes its arrays so)? Then its values are those checked when it was made. */
+static int sealed(PyArrayObject *arr)
+{
+    if (PyArray_FLAGS(arr) & NPY_ARRAY_WRITEABLE)
+        return 0;
+    PyObject *base = PyArray_BASE(arr);
+    while (base != NULL && PyArray_Check(base))
+        base = PyArray_BASE((PyArrayObject *)base);
+    return base != NULL && PyBytes_CheckExact(base);
+}
+
+static void release_system(system_arg *s)
+{
+    for (int i = 0; i < 3; i++)
+        Py_CLEAR(s->arr[i]);
+}
+
+/* Field i of the tuple as float64 C-contiguous finite values, or NULL with an
+ * exception naming "system: Ad" (Bd, offset). */
+static PyArrayObject *system_field(PyObject *obj, int i)
+{
+    static const char *const names[3] = {"system: Ad", "system: Bd", "system: offset"};
+    PyArrayObject *arr = ready_array(obj, NPY_DOUBLE);
+    if (arr == NULL)
+        return real_array(obj, names[i]); /* checked and copied */
+    if (!sealed(arr) && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
+        PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", names[i]);
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* The dimensions of field i (n, m from Ad, Bd) and its strides; -1 with a
+ * ValueError naming the system when its shape is not one of its forms. */
+static int system_field_layout(system_arg *s, int i, int tv, int *from_batch, int *from_steps)
+{
+    tl_dynamics *d = &s->dyn;
+    PyArrayObject *a = s->arr[i];
+    const int nd = PyArray_NDIM(a), core_nd = FIELD_NDIM[i], shared_nd = core_nd + tv;
+    const npy_intp *dims = PyArray_DIMS(a);
+    char sh[SHAPE_BUF];
+    int ok = nd == shared_nd || nd == shared_nd + 1;
+    if (ok) {
+        const npy_intp *core = dims + nd - core_nd;
+        if (i == 0) {
+            ok = core[0] == core[1] && core[0] >= 1 && core[0] <= TL_MAX_DIM;
+            d->n = core[0];
+        } else if (i == 1) {
+            ok = core[0] == d->n && core[1] >= 1 && core[1] <= TL_MAX_DIM;
+            d->m = core[1];
+        } else {
+            ok = core[0] == d->n;
+        }
+    }
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError,
+                     "system: %s must have shape %s (1 <= n, m <= %d; Bd and offset with "
+                     "Ad's n), got shape %s",
+                     SYSTEM_FIELDS[i], FIELD_SHAPES[tv][i], TL_MAX_DIM, ARRAY_SHAPE(a, sh));
+        return -1;
+    }
+    const int per_sample = nd == shared_nd + 1;
+    npy_intp matrix = 1, sample = 1;
+    for (int k = nd - core_nd; k < nd; k++)
+        matrix *= dims[k];
+    for (int k = per_sample; k < nd; k++)
+        sample *= dims[k];
+    tl_field *f = i == 0 ? &d->A : i == 1 ? &d->B : &d->c;
+    f->data = (const double *)PyArray_DATA(a);
+    f->batch_stride = per_sample ? sample : 0;
+    f->step_stride = tv ? matrix : 0;
+    if (per_sample) {
+        if (dims[0] < 1 || (d->batch != 0 && dims[0] != d->batch)) {
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s holds B = %zd samples but %s holds B = %zd: the per-sample "
+                         "arrays of a system must agree (and B >= 1)",
+                         SYSTEM_FIELDS[i], (Py_ssize_t)dims[0],
+                         SYSTEM_FIELDS[*from_batch < 0 ? i : *from_batch], (Py_ssize_t)d->batch);
+            return -1;
+        }
+        d->batch = dims[0];
+        *from_batch = i;
+    }
+    if (tv) {
+        const npy_intp t = dims[nd - core_nd - 1];
+        if (t < 1 || (d->steps != 0 && t != d->steps)) {
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s has T = %zd steps but %s has T = %zd: the arrays of a "
+                         "time-varying system must agree (and T >= 1)",
+                         SYSTEM_FIELDS[i], (Py_ssize_t)t,
+                         SYSTEM_FIELDS[*from_steps < 0 ? i : *from_steps], (Py_ssize_t)d->steps);
+            return -1;
+        }
+        d->steps = t;
+        *from_steps = i;
+    }
+    return 0;
+}
+
+/* obj (system._core) as s->dyn, its arrays owned by s; -1 with an exception
+ * naming the system. */
+static int parse_system(PyObject *obj, system_arg *s)
+{
+    memset(s, 0, sizeof *s); /* a linear tl_dynamics: reserved slots NULL */
+    s->dyn.kind = TL_DYN_LINEAR;
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "system must be a trajloss system's _core tuple (Ad, Bd, offset, "
+                     "time_varying), got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const int tv = PyObject_IsTrue(PyTuple_GET_ITEM(obj, 3));
+    if (tv < 0)
+        return -1;
+    int from_batch = -1, from_steps = -1;
+    for (int i = 0; i < 3; i++) {
+        PyObject *item = PyTuple_GET_ITEM(obj, i);
+        if (i == 2 && item == Py_None)
+            continue;
+        if ((s->arr[i] = system_field(item, i)) == NULL ||
+            system_field_layout(s, i, tv, &from_batch, &from_steps) < 0) {
+            release_system(s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* -1 with a ValueError naming the system and both sizes when a per-sample
+ * system's B is not the data's, or a time-varying system's T not the controls'. */
+static int system_fits(const system_arg *s, const traj_shape *sh)
+{
+    const tl_dynamics *d = &s->dyn;
+    if (d->batch != 0 && d->batch != sh->batch) {
+        if (sh->batched)
+            PyErr_Format(PyExc_ValueError,
+                         "system holds B = %zd systems (one per sample) but the data has batch "
+                         "size %zd",
+                         (Py_ssize_t)d->batch, (Py_ssize_t)sh->batch);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "system holds B = %zd systems (one per sample) but the data is one "
+                         "unbatched sequence (batch size 1)",
+                         (Py_ssize_t)d->batch);
+        return -1;
+    }
+    if (d->steps != 0 && d->steps != sh->steps) {
+        PyErr_Format(PyExc_ValueError,
+                     "system is time-varying over T = %zd steps but the controls have T = %zd "
+                     "steps",
+                     (Py_ssize_t)d->steps, (Py_ssize_t)sh->steps);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- _core.expm -------------------------------------------------------- */
 
 static PyObject *core_expm(PyObject *self, PyObject *args)
@@ -742,180 +924,6 @@ done:
     Py_XDECREF(B);
     Py_XDECREF(Ad);
     Py_XDECREF(Bd);
-    return result;
-}
-
-/* ---- _core.check_system ----------------------------------------------- */
-
-static PyObject *core_check_system(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *sq_obj, *in_obj;
-    const char *sq_name = "Ad", *in_name = "Bd";
-    PyArrayObject *sq, *in;
-    if (!PyArg_ParseTuple(args, "OO|ss:check_system", &sq_obj, &in_obj, &sq_name, &in_name))
-        return NULL;
-    if (system_pair(sq_obj, in_obj, sq_name, in_name, &sq, &in) < 0)
-        return NULL;
-    return Py_BuildValue("(NN)", sq, in);
-}
-
-/* ---- _core.rollout / _core.rollout_vjp -------------------------------- */
-
-/* Borrow a tl_system view of validated (Ad, Bd); returns -1 with an exception. */
-static int system_view(PyObject *Ad_obj, PyObject *Bd_obj, PyArrayObject **Ad,
-                       PyArrayObject **Bd, tl_system *sys)
-{
-    /* a LinearSystem's own matrices (float64, C order, checked when it was
-     * made) are read in place; anything else is validated and copied */
-    *Ad = ready_array(Ad_obj, NPY_DOUBLE);
-    *Bd = *Ad != NULL ? ready_array(Bd_obj, NPY_DOUBLE) : NULL;
-    int ready = *Bd != NULL && PyArray_NDIM(*Ad) == 2 && PyArray_NDIM(*Bd) == 2;
-    if (ready) {
-        const npy_intp n = PyArray_DIM(*Ad, 0), m = PyArray_DIM(*Bd, 1);
-        ready = n >= 1 && n <= TL_MAX_DIM && PyArray_DIM(*Ad, 1) == n &&
-                PyArray_DIM(*Bd, 0) == n && m >= 1 && m <= TL_MAX_DIM &&
-                tl_all_finite_f64(PyArray_DATA(*Ad), n * n) && tl_all_finite_f64(PyArray_DATA(*Bd), n * m);
-    }
-    if (!ready) {
-        Py_CLEAR(*Ad);
-        Py_CLEAR(*Bd);
-        if (system_pair(Ad_obj, Bd_obj, "Ad", "Bd", Ad, Bd) < 0)
-            return -1;
-    }
-    sys->n = PyArray_DIM(*Ad, 0);
-    sys->m = PyArray_DIM(*Bd, 1);
-    sys->Ad = (const double *)PyArray_DATA(*Ad);
-    sys->Bd = (const double *)PyArray_DATA(*Bd);
-    return 0;
-}
-
-static PyObject *core_rollout(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    (void)self;
-    PyObject *result = NULL;
-    static char *kwlist[] = {"Ad", "Bd", "x0", "controls", "check_finite", NULL};
-    PyObject *Ad_obj, *Bd_obj;
-    float_arg fa[2] = {{"x0", NULL, NULL, 0}, {"controls", NULL, NULL, 0}};
-    int check_finite = 1, typenum;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|p:rollout", kwlist, &Ad_obj, &Bd_obj,
-                                     &fa[0].obj, &fa[1].obj, &check_finite))
-        return NULL;
-
-    PyArrayObject *Ad = NULL, *Bd = NULL, *states = NULL;
-    void *work = NULL;
-    tl_system sys;
-    traj_shape sh;
-    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
-        return NULL;
-    if (wrap_float_args(fa, 2, &typenum) < 0 ||
-        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
-        contiguous_float_args(fa, 2, typenum) < 0)
-        goto done;
-    if (check_finite && check_float_args_finite(fa, 2) < 0)
-        goto done;
-
-    states = new_traj_array(&sh, sh.steps + 1, sys.n, typenum, 1);
-    work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
-    if (states == NULL || work == NULL) {
-        if (work == NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
-    tl_status status;
-    unsigned bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (typenum == NPY_DOUBLE)
-        status = tl_rollout_f64(&sys, sh.batch, sh.steps, PyArray_DATA(fa[0].arr),
-                                PyArray_DATA(fa[1].arr), PyArray_DATA(states), work);
-    else
-        status = tl_rollout_f32(&sys, sh.batch, sh.steps, PyArray_DATA(fa[0].arr),
-                                PyArray_DATA(fa[1].arr), PyArray_DATA(states), work);
-    if (status == TL_OK && check_finite)
-        bad = nonfinite_outputs(1, &states);
-    Py_END_ALLOW_THREADS
-    if (status != TL_OK) {
-        set_status_error(status, "rollout");
-        goto done;
-    }
-    if (warn_overflow(bad, "rollout", 1, (const char *const[]){"the states"}) < 0)
-        goto done;
-    result = (PyObject *)states;
-    states = NULL;
-
-done:
-    PyMem_RawFree(work);
-    release_float_args(fa, 2);
-    Py_XDECREF(Ad);
-    Py_XDECREF(Bd);
-    Py_XDECREF(states);
-    return result;
-}
-
-static PyObject *core_rollout_vjp(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    (void)self;
-    PyObject *result = NULL;
-    static char *kwlist[] = {"Ad", "Bd", "x0", "controls", "grad_states", "check_finite", NULL};
-    PyObject *Ad_obj, *Bd_obj;
-    float_arg fa[3] = {{"x0", NULL, NULL, 0},
-                       {"controls", NULL, NULL, 0},
-                       {"grad_states", NULL, NULL, 0}};
-    int check_finite = 1, typenum;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|p:rollout_vjp", kwlist, &Ad_obj,
-                                     &Bd_obj, &fa[0].obj, &fa[1].obj, &fa[2].obj,
-                                     &check_finite))
-        return NULL;
-
-    PyArrayObject *Ad = NULL, *Bd = NULL, *gu = NULL, *gx = NULL;
-    void *work = NULL;
-    tl_system sys;
-    traj_shape sh;
-    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
-        return NULL;
-    if (wrap_float_args(fa, 3, &typenum) < 0 ||
-        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
-        check_traj_array(fa[2].arr, fa[2].name, &sh, sh.steps + 1, sys.n, "the states") < 0 ||
-        contiguous_float_args(fa, 3, typenum) < 0)
-        goto done;
-    if (check_finite && check_float_args_finite(fa, 3) < 0)
-        goto done;
-
-    gu = new_traj_array(&sh, sh.steps, sys.m, typenum, 1);
-    gx = new_traj_array(&sh, 0, sys.n, typenum, 0);
-    work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
-    if (gu == NULL || gx == NULL || work == NULL) {
-        if (work == NULL)
-            PyErr_NoMemory();
-        goto done;
-    }
-    tl_status status;
-    unsigned bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (typenum == NPY_DOUBLE)
-        status = tl_rollout_vjp_f64(&sys, sh.batch, sh.steps, PyArray_DATA(fa[2].arr),
-                                    PyArray_DATA(gu), PyArray_DATA(gx), work);
-    else
-        status = tl_rollout_vjp_f32(&sys, sh.batch, sh.steps, PyArray_DATA(fa[2].arr),
-                                    PyArray_DATA(gu), PyArray_DATA(gx), work);
-    if (status == TL_OK && check_finite)
-        bad = nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx});
-    Py_END_ALLOW_THREADS
-    if (status != TL_OK) {
-        set_status_error(status, "rollout_vjp");
-        goto done;
-    }
-    if (warn_overflow(bad, "rollout_vjp", 2, (const char *const[]){"grad_controls", "grad_x0"}) < 0)
-        goto done;
-    result = Py_BuildValue("(OO)", gu, gx);
-
-done:
-    PyMem_RawFree(work);
-    release_float_args(fa, 3);
-    Py_XDECREF(Ad);
-    Py_XDECREF(Bd);
-    Py_XDECREF(gu);
-    Py_XDECREF(gx);
     return result;
 }
 
@@ -1071,11 +1079,18 @@ fail:
 
 static const char *const PENALTIES[TL_PENALTY_COUNT] = {"mse", "l1", "huber"};
 
+/* penalty and delta (NULL: "mse" and 1.0) into spec. */
 static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
 {
+    spec->penalty = TL_PENALTY_MSE;
+    spec->delta = 1.0;
+    if (penalty == NULL && delta == NULL)
+        return 0;
     Py_ssize_t len = 0;
-    const char *name = PyUnicode_Check(penalty) ? PyUnicode_AsUTF8AndSize(penalty, &len) : NULL;
-    int found = -1;
+    const char *name = penalty != NULL && PyUnicode_Check(penalty)
+                           ? PyUnicode_AsUTF8AndSize(penalty, &len)
+                           : NULL;
+    int found = penalty == NULL ? TL_PENALTY_MSE : -1;
     for (int i = 0; name != NULL && i < TL_PENALTY_COUNT; i++)
         if ((size_t)len == strlen(PENALTIES[i]) && strcmp(name, PENALTIES[i]) == 0)
             found = i;
@@ -1086,6 +1101,8 @@ static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
         return -1;
     }
     spec->penalty = (tl_penalty)found;
+    if (delta == NULL)
+        return 0;
     if (real_arg(delta, "delta", &spec->delta) < 0)
         return -1;
     if (!isfinite(spec->delta) || spec->delta <= 0.0) {
@@ -1095,12 +1112,13 @@ static int parse_penalty(PyObject *penalty, PyObject *delta, tl_loss_spec *spec)
     return 0;
 }
 
-/* None, or a float64 copy of a (dim,) vector of finite numbers >= 0. */
+/* None (or NULL: not given), or a float64 copy of a (dim,) vector of finite
+ * numbers >= 0. */
 static int feature_weights_arg(PyObject *obj, const char *name, npy_intp dim,
                                PyArrayObject **out)
 {
     *out = NULL;
-    if (obj == Py_None)
+    if (obj == NULL || obj == Py_None)
         return 0;
     PyArrayObject *arr = named_array(obj, name);
     if (arr == NULL)
@@ -1213,17 +1231,6 @@ done:
 }
 
 /* ---- worker threads and loss scratch ------------------------------------ */
-
-/* The private, positional entry points called on every training step take
- * METH_FASTCALL arguments; this checks their count. */
-static int fast_arg_count(const char *name, Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi)
-{
-    if (nargs >= lo && nargs <= hi)
-        return 1;
-    PyErr_Format(PyExc_TypeError, "%s takes %zd to %zd arguments (%zd given)", name, lo, hi,
-                 nargs);
-    return 0;
-}
 
 /*
  * Threads the loss kernels use over the batch: set by set_num_threads, read
@@ -1384,343 +1391,592 @@ static int check_unbatched_selection(PyObject *lengths, PyObject *mask, npy_intp
     return 0;
 }
 
-static PyObject *core_control_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    PyObject *result = NULL;
-    float_arg fa[2] = {{"pred", NULL, NULL, 0}, {"target", NULL, NULL, 0}};
-    int check_finite, want_grad, typenum;
-    if (!fast_arg_count("control_loss", nargs, 10, 10) ||
-        (check_finite = PyObject_IsTrue(args[8])) < 0 ||
-        (want_grad = PyObject_IsTrue(args[9])) < 0)
-        return NULL;
-    fa[0].obj = args[0];
-    fa[1].obj = args[1];
-    PyObject *discount = args[2], *lengths = args[3], *mask = args[4], *penalty = args[5];
-    PyObject *delta = args[6], *fw_obj = args[7];
-
-    tl_loss_spec spec = {0};
-    selection_arrays owned = {NULL, NULL};
-    PyArrayObject *fw = NULL, *grad = NULL;
-    void *work = NULL;
-    if (wrap_float_args(fa, 2, &typenum) < 0)
-        return NULL;
-    PyArrayObject *pred = fa[0].arr;
-    char s1[SHAPE_BUF];
-    int nd = PyArray_NDIM(pred);
-    if ((nd != 2 && nd != 3) || PyArray_DIM(pred, nd - 1) < 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "pred must have shape (B, T, D) or (T, D) with D >= 1, got shape %s",
-                     ARRAY_SHAPE(pred, s1));
-        goto done;
-    }
-    traj_shape sh = {nd == 3, nd == 3 ? PyArray_DIM(pred, 0) : 1, PyArray_DIM(pred, nd - 2)};
-    const npy_intp D = PyArray_DIM(pred, nd - 1);
-    if (check_traj_array(fa[1].arr, "target", &sh, sh.steps, D, "pred") < 0 ||
-        contiguous_float_args(fa, 2, typenum) < 0)
-        goto done;
-    pred = fa[0].arr;
-    if ((nd == 2 && check_unbatched_selection(lengths, mask, sh.steps, D) < 0) ||
-        parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
-                        &owned) < 0 ||
-        parse_penalty(penalty, delta, &spec) < 0 ||
-        feature_weights_arg(fw_obj, "feature_weights", D, &fw) < 0)
-        goto done;
-    spec.check_finite = check_finite; /* the core checks each row as it reads it */
-    spec.terms = TL_TERM_CONTROL;
-    spec.control_weight = 1.0;
-    spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
-
-    if (want_grad) {
-        grad = (PyArrayObject *)PyArray_EMPTY(nd, PyArray_DIMS(pred), typenum, 0);
-        if (grad == NULL)
-            goto done;
-    }
-    spec.threads = loss_threads;
-    spec.pool = loss_threads_pool(spec.threads);
-    if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
-        set_loss_error(TL_ERR_EMPTY, "control_loss");
-        goto done;
-    }
-    work = loss_work(tl_control_loss_work_bytes(D, sh.steps, sh.batch, spec.threads),
-                     "control_loss");
-    if (work == NULL)
-        goto done;
-    tl_loss_value value;
-    tl_status status;
-    unsigned bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (typenum == NPY_DOUBLE)
-        status = tl_control_loss_f64(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
-                                     &value, grad ? PyArray_DATA(grad) : NULL, work);
-    else
-        status = tl_control_loss_f32(&spec, D, PyArray_DATA(pred), PyArray_DATA(fa[1].arr),
-                                     &value, grad ? PyArray_DATA(grad) : NULL, work);
-    Py_END_ALLOW_THREADS
-    if (status == TL_ERR_NONFINITE) {
-        const unsigned bad = typenum == NPY_DOUBLE
-                                 ? tl_control_loss_bad_inputs_f64(&spec, D, PyArray_DATA(pred),
-                                                                  PyArray_DATA(fa[1].arr))
-                                 : tl_control_loss_bad_inputs_f32(&spec, D, PyArray_DATA(pred),
-                                                                  PyArray_DATA(fa[1].arr));
-        set_nonfinite_error(bad, fa, (const unsigned[]){1u, 2u}, 2);
-        goto done;
-    }
-    if (status != TL_OK) {
-        set_loss_error(status, "control_loss");
-        goto done;
-    }
-    if (check_finite && value.nonfinite) /* rare: find out which output */
-        bad = (isfinite(value.total) ? 0u : 1u) | nonfinite_outputs(1, &grad) << 1;
-    if (warn_overflow(bad, "control_loss", 2, (const char *const[]){"the value", "the gradient"}) < 0)
-        goto done;
-    result = grad == NULL ? PyFloat_FromDouble(value.total)
-                          : Py_BuildValue("(dO)", value.total, grad);
-
-done:
-    PyMem_RawFree(work);
-    release_float_args(fa, 2);
-    release_selection(&owned);
-    Py_XDECREF(fw);
-    Py_XDECREF(grad);
-    return result;
-}
-
-/* ---- _core.rollout_loss ----------------------------------------------- */
+/* ---- rollouts and losses: one table of entry points, one path ------------ */
 
 /*
- * rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
- *              control_weight, trajectory_weight, terminal_weight, include_initial,
- *              discount, lengths, mask, penalty, delta, feature_weights,
- *              state_weights, check_finite, target_name="target", combined=False)
- *   -> (total, control, trajectory, terminal, grad_controls, grad_x0)
- * combined: a LossResult(total, grad_controls, grad_x0, LossComponents(control,
- * trajectory, terminal, trajectory_weight, terminal_weight, total)) instead,
- * of the types set_result_types registered.
+ * Each rollout and loss entry point is a row of ENTRIES: its parameters (the
+ * leading ones may be positional, the options are keywords), the trajectory
+ * arrays it reads with their shapes in B, T, n, m (D, the features, is the
+ * control loss's m), and the arrays it writes. run_entry is the one path
+ * they all take:
+ *   parse the arguments -> the system (system_arg) -> the arrays: one dtype,
+ *   shapes, C order -> the selection, penalty and weights -> outputs and
+ *   scratch -> release the GIL, one call of the core -> its status as an
+ *   exception (a non-finite input named, an overflow warned of) -> result.
  */
-static PyObject *core_rollout_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+typedef enum {
+    OP_ROLLOUT,
+    OP_ROLLOUT_VJP,
+    OP_FINAL_STATE_ERROR,
+    OP_CONTROL_LOSS,
+    OP_ROLLOUT_LOSS,
+    OP_COUNT
+} op_kind;
+
+/* The rows of ENTRIES: one Python function each. combined_loss is the
+ * rollout loss of all three terms returning a LossResult: a row of its own, so
+ * that its every-step call passes few keywords (CPython builds a dict for a
+ * call of many). */
+typedef enum {
+    E_ROLLOUT,
+    E_ROLLOUT_VJP,
+    E_FINAL_STATE_ERROR,
+    E_CONTROL_LOSS,
+    E_ROLLOUT_LOSS,
+    E_COMBINED_LOSS,
+    E_COUNT
+} entry_id;
+
+/* Where each argument lands, whichever entry point takes it. The control
+ * loss's pred and target are the controls and reference controls of
+ * tl_loss_io; final_state_error's xf is a target. */
+typedef enum {
+    A_SYSTEM, A_X0, A_CONTROLS, A_GRAD_STATES, A_REF_CONTROLS, A_REF_STATES, A_TARGET,
+    A_TERMS, A_CONTROL_WEIGHT, A_TRAJECTORY_WEIGHT, A_TERMINAL_WEIGHT, A_INCLUDE_INITIAL,
+    A_DISCOUNT, A_LENGTHS, A_MASK, A_PENALTY, A_DELTA, A_FEATURE_WEIGHTS, A_STATE_WEIGHTS,
+    A_CHECK_FINITE, A_TARGET_NAME, A_WANT_GRAD, A_KERNEL,
+    A_COUNT
+} arg_slot;
+
+/* An array's extents after the batch axis: rows (absent, T, T + 1) and columns
+ * (absent, n, m). */
+typedef enum { R_NONE, R_T, R_T1 } rows_kind;
+typedef enum { C_NONE, C_N, C_M } cols_kind;
+
+typedef struct {
+    const char *name;
+    arg_slot slot;
+    int required;
+} param;
+
+typedef struct {
+    arg_slot slot;
+    rows_kind rows;
+    cols_kind cols;
+    const char *like; /* "must have the shape of <like>" */
+} array_spec;
+
+typedef struct {
+    rows_kind rows;
+    cols_kind cols;
+    const char *name; /* in the overflow warning */
+} output_spec;
+
+/* How check_finite is honoured: every input element before the call, each
+ * sequence's controls up to its length, or by the core as it reads. */
+typedef enum { FIN_ALL, FIN_PREFIX, FIN_CORE } finite_kind;
+
+#define MAX_PARAMS 24
+#define MAX_ARRAYS 5
+#define MAX_OUTPUTS 2
+
+typedef struct {
+    const char *name; /* the Python name */
+    const char *context; /* in front of its status errors */
+    op_kind op;
+    int npos;            /* parameters that may be given by position */
+    param params[MAX_PARAMS]; /* NULL-terminated */
+    int narrays;
+    /* the order names them in dtype and NaN errors; system entry points
+     * start with x0 and controls, the control loss with pred: they set B, T */
+    array_spec arrays[MAX_ARRAYS];
+    int noutputs;
+    output_spec outputs[MAX_OUTPUTS];
+    finite_kind finite;
+    /* the rollout losses' defaults: terms (0: terms= is required), the control
+     * term's weight, and whether the result is a LossResult */
+    unsigned terms;
+    double control_weight;
+    int combined;
+} entry;
+
+#define P_CHECK_FINITE {"check_finite", A_CHECK_FINITE, 0}
+#define P_SELECTION {"discount", A_DISCOUNT, 0}, {"lengths", A_LENGTHS, 0}, {"mask", A_MASK, 0}
+#define P_PENALTY {"penalty", A_PENALTY, 0}, {"delta", A_DELTA, 0}, {"kernel", A_KERNEL, 0}
+
+#define P_ROLLOUT_LOSS_OPTIONS                                                                   \
+    {"terminal_weight", A_TERMINAL_WEIGHT, 0}, {"include_initial", A_INCLUDE_INITIAL, 0},         \
+        P_SELECTION, P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0},                        \
+        {"state_weights", A_STATE_WEIGHTS, 0}, P_CHECK_FINITE
+#define ROLLOUT_LOSS_ARRAYS(target_like)                                                         \
+    5, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},                                  \
+        {A_REF_CONTROLS, R_T, C_M, "controls"}, {A_REF_STATES, R_T1, C_N, "the states"},          \
+        {A_TARGET, R_NONE, C_N, target_like}},                                                   \
+        2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_CORE
+
+static const entry ENTRIES[E_COUNT] = {
+    [E_ROLLOUT] = {"rollout", "rollout", OP_ROLLOUT, 3,
+                   {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
+                    P_CHECK_FINITE, {NULL, 0, 0}},
+                   2, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL}},
+                   1, {{R_T1, C_N, "the states"}}, FIN_ALL, 0, 0.0, 0},
+    [E_ROLLOUT_VJP] = {"rollout_vjp", "rollout_vjp", OP_ROLLOUT_VJP, 4,
+                       {{"system", A_SYSTEM, 1}, {"x0", A_X0, 1}, {"controls", A_CONTROLS, 1},
+                        {"grad_states", A_GRAD_STATES, 1}, P_CHECK_FINITE, {NULL, 0, 0}},
+                       3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
+                           {A_GRAD_STATES, R_T1, C_N, "the states"}},
+                       2, {{R_T, C_M, "grad_controls"}, {R_NONE, C_N, "grad_x0"}}, FIN_ALL,
+                       0, 0.0, 0},
+    [E_FINAL_STATE_ERROR] = {"final_state_error", "final_state_error", OP_FINAL_STATE_ERROR, 4,
+                             {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1},
+                              {"x0", A_X0, 1}, {"xf", A_TARGET, 1}, {"lengths", A_LENGTHS, 0},
+                              P_CHECK_FINITE, {NULL, 0, 0}},
+                             3, {{A_X0, R_NONE, C_N, NULL}, {A_CONTROLS, R_T, C_M, NULL},
+                                 {A_TARGET, R_NONE, C_N, "x0"}},
+                             1, {{R_NONE, C_NONE, "the error"}}, FIN_PREFIX, 0, 0.0, 0},
+    [E_CONTROL_LOSS] = {"control_loss", "control_loss", OP_CONTROL_LOSS, 2,
+                        {{"pred", A_CONTROLS, 1}, {"target", A_REF_CONTROLS, 1}, P_SELECTION,
+                         P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0}, P_CHECK_FINITE,
+                         {"want_grad", A_WANT_GRAD, 0}, {NULL, 0, 0}},
+                        2, {{A_CONTROLS, R_T, C_M, NULL}, {A_REF_CONTROLS, R_T, C_M, "pred"}},
+                        1, {{R_T, C_M, "the gradient"}}, FIN_CORE, TL_TERM_CONTROL, 1.0, 0},
+    [E_ROLLOUT_LOSS] = {"rollout_loss", "loss", OP_ROLLOUT_LOSS, 6,
+                        {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1}, {"x0", A_X0, 1},
+                         {"ref_controls", A_REF_CONTROLS, 0}, {"ref_states", A_REF_STATES, 0},
+                         {"target", A_TARGET, 0}, {"terms", A_TERMS, 1},
+                         {"control_weight", A_CONTROL_WEIGHT, 0},
+                         {"trajectory_weight", A_TRAJECTORY_WEIGHT, 0}, P_ROLLOUT_LOSS_OPTIONS,
+                         {"target_name", A_TARGET_NAME, 0}, {NULL, 0, 0}},
+                        ROLLOUT_LOSS_ARRAYS("x0"), 0, 0.0, 0},
+    [E_COMBINED_LOSS] = {"combined_loss", "loss", OP_ROLLOUT_LOSS, 6,
+                         {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1}, {"x0", A_X0, 1},
+                          {"ref_controls", A_REF_CONTROLS, 1}, {"ref_states", A_REF_STATES, 1},
+                          {"terminal_target", A_TARGET, 0}, {"weight", A_TRAJECTORY_WEIGHT, 1},
+                          P_ROLLOUT_LOSS_OPTIONS, {NULL, 0, 0}},
+                         ROLLOUT_LOSS_ARRAYS("x0"),
+                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0, 1},
+};
+#undef P_ROLLOUT_LOSS_OPTIONS
+#undef ROLLOUT_LOSS_ARRAYS
+
+/* The parameter names, interned at import (parallel to ENTRIES[op].params):
+ * keywords are found by pointer, as CPython's own parsers do. */
+static PyObject *param_keys[E_COUNT][MAX_PARAMS];
+
+static int intern_param_keys(void)
 {
-    (void)self;
-    PyObject *result = NULL;
-    unsigned long terms;
-    double cw, tw, fwt;
-    int include_initial, check_finite, typenum, combined = 0;
-    const char *target_name = "target";
-    if (!fast_arg_count("rollout_loss", nargs, 20, 22) ||
-        ((terms = PyLong_AsUnsignedLong(args[7])) == (unsigned long)-1 && PyErr_Occurred()) ||
-        ((cw = PyFloat_AsDouble(args[8])) == -1.0 && PyErr_Occurred()) ||
-        ((tw = PyFloat_AsDouble(args[9])) == -1.0 && PyErr_Occurred()) ||
-        ((fwt = PyFloat_AsDouble(args[10])) == -1.0 && PyErr_Occurred()) ||
-        (include_initial = PyObject_IsTrue(args[11])) < 0 ||
-        (check_finite = PyObject_IsTrue(args[19])) < 0 ||
-        (nargs >= 21 && (target_name = PyUnicode_AsUTF8(args[20])) == NULL) ||
-        (nargs == 22 && (combined = PyObject_IsTrue(args[21])) < 0))
-        return NULL;
-    if (combined && loss_result_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "rollout_loss: set_result_types was never called");
-        return NULL;
-    }
-    PyObject *Ad_obj = args[0], *Bd_obj = args[1], *const *objs = args + 2;
-    PyObject *discount = args[12], *lengths = args[13], *mask = args[14], *penalty = args[15];
-    PyObject *delta = args[16], *fw_obj = args[17], *sw_obj = args[18];
-    float_arg fa[5] = {{"x0", NULL, NULL, 0},
-                       {"controls", NULL, NULL, 0},
-                       {"ref_controls", NULL, NULL, 0},
-                       {"ref_states", NULL, NULL, 0},
-                       {target_name, NULL, NULL, 0}};
-    fa[0].obj = objs[1];
-    fa[1].obj = objs[0];
-    for (int i = 2; i < 5; i++)
-        fa[i].obj = objs[i] == Py_None ? NULL : objs[i];
+    for (int row = 0; row < E_COUNT; row++)
+        for (int j = 0; ENTRIES[row].params[j].name != NULL; j++)
+            if ((param_keys[row][j] = PyUnicode_InternFromString(ENTRIES[row].params[j].name)) == NULL)
+                return -1;
+    return 0;
+}
 
-    tl_loss_spec spec = {0};
-    selection_arrays owned = {NULL, NULL};
-    PyArrayObject *Ad = NULL, *Bd = NULL, *fw = NULL, *sw = NULL, *gu = NULL, *gx = NULL;
-    void *work = NULL;
-    tl_system sys;
-    traj_shape sh;
-    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
-        return NULL;
-    if (wrap_float_args(fa, 5, &typenum) < 0)
-        goto done;
-    if (check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0)
-        goto done;
-    if ((fa[2].arr && check_traj_array(fa[2].arr, "ref_controls", &sh, sh.steps, sys.m,
-                                       "controls") < 0) ||
-        (fa[3].arr && check_traj_array(fa[3].arr, "ref_states", &sh, sh.steps + 1, sys.n,
-                                       "the states") < 0) ||
-        (fa[4].arr && check_traj_array(fa[4].arr, target_name, &sh, -1, sys.n, "x0") < 0) ||
-        contiguous_float_args(fa, 5, typenum) < 0)
-        goto done;
-    if (((terms & TL_TERM_CONTROL) && !fa[2].arr) || ((terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
-        ((terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {
+static int find_param(const entry *e, PyObject *key)
+{
+    const ptrdiff_t row = e - ENTRIES;
+    for (int j = 0; e->params[j].name != NULL; j++)
+        if (param_keys[row][j] == key)
+            return j;
+    for (int j = 0; e->params[j].name != NULL; j++)
+        if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, e->params[j].name) == 0)
+            return j;
+    return -1;
+}
+
+/* Vectorcall arguments into slot[A_*] (borrowed; NULL: not given). */
+static int parse_call(const entry *e, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      PyObject **slot)
+{
+    for (int i = 0; i < A_COUNT; i++)
+        slot[i] = NULL;
+    if (nargs > e->npos) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most %d positional arguments (%zd given); the options are "
+                     "keyword-only",
+                     e->name, e->npos, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        slot[e->params[i].slot] = args[i];
+    const Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        const int j = find_param(e, key);
+        if (j < 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", e->name,
+                         key);
+            return -1;
+        }
+        if (slot[e->params[j].slot] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", e->name,
+                         e->params[j].name);
+            return -1;
+        }
+        slot[e->params[j].slot] = args[nargs + k];
+    }
+    for (int j = 0; e->params[j].name != NULL; j++)
+        if (e->params[j].required && slot[e->params[j].slot] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", e->name,
+                         e->params[j].name);
+            return -1;
+        }
+    return 0;
+}
+
+static const param *find_slot(const entry *e, arg_slot slot)
+{
+    for (int j = 0; e->params[j].name != NULL; j++)
+        if (e->params[j].slot == slot)
+            return &e->params[j];
+    return NULL; /* not reached: each array of a row is one of its parameters */
+}
+
+/* An option's truth value (dflt when not given); -1 with an exception. */
+static int flag_arg(PyObject *obj, int dflt, int *out)
+{
+    *out = obj == NULL ? dflt : PyObject_IsTrue(obj);
+    return *out < 0 ? -1 : 0;
+}
+
+static int double_arg(PyObject *obj, const char *name, double dflt, double *out)
+{
+    *out = dflt;
+    return obj == NULL ? 0 : real_arg(obj, name, out);
+}
+
+static const char *const KERNELS[TL_KERNEL_COUNT] = {"auto", "reference"};
+
+static int kernel_arg(PyObject *obj, tl_kernel *out)
+{
+    *out = TL_KERNEL_AUTO;
+    if (obj == NULL)
+        return 0;
+    for (int i = 0; i < TL_KERNEL_COUNT; i++)
+        if (PyUnicode_Check(obj) && PyUnicode_CompareWithASCIIString(obj, KERNELS[i]) == 0) {
+            *out = (tl_kernel)i;
+            return 0;
+        }
+    PyErr_Format(PyExc_ValueError, "kernel must be 'auto' or 'reference', got %R", obj);
+    return -1;
+}
+
+/* The TL_IN_* bit tl_loss_bad_inputs reports an argument with. */
+static unsigned input_bit(arg_slot slot)
+{
+    switch (slot) {
+    case A_X0: return TL_IN_X0;
+    case A_CONTROLS: return TL_IN_CONTROLS;
+    case A_REF_CONTROLS: return TL_IN_REF_CONTROLS;
+    case A_REF_STATES: return TL_IN_REF_STATES;
+    case A_TARGET: return TL_IN_TARGET;
+    default: return 0;
+    }
+}
+
+static npy_intp rows_of(rows_kind r, const traj_shape *sh)
+{
+    return r == R_T ? sh->steps : r == R_T1 ? sh->steps + 1 : -1;
+}
+
+static npy_intp cols_of(cols_kind c, npy_intp n, npy_intp m)
+{
+    return c == C_N ? n : c == C_M ? m : 0;
+}
+
+/* An uninitialised output: the batch axis when batched, then rows and columns. */
+static PyArrayObject *new_output(const output_spec *o, const traj_shape *sh, npy_intp n,
+                                 npy_intp m, int typenum)
+{
+    if (o->cols == C_NONE) /* one number a sequence */
+        return (PyArrayObject *)PyArray_EMPTY(sh->batched, &sh->batch, typenum, 0);
+    return new_traj_array(sh, rows_of(o->rows, sh), cols_of(o->cols, n, m), typenum,
+                          o->rows != R_NONE);
+}
+
+/*
+ * The leading arrays give B, T and the sizes: x0 (B, n) and controls (B, T, m)
+ * against the system; the control loss's pred (B, T, D) on its own. Then each
+ * further array has its row's shape. *m is D for the control loss.
+ */
+static int check_call_shapes(const entry *e, const system_arg *sys, float_arg *fa,
+                             traj_shape *sh, npy_intp *n, npy_intp *m)
+{
+    int first = 2;
+    if (sys != NULL) {
+        *n = sys->dyn.n;
+        *m = sys->dyn.m;
+        if (check_traj_shape(fa[0].arr, fa[1].arr, *n, *m, sh) < 0 || system_fits(sys, sh) < 0)
+            return -1;
+    } else {
+        PyArrayObject *pred = fa[0].arr;
+        const int nd = PyArray_NDIM(pred);
+        if ((nd != 2 && nd != 3) || PyArray_DIM(pred, nd - 1) < 1) {
+            char s[SHAPE_BUF];
+            PyErr_Format(PyExc_ValueError,
+                         "pred must have shape (B, T, D) or (T, D) with D >= 1, got shape %s",
+                         ARRAY_SHAPE(pred, s));
+            return -1;
+        }
+        *sh = (traj_shape){nd == 3, nd == 3 ? PyArray_DIM(pred, 0) : 1, PyArray_DIM(pred, nd - 2)};
+        *n = 0;
+        *m = PyArray_DIM(pred, nd - 1);
+        first = 1;
+    }
+    for (int i = first; i < e->narrays; i++) {
+        const array_spec *a = &e->arrays[i];
+        if (fa[i].arr != NULL &&
+            check_traj_array(fa[i].arr, fa[i].name, sh, rows_of(a->rows, sh),
+                             cols_of(a->cols, *n, *m), a->like) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* What a loss call needs besides its arrays: selection, penalty, term weights,
+ * feature and state weights, threads, kernel. The arrays the spec points into
+ * are owned by `owned`, fw and sw. */
+static int loss_spec(const entry *e, PyObject *const *a, const traj_shape *sh, npy_intp n,
+                     npy_intp m, int check_finite, tl_loss_spec *spec, selection_arrays *owned,
+                     PyArrayObject **fw, PyArrayObject **sw)
+{
+    PyObject *discount = a[A_DISCOUNT] ? a[A_DISCOUNT] : Py_None;
+    PyObject *lengths = a[A_LENGTHS] ? a[A_LENGTHS] : Py_None;
+    PyObject *mask = a[A_MASK] ? a[A_MASK] : Py_None;
+    const int control = e->op == OP_CONTROL_LOSS;
+    if ((control && !sh->batched && check_unbatched_selection(lengths, mask, sh->steps, m) < 0) ||
+        parse_selection(discount, lengths, mask, sh->batched, sh->batch, sh->steps, &spec->sel,
+                        owned) < 0 ||
+        parse_penalty(a[A_PENALTY], a[A_DELTA], spec) < 0 || kernel_arg(a[A_KERNEL], &spec->kernel) < 0 ||
+        feature_weights_arg(a[A_FEATURE_WEIGHTS], "feature_weights", m, fw) < 0 ||
+        (!control && feature_weights_arg(a[A_STATE_WEIGHTS], "state_weights", n, sw) < 0))
+        return -1;
+    spec->feature_weights = *fw ? (const double *)PyArray_DATA(*fw) : NULL;
+    spec->state_weights = *sw ? (const double *)PyArray_DATA(*sw) : NULL;
+    spec->check_finite = check_finite; /* the core checks each element as it reads it */
+    spec->threads = loss_threads;
+    spec->pool = loss_threads_pool(spec->threads);
+    spec->terms = e->terms; /* the rollout losses' terms_arg may say otherwise */
+    if (control) {
+        spec->control_weight = e->control_weight;
+        return 0;
+    }
+    int include_initial;
+    if (double_arg(a[A_CONTROL_WEIGHT], "control_weight", e->control_weight,
+                   &spec->control_weight) < 0 ||
+        double_arg(a[A_TRAJECTORY_WEIGHT], find_slot(e, A_TRAJECTORY_WEIGHT)->name, 0.0,
+                   &spec->trajectory_weight) < 0 ||
+        double_arg(a[A_TERMINAL_WEIGHT], "terminal_weight", 0.0, &spec->terminal_weight) < 0 ||
+        flag_arg(a[A_INCLUDE_INITIAL], 0, &include_initial) < 0)
+        return -1;
+    spec->include_initial = include_initial;
+    return 0;
+}
+
+/* The rollout loss's terms (bit flags; obj NULL: the row's); -1 with an
+ * exception. Bits beyond the three terms reach the core, which refuses them
+ * (TL_ERR_VALUE). */
+static int terms_arg(const entry *e, PyObject *obj, const float_arg *fa, unsigned *terms)
+{
+    const unsigned long t = obj == NULL ? e->terms : PyLong_AsUnsignedLong(obj);
+    if (t == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    *terms = t > 7 ? 8u : (unsigned)t;
+    /* fa: x0, controls, ref_controls, ref_states, target */
+    if (((*terms & TL_TERM_CONTROL) && !fa[2].arr) || ((*terms & TL_TERM_TRAJECTORY) && !fa[3].arr) ||
+        ((*terms & TL_TERM_TERMINAL) && !fa[3].arr && !fa[4].arr)) {
         PyErr_SetString(PyExc_ValueError, "rollout_loss: a requested term is missing its reference");
-        goto done;
+        return -1;
     }
-    if (parse_selection(discount, lengths, mask, sh.batched, sh.batch, sh.steps, &spec.sel,
-                        &owned) < 0 ||
-        parse_penalty(penalty, delta, &spec) < 0 ||
-        feature_weights_arg(fw_obj, "feature_weights", sys.m, &fw) < 0 ||
-        feature_weights_arg(sw_obj, "state_weights", sys.n, &sw) < 0)
-        goto done;
-    spec.check_finite = check_finite; /* the core checks each tile as it reads it */
-    spec.terms = terms > 7 ? 8u : (unsigned)terms; /* bits beyond the three terms: TL_ERR_VALUE */
-    spec.control_weight = cw;
-    spec.trajectory_weight = tw;
-    spec.terminal_weight = fwt;
-    spec.include_initial = include_initial;
-    spec.feature_weights = fw ? (const double *)PyArray_DATA(fw) : NULL;
-    spec.state_weights = sw ? (const double *)PyArray_DATA(sw) : NULL;
+    return 0;
+}
 
-    gu = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[1].arr), PyArray_DIMS(fa[1].arr), typenum, 0);
-    gx = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(fa[0].arr), PyArray_DIMS(fa[0].arr), typenum, 0);
-    spec.threads = loss_threads;
-    spec.pool = loss_threads_pool(spec.threads);
-    if (gu == NULL || gx == NULL)
+/* The result of a successful call. */
+static PyObject *entry_result(op_kind op, PyArrayObject **out, const tl_loss_value *v,
+                              const tl_loss_spec *spec, int combined)
+{
+    switch (op) {
+    case OP_ROLLOUT:
+    case OP_FINAL_STATE_ERROR:
+        Py_INCREF(out[0]);
+        return (PyObject *)out[0];
+    case OP_ROLLOUT_VJP:
+        return Py_BuildValue("(OO)", out[0], out[1]);
+    case OP_CONTROL_LOSS:
+        return out[0] == NULL ? PyFloat_FromDouble(v->total)
+                              : Py_BuildValue("(dO)", v->total, out[0]);
+    default:
+        break;
+    }
+    if (!combined)
+        return Py_BuildValue("(ddddOO)", v->total, v->control, v->trajectory, v->terminal, out[0],
+                             out[1]);
+    Py_INCREF(out[0]);
+    Py_INCREF(out[1]);
+    PyObject *parts[6] = {PyFloat_FromDouble(v->control), PyFloat_FromDouble(v->trajectory),
+                          PyFloat_FromDouble(v->terminal), PyFloat_FromDouble(spec->trajectory_weight),
+                          PyFloat_FromDouble(spec->terminal_weight), PyFloat_FromDouble(v->total)};
+    PyObject *items[4] = {PyFloat_FromDouble(v->total), (PyObject *)out[0], (PyObject *)out[1],
+                          named_tuple(loss_components_type, 6, parts)};
+    return named_tuple(loss_result_type, 4, items);
+}
+
+/* The one path of every row of ENTRIES (see above). */
+static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    const op_kind op = e->op;
+    const int is_loss = op == OP_CONTROL_LOSS || op == OP_ROLLOUT_LOSS;
+    PyObject *a[A_COUNT];
+    int check_finite, want_grad, typenum;
+    const char *target_name = NULL;
+    if (parse_call(e, args, nargs, kwnames, a) < 0 || flag_arg(a[A_CHECK_FINITE], 1, &check_finite) < 0 ||
+        flag_arg(a[A_WANT_GRAD], 1, &want_grad) < 0 ||
+        (a[A_TARGET_NAME] != NULL && (target_name = PyUnicode_AsUTF8(a[A_TARGET_NAME])) == NULL))
+        return NULL;
+    if (e->combined && loss_result_type == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s: set_result_types was never called", e->name);
+        return NULL;
+    }
+
+    PyObject *result = NULL;
+    system_arg sys = {{NULL, NULL, NULL}};
+    float_arg fa[MAX_ARRAYS];
+    selection_arrays owned = {NULL, NULL};
+    PyArrayObject *fw = NULL, *sw = NULL, *out[MAX_OUTPUTS] = {NULL, NULL};
+    void *work = NULL;
+    tl_loss_spec spec = {0};
+    tl_loss_value value = {0};
+    traj_shape sh;
+    npy_intp n, m;
+    unsigned terms = 0;
+    for (int i = 0; i < e->narrays; i++) {
+        const arg_slot s = e->arrays[i].slot;
+        const param *p = find_slot(e, s);
+        const int absent = a[s] == Py_None && !p->required; /* a term's reference: None */
+        fa[i] = (float_arg){s == A_TARGET && target_name != NULL ? target_name : p->name,
+                            absent ? NULL : a[s], NULL, 0};
+    }
+    if (op != OP_CONTROL_LOSS && parse_system(a[A_SYSTEM], &sys) < 0)
+        return NULL;
+    if (wrap_float_args(fa, e->narrays, &typenum) < 0)
         goto done;
-    if (sh.batch == 0 || sh.steps == 0) { /* nothing to score, whatever the other sizes */
-        set_loss_error(TL_ERR_EMPTY, "loss");
+    if (check_call_shapes(e, op != OP_CONTROL_LOSS ? &sys : NULL, fa, &sh, &n, &m) < 0 ||
+        contiguous_float_args(fa, e->narrays, typenum) < 0)
+        goto done;
+    if (op == OP_ROLLOUT_LOSS && terms_arg(e, a[A_TERMS], fa, &terms) < 0)
+        goto done;
+    if (is_loss && loss_spec(e, a, &sh, n, m, check_finite, &spec, &owned, &fw, &sw) < 0)
+        goto done;
+    if (op == OP_ROLLOUT_LOSS)
+        spec.terms = terms;
+    if (op == OP_FINAL_STATE_ERROR &&
+        parse_selection(Py_None, a[A_LENGTHS] ? a[A_LENGTHS] : Py_None, Py_None, sh.batched,
+                        sh.batch, sh.steps, &spec.sel, &owned) < 0)
+        goto done;
+    /* inputs the core does not check itself (controls after a length are not read) */
+    if (check_finite && e->finite != FIN_CORE) {
+        for (int i = 0; i < e->narrays; i++)
+            if ((e->finite == FIN_PREFIX && e->arrays[i].slot == A_CONTROLS)
+                    ? check_read_prefix_finite(&fa[i], sh.batch, sh.steps, m, spec.sel.lengths) < 0
+                    : check_all_finite(&fa[i]) < 0)
+                goto done;
+    }
+    for (int i = 0; i < e->noutputs; i++)
+        if (!(op == OP_CONTROL_LOSS && !want_grad) &&
+            (out[i] = new_output(&e->outputs[i], &sh, n, m, typenum)) == NULL)
+            goto done;
+    if (is_loss && (sh.batch == 0 || sh.steps == 0)) { /* nothing to score, whatever the sizes */
+        set_loss_error(TL_ERR_EMPTY, e->context);
         goto done;
     }
-    work = loss_work(tl_rollout_loss_work_bytes(sys.n, sys.m, sh.steps, sh.batch, spec.threads),
-                     "loss");
+    const tl_dynamics *dyn = op == OP_CONTROL_LOSS ? NULL : &sys.dyn;
+    work = loss_work(is_loss ? tl_loss_work_bytes(dyn, m, &spec) : tl_rollout_work_bytes(n, m),
+                     e->context);
     if (work == NULL)
         goto done;
-#define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
-    tl_loss_value v;
-    tl_status status;
+
+    const void *in[A_COUNT] = {NULL};
+    for (int i = 0; i < e->narrays; i++)
+        in[e->arrays[i].slot] = fa[i].arr != NULL ? PyArray_DATA(fa[i].arr) : NULL;
+    void *o0 = out[0] != NULL ? PyArray_DATA(out[0]) : NULL;
+    void *o1 = out[1] != NULL ? PyArray_DATA(out[1]) : NULL;
+    const tl_dtype dtype = typenum == NPY_DOUBLE ? TL_F64 : TL_F32;
+    const tl_loss_io io = {dtype, in[A_CONTROLS], in[A_X0], in[A_REF_CONTROLS],
+                           in[A_REF_STATES], in[A_TARGET], o0, o1};
+    const ptrdiff_t B = sh.batch, T = sh.steps;
+    tl_status status = TL_OK;
     unsigned bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (typenum == NPY_DOUBLE)
-        status = tl_rollout_loss_f64(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
-                                     DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
-                                     PyArray_DATA(gu), PyArray_DATA(gx), work);
-    else
-        status = tl_rollout_loss_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
-                                     DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4), &v,
-                                     PyArray_DATA(gu), PyArray_DATA(gx), work);
+    switch (op) {
+    case OP_ROLLOUT:
+        status = tl_rollout(dyn, dtype, B, T, in[A_X0], in[A_CONTROLS], o0, work);
+        break;
+    case OP_ROLLOUT_VJP:
+        status = tl_rollout_vjp(dyn, dtype, B, T, in[A_X0], in[A_CONTROLS], in[A_GRAD_STATES],
+                                o0, o1, work);
+        break;
+    case OP_FINAL_STATE_ERROR:
+        status = tl_final_state_error(dyn, dtype, B, T, spec.sel.lengths, in[A_CONTROLS],
+                                      in[A_X0], in[A_TARGET], o0, work);
+        break;
+    case OP_CONTROL_LOSS:
+        status = tl_control_loss(&spec, m, &io, &value, work);
+        break;
+    default:
+        status = tl_rollout_loss(dyn, &spec, &io, &value, work);
+        break;
+    }
+    if (status == TL_OK && check_finite && !is_loss)
+        bad = nonfinite_outputs(e->noutputs, out);
     Py_END_ALLOW_THREADS
-#undef DATA_OR_NULL
-    if (status == TL_ERR_NONFINITE) {
-#define DATA_OR_NULL(i) (fa[i].arr ? PyArray_DATA(fa[i].arr) : NULL)
-        const unsigned bad =
-            typenum == NPY_DOUBLE
-                ? tl_rollout_loss_bad_inputs_f64(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
-                                                 DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4))
-                : tl_rollout_loss_bad_inputs_f32(&sys, &spec, DATA_OR_NULL(1), DATA_OR_NULL(0),
-                                                 DATA_OR_NULL(2), DATA_OR_NULL(3), DATA_OR_NULL(4));
-#undef DATA_OR_NULL
-        set_nonfinite_error(bad, fa,
-                            (const unsigned[]){TL_IN_X0, TL_IN_CONTROLS, TL_IN_REF_CONTROLS,
-                                               TL_IN_REF_STATES, TL_IN_TARGET},
-                            5);
+
+    if (status == TL_ERR_NONFINITE && is_loss) {
+        unsigned bits[MAX_ARRAYS];
+        for (int i = 0; i < e->narrays; i++)
+            bits[i] = input_bit(e->arrays[i].slot);
+        set_nonfinite_error(tl_loss_bad_inputs(dyn, m, &spec, &io), fa, bits, e->narrays);
         goto done;
     }
     if (status != TL_OK) {
-        set_loss_error(status, "loss");
+        if (is_loss)
+            set_loss_error(status, e->context);
+        else
+            set_status_error(status, e->context);
         goto done;
     }
-    if (check_finite && v.nonfinite) /* rare: find out which output */
-        bad = (isfinite(v.total) ? 0u : 1u) | nonfinite_outputs(2, (PyArrayObject *const[]){gu, gx}) << 1;
-    if (warn_overflow(bad, "loss", 3, (const char *const[]){"the value", "grad_controls", "grad_x0"}) < 0)
+    const char *names[1 + MAX_OUTPUTS] = {"the value"};
+    const char *const *warn_names = names;
+    int nwarn = e->noutputs;
+    for (int i = 0; i < e->noutputs; i++)
+        names[1 + i] = e->outputs[i].name;
+    if (is_loss) {
+        nwarn = 1 + e->noutputs;
+        if (check_finite && value.nonfinite) /* rare: find out which output */
+            bad = (isfinite(value.total) ? 0u : 1u) | nonfinite_outputs(e->noutputs, out) << 1;
+    } else {
+        warn_names = names + 1;
+    }
+    if (warn_overflow(bad, e->context, nwarn, warn_names) < 0)
         goto done;
-    if (combined) {
-        Py_INCREF(gu);
-        Py_INCREF(gx);
-        PyObject *parts[6] = {PyFloat_FromDouble(v.control), PyFloat_FromDouble(v.trajectory),
-                              PyFloat_FromDouble(v.terminal), PyFloat_FromDouble(tw),
-                              PyFloat_FromDouble(fwt), PyFloat_FromDouble(v.total)};
-        PyObject *items[4] = {PyFloat_FromDouble(v.total), (PyObject *)gu, (PyObject *)gx,
-                              named_tuple(loss_components_type, 6, parts)};
-        result = named_tuple(loss_result_type, 4, items);
-    } else
-        result = Py_BuildValue("(ddddOO)", v.total, v.control, v.trajectory, v.terminal, gu, gx);
+    result = entry_result(op, out, &value, &spec, e->combined);
 
 done:
     PyMem_RawFree(work);
-    release_float_args(fa, 5);
+    release_system(&sys);
+    release_float_args(fa, e->narrays);
     release_selection(&owned);
     Py_XDECREF(fw);
     Py_XDECREF(sw);
-    Py_XDECREF(Ad);
-    Py_XDECREF(Bd);
-    Py_XDECREF(gu);
-    Py_XDECREF(gx);
+    for (int i = 0; i < MAX_OUTPUTS; i++)
+        Py_XDECREF(out[i]);
     return result;
 }
 
-/* ---- _core.final_state_error ----------------------------------------- */
-
-/* final_state_error(Ad, Bd, controls, x0, xf, lengths, check_finite) -> (B,) or 0-d */
-static PyObject *core_final_state_error(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *result = NULL;
-    PyObject *Ad_obj, *Bd_obj, *lengths;
-    float_arg fa[3] = {{"x0", NULL, NULL, 0}, {"controls", NULL, NULL, 0}, {"xf", NULL, NULL, 0}};
-    int check_finite, typenum;
-    if (!PyArg_ParseTuple(args, "OOOOOOp:final_state_error", &Ad_obj, &Bd_obj, &fa[1].obj,
-                          &fa[0].obj, &fa[2].obj, &lengths, &check_finite))
-        return NULL;
-    PyArrayObject *Ad = NULL, *Bd = NULL, *err = NULL;
-    selection_arrays owned = {NULL, NULL};
-    void *work = NULL;
-    tl_system sys;
-    tl_selection sel;
-    traj_shape sh;
-    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
-        return NULL;
-    if (wrap_float_args(fa, 3, &typenum) < 0 ||
-        check_traj_shape(fa[0].arr, fa[1].arr, sys.n, sys.m, &sh) < 0 ||
-        check_traj_array(fa[2].arr, "xf", &sh, -1, sys.n, "x0") < 0 ||
-        contiguous_float_args(fa, 3, typenum) < 0 ||
-        parse_selection(Py_None, lengths, Py_None, sh.batched, sh.batch, sh.steps, &sel, &owned) < 0)
-        goto done;
-    /* controls after a sequence's length are never read, so never checked */
-    if (check_finite && (check_all_finite(&fa[0]) < 0 ||
-                         check_read_prefix_finite(&fa[1], sh.batch, sh.steps, sys.m,
-                                                  sel.lengths) < 0 ||
-                         check_all_finite(&fa[2]) < 0))
-        goto done;
-    err = (PyArrayObject *)PyArray_EMPTY(sh.batched, &sh.batch, typenum, 0);
-    work = PyMem_RawMalloc(tl_rollout_work_bytes(sys.n));
-    if (err == NULL || work == NULL) {
-        if (work == NULL)
-            PyErr_NoMemory();
-        goto done;
+#define ENTRY_POINT(fn, row)                                                                      \
+    static PyObject *fn(PyObject *self, PyObject *const *args, Py_ssize_t nargs,                  \
+                        PyObject *kwnames)                                                       \
+    {                                                                                            \
+        (void)self;                                                                              \
+        return run_entry(&ENTRIES[row], args, nargs, kwnames);                                   \
     }
-    tl_status status;
-    unsigned bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (typenum == NPY_DOUBLE)
-        status = tl_final_state_error_f64(&sys, sh.batch, sh.steps, sel.lengths,
-                                          PyArray_DATA(fa[1].arr), PyArray_DATA(fa[0].arr),
-                                          PyArray_DATA(fa[2].arr), PyArray_DATA(err), work);
-    else
-        status = tl_final_state_error_f32(&sys, sh.batch, sh.steps, sel.lengths,
-                                          PyArray_DATA(fa[1].arr), PyArray_DATA(fa[0].arr),
-                                          PyArray_DATA(fa[2].arr), PyArray_DATA(err), work);
-    if (status == TL_OK && check_finite)
-        bad = nonfinite_outputs(1, &err);
-    Py_END_ALLOW_THREADS
-    if (status != TL_OK) {
-        set_status_error(status, "final_state_error");
-        goto done;
-    }
-    if (warn_overflow(bad, "final_state_error", 1, (const char *const[]){"the error"}) < 0)
-        goto done;
-    result = (PyObject *)err;
-    err = NULL;
-
-done:
-    PyMem_RawFree(work);
-    release_float_args(fa, 3);
-    release_selection(&owned);
-    Py_XDECREF(Ad);
-    Py_XDECREF(Bd);
-    Py_XDECREF(err);
-    return result;
-}
+ENTRY_POINT(core_rollout, E_ROLLOUT)
+ENTRY_POINT(core_rollout_vjp, E_ROLLOUT_VJP)
+ENTRY_POINT(core_final_state_error, E_FINAL_STATE_ERROR)
+ENTRY_POINT(core_control_loss, E_CONTROL_LOSS)
+ENTRY_POINT(core_rollout_loss, E_ROLLOUT_LOSS)
+ENTRY_POINT(core_combined_loss, E_COMBINED_LOSS)
+#undef ENTRY_POINT
 
 /* ---- _core.min_energy / _core.min_energy_law ------------------------- */
 
@@ -1758,14 +2014,20 @@ static void set_growth_error(double growth, double horizon, const char *context,
                  lbuf);
 }
 
-/* "exact": C = [Ad^(T-1) Bd ... Bd] is rank-deficient, with the numbers of
- * the rank test (trajloss.h, tl_ref_rank). */
-static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_intp steps)
+/* "exact": C is rank-deficient, with the numbers of the rank test
+ * (trajloss.h, tl_ref_rank); `where` names the sample of a per-sample system
+ * ("" otherwise). */
+static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_intp steps,
+                           int time_varying, const char *where)
 {
+    const char *cdef = time_varying ? "C = [Ad_(T-1)...Ad_1 Bd_0, ..., Bd_(T-1)]"
+                                    : "C = [Ad^(T-1) Bd ... Bd]";
     if (rk->rank < 0) {
         PyErr_Format(LinAlgError,
-                     "min_energy: the controllability matrix C = [Ad^(T-1) Bd ... Bd] "
-                     "(T = steps = %zd) is not finite: Ad^T overflows float64", (Py_ssize_t)steps);
+                     "min_energy%s: the controllability matrix %s (T = steps = %zd) is not "
+                     "finite: %s overflows float64",
+                     where, cdef, (Py_ssize_t)steps,
+                     time_varying ? "the product Ad_(T-1)...Ad_1" : "Ad^(T-1)");
         return;
     }
     char tol[32], r1[32], rl[32], rn[32], ratio[32];
@@ -1777,14 +2039,14 @@ static void set_rank_error(const tl_ref_rank *rk, npy_intp n, npy_intp m, npy_in
                   rk->r_next > 0.0 ? rk->r_first / rk->r_next : INFINITY);
     const npy_intp cols = steps * m;
     PyErr_Format(LinAlgError,
-                 "min_energy: the target is not reachable in %zd steps: the controllability "
-                 "matrix C = [Ad^(T-1) Bd ... Bd] (%zd x %zd, rows equilibrated) has "
+                 "min_energy%s: the target is not reachable in %zd steps: the controllability "
+                 "matrix %s (%zd x %zd, rows equilibrated) has "
                  "numerical rank %zd < n = %zd (column-pivoted QR of C^T: |R_11| = %s, last "
                  "diagonal entry kept %s, first refused %s, at or below the tolerance "
                  "max(n, steps*m) * eps * |R_11| = %s; condition number %s, estimated as "
                  "|R_11| / first refused)%s",
-                 (Py_ssize_t)steps, (Py_ssize_t)n, (Py_ssize_t)cols, (Py_ssize_t)rk->rank,
-                 (Py_ssize_t)n, r1, rl, rn, tol, ratio,
+                 where, (Py_ssize_t)steps, cdef, (Py_ssize_t)n, (Py_ssize_t)cols,
+                 (Py_ssize_t)rk->rank, (Py_ssize_t)n, r1, rl, rn, tol, ratio,
                  cols < n ? ": fewer controls than states" : "");
 }
 
@@ -1820,19 +2082,92 @@ fail:
 static const char *const REF_METHODS[TL_REF_COUNT] = {"exact", "average", "continuous"};
 
 /*
- * min_energy(Ad, Bd, A, B, dt, x0, xf, steps, method)
+ * One array of a system's sampling period or continuous model (dt: rows =
+ * cols = 0, a number; A: n x n, B: n x m), shared (that shape, or () for dt)
+ * or per sample ((batch,) + that shape), as a tl_field over a float64 copy
+ * owned in *arr; -1 with a ValueError naming "system: <name>" otherwise.
+ */
+static int model_field(PyObject *obj, const char *name, npy_intp rows, npy_intp cols,
+                       npy_intp batch, PyArrayObject **arr, tl_field *f)
+{
+    char label[32], s[SHAPE_BUF];
+    PyOS_snprintf(label, sizeof label, "system: %s", name);
+    if ((*arr = real_array(obj, label)) == NULL)
+        return -1;
+    const int scalar = rows == 0; /* dt */
+    const int core_nd = scalar ? 0 : 2, nd = PyArray_NDIM(*arr);
+    const npy_intp *dims = PyArray_DIMS(*arr);
+    int ok = nd == core_nd || nd == core_nd + 1;
+    if (ok && !scalar)
+        ok = dims[nd - 2] == rows && dims[nd - 1] == cols;
+    if (ok && nd == core_nd + 1)
+        ok = dims[0] == batch;
+    if (!ok) {
+        if (scalar)
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s must be a number or hold one per sample, shape (%zd,), "
+                         "got shape %s",
+                         name, (Py_ssize_t)batch, ARRAY_SHAPE(*arr, s));
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "system: %s must have shape (%zd, %zd), or (%zd, %zd, %zd) with one per "
+                         "sample of the batch, got shape %s",
+                         name, (Py_ssize_t)rows, (Py_ssize_t)cols, (Py_ssize_t)batch,
+                         (Py_ssize_t)rows, (Py_ssize_t)cols, ARRAY_SHAPE(*arr, s));
+        Py_CLEAR(*arr);
+        return -1;
+    }
+    f->data = (const double *)PyArray_DATA(*arr);
+    f->batch_stride = nd == core_nd + 1 ? (scalar ? 1 : rows * cols) : 0;
+    f->step_stride = 0;
+    if (scalar)
+        for (npy_intp i = 0; i < PyArray_SIZE(*arr); i++)
+            if (!(f->data[i] > 0.0)) {
+                value_error("system: dt must be > 0, got %g at index %zd", f->data[i],
+                            (Py_ssize_t)i);
+                Py_CLEAR(*arr);
+                return -1;
+            }
+    return 0;
+}
+
+/* The message of a failed plan: which sample, for a per-sample system. */
+static void set_plan_error(tl_status status, const tl_ref_info *info, int method,
+                           const tl_dynamics *dyn, npy_intp steps, double horizon)
+{
+    char where[64] = "", context[96];
+    if (info->plans > 1 || dyn->batch != 0)
+        PyOS_snprintf(where, sizeof where, " (sample %zd of the per-sample system)",
+                      (Py_ssize_t)info->sample);
+    PyOS_snprintf(context, sizeof context, "min_energy%s", where);
+    if (status == TL_ERR_SINGULAR && method == TL_REF_EXACT) {
+        set_rank_error(&info->rank, dyn->n, dyn->m, steps, dyn->steps != 0, where);
+    } else if (status == TL_ERR_SINGULAR && method == TL_REF_CONTINUOUS &&
+               !(info->growth <= TL_LAW_GROWTH_LIMIT)) {
+        PyOS_snprintf(context, sizeof context, "min_energy(method='continuous')%s", where);
+        set_growth_error(info->growth, horizon, context, 0);
+    } else {
+        set_gramian_error(status, info->cond, context);
+    }
+}
+
+/*
+ * min_energy(system, A, B, dt, x0, xf, steps, method)
  *   -> (controls, states, final_error, energy, cond)
- * A, B are None for "exact" on a discrete system; dt is the period.
+ * system is system._core, any linear form ("exact"); A (n, n) | (B, n, n)
+ * and B (n, m) | (B, n, m) the continuous model of "average"/"continuous"
+ * (None for "exact"); dt the period, a number or (B,) one per sample. One
+ * plan for a shared system, one per sample otherwise (tl_min_energy); cond
+ * is the largest of the plans'.
  */
 static PyObject *core_min_energy(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *result = NULL;
-    PyObject *Ad_obj, *Bd_obj, *A_obj, *B_obj, *x0_obj, *xf_obj;
-    double dt;
+    PyObject *sys_obj, *A_obj, *B_obj, *dt_obj, *x0_obj, *xf_obj;
     Py_ssize_t steps;
     const char *method_name;
-    if (!PyArg_ParseTuple(args, "OOOOdOOns:min_energy", &Ad_obj, &Bd_obj, &A_obj, &B_obj, &dt,
+    if (!PyArg_ParseTuple(args, "OOOOOOns:min_energy", &sys_obj, &A_obj, &B_obj, &dt_obj,
                           &x0_obj, &xf_obj, &steps, &method_name))
         return NULL;
     int method = -1;
@@ -1849,98 +2184,93 @@ static PyObject *core_min_energy(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "steps must be >= 1, got %zd", steps);
         return NULL;
     }
-    if (!isfinite(dt) || dt <= 0.0) {
-        value_error("dt must be a finite number > 0, got %g", dt);
-        return NULL;
-    }
-    PyArrayObject *Ad = NULL, *Bd = NULL, *A = NULL, *B = NULL, *x0 = NULL, *xf = NULL;
+    PyArrayObject *A = NULL, *B = NULL, *dt = NULL, *x0 = NULL, *xf = NULL;
     PyArrayObject *U = NULL, *S = NULL, *err = NULL, *energy = NULL;
-    void *plan_mem = NULL, *work = NULL;
-    tl_system sys;
-    if (system_view(Ad_obj, Bd_obj, &Ad, &Bd, &sys) < 0)
+    void *work = NULL;
+    system_arg system;
+    if (parse_system(sys_obj, &system) < 0)
         return NULL;
-    if (method != TL_REF_EXACT) {
-        if (A_obj == Py_None || B_obj == Py_None) {
-            PyErr_Format(PyExc_ValueError,
-                         "method '%s' needs the continuous model: build the system with "
-                         "LinearSystem.from_continuous", method_name);
-            goto done;
-        }
-        if (system_pair(A_obj, B_obj, "A", "B", &A, &B) < 0)
-            goto done;
-        if (PyArray_DIM(A, 0) != sys.n || PyArray_DIM(B, 1) != sys.m) {
-            PyErr_SetString(PyExc_ValueError, "A, B do not match the shapes of Ad, Bd");
-            goto done;
-        }
-    }
-    if (boundary_states(x0_obj, xf_obj, sys.n, &x0, &xf) < 0)
+    const tl_dynamics *dyn = &system.dyn;
+    const npy_intp n = dyn->n, m = dyn->m;
+    if (boundary_states(x0_obj, xf_obj, n, &x0, &xf) < 0)
         goto done;
     const int batched = PyArray_NDIM(x0) == 2;
     const npy_intp batch = batched ? PyArray_DIM(x0, 0) : 1;
     traj_shape sh = {batched, batch, steps};
-    U = new_traj_array(&sh, steps, sys.m, NPY_DOUBLE, 1);
-    S = new_traj_array(&sh, steps + 1, sys.n, NPY_DOUBLE, 1);
+    if (system_fits(&system, &sh) < 0)
+        goto done;
+    tl_ref_model model = {{NULL, 0, 0}, {NULL, 0, 0}, {NULL, 0, 0}};
+    if (method != TL_REF_EXACT) {
+        if (dyn->steps != 0 || A_obj == Py_None || B_obj == Py_None) {
+            PyErr_Format(PyExc_ValueError,
+                         "system: method '%s' needs a continuous model (A, B): build the system "
+                         "with LinearSystem.from_continuous%s", method_name,
+                         dyn->steps != 0 ? " (a time-varying system has none)" : "");
+            goto done;
+        }
+        if (model_field(A_obj, "A", n, n, batch, &A, &model.A) < 0 ||
+            model_field(B_obj, "B", n, m, batch, &B, &model.B) < 0)
+            goto done;
+    }
+    if (model_field(dt_obj, "dt", 0, 0, batch, &dt, &model.dt) < 0)
+        goto done;
+    U = new_traj_array(&sh, steps, m, NPY_DOUBLE, 1);
+    S = new_traj_array(&sh, steps + 1, n, NPY_DOUBLE, 1);
     err = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     energy = (PyArrayObject *)PyArray_EMPTY(batched, &sh.batch, NPY_DOUBLE, 0);
     if (U == NULL || S == NULL || err == NULL || energy == NULL)
         goto done;
-    size_t plan_bytes = tl_ref_plan_bytes(sys.n, sys.m, steps, (tl_ref_method)method);
-    size_t init_bytes = tl_ref_init_work_bytes(sys.n, sys.m, steps);
-    size_t apply_bytes = tl_ref_apply_work_bytes(sys.n);
-    if (plan_bytes == 0 || init_bytes == 0) {
+    const size_t work_bytes = tl_min_energy_work_bytes(n, m, steps, (tl_ref_method)method);
+    if (work_bytes == 0) {
         PyErr_SetString(PyExc_ValueError, "min_energy: steps or dimensions out of range");
         goto done;
     }
-    const size_t work_bytes = init_bytes > apply_bytes ? init_bytes : apply_bytes;
-    plan_mem = PyMem_RawMalloc(plan_bytes);
-    work = PyMem_RawMalloc(work_bytes);
-    if (plan_mem == NULL || work == NULL) {
+    if ((work = PyMem_RawMalloc(work_bytes)) == NULL) {
         char gib[32];
-        PyOS_snprintf(gib, sizeof gib, "%.3g",
-                      ((double)plan_bytes + (double)work_bytes) / 1073741824.0);
+        PyOS_snprintf(gib, sizeof gib, "%.3g", (double)work_bytes / 1073741824.0);
         PyErr_Format(PyExc_MemoryError,
                      "min_energy: steps=%zd needs %s GiB of working memory for n=%zd, m=%zd "
-                     "(it grows as steps * n * max(n, m)), which could not be allocated; use "
+                     "(it grows as steps * n * %s), which could not be allocated; use "
                      "fewer steps",
-                     steps, gib, (Py_ssize_t)sys.n, (Py_ssize_t)sys.m);
+                     steps, gib, (Py_ssize_t)n, (Py_ssize_t)m,
+                     method == TL_REF_EXACT ? "m" : "n");
         goto done;
     }
-    tl_ref_plan plan;
+    tl_ref_info info;
     tl_status status;
     unsigned bad = 0;
+    poll_state poll;
+    const tl_cancel cancel = signal_cancel(&poll);
     Py_BEGIN_ALLOW_THREADS
-    status = tl_ref_plan_init(&plan, plan_mem, (tl_ref_method)method, &sys,
-                              A ? PyArray_DATA(A) : NULL, B ? PyArray_DATA(B) : NULL, dt, steps,
-                              work);
-    if (status == TL_OK)
-        status = tl_ref_apply(&plan, batch, PyArray_DATA(x0), PyArray_DATA(xf), PyArray_DATA(U),
-                              PyArray_DATA(S), PyArray_DATA(err), PyArray_DATA(energy), work);
+    status = tl_min_energy((tl_ref_method)method, dyn, &model, steps, batch, PyArray_DATA(x0),
+                           PyArray_DATA(xf), PyArray_DATA(U), PyArray_DATA(S), PyArray_DATA(err),
+                           PyArray_DATA(energy), &info, work, &cancel);
     if (status == TL_OK)
         bad = nonfinite_outputs(4, (PyArrayObject *const[]){U, S, err, energy});
     Py_END_ALLOW_THREADS
-    if (status == TL_ERR_SINGULAR && method == TL_REF_EXACT)
-        set_rank_error(&plan.rank, sys.n, sys.m, steps);
-    else if (status == TL_ERR_SINGULAR && method == TL_REF_CONTINUOUS &&
-             !(plan.growth <= TL_LAW_GROWTH_LIMIT))
-        set_growth_error(plan.growth, steps * dt, "min_energy(method='continuous')", 0);
-    else if (status != TL_OK)
-        set_gramian_error(status, plan.cond, "min_energy");
-    if (status != TL_OK)
+    if (status == TL_ERR_INTERRUPTED) {
+        set_status_error(status, "min_energy");
         goto done;
+    }
+    if (status != TL_OK) {
+        const double period = ((const double *)PyArray_DATA(dt))[model.dt.batch_stride ? info.sample : 0];
+        set_plan_error(status, &info, method, dyn, steps, steps * period);
+        goto done;
+    }
     if (warn_overflow(bad, "min_energy", 4,
                       (const char *const[]){"controls", "states", "final_error", "energy"}) < 0)
         goto done;
     PyObject *err_obj = PyArray_Return(err), *energy_obj = PyArray_Return(energy);
     err = energy = NULL; /* PyArray_Return took them */
     if (err_obj != NULL && energy_obj != NULL)
-        result = Py_BuildValue("(OOOOd)", U, S, err_obj, energy_obj, plan.cond);
+        result = Py_BuildValue("(OOOOd)", U, S, err_obj, energy_obj, info.cond);
     Py_XDECREF(err_obj);
     Py_XDECREF(energy_obj);
 
 done:
-    PyMem_RawFree(plan_mem);
     PyMem_RawFree(work);
-    Py_XDECREF(Ad), Py_XDECREF(Bd), Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(x0), Py_XDECREF(xf);
+    release_system(&system);
+    Py_XDECREF(A), Py_XDECREF(B), Py_XDECREF(dt), Py_XDECREF(x0), Py_XDECREF(xf);
     Py_XDECREF(U), Py_XDECREF(S), Py_XDECREF(err), Py_XDECREF(energy);
     return result;
 }
@@ -2020,37 +2350,48 @@ done:
 
 /* ---- module ------------------------------------------------------------ */
 
+#define FASTCALL_KW(fn) (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS
+
 static PyMethodDef core_methods[] = {
     {"expm", core_expm, METH_VARARGS,
      "expm(A) -> E\n\nMatrix exponential of a square float64 matrix (balancing, then "
      "Al-Mohy and Higham's 2009 scaling and squaring; Ctrl-C interrupts it)."},
     {"discretize", (PyCFunction)(void (*)(void))core_discretize, METH_VARARGS | METH_KEYWORDS,
      "discretize(A, B, dt, method='zoh') -> (Ad, Bd)"},
-    {"check_system", core_check_system, METH_VARARGS,
-     "check_system(Ad, Bd, sq_name='Ad', in_name='Bd') -> (Ad, Bd)\n\n"
-     "Validated float64 C-contiguous copies of an (n, n) and an (n, m) matrix."},
-    {"rollout", (PyCFunction)(void (*)(void))core_rollout, METH_VARARGS | METH_KEYWORDS,
-     "rollout(Ad, Bd, x0, controls, check_finite=True) -> states"},
-    {"rollout_vjp", (PyCFunction)(void (*)(void))core_rollout_vjp, METH_VARARGS | METH_KEYWORDS,
-     "rollout_vjp(Ad, Bd, x0, controls, grad_states, check_finite=True) -> (grad_controls, grad_x0)"},
+    {"rollout", FASTCALL_KW(core_rollout),
+     "rollout(system, x0, controls, *, check_finite=True) -> states"},
+    {"rollout_vjp", FASTCALL_KW(core_rollout_vjp),
+     "rollout_vjp(system, x0, controls, grad_states, *, check_finite=True)\n"
+     "    -> (grad_controls, grad_x0)"},
+    {"final_state_error", FASTCALL_KW(core_final_state_error),
+     "final_state_error(system, controls, x0, xf, *, lengths=None, check_finite=True)\n"
+     "    -> (B,) or 0-d"},
     {"time_weights", core_time_weights, METH_VARARGS,
      "time_weights(T, discount, lengths, mask) -> (B, T) or (T,) float64"},
-    {"control_loss", (PyCFunction)(void (*)(void))core_control_loss, METH_FASTCALL,
-     "control_loss(pred, target, discount, lengths, mask, penalty, delta, feature_weights,\n"
-     "             check_finite, want_grad) -> (value, grad) or value"},
-    {"rollout_loss", (PyCFunction)(void (*)(void))core_rollout_loss, METH_FASTCALL,
-     "rollout_loss(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,\n"
-     "             control_weight, trajectory_weight, terminal_weight, include_initial,\n"
-     "             discount, lengths, mask, penalty, delta, feature_weights, state_weights,\n"
-     "             check_finite, target_name='target', combined=False)\n"
-     "    -> (total, control, trajectory, terminal, grad_controls, grad_x0), or a LossResult"},
+    {"control_loss", FASTCALL_KW(core_control_loss),
+     "control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalty='mse',\n"
+     "             delta=1.0, kernel='auto', feature_weights=None, check_finite=True,\n"
+     "             want_grad=True) -> (value, grad), or value"},
+    {"rollout_loss", FASTCALL_KW(core_rollout_loss),
+     "rollout_loss(system, controls, x0, ref_controls=None, ref_states=None, target=None, *,\n"
+     "             terms, control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,\n"
+     "             include_initial=False, discount=None, lengths=None, mask=None,\n"
+     "             penalty='mse', delta=1.0, kernel='auto', feature_weights=None,\n"
+     "             state_weights=None, check_finite=True, target_name='target')\n"
+     "    -> (total, control, trajectory, terminal, grad_controls, grad_x0)"},
+    {"combined_loss", FASTCALL_KW(core_combined_loss),
+     "combined_loss(system, controls, x0, ref_controls, ref_states, terminal_target=None, *,\n"
+     "              weight, terminal_weight=0.0, include_initial=False, discount=None,\n"
+     "              lengths=None, mask=None, penalty='mse', delta=1.0, kernel='auto',\n"
+     "              feature_weights=None, state_weights=None, check_finite=True)\n"
+     "    -> LossResult(total, grad_controls, grad_x0, LossComponents(control, trajectory,\n"
+     "       terminal, weight, terminal_weight, total)): all three terms, the control one\n"
+     "       at weight 1"},
     {"set_result_types", core_set_result_types, METH_VARARGS,
      "set_result_types(LossResult, LossComponents)\n\n"
-     "The named tuples rollout_loss(..., combined=True) returns (set by trajloss.losses)."},
-    {"final_state_error", core_final_state_error, METH_VARARGS,
-     "final_state_error(Ad, Bd, controls, x0, xf, lengths, check_finite) -> (B,) or 0-d"},
+     "The named tuples combined_loss returns (set by trajloss.losses)."},
     {"min_energy", core_min_energy, METH_VARARGS,
-     "min_energy(Ad, Bd, A, B, dt, x0, xf, steps, method)\n"
+     "min_energy(system, A, B, dt, x0, xf, steps, method)\n"
      "    -> (controls, states, final_error, energy, cond)"},
     {"min_energy_law", core_min_energy_law, METH_VARARGS,
      "min_energy_law(A, B, horizon, x0, xf, t) -> (u, x)"},
@@ -2059,6 +2400,7 @@ static PyMethodDef core_methods[] = {
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {NULL, NULL, 0, NULL},
 };
+#undef FASTCALL_KW
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "trajloss._core",
@@ -2074,7 +2416,7 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     LinAlgError = PyObject_GetAttrString(linalg, "LinAlgError");
     Py_DECREF(linalg);
-    if (LinAlgError == NULL)
+    if (LinAlgError == NULL || intern_param_keys() < 0)
         return NULL;
 
 #ifndef _WIN32

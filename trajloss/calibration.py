@@ -66,7 +66,11 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem
+        The system the trajectory term rolls the baseline out with, any
+        form: a per-sample system's B must equal the dataset's N (sample i
+        rolled out with system i), a time-varying system's T the dataset's T
+        (ValueError naming ``system`` otherwise).
     dataset : Dataset
         References (``x0``, ``controls``, ``states``).
     baseline : {"random", "zero"}
@@ -104,6 +108,12 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
                          f"{_MAX_BOUND:.4g} (the random baseline draws from (-bound, bound), "
                          f"whose width must be finite), got {control_bound!r}")
     shape = dataset.controls.shape
+    if system.batch is not None and system.batch != shape[0]:
+        raise ValueError(f"system holds B = {system.batch} systems (one per sample) but the "
+                         f"dataset has N = {shape[0]} samples")
+    if system.steps is not None and system.steps != shape[1]:
+        raise ValueError(f"system is time-varying over T = {system.steps} steps but the "
+                         f"dataset's controls have T = {shape[1]} steps")
     if baseline == "random":
         U = _generator(seed).uniform(-control_bound, control_bound, size=shape)
     else:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .references import REFERENCE_METHODS, min_energy
 from .rollout import _check_system
-from .systems import DoubleIntegrator
+from .systems import DoubleIntegrator, LinearSystem, TimeVaryingSystem
 
 __all__ = ["Dataset", "DEFAULT_MAX_BYTES", "SEED000", "make_dataset"]
 
@@ -41,7 +41,8 @@ class Dataset:
     controls : (N, T, m) reference controls
     states : (N, T+1, n) reference states
     final_error, energy : (N,) as in :class:`trajloss.Reference`
-    method : str, dt : float or None, control_bound : float or None,
+    method : str, dt : float, (N,) ndarray (a per-sample system's periods) or
+    None, control_bound : float or None,
     resampled : int -- how many draws were rejected for exceeding the bound
     seed : int
     """
@@ -84,7 +85,7 @@ class Dataset:
             raise TypeError(f"Dataset.save: seed must be an integer >= 0 or None to be "
                             f"saved, got {_printable(repr(seed), 80)}")
         np.savez(path, format=np.array(_FORMAT), method=np.array(self.method),
-                 dt=np.array(np.nan if self.dt is None else self.dt),
+                 dt=np.array(np.nan if self.dt is None else self.dt, dtype=np.float64),
                  control_bound=np.array(np.nan if self.control_bound is None else self.control_bound),
                  resampled=np.array(self.resampled), seed=stored_seed,
                  allow_pickle=False, **{k: getattr(self, k) for k in _ARRAYS})
@@ -102,7 +103,8 @@ class Dataset:
         ``xf`` (N, n), ``controls`` (N, T, m), ``states`` (N, T+1, n),
         ``final_error`` and ``energy`` (N,), all float32 or float64 and
         finite (``final_error``, ``energy`` >= 0), N, n, m, T >= 1; ``method``
-        one of ``"exact"``, ``"average"``, ``"continuous"``; ``dt`` > 0 and
+        one of ``"exact"``, ``"average"``, ``"continuous"``; ``dt`` > 0 or NaN
+        (not set), a number or (a per-sample system's) N of them, and
         ``control_bound`` > 0 or NaN (not set); ``resampled`` and ``seed``
         integers >= 0 (``seed`` may also be None). Every error message
         names the file and the key.
@@ -251,9 +253,16 @@ def _checked_dataset(arrays, label):
     method = str(scalar("method", "U", f"one of {REFERENCE_METHODS}"))
     if method not in REFERENCE_METHODS:
         raise bad("method", f"one of {REFERENCE_METHODS}", repr(_printable(method)))
-    dt = float(scalar("dt", "iuf", "a number > 0 (NaN: not set)"))
-    if not (math.isnan(dt) or (math.isfinite(dt) and dt > 0)):
-        raise bad("dt", "a finite number > 0 (NaN: not set)", repr(dt))
+    dt_arr = arrays["dt"]
+    if dt_arr.ndim == 1 and dt_arr.dtype.kind in "iuf":  # per sample: N checked below
+        dt = dt_arr.astype(np.float64)
+        if not (np.isfinite(dt).all() and (dt > 0).all()):
+            where = int(np.flatnonzero(~(np.isfinite(dt) & (dt > 0)))[0])
+            raise bad("dt", "finite numbers > 0 (one per sample)", f"{dt[where]!r} at index {where}")
+    else:
+        dt = float(scalar("dt", "iuf", "a number > 0 (NaN: not set) or N of them"))
+        if not (math.isnan(dt) or (math.isfinite(dt) and dt > 0)):
+            raise bad("dt", "a finite number > 0 (NaN: not set)", repr(dt))
     bound = float(scalar("control_bound", "iuf", "a number > 0 (NaN: not set)"))
     if not (math.isnan(bound) or bound > 0):
         raise bad("control_bound", "a number > 0 or inf (NaN: not set)", repr(bound))
@@ -289,6 +298,8 @@ def _checked_dataset(arrays, label):
         if a.shape != shape:
             raise bad(key, f"of shape {text} = {shape} (N = {N} and n = {n} from x0, T = {T} "
                       f"and m = {m} from controls)", f"shape {a.shape}")
+    if isinstance(dt, np.ndarray) and dt.shape != (N,):
+        raise bad("dt", f"a number or of shape (N,) = ({N},) (N from x0)", f"shape {dt.shape}")
     for key in _ARRAYS:
         a = arrays[key]
         finite = np.isfinite(a)
@@ -298,7 +309,7 @@ def _checked_dataset(arrays, label):
         if key in ("final_error", "energy") and (a < 0).any():
             raise bad(key, ">= 0", f"{a.min()!r}")
     return dict({k: arrays[k] for k in _ARRAYS}, method=method,
-                dt=None if math.isnan(dt) else dt,
+                dt=dt if isinstance(dt, np.ndarray) else None if math.isnan(dt) else dt,
                 control_bound=None if math.isnan(bound) else bound, **ints)
 
 
@@ -350,14 +361,35 @@ def _progress(total, enabled):
     return tqdm(total=total, unit="traj", desc="make_dataset")
 
 
+def _samples(system, index):
+    """``system`` for the samples ``index`` (a slice or an index array) of the
+    batch: a per-sample system's arrays picked at ``index`` (a continuous
+    model is picked and discretised again, which gives its samples' ``Ad``,
+    ``Bd`` bit for bit); a shared system serves any batch as it is."""
+    if system.batch is None:
+        return system
+
+    def pick(arr, shared_ndim):
+        return arr if arr is None or arr.ndim == shared_ndim else arr[index]
+
+    if system.A is not None:
+        dt = system.dt[index] if isinstance(system.dt, np.ndarray) else system.dt
+        return LinearSystem.from_continuous(pick(system.A, 2), pick(system.B, 2), dt,
+                                            system.method)
+    tv = system.steps is not None
+    cls = TimeVaryingSystem if tv else LinearSystem
+    return cls(pick(system.Ad, 2 + tv), pick(system.Bd, 2 + tv), dt=system.dt,
+               offset=pick(system.offset, 1 + tv))
+
+
 def _references(system, x0, xf, steps, method, bar):
     """min_energy in chunks (so a progress bar can move)."""
     if bar is None:
         return min_energy(system, x0, xf, steps, method)
     parts = []
     for start in range(0, len(x0), _CHUNK):
-        parts.append(min_energy(system, x0[start:start + _CHUNK], xf[start:start + _CHUNK],
-                                steps, method))
+        chunk = slice(start, start + _CHUNK)
+        parts.append(min_energy(_samples(system, chunk), x0[chunk], xf[chunk], steps, method))
         bar.update(len(parts[-1].controls))
     return type(parts[0])(*(np.concatenate([getattr(p, k) for p in parts]) for k in
                             ("controls", "states", "final_error", "energy")),
@@ -370,7 +402,12 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem
+        Any form (``method="exact"``; ``"average"`` and ``"continuous"``
+        need a continuous model). Sample i of a per-sample system is the
+        reference of its own system: its B must equal ``size``. A
+        time-varying system's T must equal ``steps`` (which defaults to it).
+        A mismatch raises ``ValueError`` naming ``system``.
     size : int
         Number of trajectories N.
     steps : int
@@ -397,6 +434,8 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
     Dataset
     """
     system = _check_system(system)
+    if steps is None and system.steps is not None:
+        steps = system.steps
     if isinstance(system, DoubleIntegrator):
         steps = SEED000["steps"] if steps is None else steps
         x0_low = SEED000["x0_low"] if x0_low is None else x0_low
@@ -409,6 +448,13 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
         raise ValueError(f"size must be an integer in [1, 2**40], got {size!r}")
     if method not in REFERENCE_METHODS:
         raise ValueError(f"method must be one of {REFERENCE_METHODS}, got {method!r}")
+    if system.batch is not None and system.batch != size:
+        raise ValueError(f"system holds B = {system.batch} systems (one per sample) but size = "
+                         f"{size}: a per-sample system makes a dataset of exactly its B samples")
+    if (system.steps is not None and isinstance(steps, (int, np.integer))
+            and not isinstance(steps, bool) and steps != system.steps):
+        raise ValueError(f"system is time-varying over T = {system.steps} steps but steps = "
+                         f"{steps}")
     low = _real_array(x0_low, "x0_low")
     high = _real_array(x0_high, "x0_high")
     n = system.n
@@ -444,7 +490,7 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
                 break
             resampled += bad.size
             x0[bad] = rng.uniform(low, high, size=(bad.size, n))
-            redo = min_energy(system, x0[bad], xf[bad], steps, method)
+            redo = min_energy(_samples(system, bad), x0[bad], xf[bad], steps, method)
             for k in ("controls", "states", "final_error", "energy"):
                 getattr(ref, k)[bad] = getattr(redo, k)
         else:

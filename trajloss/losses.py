@@ -58,10 +58,10 @@ import numpy as np
 
 from . import _core
 from .rollout import _check_system
-from .systems import LinearSystem
+from .systems import _LinearDynamics
 from ._strategy import WeightingStrategy
 
-_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+_TRAJECTORY, _TERMINAL = _core.TERM_TRAJECTORY, _core.TERM_TERMINAL
 
 __all__ = [
     "LossComponents",
@@ -242,8 +242,9 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
     -------
     LossResult with ``value`` and ``grad`` (shape and dtype of ``pred``).
     """
-    value, grad = _core.control_loss(pred, target, discount, lengths, mask, penalty, delta,
-                                     feature_weights, check_finite, True)
+    value, grad = _core.control_loss(pred, target, discount=discount, lengths=lengths, mask=mask,
+                                     penalty=penalty, delta=delta,
+                                     feature_weights=feature_weights, check_finite=check_finite)
     return _make(LossResult, (value, grad, None, None))
 
 
@@ -253,19 +254,6 @@ def _required(**arrays):
     for name, value in arrays.items():
         if value is None:
             raise TypeError(f"{name} must be an array, got None")
-
-
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
-                  control_weight=0.0, trajectory_weight=0.0, terminal_weight=0.0,
-                  include_initial=False, discount=None, lengths=None, mask=None,
-                  penalty="mse", delta=1.0, feature_weights=None, state_weights=None,
-                  check_finite=True, target_name="target"):
-    system = _check_system(system)
-    return _core.rollout_loss(system.Ad, system.Bd, controls, x0, ref_controls, ref_states,
-                              target, terms, control_weight, trajectory_weight,
-                              terminal_weight, bool(include_initial), discount, lengths, mask,
-                              penalty, delta, feature_weights, state_weights, check_finite,
-                              target_name)
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
@@ -283,7 +271,7 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls : array_like, shape (B, T, m) or (T, m)
     x0 : array_like, shape (B, n) or (n,)
     ref_states : array_like, shape (B, T+1, n) or (T+1, n)
@@ -303,8 +291,8 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
     _required(ref_states=ref_states)
-    total, _, _, _, grad, grad_x0 = _rollout_loss(
-        system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
+    total, _, _, _, grad, grad_x0 = _core.rollout_loss(
+        _check_system(system)._core, controls, x0, None, ref_states, terms=_TRAJECTORY,
         trajectory_weight=1.0, include_initial=include_initial, discount=discount,
         lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
         check_finite=check_finite)
@@ -321,7 +309,7 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls : array_like, shape (B, T, m) or (T, m)
     x0, target : array_like, shape (B, n) or (n,)
     lengths, mask, state_weights, penalty, delta, check_finite
@@ -333,10 +321,10 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
     LossResult with ``value``, ``grad`` (∂ℓ/∂controls) and ``grad_x0``.
     """
     _required(target=target)
-    total, _, _, _, grad, grad_x0 = _rollout_loss(
-        system, controls, x0, None, None, target, _core.TERM_TERMINAL, terminal_weight=1.0,
-        lengths=lengths, mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
-        check_finite=check_finite)
+    total, _, _, _, grad, grad_x0 = _core.rollout_loss(
+        _check_system(system)._core, controls, x0, None, None, target, terms=_TERMINAL,
+        terminal_weight=1.0, lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+        state_weights=state_weights, check_finite=check_finite)
     return _make(LossResult, (total, grad, grad_x0, None))
 
 
@@ -352,7 +340,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem (any form: see trajloss.systems)
     controls, ref_controls : array_like, shape (B, T, m) or (T, m)
     x0 : array_like, shape (B, n) or (n,)
     ref_states : array_like, shape (B, T+1, n) or (T+1, n)
@@ -378,7 +366,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     """
     if ref_controls is None or ref_states is None:
         _required(ref_controls=ref_controls, ref_states=ref_states)
-    if not isinstance(system, LinearSystem):
+    if not isinstance(system, _LinearDynamics):
         _check_system(system)
     # called on every training step: straight to the core, no keyword layers
     strategy = None
@@ -388,10 +376,12 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     if not (type(terminal_weight) is float and 0.0 <= terminal_weight < _INF):
         terminal_weight = _weight(terminal_weight, "terminal_weight")
     # the core builds the LossResult itself (_core.set_result_types, at import)
-    result = _core.rollout_loss(
-        system._Ad, system._Bd, controls, x0, ref_controls, ref_states, terminal_target,
-        _ALL_TERMS, 1.0, weight, terminal_weight, include_initial, discount, lengths, mask,
-        penalty, delta, feature_weights, state_weights, check_finite, "terminal_target", True)
+    # (few keywords: CPython passes many in a dict)
+    result = _core.combined_loss(
+        system._core, controls, x0, ref_controls, ref_states, terminal_target, weight=weight,
+        terminal_weight=terminal_weight, include_initial=include_initial, discount=discount,
+        lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+        feature_weights=feature_weights, state_weights=state_weights, check_finite=check_finite)
     if strategy is not None:
         strategy.observe(result.components.control, result.components.trajectory)
     return result

@@ -19,7 +19,8 @@ def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=Tr
 
     Parameters
     ----------
-    system : LinearSystem
+    system : LinearSystem or TimeVaryingSystem
+        Any form (per-sample: B must match; time-varying: T must match).
     controls : array_like, (B, T, m) or (T, m)
     x0 : array_like, (B, n) or (n,)
     xf : array_like, (B, n) or (n,)
@@ -46,7 +47,8 @@ def final_state_error(system, controls, x0, xf, lengths=None, *, check_finite=Tr
         xf_arr = xf_arr.astype(x0_arr.dtype if x0_arr.dtype.kind == "f" else np.float64)
     if 1 <= xf_arr.ndim < x0_arr.ndim:
         xf = np.broadcast_to(xf_arr, x0_arr.shape[:-1] + xf_arr.shape[-1:])
-    return _core.final_state_error(system.Ad, system.Bd, controls, x0, xf, lengths, check_finite)
+    return _core.final_state_error(system._core, controls, x0, xf, lengths=lengths,
+                                   check_finite=check_finite)
 
 
 def success_rate(system, controls, x0, xf, tol, lengths=None, *, check_finite=True):

@@ -4,35 +4,47 @@
  * The fuzz bytes are decoded (missing bytes read as zero) into: one entry
  * point, small dimensions with occasional limit values (0, negatives,
  * TL_MAX_DIM, TL_MAX_DIM + 1, 2^61, PTRDIFF_MAX, ...), enum values in and out
- * of range, selections (none, lengths incl. out-of-range ones, masks, both),
- * and arrays of doubles that are mostly "moderate" (|x| <= 1e3) but may be
- * 0, -0, NaN, +-inf, DBL_MAX, denormals or raw bit patterns. Every buffer is
- * malloc'ed at exactly the size the API documents (scratch: the *_work_bytes
- * query), so AddressSanitizer reports any access outside it; outputs start
- * as NaN so that an output left unwritten is seen.
+ * of range (dtype, kernel, penalty, method), selections (none, lengths incl.
+ * out-of-range ones, masks, both), systems in every form (each of A, B and
+ * the offset c shared, per sample, per step or both, in batch- or step-major
+ * storage with gaps; or malformed: see finish_system), and arrays of doubles
+ * that are mostly "moderate" (|x| <= 1e3) but may be 0, -0, NaN, +-inf,
+ * DBL_MAX, denormals or raw bit patterns. Every buffer is malloc'ed at
+ * exactly the size the API documents (scratch: the *_work_bytes query), so
+ * AddressSanitizer reports any access outside it; outputs start as NaN so
+ * that an output left unwritten is seen.
  *
  * Invariants (a violation prints the decoded input and aborts):
  *   - the status is a valid tl_status, never TL_ERR_LAPACK ("a bug in trajloss");
  *   - a call whose sizes the API rejects (negative, zero, above TL_MAX_DIM, or
- *     a *_work_bytes() of 0), or without scratch space, does not return TL_OK;
- *   - inputs are never written;
+ *     a *_work_bytes() of 0), with a system that is malformed or does not fit
+ *     the call (tl_dynamics_check), an unknown dtype or kernel, or without
+ *     scratch space, does not return TL_OK; tl_dynamics_check says which
+ *     (TL_ERR_SHAPE for sizes, TL_ERR_VALUE otherwise);
+ *   - inputs (the system's storage included) are never written;
  *   - TL_OK with finite, moderate inputs (and a growth bound that keeps the
  *     exact result far from overflow) gives finite outputs, and they agree
- *     with naive reference loops written here (rollout, adjoint, time weights,
- *     losses and their gradients); values after a sequence's last valid step
- *     (poisoned with NaN at times) never influence a result; with spec.threads
- *     (API 2), the losses are bit-for-bit those of one thread;
+ *     with naive reference loops written here over each sample's matrices at
+ *     each step (rollout, adjoint, final-state error, time weights, losses
+ *     and their gradients); values after a sequence's last valid step
+ *     (poisoned with NaN at times) never influence a result; the losses are
+ *     bit-for-bit those of one thread for any spec.threads, and both kernels
+ *     (AUTO, REFERENCE) take and refuse the same calls;
+ *   - check_finite refuses exactly the calls with a NaN or inf where the loss
+ *     reads, and tl_loss_bad_inputs names exactly those inputs;
  *   - time weights are >= 0, zero at invalid steps, and average 1 per sequence;
  *   - references: "exact" refuses (TL_ERR_SINGULAR) exactly as its rank test
  *     says -- plan.rank.rank < n with r_next <= tol < r_last, tol = max(n,
  *     steps m) eps r_first, or rank -1 (C not finite, never for a moderate
  *     system) -- and TL_OK means rank n and a finite cond(R) >= 1, however
- *     large; its states are the rollout of its controls, final_error and
- *     energy are what they say, and x_T reaches xf to the accuracy of a
- *     backward-stable solve; "average" and "continuous" refuse only for a
- *     Gramian cond above TL_COND_LIMIT or (continuous) a growth above
- *     TL_LAW_GROWTH_LIMIT; tl_min_energy_law's info likewise, and its x(0) is
- *     x0 exactly when evaluated forward (x(H) = xf backward).
+ *     large; its states are the rollout of its controls (with the matrices of
+ *     the sample planned for), final_error and energy are what they say, and
+ *     x_T reaches xf to the accuracy of a backward-stable solve; a sample
+ *     outside a per-sample system's batch is refused; "average" and
+ *     "continuous" refuse only for a Gramian cond above TL_COND_LIMIT or
+ *     (continuous) a growth above TL_LAW_GROWTH_LIMIT; tl_min_energy_law's
+ *     info likewise, and its x(0) is x0 exactly when evaluated forward (x(H)
+ *     = xf backward).
  * ASan and UBSan catch the rest.
  *
  * To see what an input decodes to (printed as it is decoded, so also before a
@@ -48,54 +60,6 @@
 
 #include "trajloss.h"
 
-/* ==== API shim ============================================================
- * The only code that knows the signatures of the work-size queries and the
- * fields of tl_loss_spec. TL_FUZZ_API 1 is the API of trajloss 0.1.0; 2 adds
- * tl_loss_spec.threads and (batch, threads) arguments to the loss work-size
- * queries; 3 adds tl_loss_spec.check_finite, tl_loss_value.nonfinite and
- * TL_ERR_NONFINITE. csrc/Makefile picks the one trajloss.h declares.
- */
-#ifndef TL_FUZZ_API
-#define TL_FUZZ_API 1
-#endif
-
-static void spec_set_threads(tl_loss_spec *spec, int threads)
-{
-#if TL_FUZZ_API >= 2
-    spec->threads = threads;
-#else
-    (void)spec, (void)threads;
-#endif
-}
-
-static void spec_set_check(tl_loss_spec *spec, int check)
-{
-#if TL_FUZZ_API >= 3
-    spec->check_finite = check;
-#else
-    (void)spec, (void)check;
-#endif
-}
-
-static size_t ws_control_loss(ptrdiff_t features, const tl_loss_spec *spec)
-{
-#if TL_FUZZ_API >= 2
-    return tl_control_loss_work_bytes(features, spec->sel.steps, spec->sel.batch, spec->threads);
-#else
-    return tl_control_loss_work_bytes(features, spec->sel.steps);
-#endif
-}
-
-static size_t ws_rollout_loss(ptrdiff_t n, ptrdiff_t m, const tl_loss_spec *spec)
-{
-#if TL_FUZZ_API >= 2
-    return tl_rollout_loss_work_bytes(n, m, spec->sel.steps, spec->sel.batch, spec->threads);
-#else
-    return tl_rollout_loss_work_bytes(n, m, spec->sel.steps);
-#endif
-}
-/* ==== end of API shim ==================================================== */
-
 #define MAXN 6  /* largest small state / input dimension */
 #define MAXB 8  /* largest small batch */
 #define MAXT 40 /* largest small number of steps */
@@ -108,13 +72,15 @@ static int verbose;
  * 1000 inputs: libFuzzer leaves with _Exit),
  * to see that the reference comparisons are not vacuous. */
 enum { ST_EXPM, ST_DISC, ST_ROLL, ST_VJP, ST_FSE, ST_TW, ST_CL, ST_RL, ST_RLG, ST_REF, ST_GRAM,
-       ST_LAW, ST_HUGE, ST_THREADS, ST_EXACT, ST_RANK, ST_LAW_END, ST_COUNT };
+       ST_LAW, ST_HUGE, ST_THREADS, ST_EXACT, ST_RANK, ST_LAW_END, ST_KERNELS, ST_FORMS,
+       ST_COUNT };
 static const char *const stat_names[ST_COUNT] = {
     "expm finite", "discretize finite", "rollout vs reference", "vjp vs reference",
     "final_state_error vs reference", "time weights vs reference", "control loss vs reference",
     "rollout loss finite", "rollout loss vs reference", "reference finite", "gramian finite",
     "min_energy_law finite", "huge-size call made", "threads vs one thread",
-    "exact reference reaches xf", "exact refused, rank < n", "law x(0) = x0 / x(H) = xf"};
+    "exact reference reaches xf", "exact refused, rank < n", "law x(0) = x0 / x(H) = xf",
+    "both kernels, same status", "per-sample/step system checked"};
 static unsigned long stats[ST_COUNT];
 static int print_stats;
 #define STAT(k) (stats[k]++)
@@ -232,7 +198,7 @@ static ptrdiff_t clampsz(ptrdiff_t v, ptrdiff_t hi)
 
 /* ---- memory: exact-size allocations, freed after each input ------------- */
 
-enum { MAX_ALLOCS = 96 };
+enum { MAX_ALLOCS = 160 };
 static void *allocs[MAX_ALLOCS];
 static int nallocs;
 
@@ -390,7 +356,6 @@ static int all_finite(const double *x, ptrdiff_t count)
 static void check_finite_contract(const tl_loss_spec *spec, tl_status st, int inputs_finite,
                                   const tl_loss_value *v, int grads_finite)
 {
-#if TL_FUZZ_API >= 3
     if (st == TL_OK && spec->check_finite)
         CHECK(inputs_finite, "TL_OK with check_finite and a non-finite input");
     if (st == TL_ERR_NONFINITE)
@@ -402,9 +367,6 @@ static void check_finite_contract(const tl_loss_spec *spec, tl_status st, int in
         CHECK(v->nonfinite == !(values && grads_finite), "nonfinite = %d with values finite %d "
               "and gradients finite %d", v->nonfinite, values, grads_finite);
     }
-#else
-    (void)spec, (void)st, (void)inputs_finite, (void)v, (void)grads_finite;
-#endif
 }
 
 static void check_status(tl_status s, const char *what)
@@ -459,15 +421,37 @@ static double norm1(ptrdiff_t r, ptrdiff_t c, const double *A)
     return v;
 }
 
-/* ---- a system ------------------------------------------------------------- */
+/* ---- a system ---------------------------------------------------------------
+ * The first matrices (Ad, Bd: sample 0 at step 0) are decoded as they always
+ * were. A flags byte >= 128 adds a form byte and a layout byte: each of A, B
+ * and the offset c is shared, per sample, per step or both (c may also be
+ * absent); the storage is batch- or step-major with NaN gaps between the
+ * matrices; and a mode may make the tl_dynamics malformed (a batch or steps
+ * that do not fit, a negative stride, a reserved slot set, no A, an unknown
+ * kind), which every call must refuse. The matrices of the other samples and
+ * steps are those of sample 0 at step 0 perturbed by a seeded generator, plus
+ * up to three values decoded from the input at chosen places (so that a NaN
+ * or an inf can sit in any one of them). The references read them through
+ * fz_A/fz_B/fz_c, by (sample, step), never through the tl_dynamics.
+ */
+enum { FORM_SAMPLE = 1, FORM_STEP = 2, FORM_ABSENT = 4 };
+enum { MODE_BATCH = 24, MODE_STEPS, MODE_STRIDE, MODE_STEP_FN, MODE_PARAMS, MODE_NO_A,
+       MODE_KIND, MODE_LOOSE_BATCH };
 
 typedef struct {
     ptrdiff_t n, m;   /* as passed */
     ptrdiff_t na, ma; /* as allocated (clamped) */
-    double *Ad, *Bd;
+    double *Ad, *Bd;  /* sample 0, step 0 (as decoded) */
     int callable;     /* sizes are small or ones the API rejects */
     int valid;        /* 1 <= n, m <= TL_MAX_DIM */
-    double grow;      /* growth() of Ad */
+    unsigned flags, form, layout;
+    int form_of[3];   /* of A, B, c: FORM_* bits, or FORM_ABSENT for c */
+    /* after finish_system: */
+    ptrdiff_t nb, nk; /* samples and steps the entries hold */
+    double *entries[3];
+    tl_dynamics dyn;
+    int refused;      /* dyn is malformed or does not fit the call: must be refused */
+    double grow;      /* max growth() of the A matrices */
     int moderate;
 } fz_system;
 
@@ -483,6 +467,7 @@ static int dim_callable(ptrdiff_t d)
 
 static void read_system(reader *r, fz_system *s)
 {
+    memset(s, 0, sizeof *s);
     s->n = rd_size(r, MAXN, 0);
     s->m = rd_size(r, MAXN, 0);
     s->na = clampsz(s->n, MAXN), s->ma = clampsz(s->m, MAXN);
@@ -490,15 +475,12 @@ static void read_system(reader *r, fz_system *s)
     s->valid = dim_valid(s->n) && dim_valid(s->m);
     s->Ad = dvals(r, s->na * s->na);
     s->Bd = dvals(r, s->na * s->ma);
-    const unsigned flags = rd_u8(r);
-    if (flags & 1) { /* make Ad non-expansive, so long rollouts stay bounded */
-        const double g = growth(s->na, s->Ad);
-        if (isfinite(g) && g > 1.0)
-            for (ptrdiff_t i = 0; i < s->na * s->na; i++)
-                s->Ad[i] /= g;
-    }
-    s->grow = growth(s->na, s->Ad);
-    s->moderate = all_moderate(s->Ad, s->na * s->na) && all_moderate(s->Bd, s->na * s->ma);
+    s->flags = rd_u8(r);
+    if (s->flags & 128)
+        s->form = rd_u8(r), s->layout = rd_u8(r);
+    s->form_of[0] = (int)(s->form & 3), s->form_of[1] = (int)((s->form >> 2) & 3);
+    s->form_of[2] = s->flags & 128 && ((s->form >> 4) & 7) < 4 ? (int)((s->form >> 4) & 3)
+                                                                : FORM_ABSENT;
     note("n=%td m=%td Ad=[", s->n, s->m);
     for (ptrdiff_t i = 0; i < s->na * s->na && i < 64; i++)
         note("%s%.17g", i ? "," : "", s->Ad[i]);
@@ -508,30 +490,166 @@ static void read_system(reader *r, fz_system *s)
     note("] ");
 }
 
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33, x *= 0xff51afd7ed558ccdULL, x ^= x >> 33, x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+}
+
+/* a value in [-1, 1) from (seed, i) */
+static double unit(uint64_t seed, uint64_t i)
+{
+    return (double)(mix(seed * 0x9e3779b97f4a7c15ULL + i) >> 11) * 0x1p-52 - 1.0;
+}
+
+static const double *fz_entry(const fz_system *s, int f, ptrdiff_t b, ptrdiff_t k)
+{
+    const ptrdiff_t size[3] = {s->na * s->na, s->na * s->ma, s->na};
+    const int form = s->form_of[f];
+    if (s->entries[f] == NULL)
+        return NULL;
+    return s->entries[f] + ((form & FORM_SAMPLE ? b : 0) * (form & FORM_STEP ? s->nk : 1) +
+                            (form & FORM_STEP ? k : 0)) * size[f];
+}
+static const double *fz_A(const fz_system *s, ptrdiff_t b, ptrdiff_t k)
+{
+    return fz_entry(s, 0, b, k);
+}
+static const double *fz_B(const fz_system *s, ptrdiff_t b, ptrdiff_t k)
+{
+    return fz_entry(s, 1, b, k);
+}
+static const double *fz_c(const fz_system *s, ptrdiff_t b, ptrdiff_t k)
+{
+    return fz_entry(s, 2, b, k);
+}
+
+/*
+ * The system of a call over `batch` sequences of `steps` steps (the sizes as
+ * passed; nb, nk the ones allocated, >= 1): the entries of every form, the
+ * tl_dynamics over storage laid out as the layout byte says, and whether the
+ * call must refuse it.
+ */
+static void finish_system(reader *r, fz_system *s, ptrdiff_t batch, ptrdiff_t steps,
+                          ptrdiff_t nb, ptrdiff_t nk)
+{
+    const ptrdiff_t n = s->na, m = s->ma, size[3] = {n * n, n * m, n};
+    const int step_major = s->layout & 1, gap = (int)((s->layout >> 1) & 3);
+    const unsigned mode = s->layout >> 3;
+    s->nb = nb > 0 ? nb : 1, s->nk = nk > 0 ? nk : 1;
+    s->dyn = tl_dynamics_linear(s->n, s->m, NULL, NULL);
+    tl_field *fields[3] = {&s->dyn.A, &s->dyn.B, &s->dyn.c};
+    const uint64_t seed = s->flags & 128 ? rd_u8(r) + 1u : 0u;
+    int per_sample = 0, per_step = 0;
+    for (int f = 0; f < 3; f++) {
+        const int form = s->form_of[f];
+        if (form == FORM_ABSENT)
+            continue;
+        per_sample |= form & FORM_SAMPLE, per_step |= form & FORM_STEP;
+        const ptrdiff_t eb = form & FORM_SAMPLE ? s->nb : 1, ek = form & FORM_STEP ? s->nk : 1;
+        const ptrdiff_t unit_len = size[f] + gap, count = eb * ek;
+        double *e = dalloc(count * size[f]), *store = dalloc(count * unit_len);
+        for (ptrdiff_t i = 0; i < count * unit_len; i++)
+            store[i] = NAN;
+        /* entry 0 as decoded (c: decoded here), the others perturbed from it */
+        if (f < 2)
+            memcpy(e, f == 0 ? s->Ad : s->Bd, (size_t)size[f] * sizeof(double));
+        else
+            for (ptrdiff_t i = 0; i < n; i++)
+                e[i] = rd_double(r);
+        for (ptrdiff_t q = 1; q < count; q++)
+            for (ptrdiff_t i = 0; i < size[f]; i++)
+                e[q * size[f] + i] = e[i] * (1.0 + 0.25 * unit(seed, (uint64_t)(q * 64 + i))) +
+                                     (seed ? 0.05 * unit(seed + 7, (uint64_t)(q * 64 + i)) : 0.0);
+        const unsigned pokes = s->flags & 128 ? rd_u8(r) % 4 : 0;
+        for (unsigned p = 0; p < pokes && count * size[f] > 0; p++) {
+            const ptrdiff_t at = (ptrdiff_t)(rd_u64(r) % (uint64_t)(count * size[f]));
+            e[at] = rd_double(r);
+            note("field %d [%td] = %.17g ", f, at, e[at]);
+        }
+        if (f == 0 && (s->flags & 1)) /* make each A non-expansive, so long rollouts stay bounded */
+            for (ptrdiff_t q = 0; q < count; q++) {
+                const double g = growth(n, e + q * size[f]);
+                if (isfinite(g) && g > 1.0)
+                    for (ptrdiff_t i = 0; i < size[f]; i++)
+                        e[q * size[f] + i] /= g;
+            }
+        ptrdiff_t bs, ss;
+        if (step_major)
+            bs = form & FORM_SAMPLE ? unit_len : 0, ss = form & FORM_STEP ? eb * unit_len : 0;
+        else
+            ss = form & FORM_STEP ? unit_len : 0, bs = form & FORM_SAMPLE ? ek * unit_len : 0;
+        for (ptrdiff_t b = 0; b < eb; b++)
+            for (ptrdiff_t k = 0; k < ek; k++)
+                memcpy(store + b * bs + k * ss, e + (b * ek + k) * size[f],
+                       (size_t)size[f] * sizeof(double));
+        s->entries[f] = e;
+        fields[f]->data = store, fields[f]->batch_stride = bs, fields[f]->step_stride = ss;
+        watch_input(store, (size_t)(count * unit_len) * sizeof(double), "system");
+    }
+    s->dyn.batch = per_sample ? batch : 0;
+    s->dyn.steps = per_step ? steps : 0;
+    /* the first matrices after normalisation (the references of old read these) */
+    memcpy(s->Ad, s->entries[0], (size_t)size[0] * sizeof(double));
+    s->grow = 1.0, s->moderate = 1;
+    for (int f = 0; f < 3; f++) {
+        if (s->entries[f] == NULL)
+            continue;
+        const int form = s->form_of[f];
+        const ptrdiff_t count = (form & FORM_SAMPLE ? s->nb : 1) * (form & FORM_STEP ? s->nk : 1);
+        s->moderate = s->moderate && all_moderate(s->entries[f], count * size[f]);
+        for (ptrdiff_t q = 0; q < count && f == 0; q++)
+            s->grow = fmax(s->grow, growth(n, s->entries[0] + q * size[0]));
+    }
+    s->refused = 0;
+    switch (mode) {
+    case MODE_BATCH: s->dyn.batch = batch + 1, s->refused = per_sample; break;
+    case MODE_STEPS: s->dyn.steps = steps + 1, s->refused = per_step; break;
+    case MODE_STRIDE: fields[s->layout % 3]->step_stride = -1, s->refused = 1; break;
+    case MODE_STEP_FN: s->dyn.step = (tl_step_fn)(uintptr_t)16, s->refused = 1; break;
+    case MODE_PARAMS: s->dyn.params.data = s->Ad, s->dyn.nparams = 1, s->refused = 1; break;
+    case MODE_NO_A: s->dyn.A.data = NULL, s->refused = 1; break;
+    case MODE_KIND: s->dyn.kind = TL_DYN_COUNT, s->refused = 1; break;
+    case MODE_LOOSE_BATCH: if (!per_sample) s->dyn.batch = 3; break; /* unused: harmless */
+    default: break;
+    }
+    note("forms A %d B %d c %d %s gap %d mode %u dyn.batch=%td dyn.steps=%td refused=%d ",
+         s->form_of[0], s->form_of[1], s->form_of[2], step_major ? "step-major" : "batch-major",
+         gap, mode, s->dyn.batch, s->dyn.steps, s->refused);
+}
+
 /* ---- naive references ------------------------------------------------------ */
+
+/* states [K+1][n] of sample b: x_{k+1} = A x_k + B u_k + c (sample b, step k) */
+static void ref_rollout_one(const fz_system *s, ptrdiff_t b, ptrdiff_t K, const double *x0,
+                            const double *u, double *X)
+{
+    const ptrdiff_t n = s->na, m = s->ma;
+    memcpy(X, x0, (size_t)n * sizeof(double));
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const double *A = fz_A(s, b, k), *Bm = fz_B(s, b, k), *c = fz_c(s, b, k);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            double acc = c ? c[i] : 0.0;
+            for (ptrdiff_t j = 0; j < n; j++)
+                acc += A[i * n + j] * X[k * n + j];
+            for (ptrdiff_t j = 0; j < m; j++)
+                acc += Bm[i * m + j] * u[k * m + j];
+            X[(k + 1) * n + i] = acc;
+        }
+    }
+}
 
 static void ref_rollout(const fz_system *s, ptrdiff_t B, ptrdiff_t T, const double *x0,
                         const double *u, double *X)
 {
-    const ptrdiff_t n = s->na, m = s->ma;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        double *Xb = X + b * (T + 1) * n;
-        memcpy(Xb, x0 + b * n, (size_t)n * sizeof(double));
-        for (ptrdiff_t k = 0; k < T; k++)
-            for (ptrdiff_t i = 0; i < n; i++) {
-                double acc = 0.0;
-                for (ptrdiff_t j = 0; j < n; j++)
-                    acc += s->Ad[i * n + j] * Xb[k * n + j];
-                for (ptrdiff_t j = 0; j < m; j++)
-                    acc += s->Bd[i * m + j] * u[(b * T + k) * m + j];
-                Xb[(k + 1) * n + i] = acc;
-            }
-    }
+    for (ptrdiff_t b = 0; b < B; b++)
+        ref_rollout_one(s, b, T, x0 + b * s->na, u + b * T * s->ma, X + b * (T + 1) * s->na);
 }
 
-/* lam_K = G_K, lam_k = G_k + Ad^T lam_{k+1}; gu[k] = Bd^T lam_{k+1} for k < K (0 after) */
-static void ref_adjoint(const fz_system *s, ptrdiff_t T, ptrdiff_t K, const double *G,
-                        double *gu, double *gx0)
+/* lam_K = G_K, lam_k = G_k + A_k^T lam_{k+1}; gu[k] = B_k^T lam_{k+1} for k < K (0 after),
+ * the matrices of sample b */
+static void ref_adjoint(const fz_system *s, ptrdiff_t b, ptrdiff_t T, ptrdiff_t K,
+                        const double *G, double *gu, double *gx0)
 {
     const ptrdiff_t n = s->na, m = s->ma;
     double lam[MAXN], prev[MAXN];
@@ -540,21 +658,41 @@ static void ref_adjoint(const fz_system *s, ptrdiff_t T, ptrdiff_t K, const doub
     for (ptrdiff_t i = 0; i < n; i++)
         lam[i] = G[K * n + i];
     for (ptrdiff_t k = K - 1; k >= 0; k--) {
+        const double *A = fz_A(s, b, k), *Bm = fz_B(s, b, k);
         for (ptrdiff_t j = 0; j < m; j++) {
             double acc = 0.0;
             for (ptrdiff_t i = 0; i < n; i++)
-                acc += s->Bd[i * m + j] * lam[i];
+                acc += Bm[i * m + j] * lam[i];
             gu[k * m + j] = acc;
         }
         for (ptrdiff_t i = 0; i < n; i++) {
             double acc = G[k * n + i];
             for (ptrdiff_t j = 0; j < n; j++)
-                acc += s->Ad[j * n + i] * lam[j];
+                acc += A[j * n + i] * lam[j];
             prev[i] = acc;
         }
         memcpy(lam, prev, (size_t)n * sizeof(double));
     }
     memcpy(gx0, lam, (size_t)n * sizeof(double));
+}
+
+/* max |B| and max |c| over all the system's matrices */
+static double fz_max(const fz_system *s, int f)
+{
+    const ptrdiff_t size[3] = {s->na * s->na, s->na * s->ma, s->na};
+    if (s->entries[f] == NULL)
+        return 0.0;
+    const int form = s->form_of[f];
+    const ptrdiff_t count = (form & FORM_SAMPLE ? s->nb : 1) * (form & FORM_STEP ? s->nk : 1);
+    return max_abs(s->entries[f], count * size[f]);
+}
+
+/* A bound on the states: (T+1) grow^T (|x0| + n m |B| |u| + |c|), the inputs at most MODERATE */
+static double state_bound(const fz_system *s, ptrdiff_t T)
+{
+    const ptrdiff_t n = s->na, m = s->ma;
+    return pow(s->grow, (double)T) * (T + 1) * (n * m + 2.0) * MODERATE *
+           (1.0 + fz_max(s, 1)) * (1.0 + fz_max(s, 2) / MODERATE);
 }
 
 /* ---- selections ------------------------------------------------------------ */
@@ -671,24 +809,26 @@ static int control_reads_finite(const fz_sel *z, ptrdiff_t D, const double *P, c
     return 1;
 }
 
-/* The same for a rollout loss, the rule written out: a sequence with a
- * valid step (the last one L) reads controls 0 .. L when a state term is
- * computed (valid steps only otherwise), x0 (a state term), ref_controls at
- * its valid steps (control term), ref_states at the states scored -- t + 1
- * for valid t, 0 with include_initial (trajectory term), L + 1 (terminal
- * term without a target) -- and the target (terminal term). Arrays are given
- * as double (d*) or, when f32, float (f*); NULL when absent. */
-static int rollout_reads_finite(const fz_sel *z, const tl_loss_spec *spec, ptrdiff_t n,
-                                ptrdiff_t m, const double *U, const float *uf,
-                                const double *X0, const float *x0f, const double *RU,
-                                const float *ruf, const double *RS, const float *rsf,
-                                const double *TG, const float *tgf)
+/* The same for a rollout loss, the rule written out, as the TL_IN_* bits of
+ * the inputs with a non-finite element read: a sequence with a valid step
+ * (the last one L) reads controls 0 .. L when a state term is computed
+ * (valid steps only otherwise), x0 (a state term), ref_controls at its valid
+ * steps (control term), ref_states at the states scored -- t + 1 for valid
+ * t, 0 with include_initial (trajectory term), L + 1 (terminal term without
+ * a target) -- and the target (terminal term). Arrays are given as double
+ * (d*) or, when f32, float (f*); NULL when absent. */
+static unsigned rollout_bad_bits(const fz_sel *z, const tl_loss_spec *spec, ptrdiff_t n,
+                                 ptrdiff_t m, const double *U, const float *uf,
+                                 const double *X0, const float *x0f, const double *RU,
+                                 const float *ruf, const double *RS, const float *rsf,
+                                 const double *TG, const float *tgf)
 {
     const ptrdiff_t T = z->sel.steps;
     const unsigned terms = spec->terms;
     const int traj = (terms & TL_TERM_TRAJECTORY) != 0, term = (terms & TL_TERM_TERMINAL) != 0;
     const int states = traj || term, has_tg = TG != NULL || tgf != NULL;
     const int has_ru = RU != NULL || ruf != NULL, has_rs = RS != NULL || rsf != NULL;
+    unsigned bad = 0;
     for (ptrdiff_t b = 0; b < z->sel.batch; b++) {
         ptrdiff_t last;
         if (sel_span(z, b, &last) == 0)
@@ -696,24 +836,24 @@ static int rollout_reads_finite(const fz_sel *z, const tl_loss_spec *spec, ptrdi
         for (ptrdiff_t t = 0; t <= last; t++) {
             const int valid = sel_valid_step(z, b, t);
             if ((states || valid) && !fz_run_finite(U, uf, (b * T + t) * m, m))
-                return 0;
+                bad |= TL_IN_CONTROLS;
             if (valid && (terms & TL_TERM_CONTROL) && has_ru &&
                 !fz_run_finite(RU, ruf, (b * T + t) * m, m))
-                return 0;
+                bad |= TL_IN_REF_CONTROLS;
             if (valid && traj && !fz_run_finite(RS, rsf, (b * (T + 1) + t + 1) * n, n))
-                return 0;
+                bad |= TL_IN_REF_STATES;
         }
         if (states && !fz_run_finite(X0, x0f, b * n, n))
-            return 0;
+            bad |= TL_IN_X0;
         if (traj && spec->include_initial && !fz_run_finite(RS, rsf, b * (T + 1) * n, n))
-            return 0;
+            bad |= TL_IN_REF_STATES;
         if (term && has_tg && !fz_run_finite(TG, tgf, b * n, n))
-            return 0;
+            bad |= TL_IN_TARGET;
         if (term && !has_tg && has_rs &&
             !fz_run_finite(RS, rsf, (b * (T + 1) + last + 1) * n, n))
-            return 0;
+            bad |= TL_IN_REF_STATES;
     }
-    return 1;
+    return bad;
 }
 
 /* Reference weights of one sequence over indices j of `len` slots: slot j is
@@ -829,24 +969,29 @@ static void fuzz_discretize(reader *r)
     }
 }
 
-/* rollout f32/f64 and the vjp, checked against ref_rollout / ref_adjoint */
+/* rollout and its vjp in either dtype, checked against ref_rollout / ref_adjoint */
 static void fuzz_rollout(reader *r, int f32, int vjp)
 {
     fz_system s;
     note("%s%s ", vjp ? "rollout_vjp" : "rollout", f32 ? "_f32" : "_f64");
     read_system(r, &s);
     const ptrdiff_t B = rd_size(r, MAXB, 1), T = rd_size(r, MAXT, 1);
-    const size_t bytes = tl_rollout_work_bytes(s.n);
+    const size_t bytes = tl_rollout_work_bytes(s.n, s.m);
     note("B=%td T=%td work=%zu ", B, T, bytes);
     if (!s.callable)
         return;
     const ptrdiff_t n = s.na, m = s.ma, Ba = clampsz(B, MAXB), Ta = clampsz(T, MAXT);
+    finish_system(r, &s, B, T, Ba, Ta);
     const unsigned flags = rd_u8(r);
     const int nowork = flags % 16 == 0;
     void *work = nowork ? NULL : xalloc(bytes);
-    tl_system sys = {s.n, s.m, s.Ad, s.Bd};
+    tl_dynamics dyn = s.dyn;
     if (flags & 16)
-        sys.Bd = NULL; /* "both matrices are given": must be refused */
+        dyn.B.data = NULL; /* "both matrices are given": must be refused */
+    /* now and then a dtype that does not exist: must be refused */
+    const tl_dtype dtype = flags % 16 == 1 && (flags & 128) ? (flags & 64 ? TL_DTYPE_COUNT
+                                                                         : (tl_dtype)-1)
+                           : f32 ? TL_F32 : TL_F64;
     const ptrdiff_t nx = Ba * n, nu = Ba * Ta * m, ns = Ba * (Ta + 1) * n;
     tl_status st;
     int ok_inputs;
@@ -859,23 +1004,27 @@ static void fuzz_rollout(reader *r, int f32, int vjp)
             float *x0f = as_float(X0, nx), *uf = as_float(U, nu), *sf = fout(ns);
             watch_input(x0f, (size_t)nx * sizeof(float), "x0");
             watch_input(uf, (size_t)nu * sizeof(float), "controls");
-            st = tl_rollout_f32(&sys, B, T, x0f, uf, sf, work);
+            st = tl_rollout(&dyn, dtype, B, T, x0f, uf, sf, work);
             widen(sf, Xd, ns);
         } else {
             double *sd = dout(ns);
             watch_input(X0, (size_t)nx * sizeof(double), "x0");
             watch_input(U, (size_t)nu * sizeof(double), "controls");
-            st = tl_rollout_f64(&sys, B, T, X0, U, sd, work);
+            st = tl_rollout(&dyn, dtype, B, T, X0, U, sd, work);
             memcpy(Xd, sd, (size_t)ns * sizeof(double));
         }
         ok_inputs = all_moderate(X0, nx) && all_moderate(U, nu);
     } else {
         G = dvals(r, ns);
+        /* the point of the Jacobians: a linear system does not read it (NULL allowed) */
+        const int with_point = (flags & 128) != 0;
+        double *P0 = with_point ? dvals(r, nx) : NULL, *PU = with_point ? dvals(r, nu) : NULL;
         if (f32) {
             float *gf = as_float(G, ns), *guf = want_gu ? fout(nu) : NULL;
             float *gxf = want_gx ? fout(nx) : NULL;
+            float *p0f = P0 ? as_float(P0, nx) : NULL, *puf = PU ? as_float(PU, nu) : NULL;
             watch_input(gf, (size_t)ns * sizeof(float), "grad_states");
-            st = tl_rollout_vjp_f32(&sys, B, T, gf, guf, gxf, work);
+            st = tl_rollout_vjp(&dyn, dtype, B, T, p0f, puf, gf, guf, gxf, work);
             if (guf)
                 widen(guf, gud, nu);
             if (gxf)
@@ -883,7 +1032,7 @@ static void fuzz_rollout(reader *r, int f32, int vjp)
         } else {
             double *gu = want_gu ? dout(nu) : NULL, *gx = want_gx ? dout(nx) : NULL;
             watch_input(G, (size_t)ns * sizeof(double), "grad_states");
-            st = tl_rollout_vjp_f64(&sys, B, T, G, gu, gx, work);
+            st = tl_rollout_vjp(&dyn, dtype, B, T, P0, PU, G, gu, gx, work);
             if (gu)
                 memcpy(gud, gu, (size_t)nu * sizeof(double));
             if (gx)
@@ -893,13 +1042,13 @@ static void fuzz_rollout(reader *r, int f32, int vjp)
     }
     check_status(st, "rollout");
     check_inputs();
-    if (!s.valid || B < 0 || T < 0 || nowork || sys.Bd == NULL)
-        CHECK(st != TL_OK, "TL_OK for bad sizes, no Bd or no scratch");
+    if (!s.valid || B < 0 || T < 0 || nowork || dyn.B.data == NULL || s.refused ||
+        dtype != (f32 ? TL_F32 : TL_F64))
+        CHECK(st != TL_OK, "TL_OK for bad sizes, system, dtype or no scratch");
     if (st != TL_OK || !ok_inputs || !s.moderate)
         return;
-    /* growth bound of the exact result: (T+1) grow^T max(inputs) (n m + 1) */
-    const double bound = pow(s.grow, (double)Ta) * (Ta + 1) * (n * m + 1.0) * MODERATE *
-                         (1.0 + max_abs(s.Bd, n * m));
+    /* growth bound of the exact result */
+    const double bound = state_bound(&s, Ta);
     if (!(bound <= (f32 ? 1e30 : 1e250)))
         return;
     /* float storage rounds each value once; the sums may differ by the rounding
@@ -907,6 +1056,8 @@ static void fuzz_rollout(reader *r, int f32, int vjp)
     const double rel = f32 ? 1.2e-7 : 1e-15, abs = 1e-13 * bound;
     if (!vjp) {
         STAT(ST_ROLL);
+        if (s.flags & 128)
+            STAT(ST_FORMS);
         CHECK(all_finite(Xd, ns), "rollout states not finite");
         double *R = dalloc(ns);
         ref_rollout(&s, Ba, Ta, X0, U, R);
@@ -920,9 +1071,9 @@ static void fuzz_rollout(reader *r, int f32, int vjp)
         double *rgu = dalloc(Ta * m > 0 ? Ta * m : 1), rgx[MAXN];
         for (ptrdiff_t b = 0; b < Ba; b++) {
             const double *Gb = G + b * (Ta + 1) * n;
-            ref_adjoint(&s, Ta, Ta, Gb, rgu, rgx);
+            ref_adjoint(&s, b, Ta, Ta, Gb, rgu, rgx);
             const double sc = pow(s.grow, (double)Ta) * (Ta + 1) * max_abs(Gb, (Ta + 1) * n) *
-                              (1.0 + n * max_abs(s.Bd, n * m));
+                              (1.0 + n * fz_max(&s, 1));
             if (want_gu)
                 check_close("grad_controls", gud + b * Ta * m, rgu, Ta * m, rel, 1e-13 * sc);
             if (want_gx)
@@ -937,11 +1088,12 @@ static void fuzz_final_state_error(reader *r, int f32)
     note("final_state_error%s ", f32 ? "_f32" : "_f64");
     read_system(r, &s);
     const ptrdiff_t B = rd_size(r, MAXB, 1), T = rd_size(r, MAXT, 1);
-    const size_t bytes = tl_rollout_work_bytes(s.n);
+    const size_t bytes = tl_rollout_work_bytes(s.n, s.m);
     note("B=%td T=%td ", B, T);
     if (!s.callable)
         return;
     const ptrdiff_t n = s.na, m = s.ma, Ba = clampsz(B, MAXB), Ta = clampsz(T, MAXT);
+    finish_system(r, &s, B, T, Ba, Ta);
     const unsigned flags = rd_u8(r);
     int64_t *len = NULL;
     int len_ok = 1;
@@ -956,8 +1108,8 @@ static void fuzz_final_state_error(reader *r, int f32)
     }
     void *work = flags % 32 == 2 ? NULL : xalloc(bytes);
     double *U = dvals(r, Ba * Ta * m), *X0 = dvals(r, Ba * n), *XF = dvals(r, Ba * n);
-    tl_system sys = {s.n, s.m, s.Ad, s.Bd};
     double *err = dalloc(Ba);
+    const tl_dtype dtype = f32 ? TL_F32 : TL_F64;
     tl_status st;
     if (len)
         watch_input(len, (size_t)Ba * sizeof(int64_t), "lengths");
@@ -965,37 +1117,33 @@ static void fuzz_final_state_error(reader *r, int f32)
         float *uf = as_float(U, Ba * Ta * m), *x0f = as_float(X0, Ba * n);
         float *xff = as_float(XF, Ba * n), *ef = fout(Ba);
         watch_input(uf, (size_t)(Ba * Ta * m) * sizeof(float), "controls");
-        st = tl_final_state_error_f32(&sys, B, T, len, uf, x0f, xff, ef, work);
+        st = tl_final_state_error(&s.dyn, dtype, B, T, len, uf, x0f, xff, ef, work);
         widen(ef, err, Ba);
     } else {
         double *ed = dout(Ba);
         watch_input(U, (size_t)(Ba * Ta * m) * sizeof(double), "controls");
-        st = tl_final_state_error_f64(&sys, B, T, len, U, X0, XF, ed, work);
+        st = tl_final_state_error(&s.dyn, dtype, B, T, len, U, X0, XF, ed, work);
         memcpy(err, ed, (size_t)Ba * sizeof(double));
     }
     check_status(st, "final_state_error");
     check_inputs();
-    if (!s.valid || B < 0 || T < 0 || work == NULL || !len_ok)
-        CHECK(st != TL_OK, "TL_OK for bad sizes, lengths or no scratch");
+    if (!s.valid || B < 0 || T < 0 || work == NULL || !len_ok || s.refused)
+        CHECK(st != TL_OK, "TL_OK for bad sizes, system, lengths or no scratch");
     if (st != TL_OK || !s.moderate || !all_moderate(X0, Ba * n) || !all_moderate(XF, Ba * n))
         return;
-    const double bound = pow(s.grow, (double)Ta) * (Ta + 1) * (n * m + 1.0) * MODERATE *
-                         (1.0 + max_abs(s.Bd, n * m));
+    const double bound = state_bound(&s, Ta);
     if (!(bound <= (f32 ? 1e15 : 1e150)))
         return;
-    double *R = dalloc(Ba * (Ta + 1) * n);
+    double *R = dalloc((Ta + 1) * n);
     for (ptrdiff_t b = 0; b < Ba; b++) {
         const ptrdiff_t L = len ? (ptrdiff_t)len[b] : Ta;
         /* only controls before step L are read: poison-insensitive reference */
         if (!all_moderate(U + b * Ta * m, L * m))
             continue;
-        fz_system one = s;
-        double *Ub = U + b * Ta * m;
-        double *Rb = R + b * (Ta + 1) * n;
-        ref_rollout(&one, 1, L, X0 + b * n, Ub, Rb);
+        ref_rollout_one(&s, b, L, X0 + b * n, U + b * Ta * m, R);
         double sq = 0.0;
         for (ptrdiff_t i = 0; i < n; i++)
-            sq += (Rb[L * n + i] - XF[b * n + i]) * (Rb[L * n + i] - XF[b * n + i]);
+            sq += (R[L * n + i] - XF[b * n + i]) * (R[L * n + i] - XF[b * n + i]);
         STAT(ST_FSE);
         CHECK(isfinite(err[b]), "final_state_error[%td] not finite", b);
         CHECK(fabs(err[b] - sqrt(sq)) <= (f32 ? 1e-5 : 1e-10) * (sqrt(sq) + bound * 1e-3 + 1.0),
@@ -1061,7 +1209,11 @@ static void read_spec(reader *r, tl_loss_spec *spec, const fz_sel *z, ptrdiff_t 
     spec->penalty = (tl_penalty)(p < 250 ? (int)(p % 3) : p % 2 ? -1 : 3);
     const unsigned d = rd_u8(r);
     spec->delta = d < 200 ? 0.25 * (d % 8) + 0.25 : rd_double(r);
-    spec->terms = rd_u8(r) % 9; /* 0 and 8 are invalid */
+    const unsigned tk = rd_u8(r);
+    spec->terms = tk % 9; /* 0 and 8 are invalid */
+    /* the kernel from the same byte: AUTO or REFERENCE, now and then neither */
+    spec->kernel = tk >= 252 ? (tl_kernel)(tk % 2 ? TL_KERNEL_COUNT : -1)
+                             : (tl_kernel)((tk / 9) % 2);
     if (spec->terms == 0 && rd_u8(r) % 2)
         spec->terms = 7;
     const unsigned wsel = rd_u8(r);
@@ -1073,25 +1225,21 @@ static void read_spec(reader *r, tl_loss_spec *spec, const fz_sel *z, ptrdiff_t 
     spec->feature_weights = (wsel & 32) ? dvals(r, m) : NULL;
     spec->state_weights = (wsel & 64) ? dvals(r, n) : NULL;
     static const int thread_counts[] = {0, 1, 2, 3, 4, -1, 0, 1};
-    spec_set_threads(spec, thread_counts[rd_u8(r) % 8]);
-    spec_set_check(spec, (wsel & 128) != 0);
+    spec->threads = thread_counts[rd_u8(r) % 8];
+    spec->check_finite = (wsel & 128) != 0;
     note("penalty=%d delta=%.17g terms=%u weights=(%.17g,%.17g,%.17g) include_initial=%d "
-         "feature_weights=%s state_weights=%s ",
+         "feature_weights=%s state_weights=%s kernel=%d threads=%d check_finite=%d ",
          (int)spec->penalty, spec->delta, spec->terms, spec->control_weight,
          spec->trajectory_weight, spec->terminal_weight, spec->include_initial,
-         spec->feature_weights ? "given" : "NULL", spec->state_weights ? "given" : "NULL");
-#if TL_FUZZ_API >= 2
-    note("threads=%d ", spec->threads);
-#endif
-#if TL_FUZZ_API >= 3
-    note("check_finite=%d ", spec->check_finite);
-#endif
+         spec->feature_weights ? "given" : "NULL", spec->state_weights ? "given" : "NULL",
+         (int)spec->kernel, spec->threads, spec->check_finite);
 }
 
 static int spec_valid(const tl_loss_spec *spec, int rollout)
 {
     const int p = (int)spec->penalty;
-    if (p < 0 || p >= TL_PENALTY_COUNT)
+    if (p < 0 || p >= TL_PENALTY_COUNT || (int)spec->kernel < 0 ||
+        spec->kernel >= TL_KERNEL_COUNT)
         return 0;
     if (spec->penalty == TL_PENALTY_HUBER && !(isfinite(spec->delta) && spec->delta > 0.0))
         return 0;
@@ -1130,7 +1278,7 @@ static void fuzz_control_loss(reader *r, int f32)
     const ptrdiff_t D = rd_size(r, MAXN, 0);
     note("features=%td ", D);
     read_spec(r, &spec, &z, 0, clampsz(D, MAXN));
-    const size_t bytes = ws_control_loss(D, &spec);
+    const size_t bytes = tl_loss_work_bytes(NULL, D, &spec);
     note("work=%zu ", bytes);
     if (!z.callable || !(D <= MAXN || bytes == 0) || bytes > WORK_CAP)
         return;
@@ -1162,23 +1310,24 @@ static void fuzz_control_loss(reader *r, int f32)
     do {                                                                         \
         if (f32) {                                                               \
             float *gf = want_grad ? fout(cnt) : NULL;                            \
-            st = tl_control_loss_f32(SPEC, D, pf, qf, V, gf, WORK);              \
+            const tl_loss_io io = {TL_F32, pf, NULL, qf, NULL, NULL, gf, NULL};  \
+            st = tl_control_loss(SPEC, D, &io, V, WORK);                         \
             if (gf)                                                              \
                 widen(gf, G, cnt);                                               \
         } else {                                                                 \
             double *gd = want_grad ? dout(cnt) : NULL;                           \
-            st = tl_control_loss_f64(SPEC, D, P, Q, V, gd, WORK);                \
+            const tl_loss_io io = {TL_F64, P, NULL, Q, NULL, NULL, gd, NULL};    \
+            st = tl_control_loss(SPEC, D, &io, V, WORK);                         \
             if (gd)                                                              \
                 memcpy(G, gd, (size_t)cnt * sizeof(double));                     \
         }                                                                        \
     } while (0)
     CL_CALL(&spec, &v, g, work);
-#if TL_FUZZ_API >= 2
     /* "bit-for-bit the same for any spec->threads": compare with one thread */
     if (st == TL_OK && spec.threads != 1) {
         tl_loss_spec one = spec;
         one.threads = 1;
-        const size_t bytes1 = ws_control_loss(D, &one);
+        const size_t bytes1 = tl_loss_work_bytes(NULL, D, &one);
         if (bytes1 != 0 && bytes1 <= WORK_CAP) {
             tl_loss_value v1;
             double *g1 = dalloc(cnt);
@@ -1192,7 +1341,6 @@ static void fuzz_control_loss(reader *r, int f32)
                 check_same_bits("grad", g, g1, cnt);
         }
     }
-#endif
 #undef CL_CALL
     check_status(st, "control_loss");
     check_inputs();
@@ -1203,6 +1351,19 @@ static void fuzz_control_loss(reader *r, int f32)
                               : control_reads_finite(&z, D, P, f32 ? pf : NULL, Q,
                                                      f32 ? qf : NULL),
                           &v, !want_grad || all_finite(g, cnt));
+    if (st == TL_OK || st == TL_ERR_NONFINITE) { /* the inputs named: pred and target alone */
+        const tl_loss_io io = {f32 ? TL_F32 : TL_F64, f32 ? (void *)pf : (void *)P, NULL,
+                               f32 ? (void *)qf : (void *)Q, NULL, NULL, NULL, NULL};
+        const unsigned bad = tl_loss_bad_inputs(NULL, D, &spec, &io);
+        const unsigned want =
+            (control_reads_finite(&z, D, P, f32 ? pf : NULL, P, f32 ? pf : NULL) ? 0u
+                                                                                 : TL_IN_CONTROLS) |
+            (control_reads_finite(&z, D, Q, f32 ? qf : NULL, Q, f32 ? qf : NULL)
+                 ? 0u
+                 : TL_IN_REF_CONTROLS);
+        CHECK(bad == want, "tl_loss_bad_inputs = %u, the inputs read that are not finite %u",
+              bad, want);
+    }
     if (!z.valid || nowork || bytes == 0 || D < 1 || !spec_valid(&spec, 0))
         CHECK(st != TL_OK, "TL_OK for an invalid call");
     if (st != TL_OK)
@@ -1284,10 +1445,13 @@ static void fuzz_rollout_loss(reader *r, int f32)
     note("rollout_loss%s ", f32 ? "_f32" : "_f64");
     read_system(r, &s);
     read_selection(r, &z, 1);
+    if (!s.callable)
+        return;
+    finish_system(r, &s, z.sel.batch, z.sel.steps, z.Ba, z.Ta);
     read_spec(r, &spec, &z, s.na, s.ma);
-    const size_t bytes = ws_rollout_loss(s.n, s.m, &spec);
+    const size_t bytes = tl_loss_work_bytes(&s.dyn, 0, &spec);
     note("work=%zu ", bytes);
-    if (!s.callable || !z.callable || bytes > WORK_CAP)
+    if (!z.callable || bytes > WORK_CAP)
         return;
     const ptrdiff_t n = s.na, m = s.ma, Ba = z.Ba, Ta = z.Ta;
     const ptrdiff_t nu = Ba * Ta * m, nx = Ba * n, ns = Ba * (Ta + 1) * n;
@@ -1307,7 +1471,6 @@ static void fuzz_rollout_loss(reader *r, int f32)
     if (RS) /* states t + 1 of invalid steps t are never scored */
         poison(r, &z, RS, n, Ta + 1, 1, 1);
     void *work = nowork ? NULL : xalloc(bytes);
-    tl_system sys = {s.n, s.m, s.Ad, s.Bd};
     tl_loss_value v;
     memset(&v, 0xff, sizeof v);
     double *gu = dalloc(nu), *gx = dalloc(nx);
@@ -1333,33 +1496,39 @@ static void fuzz_rollout_loss(reader *r, int f32)
         watch_input(RS, (size_t)ns * sizeof(double), "ref_states");
         watch_input(TG, (size_t)nx * sizeof(double), "target");
     }
+    /* the arrays of the call, in its dtype, with the gradients given by the caller */
+    tl_loss_io io = {TL_F64, U, X0, RU, RS, TG, NULL, NULL};
+    if (f32)
+        io = (tl_loss_io){TL_F32, uf, x0f, ruf, rsf, tgf, NULL, NULL};
     /* one call; the gradients come back widened to double (NaN where not wanted) */
-#define RL_CALL(SPEC, V, GU, GX, WORK)                                                       \
-    do {                                                                                  \
-        if (f32) {                                                                        \
-            float *guf = want_gu ? fout(nu) : NULL, *gxf = want_gx ? fout(nx) : NULL;    \
-            st = tl_rollout_loss_f32(&sys, SPEC, uf, x0f, ruf, rsf, tgf, V, guf, gxf, WORK); \
-            if (guf)                                                                      \
-                widen(guf, GU, nu);                                                       \
-            if (gxf)                                                                      \
-                widen(gxf, GX, nx);                                                       \
-        } else {                                                                          \
-            double *gud = want_gu ? dout(nu) : NULL, *gxd = want_gx ? dout(nx) : NULL;   \
-            st = tl_rollout_loss_f64(&sys, SPEC, U, X0, RU, RS, TG, V, gud, gxd, WORK);   \
-            if (gud)                                                                      \
-                memcpy(GU, gud, (size_t)nu * sizeof(double));                             \
-            if (gxd)                                                                      \
-                memcpy(GX, gxd, (size_t)nx * sizeof(double));                             \
-        }                                                                                 \
+#define RL_CALL(SPEC, V, GU, GX, WORK)                                                     \
+    do {                                                                                \
+        tl_loss_io io1 = io;                                                            \
+        if (f32) {                                                                      \
+            float *guf = want_gu ? fout(nu) : NULL, *gxf = want_gx ? fout(nx) : NULL;  \
+            io1.grad_controls = guf, io1.grad_x0 = gxf;                                 \
+            st = tl_rollout_loss(&s.dyn, SPEC, &io1, V, WORK);                          \
+            if (guf)                                                                    \
+                widen(guf, GU, nu);                                                     \
+            if (gxf)                                                                    \
+                widen(gxf, GX, nx);                                                     \
+        } else {                                                                        \
+            double *gud = want_gu ? dout(nu) : NULL, *gxd = want_gx ? dout(nx) : NULL; \
+            io1.grad_controls = gud, io1.grad_x0 = gxd;                                 \
+            st = tl_rollout_loss(&s.dyn, SPEC, &io1, V, WORK);                          \
+            if (gud)                                                                    \
+                memcpy(GU, gud, (size_t)nu * sizeof(double));                           \
+            if (gxd)                                                                    \
+                memcpy(GX, gxd, (size_t)nx * sizeof(double));                           \
+        }                                                                               \
     } while (0)
     RL_CALL(&spec, &v, gu, gx, work);
-#if TL_FUZZ_API >= 2
+    const tl_status st0 = st;
     /* "bit-for-bit the same for any spec->threads": compare with one thread */
-    if (st == TL_OK && spec.threads != 1) {
+    if (st0 == TL_OK && spec.threads != 1) {
         tl_loss_spec one = spec;
-        const tl_status st0 = st;
         one.threads = 1;
-        const size_t bytes1 = ws_rollout_loss(s.n, s.m, &one);
+        const size_t bytes1 = tl_loss_work_bytes(&s.dyn, 0, &one);
         if (bytes1 != 0 && bytes1 <= WORK_CAP) {
             tl_loss_value v1;
             double *gu1 = dalloc(nu), *gx1 = dalloc(nx);
@@ -1374,27 +1543,49 @@ static void fuzz_rollout_loss(reader *r, int f32)
             if (want_gx)
                 check_same_bits("grad_x0", gx, gx1, nx);
         }
-        st = st0;
     }
-#endif
+    /* the other kernel takes and refuses the same calls (its numbers are
+     * checked against the reference below when it is the one drawn) */
+    if ((st0 == TL_OK || st0 == TL_ERR_NONFINITE) && work != NULL) {
+        tl_loss_spec other = spec;
+        other.kernel = spec.kernel == TL_KERNEL_AUTO ? TL_KERNEL_REFERENCE : TL_KERNEL_AUTO;
+        const size_t bytes2 = tl_loss_work_bytes(&s.dyn, 0, &other);
+        if (bytes2 != 0 && bytes2 <= WORK_CAP) {
+            tl_loss_value v2;
+            double *gu2 = dalloc(nu), *gx2 = dalloc(nx);
+            RL_CALL(&other, &v2, gu2, gx2, xalloc(bytes2));
+            STAT(ST_KERNELS);
+            CHECK(st == st0, "kernel %d: status %d, kernel %d: status %d", (int)spec.kernel,
+                  (int)st0, (int)other.kernel, (int)st);
+        }
+    }
+    st = st0;
 #undef RL_CALL
     check_status(st, "rollout_loss");
     {
         /* only what the loss reads is checked (sizes are valid when these come back) */
-        const int in_ok = st != TL_OK && st != TL_ERR_NONFINITE
-                              ? 1
-                              : f32 ? rollout_reads_finite(&z, &spec, n, m, NULL, uf, NULL, x0f,
-                                                           NULL, ruf, NULL, rsf, NULL, tgf)
-                                    : rollout_reads_finite(&z, &spec, n, m, U, NULL, X0, NULL,
-                                                           RU, NULL, RS, NULL, TG, NULL);
-        check_finite_contract(&spec, st, in_ok, &v,
+        const unsigned want_bad =
+            st != TL_OK && st != TL_ERR_NONFINITE
+                ? 0u
+                : f32 ? rollout_bad_bits(&z, &spec, n, m, NULL, uf, NULL, x0f, NULL, ruf, NULL,
+                                         rsf, NULL, tgf)
+                      : rollout_bad_bits(&z, &spec, n, m, U, NULL, X0, NULL, RU, NULL, RS, NULL,
+                                         TG, NULL);
+        check_finite_contract(&spec, st, want_bad == 0, &v,
                               (!want_gu || all_finite(gu, nu)) && (!want_gx || all_finite(gx, nx)));
+        if (st == TL_OK || st == TL_ERR_NONFINITE) {
+            const unsigned bad = tl_loss_bad_inputs(&s.dyn, 0, &spec, &io);
+            CHECK(bad == want_bad, "tl_loss_bad_inputs = %u, the inputs read that are not "
+                  "finite %u", bad, want_bad);
+        }
     }
     check_inputs();
-    if (!s.valid || !z.valid || nowork || bytes == 0 || !spec_valid(&spec, 1))
+    if (!s.valid || !z.valid || nowork || bytes == 0 || !spec_valid(&spec, 1) || s.refused)
         CHECK(st != TL_OK, "TL_OK for an invalid call");
     if (st != TL_OK)
         return;
+    if (s.flags & 128)
+        STAT(ST_FORMS);
 
     /* steps after each sequence's last valid step: gradient exactly zero */
     const unsigned terms = spec.terms;
@@ -1425,10 +1616,9 @@ static void fuzz_rollout_loss(reader *r, int f32)
                 mod = (RU == NULL || all_moderate(RU + (b * Ta + t) * m, m)) &&
                       (RS == NULL || all_moderate(RS + (b * (Ta + 1) + t + 1) * n, n));
     }
-    const double ub = pow(s.grow, (double)Ta) * (Ta + 2.0) * (n * m + 1.0) * MODERATE *
-                      (1.0 + max_abs(s.Bd, n * m)); /* states and residuals */
+    const double ub = 2.0 * state_bound(&s, Ta); /* states and residuals */
     const double gb = ub * 2e9 * pow(s.grow, (double)Ta) * (Ta + 2.0) * (n * m + 1.0) *
-                      (1.0 + max_abs(s.Bd, n * m)); /* gradients */
+                      (1.0 + fz_max(&s, 1)); /* gradients */
     if (!mod || !(gb <= (f32 ? 1e30 : 1e200)) || !(ub * ub * 1e9 <= 1e200))
         return;
     STAT(ST_RL);
@@ -1472,7 +1662,7 @@ static void fuzz_rollout_loss(reader *r, int f32)
         swmax = fmax(swmax, max_abs(spec.feature_weights, m));
     twmax = fmax(twmax, fmax(spec.control_weight,
                              fmax(spec.trajectory_weight, spec.terminal_weight)));
-    const double adj = pow(s.grow, (double)Ta) * (Ta + 2.0) * (1.0 + n * max_abs(s.Bd, n * m));
+    const double adj = pow(s.grow, (double)Ta) * (Ta + 2.0) * (1.0 + n * fz_max(&s, 1));
     const double vabs = 1e-13 * swmax * (Ta + 2.0) * ub * ub + 1e-300;
     const double gabs = 1e-13 * twmax * swmax * (Ta + 2.0) * ub * adj + (f32 ? 1e-44 : 1e-300);
     const double kink_width = 1e-12 * ub;
@@ -1489,7 +1679,7 @@ static void fuzz_rollout_loss(reader *r, int f32)
                 CHECK(!want_gx || gx[b * n + i] == 0.0, "grad_x0 of an empty sequence");
             continue;
         }
-        ref_rollout(&s, 1, K, X0 + b * n, U + b * Ta * m, X);
+        ref_rollout_one(&s, b, K, X0 + b * n, U + b * Ta * m, X);
         for (ptrdiff_t t = 0; t < Ta; t++)
             valid[t] = sel_valid_step(&z, b, t);
         ref_weights(z.sel.discount, Ta, valid, wc);
@@ -1532,7 +1722,7 @@ static void fuzz_rollout_loss(reader *r, int f32)
                 }
             }
         }
-        ref_adjoint(&s, Ta, K, G, rgu, rgx);
+        ref_adjoint(&s, b, Ta, K, G, rgu, rgx);
         for (ptrdiff_t t = 0; t < K; t++)
             if ((terms & TL_TERM_CONTROL) && sel_valid_step(&z, b, t))
                 for (ptrdiff_t j = 0; j < m; j++) {
@@ -1653,22 +1843,22 @@ static void check_ok_plan(const tl_ref_plan *plan, int method)
  * (or its square) and fail this for cond(R) >> 1e4. The ill-conditioned
  * (cond(R) 1e9 .. 1e15) seeds in fuzz/corpus/cover-ref-exact-* reach it.
  */
-static void check_exact_reference(const fz_system *s, const tl_ref_plan *plan, ptrdiff_t Ba,
-                                  const double *x0, const double *xf, const double *u,
-                                  const double *xs, const double *fe)
+static void check_exact_reference(const fz_system *s, ptrdiff_t sample, const tl_ref_plan *plan,
+                                  ptrdiff_t Ba, const double *x0, const double *xf,
+                                  const double *u, const double *xs, const double *fe)
 {
     const ptrdiff_t n = s->na, m = s->ma, T = plan->steps;
-    const double g = s->grow, bn = max_abs(s->Bd, n * m) * (double)m;
+    const double g = s->grow, bn = fz_max(s, 1) * (double)m, cn = fz_max(s, 2);
     const double c = 32.0 * (double)(n + m + T * m) * DBL_EPSILON;
-    double *R = dalloc(Ba * (T + 1) * n);
+    double *R = dalloc((T + 1) * n);
     STAT(ST_EXACT);
-    ref_rollout(s, Ba, T, x0, u, R);
     for (ptrdiff_t b = 0; b < Ba; b++) {
-        const double *Xb = xs + b * (T + 1) * n, *Rb = R + b * (T + 1) * n;
+        const double *Xb = xs + b * (T + 1) * n, *Rb = R;
+        ref_rollout_one(s, sample, T, x0 + b * n, u + b * T * m, R); /* sample's matrices */
         double M = max_abs(x0 + b * n, n) * (double)n; /* a bound on |x_k|_inf */
         for (ptrdiff_t k = 0; k <= T; k++) {
             if (k > 0)
-                M = g * M + bn * max_abs(u + (b * T + k - 1) * m, m);
+                M = g * M + bn * max_abs(u + (b * T + k - 1) * m, m) + cn;
             for (ptrdiff_t i = 0; i < n; i++)
                 CHECK(fabs(Xb[k * n + i] - Rb[k * n + i]) <= c * (double)(k + 1) * M,
                       "states[%td][%td][%td] = %.17g, rollout of the controls %.17g", b, k, i,
@@ -1701,6 +1891,23 @@ static void fuzz_references(reader *r)
     if (!s.callable)
         return;
     const ptrdiff_t n = s.na, m = s.ma, Ta = clampsz(T, 12), Ba = clampsz(B, 4);
+    /* the discrete system: its samples (of the per-sample fields) and the one planned for */
+    const ptrdiff_t samples = s.flags & 128 ? 1 + rd_u8(r) % 4 : 1;
+    finish_system(r, &s, samples, T, samples, Ta);
+    if ((s.layout >> 3) == MODE_BATCH) /* no call batch to check it against: keep it true */
+        s.dyn.batch = s.form_of[0] & FORM_SAMPLE || s.form_of[1] & FORM_SAMPLE ||
+                              (s.form_of[2] != FORM_ABSENT && s.form_of[2] & FORM_SAMPLE)
+                          ? samples
+                          : 0,
+        s.refused = 0;
+    const int per_sample = s.dyn.batch > 0;
+    ptrdiff_t sample = 0;
+    if (s.flags & 128) {
+        const unsigned v = rd_u8(r);
+        static const ptrdiff_t outside[] = {-1, 4, PTRDIFF_MAX, PTRDIFF_MIN};
+        sample = v < 240 ? (ptrdiff_t)(v % (unsigned)samples) : outside[v % 4];
+    }
+    note("samples=%td sample=%td ", samples, sample);
     /* the continuous model: A, B (s.Ad, s.Bd read as continuous matrices) */
     const unsigned flags = rd_u8(r);
     const int cont = method == TL_REF_AVERAGE || method == TL_REF_CONTINUOUS;
@@ -1709,17 +1916,18 @@ static void fuzz_references(reader *r)
         A = NULL; /* must be refused */
     void *mem = (flags & 4) && rd_u8(r) % 8 == 0 ? NULL : xalloc(pbytes);
     void *work = (flags & 8) && rd_u8(r) % 8 == 0 ? NULL : xalloc(ibytes);
-    tl_system sys = {s.n, s.m, s.Ad, s.Bd};
     tl_ref_plan plan;
     memset(&plan, 0, sizeof plan);
     watch_input(s.Ad, (size_t)(n * n) * sizeof(double), "Ad/A");
     watch_input(s.Bd, (size_t)(n * m) * sizeof(double), "Bd/B");
-    tl_status st = tl_ref_plan_init(&plan, mem, (tl_ref_method)method, &sys, A, Bc, dt, T, work);
+    tl_status st = tl_ref_plan_init(&plan, mem, (tl_ref_method)method, &s.dyn, sample, A, Bc, dt,
+                                    T, work);
     check_status(st, "tl_ref_plan_init");
     check_inputs();
     const int bad = !s.valid || T < 1 || method < 0 || method >= TL_REF_COUNT || !isfinite(dt) ||
                     dt <= 0.0 || (cont && (A == NULL || Bc == NULL)) || mem == NULL ||
-                    work == NULL || pbytes == 0 || ibytes == 0;
+                    work == NULL || pbytes == 0 || ibytes == 0 || s.refused ||
+                    (per_sample && (sample < 0 || sample >= samples));
     if (bad)
         CHECK(st != TL_OK, "TL_OK for an invalid plan");
     /* dt moderate for every method: the energy sum |u|^2 dt of finite controls
@@ -1778,7 +1986,7 @@ static void fuzz_references(reader *r)
                   "%.17g", b, en[b], e);
         }
         if (method == TL_REF_EXACT)
-            check_exact_reference(&s, &plan, Ba, x0, xf, u, xs, fe);
+            check_exact_reference(&s, per_sample ? sample : 0, &plan, Ba, x0, xf, u, xs, fe);
     }
 }
 
@@ -1920,12 +2128,13 @@ static void fuzz_huge_sizes(reader *r)
     spec.penalty = TL_PENALTY_MSE, spec.terms = 7, spec.control_weight = 1.0;
     if (which == 7) { /* every query must be free of undefined behaviour for any arguments */
         (void)tl_expm_work_bytes(T), (void)tl_expm_work_bytes(n);
-        (void)tl_discretize_work_bytes(n, m), (void)tl_rollout_work_bytes(n);
+        (void)tl_discretize_work_bytes(n, m), (void)tl_rollout_work_bytes(n, m);
         (void)tl_time_weights_work_bytes(T), (void)tl_gramian_work_bytes(n);
         (void)tl_ref_apply_work_bytes(n), (void)tl_min_energy_law_work_bytes(n, m);
         (void)tl_ref_plan_bytes(n, m, T, TL_REF_CONTINUOUS);
         (void)tl_ref_init_work_bytes(n, m, T);
-        (void)ws_control_loss(n, &spec), (void)ws_rollout_loss(n, m, &spec);
+        const tl_dynamics dq = tl_dynamics_linear(n, m, NULL, NULL);
+        (void)tl_loss_work_bytes(NULL, n, &spec), (void)tl_loss_work_bytes(&dq, 0, &spec);
         STAT(ST_HUGE);
         return;
     }
@@ -1933,7 +2142,7 @@ static void fuzz_huge_sizes(reader *r)
         return;
     const ptrdiff_t na = clampsz(n, MAXN), ma = clampsz(m, MAXN);
     double *Ad = dvals(r, na * na), *Bd = dvals(r, na * ma);
-    tl_system sys = {n, m, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     tl_status st = TL_OK;
     size_t bytes;
     switch (which) {
@@ -1948,10 +2157,10 @@ static void fuzz_huge_sizes(reader *r)
         break;
     }
     case 1: /* rollout of an empty batch */
-        bytes = tl_rollout_work_bytes(n);
+        bytes = tl_rollout_work_bytes(n, m);
         if (bytes > WORK_CAP)
             return;
-        st = tl_rollout_f64(&sys, 0, T, NULL, NULL, NULL, xalloc(bytes));
+        st = tl_rollout(&sys, TL_F64, 0, T, NULL, NULL, NULL, xalloc(bytes));
         break;
     case 2: { /* the plan: its memory and scratch grow with the steps */
         const tl_ref_method method = (tl_ref_method)(rd_u8(r) % 3);
@@ -1961,26 +2170,28 @@ static void fuzz_huge_sizes(reader *r)
         if (pb > WORK_CAP || bytes > WORK_CAP)
             return;
         tl_ref_plan plan;
-        st = tl_ref_plan_init(&plan, xalloc(pb), method, &sys, Ad, Bd, 0.25, T, xalloc(bytes));
+        st = tl_ref_plan_init(&plan, xalloc(pb), method, &sys, 0, Ad, Bd, 0.25, T,
+                              xalloc(bytes));
         break;
     }
     case 3: { /* control loss of an empty batch */
-        bytes = ws_control_loss(n, &spec);
+        bytes = tl_loss_work_bytes(NULL, n, &spec);
         note("work=%zu ", bytes);
         if (bytes > WORK_CAP)
             return;
         tl_loss_value v;
-        st = tl_control_loss_f64(&spec, n, NULL, NULL, &v, NULL, xalloc(bytes));
+        const tl_loss_io io = {TL_F64, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        st = tl_control_loss(&spec, n, &io, &v, xalloc(bytes));
         break;
     }
     case 4: { /* rollout loss of an empty batch */
-        bytes = ws_rollout_loss(n, m, &spec);
+        bytes = tl_loss_work_bytes(&sys, 0, &spec);
         note("work=%zu ", bytes);
         if (bytes > WORK_CAP)
             return;
         tl_loss_value v;
-        st = tl_rollout_loss_f64(&sys, &spec, NULL, NULL, NULL, NULL, NULL, &v, NULL, NULL,
-                                 xalloc(bytes));
+        const tl_loss_io io = {TL_F64, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        st = tl_rollout_loss(&sys, &spec, &io, &v, xalloc(bytes));
         break;
     }
     case 5: { /* expm of a huge n must be refused, not attempted */
@@ -2006,6 +2217,12 @@ static void fuzz_huge_sizes(reader *r)
     STAT(ST_HUGE), check_status(st, "huge-size call");
 }
 
+/*
+ * tl_dynamics_check against the rule written out: sizes in range (else
+ * TL_ERR_SHAPE), A and B given, reserved slots empty, strides >= 0 (else
+ * TL_ERR_VALUE), and each field that varies covers the call's batch or steps
+ * (else TL_ERR_SHAPE); and tl_selection_check likewise.
+ */
 static void fuzz_checks(reader *r)
 {
     const int code = (int)(int8_t)rd_u8(r);
@@ -2013,12 +2230,65 @@ static void fuzz_checks(reader *r)
     CHECK(tl_status_message((tl_status)code) != NULL, "NULL message for %d", code);
     fz_system s;
     read_system(r, &s);
-    tl_system sys = {s.n, s.m, rd_u8(r) % 8 ? s.Ad : NULL, s.Bd};
-    const tl_status st = tl_system_check(&sys);
-    check_status(st, "tl_system_check");
-    CHECK((st == TL_OK) == (s.valid && sys.Ad != NULL), "tl_system_check(n=%td, m=%td) = %d",
-          s.n, s.m, (int)st);
-    CHECK(tl_system_check(NULL) != TL_OK, "tl_system_check(NULL) accepted");
+    double dummy[1] = {0.0};
+    tl_dynamics d = tl_dynamics_linear(s.n, s.m, rd_u8(r) % 8 ? s.Ad : NULL, s.Bd);
+    const ptrdiff_t batch = rd_size(r, MAXB, 1), steps = rd_size(r, MAXT, 1);
+    const unsigned f1 = rd_u8(r), f2 = rd_u8(r);
+    static const ptrdiff_t strides[] = {0, 0, 0, 4, 1, 36, -1, PTRDIFF_MIN};
+    tl_field *fields[3] = {&d.A, &d.B, &d.c};
+    if (f1 & 1)
+        d.c.data = dummy;
+    for (int f = 0; f < 3; f++) {
+        fields[f]->batch_stride = strides[(f1 >> (1 + f)) % 8];
+        fields[f]->step_stride = strides[(f2 >> f) % 8];
+    }
+    static const ptrdiff_t claims[] = {0, 1, 2, 3, 8, 40, -1, PTRDIFF_MAX};
+    d.batch = f1 & 16 ? batch : claims[(f1 >> 5) % 8];
+    d.steps = f2 & 8 ? steps : claims[(f2 >> 4) % 8];
+    if (f2 & 128) { /* a reserved slot or the kind */
+        const unsigned which = rd_u8(r) % 6;
+        if (which == 0)
+            d.step = (tl_step_fn)(uintptr_t)16;
+        else if (which == 1)
+            d.jacobians = (tl_jacobian_fn)(uintptr_t)16;
+        else if (which == 2)
+            d.param_jacobian = (tl_param_jacobian_fn)(uintptr_t)16;
+        else if (which == 3)
+            d.params.data = dummy;
+        else if (which == 4)
+            d.nparams = 2;
+        else
+            d.kind = (tl_dyn_kind)(rd_u8(r) % 2 ? TL_DYN_COUNT : -1);
+    }
+    note("batch=%td steps=%td dyn.batch=%td dyn.steps=%td strides A (%td, %td) B (%td, %td) "
+         "c %s (%td, %td) ", batch, steps, d.batch, d.steps, d.A.batch_stride, d.A.step_stride,
+         d.B.batch_stride, d.B.step_stride, d.c.data ? "given" : "absent", d.c.batch_stride,
+         d.c.step_stride);
+    /* the faults, each with its status */
+    const int slots = d.step != NULL || d.jacobians != NULL || d.param_jacobian != NULL ||
+                      d.params.data != NULL || d.nparams != 0;
+    int strides_ok = 1, fits = 1;
+    for (int f = 0; f < 3; f++) {
+        strides_ok &= fields[f]->batch_stride >= 0 && fields[f]->step_stride >= 0;
+        if (fields[f]->data != NULL)
+            fits &= (fields[f]->batch_stride == 0 || d.batch == batch) &&
+                    (fields[f]->step_stride == 0 || d.steps == steps);
+    }
+    const int faults[3] = {(int)d.kind < 0 || d.kind >= TL_DYN_COUNT || d.A.data == NULL ||
+                               slots || !strides_ok, /* TL_ERR_VALUE */
+                           !s.valid || d.batch < 0 || d.steps < 0 || batch < 0 || steps < 0,
+                           !fits}; /* TL_ERR_SHAPE */
+    const int any = faults[0] || faults[1] || faults[2];
+    const tl_status st = tl_dynamics_check(&d, batch, steps);
+    check_status(st, "tl_dynamics_check");
+    CHECK((st == TL_OK) == !any, "tl_dynamics_check = %d with faults (value %d, size %d, fit %d)",
+          (int)st, faults[0], faults[1], faults[2]);
+    /* one kind of fault: its status (with several, the core reports any one) */
+    if (faults[0] && !faults[1] && !faults[2])
+        CHECK(st == TL_ERR_VALUE, "tl_dynamics_check = %d, not TL_ERR_VALUE", (int)st);
+    if (!faults[0] && (faults[1] || faults[2]))
+        CHECK(st == TL_ERR_SHAPE, "tl_dynamics_check = %d, not TL_ERR_SHAPE", (int)st);
+    CHECK(tl_dynamics_check(NULL, 1, 1) != TL_OK, "tl_dynamics_check(NULL) accepted");
     fz_sel z;
     read_selection(r, &z, 0);
     if (!z.callable)

@@ -1,6 +1,13 @@
 /*
  * test_trajloss.c -- C-only tests of the trajloss core against closed forms
- * and naive loops. Prints one line per failure and "N passed, N failed".
+ * and plain loops written here. Prints one line per failure and
+ * "N passed, N failed".
+ *
+ * Systems come in every form the core takes (tl_dynamics): shared,
+ * per-sample, time-varying or both, with or without an offset, laid out
+ * batch-major or step-major with gaps between matrices. The reference loops
+ * never read a tl_dynamics: they read a full copy of every sample's matrices
+ * at every step, made when the system was built (formed_sys below).
  */
 #define _POSIX_C_SOURCE 200809L /* pthreads and nanosleep under -std=c99 */
 #include <float.h>
@@ -13,7 +20,6 @@
 #include <time.h>
 
 #include "parallel.h"
-#include "select.h"
 #include "trajloss.h"
 
 static int n_passed, n_failed;
@@ -310,11 +316,11 @@ static void test_rollout(void)
         const ptrdiff_t n = dims[d][0], m = dims[d][1], B = 3, T = 7;
         double *Ad = xmalloc(sizeof(double) * n * n), *Bd = xmalloc(sizeof(double) * n * m);
         random_system(n, m, Ad, Bd, &seed);
-        tl_system sys = {n, m, Ad, Bd};
+        const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
         double *x0 = xmalloc(sizeof(double) * B * n), *u = xmalloc(sizeof(double) * B * T * m);
         double *S = xmalloc(sizeof(double) * B * (T + 1) * n);
         double *ref = xmalloc(sizeof(double) * B * (T + 1) * n);
-        void *work = xmalloc(tl_rollout_work_bytes(n));
+        void *work = xmalloc(tl_rollout_work_bytes(n, m));
         for (ptrdiff_t i = 0; i < B * n; i++)
             x0[i] = uniform(&seed);
         for (ptrdiff_t i = 0; i < B * T * m; i++)
@@ -334,7 +340,7 @@ static void test_rollout(void)
                     r[(k + 1) * n + i] = v;
                 }
         }
-        CHECK(tl_rollout_f64(&sys, B, T, x0, u, S, work) == TL_OK, "rollout status");
+        CHECK(tl_rollout(&sys, TL_F64, B, T, x0, u, S, work) == TL_OK, "rollout status");
         CHECK(rel_err(B * (T + 1) * n, S, ref) < 1e-14, "rollout n=%td m=%td", n, m);
 
         /* float32: within float32 rounding of the float64 result */
@@ -345,8 +351,8 @@ static void test_rollout(void)
             x0f[i] = (float)x0[i], x0[i] = x0f[i];
         for (ptrdiff_t i = 0; i < B * T * m; i++)
             uf[i] = (float)u[i], u[i] = uf[i];
-        CHECK(tl_rollout_f32(&sys, B, T, x0f, uf, Sf, work) == TL_OK, "rollout f32 status");
-        CHECK(tl_rollout_f64(&sys, B, T, x0, u, S, work) == TL_OK, "rollout status");
+        CHECK(tl_rollout(&sys, TL_F32, B, T, x0f, uf, Sf, work) == TL_OK, "rollout f32 status");
+        CHECK(tl_rollout(&sys, TL_F64, B, T, x0, u, S, work) == TL_OK, "rollout status");
         for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
             Sfd[i] = Sf[i];
         CHECK(rel_err(B * (T + 1) * n, Sfd, S) < 1e-6, "rollout f32 n=%td", n);
@@ -356,7 +362,8 @@ static void test_rollout(void)
         double *gu = xmalloc(sizeof(double) * B * T * m), *gx = xmalloc(sizeof(double) * B * n);
         for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
             G[i] = uniform(&seed);
-        CHECK(tl_rollout_vjp_f64(&sys, B, T, G, gu, gx, work) == TL_OK, "vjp status");
+        CHECK(tl_rollout_vjp(&sys, TL_F64, B, T, NULL, NULL, G, gu, gx, work) == TL_OK,
+              "vjp status");
         double worst = 0.0;
         const double h = 1e-6;
         for (ptrdiff_t i = 0; i < B * T * m + B * n; i++) {
@@ -364,7 +371,7 @@ static void test_rollout(void)
             double L[2], keep = *p;
             for (int side = 0; side < 2; side++) {
                 *p = keep + (side ? -h : h);
-                tl_rollout_f64(&sys, B, T, x0, u, S, work);
+                tl_rollout(&sys, TL_F64, B, T, x0, u, S, work);
                 L[side] = 0;
                 for (ptrdiff_t q = 0; q < B * (T + 1) * n; q++)
                     L[side] += G[q] * S[q];
@@ -375,7 +382,8 @@ static void test_rollout(void)
             worst = fmax(worst, fabs(fd - an) / fmax(1.0, fabs(fd)));
         }
         CHECK(worst < 1e-7, "vjp vs finite differences n=%td: %g", n, worst);
-        CHECK(tl_rollout_vjp_f64(&sys, B, T, G, NULL, gx, work) == TL_OK, "vjp no grad_u");
+        CHECK(tl_rollout_vjp(&sys, TL_F64, B, T, x0, u, G, NULL, gx, work) == TL_OK,
+              "vjp no grad_u");
 
         free(Ad), free(Bd), free(x0), free(u), free(S), free(ref), free(work);
         free(x0f), free(uf), free(Sf), free(Sfd), free(G), free(gu), free(gx);
@@ -384,20 +392,29 @@ static void test_rollout(void)
 
 static void test_rollout_errors(void)
 {
-    double Ad[1] = {1}, Bd[1] = {1}, x0[1] = {0}, u[1] = {0}, S[2], work[2];
-    tl_system sys = {1, 1, Ad, Bd};
-    CHECK(tl_rollout_f64(&sys, -1, 1, x0, u, S, work) == TL_ERR_SHAPE, "batch < 0");
-    CHECK(tl_rollout_f64(&sys, 1, -1, x0, u, S, work) == TL_ERR_SHAPE, "steps < 0");
-    CHECK(tl_rollout_f64(&sys, 1, 1, x0, u, S, NULL) == TL_ERR_NOMEM, "no work");
-    CHECK(tl_rollout_f64(&sys, 1, 1, NULL, u, S, work) == TL_ERR_VALUE, "no x0");
-    CHECK(tl_rollout_f64(NULL, 1, 1, x0, u, S, work) == TL_ERR_VALUE, "no system");
-    tl_system bad = {0, 1, Ad, Bd};
-    CHECK(tl_rollout_f64(&bad, 1, 1, x0, u, S, work) == TL_ERR_SHAPE, "n = 0");
-    CHECK(tl_rollout_f64(&sys, 0, 3, NULL, NULL, NULL, work) == TL_OK, "empty batch");
-    CHECK(tl_rollout_f64(&sys, 1, 0, x0, NULL, S, work) == TL_OK && S[0] == x0[0], "no steps");
-    CHECK(tl_rollout_vjp_f64(&sys, 1, 1, NULL, u, x0, work) == TL_ERR_VALUE, "vjp no grad");
+    double Ad[1] = {1}, Bd[1] = {1}, x0[1] = {0}, u[1] = {0}, S[2];
+    void *work = xmalloc(tl_rollout_work_bytes(1, 1));
+    const tl_dynamics sys = tl_dynamics_linear(1, 1, Ad, Bd);
+    CHECK(tl_rollout(&sys, TL_F64, -1, 1, x0, u, S, work) == TL_ERR_SHAPE, "batch < 0");
+    CHECK(tl_rollout(&sys, TL_F64, 1, -1, x0, u, S, work) == TL_ERR_SHAPE, "steps < 0");
+    CHECK(tl_rollout(&sys, TL_F64, 1, 1, x0, u, S, NULL) == TL_ERR_NOMEM, "no work");
+    CHECK(tl_rollout(&sys, TL_F64, 1, 1, NULL, u, S, work) == TL_ERR_VALUE, "no x0");
+    CHECK(tl_rollout(NULL, TL_F64, 1, 1, x0, u, S, work) == TL_ERR_VALUE, "no system");
+    CHECK(tl_rollout(&sys, TL_DTYPE_COUNT, 1, 1, x0, u, S, work) == TL_ERR_VALUE, "bad dtype");
+    CHECK(tl_rollout(&sys, (tl_dtype)-1, 1, 1, x0, u, S, work) == TL_ERR_VALUE, "dtype -1");
+    tl_dynamics bad = tl_dynamics_linear(0, 1, Ad, Bd);
+    CHECK(tl_rollout(&bad, TL_F64, 1, 1, x0, u, S, work) == TL_ERR_SHAPE, "n = 0");
+    CHECK(tl_rollout(&sys, TL_F64, 0, 3, NULL, NULL, NULL, work) == TL_OK, "empty batch");
+    CHECK(tl_rollout(&sys, TL_F64, 1, 0, x0, NULL, S, work) == TL_OK && S[0] == x0[0], "no steps");
+    CHECK(tl_rollout_vjp(&sys, TL_F64, 1, 1, NULL, NULL, NULL, u, x0, work) == TL_ERR_VALUE,
+          "vjp no grad");
+    CHECK(tl_rollout_vjp(&sys, TL_F32, 1, 1, NULL, NULL, S, u, x0, NULL) == TL_ERR_NOMEM,
+          "vjp no work");
+    CHECK(tl_rollout_work_bytes(0, 1) == 0 && tl_rollout_work_bytes(TL_MAX_DIM + 1, 1) == 0 &&
+              tl_rollout_work_bytes(1, 0) == 0 && tl_rollout_work_bytes(1, -1) == 0,
+          "rollout work of a bad n or m");
+    free(work);
 }
-
 
 static void test_time_weights(void)
 {
@@ -484,14 +501,25 @@ static void test_time_weights_huge(void)
 }
 
 /* Naive combined loss value for mse, uniform weights, no mask (the reference). */
-static double naive_combined(const tl_system *sys, ptrdiff_t B, ptrdiff_t T, const double *u,
+static double naive_combined(const tl_dynamics *sys, ptrdiff_t B, ptrdiff_t T, const double *u,
                              const double *x0, const double *ru, const double *rs,
                              double weight, double *S)
 {
     const ptrdiff_t n = sys->n, m = sys->m;
-    void *work = xmalloc(tl_rollout_work_bytes(n));
-    tl_rollout_f64(sys, B, T, x0, u, S, work);
-    free(work);
+    const double *Ad = sys->A.data, *Bd = sys->B.data;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        double *r = S + b * (T + 1) * n;
+        memcpy(r, x0 + b * n, sizeof(double) * n);
+        for (ptrdiff_t k = 0; k < T; k++)
+            for (ptrdiff_t i = 0; i < n; i++) {
+                double v = 0;
+                for (ptrdiff_t j = 0; j < n; j++)
+                    v += Ad[i * n + j] * r[k * n + j];
+                for (ptrdiff_t j = 0; j < m; j++)
+                    v += Bd[i * m + j] * u[(b * T + k) * m + j];
+                r[(k + 1) * n + i] = v;
+            }
+    }
     double c = 0.0, t = 0.0;
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         c += (u[i] - ru[i]) * (u[i] - ru[i]);
@@ -512,13 +540,26 @@ static int same_value(const tl_loss_value *a, const tl_loss_value *b)
     return memcmp(x, y, sizeof x) == 0 && a->nonfinite == b->nonfinite;
 }
 
+/* A loss spec with the given selection and terms, mse, weights (1, 0.3, 0.2),
+ * one thread: the fields a test does not set. */
+static tl_loss_spec basic_spec(ptrdiff_t B, ptrdiff_t T, unsigned terms)
+{
+    tl_loss_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.sel.batch = B, spec.sel.steps = T, spec.sel.discount = 1.0;
+    spec.penalty = TL_PENALTY_MSE, spec.delta = 1.0, spec.terms = terms;
+    spec.control_weight = 1.0, spec.trajectory_weight = 0.3, spec.terminal_weight = 0.2;
+    spec.threads = 1, spec.kernel = TL_KERNEL_AUTO;
+    return spec;
+}
+
 static void test_losses(void)
 {
     unsigned seed = 777u;
     const ptrdiff_t n = 3, m = 2, B = 4, T = 6;
     double Ad[9], Bd[6];
     random_system(n, m, Ad, Bd, &seed);
-    tl_system sys = {n, m, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     double u[4 * 6 * 2], ru[4 * 6 * 2], x0[4 * 3], rs[4 * 7 * 3], S[4 * 7 * 3];
     double gu[4 * 6 * 2], gx[4 * 3];
     for (size_t i = 0; i < sizeof u / sizeof u[0]; i++)
@@ -528,14 +569,15 @@ static void test_losses(void)
     for (size_t i = 0; i < sizeof rs / sizeof rs[0]; i++)
         rs[i] = uniform(&seed);
 
-    tl_loss_spec spec = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
-    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
+    tl_loss_spec spec = basic_spec(B, T, TL_TERM_CONTROL | TL_TERM_TRAJECTORY);
+    spec.trajectory_weight = 0.3;
+    void *work = xmalloc(tl_loss_work_bytes(&sys, 0, &spec));
+    tl_loss_io io = {TL_F64, u, x0, ru, rs, NULL, gu, gx};
     tl_loss_value v;
-    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
-          "combined status");
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_OK, "combined status");
     double want = naive_combined(&sys, B, T, u, x0, ru, rs, 0.3, S);
-    CHECK(fabs(v.total - want) < 1e-14 * fabs(want), "combined value %.17g vs %.17g", v.total, want);
+    CHECK(fabs(v.total - want) < 1e-14 * fabs(want), "combined value %.17g vs %.17g", v.total,
+          want);
 
     /* gradient against central differences of the naive value */
     double worst = 0.0;
@@ -554,13 +596,11 @@ static void test_losses(void)
     /* padding: steps past each length are never read and get zero gradient */
     const int64_t lengths[4] = {6, 2, 0, 4};
     spec.sel.lengths = lengths;
-    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
-          "padded status");
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_OK, "padded status");
     const double before = v.total;
     for (ptrdiff_t k = 2; k < T; k++)
         u[(1 * T + k) * m] = 1e300, rs[(1 * (T + 1) + k + 1) * n] = NAN;
-    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK,
-          "padded status 2");
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_OK, "padded status 2");
     CHECK(v.total == before, "padding changed the value: %.17g vs %.17g", v.total, before);
     int zero = 1;
     for (ptrdiff_t k = 2; k < T; k++)
@@ -571,34 +611,47 @@ static void test_losses(void)
 
     /* control loss alone equals numpy.mean((u - ru)^2) with uniform weights */
     double g1[4 * 6 * 2];
-    void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
-    tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
+    tl_loss_spec cs = basic_spec(B, T, TL_TERM_CONTROL);
+    void *cw = xmalloc(tl_loss_work_bytes(NULL, m, &cs));
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         u[i] = uniform(&seed);
     double mse = 0.0;
     for (ptrdiff_t i = 0; i < B * T * m; i++)
         mse += (u[i] - ru[i]) * (u[i] - ru[i]);
     mse /= (double)(B * T * m);
-    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_OK, "control status");
+    const tl_loss_io cio = {TL_F64, u, NULL, ru, NULL, NULL, g1, NULL};
+    CHECK(tl_control_loss(&cs, m, &cio, &v, cw) == TL_OK, "control status");
     CHECK(fabs(v.total - mse) < 1e-15, "control mse %.17g vs %.17g", v.total, mse);
     CHECK(fabs(g1[5] - 2 * (u[5] - ru[5]) / (double)(B * T * m)) < 1e-16, "control grad");
 
     /* errors */
     const int64_t empty[4] = {0, 0, 0, 0};
     cs.sel.lengths = empty;
-    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_ERR_EMPTY, "empty selection");
+    CHECK(tl_control_loss(&cs, m, &cio, &v, cw) == TL_ERR_EMPTY, "empty selection");
     cs.sel.lengths = NULL;
     cs.penalty = TL_PENALTY_HUBER;
     cs.delta = 0.0;
-    CHECK(tl_control_loss_f64(&cs, m, u, ru, &v, g1, cw) == TL_ERR_VALUE, "huber delta 0");
+    CHECK(tl_control_loss(&cs, m, &cio, &v, cw) == TL_ERR_VALUE, "huber delta 0");
+    cs.penalty = TL_PENALTY_MSE;
+    tl_loss_io bad_io = cio;
+    bad_io.dtype = TL_DTYPE_COUNT;
+    CHECK(tl_control_loss(&cs, m, &bad_io, &v, cw) == TL_ERR_VALUE, "control loss dtype");
+    CHECK(tl_control_loss(&cs, m, &cio, &v, NULL) == TL_ERR_NOMEM, "control loss without work");
     spec.sel.lengths = NULL;
     spec.trajectory_weight = -1.0;
-    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_ERR_VALUE,
-          "negative weight");
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_ERR_VALUE, "negative weight");
     spec.trajectory_weight = 1.0;
-    CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, NULL, rs, NULL, &v, gu, gx, work) == TL_ERR_VALUE,
-          "missing reference");
+    tl_loss_io no_ref = io;
+    no_ref.ref_controls = NULL;
+    CHECK(tl_rollout_loss(&sys, &spec, &no_ref, &v, work) == TL_ERR_VALUE, "missing reference");
+    no_ref = io, no_ref.dtype = (tl_dtype)-1;
+    CHECK(tl_rollout_loss(&sys, &spec, &no_ref, &v, work) == TL_ERR_VALUE, "rollout loss dtype");
+    spec.kernel = TL_KERNEL_COUNT;
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_ERR_VALUE, "unknown kernel");
+    spec.kernel = (tl_kernel)-1;
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_ERR_VALUE, "kernel -1");
+    spec.kernel = TL_KERNEL_AUTO;
+    CHECK(tl_rollout_loss(&sys, &spec, &io, &v, NULL) == TL_ERR_NOMEM, "rollout loss without work");
     free(work), free(cw);
 }
 
@@ -607,11 +660,12 @@ static void test_losses(void)
 static void test_loss_threads(void)
 {
     unsigned seed = 4242u;
-    /* B spans nine chunks, enough for two workers, and ends in a partial tile */
-    const ptrdiff_t n = 3, m = 2, B = 8 * TL_CHUNK + 3, T = 9;
+    /* B: many chunks of any reasonable size, enough for several workers, and
+     * a partial tile at the end */
+    const ptrdiff_t n = 3, m = 2, B = 8 * 256 + 3, T = 9;
     double Ad[9], Bd[6];
     random_system(n, m, Ad, Bd, &seed);
-    tl_system sys = {n, m, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     double *u = xmalloc(sizeof(double) * B * T * m), *ru = xmalloc(sizeof(double) * B * T * m);
     double *x0 = xmalloc(sizeof(double) * B * n), *rs = xmalloc(sizeof(double) * B * (T + 1) * n);
     int64_t *len = xmalloc(sizeof(int64_t) * B);
@@ -636,15 +690,19 @@ static void test_loss_threads(void)
     /* 1..4 threads, started for each call or kept in a pool between calls */
     for (int variant = 0; variant < 8; variant++) {
         const int threads = 1 + variant / 2, r = variant > 0;
-        tl_loss_spec spec = {{B, T, len, NULL, 0.9}, TL_PENALTY_HUBER, 0.5, 7u, 1.0, 0.3,
-                             0.2, 1, NULL, NULL, threads, 0, 0, variant % 2 ? pool : NULL};
-        void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
-        CHECK(tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v[r], gu[r], gx[r], work) ==
-                  TL_OK, "threaded loss status (%d threads)", threads);
+        tl_loss_spec spec = basic_spec(B, T, 7u);
+        spec.sel.lengths = len, spec.sel.discount = 0.9;
+        spec.penalty = TL_PENALTY_HUBER, spec.delta = 0.5, spec.include_initial = 1;
+        spec.threads = threads, spec.pool = variant % 2 ? pool : NULL;
+        void *work = xmalloc(tl_loss_work_bytes(&sys, 0, &spec));
+        const tl_loss_io io = {TL_F64, u, x0, ru, rs, NULL, gu[r], gx[r]};
+        CHECK(tl_rollout_loss(&sys, &spec, &io, &v[r], work) == TL_OK,
+              "threaded loss status (%d threads)", threads);
         free(work);
         spec.terms = TL_TERM_CONTROL;
-        work = xmalloc(tl_control_loss_work_bytes(m, T, B, threads));
-        CHECK(tl_control_loss_f64(&spec, m, u, ru, &vc[r], gc[r], work) == TL_OK,
+        work = xmalloc(tl_loss_work_bytes(NULL, m, &spec));
+        const tl_loss_io cio = {TL_F64, u, NULL, ru, NULL, NULL, gc[r], NULL};
+        CHECK(tl_control_loss(&spec, m, &cio, &vc[r], work) == TL_OK,
               "threaded control loss status (variant %d)", variant);
         free(work);
         if (r)
@@ -656,100 +714,931 @@ static void test_loss_threads(void)
     tl_pool_stop(pool);
     free(pool);
     CHECK(same, "losses identical bit for bit for 1..4 threads, with and without a pool");
-    CHECK(tl_rollout_loss_work_bytes(TL_MAX_DIM, TL_MAX_DIM, PTRDIFF_MAX / 2, 1, 1) == 0 &&
-              tl_control_loss_work_bytes(PTRDIFF_MAX / 4, PTRDIFF_MAX / 4, 1, 1) == 0,
+    const tl_dynamics big = tl_dynamics_linear(TL_MAX_DIM, TL_MAX_DIM, Ad, Bd);
+    tl_loss_spec huge = basic_spec(1, PTRDIFF_MAX / 2, 7u);
+    const size_t rollout_bytes = tl_loss_work_bytes(&big, 0, &huge);
+    huge.sel.steps = PTRDIFF_MAX / 4;
+    CHECK(rollout_bytes == 0 && tl_loss_work_bytes(NULL, PTRDIFF_MAX / 4, &huge) == 0,
           "overflowing scratch sizes are refused");
     for (int r = 0; r < 2; r++)
         free(gu[r]), free(gx[r]), free(gc[r]);
     free(u), free(ru), free(x0), free(rs), free(len);
 }
 
-/* The rollout losses run pairs of full tiles as one 512-bit tile (eight
- * float64 or sixteen float32 lanes) where the CPU has AVX-512 (spec.lanes =
- * 0) and only 256-bit tiles with spec.lanes = 4: the same bits either way, for every small system the
- * eight-lane kernels serve and one they do not, each set of terms they
- * serve, with and without a terminal target and the initial state, chunks
- * with an odd number of full tiles and a partial one, and 1 or 2 threads.
- * (Without AVX-512 both runs are 256-bit and this checks only that.) */
-static void test_loss_lanes(void)
+/* ---- systems in every form ------------------------------------------------
+ * A field is shared, per sample, per step or both (bit 1: per sample, bit 2:
+ * per step); the offset may also be absent. The tl_dynamics points into
+ * storage laid out batch-major or step-major, with `gap` doubles of NaN
+ * between matrices, so that a stride used wrong reads NaN or another
+ * matrix. The references read full[b][k], a copy of each sample's matrix at
+ * every step made from the values as they were drawn. */
+enum { FORM_SHARED = 0, FORM_SAMPLE = 1, FORM_STEP = 2, FORM_BOTH = 3, FORM_ABSENT = 4 };
+
+typedef struct {
+    ptrdiff_t n, m, B, T;
+    double *A, *Bm, *c; /* full: [B][T][n][n], [B][T][n][m], [B][T][n] (c NULL: no offset) */
+    double *store[3];   /* what dyn points into */
+    tl_dynamics dyn;
+} formed_sys;
+
+typedef struct {
+    int form[3];   /* of A, B, c */
+    int step_major; /* storage step-major (a step's samples side by side) */
+    int gap;       /* NaN doubles after each matrix */
+} form_desc;
+
+/* value e of a new matrix (r rows, q columns) of field f (0 A, 1 B, 2 c) */
+static double draw(int f, ptrdiff_t e, ptrdiff_t r, unsigned *seed)
 {
-    static const ptrdiff_t sizes[][2] = {{2, 1}, {3, 3}, {6, 2}, {4, 1}, {5, 2}};
-    static const unsigned term_sets[] = {7u, TL_TERM_TRAJECTORY, TL_TERM_TERMINAL};
-    unsigned seed = 777u;
-    const ptrdiff_t B = 2 * TL_CHUNK + 8 * 5 + 4 + 3, T = 7; /* 512 + 47: 11 full tiles, 3 rows */
-    int same = 1, calls = 0;
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        const ptrdiff_t n = sizes[s][0], m = sizes[s][1];
-        double Ad[36], Bd[36];
-        random_system(n, m, Ad, Bd, &seed);
-        tl_system sys = {n, m, Ad, Bd};
-        double *u = xmalloc(sizeof(double) * B * T * m), *ru = xmalloc(sizeof(double) * B * T * m);
-        double *x0 = xmalloc(sizeof(double) * B * n), *tg = xmalloc(sizeof(double) * B * n);
-        double *rs = xmalloc(sizeof(double) * B * (T + 1) * n);
-        for (ptrdiff_t i = 0; i < B * T * m; i++)
-            u[i] = uniform(&seed), ru[i] = uniform(&seed);
-        for (ptrdiff_t i = 0; i < B * n; i++)
-            x0[i] = uniform(&seed), tg[i] = uniform(&seed);
-        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
-            rs[i] = uniform(&seed);
-        float *uf = xmalloc(sizeof(float) * B * T * m), *ruf = xmalloc(sizeof(float) * B * T * m);
-        float *x0f = xmalloc(sizeof(float) * B * n), *tgf = xmalloc(sizeof(float) * B * n);
-        float *rsf = xmalloc(sizeof(float) * B * (T + 1) * n);
-        for (ptrdiff_t i = 0; i < B * T * m; i++)
-            uf[i] = (float)u[i], ruf[i] = (float)ru[i];
-        for (ptrdiff_t i = 0; i < B * n; i++)
-            x0f[i] = (float)x0[i], tgf[i] = (float)tg[i];
-        for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++)
-            rsf[i] = (float)rs[i];
-        double *gu[2], *gx[2];
-        float *guf[2], *gxf[2];
-        for (int r = 0; r < 2; r++) {
-            gu[r] = xmalloc(sizeof(double) * B * T * m);
-            gx[r] = xmalloc(sizeof(double) * B * n);
-            guf[r] = xmalloc(sizeof(float) * B * T * m);
-            gxf[r] = xmalloc(sizeof(float) * B * n);
+    if (f == 0) /* stable-ish: 0.5 I plus a small random part */
+        return 0.4 * uniform(seed) / sqrt((double)r) + (e % (r + 1) == 0 ? 0.5 : 0.0);
+    return f == 1 ? uniform(seed) : 0.5 * uniform(seed);
+}
+
+static void build_field(int f, int form, const form_desc *d, ptrdiff_t B, ptrdiff_t T,
+                        ptrdiff_t r, ptrdiff_t q, unsigned *seed, double *full, double **store,
+                        tl_field *field)
+{
+    const ptrdiff_t E = r * q, unit = E + d->gap;
+    const ptrdiff_t nb = form & FORM_SAMPLE ? B : 1, nk = form & FORM_STEP ? T : 1;
+    double *s = xmalloc(sizeof(double) * (size_t)(nb * nk * unit));
+    double *entries = xmalloc(sizeof(double) * (size_t)(nb * nk * E));
+    for (ptrdiff_t i = 0; i < nb * nk * unit; i++)
+        s[i] = NAN;
+    ptrdiff_t bs, ss; /* the layout, in doubles */
+    if (d->step_major)
+        bs = form & FORM_SAMPLE ? unit : 0, ss = form & FORM_STEP ? nb * unit : 0;
+    else
+        ss = form & FORM_STEP ? unit : 0, bs = form & FORM_SAMPLE ? nk * unit : 0;
+    for (ptrdiff_t b = 0; b < nb; b++)
+        for (ptrdiff_t k = 0; k < nk; k++) {
+            double *e = entries + (b * nk + k) * E;
+            for (ptrdiff_t i = 0; i < E; i++)
+                e[i] = draw(f, i, r, seed);
+            memcpy(s + (d->step_major ? k * nb + b : b * nk + k) * unit, e, sizeof(double) * E);
         }
-        for (size_t k = 0; k < sizeof term_sets / sizeof term_sets[0]; k++)
-            for (int variant = 0; variant < 4; variant++) {
-                const int with_target = variant & 1, threads = 1 + (variant >> 1);
-                tl_loss_value v[2], vf[2];
-                for (int r = 0; r < 2; r++) {
-                    tl_loss_spec spec = {{B, T, NULL, NULL, variant == 2 ? 0.9 : 1.0},
-                                         TL_PENALTY_MSE, 1.0, term_sets[k], 1.0, 0.3, 0.2,
-                                         variant == 3, NULL, NULL, threads, 1,
-                                         r == 0 ? 0 : 4, NULL};
-                    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, threads));
-                    same &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, with_target ? tg : NULL,
-                                                &v[r], gu[r], gx[r], work) == TL_OK;
-                    same &= tl_rollout_loss_f32(&sys, &spec, uf, x0f, ruf, rsf,
-                                                with_target ? tgf : NULL, &vf[r], guf[r], gxf[r],
-                                                work) == TL_OK;
-                    free(work);
-                    calls += 2;
-                }
-                same &= same_value(&v[0], &v[1]) &&
-                        memcmp(gu[0], gu[1], sizeof(double) * B * T * m) == 0 &&
-                        memcmp(gx[0], gx[1], sizeof(double) * B * n) == 0;
-                same &= same_value(&vf[0], &vf[1]) &&
-                        memcmp(guf[0], guf[1], sizeof(float) * B * T * m) == 0 &&
-                        memcmp(gxf[0], gxf[1], sizeof(float) * B * n) == 0;
-            }
-        for (int r = 0; r < 2; r++)
-            free(gu[r]), free(gx[r]), free(guf[r]), free(gxf[r]);
-        free(u), free(ru), free(x0), free(tg), free(rs);
-        free(uf), free(ruf), free(x0f), free(tgf), free(rsf);
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t k = 0; k < T; k++)
+            memcpy(full + (b * T + k) * E,
+                   entries + ((form & FORM_SAMPLE ? b : 0) * nk + (form & FORM_STEP ? k : 0)) * E,
+                   sizeof(double) * E);
+    free(entries);
+    *store = s;
+    field->data = s, field->batch_stride = bs, field->step_stride = ss;
+}
+
+static void formed_init(formed_sys *s, const form_desc *d, ptrdiff_t n, ptrdiff_t m,
+                        ptrdiff_t B, ptrdiff_t T, unsigned *seed)
+{
+    memset(s, 0, sizeof *s);
+    s->n = n, s->m = m, s->B = B, s->T = T;
+    const ptrdiff_t BT = B * T > 0 ? B * T : 1;
+    s->A = xmalloc(sizeof(double) * (size_t)(BT * n * n));
+    s->Bm = xmalloc(sizeof(double) * (size_t)(BT * n * m));
+    s->dyn = tl_dynamics_linear(n, m, NULL, NULL);
+    build_field(0, d->form[0], d, B, T, n, n, seed, s->A, &s->store[0], &s->dyn.A);
+    build_field(1, d->form[1], d, B, T, n, m, seed, s->Bm, &s->store[1], &s->dyn.B);
+    if (d->form[2] != FORM_ABSENT) {
+        s->c = xmalloc(sizeof(double) * (size_t)(BT * n));
+        build_field(2, d->form[2], d, B, T, n, 1, seed, s->c, &s->store[2], &s->dyn.c);
     }
-    CHECK(same, "512-bit and 256-bit tiles give the same bits, float64 and float32 (%d calls)",
-          calls);
-    tl_loss_spec bad = {{1, 1, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, 7u, 1.0, 0.3, 0.2,
-                        0, NULL, NULL, 1, 0, 8, NULL};
-    double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0.005, 0.1}, z[4] = {0, 0, 0, 0}, g[4];
-    tl_system sys = {2, 1, Ad, Bd};
+    int per_sample = 0, per_step = 0;
+    for (int f = 0; f < 3; f++)
+        if (d->form[f] != FORM_ABSENT)
+            per_sample |= d->form[f] & FORM_SAMPLE, per_step |= d->form[f] & FORM_STEP;
+    s->dyn.batch = per_sample ? B : 0;
+    s->dyn.steps = per_step ? T : 0;
+}
+
+static void formed_free(formed_sys *s)
+{
+    free(s->A), free(s->Bm), free(s->c);
+    for (int f = 0; f < 3; f++)
+        free(s->store[f]);
+}
+
+static const char *form_name(int form)
+{
+    static const char *const names[] = {"shared", "per-sample", "per-step", "per-sample-step",
+                                        "absent"};
+    return names[form];
+}
+
+/* x_{k+1} = A[b][k] x_k + B[b][k] u_k + c[b][k] for k < K, states [K+1][n] of sample b */
+static void plain_rollout_one(const formed_sys *s, ptrdiff_t b, ptrdiff_t K, const double *x0,
+                              const double *u, double *X)
+{
+    const ptrdiff_t n = s->n, m = s->m, T = s->T;
+    memcpy(X, x0, sizeof(double) * n);
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const double *A = s->A + (b * T + k) * n * n, *Bm = s->Bm + (b * T + k) * n * m;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            double v = s->c ? s->c[(b * T + k) * n + i] : 0.0;
+            for (ptrdiff_t j = 0; j < n; j++)
+                v += A[i * n + j] * X[k * n + j];
+            for (ptrdiff_t j = 0; j < m; j++)
+                v += Bm[i * m + j] * u[k * m + j];
+            X[(k + 1) * n + i] = v;
+        }
+    }
+}
+
+/* lam_K = G_K, lam_k = G_k + A[b][k]^T lam_{k+1}; gu_k = B[b][k]^T lam_{k+1} (k < K),
+ * added to gu (T x m) and written to gx0 */
+static void plain_adjoint_one(const formed_sys *s, ptrdiff_t b, ptrdiff_t K, const double *G,
+                              double *gu, double *gx0)
+{
+    const ptrdiff_t n = s->n, m = s->m, T = s->T;
+    double lam[16], prev[16];
+    memcpy(lam, G + K * n, sizeof(double) * n);
+    for (ptrdiff_t k = K - 1; k >= 0; k--) {
+        const double *A = s->A + (b * T + k) * n * n, *Bm = s->Bm + (b * T + k) * n * m;
+        for (ptrdiff_t j = 0; j < m; j++)
+            for (ptrdiff_t i = 0; i < n; i++)
+                gu[k * m + j] += Bm[i * m + j] * lam[i];
+        for (ptrdiff_t i = 0; i < n; i++) {
+            prev[i] = G[k * n + i];
+            for (ptrdiff_t j = 0; j < n; j++)
+                prev[i] += A[j * n + i] * lam[j];
+        }
+        memcpy(lam, prev, sizeof(double) * n);
+    }
+    memcpy(gx0, lam, sizeof(double) * n);
+}
+
+static double penalty_plain(tl_penalty p, double delta, double r, double *d)
+{
+    if (p == TL_PENALTY_MSE)
+        return *d = 2.0 * r, r * r;
+    if (p == TL_PENALTY_L1)
+        return *d = (double)((r > 0.0) - (r < 0.0)), fabs(r);
+    if (fabs(r) <= delta)
+        return *d = r, 0.5 * r * r;
+    return *d = r > 0.0 ? delta : -delta, delta * (fabs(r) - 0.5 * delta);
+}
+
+static int plain_valid(const tl_selection *sel, ptrdiff_t b, ptrdiff_t t)
+{
+    if (sel->lengths)
+        return t < sel->lengths[b];
+    return sel->mask ? sel->mask[b * sel->steps + t] != 0 : 1;
+}
+
+/* w_j = g^j |S| / sum_{s in S} g^s over the slots j with valid[j] (0 elsewhere) */
+static void plain_weights(double g, ptrdiff_t len, const int *valid, double *w)
+{
+    double norm = 0.0, count = 0.0;
+    for (ptrdiff_t j = 0; j < len; j++)
+        if (valid[j])
+            norm += pow(g, (double)j), count += 1.0;
+    for (ptrdiff_t j = 0; j < len; j++)
+        w[j] = valid[j] ? pow(g, (double)j) * count / norm : 0.0;
+}
+
+/*
+ * The rollout losses of trajloss.h, written as plainly as they are
+ * documented: per sequence, the rollout up to the last valid step, per-step
+ * errors (mean over the dimensions of weight * rho), time weights, the means
+ * over valid steps of the batch, and the gradient through the adjoint.
+ * terms[0..2] = control, trajectory, terminal (0 when not computed);
+ * returns the weighted total. gu (B x T x m) and gx (B x n) are written.
+ */
+static double plain_loss(const formed_sys *s, const tl_loss_spec *spec, const double *u,
+                         const double *x0, const double *ru, const double *rs, const double *tg,
+                         double terms[3], double *gu, double *gx)
+{
+    const ptrdiff_t n = s->n, m = s->m, B = s->B, T = s->T;
+    const tl_selection *sel = &spec->sel;
+    const unsigned tm = spec->terms;
+    const int shift = (tm & TL_TERM_TRAJECTORY) && spec->include_initial;
+    double N[3] = {0, 0, 0}, sum[3] = {0, 0, 0};
+    for (ptrdiff_t b = 0; b < B; b++) {
+        ptrdiff_t c = 0;
+        for (ptrdiff_t t = 0; t < T; t++)
+            c += plain_valid(sel, b, t);
+        N[0] += (double)c;
+        N[1] += c > 0 ? (double)(c + shift) : 0.0;
+        N[2] += c > 0;
+    }
+    const double scale[3] = {spec->control_weight / N[0], spec->trajectory_weight / N[1],
+                             spec->terminal_weight / N[2]};
+    double *X = xmalloc(sizeof(double) * (T + 1) * n), *G = xmalloc(sizeof(double) * (T + 1) * n);
+    int *valid = xmalloc(sizeof(int) * (T + 1));
+    double *wc = xmalloc(sizeof(double) * (T + 1)), *wt = xmalloc(sizeof(double) * (T + 1));
+    for (ptrdiff_t b = 0; b < B; b++) {
+        double *gub = gu + b * T * m, *gxb = gx + b * n;
+        ptrdiff_t last = -1;
+        for (ptrdiff_t t = 0; t < T; t++)
+            if ((valid[t] = plain_valid(sel, b, t)) != 0)
+                last = t;
+        memset(gub, 0, sizeof(double) * T * m), memset(gxb, 0, sizeof(double) * n);
+        if (last < 0)
+            continue;
+        const ptrdiff_t K = last + 1;
+        plain_weights(sel->discount, T, valid, wc);
+        for (ptrdiff_t j = T; j >= 1; j--) /* slot j: state j, valid with control j - 1 */
+            valid[j] = valid[j - 1];
+        valid[0] = shift;
+        plain_weights(sel->discount, T + 1, valid, wt);
+        plain_rollout_one(s, b, K, x0 + b * n, u + b * T * m, X);
+        memset(G, 0, sizeof(double) * (T + 1) * n);
+        for (ptrdiff_t j = 0; j <= K; j++)
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const double si = spec->state_weights ? spec->state_weights[i] : 1.0;
+                double d;
+                if ((tm & TL_TERM_TRAJECTORY) && valid[j]) {
+                    const double r = X[j * n + i] - rs[(b * (T + 1) + j) * n + i];
+                    const double e = penalty_plain(spec->penalty, spec->delta, r, &d);
+                    sum[1] += wt[j] * si * e / (double)n;
+                    G[j * n + i] += scale[1] * wt[j] * si * d / (double)n;
+                }
+                if ((tm & TL_TERM_TERMINAL) && j == K) {
+                    const double goal = tg ? tg[b * n + i] : rs[(b * (T + 1) + K) * n + i];
+                    const double e = penalty_plain(spec->penalty, spec->delta, X[j * n + i] - goal,
+                                                   &d);
+                    sum[2] += si * e / (double)n;
+                    G[j * n + i] += scale[2] * si * d / (double)n;
+                }
+            }
+        plain_adjoint_one(s, b, K, G, gub, gxb);
+        for (ptrdiff_t t = 0; t < K && (tm & TL_TERM_CONTROL); t++)
+            for (ptrdiff_t j = 0; j < m && plain_valid(sel, b, t); j++) {
+                const double fj = spec->feature_weights ? spec->feature_weights[j] : 1.0;
+                const ptrdiff_t i = (b * T + t) * m + j;
+                double d;
+                const double e = penalty_plain(spec->penalty, spec->delta, u[i] - ru[i], &d);
+                sum[0] += wc[t] * fj * e / (double)m;
+                gub[t * m + j] += scale[0] * wc[t] * fj * d / (double)m;
+            }
+    }
+    free(X), free(G), free(valid), free(wc), free(wt);
+    double total = 0.0;
+    const double weight[3] = {spec->control_weight, spec->trajectory_weight,
+                              spec->terminal_weight};
+    for (int k = 0; k < 3; k++) {
+        terms[k] = tm & (1u << k) ? sum[k] / N[k] : 0.0;
+        total += tm & (1u << k) ? weight[k] * terms[k] : 0.0;
+    }
+    return total;
+}
+
+/* float copies of count doubles, and the doubles rounded to them */
+static float *to_f32(double *x, ptrdiff_t count)
+{
+    float *f = xmalloc(sizeof(float) * (size_t)(count > 0 ? count : 1));
+    for (ptrdiff_t i = 0; i < count; i++)
+        f[i] = (float)x[i], x[i] = f[i];
+    return f;
+}
+
+static void from_f32(const float *f, double *x, ptrdiff_t count)
+{
+    for (ptrdiff_t i = 0; i < count; i++)
+        x[i] = f[i];
+}
+
+/* max |a - b| <= rel (|b| + floor max |b|) over count entries */
+static int near(ptrdiff_t count, const double *a, const double *b, double rel, double floor_)
+{
+    double big = 0.0;
+    for (ptrdiff_t i = 0; i < count; i++)
+        big = fmax(big, fabs(b[i]));
+    for (ptrdiff_t i = 0; i < count; i++)
+        if (!(fabs(a[i] - b[i]) <= rel * (fabs(b[i]) + floor_ * big)))
+            return 0;
+    return 1;
+}
+
+/* The form descriptions the tests sweep: every form of A, B and c. */
+static form_desc nth_form(int i)
+{
+    form_desc d;
+    d.form[0] = i % 4, d.form[1] = (i / 4) % 4, d.form[2] = (i / 16) % 5;
+    d.step_major = (i / 3) % 2, d.gap = i % 5 == 0 ? 0 : 3;
+    return d;
+}
+enum { N_FORMS = 80 };
+
+/* tl_dynamics_linear gives a shared system; tl_dynamics_check takes what is
+ * well formed and fits the call, and refuses the rest with the documented
+ * status: TL_ERR_SHAPE for sizes, TL_ERR_VALUE otherwise. */
+static void test_dynamics_check(void)
+{
+    double A[4] = {1, 0.5, 0, 1}, Bm[2] = {0, 1}, c[2] = {0.1, 0.2};
+    const tl_dynamics d = tl_dynamics_linear(2, 1, A, Bm);
+    CHECK(d.kind == TL_DYN_LINEAR && d.n == 2 && d.m == 1 && d.A.data == A && d.B.data == Bm &&
+              d.c.data == NULL && d.A.batch_stride == 0 && d.A.step_stride == 0 &&
+              d.B.batch_stride == 0 && d.B.step_stride == 0 && d.batch == 0 && d.steps == 0 &&
+              d.step == NULL && d.jacobians == NULL && d.param_jacobian == NULL &&
+              d.params.data == NULL && d.nparams == 0,
+          "tl_dynamics_linear: a shared linear system, reserved slots empty");
+    CHECK(tl_dynamics_check(&d, 5, 3) == TL_OK && tl_dynamics_check(&d, 0, 0) == TL_OK,
+          "a shared system fits any batch and steps");
+    CHECK(tl_dynamics_check(NULL, 1, 1) == TL_ERR_VALUE, "NULL dynamics");
+    CHECK(tl_dynamics_check(&d, -1, 1) == TL_ERR_SHAPE && tl_dynamics_check(&d, 1, -1) ==
+              TL_ERR_SHAPE, "negative batch or steps");
+    const ptrdiff_t bad_dims[] = {0, -1, TL_MAX_DIM + 1, PTRDIFF_MAX};
+    for (size_t i = 0; i < sizeof bad_dims / sizeof bad_dims[0]; i++) {
+        tl_dynamics e = d;
+        e.n = bad_dims[i];
+        CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_SHAPE, "n = %td", bad_dims[i]);
+        e = d, e.m = bad_dims[i];
+        CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_SHAPE, "m = %td", bad_dims[i]);
+    }
+    tl_dynamics e = d;
+    e.A.data = NULL;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "no A");
+    e = d, e.B.data = NULL;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "no B");
+    e = d, e.kind = TL_DYN_COUNT;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "unknown kind");
+    e = d, e.c.data = c;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_OK, "a shared offset");
+
+    /* per sample: the fields that vary cover the call's batch exactly */
+    e = d, e.A.batch_stride = 4, e.batch = 3;
+    CHECK(tl_dynamics_check(&e, 3, 7) == TL_OK, "per-sample A over its batch");
+    CHECK(tl_dynamics_check(&e, 4, 7) == TL_ERR_SHAPE && tl_dynamics_check(&e, 2, 7) ==
+              TL_ERR_SHAPE, "per-sample A over another batch");
+    e = d, e.c.data = c, e.c.batch_stride = 2, e.batch = 2;
+    CHECK(tl_dynamics_check(&e, 2, 1) == TL_OK && tl_dynamics_check(&e, 1, 1) == TL_ERR_SHAPE,
+          "per-sample offset");
+    /* per step: the same with the steps */
+    e = d, e.B.step_stride = 2, e.steps = 6;
+    CHECK(tl_dynamics_check(&e, 1, 6) == TL_OK && tl_dynamics_check(&e, 9, 6) == TL_OK,
+          "time-varying B over its steps");
+    CHECK(tl_dynamics_check(&e, 1, 5) == TL_ERR_SHAPE && tl_dynamics_check(&e, 1, 7) ==
+              TL_ERR_SHAPE, "time-varying B over other steps");
+    e = d, e.c.data = c, e.c.step_stride = 2, e.steps = 4;
+    CHECK(tl_dynamics_check(&e, 1, 4) == TL_OK && tl_dynamics_check(&e, 1, 3) == TL_ERR_SHAPE,
+          "time-varying offset");
+    e = d, e.A.batch_stride = 8, e.A.step_stride = 4, e.batch = 3, e.steps = 2;
+    CHECK(tl_dynamics_check(&e, 3, 2) == TL_OK && tl_dynamics_check(&e, 3, 1) == TL_ERR_SHAPE &&
+              tl_dynamics_check(&e, 2, 2) == TL_ERR_SHAPE, "per-sample and time-varying A");
+
+    /* negative strides are refused, whatever the sizes say */
+    for (int f = 0; f < 3; f++)
+        for (int which = 0; which < 2; which++) {
+            e = d, e.c.data = c, e.batch = 3, e.steps = 2;
+            tl_field *field = f == 0 ? &e.A : f == 1 ? &e.B : &e.c;
+            *(which ? &field->step_stride : &field->batch_stride) = -1;
+            CHECK(tl_dynamics_check(&e, 3, 2) == TL_ERR_VALUE, "negative %s stride of field %d",
+                  which ? "step" : "batch", f);
+        }
+    /* the reserved slots must stay empty for a linear system */
+    e = d, e.step = (tl_step_fn)1;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "step function set");
+    e = d, e.jacobians = (tl_jacobian_fn)1;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "jacobians set");
+    e = d, e.param_jacobian = (tl_param_jacobian_fn)1;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "param_jacobian set");
+    e = d, e.params.data = c;
+    CHECK(tl_dynamics_check(&e, 1, 1) == TL_ERR_VALUE, "params set");
+
+    /* every entry point refuses a system that does not fit, and writes nothing */
+    double x0[4] = {1, 2, 3, 4}, u[24] = {0}, S[40], gu[24], gx[4], err[4], tg[4] = {0};
+    double rs[40] = {0};
+    void *work = xmalloc(tl_rollout_work_bytes(2, 1));
+    e = d, e.A.batch_stride = 4, e.batch = 3; /* covers 3 samples, the calls have 2 */
+    memset(S, 0xA5, sizeof S), memset(gu, 0xA5, sizeof gu), memset(err, 0xA5, sizeof err);
+    CHECK(tl_rollout(&e, TL_F64, 2, 3, x0, u, S, work) == TL_ERR_SHAPE, "rollout, batch 2 of 3");
+    CHECK(tl_rollout_vjp(&e, TL_F64, 2, 3, x0, u, S, gu, gx, work) == TL_ERR_SHAPE,
+          "vjp, batch 2 of 3");
+    CHECK(tl_final_state_error(&e, TL_F64, 2, 3, NULL, u, x0, tg, err, work) == TL_ERR_SHAPE,
+          "final_state_error, batch 2 of 3");
+    CHECK(untouched(gu, sizeof gu, 0xA5) && untouched(err, sizeof err, 0xA5),
+          "a refused call wrote");
+    e = d, e.B.step_stride = 2, e.steps = 4; /* covers 4 steps, the calls have 3 */
+    CHECK(tl_rollout(&e, TL_F64, 2, 3, x0, u, S, work) == TL_ERR_SHAPE, "rollout, 3 steps of 4");
+    CHECK(untouched(S, sizeof S, 0xA5), "a refused rollout wrote");
+    tl_loss_spec spec = basic_spec(2, 3, 7u);
+    size_t bytes = tl_loss_work_bytes(&d, 0, &spec);
+    void *lwork = xmalloc(bytes);
     tl_loss_value v;
-    void *work = xmalloc(tl_rollout_loss_work_bytes(2, 1, 1, 1, 1));
-    CHECK(tl_rollout_loss_f64(&sys, &bad, z, z, z, z, NULL, &v, g, g + 2, work) == TL_ERR_VALUE,
-          "spec.lanes other than 0 or 4 is refused");
+    const tl_loss_io io = {TL_F64, u, x0, u, rs, tg, gu, gx};
+    CHECK(tl_rollout_loss(&e, &spec, &io, &v, lwork) == TL_ERR_SHAPE, "loss, 3 steps of 4");
+    CHECK(untouched(gu, sizeof gu, 0xA5), "a refused loss wrote");
+    e = d, e.jacobians = (tl_jacobian_fn)1;
+    CHECK(tl_rollout_loss(&e, &spec, &io, &v, lwork) == TL_ERR_VALUE, "loss, reserved slot set");
+    free(work), free(lwork);
+}
+
+/* Rollout, adjoint and final-state error for every form of system, both
+ * dtypes, against plain loops over each sample's matrices at each step; the
+ * adjoint also by the identity <vjp(G), (du, dx0)> = <G, J (du, dx0)>,
+ * J (du, dx0) the rollout of (du, dx0) without the offset. */
+static void test_rollout_forms(void)
+{
+    unsigned seed = 99u;
+    const ptrdiff_t dims[3][2] = {{3, 2}, {1, 1}, {4, 3}};
+    for (int f = 0; f < N_FORMS; f++) {
+        const form_desc d = nth_form(f);
+        const ptrdiff_t n = dims[f % 3][0], m = dims[f % 3][1], B = 5, T = 4;
+        const ptrdiff_t nx = B * n, nu = B * T * m, ns = B * (T + 1) * n;
+        formed_sys s;
+        formed_init(&s, &d, n, m, B, T, &seed);
+        double *x0 = xmalloc(sizeof(double) * nx), *u = xmalloc(sizeof(double) * nu);
+        double *xf = xmalloc(sizeof(double) * nx), *G = xmalloc(sizeof(double) * ns);
+        double *S = xmalloc(sizeof(double) * ns), *R = xmalloc(sizeof(double) * ns);
+        double *gu = xmalloc(sizeof(double) * nu), *gx = xmalloc(sizeof(double) * nx);
+        double *rgu = xmalloc(sizeof(double) * nu), *rgx = xmalloc(sizeof(double) * nx);
+        double err[5], rerr[5];
+        int64_t len[5];
+        void *work = xmalloc(tl_rollout_work_bytes(n, m));
+        for (ptrdiff_t i = 0; i < nx; i++)
+            x0[i] = uniform(&seed), xf[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < nu; i++)
+            u[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < ns; i++)
+            G[i] = uniform(&seed);
+        for (ptrdiff_t b = 0; b < B; b++)
+            len[b] = (int64_t)((b + f) % (T + 1));
+        char what[160];
+        snprintf(what, sizeof what, "A %s, B %s, c %s, %s, gap %d, n=%td m=%td",
+                 form_name(d.form[0]), form_name(d.form[1]), form_name(d.form[2]),
+                 d.step_major ? "step-major" : "batch-major", d.gap, n, m);
+
+        for (int dt = 0; dt < 2; dt++) {
+            const int f32 = dt == 1;
+            float *x0f = NULL, *uf = NULL, *xff = NULL, *Gf = NULL;
+            if (f32)
+                x0f = to_f32(x0, nx), uf = to_f32(u, nu), xff = to_f32(xf, nx), Gf = to_f32(G, ns);
+            const double rel = f32 ? 2e-6 : 1e-14;
+            /* the references, from the (rounded) inputs */
+            memset(rgu, 0, sizeof(double) * nu);
+            for (ptrdiff_t b = 0; b < B; b++) {
+                plain_rollout_one(&s, b, T, x0 + b * n, u + b * T * m, R + b * (T + 1) * n);
+                plain_adjoint_one(&s, b, T, G + b * (T + 1) * n, rgu + b * T * m, rgx + b * n);
+                double X[5 * 4], sq = 0.0;
+                plain_rollout_one(&s, b, (ptrdiff_t)len[b], x0 + b * n, u + b * T * m, X);
+                for (ptrdiff_t i = 0; i < n; i++)
+                    sq += (X[len[b] * n + i] - xf[b * n + i]) * (X[len[b] * n + i] - xf[b * n + i]);
+                rerr[b] = sqrt(sq);
+            }
+            tl_status st[3];
+            if (f32) {
+                float *Sf = xmalloc(sizeof(float) * ns), *guf = xmalloc(sizeof(float) * nu);
+                float *gxf = xmalloc(sizeof(float) * nx), ef[5];
+                st[0] = tl_rollout(&s.dyn, TL_F32, B, T, x0f, uf, Sf, work);
+                st[1] = tl_rollout_vjp(&s.dyn, TL_F32, B, T, x0f, uf, Gf, guf, gxf, work);
+                st[2] = tl_final_state_error(&s.dyn, TL_F32, B, T, len, uf, x0f, xff, ef, work);
+                from_f32(Sf, S, ns), from_f32(guf, gu, nu), from_f32(gxf, gx, nx);
+                from_f32(ef, err, B);
+                free(Sf), free(guf), free(gxf);
+            } else {
+                st[0] = tl_rollout(&s.dyn, TL_F64, B, T, x0, u, S, work);
+                st[1] = tl_rollout_vjp(&s.dyn, TL_F64, B, T, NULL, NULL, G, gu, gx, work);
+                st[2] = tl_final_state_error(&s.dyn, TL_F64, B, T, len, u, x0, xf, err, work);
+            }
+            CHECK(st[0] == TL_OK && near(ns, S, R, rel, 1.0), "rollout %s %s",
+                  f32 ? "f32" : "f64", what);
+            CHECK(st[1] == TL_OK && near(nu, gu, rgu, rel, 1.0) && near(nx, gx, rgx, rel, 1.0),
+                  "vjp %s %s", f32 ? "f32" : "f64", what);
+            CHECK(st[2] == TL_OK && near(B, err, rerr, rel * 10, 1.0),
+                  "final_state_error %s %s", f32 ? "f32" : "f64", what);
+            free(x0f), free(uf), free(xff), free(Gf);
+        }
+
+        /* the adjoint identity, in float64 */
+        formed_sys lin = s;
+        lin.c = NULL;
+        double *du = xmalloc(sizeof(double) * nu), *dx = xmalloc(sizeof(double) * nx);
+        for (ptrdiff_t i = 0; i < nu; i++)
+            du[i] = uniform(&seed);
+        for (ptrdiff_t i = 0; i < nx; i++)
+            dx[i] = uniform(&seed);
+        CHECK(tl_rollout_vjp(&s.dyn, TL_F64, B, T, x0, u, G, gu, gx, work) == TL_OK, "vjp");
+        double lhs = 0.0, rhs = 0.0, mag = 0.0;
+        for (ptrdiff_t b = 0; b < B; b++)
+            plain_rollout_one(&lin, b, T, dx + b * n, du + b * T * m, R + b * (T + 1) * n);
+        for (ptrdiff_t i = 0; i < nu; i++)
+            lhs += gu[i] * du[i], mag += fabs(gu[i] * du[i]);
+        for (ptrdiff_t i = 0; i < nx; i++)
+            lhs += gx[i] * dx[i], mag += fabs(gx[i] * dx[i]);
+        for (ptrdiff_t i = 0; i < ns; i++)
+            rhs += G[i] * R[i], mag += fabs(G[i] * R[i]);
+        CHECK(fabs(lhs - rhs) <= 1e-14 * mag, "<vjp(G), d> = <G, J d>: %.17g vs %.17g, %s", lhs,
+              rhs, what);
+        free(du), free(dx);
+        free(x0), free(u), free(xf), free(G), free(S), free(R), free(gu), free(gx), free(rgu);
+        free(rgx), free(work);
+        formed_free(&s);
+    }
+}
+
+/* Random loss inputs for a formed system, with NaN wherever the call must not
+ * read (controls after each sequence's last valid step, references at steps
+ * not scored, x0 and target of a sequence with no valid step). */
+typedef struct {
+    double *u, *x0, *ru, *rs, *tg, *fw, *sw;
+} loss_data;
+
+static void loss_data_init(loss_data *L, const formed_sys *s, const tl_loss_spec *spec,
+                           unsigned *seed)
+{
+    const ptrdiff_t n = s->n, m = s->m, B = s->B, T = s->T;
+    L->u = xmalloc(sizeof(double) * B * T * m), L->ru = xmalloc(sizeof(double) * B * T * m);
+    L->x0 = xmalloc(sizeof(double) * B * n), L->tg = xmalloc(sizeof(double) * B * n);
+    L->rs = xmalloc(sizeof(double) * B * (T + 1) * n);
+    L->fw = xmalloc(sizeof(double) * m), L->sw = xmalloc(sizeof(double) * n);
+    for (ptrdiff_t j = 0; j < m; j++)
+        L->fw[j] = 0.5 + uniform(seed) * uniform(seed);
+    for (ptrdiff_t i = 0; i < n; i++)
+        L->sw[i] = 0.5 + uniform(seed) * uniform(seed);
+    const int shift = (spec->terms & TL_TERM_TRAJECTORY) && spec->include_initial;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        ptrdiff_t last = -1;
+        for (ptrdiff_t t = 0; t < T; t++)
+            last = plain_valid(&spec->sel, b, t) ? t : last;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            L->x0[b * n + i] = last < 0 ? NAN : uniform(seed);
+            L->tg[b * n + i] = last < 0 ? NAN : uniform(seed);
+        }
+        for (ptrdiff_t t = 0; t < T; t++)
+            for (ptrdiff_t j = 0; j < m; j++) {
+                const ptrdiff_t i = (b * T + t) * m + j;
+                L->u[i] = t > last ? NAN : uniform(seed);
+                L->ru[i] = plain_valid(&spec->sel, b, t) ? uniform(seed) : NAN;
+            }
+        for (ptrdiff_t k = 0; k <= T; k++) { /* state k: scored, or the final valid state */
+            const int scored = k == 0 ? shift && last >= 0
+                                      : plain_valid(&spec->sel, b, k - 1) || k == last + 1;
+            for (ptrdiff_t i = 0; i < n; i++)
+                L->rs[(b * (T + 1) + k) * n + i] = scored ? uniform(seed) : NAN;
+        }
+    }
+}
+
+static void loss_data_free(loss_data *L)
+{
+    free(L->u), free(L->x0), free(L->ru), free(L->rs), free(L->tg), free(L->fw), free(L->sw);
+}
+
+/* One rollout-loss call in the given dtype; value and gradients come back in
+ * double (the float32 inputs are L's values rounded, and L is rounded too). */
+static tl_status run_loss(const formed_sys *s, const tl_loss_spec *spec, loss_data *L,
+                          int f32, int with_target, tl_loss_value *v, double *gu, double *gx)
+{
+    const ptrdiff_t n = s->n, m = s->m, B = s->B, T = s->T;
+    const ptrdiff_t nu = B * T * m, nx = B * n, ns = B * (T + 1) * n;
+    void *work = xmalloc(tl_loss_work_bytes(&s->dyn, 0, spec));
+    tl_status st;
+    if (f32) {
+        float *u = to_f32(L->u, nu), *x0 = to_f32(L->x0, nx), *ru = to_f32(L->ru, nu);
+        float *rs = to_f32(L->rs, ns), *tg = to_f32(L->tg, nx);
+        float *guf = xmalloc(sizeof(float) * nu), *gxf = xmalloc(sizeof(float) * nx);
+        const tl_loss_io io = {TL_F32, u, x0, ru, rs, with_target ? tg : NULL, guf, gxf};
+        st = tl_rollout_loss(&s->dyn, spec, &io, v, work);
+        from_f32(guf, gu, nu), from_f32(gxf, gx, nx);
+        free(u), free(x0), free(ru), free(rs), free(tg), free(guf), free(gxf);
+    } else {
+        const tl_loss_io io = {TL_F64, L->u, L->x0, L->ru, L->rs, with_target ? L->tg : NULL,
+                               gu, gx};
+        st = tl_rollout_loss(&s->dyn, spec, &io, v, work);
+    }
     free(work);
+    return st;
+}
+
+/* Do value v and gradients (gu, gx) match the plain loop's, to rel? */
+static int loss_matches(const formed_sys *s, const tl_loss_spec *spec, const loss_data *L,
+                        int with_target, const tl_loss_value *v, const double *gu,
+                        const double *gx, double rel)
+{
+    const ptrdiff_t nu = s->B * s->T * s->m, nx = s->B * s->n;
+    double terms[3], *rgu = xmalloc(sizeof(double) * nu), *rgx = xmalloc(sizeof(double) * nx);
+    const double total = plain_loss(s, spec, L->u, L->x0, L->ru, L->rs,
+                                    with_target ? L->tg : NULL, terms, rgu, rgx);
+    const double got[4] = {v->total, v->control, v->trajectory, v->terminal};
+    const double want[4] = {total, terms[0], terms[1], terms[2]};
+    int ok = near(4, got, want, rel, 0.0) && !v->nonfinite;
+    ok &= near(nu, gu, rgu, rel, 1e-2) && near(nx, gx, rgx, rel, 1e-2);
+    if (!ok)
+        printf("  value %.17g (%.17g %.17g %.17g), plain loop %.17g (%.17g %.17g %.17g)\n",
+               v->total, v->control, v->trajectory, v->terminal, total, terms[0], terms[1],
+               terms[2]);
+    free(rgu), free(rgx);
+    return ok;
+}
+
+/*
+ * Every loss term alone and together, for systems of every kind, each
+ * selection (all steps, lengths, a mask), discounts, include_initial, the
+ * three penalties, a target or the final reference state, feature and state
+ * weights, both dtypes and both kernels, against plain_loss; padding holds
+ * NaN throughout (loss_data_init).
+ */
+static void test_loss_forms(void)
+{
+    static const int forms[] = {64, 21, 42, 63, 70, 0};
+    static const unsigned term_sets[] = {TL_TERM_CONTROL, TL_TERM_TRAJECTORY, TL_TERM_TERMINAL,
+                                         7u, TL_TERM_TRAJECTORY | TL_TERM_TERMINAL};
+    const ptrdiff_t n = 3, m = 2, B = 9, T = 5;
+    const int64_t lengths[9] = {5, 2, 0, 4, 5, 1, 3, 5, 2};
+    unsigned char mask[9 * 5];
+    unsigned seed = 31u;
+    for (ptrdiff_t i = 0; i < B * T; i++)
+        mask[i] = (unsigned char)(i / T == 4 ? 0 : uniform(&seed) > -0.3 ? 1 + i % 3 : 0);
+    int variant = 0;
+    for (size_t fi = 0; fi < sizeof forms / sizeof forms[0]; fi++) {
+        const form_desc d = nth_form(forms[fi]);
+        formed_sys s;
+        formed_init(&s, &d, n, m, B, T, &seed);
+        for (int sel = 0; sel < 3; sel++)
+            for (size_t ti = 0; ti < sizeof term_sets / sizeof term_sets[0]; ti++)
+                for (int rep = 0; rep < 2; rep++, variant++) {
+                    tl_loss_spec spec = basic_spec(B, T, term_sets[ti]);
+                    spec.sel.lengths = sel == 1 ? lengths : NULL;
+                    spec.sel.mask = sel == 2 ? mask : NULL;
+                    spec.sel.discount = variant % 3 == 0 ? 1.0 : variant % 3 == 1 ? 0.8 : 1.25;
+                    spec.include_initial = (variant / 3) % 2;
+                    spec.penalty = (tl_penalty)(variant % TL_PENALTY_COUNT);
+                    spec.delta = 0.3;
+                    const int with_target = (variant / 2) % 2;
+                    loss_data L;
+                    loss_data_init(&L, &s, &spec, &seed);
+                    spec.feature_weights = variant % 4 == 1 ? L.fw : NULL;
+                    spec.state_weights = variant % 4 == 2 ? L.sw : NULL;
+                    for (int dt = 0; dt < 2; dt++)
+                        for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+                            spec.kernel = (tl_kernel)kernel;
+                            double gu[9 * 5 * 2], gx[9 * 3];
+                            tl_loss_value v;
+                            const tl_status st = run_loss(&s, &spec, &L, dt, with_target, &v, gu,
+                                                          gx);
+                            CHECK(st == TL_OK && loss_matches(&s, &spec, &L, with_target, &v, gu,
+                                                              gx, dt ? 1e-4 : 1e-12),
+                                  "loss %s: terms %u, %s, discount %g, include_initial %d, "
+                                  "penalty %d, target %d, weights %d, %s, kernel %d: status %d",
+                                  form_name(d.form[0]), spec.terms,
+                                  sel == 0 ? "all" : sel == 1 ? "lengths" : "mask",
+                                  spec.sel.discount, spec.include_initial, (int)spec.penalty,
+                                  with_target, variant % 4, dt ? "f32" : "f64", kernel, (int)st);
+                        }
+                    loss_data_free(&L);
+                }
+        formed_free(&s);
+    }
+}
+
+/* The gradient of the rollout loss of a per-sample, time-varying system
+ * with an offset, against central differences of its value. */
+static void test_loss_forms_fd(void)
+{
+    unsigned seed = 5u;
+    const ptrdiff_t n = 3, m = 2, B = 3, T = 4;
+    const int64_t lengths[3] = {4, 2, 3};
+    formed_sys s;
+    const form_desc d = nth_form(63);
+    formed_init(&s, &d, n, m, B, T, &seed);
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+        tl_loss_spec spec = basic_spec(B, T, 7u);
+        spec.sel.lengths = lengths, spec.sel.discount = 0.7, spec.include_initial = 1;
+        spec.kernel = (tl_kernel)kernel;
+        loss_data L;
+        loss_data_init(&L, &s, &spec, &seed);
+        double gu[3 * 4 * 2], gx[3 * 3], gdummy[3 * 4 * 2 + 3 * 3];
+        tl_loss_value v, vp, vm;
+        CHECK(run_loss(&s, &spec, &L, 0, 1, &v, gu, gx) == TL_OK, "fd base");
+        double worst = 0.0;
+        for (ptrdiff_t i = 0; i < B * T * m + B * n; i++) {
+            double *p = i < B * T * m ? L.u + i : L.x0 + (i - B * T * m);
+            if (isnan(*p)) /* padding */
+                continue;
+            const double keep = *p, h = 1e-6;
+            *p = keep + h;
+            run_loss(&s, &spec, &L, 0, 1, &vp, gdummy, gdummy + B * T * m);
+            *p = keep - h;
+            run_loss(&s, &spec, &L, 0, 1, &vm, gdummy, gdummy + B * T * m);
+            *p = keep;
+            const double fd = (vp.total - vm.total) / (2 * h);
+            const double an = i < B * T * m ? gu[i] : gx[i - B * T * m];
+            worst = fmax(worst, fabs(fd - an));
+        }
+        CHECK(worst < 1e-8, "kernel %d: gradient vs finite differences %g", kernel, worst);
+        loss_data_free(&L);
+    }
+    formed_free(&s);
+}
+
+/*
+ * The fast path (TL_KERNEL_AUTO) and the plain kernel (TL_KERNEL_REFERENCE)
+ * agree to rounding with each other and with plain_loss, at batch sizes on
+ * and off the tile width; each is bit-for-bit the same with 1 and 2 threads,
+ * and with a pool.
+ */
+static void test_loss_kernels(void)
+{
+    static const ptrdiff_t batches[] = {1, 7, 8, 9, 64, 300, 1030};
+    static const ptrdiff_t dims[][2] = {{2, 1}, {3, 2}, {5, 2}};
+    static const int forms[] = {64, 0, 21, 42, 63};
+    const ptrdiff_t T = 6;
+    unsigned seed = 8u;
+    tl_pool *pool = xmalloc(tl_pool_bytes());
+    CHECK(tl_pool_init(pool) == TL_OK, "pool");
+    for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++)
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+            for (size_t fi = 0; fi < sizeof forms / sizeof forms[0]; fi++) {
+                const ptrdiff_t B = batches[bi], n = dims[di][0], m = dims[di][1];
+                const ptrdiff_t nu = B * T * m, nx = B * n;
+                const form_desc d = nth_form(forms[fi]);
+                formed_sys s;
+                formed_init(&s, &d, n, m, B, T, &seed);
+                int64_t *len = xmalloc(sizeof(int64_t) * B);
+                for (ptrdiff_t b = 0; b < B; b++)
+                    len[b] = (int64_t)((b * 5 + 3) % (T + 1));
+                const int variant = (int)(bi + di + fi);
+                tl_loss_spec spec = basic_spec(B, T, 7u);
+                spec.sel.lengths = variant % 3 == 2 ? NULL : len;
+                spec.sel.discount = variant % 2 ? 0.9 : 1.0;
+                spec.include_initial = variant % 4 < 2;
+                spec.penalty = (tl_penalty)(variant % TL_PENALTY_COUNT), spec.delta = 0.4;
+                const int with_target = variant % 2;
+                loss_data L;
+                loss_data_init(&L, &s, &spec, &seed);
+                for (int dt = 0; dt < 2; dt++) {
+                    double *gu[5], *gx[5];
+                    tl_loss_value v[5];
+                    int ok = 1;
+                    for (int r = 0; r < 5; r++) { /* REF 1, REF 2, AUTO 1, AUTO 2, AUTO 2 pool */
+                        gu[r] = xmalloc(sizeof(double) * nu), gx[r] = xmalloc(sizeof(double) * nx);
+                        spec.kernel = r < 2 ? TL_KERNEL_REFERENCE : TL_KERNEL_AUTO;
+                        spec.threads = r == 0 || r == 2 ? 1 : 2;
+                        spec.pool = r == 4 ? pool : NULL;
+                        ok &= run_loss(&s, &spec, &L, dt, with_target, &v[r], gu[r], gx[r]) ==
+                              TL_OK;
+                    }
+                    const double rel = dt ? 1e-4 : 1e-12;
+                    char what[160];
+                    snprintf(what, sizeof what, "B=%td n=%td m=%td A %s, B %s, c %s, %s",
+                             B, n, m, form_name(d.form[0]), form_name(d.form[1]),
+                             form_name(d.form[2]), dt ? "f32" : "f64");
+                    CHECK(ok && loss_matches(&s, &spec, &L, with_target, &v[0], gu[0], gx[0], rel),
+                          "reference kernel vs plain loop, %s", what);
+                    CHECK(ok && loss_matches(&s, &spec, &L, with_target, &v[2], gu[2], gx[2], rel),
+                          "auto kernel vs plain loop, %s", what);
+                    const double a4[4] = {v[2].total, v[2].control, v[2].trajectory,
+                                          v[2].terminal};
+                    const double b4[4] = {v[0].total, v[0].control, v[0].trajectory,
+                                          v[0].terminal};
+                    CHECK(near(4, a4, b4, dt ? 1e-4 : 1e-13, 0.0) &&
+                              near(nu, gu[2], gu[0], dt ? 1e-4 : 1e-12, 1e-2) &&
+                              near(nx, gx[2], gx[0], dt ? 1e-4 : 1e-12, 1e-2),
+                          "auto vs reference kernel to rounding, %s", what);
+                    static const int pairs[3][2] = {{1, 0}, {3, 2}, {4, 2}};
+                    for (int q = 0; q < 3; q++) {
+                        const int r = pairs[q][0], base = pairs[q][1];
+                        CHECK(same_value(&v[r], &v[base]) &&
+                                  memcmp(gu[r], gu[base], sizeof(double) * nu) == 0 &&
+                                  memcmp(gx[r], gx[base], sizeof(double) * nx) == 0,
+                              "%s kernel%s: 2 threads bit for bit 1 thread, %s",
+                              r == 1 ? "reference" : "auto", r == 4 ? " with a pool" : "", what);
+                    }
+                    for (int r = 0; r < 5; r++)
+                        free(gu[r]), free(gx[r]);
+                }
+                loss_data_free(&L);
+                free(len);
+                formed_free(&s);
+            }
+    tl_pool_stop(pool);
+    free(pool);
+}
+
+/* Either gradient may be NULL: the value and the other gradient are the
+ * same bits as with both; and a call with no valid step is TL_ERR_EMPTY
+ * (no steps, no sequences, or every length 0). Both kernels, both dtypes. */
+static void test_loss_optional_outputs(void)
+{
+    unsigned seed = 71u;
+    const ptrdiff_t n = 3, m = 2, B = 11, T = 4;
+    const form_desc d = nth_form(63);
+    formed_sys s;
+    formed_init(&s, &d, n, m, B, T, &seed);
+    int ok = 1;
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++)
+        for (int f32 = 0; f32 < 2; f32++) {
+            tl_loss_spec spec = basic_spec(B, T, 7u);
+            spec.kernel = (tl_kernel)kernel, spec.include_initial = 1, spec.sel.discount = 0.9;
+            loss_data L;
+            loss_data_init(&L, &s, &spec, &seed);
+            const size_t es = f32 ? sizeof(float) : sizeof(double);
+            void *u = xmalloc(es * B * T * m), *x0 = xmalloc(es * B * n);
+            void *ru = xmalloc(es * B * T * m), *rs = xmalloc(es * B * (T + 1) * n);
+            for (ptrdiff_t i = 0; i < B * T * m; i++) {
+                if (f32)
+                    ((float *)u)[i] = (float)L.u[i], ((float *)ru)[i] = (float)L.ru[i];
+                else
+                    ((double *)u)[i] = L.u[i], ((double *)ru)[i] = L.ru[i];
+            }
+            for (ptrdiff_t i = 0; i < B * n; i++) {
+                if (f32)
+                    ((float *)x0)[i] = (float)L.x0[i];
+                else
+                    ((double *)x0)[i] = L.x0[i];
+            }
+            for (ptrdiff_t i = 0; i < B * (T + 1) * n; i++) {
+                if (f32)
+                    ((float *)rs)[i] = (float)L.rs[i];
+                else
+                    ((double *)rs)[i] = L.rs[i];
+            }
+            void *gu[2] = {xmalloc(es * B * T * m), xmalloc(es * B * T * m)};
+            void *gx[2] = {xmalloc(es * B * n), xmalloc(es * B * n)};
+            void *work = xmalloc(tl_loss_work_bytes(&s.dyn, 0, &spec));
+            tl_loss_io io = {f32 ? TL_F32 : TL_F64, u, x0, ru, rs, NULL, gu[0], gx[0]};
+            tl_loss_value v0, v;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v0, work) == TL_OK;
+            io.grad_controls = NULL, io.grad_x0 = gx[1];
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0) &&
+                  memcmp(gx[0], gx[1], es * B * n) == 0;
+            io.grad_controls = gu[1], io.grad_x0 = NULL;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0) &&
+                  memcmp(gu[0], gu[1], es * B * T * m) == 0;
+            io.grad_controls = NULL;
+            ok &= tl_rollout_loss(&s.dyn, &spec, &io, &v, work) == TL_OK && same_value(&v, &v0);
+            /* the control loss without its gradient */
+            tl_loss_spec cs = spec;
+            cs.terms = TL_TERM_CONTROL;
+            void *cw = xmalloc(tl_loss_work_bytes(NULL, m, &cs));
+            tl_loss_io cio = {io.dtype, u, NULL, ru, NULL, NULL, gu[0], NULL};
+            ok &= tl_control_loss(&cs, m, &cio, &v0, cw) == TL_OK;
+            cio.grad_controls = NULL;
+            ok &= tl_control_loss(&cs, m, &cio, &v, cw) == TL_OK && same_value(&v, &v0);
+            /* no valid step */
+            const int64_t zeros[11] = {0};
+            tl_loss_spec empty = spec;
+            empty.sel.lengths = zeros;
+            ok &= tl_rollout_loss(&s.dyn, &empty, &io, &v, work) == TL_ERR_EMPTY;
+            ok &= tl_control_loss(&empty, m, &cio, &v, cw) == TL_ERR_EMPTY;
+            free(u), free(x0), free(ru), free(rs), free(gu[0]), free(gu[1]), free(gx[0]);
+            free(gx[1]), free(work), free(cw);
+            loss_data_free(&L);
+        }
+    CHECK(ok, "NULL gradients leave the value and the other gradient unchanged; no valid step "
+              "is TL_ERR_EMPTY");
+    /* no sequences, and sequences of no steps, over a shared system */
+    double Ad[4] = {1, 0.1, 0, 1}, Bd[2] = {0, 0.1}, z[4] = {0};
+    const tl_dynamics sys = tl_dynamics_linear(2, 1, Ad, Bd);
+    tl_loss_value v;
+    tl_loss_spec none = basic_spec(0, 3, 7u), nosteps = basic_spec(2, 0, 7u);
+    void *w0 = xmalloc(tl_loss_work_bytes(&sys, 0, &none));
+    void *w1 = xmalloc(tl_loss_work_bytes(&sys, 0, &nosteps));
+    const tl_loss_io io = {TL_F64, z, z, z, z, NULL, NULL, NULL};
+    CHECK(tl_rollout_loss(&sys, &none, &io, &v, w0) == TL_ERR_EMPTY &&
+              tl_rollout_loss(&sys, &nosteps, &io, &v, w1) == TL_ERR_EMPTY,
+          "an empty batch and sequences of no steps are TL_ERR_EMPTY");
+    free(w0), free(w1);
+    formed_free(&s);
+}
+
+/* Exact references of a per-sample system: sample s's plan is that of its
+ * own matrices -- its controls, rolled out here with them, reach xf. */
+static void test_references_per_sample(void)
+{
+    unsigned seed = 17u;
+    const ptrdiff_t n = 3, m = 2, B = 4, T = 6;
+    const form_desc d = nth_form(4 + 1 + 64); /* A, B per sample, no offset */
+    formed_sys s;
+    formed_init(&s, &d, n, m, B, 1, &seed);
+    void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
+    void *work = xmalloc(tl_ref_init_work_bytes(n, m, T) + tl_ref_apply_work_bytes(n));
+    double worst = 0.0;
+    int ok = 1;
+    for (ptrdiff_t b = 0; b < B; b++) {
+        tl_ref_plan plan;
+        const tl_status st =
+            tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, b, NULL, NULL, 1.0, T, work);
+        CHECK(st == TL_OK, "per-sample plan of sample %td: status %d", b, (int)st);
+        double x0[3], xf[3], u[6 * 2], S[7 * 3], err, energy, x[3], xn[3];
+        for (ptrdiff_t i = 0; i < n; i++)
+            x0[i] = uniform(&seed), xf[i] = uniform(&seed), x[i] = x0[i];
+        if (st != TL_OK || tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) != TL_OK) {
+            ok = 0;
+            continue;
+        }
+        const double *A = s.A + b * n * n, *Bm = s.Bm + b * n * m; /* step 0 of sample b */
+        for (ptrdiff_t k = 0; k < T; k++) {
+            for (ptrdiff_t i = 0; i < n; i++) {
+                xn[i] = 0.0;
+                for (ptrdiff_t j = 0; j < n; j++)
+                    xn[i] += A[i * n + j] * x[j];
+                for (ptrdiff_t j = 0; j < m; j++)
+                    xn[i] += Bm[i * m + j] * u[k * m + j];
+            }
+            memcpy(x, xn, sizeof x);
+        }
+        for (ptrdiff_t i = 0; i < n; i++)
+            worst = fmax(worst, fabs(x[i] - xf[i]));
+    }
+    CHECK(ok && worst < 1e-12, "per-sample exact references reach xf: %g", worst);
+    tl_ref_plan plan;
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, B, NULL, NULL, 1.0, T, work) !=
+              TL_OK && tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, -1, NULL, NULL, 1.0, T,
+                                        work) != TL_OK,
+          "a sample outside the system's batch is refused");
+    free(mem), free(work);
+    formed_free(&s);
 }
 
 /* min-energy references for one double-integrator sample, by method */
@@ -759,11 +1648,11 @@ static tl_status di_reference(tl_ref_method method, double dt, ptrdiff_t T, cons
 {
     const double A[4] = {0, 1, 0, 0}, B[2] = {0, 1};
     double Ad[4] = {1, dt, 0, 1}, Bd[2] = {dt * dt / 2, dt};
-    tl_system sys = {2, 1, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(2, 1, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(2, 1, T, method));
     void *work = xmalloc(tl_ref_init_work_bytes(2, 1, T) + tl_ref_apply_work_bytes(2));
     tl_ref_plan plan;
-    tl_status status = tl_ref_plan_init(&plan, mem, method, &sys, A, B, dt, T, work);
+    tl_status status = tl_ref_plan_init(&plan, mem, method, &sys, 0, A, B, dt, T, work);
     *cond = plan.cond;
     if (status == TL_OK)
         status = tl_ref_apply(&plan, 1, x0, xf, u, S, err, energy, work);
@@ -812,11 +1701,11 @@ static void test_references(void)
     CHECK(di_reference(TL_REF_EXACT, dt, 1, x0, xf, u, S, &err, &energy, &cond) ==
               TL_ERR_SINGULAR && isinf(cond), "one step is uncontrollable");
     double Ad[4] = {1, 0, 0, 1}, Bd[2] = {1, 0};
-    tl_system stuck = {2, 1, Ad, Bd};
+    const tl_dynamics stuck = tl_dynamics_linear(2, 1, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(2, 1, 5, TL_REF_EXACT));
     void *work = xmalloc(tl_ref_init_work_bytes(2, 1, 5));
     tl_ref_plan plan;
-    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 5, work) ==
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, 0, NULL, NULL, 1.0, 5, work) ==
               TL_ERR_SINGULAR, "second state unreachable");
     /* C = [1 1 1 1 1; 0 0 0 0 0]: rank 1 of 2, R_11 = 1 after equilibration
      * (|row| = sqrt(5) scaled to 1), R_22 = 0 */
@@ -824,9 +1713,9 @@ static void test_references(void)
               plan.rank.r_next == 0.0 && fabs(plan.rank.tol - 5 * DBL_EPSILON) < 1e-30,
           "rank report: rank %td, |R_11| %g, first refused %g, tol %g", plan.rank.rank,
           plan.rank.r_first, plan.rank.r_next, plan.rank.tol);
-    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_AVERAGE, &stuck, NULL, NULL, 1.0, 5, work) ==
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_AVERAGE, &stuck, 0, NULL, NULL, 1.0, 5, work) ==
               TL_ERR_VALUE, "average needs A, B");
-    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, NULL, NULL, 1.0, 0, work) ==
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, 0, NULL, NULL, 1.0, 0, work) ==
               TL_ERR_SHAPE, "zero steps");
     free(mem), free(work);
 
@@ -864,12 +1753,12 @@ static void test_references_batch(void)
         const ptrdiff_t n = dims[q][0], m = dims[q][1];
         double *Ad = xmalloc(sizeof(double) * n * n), *Bd = xmalloc(sizeof(double) * n * m);
         random_system(n, m, Ad, Bd, &seed);
-        tl_system sys = {n, m, Ad, Bd};
+        const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
         void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
         void *work = xmalloc(tl_ref_init_work_bytes(n, m, T) + tl_ref_apply_work_bytes(n));
         tl_ref_plan plan;
-        CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, 0.5, T, work) == TL_OK,
-              "batch plan (%td, %td)", n, m);
+        CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, 0.5, T, work) ==
+                  TL_OK, "batch plan (%td, %td)", n, m);
         const ptrdiff_t su = T * m, ss = (T + 1) * n;
         double *x0 = xmalloc(sizeof(double) * B * n), *xf = xmalloc(sizeof(double) * B * n);
         double *out[2][4];
@@ -965,7 +1854,7 @@ static void test_references_huge(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const ptrdiff_t n = cases[i].n, m = cases[i].m, T = cases[i].steps;
         CHECK(tl_ref_init_work_bytes(n, m, T) == 0, "init work of n=%td m=%td steps=%td", n, m, T);
-        tl_system sys = {n, m, Ad, Bd};
+        const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
         for (int method = 0; method < TL_REF_COUNT; method++) {
             CHECK(tl_ref_plan_bytes(n, m, T, (tl_ref_method)method) == 0,
                   "plan bytes of n=%td m=%td steps=%td method %d", n, m, T, method);
@@ -973,7 +1862,7 @@ static void test_references_huge(void)
             double mem[64], work[256];
             memset(&plan, 0xA5, sizeof plan);
             memset(mem, 0xA5, sizeof mem), memset(work, 0xA5, sizeof work);
-            CHECK(tl_ref_plan_init(&plan, mem, (tl_ref_method)method, &sys, Ad, Bd, 0.25, T,
+            CHECK(tl_ref_plan_init(&plan, mem, (tl_ref_method)method, &sys, 0, Ad, Bd, 0.25, T,
                                    work) == TL_ERR_SHAPE,
                   "plan of n=%td m=%td steps=%td method %d accepted", n, m, T, method);
             CHECK(untouched(&plan, sizeof plan, 0xA5) && untouched(mem, sizeof mem, 0xA5) &&
@@ -989,12 +1878,12 @@ static void test_references_wide_input(void)
 {
     const double a = 0.8, Ad[1] = {a}, Bd[4] = {0.5, -1.0, 0.25, 2.0}, x0[1] = {3.0}, xf[1] = {-1.0};
     const ptrdiff_t n = 1, m = 4, T = 3;
-    tl_system sys = {n, m, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
     void *work = xmalloc(tl_ref_init_work_bytes(n, m, T));
     void *awork = xmalloc(tl_ref_apply_work_bytes(n));
     tl_ref_plan plan;
-    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, 1.0, T, work) == TL_OK,
+    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, 1.0, T, work) == TL_OK,
           "m > n plan status");
     double u[12], S[4], err = NAN, energy = NAN;
     CHECK(tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, awork) == TL_OK, "m > n apply");
@@ -1038,11 +1927,11 @@ static void test_references_chain(void)
                 if (k >= 1)
                     Bd[n - k] = pow(dt, k) / fact;
             }
-            tl_system sys = {n, 1, Ad, Bd};
+            const tl_dynamics sys = tl_dynamics_linear(n, 1, Ad, Bd);
             void *mem = xmalloc(tl_ref_plan_bytes(n, 1, T, TL_REF_EXACT));
             void *work = xmalloc(tl_ref_init_work_bytes(n, 1, T) + tl_ref_apply_work_bytes(n));
             tl_ref_plan plan;
-            CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, NULL, NULL, dt, T, work) ==
+            CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, dt, T, work) ==
                       TL_OK && plan.rank.rank == n,
                   "chain of 8 plan, dt %g T %td", dt, T);
             double x0[n], xf[n], u[60], S[61 * n], err, energy, x[n], xn[n], scale = 1.0;
@@ -1113,19 +2002,29 @@ static void test_final_state_error(void)
 {
     /* double integrator from (1, 2) under u = 1: x_k = (1 + 2 k dt + (k dt)^2/2, 2 + k dt) */
     const double dt = 0.5, Ad[4] = {1, dt, 0, 1}, Bd[2] = {dt * dt / 2, dt};
-    tl_system sys = {2, 1, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(2, 1, Ad, Bd);
     const double x0[4] = {1, 2, 1, 2}, xf[4] = {0, 0, 1, 2}, u[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     const int64_t lengths[2] = {4, 0};
-    double err[2], work[4];
-    CHECK(tl_final_state_error_f64(&sys, 2, 4, lengths, u, x0, xf, err, work) == TL_OK, "status");
+    double err[2];
+    void *work = xmalloc(tl_rollout_work_bytes(2, 1));
+    CHECK(tl_final_state_error(&sys, TL_F64, 2, 4, lengths, u, x0, xf, err, work) == TL_OK,
+          "status");
     const double t = 4 * dt, p = 1 + 2 * t + t * t / 2, v = 2 + t;
-    CHECK(fabs(err[0] - sqrt(p * p + v * v)) < 1e-13 && err[1] == 0.0, "errors %g %g", err[0], err[1]);
-    const int64_t bad[2] = {5, 0};
-    CHECK(tl_final_state_error_f64(&sys, 2, 4, bad, u, x0, xf, err, work) == TL_ERR_VALUE,
+    CHECK(fabs(err[0] - sqrt(p * p + v * v)) < 1e-13 && err[1] == 0.0, "errors %g %g", err[0],
+          err[1]);
+    const int64_t bad[2] = {5, 0}, negative[2] = {4, -1};
+    CHECK(tl_final_state_error(&sys, TL_F64, 2, 4, bad, u, x0, xf, err, work) == TL_ERR_VALUE,
           "length past the end");
+    CHECK(tl_final_state_error(&sys, TL_F64, 2, 4, negative, u, x0, xf, err, work) ==
+              TL_ERR_VALUE, "negative length");
+    CHECK(tl_final_state_error(&sys, TL_DTYPE_COUNT, 2, 4, NULL, u, x0, xf, err, work) ==
+              TL_ERR_VALUE, "bad dtype");
+    CHECK(tl_final_state_error(&sys, TL_F64, 2, 4, NULL, u, x0, xf, err, NULL) == TL_ERR_NOMEM,
+          "no work");
     float xf32[4] = {0, 0, 1, 2}, x032[4] = {1, 2, 1, 2}, u32[8] = {1, 1, 1, 1, 1, 1, 1, 1}, e32[2];
-    CHECK(tl_final_state_error_f32(&sys, 2, 4, NULL, u32, x032, xf32, e32, work) == TL_OK &&
+    CHECK(tl_final_state_error(&sys, TL_F32, 2, 4, NULL, u32, x032, xf32, e32, work) == TL_OK &&
               fabsf(e32[0] - (float)sqrt(p * p + v * v)) < 1e-5f, "float32");
+    free(work);
 }
 
 /* tl_all_finite against a plain isfinite loop: every length up to 70 (the
@@ -1182,17 +2081,17 @@ static int rollout_reads(int a, ptrdiff_t i, const int64_t *lengths, ptrdiff_t T
 }
 
 /* check_finite: TL_ERR_NONFINITE for an inf/NaN in an element a loss reads,
- * with tl_rollout_loss_bad_inputs naming the input; an element it does not
- * read (padding, an unscored state 0) changes neither the status nor a bit
- * of the result; nonfinite for an overflowing result; and the zero gradient
- * of padding when Ad itself holds NaN. */
+ * with tl_loss_bad_inputs naming the input; an element it does not read
+ * (padding, an unscored state 0) changes neither the status nor a bit of the
+ * result; nonfinite for an overflowing result; and the zero gradient of
+ * padding when Ad itself holds NaN. Both kernels. */
 static void test_loss_finite_checks(void)
 {
     unsigned seed = 4242u;
-    const ptrdiff_t n = 2, m = 1, B = 9, T = 5; /* 9: two full tiles and a partial one */
+    const ptrdiff_t n = 2, m = 1, B = 9, T = 5; /* 9: a full tile and a partial one */
     double Ad[4], Bd[2];
     random_system(n, m, Ad, Bd, &seed);
-    tl_system sys = {n, m, Ad, Bd};
+    const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     double u[9 * 5], ru[9 * 5], x0[9 * 2], rs[9 * 6 * 2], tg[9 * 2], gu[9 * 5], gx[9 * 2];
     double gu0[9 * 5], gx0[9 * 2];
     double *arrays[5] = {u, x0, ru, rs, tg};
@@ -1203,71 +2102,73 @@ static void test_loss_finite_checks(void)
         for (ptrdiff_t i = 0; i < sizes[a]; i++)
             arrays[a][i] = uniform(&seed);
     const int64_t lengths[9] = {5, 2, 0, 4, 5, 1, 3, 5, 2};
-    void *work = xmalloc(tl_rollout_loss_work_bytes(n, m, T, B, 1));
+    tl_loss_spec spec0 = basic_spec(B, T, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL);
+    void *work = xmalloc(tl_loss_work_bytes(&sys, 0, &spec0));
     tl_loss_value v, v0;
-    int ok = 1, reads_seen = 0, skips_seen = 0;
-    for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
-        for (int with_tg = 0; with_tg < 2; with_tg++) {
-            const int64_t *len = with_lengths ? lengths : NULL;
-            const double *tgt = with_tg ? tg : NULL;
-            tl_loss_spec spec = {{B, T, len, NULL, 1.0}, TL_PENALTY_MSE,
-                                 1.0, TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0,
-                                 0.3, 0.2, 0, NULL, NULL, 1, 1, 0, NULL};
-            ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v0, gu0, gx0, work) ==
-                      TL_OK && !v0.nonfinite;
-            ok &= tl_rollout_loss_bad_inputs_f64(&sys, &spec, u, x0, ru, rs, tgt) == 0;
-            /* every element of every array, NaN or inf, with and without the check */
-            for (int a = 0; a < 5; a++) {
-                for (ptrdiff_t i = 0; i < sizes[a]; i++) {
-                    const double keep = arrays[a][i];
-                    const int read = rollout_reads(a, i, len, T, n, with_tg);
-                    reads_seen += read;
-                    skips_seen += !read;
-                    arrays[a][i] = i % 2 ? INFINITY : NAN;
-                    spec.check_finite = 1;
-                    const tl_status st =
-                        tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v, gu, gx, work);
-                    const unsigned bad = tl_rollout_loss_bad_inputs_f64(&sys, &spec, u, x0, ru,
-                                                                         rs, tgt);
-                    if (read) {
-                        ok &= st == TL_ERR_NONFINITE && bad == bits[a];
-                        spec.check_finite = 0;
-                        ok &= tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, tgt, &v, gu, gx,
-                                                  work) == TL_OK &&
-                              !isfinite(v.total) && v.nonfinite;
-                    } else {
-                        ok &= st == TL_OK && bad == 0 &&
-                              memcmp(&v.total, &v0.total, sizeof v.total) == 0 &&
-                              memcmp(gu, gu0, sizeof gu) == 0 && memcmp(gx, gx0, sizeof gx) == 0;
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+        int ok = 1, reads_seen = 0, skips_seen = 0;
+        for (int with_lengths = 0; with_lengths < 2; with_lengths++) {
+            for (int with_tg = 0; with_tg < 2; with_tg++) {
+                tl_loss_spec spec = spec0;
+                spec.sel.lengths = with_lengths ? lengths : NULL;
+                spec.check_finite = 1, spec.kernel = (tl_kernel)kernel;
+                const tl_loss_io io = {TL_F64, u, x0, ru, rs, with_tg ? tg : NULL, gu, gx};
+                tl_loss_io io0 = io;
+                io0.grad_controls = gu0, io0.grad_x0 = gx0;
+                ok &= tl_rollout_loss(&sys, &spec, &io0, &v0, work) == TL_OK && !v0.nonfinite;
+                ok &= tl_loss_bad_inputs(&sys, 0, &spec, &io) == 0;
+                /* every element of every array, NaN or inf, with and without the check */
+                for (int a = 0; a < 5; a++) {
+                    for (ptrdiff_t i = 0; i < sizes[a]; i++) {
+                        const double keep = arrays[a][i];
+                        const int read = rollout_reads(a, i, spec.sel.lengths, T, n, with_tg);
+                        reads_seen += read;
+                        skips_seen += !read;
+                        arrays[a][i] = i % 2 ? INFINITY : NAN;
+                        spec.check_finite = 1;
+                        const tl_status st = tl_rollout_loss(&sys, &spec, &io, &v, work);
+                        const unsigned bad = tl_loss_bad_inputs(&sys, 0, &spec, &io);
+                        if (read) {
+                            ok &= st == TL_ERR_NONFINITE && bad == bits[a];
+                            spec.check_finite = 0;
+                            ok &= tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_OK &&
+                                  !isfinite(v.total) && v.nonfinite;
+                        } else {
+                            ok &= st == TL_OK && bad == 0 &&
+                                  memcmp(&v.total, &v0.total, sizeof v.total) == 0 &&
+                                  memcmp(gu, gu0, sizeof gu) == 0 &&
+                                  memcmp(gx, gx0, sizeof gx) == 0;
+                        }
+                        arrays[a][i] = keep;
                     }
-                    arrays[a][i] = keep;
                 }
             }
         }
+        CHECK(ok && reads_seen > 0 && skips_seen > 0,
+              "kernel %d: check_finite finds inf/NaN in every element read, and only there "
+              "(%d read, %d not)", kernel, reads_seen, skips_seen);
     }
-    CHECK(ok && reads_seen > 0 && skips_seen > 0,
-          "check_finite finds inf/NaN in every element read, and only there (%d read, %d not)",
-          reads_seen, skips_seen);
 
     /* the control loss: a NaN in its last row, and a float64 value past DBL_MAX */
-    tl_loss_spec cs = {{B, T, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
-                       0.0, 0.0, 0, NULL, NULL, 1, 1, 0, NULL};
-    void *cw = xmalloc(tl_control_loss_work_bytes(m, T, B, 1));
+    tl_loss_spec cs = basic_spec(B, T, TL_TERM_CONTROL);
+    cs.check_finite = 1;
+    void *cw = xmalloc(tl_loss_work_bytes(NULL, m, &cs));
+    const tl_loss_io cio = {TL_F64, u, NULL, ru, NULL, NULL, gu, NULL};
     u[B * T - 1] = NAN;
-    ok = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_ERR_NONFINITE;
+    int ok = tl_control_loss(&cs, m, &cio, &v, cw) == TL_ERR_NONFINITE;
     u[B * T - 1] = 1e200, ru[B * T - 1] = -1e200;
-    ok &= tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_OK && v.nonfinite &&
-          isinf(v.total);
+    ok &= tl_control_loss(&cs, m, &cio, &v, cw) == TL_OK && v.nonfinite && isinf(v.total);
     u[B * T - 1] = 0.5, ru[B * T - 1] = 0.25;
-    ok &= tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw) == TL_OK && !v.nonfinite;
+    ok &= tl_control_loss(&cs, m, &cio, &v, cw) == TL_OK && !v.nonfinite;
     /* float32: a gradient past FLT_MAX from a finite value */
     float uf[9 * 5], rf[9 * 5], gf[9 * 5];
     for (int i = 0; i < B * T; i++)
         uf[i] = 0.0f, rf[i] = 0.0f;
     uf[0] = 3e38f, rf[0] = -3e38f;
     cs.sel.batch = 1, cs.sel.steps = 1;
-    ok &= tl_control_loss_f32(&cs, m, uf, rf, &v, gf, cw) == TL_OK && v.nonfinite &&
-          isfinite(v.total) && isinf(gf[0]);
+    const tl_loss_io fio = {TL_F32, uf, NULL, rf, NULL, NULL, gf, NULL};
+    ok &= tl_control_loss(&cs, m, &fio, &v, cw) == TL_OK && v.nonfinite && isfinite(v.total) &&
+          isinf(gf[0]);
     CHECK(ok, "control loss: TL_ERR_NONFINITE for NaN input, nonfinite for overflow");
 
     /* the control loss with lengths reads the valid steps only: NaN past a
@@ -1275,17 +2176,20 @@ static void test_loss_finite_checks(void)
     cs.sel.batch = B, cs.sel.steps = T, cs.sel.lengths = lengths;
     for (int i = 0; i < B * T; i++)
         u[i] = uniform(&seed), ru[i] = uniform(&seed);
-    ok = tl_control_loss_f64(&cs, m, u, ru, &v0, gu0, cw) == TL_OK;
+    tl_loss_io cio0 = cio;
+    cio0.grad_controls = gu0;
+    ok = tl_control_loss(&cs, m, &cio0, &v0, cw) == TL_OK;
     for (int q = 0; q < 2; q++) {
         double *arr = q == 0 ? u : ru;
         for (ptrdiff_t b = 0; b < B; b++)
             for (ptrdiff_t t = 0; t < T; t++) {
                 const double keep = arr[b * T + t];
                 arr[b * T + t] = NAN;
-                const tl_status st = tl_control_loss_f64(&cs, m, u, ru, &v, gu, cw);
-                const unsigned bad = tl_control_loss_bad_inputs_f64(&cs, m, u, ru);
+                const tl_status st = tl_control_loss(&cs, m, &cio, &v, cw);
+                const unsigned bad = tl_loss_bad_inputs(NULL, m, &cs, &cio);
                 if (t < lengths[b])
-                    ok &= st == TL_ERR_NONFINITE && bad == 1u << q;
+                    ok &= st == TL_ERR_NONFINITE &&
+                          bad == (q == 0 ? TL_IN_CONTROLS : TL_IN_REF_CONTROLS);
                 else
                     ok &= st == TL_OK && bad == 0 && memcmp(&v.total, &v0.total, 8) == 0 &&
                           memcmp(gu, gu0, sizeof gu) == 0;
@@ -1293,27 +2197,30 @@ static void test_loss_finite_checks(void)
             }
     }
     CHECK(ok, "control loss: check_finite reads the valid steps only");
-    cs.sel.lengths = NULL;
     free(cw);
 
     /* NaN in Ad: every gradient after a sequence's last valid step is still
-     * exactly zero (lanes that ended hold lam at 0 by a select) */
+     * exactly zero, in both kernels */
     Ad[1] = NAN;
-    tl_loss_spec spec = {{B, T, lengths, NULL, 1.0}, TL_PENALTY_MSE, 1.0,
-                         TL_TERM_CONTROL | TL_TERM_TRAJECTORY, 1.0, 0.3, 0.0, 0, NULL, NULL, 1, 0, 0, NULL};
-    ok = tl_rollout_loss_f64(&sys, &spec, u, x0, ru, rs, NULL, &v, gu, gx, work) == TL_OK;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        for (ptrdiff_t t = lengths[b]; t < T; t++)
-            ok &= gu[b * T + t] == 0.0;
-        if (lengths[b] == 0)
-            ok &= gx[b * n] == 0.0 && gx[b * n + 1] == 0.0;
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+        tl_loss_spec spec = basic_spec(B, T, TL_TERM_CONTROL | TL_TERM_TRAJECTORY);
+        spec.sel.lengths = lengths, spec.kernel = (tl_kernel)kernel;
+        const tl_loss_io io = {TL_F64, u, x0, ru, rs, NULL, gu, gx};
+        ok = tl_rollout_loss(&sys, &spec, &io, &v, work) == TL_OK;
+        for (ptrdiff_t b = 0; b < B; b++) {
+            for (ptrdiff_t t = lengths[b]; t < T; t++)
+                ok &= gu[b * T + t] == 0.0;
+            if (lengths[b] == 0)
+                ok &= gx[b * n] == 0.0 && gx[b * n + 1] == 0.0;
+        }
+        CHECK(ok, "kernel %d: with NaN in Ad, padding still gets exactly zero gradient", kernel);
     }
-    CHECK(ok, "with NaN in Ad, padding still gets exactly zero gradient");
     free(work);
 }
 
 /* Every chunk is computed exactly once, by a worker numbered below
- * tl_workers, whatever the count and the threads asked for. */
+ * min(workers, count) (at least 1), whatever the count and the workers
+ * asked for. */
 typedef struct {
     int *hits, bad_worker, workers;
 } ranges_seen;
@@ -1328,17 +2235,58 @@ static void record_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
 }
 
 /* One call of tl_parallel_ranges, checked; 1 if every chunk was computed
- * exactly once by a worker numbered below tl_workers. */
-static int ranges_once(tl_pool *pool, int threads, ptrdiff_t count)
+ * exactly once by a worker numbered below min(workers, count). */
+static int ranges_once(tl_pool *pool, int workers, ptrdiff_t count)
 {
-    ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0, tl_workers(threads, count)};
+    const int bound = workers < 1 ? 1 : count < workers ? (count < 1 ? 1 : (int)count) : workers;
+    ranges_seen seen = {xmalloc(sizeof(int) * (size_t)(count + 1)), 0, bound};
     memset(seen.hits, 0, sizeof(int) * (size_t)(count + 1));
-    tl_parallel_ranges(pool, threads, count, record_range, &seen);
-    int ok = !seen.bad_worker && seen.workers >= 1 && seen.workers <= (threads > 1 ? threads : 1);
+    tl_parallel_ranges(pool, workers, count, record_range, &seen);
+    int ok = !seen.bad_worker;
     for (ptrdiff_t i = 0; i < count; i++)
         ok &= seen.hits[i] == 1;
     free(seen.hits);
     return ok;
+}
+
+/* Worker 0 holds its first range until another worker has run one (or 5 s
+ * passed): a call with two workers really runs on two threads. */
+typedef struct {
+    pthread_mutex_t lock;
+    int others;
+} meeting;
+
+static int others_seen(meeting *m)
+{
+    pthread_mutex_lock(&m->lock);
+    const int others = m->others;
+    pthread_mutex_unlock(&m->lock);
+    return others;
+}
+
+static void meet_range(void *ctx, ptrdiff_t begin, ptrdiff_t end, int worker)
+{
+    meeting *m = (meeting *)ctx;
+    (void)end;
+    if (worker != 0) {
+        pthread_mutex_lock(&m->lock);
+        m->others++;
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    const struct timespec pause = {0, 100000}; /* 0.1 ms */
+    for (int i = 0; begin == 0 && i < 50000 && others_seen(m) == 0; i++)
+        nanosleep(&pause, NULL);
+}
+
+static int runs_on_two_threads(tl_pool *pool)
+{
+    meeting m;
+    pthread_mutex_init(&m.lock, NULL);
+    m.others = 0;
+    tl_parallel_ranges(pool, 2, 64, meet_range, &m);
+    pthread_mutex_destroy(&m.lock);
+    return m.others > 0;
 }
 
 typedef struct {
@@ -1347,11 +2295,11 @@ typedef struct {
 } pool_user;
 
 /* Many calls on one pool, some after a pause long enough for its threads
- * to fall asleep, with the thread count changing between calls. */
+ * to fall asleep, with the worker count changing between calls. */
 static void *use_pool(void *arg)
 {
     pool_user *u = (pool_user *)arg;
-    const struct timespec pause = {0, 2000000}; /* 2 ms: past the spin */
+    const struct timespec pause = {0, 2000000}; /* 2 ms */
     for (int call = 0; call < 300; call++) {
         if (call % 50 == 7)
             nanosleep(&pause, NULL);
@@ -1363,18 +2311,16 @@ static void *use_pool(void *arg)
 
 static void test_parallel_ranges(void)
 {
-    const ptrdiff_t counts[] = {0, 1, 7, 8, 9, 64, 1001};
+    const ptrdiff_t counts[] = {0, 1, 2, 7, 8, 9, 64, 1001};
     tl_pool *pool = xmalloc(tl_pool_bytes());
     CHECK(tl_pool_init(pool) == TL_OK && tl_pool_init(NULL) == TL_ERR_VALUE, "pool init");
-    int ok = 1, several = 0;
-    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
-        for (int threads = 0; threads <= 5; threads++) {
-            ok &= ranges_once(NULL, threads, counts[k]) && ranges_once(pool, threads, counts[k]);
-            several |= tl_workers(threads, counts[k]) > 1;
-        }
-    }
-    CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below tl_workers");
-    CHECK(several, "parallel ranges: some cases use more than one worker");
+    int ok = 1;
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++)
+        for (int workers = -1; workers <= 5; workers++)
+            ok &= ranges_once(NULL, workers, counts[k]) && ranges_once(pool, workers, counts[k]);
+    CHECK(ok, "parallel ranges: each chunk exactly once, by a worker below min(workers, count)");
+    CHECK(runs_on_two_threads(NULL) && runs_on_two_threads(pool),
+          "parallel ranges: two workers run on two threads, with and without a pool");
 
     /* two threads share the pool: one call at a time uses it, the other
      * starts threads of its own; every call still covers its chunks once */
@@ -1387,16 +2333,16 @@ static void test_parallel_ranges(void)
     CHECK(started && users[0].ok && users[1].ok,
           "parallel ranges: a pool shared by two calling threads, asleep and awake");
     tl_pool_stop(pool);
-    CHECK(tl_pool_init(pool) == TL_OK && ranges_once(pool, 3, 100), "a stopped pool re-initialised");
+    CHECK(tl_pool_init(pool) == TL_OK && ranges_once(pool, 3, 100),
+          "a stopped pool re-initialised");
     tl_pool_stop(pool);
     free(pool);
     tl_pool_stop(NULL);
-    CHECK(tl_workers(2, 7) == 1 && tl_workers(2, 8) == 2 && tl_workers(300, 1 << 20) == 256,
-          "tl_workers: two only from eight chunks, capped at 256");
 }
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* failures show even if a later test crashes */
     test_references_batch();
     test_status_messages();
     test_expm_closed_forms();
@@ -1413,13 +2359,19 @@ int main(void)
     test_losses();
     test_parallel_ranges();
     test_loss_threads();
-    test_loss_lanes();
+    test_dynamics_check();
+    test_rollout_forms();
+    test_loss_forms();
+    test_loss_forms_fd();
+    test_loss_kernels();
+    test_loss_optional_outputs();
     test_all_finite();
     test_loss_finite_checks();
     test_references();
     test_references_huge();
     test_references_wide_input();
     test_references_chain();
+    test_references_per_sample();
     test_law_long_horizons();
     test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);
