@@ -15,7 +15,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "discretize.c",
-                "dynamics.c", "rollout.c", "weights.c", "loss.c", "tile.c", "reference.c"]
+                "dynamics.c", "rollout.c", "weights.c", "loss.c", "tile.c", "tile_v3.c",
+                "reference.c"]
 
 
 def lapack_options():

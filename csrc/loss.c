@@ -378,7 +378,12 @@ void tl_loss_seq(const tl_loss_ctx *c, ptrdiff_t b, double sums[3], double *work
         lam[i] = 0.0;
     for (ptrdiff_t k = span.count > 0 ? K : -1; k >= 0; k--) {
         if (k < K) { /* step k: u_k's gradient, and lambda_k = A_k^T lambda_{k+1} */
-            tl_dyn_adjoint(dyn, b, k, lam, prev, gu);
+            if (terms & (TL_TERM_TRAJECTORY | TL_TERM_TERMINAL))
+                tl_dyn_adjoint(dyn, b, k, lam, prev, gu);
+            else { /* no state is scored: lambda is 0, and the system is never read */
+                memset(gu, 0, (size_t)m * sizeof(double));
+                memset(prev, 0, (size_t)n * sizeof(double));
+            }
             if ((terms & TL_TERM_CONTROL) && tl_sel_valid(sel, b, k)) {
                 double d;
                 for (ptrdiff_t j = 0; j < m; j++) {

@@ -41,4 +41,39 @@ static inline double tl_rho(tl_penalty penalty, double delta, double r, double *
     }
 }
 
+/*
+ * The vector form, for the tile kernels: TL_VRHO_DEFINE(NAME, T, V, M)
+ * defines
+ *     static inline V NAME(tl_penalty penalty, T delta, const V *r, V *drho)
+ * (always inlined) which returns rho(r) and stores rho'(r), lane by lane as
+ * tl_rho above (r by address: GCC notes the ABI of wide vector arguments), for
+ * a GCC/clang vector type V of T whose comparisons give the integer vector
+ * type M (elements as wide as T). Branch-free: each lane's case is chosen by
+ * a bitwise select on a comparison, so no lane's value leaks into another
+ * and a NaN lane keeps its NaN derivative.
+ */
+#define TL_VRHO_DEFINE(NAME, T, V, M)                                                          \
+    static inline __attribute__((always_inline)) V NAME(tl_penalty penalty, T delta,           \
+                                                        const V *rp, V *drho)                 \
+    {                                                                                         \
+        const V r = *rp;                                                                      \
+        if (penalty == TL_PENALTY_MSE) {                                                      \
+            *drho = r + r;                                                                    \
+            return r * r;                                                                     \
+        }                                                                                     \
+        const V zero = {0}, one = zero + (T)1, half = zero + (T)0.5, d = zero + delta;        \
+        const M pos = (M)(r > zero), neg = (M)(r < zero), nan = (M)(r != r);                 \
+        const V abs_r = (V)((M)r & ~(M)(-zero)); /* -zero: the sign bit alone */             \
+        /* sign(r): 1, -1, or 0 at 0 and NaN; a NaN lane then takes r itself */              \
+        const V sign = (V)((pos & (M)one) | (neg & (M)-one));                                 \
+        if (penalty == TL_PENALTY_L1) {                                                       \
+            *drho = (V)((nan & (M)r) | (~nan & (M)sign));                                     \
+            return abs_r;                                                                     \
+        }                                                                                     \
+        const M small = (M)(abs_r <= d);                                                      \
+        const V outer = (V)((nan & (M)r) | (~nan & (M)(d * sign)));                           \
+        *drho = (V)((small & (M)r) | (~small & (M)outer));                                    \
+        return (V)((small & (M)(half * r * r)) | (~small & (M)(d * (abs_r - half * d))));     \
+    }
+
 #endif /* TL_PENALTY_H */

@@ -73,14 +73,14 @@ static int verbose;
  * to see that the reference comparisons are not vacuous. */
 enum { ST_EXPM, ST_DISC, ST_ROLL, ST_VJP, ST_FSE, ST_TW, ST_CL, ST_RL, ST_RLG, ST_REF, ST_GRAM,
        ST_LAW, ST_HUGE, ST_THREADS, ST_EXACT, ST_RANK, ST_LAW_END, ST_KERNELS, ST_FORMS,
-       ST_COUNT };
+       ST_MIN_ENERGY, ST_COUNT };
 static const char *const stat_names[ST_COUNT] = {
     "expm finite", "discretize finite", "rollout vs reference", "vjp vs reference",
     "final_state_error vs reference", "time weights vs reference", "control loss vs reference",
     "rollout loss finite", "rollout loss vs reference", "reference finite", "gramian finite",
     "min_energy_law finite", "huge-size call made", "threads vs one thread",
     "exact reference reaches xf", "exact refused, rank < n", "law x(0) = x0 / x(H) = xf",
-    "both kernels, same status", "per-sample/step system checked"};
+    "both kernels, same status", "per-sample/step system checked", "min_energy checked"};
 static unsigned long stats[ST_COUNT];
 static int print_stats;
 #define STAT(k) (stats[k]++)
@@ -1877,16 +1877,144 @@ static void check_exact_reference(const fz_system *s, ptrdiff_t sample, const tl
     }
 }
 
+/* A cancel that stops at its n-th poll. */
+typedef struct {
+    int polls, stop_at;
+} fz_cancel;
+
+static int fz_poll(void *ctx)
+{
+    fz_cancel *c = (fz_cancel *)ctx;
+    return ++c->polls >= c->stop_at;
+}
+
+/*
+ * tl_min_energy over a batch of a system in any form: one plan when the
+ * system and the model are shared, one per sample otherwise (info->plans);
+ * refused for a system that does not fit, a time-varying system with a
+ * continuous model, missing model arrays; exact, moderate: each sample's
+ * states are the rollout of its controls under its own dynamics and reach
+ * its xf (check_exact_reference); every method: energy = dt_b sum |u|^2.
+ */
+static void fuzz_min_energy(reader *r, unsigned mb)
+{
+    fz_system s;
+    const int method = (int)(mb % 5) - 1; /* -1 .. 3 */
+    note("min_energy method=%d ", method);
+    read_system(r, &s);
+    const ptrdiff_t T = rd_size(r, 12, 1), B = rd_size(r, 6, 1);
+    note("steps=%td B=%td ", T, B);
+    if (!s.callable)
+        return;
+    const ptrdiff_t n = s.na, m = s.ma, Ta = clampsz(T, 12), Ba = clampsz(B, 6);
+    finish_system(r, &s, B, T, Ba, Ta);
+    const unsigned flags = rd_u8(r);
+    const int cont = method == TL_REF_AVERAGE || method == TL_REF_CONTINUOUS;
+    /* the model: dt shared or one a sample; A, B (continuous) shared or one a sample */
+    double *dts = dalloc(Ba > 0 ? Ba : 1);
+    dts[0] = rd_double(r);
+    for (ptrdiff_t b = 1; b < Ba; b++)
+        dts[b] = flags & 1 ? dts[0] * (1.0 + 0.1 * (double)b) : dts[0];
+    tl_ref_model model = {{dts, flags & 1 ? 1 : 0, 0}, {NULL, 0, 0}, {NULL, 0, 0}};
+    double *Am = NULL, *Bm = NULL;
+    if (cont && !(flags & 2)) { /* flags & 2: no model, must be refused */
+        const ptrdiff_t copies = flags & 4 ? (Ba > 0 ? Ba : 1) : 1;
+        Am = dalloc(copies * n * n), Bm = dalloc(copies * n * m);
+        for (ptrdiff_t q = 0; q < copies; q++)
+            for (ptrdiff_t i = 0; i < n * n || i < n * m; i++) {
+                if (i < n * n)
+                    Am[q * n * n + i] = s.Ad[i] * (1.0 + 0.05 * (double)q);
+                if (i < n * m)
+                    Bm[q * n * m + i] = s.Bd[i];
+            }
+        model.A = (tl_field){Am, flags & 4 ? n * n : 0, 0};
+        model.B = (tl_field){Bm, flags & 4 ? n * m : 0, 0};
+    }
+    const size_t bytes = tl_min_energy_work_bytes(s.n, s.m, T, (tl_ref_method)method);
+    note("model dt %s A %s work=%zu ", flags & 1 ? "per-sample" : "shared",
+         Am == NULL ? "none" : flags & 4 ? "per-sample" : "shared", bytes);
+    if (bytes > WORK_CAP)
+        return;
+    void *work = flags % 64 == 8 ? NULL : xalloc(bytes);
+    double *x0 = dvals(r, Ba * n), *xf = dvals(r, Ba * n);
+    double *u = dout(Ba * Ta * m), *xs = dout(Ba * (Ta + 1) * n), *fe = dout(Ba), *en = dout(Ba);
+    fz_cancel cc = {0, 1 + (int)(rd_u8(r) % 4)};
+    const tl_cancel cancel = {fz_poll, &cc};
+    const int with_cancel = (flags & 16) != 0;
+    tl_ref_info info;
+    memset(&info, 0xA5, sizeof info);
+    watch_input(x0, (size_t)(Ba * n) * sizeof(double), "x0");
+    watch_input(xf, (size_t)(Ba * n) * sizeof(double), "xf");
+    watch_input(dts, (size_t)(Ba > 0 ? Ba : 1) * sizeof(double), "dt");
+    const tl_status st = tl_min_energy((tl_ref_method)method, &s.dyn, &model, T, B, x0, xf, u, xs,
+                                       fe, en, &info, work, with_cancel ? &cancel : NULL);
+    check_status(st, "tl_min_energy");
+    check_inputs();
+    note("plans=%td sample=%td cond=%.6g ", info.plans, info.sample, info.cond);
+    int sys_sample = 0, sys_step = 0; /* the system's fields that vary */
+    for (int f = 0; f < 3; f++)
+        if (s.form_of[f] != FORM_ABSENT)
+            sys_sample |= s.form_of[f] & FORM_SAMPLE, sys_step |= s.form_of[f] & FORM_STEP;
+    int dt_bad = 0; /* a period the plans read that is not > 0 */
+    for (ptrdiff_t b = 0; b < Ba; b++)
+        dt_bad |= !(isfinite(dts[b]) && dts[b] > 0.0);
+    /* faults a plan finds count where a plan is made: one for a shared batch
+     * (even an empty one), none for an empty per-sample batch */
+    const int plans_made = B > 0 || !((flags & 1) || (cont ? (flags & 4) != 0 : sys_sample));
+    const int bad = !s.valid || T < 1 || B < 0 || method < 0 || method >= TL_REF_COUNT ||
+                    s.refused || work == NULL || bytes == 0 || (cont && Am == NULL) ||
+                    (plans_made && ((cont && sys_step) || dt_bad));
+    if (bad)
+        CHECK(st != TL_OK, "TL_OK for an invalid call");
+    if (st == TL_ERR_INTERRUPTED)
+        CHECK(with_cancel, "TL_ERR_INTERRUPTED without a cancel");
+    if (st != TL_OK)
+        return;
+    const int per_sample = (flags & 1) || (cont ? (flags & 4) != 0 : sys_sample);
+    CHECK(info.plans == (per_sample ? B : 1), "%td plans for a %s batch of %td", info.plans,
+          per_sample ? "per-sample" : "shared", B);
+    int mod = s.moderate && all_moderate(x0, Ba * n) && all_moderate(xf, Ba * n) &&
+              all_moderate(dts, Ba) && pow(s.grow, (double)Ta) <= 1e20;
+    if (cont)
+        mod = mod && dts[0] * Ta * norm1(n, n, s.Ad) * 1.3 <= 20.0 &&
+              dts[0] * Ta * norm1(n, m, s.Bd) <= 1e3;
+    if (!mod)
+        return;
+    STAT(ST_MIN_ENERGY);
+    CHECK(all_finite(u, Ba * Ta * m) && all_finite(xs, Ba * (Ta + 1) * n) &&
+              all_finite(fe, Ba) && all_finite(en, Ba),
+          "min_energy outputs not finite");
+    for (ptrdiff_t b = 0; b < Ba; b++) {
+        double e = 0.0;
+        for (ptrdiff_t i = 0; i < Ta * m; i++)
+            e += u[b * Ta * m + i] * u[b * Ta * m + i];
+        e *= dts[b];
+        CHECK(fabs(en[b] - e) <= 1e-13 * e + 1e-300, "energy[%td] = %.17g, dt sum |u|^2 %.17g",
+              b, en[b], e);
+        if (method == TL_REF_EXACT) {
+            tl_ref_plan one = {0};
+            one.steps = T, one.cond = info.cond;
+            check_exact_reference(&s, sys_sample ? b : 0, &one, 1, x0 + b * n, xf + b * n,
+                                  u + b * Ta * m, xs + b * (Ta + 1) * n, fe + b);
+        }
+    }
+}
+
 static void fuzz_references(reader *r)
 {
     fz_system s;
-    const int method = (int)(rd_u8(r) % 5) - 1; /* -1 .. 3 */
+    const unsigned mb = rd_u8(r);
+    if (mb >= 200) { /* a batch through tl_min_energy */
+        fuzz_min_energy(r, mb);
+        return;
+    }
+    const int method = (int)(mb % 5) - 1; /* -1 .. 3 */
     note("reference method=%d ", method);
     read_system(r, &s);
     const ptrdiff_t T = rd_size(r, 12, 1), B = rd_size(r, 4, 1);
     const double dt = rd_double(r);
     const size_t pbytes = tl_ref_plan_bytes(s.n, s.m, T, (tl_ref_method)method);
-    const size_t ibytes = tl_ref_init_work_bytes(s.n, s.m, T);
+    const size_t ibytes = tl_ref_init_work_bytes(s.n, s.m, T, (tl_ref_method)method);
     note("steps=%td B=%td dt=%.17g plan=%zu work=%zu ", T, B, dt, pbytes, ibytes);
     if (!s.callable)
         return;
@@ -1945,8 +2073,12 @@ static void fuzz_references(reader *r)
           "plan sizes");
     check_ok_plan(&plan, method);
     if (mod) {
-        CHECK(all_finite(plan.Ad, n * n) && all_finite(plan.Bd, n * m) &&
-                  all_finite(plan.AdT, n * n) && all_finite(plan.K, Ta * m * n),
+        if (method == TL_REF_EXACT) /* the sample's own dynamics: no copy */
+            CHECK(plan.Ad == NULL && plan.Bd == NULL, "exact plan with Ad, Bd");
+        else
+            CHECK(all_finite(plan.Ad, n * n) && all_finite(plan.Bd, n * m), "plan not finite");
+        CHECK(all_finite(plan.AdT, n * n) && all_finite(plan.K, Ta * m * n) &&
+                  all_finite(plan.drift, n),
               "plan not finite");
         if (plan.Q)
             CHECK(all_finite(plan.Q, (Ta + 1) * n * n), "plan Q not finite");
@@ -1955,7 +2087,7 @@ static void fuzz_references(reader *r)
                   "plan S, L not finite");
     }
     /* apply to a batch */
-    const size_t abytes = tl_ref_apply_work_bytes(s.n);
+    const size_t abytes = tl_ref_apply_work_bytes(s.n, s.m);
     double *x0 = dvals(r, Ba * n), *xf = dvals(r, Ba * n);
     double *u = dout(Ba * Ta * m), *xs = dout(Ba * (Ta + 1) * n), *fe = dout(Ba), *en = dout(Ba);
     void *awork = rd_u8(r) % 16 == 0 ? NULL : xalloc(abytes);
@@ -2130,9 +2262,10 @@ static void fuzz_huge_sizes(reader *r)
         (void)tl_expm_work_bytes(T), (void)tl_expm_work_bytes(n);
         (void)tl_discretize_work_bytes(n, m), (void)tl_rollout_work_bytes(n, m);
         (void)tl_time_weights_work_bytes(T), (void)tl_gramian_work_bytes(n);
-        (void)tl_ref_apply_work_bytes(n), (void)tl_min_energy_law_work_bytes(n, m);
+        (void)tl_ref_apply_work_bytes(n, m), (void)tl_min_energy_law_work_bytes(n, m);
+        (void)tl_min_energy_work_bytes(n, m, T, TL_REF_EXACT);
         (void)tl_ref_plan_bytes(n, m, T, TL_REF_CONTINUOUS);
-        (void)tl_ref_init_work_bytes(n, m, T);
+        (void)tl_ref_init_work_bytes(n, m, T, TL_REF_CONTINUOUS);
         const tl_dynamics dq = tl_dynamics_linear(n, m, NULL, NULL);
         (void)tl_loss_work_bytes(NULL, n, &spec), (void)tl_loss_work_bytes(&dq, 0, &spec);
         STAT(ST_HUGE);
@@ -2165,7 +2298,7 @@ static void fuzz_huge_sizes(reader *r)
     case 2: { /* the plan: its memory and scratch grow with the steps */
         const tl_ref_method method = (tl_ref_method)(rd_u8(r) % 3);
         const size_t pb = tl_ref_plan_bytes(n, m, T, method);
-        bytes = tl_ref_init_work_bytes(n, m, T);
+        bytes = tl_ref_init_work_bytes(n, m, T, method);
         note("plan=%zu work=%zu ", pb, bytes);
         if (pb > WORK_CAP || bytes > WORK_CAP)
             return;

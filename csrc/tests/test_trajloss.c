@@ -1508,6 +1508,28 @@ static void test_loss_kernels(void)
 /* Either gradient may be NULL: the value and the other gradient are the
  * same bits as with both; and a call with no valid step is TL_ERR_EMPTY
  * (no steps, no sequences, or every length 0). Both kernels, both dtypes. */
+/* A control-only rollout loss never reads the system: a NaN in A changes
+ * nothing (the gradient is 2 (u - ru) / (T m), the control loss's). */
+static void test_control_only_ignores_system(void)
+{
+    double An[4] = {1, NAN, 0, 1}, Bd[2] = {0, 0.1};
+    double u[3] = {1, 2, 3}, ru[3] = {0, 0, 0}, x0[2] = {0, 0}, gu[3], gx[2];
+    for (int kernel = 0; kernel < TL_KERNEL_COUNT; kernel++) {
+        tl_dynamics dn = tl_dynamics_linear(2, 1, An, Bd);
+        tl_loss_spec spec = {{1, 3, NULL, NULL, 1.0}, TL_PENALTY_MSE, 1.0, TL_TERM_CONTROL, 1.0,
+                             0.0, 0.0, 0, NULL, NULL, 1, 0, (tl_kernel)kernel, NULL};
+        tl_loss_io io = {TL_F64, u, x0, ru, NULL, NULL, gu, gx};
+        tl_loss_value v;
+        void *w = xmalloc(tl_loss_work_bytes(&dn, 0, &spec));
+        const tl_status st = tl_rollout_loss(&dn, &spec, &io, &v, w);
+        CHECK(st == TL_OK && fabs(v.total - 14.0 / 3.0) < 1e-15, "control-only value %g", v.total);
+        for (int k = 0; k < 3; k++)
+            CHECK(fabs(gu[k] - 2.0 * (k + 1) / 3.0) < 1e-15, "control-only grad[%d] %g", k, gu[k]);
+        CHECK(gx[0] == 0.0 && gx[1] == 0.0, "control-only grad_x0 %g %g", gx[0], gx[1]);
+        free(w);
+    }
+}
+
 static void test_loss_optional_outputs(void)
 {
     unsigned seed = 71u;
@@ -1592,53 +1614,15 @@ static void test_loss_optional_outputs(void)
     formed_free(&s);
 }
 
-/* Exact references of a per-sample system: sample s's plan is that of its
- * own matrices -- its controls, rolled out here with them, reach xf. */
-static void test_references_per_sample(void)
+/* Scratch for tl_ref_plan_init with any method and then tl_ref_apply. */
+static size_t ref_work_bytes(ptrdiff_t n, ptrdiff_t m, ptrdiff_t steps)
 {
-    unsigned seed = 17u;
-    const ptrdiff_t n = 3, m = 2, B = 4, T = 6;
-    const form_desc d = nth_form(4 + 1 + 64); /* A, B per sample, no offset */
-    formed_sys s;
-    formed_init(&s, &d, n, m, B, 1, &seed);
-    void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
-    void *work = xmalloc(tl_ref_init_work_bytes(n, m, T) + tl_ref_apply_work_bytes(n));
-    double worst = 0.0;
-    int ok = 1;
-    for (ptrdiff_t b = 0; b < B; b++) {
-        tl_ref_plan plan;
-        const tl_status st =
-            tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, b, NULL, NULL, 1.0, T, work);
-        CHECK(st == TL_OK, "per-sample plan of sample %td: status %d", b, (int)st);
-        double x0[3], xf[3], u[6 * 2], S[7 * 3], err, energy, x[3], xn[3];
-        for (ptrdiff_t i = 0; i < n; i++)
-            x0[i] = uniform(&seed), xf[i] = uniform(&seed), x[i] = x0[i];
-        if (st != TL_OK || tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) != TL_OK) {
-            ok = 0;
-            continue;
-        }
-        const double *A = s.A + b * n * n, *Bm = s.Bm + b * n * m; /* step 0 of sample b */
-        for (ptrdiff_t k = 0; k < T; k++) {
-            for (ptrdiff_t i = 0; i < n; i++) {
-                xn[i] = 0.0;
-                for (ptrdiff_t j = 0; j < n; j++)
-                    xn[i] += A[i * n + j] * x[j];
-                for (ptrdiff_t j = 0; j < m; j++)
-                    xn[i] += Bm[i * m + j] * u[k * m + j];
-            }
-            memcpy(x, xn, sizeof x);
-        }
-        for (ptrdiff_t i = 0; i < n; i++)
-            worst = fmax(worst, fabs(x[i] - xf[i]));
+    size_t most = 0;
+    for (int method = 0; method < TL_REF_COUNT; method++) {
+        const size_t b = tl_ref_init_work_bytes(n, m, steps, (tl_ref_method)method);
+        most = b > most ? b : most;
     }
-    CHECK(ok && worst < 1e-12, "per-sample exact references reach xf: %g", worst);
-    tl_ref_plan plan;
-    CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, B, NULL, NULL, 1.0, T, work) !=
-              TL_OK && tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, -1, NULL, NULL, 1.0, T,
-                                        work) != TL_OK,
-          "a sample outside the system's batch is refused");
-    free(mem), free(work);
-    formed_free(&s);
+    return most + tl_ref_apply_work_bytes(n, m);
 }
 
 /* min-energy references for one double-integrator sample, by method */
@@ -1650,7 +1634,7 @@ static tl_status di_reference(tl_ref_method method, double dt, ptrdiff_t T, cons
     double Ad[4] = {1, dt, 0, 1}, Bd[2] = {dt * dt / 2, dt};
     const tl_dynamics sys = tl_dynamics_linear(2, 1, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(2, 1, T, method));
-    void *work = xmalloc(tl_ref_init_work_bytes(2, 1, T) + tl_ref_apply_work_bytes(2));
+    void *work = xmalloc(ref_work_bytes(2, 1, T));
     tl_ref_plan plan;
     tl_status status = tl_ref_plan_init(&plan, mem, method, &sys, 0, A, B, dt, T, work);
     *cond = plan.cond;
@@ -1703,7 +1687,7 @@ static void test_references(void)
     double Ad[4] = {1, 0, 0, 1}, Bd[2] = {1, 0};
     const tl_dynamics stuck = tl_dynamics_linear(2, 1, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(2, 1, 5, TL_REF_EXACT));
-    void *work = xmalloc(tl_ref_init_work_bytes(2, 1, 5));
+    void *work = xmalloc(ref_work_bytes(2, 1, 5));
     tl_ref_plan plan;
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &stuck, 0, NULL, NULL, 1.0, 5, work) ==
               TL_ERR_SINGULAR, "second state unreachable");
@@ -1755,7 +1739,7 @@ static void test_references_batch(void)
         random_system(n, m, Ad, Bd, &seed);
         const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
         void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
-        void *work = xmalloc(tl_ref_init_work_bytes(n, m, T) + tl_ref_apply_work_bytes(n));
+        void *work = xmalloc(ref_work_bytes(n, m, T));
         tl_ref_plan plan;
         CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, 0.5, T, work) ==
                   TL_OK, "batch plan (%td, %td)", n, m);
@@ -1836,15 +1820,18 @@ static void test_references_batch(void)
 static void test_references_huge(void)
 {
     const size_t max_doubles = SIZE_MAX / sizeof(double);
-    /* n = m = 1, exact: Ad, AdT, S, L, Bd and T controls; the last step count that fits */
-    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 5);
+    /* n = m = 1, exact: AdT, drift, S, L and T controls; the last step count that fits */
+    const ptrdiff_t last_ok = (ptrdiff_t)(max_doubles - 4);
     CHECK(tl_ref_plan_bytes(1, 1, last_ok, TL_REF_EXACT) == max_doubles * sizeof(double),
           "largest addressable plan");
     CHECK(tl_ref_plan_bytes(1, 1, last_ok + 1, TL_REF_EXACT) == 0, "plan one step too long");
     const size_t big = (size_t)1 << 40, per_step = 3 * 2 * sizeof(double);
-    CHECK(tl_ref_init_work_bytes(3, 2, (ptrdiff_t)big) > big * 9 * sizeof(double) &&
-              tl_ref_plan_bytes(3, 2, (ptrdiff_t)big, TL_REF_EXACT) > big * per_step,
-          "2^40 steps do not wrap around");
+    int grows = 1; /* each method keeps at least the T m n doubles of K */
+    for (int method = 0; method < TL_REF_COUNT; method++)
+        grows &= tl_ref_init_work_bytes(3, 2, (ptrdiff_t)big, (tl_ref_method)method) >
+                     big * per_step &&
+                 tl_ref_plan_bytes(3, 2, (ptrdiff_t)big, (tl_ref_method)method) > big * per_step;
+    CHECK(grows, "2^40 steps do not wrap around");
 
     const double Ad[4] = {1, 0.5, 0, 1}, Bd[4] = {0.125, 0, 0.5, 1};
     const struct {
@@ -1853,7 +1840,9 @@ static void test_references_huge(void)
                  {2, 1, (ptrdiff_t)1 << 61}, {1, 2, PTRDIFF_MAX / 2}, {2, 2, last_ok}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const ptrdiff_t n = cases[i].n, m = cases[i].m, T = cases[i].steps;
-        CHECK(tl_ref_init_work_bytes(n, m, T) == 0, "init work of n=%td m=%td steps=%td", n, m, T);
+        for (int method = 0; method < TL_REF_COUNT; method++)
+            CHECK(tl_ref_init_work_bytes(n, m, T, (tl_ref_method)method) == 0,
+                  "init work of n=%td m=%td steps=%td method %d", n, m, T, method);
         const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
         for (int method = 0; method < TL_REF_COUNT; method++) {
             CHECK(tl_ref_plan_bytes(n, m, T, (tl_ref_method)method) == 0,
@@ -1880,8 +1869,8 @@ static void test_references_wide_input(void)
     const ptrdiff_t n = 1, m = 4, T = 3;
     const tl_dynamics sys = tl_dynamics_linear(n, m, Ad, Bd);
     void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
-    void *work = xmalloc(tl_ref_init_work_bytes(n, m, T));
-    void *awork = xmalloc(tl_ref_apply_work_bytes(n));
+    void *work = xmalloc(tl_ref_init_work_bytes(n, m, T, TL_REF_EXACT));
+    void *awork = xmalloc(tl_ref_apply_work_bytes(n, m));
     tl_ref_plan plan;
     CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, 1.0, T, work) == TL_OK,
           "m > n plan status");
@@ -1929,7 +1918,7 @@ static void test_references_chain(void)
             }
             const tl_dynamics sys = tl_dynamics_linear(n, 1, Ad, Bd);
             void *mem = xmalloc(tl_ref_plan_bytes(n, 1, T, TL_REF_EXACT));
-            void *work = xmalloc(tl_ref_init_work_bytes(n, 1, T) + tl_ref_apply_work_bytes(n));
+            void *work = xmalloc(ref_work_bytes(n, 1, T));
             tl_ref_plan plan;
             CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &sys, 0, NULL, NULL, dt, T, work) ==
                       TL_OK && plan.rank.rank == n,
@@ -1952,6 +1941,63 @@ static void test_references_chain(void)
             free(mem), free(work);
         }
     CHECK(worst < 1e-10, "chain of 8 reaches xf: %g of the state scale", worst);
+}
+
+/* Exact references of systems in every form -- per sample, time-varying,
+ * with an offset: the plan of sample b is that of b's own dynamics, so its
+ * controls, rolled out here with b's matrices at each step, reach xf, and
+ * its states are that rollout. A sample outside the system's batch, and a
+ * continuous model with a time-varying system, are refused. */
+static void test_references_forms(void)
+{
+    static const int forms[] = {0, 21, 42, 63, 64 + 5, 64 + 10, 70};
+    unsigned seed = 17u;
+    const ptrdiff_t n = 3, m = 2, B = 3, T = 6;
+    void *mem = xmalloc(tl_ref_plan_bytes(n, m, T, TL_REF_EXACT));
+    void *work = xmalloc(ref_work_bytes(n, m, T));
+    for (size_t fi = 0; fi < sizeof forms / sizeof forms[0]; fi++) {
+        const form_desc d = nth_form(forms[fi]);
+        formed_sys s;
+        formed_init(&s, &d, n, m, B, T, &seed);
+        double worst = 0.0;
+        int ok = 1;
+        for (ptrdiff_t b = 0; b < B; b++) {
+            tl_ref_plan plan;
+            const tl_status st =
+                tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, s.dyn.batch ? b : 0, NULL,
+                                 NULL, 1.0, T, work);
+            double x0[3], xf[3], u[6 * 2], S[7 * 3], X[7 * 3], err, energy;
+            for (ptrdiff_t i = 0; i < n; i++)
+                x0[i] = uniform(&seed), xf[i] = uniform(&seed);
+            if (st != TL_OK ||
+                tl_ref_apply(&plan, 1, x0, xf, u, S, &err, &energy, work) != TL_OK) {
+                ok = 0;
+                continue;
+            }
+            plain_rollout_one(&s, s.dyn.batch ? b : 0, T, x0, u, X);
+            for (ptrdiff_t i = 0; i < n; i++)
+                worst = fmax(worst, fabs(X[T * n + i] - xf[i]));
+            ok &= rel_err((T + 1) * n, S, X) < 1e-13 && fabs(err - 0.0) < 1e-12;
+        }
+        CHECK(ok && worst < 1e-12, "exact references of A %s, B %s, c %s reach xf: %g",
+              form_name(d.form[0]), form_name(d.form[1]), form_name(d.form[2]), worst);
+        if (s.dyn.batch > 0) {
+            tl_ref_plan plan;
+            CHECK(tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, B, NULL, NULL, 1.0, T,
+                                   work) != TL_OK &&
+                      tl_ref_plan_init(&plan, mem, TL_REF_EXACT, &s.dyn, -1, NULL, NULL, 1.0, T,
+                                       work) != TL_OK,
+                  "a sample outside the system's batch is refused");
+        }
+        if (s.dyn.steps > 0) {
+            const double A[9] = {0, 1, 0, 0, 0, 1, 0, 0, 0}, Bc[6] = {0, 0, 0, 0, 1, 1};
+            tl_ref_plan plan;
+            CHECK(tl_ref_plan_init(&plan, mem, TL_REF_AVERAGE, &s.dyn, 0, A, Bc, 0.5, T, work) ==
+                      TL_ERR_VALUE, "a time-varying system has no continuous model");
+        }
+        formed_free(&s);
+    }
+    free(mem), free(work);
 }
 
 /* The law of the scalar x' = a x + u at long horizons, stable and unstable,
@@ -2354,6 +2400,7 @@ int main(void)
     test_discretize();
     test_rollout();
     test_rollout_errors();
+    test_control_only_ignores_system();
     test_time_weights();
     test_time_weights_huge();
     test_losses();
@@ -2371,7 +2418,7 @@ int main(void)
     test_references_huge();
     test_references_wide_input();
     test_references_chain();
-    test_references_per_sample();
+    test_references_forms();
     test_law_long_horizons();
     test_final_state_error();
     printf("%d passed, %d failed\n", n_passed, n_failed);

@@ -1,0 +1,682 @@
+/*
+ * tile_kernel.h -- the tile kernel of the rollout losses for one dtype,
+ * included by tile.c twice: TL_T double (TL_I int64_t) and float (int32_t),
+ * TL_F(name) giving each name the dtype's suffix. What it computes is
+ * engine.h's; how:
+ *
+ * A tile is TL_TILE consecutive sequences, lane l being sequence b0 + l. One
+ * value of the tile (an element of x, of u, of a derivative) is TL_TILE
+ * numbers of TL_T -- float32 computes in float, float64 in double -- held as
+ * TL_P vectors V of the target's register width (TL_L lanes each): two
+ * 256-bit vectors for float64 on AVX2, one for float32; four and two
+ * 128-bit ones on the baseline. (A single 8-lane vector type wider than the
+ * registers is not split into registers by GCC: it lives in memory.) Tile
+ * value e of a buffer is buf[e TL_P .. e TL_P + TL_P - 1].
+ *
+ * Per step the forward pass
+ *   - gathers the tile's controls u_k (and references) into m values,
+ *   - scores u_k (control term) and stores its derivative Gc_k,
+ *   - computes x_{k+1} = c_k + B_k u_k + A_k x_k (mv below),
+ *   - scores x_{k+1} (trajectory term) and stores its derivative G_{k+1};
+ * the terminal term adds to G at each lane's final state. The backward pass
+ * is then only
+ *   grad u_k = Gc_k + B_k^T lam_{k+1},   lam_k = G_k + A_k^T lam_{k+1},
+ * from lam_K = G_K down to grad x0 = lam_0. One register-blocked
+ * matrix-vector kernel (mv) serves both passes, [A | B] forward and their
+ * transposes backward. Matrices shared by the batch are broadcast from
+ * scalars; per-sample ones are gathered into lane layout once per tile (per
+ * step when they vary in time).
+ *
+ * Sequences end at different steps (lengths, mask): each lane's valid
+ * steps are masks, and everything a lane must not see -- steps it does not
+ * score, states after its last one -- is removed by bitwise selects, never
+ * multiplied by 0 (0 * NaN is NaN): padding of any value never changes a
+ * result, and lam stays exactly 0 after a lane's last state. A uniform
+ * selection has masks of all ones: one path serves every selection.
+ */
+
+#define V TL_F(vec)
+#define M TL_F(mask)
+#define H TL_F(half)
+#define TL_L (TL_TILE_VREG_BYTES / (int)sizeof(TL_T)) /* lanes of a vector */
+#define TL_P (TL_TILE / TL_L)                          /* vectors of a tile value */
+#define TL_Q ((int)(sizeof(double) / sizeof(TL_T)))    /* double vectors of a vector */
+typedef TL_T V __attribute__((vector_size(TL_TILE_VREG_BYTES)));
+typedef TL_I M __attribute__((vector_size(TL_TILE_VREG_BYTES)));
+/* the part of a vector that widens to one vector of doubles */
+typedef TL_T H __attribute__((vector_size(TL_TILE_VREG_BYTES / TL_Q)));
+
+/* Rows of one block of mv: its accumulators fill half the vector registers. */
+#define TL_ROWS (8 / TL_P)
+
+TL_VRHO_DEFINE(TL_F(vrho), TL_T, V, M)
+
+/* x in every lane. (Not for hot loops: 0 + x is not x for x = -0, so it
+ * costs an add; there a vector times a scalar broadcasts it alone.) */
+TL_INLINE V TL_F(splat)(TL_T x)
+{
+    const V zero = {0};
+    return zero + x;
+}
+
+TL_INLINE M TL_F(splat_i)(ptrdiff_t x)
+{
+    const M zero = {0};
+    return zero + (TL_I)x;
+}
+
+/* mask ? a : b, lane by lane, and mask ? a : 0. */
+#define TL_SEL(mask, a, b) ((V)(((M)(a) & (mask)) | ((M)(b) & ~(mask))))
+#define TL_KEEP(mask, a) ((V)((M)(a) & (mask)))
+
+/* Lane l of tile value e of a buffer of tile values (element e TL_TILE + l
+ * of it as an array), written and read as a scalar: memcpy, as a store into
+ * a vector's lane may become a load, an insert and a store of the vector. */
+TL_INLINE void TL_F(put)(V *buf, ptrdiff_t e, int l, TL_T x)
+{
+    memcpy((char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, &x, sizeof x);
+}
+
+TL_INLINE void TL_F(put_i)(M *buf, ptrdiff_t e, int l, TL_I x)
+{
+    memcpy((char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, &x, sizeof x);
+}
+
+TL_INLINE TL_T TL_F(get)(const V *buf, ptrdiff_t e, int l)
+{
+    TL_T x;
+    memcpy(&x, (const char *)buf + (size_t)(e * TL_TILE + l) * sizeof x, sizeof x);
+    return x;
+}
+
+/* Vector h of a tile value from p[0], p[stride], ..., p[7 stride]; and back. */
+TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride, int h)
+{
+    TL_T a[TL_L];
+    for (int l = 0; l < TL_L; l++)
+        a[l] = p[(h * TL_L + l) * stride];
+    V v;
+    memcpy(&v, a, sizeof v);
+    return v;
+}
+
+TL_INLINE void TL_F(scatter)(const V *v, TL_T *p, ptrdiff_t stride)
+{
+    for (int h = 0; h < TL_P; h++)
+        for (int l = 0; l < TL_L; l++)
+            p[(h * TL_L + l) * stride] = v[h][l];
+}
+
+/* sum[h TL_Q ...] += vector h of a tile value, lane by lane, in double. */
+TL_INLINE void TL_F(acc)(tl_tile_dv *sum, int h, const V *v)
+{
+    for (int q = 0; q < TL_Q; q++) {
+        H part;
+        memcpy(&part, (const char *)v + q * sizeof part, sizeof part);
+        sum[h * TL_Q + q] += __builtin_convertvector(part, tl_tile_dv);
+    }
+}
+
+/* ---- the call, its tiles and their selection --------------------------- */
+
+/* The valid steps and weights of the lanes of a tile, a tile value a step. */
+typedef struct {
+    M *vc;                 /* T: control step k is valid (all ones) or not (0) */
+    M *vs;                 /* T + 1: state k is scored by the trajectory term */
+    V *wcv, *wcg;          /* T: control weights w_k, and scale[0] w_k */
+    V *wsv, *wsg;          /* T + 1: state weights, and scale[1] times them */
+    ptrdiff_t K[TL_TILE];  /* each lane's final valid state (0: no valid step) */
+    M fin[TL_P];           /* the same as a tile value */
+    ptrdiff_t Kmax;        /* the largest */
+    int ragged;            /* do lanes end at different states? */
+} TL_F(sel_t);
+
+/* The tile being computed: its selection, derivatives, registers and matrices. */
+typedef struct {
+    ptrdiff_t b0;
+    TL_F(sel_t) sel;
+    V *G, *Gc;             /* (T+1) n and T m tile values */
+    V *x, *xn, *xf, *lam, *ln, *cv; /* n each */
+    V *uk, *gu;            /* m each */
+    V *Av, *Bv;            /* A, B in lane layout (per-sample systems) */
+    TL_T *As, *Bs;         /* or as scalars (shared systems) */
+} TL_F(slot_t);
+
+/* One matrix a matrix-vector product reads: element (i, j) at i rs + j cs
+ * of the lane table v (vec) or the scalars s, times z[j] for j < cols. */
+typedef struct {
+    const V *v;
+    const TL_T *s;
+    ptrdiff_t rs, cs, cols;
+    const V *z;
+} TL_F(mat_t);
+
+typedef struct {
+    const tl_loss_ctx *c;
+    ptrdiff_t T, n, m, su, ss;      /* su, ss: row lengths of controls and states */
+    int ctl, traj, term, states;    /* the terms; states: some state is scored */
+    int shift, vec;                 /* vec: A and B in lane layout */
+    int a_tv, b_tv, c_tv;           /* does A, B, c vary in time? */
+    tl_penalty pen;
+    TL_T delta, sf;                 /* sf: scale[2] */
+    const TL_T *u, *x0, *ru, *rs, *tgt;
+    TL_T *gu, *gx;
+    TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
+    double *row;                    /* T + 2: one sequence's time weights */
+    TL_F(slot_t) slot;
+    tl_tile_dv sum[3][TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES];
+} TL_F(call_t);
+
+/* Field f (len elements) of lanes b0 .. b0 + 7 at step k: into the lane
+ * table vt, or (shared, scalars) into st. */
+static void TL_F(field_at)(const tl_field *f, ptrdiff_t len, ptrdiff_t b0, ptrdiff_t k,
+                           V *vt, TL_T *st)
+{
+    const double *p = f->data + b0 * f->batch_stride + k * f->step_stride;
+    if (vt == NULL) {
+        for (ptrdiff_t i = 0; i < len; i++)
+            st[i] = (TL_T)p[i];
+        return;
+    }
+    for (ptrdiff_t i = 0; i < len; i++)
+        for (int l = 0; l < TL_TILE; l++)
+            TL_F(put)(vt, i, l, (TL_T)p[l * f->batch_stride + i]);
+}
+
+/* The slot's matrices at step k, those of `which` (bits 1 A, 2 B, 4 c). */
+static void TL_F(mats_at)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, unsigned which)
+{
+    const tl_dynamics *d = q->c->dyn;
+    const ptrdiff_t n = q->n, m = q->m;
+    if (which & 1)
+        TL_F(field_at)(&d->A, n * n, s->b0, k, q->vec ? s->Av : NULL, s->As);
+    if (which & 2)
+        TL_F(field_at)(&d->B, n * m, s->b0, k, q->vec ? s->Bv : NULL, s->Bs);
+    if ((which & 4) && d->c.data != NULL)
+        TL_F(field_at)(&d->c, n, s->b0, k, s->cv, NULL);
+}
+
+/* The bits (as mats_at) of the fields fixed in time that are per sample
+ * (per_sample) or shared by the batch. */
+static unsigned TL_F(fixed_fields)(const tl_dynamics *d, int per_sample)
+{
+    const tl_field *f[3] = {&d->A, &d->B, &d->c};
+    unsigned bits = 0;
+    for (int i = 0; i < 3; i++)
+        if (f[i]->step_stride == 0 && (f[i]->batch_stride != 0) == per_sample)
+            bits |= 1u << i;
+    return bits;
+}
+
+/* Lane l of the selection: sequence b's valid steps and weights. */
+static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptrdiff_t b)
+{
+    const tl_loss_ctx *c = q->c;
+    const tl_selection *sel = &c->spec->sel;
+    const ptrdiff_t T = q->T;
+    const tl_seq_span span = tl_sel_span(sel, b);
+    double *w = q->row;
+    sl->K[l] = span.count > 0 ? span.last + 1 : 0;
+    if (span.count == 0) {
+        for (ptrdiff_t k = 0; k <= T; k++) {
+            if (k < T) {
+                TL_F(put_i)(sl->vc, k, l, 0);
+                TL_F(put)(sl->wcv, k, l, 0);
+                TL_F(put)(sl->wcg, k, l, 0);
+            }
+            TL_F(put_i)(sl->vs, k, l, 0);
+            TL_F(put)(sl->wsv, k, l, 0);
+            TL_F(put)(sl->wsg, k, l, 0);
+        }
+        return;
+    }
+    tl_sel_weights(sel, b, 0, c->powers, w);
+    /* state k >= 1 is scored with control step k - 1; state 0 only with the shift */
+    TL_F(put_i)(sl->vs, 0, l, q->shift ? -1 : 0);
+    for (ptrdiff_t k = 0; k < T; k++) {
+        const TL_I valid = tl_sel_valid(sel, b, k) ? -1 : 0;
+        TL_F(put_i)(sl->vc, k, l, valid);
+        TL_F(put_i)(sl->vs, k + 1, l, valid);
+        TL_F(put)(sl->wcv, k, l, (TL_T)w[k]);
+        TL_F(put)(sl->wcg, k, l, (TL_T)(c->scale[0] * w[k]));
+    }
+    if (q->shift) {
+        tl_sel_weights(sel, b, 1, c->powers, w);
+    } else { /* state k's weight is step k - 1's */
+        memmove(w + 1, w, (size_t)T * sizeof(double));
+        w[0] = 0.0;
+    }
+    for (ptrdiff_t k = 0; k <= T; k++) {
+        TL_F(put)(sl->wsv, k, l, (TL_T)w[k]);
+        TL_F(put)(sl->wsg, k, l, (TL_T)(c->scale[1] * w[k]));
+    }
+}
+
+/* The selection of the tile from b0; b0 < 0: of a uniform selection, every
+ * lane sequence 0's. */
+static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t b0)
+{
+    for (int l = 0; l < TL_TILE; l++)
+        TL_F(select_lane)(q, sl, l, b0 < 0 ? 0 : b0 + l);
+    sl->Kmax = 0;
+    for (int l = 0; l < TL_TILE; l++) {
+        sl->Kmax = sl->K[l] > sl->Kmax ? sl->K[l] : sl->Kmax;
+        TL_F(put_i)(sl->fin, 0, l, (TL_I)sl->K[l]);
+    }
+    sl->ragged = 0;
+    for (int l = 0; l < TL_TILE; l++)
+        sl->ragged |= sl->K[l] != sl->Kmax;
+}
+
+/* ---- the matrix-vector kernel ------------------------------------------ */
+
+/* acc[r] += sum_j p(i0 + r, j) p.z[j] for r < R. */
+TL_INLINE void TL_F(mv_add)(const int R, const int vec, ptrdiff_t i0, const TL_F(mat_t) *p,
+                            V acc[][TL_P])
+{
+    const ptrdiff_t cols = p->cols, rs = p->rs, cs = p->cs;
+    const V *z = p->z;
+    if (vec) {
+        const V *c = p->v + i0 * rs * TL_P;
+        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs * TL_P)
+            for (int r = 0; r < R; r++)
+                for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += c[r * rs * TL_P + h] * z[h];
+    } else { /* one broadcast of each scalar for the TL_P vectors */
+        const TL_T *c = p->s + i0 * rs;
+        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs)
+            for (int r = 0; r < R; r++) {
+                const TL_T coef = c[r * rs];
+                for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += z[h] * coef;
+            }
+    }
+}
+
+/* out[i] = init[i] + sum_j a(i, j) a.z[j] + sum_j b(i, j) b.z[j] for the R
+ * rows from i0 (tile values); where `live` is given, lanes outside it keep
+ * init. vec: the matrices are lane tables, else scalars to broadcast. */
+TL_INLINE void TL_F(mv_rows)(const int R, const int vec, ptrdiff_t i0, const V *init,
+                             const TL_F(mat_t) *a, const TL_F(mat_t) *b, const M *live,
+                             V *restrict out)
+{
+    V acc[8][TL_P];
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < TL_P; h++)
+            acc[r][h] = init[(i0 + r) * TL_P + h];
+    TL_F(mv_add)(R, vec, i0, a, acc);
+    TL_F(mv_add)(R, vec, i0, b, acc);
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < TL_P; h++) {
+            const ptrdiff_t o = (i0 + r) * TL_P + h;
+            out[o] = live != NULL ? TL_SEL(live[h], acc[r][h], init[o]) : acc[r][h];
+        }
+}
+
+TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F(mat_t) *a,
+                        const TL_F(mat_t) *b, const M *live, V *restrict out)
+{
+    ptrdiff_t i = 0;
+    if (TL_ROWS >= 8)
+        for (; i + 8 <= rows; i += 8)
+            TL_F(mv_rows)(8, vec, i, init, a, b, live, out);
+    if (TL_ROWS >= 4)
+        for (; i + 4 <= rows; i += 4)
+            TL_F(mv_rows)(4, vec, i, init, a, b, live, out);
+    for (; i + 2 <= rows; i += 2)
+        TL_F(mv_rows)(2, vec, i, init, a, b, live, out);
+    if (i < rows)
+        TL_F(mv_rows)(1, vec, i, init, a, b, live, out);
+}
+
+/* ---- the forward pass ---------------------------------------------------- */
+
+/* The trajectory term at the tile's state k (in s->x): adds its value to the
+ * sums and stores its derivative G_k. */
+TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
+                                  const int mse)
+{
+    const ptrdiff_t n = q->n;
+    V *G = s->G + k * n * TL_P;
+    if (!q->traj) {
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
+            G[i] = TL_F(splat)(0);
+        return;
+    }
+    const TL_F(sel_t) *sl = &s->sel;
+    const M *on = sl->vs + k * TL_P;
+    const V *wv = sl->wsv + k * TL_P, *wg = sl->wsg + k * TL_P;
+    const TL_T *rs = q->rs + s->b0 * q->ss + k * n;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int h = 0; h < TL_P; h++) {
+            const V r = s->x[i * TL_P + h] - TL_F(gather)(rs + i, q->ss, h);
+            V d;
+            const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
+            const V ve = TL_KEEP(on[h], wv[h] * (q->sw[i] * e));
+            TL_F(acc)(q->sum[1], h, &ve);
+            G[i * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->sw[i] * d));
+        }
+}
+
+/* x = x0 and the terms at state 0. */
+TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, const int mse)
+{
+    const ptrdiff_t n = q->n;
+    if (!q->states)
+        return;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int h = 0; h < TL_P; h++)
+            s->x[i * TL_P + h] = s->xf[i * TL_P + h] = TL_F(gather)(q->x0 + s->b0 * n + i, n, h);
+    if (q->shift) {
+        TL_F(score_states)(q, s, 0, mse);
+    } else { /* an unscored state 0: its reference is never read */
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
+            s->G[i] = TL_F(splat)(0);
+    }
+}
+
+/* Control step k: its penalty, then x = x_{k+1} and the terms there. */
+TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec,
+                                  const int mse)
+{
+    const ptrdiff_t n = q->n, m = q->m, su = q->su;
+    const TL_F(sel_t) *sl = &s->sel;
+    const TL_T *u = q->u + s->b0 * su + k * m;
+    V *Gc = s->Gc + k * m * TL_P;
+    for (ptrdiff_t j = 0; j < m; j++)
+        for (int h = 0; h < TL_P; h++)
+            s->uk[j * TL_P + h] = TL_F(gather)(u + j, su, h);
+    if (q->ctl) {
+        const M *on = sl->vc + k * TL_P;
+        const V *wv = sl->wcv + k * TL_P, *wg = sl->wcg + k * TL_P;
+        const TL_T *ru = q->ru + s->b0 * su + k * m;
+        for (ptrdiff_t j = 0; j < m; j++)
+            for (int h = 0; h < TL_P; h++) {
+                const V r = s->uk[j * TL_P + h] - TL_F(gather)(ru + j, su, h);
+                V d;
+                const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
+                const V ve = TL_KEEP(on[h], wv[h] * (q->fw[j] * e));
+                TL_F(acc)(q->sum[0], h, &ve);
+                Gc[j * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->fw[j] * d));
+            }
+    } else {
+        for (ptrdiff_t j = 0; j < m * TL_P; j++)
+            Gc[j] = TL_F(splat)(0);
+    }
+    if (!q->states)
+        return;
+    if (q->a_tv | q->b_tv | q->c_tv)
+        TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1 | q->c_tv << 2));
+    /* the controls first: they are ready before x_k, so only A_k x_k stands
+     * on the chain from step to step */
+    const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m, s->uk}, A = {s->Av, s->As, n, 1, n, s->x};
+    TL_F(mv)(vec, n, s->cv, &B, &A, NULL, s->xn);
+    V *t = s->x;
+    s->x = s->xn;
+    s->xn = t;
+    TL_F(score_states)(q, s, k + 1, mse);
+    if (q->term && sl->ragged) /* keep each lane's final state */
+        for (int h = 0; h < TL_P; h++) {
+            const M final = (M)(sl->fin[h] == TL_F(splat_i)(k + 1));
+            for (ptrdiff_t i = 0; i < n; i++)
+                s->xf[i * TL_P + h] = TL_SEL(final, s->x[i * TL_P + h], s->xf[i * TL_P + h]);
+        }
+}
+
+/* The terminal term at each lane's final valid state: adds to G there. */
+TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
+{
+    const TL_F(sel_t) *sl = &s->sel;
+    const ptrdiff_t n = q->n, K = sl->Kmax, ss = q->ss;
+    if (!q->term || K == 0)
+        return;
+    /* lanes with no valid step are left out; targets gathered lane by lane */
+    const V *x = sl->ragged ? s->xf : s->x;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int h = 0; h < TL_P; h++) {
+            V tgt = TL_F(splat)(0), d;
+            for (int l = 0; l < TL_L; l++) {
+                const ptrdiff_t b = s->b0 + h * TL_L + l, Kl = sl->K[h * TL_L + l];
+                if (Kl > 0)
+                    tgt[l] = q->tgt != NULL ? q->tgt[b * n + i] : q->rs[b * ss + Kl * n + i];
+            }
+            const V r = x[i * TL_P + h] - tgt;
+            const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
+            const V gd = (q->sf * q->sw[i]) * d;
+            const V ve = TL_KEEP((M)(sl->fin[h] > TL_F(splat_i)(0)), q->sw[i] * e);
+            TL_F(acc)(q->sum[2], h, &ve);
+            for (int l = 0; l < TL_L; l++) {
+                const ptrdiff_t Kl = sl->K[h * TL_L + l];
+                if (Kl > 0)
+                    TL_F(put)(s->G, Kl * n + i, h * TL_L + l,
+                              TL_F(get)(s->G, Kl * n + i, h * TL_L + l) + gd[l]);
+            }
+        }
+}
+
+/* ---- the backward pass ----------------------------------------------------- */
+
+TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
+{
+    const ptrdiff_t n = q->n, K = s->sel.Kmax;
+    if (q->states)
+        for (ptrdiff_t i = 0; i < n * TL_P; i++)
+            s->lam[i] = s->G[K * n * TL_P + i];
+}
+
+/* Step k: grad u_k = Gc_k + B_k^T lam_{k+1} and lam_k = G_k + A_k^T lam_{k+1};
+ * lanes that end at or before state k keep Gc_k and G_k, which are 0 after
+ * their final state, so lam stays exactly 0 there whatever A_k holds. */
+TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
+{
+    const ptrdiff_t n = q->n, m = q->m, su = q->su;
+    const TL_F(sel_t) *sl = &s->sel;
+    TL_T *gu = q->gu != NULL ? q->gu + s->b0 * su + k * m : NULL;
+    if (!q->states) {
+        if (gu != NULL)
+            for (ptrdiff_t j = 0; j < m; j++)
+                TL_F(scatter)(s->Gc + (k * m + j) * TL_P, gu + j, su);
+        return;
+    }
+    if (q->a_tv | q->b_tv)
+        TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1));
+    M live[TL_P];
+    for (int h = 0; h < TL_P; h++)
+        live[h] = (M)(TL_F(splat_i)(k) < sl->fin[h]);
+    const M *lv = sl->ragged ? live : NULL;
+    const TL_F(mat_t) none = {NULL, NULL, 0, 0, 0, NULL};
+    if (gu != NULL) {
+        const TL_F(mat_t) Bt = {s->Bv, s->Bs, 1, m, n, s->lam};
+        TL_F(mv)(vec, m, s->Gc + k * m * TL_P, &Bt, &none, lv, s->gu);
+        for (ptrdiff_t j = 0; j < m; j++)
+            TL_F(scatter)(s->gu + j * TL_P, gu + j, su);
+    }
+    const TL_F(mat_t) At = {s->Av, s->As, 1, n, n, s->lam};
+    TL_F(mv)(vec, n, s->G + k * n * TL_P, &At, &none, lv, s->ln);
+    V *t = s->lam;
+    s->lam = s->ln;
+    s->ln = t;
+}
+
+/* grad x0 = lam_0, and zero gradients after the tile's last step. */
+TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s)
+{
+    const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel.Kmax;
+    if (q->gx != NULL)
+        for (ptrdiff_t i = 0; i < n; i++) {
+            if (q->states)
+                TL_F(scatter)(s->lam + i * TL_P, q->gx + s->b0 * n + i, n);
+            else
+                for (int l = 0; l < TL_TILE; l++)
+                    q->gx[(s->b0 + l) * n + i] = 0;
+        }
+    if (q->gu != NULL && K < T)
+        for (int l = 0; l < TL_TILE; l++)
+            memset(q->gu + (s->b0 + l) * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
+}
+
+/* ---- a run of tiles ---------------------------------------------------------- */
+
+/* The tile from b0 enters slot s: its selection and per-sample matrices. */
+static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
+{
+    s->b0 = b0;
+    if (!q->c->uniform)
+        TL_F(select_tile)(q, &s->sel, b0);
+    const unsigned fixed = TL_F(fixed_fields)(q->c->dyn, 1);
+    if (fixed != 0 && q->states)
+        TL_F(mats_at)(q, s, 0, fixed);
+}
+
+/* `tiles` tiles from b0, each through its forward pass and then (when a
+ * gradient is wanted) its backward pass. Constants, each a version of the
+ * kernel: vec, the matrices are in lane layout; mse, the penalty is the
+ * squared error (else the compiler computes every penalty and selects). */
+TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const int vec,
+                         const int mse)
+{
+    TL_F(slot_t) *s = &q->slot;
+    const int grads = q->gu != NULL || q->gx != NULL;
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
+        const ptrdiff_t K = s->sel.Kmax;
+        TL_F(forward_begin)(q, s, mse);
+        for (ptrdiff_t k = 0; k < K; k++)
+            TL_F(forward_step)(q, s, k, vec, mse);
+        TL_F(forward_end)(q, s);
+        if (!grads)
+            continue;
+        TL_F(backward_begin)(q, s);
+        for (ptrdiff_t k = K - 1; k >= 0; k--)
+            TL_F(backward_step)(q, s, k, vec);
+        TL_F(backward_end)(q, s);
+    }
+}
+
+static void TL_F(run_shared)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 0, 0);
+}
+
+static void TL_F(run_lanes)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 1, 0);
+}
+
+static void TL_F(run_shared_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 0, 1);
+}
+
+static void TL_F(run_lanes_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+{
+    TL_F(run)(q, b0, tiles, 1, 1);
+}
+
+/* ---- the kernel ----------------------------------------------------------------- */
+
+/* Carves the call's scratch (tl_tile_layout_of) and prepares what every
+ * tile shares: weights, the selection of a uniform batch, shared matrices. */
+static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
+{
+    const tl_loss_spec *spec = c->spec;
+    const tl_loss_io *io = c->io;
+    const tl_dynamics *d = c->dyn;
+    const ptrdiff_t T = c->T, n = c->n, m = c->m;
+    tl_tile_layout lay;
+    tl_tile_layout_of(n, m, T, &lay);
+
+    memset(q, 0, sizeof *q);
+    q->c = c;
+    q->T = T;
+    q->n = n;
+    q->m = m;
+    q->su = T * m;
+    q->ss = (T + 1) * n;
+    q->ctl = (spec->terms & TL_TERM_CONTROL) != 0;
+    q->traj = (spec->terms & TL_TERM_TRAJECTORY) != 0;
+    q->term = (spec->terms & TL_TERM_TERMINAL) != 0;
+    q->states = q->traj || q->term;
+    q->shift = c->shift;
+    q->vec = d->A.batch_stride != 0 || d->B.batch_stride != 0;
+    q->a_tv = d->A.step_stride != 0;
+    q->b_tv = d->B.step_stride != 0;
+    q->c_tv = d->c.data != NULL && d->c.step_stride != 0;
+    q->pen = spec->penalty;
+    q->delta = (TL_T)spec->delta;
+    q->sf = (TL_T)c->scale[2];
+    q->u = (const TL_T *)io->controls;
+    q->x0 = q->states ? (const TL_T *)io->x0 : NULL;
+    q->ru = q->ctl ? (const TL_T *)io->ref_controls : NULL;
+    q->rs = (const TL_T *)io->ref_states;
+    q->tgt = (const TL_T *)io->target;
+    q->gu = (TL_T *)io->grad_controls;
+    q->gx = (TL_T *)io->grad_x0;
+
+    q->row = work;
+    q->sw = (TL_T *)(q->row + T + 2);
+    q->fw = q->sw + n;
+    for (ptrdiff_t i = 0; i < n; i++)
+        q->sw[i] = spec->state_weights != NULL ? (TL_T)spec->state_weights[i] : 1;
+    for (ptrdiff_t j = 0; j < m; j++)
+        q->fw[j] = spec->feature_weights != NULL ? (TL_T)spec->feature_weights[j] : 1;
+
+    /* the tile's room, in tile values (TL_P vectors) from a 64-byte boundary */
+    V *v = (V *)tl_tile_align(work + lay.doubles - 2 * TL_TILE);
+    TL_F(slot_t) *s = &q->slot;
+    s->sel.vc = (M *)v;
+    s->sel.vs = s->sel.vc + T * TL_P;
+    s->sel.wcv = (V *)(s->sel.vs + (T + 1) * TL_P);
+    s->sel.wcg = s->sel.wcv + T * TL_P;
+    s->sel.wsv = s->sel.wcg + T * TL_P;
+    s->sel.wsg = s->sel.wsv + (T + 1) * TL_P;
+    s->G = s->sel.wsg + (T + 1) * TL_P;
+    s->Gc = s->G + (T + 1) * n * TL_P;
+    s->x = s->Gc + T * m * TL_P;
+    s->xn = s->x + n * TL_P;
+    s->xf = s->xn + n * TL_P;
+    s->lam = s->xf + n * TL_P;
+    s->ln = s->lam + n * TL_P;
+    s->cv = s->ln + n * TL_P;
+    s->uk = s->cv + n * TL_P;
+    s->gu = s->uk + m * TL_P;
+    s->Av = s->gu + m * TL_P;
+    s->Bv = s->Av + n * n * TL_P;
+    s->As = (TL_T *)s->Av;
+    s->Bs = s->As + n * n;
+    if (c->uniform) /* one selection for every tile */
+        TL_F(select_tile)(q, &s->sel, -1);
+    for (ptrdiff_t k = 0; k < n * TL_P; k++)
+        s->cv[k] = TL_F(splat)(0);
+    s->b0 = 0;
+    if (q->states) /* the matrices shared by the batch and fixed in time */
+        TL_F(mats_at)(q, s, 0, TL_F(fixed_fields)(d, 0));
+}
+
+static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
+                              double sums[3], double *work)
+{
+    TL_F(call_t) q;
+    TL_F(call_init)(&q, c, work);
+    const ptrdiff_t tiles = count / TL_TILE;
+    if (q.pen == TL_PENALTY_MSE)
+        (q.vec ? TL_F(run_lanes_mse) : TL_F(run_shared_mse))(&q, b0, tiles);
+    else
+        (q.vec ? TL_F(run_lanes) : TL_F(run_shared))(&q, b0, tiles);
+    /* the lanes' sums in lane order */
+    for (int i = 0; i < 3; i++) {
+        double s = 0.0;
+        for (int k = 0; k < (int)(sizeof q.sum[i] / sizeof q.sum[i][0]); k++)
+            for (int l = 0; l < (int)(sizeof q.sum[i][0] / sizeof(double)); l++)
+                s += q.sum[i][k][l];
+        sums[i] += s;
+    }
+}
+
+#undef TL_ROWS
+#undef TL_L
+#undef TL_P
+#undef TL_Q
+#undef V
+#undef M
+#undef H
