@@ -1480,7 +1480,10 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
                   f"every contestant, medians of interleaved rounds."
                   + (" One-thread NumPy matmul: {float64_gflops:.1f} GFLOP/s float64, "
                      "{float32_gflops:.1f} float32.".format(**machine["matmul_peak"])
-                     if machine.get("matmul_peak") else ""), ""]
+                     if machine.get("matmul_peak") else "")
+                  + (" Load average (1 min) {:.1f} at the start, {:.1f} at the end.".format(
+                      machine["loadavg_1_5_15"]["start"][0], machine["loadavg_1_5_15"]["end"][0])
+                     if machine.get("loadavg_1_5_15") else ""), ""]
     body = []
     for s in speed_rows(rows):
         variants = ", ".join(f"{k.replace('torch-', '')} {fmt_ms(v)}"
@@ -1753,6 +1756,7 @@ def main(argv=None) -> int:
         print(render(args.render), end="")
         return 0
     start = time.perf_counter()
+    load_start = os.getloadavg()  # other work on the machine: how noisy the run may be
     ctx = Context(mode=args.mode, threads=args.threads)
     setter = getattr(trajloss, "set_num_threads", None)
     if setter is not None:
@@ -1800,6 +1804,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = plot_w1(ctx.rows, os.path.splitext(out)[0] + "-w1.png") if args.plot else None
     machine = machine_info(ctx)
+    machine["loadavg_1_5_15"] = {"start": load_start, "end": os.getloadavg()}
     machine["matmul_peak"] = matmul_rates(256 if args.mode.name == "tiny" else 1024)
     report += ["", "Machine: one-thread NumPy matmul ({size}²) {float64_gflops:.1f} GFLOP/s "
                    "float64, {float32_gflops:.1f} float32".format(**machine["matmul_peak"])]
