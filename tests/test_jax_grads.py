@@ -511,6 +511,27 @@ def test_many_systems_do_not_grow_memory():
     assert float(out) < 50, f"RSS grew {out} MB over 300 systems"
 
 
+def test_many_per_sample_systems_do_not_grow_memory():
+    # each system 256 samples x 3 steps of 12 x 12 matrices (885 KB): kept per
+    # call (as compiled constants or cache entries) 300 of them would be 265 MB
+    out = run_python(MEMORY_PRELUDE + """
+    B, T, n = 256, 3, 12
+    ub, xb, rb = rng.normal(size=(B, T, 2)), rng.normal(size=(B, n)), rng.normal(size=(B, T + 1, n))
+    def step(k):
+        Ad = 0.9 * np.eye(n) + 1e-3 * rng.normal(size=(B, T, n, n))
+        s = trajloss.TimeVaryingSystem(Ad, np.ones((T, n, 2)))
+        jax.grad(lambda u: jnp.sum(tlj.rollout(s, xb, u) ** 2))(ub)
+        jax.grad(lambda u: tlj.trajectory_loss(s, u, xb, rb))(ub)
+    for k in range(20):
+        step(k)
+    before = rss_mb()
+    for k in range(20, 320):
+        step(k)
+    print(rss_mb() - before)
+    """)
+    assert float(out) < 50, f"RSS grew {out} MB over 300 per-sample systems"
+
+
 SHARDED_PRELUDE = """
     import numpy as np, jax, jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)

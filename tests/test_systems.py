@@ -534,6 +534,21 @@ def assert_sealed(a, shape):
         a.setflags(write=True)
 
 
+def assert_core_tuple(s, time_varying):
+    """system._core: the registered tuple type of (Ad, Bd, offset, time_varying),
+    float64 C-contiguous read-only arrays owning their memory (what the
+    extension reads unchecked), which the public arrays are views of."""
+    assert type(s._core) is trajloss.systems._SystemCore and len(s._core) == 4
+    for core, public in zip(s._core[:3], (s.Ad, s.Bd, s.offset)):
+        if public is None:
+            assert core is None
+            continue
+        assert core.flags.owndata and core.base is None
+        assert_readonly_f64(core, public.shape)
+        assert public.base is core
+    assert s._core[3] is time_varying
+
+
 def _forms(rng, B=4, T=5, n=3, m=2):
     """(kwargs, time_varying, batch, steps) for every combination of shared and
     per-sample arrays, with and without an offset, both system classes."""
@@ -570,8 +585,7 @@ def test_every_form_attributes_and_core_tuple(rng):
                 continue
             assert_sealed(got, given.shape)
             np.testing.assert_array_equal(got, given)
-        Ad, Bd, off, time_varying = s._core
-        assert Ad is s.Ad and Bd is s.Bd and off is s.offset and time_varying is tv
+        assert_core_tuple(s, tv)
         r = repr(s)
         assert cls.__name__ in r and "object at 0x" not in r
         assert (f"batch={batch}" in r) == (batch is not None)
@@ -682,7 +696,7 @@ def test_copies_and_pickles_stay_sealed(rng):
                     np.testing.assert_array_equal(a, b)
                 else:
                     assert a == b
-            assert t._core[0] is t.Ad and t._core[3] == s._core[3]
+            assert_core_tuple(t, s._core[3])
 
 
 # --------------------------------------------------------------------------
@@ -735,9 +749,12 @@ def test_from_continuous_dt_vector_of_double_integrators():
         np.testing.assert_allclose(s.Ad[b], Ad_ref, rtol=1e-14, atol=1e-15)
         np.testing.assert_allclose(s.Bd[b], Bd_ref, rtol=1e-14, atol=0)
     assert "batch=4" in repr(s) and "dt=" in repr(s)
-    # a list is a (B,) dt too
+    # a list is a (B,) dt too, and a 0-d array one number
     s2 = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], list(dts))
     np.testing.assert_array_equal(s2.Ad, s.Ad)
+    s0 = trajloss.LinearSystem.from_continuous([[0, 1], [0, 0]], [[0], [1]], np.array(0.25))
+    assert s0.batch is None and isinstance(s0.dt, float) and s0.dt == 0.25
+    np.testing.assert_allclose(s0.Bd, di_exact(0.25)[1], rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("A,B,dt,exc,who", [
@@ -863,6 +880,17 @@ def test_core_writeable_system_arrays_are_rechecked(rng):
     Ad[1, 1] = np.inf
     with pytest.raises(ValueError, match="system: Ad contains NaN or inf"):
         _core.rollout(system, x0, u)
+    # read-only arrays in a tuple of another type: checked too
+    ro = Ad.copy()
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="system: Ad contains NaN or inf"):
+        _core.rollout((ro, Bd, None, False), x0, u)
+    # a system's own array made writeable again (private, deliberate): checked again
+    s = trajloss.LinearSystem(np.eye(2), Bd, offset=[0.0, 1.0])
+    s._core[2].setflags(write=True)
+    s._core[2][0] = np.nan
+    with pytest.raises(ValueError, match="system: offset contains NaN or inf"):
+        trajloss.rollout(s, x0, u)
 
 
 def test_core_entry_points_parse_keywords(rng):

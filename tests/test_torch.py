@@ -129,7 +129,7 @@ def test_gradcheck_every_op(system, data):
     Ad, Bd = torch.tensor(system.Ad), torch.tensor(system.Bd)
     G = torch.randn(B, T + 1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda g: torch.ops.trajloss.rollout_vjp(Ad, Bd, x0.detach(), u.detach(), g), (G,))
+        lambda g: torch.ops.trajloss.rollout_vjp(Ad, Bd, x0.detach(), u.detach(), g, 0), (G,))
     assert torch.autograd.gradgradcheck(lambda a, b: tlt.rollout(system, a, b), (x0, u))
     assert torch.autograd.gradcheck(
         lambda a, b: tlt.control_loss(a, b, discount=0.5, lengths=L, penalty="huber", delta=0.7),
@@ -147,22 +147,24 @@ def test_opcheck_registrations(system, data):
     Ad, Bd = torch.tensor(system.Ad), torch.tensor(system.Bd)
     u = data["u"].clone().requires_grad_()
     x0 = data["x0"].clone().requires_grad_()
-    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, x0, u))
+    # the operators' integer flags: the loss terms' bits, check_finite, include_initial
+    check, initial = tlt._CHECK_FINITE, tlt._INCLUDE_INITIAL
+    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, None, x0, u, check))
     torch.library.opcheck(torch.ops.trajloss.control_loss.default,
                           (u, data["ru"], None, None, 0.5, "mse", 1.0, None))
     torch.library.opcheck(torch.ops.trajloss.rollout_loss.default,
-                          (Ad, Bd, u, x0, data["ru"], data["rs"], None, 7,
-                           torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64), False, None,
-                           data["lengths"], None, "mse", 1.0, None, None))
+                          (Ad, Bd, None, u, x0, data["ru"], data["rs"], None,
+                           torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64), data["lengths"],
+                           None, None, None, 7 | check, [1.0], "mse"))
     # every differentiable input requiring grad (references, weights), check_finite given
     torch.library.opcheck(torch.ops.trajloss.rollout_loss.default,
-                          (Ad, Bd, u, x0, data["ru"].clone().requires_grad_(),
+                          (Ad, Bd, None, u, x0, data["ru"].clone().requires_grad_(),
                            data["rs"].clone().requires_grad_(),
-                           data["rs"][:, -1].clone().requires_grad_(), 7,
+                           data["rs"][:, -1].clone().requires_grad_(),
                            torch.tensor([1.0, 0.3, 0.5], dtype=torch.float64,
-                                        requires_grad=True), True, 0.8,
-                           data["lengths"], None, "huber", 0.5, None, None, False))
-    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, x0, u, False))
+                                        requires_grad=True), data["lengths"], None, None, None,
+                           7 | initial, [0.5, 0.8], "huber"))
+    torch.library.opcheck(torch.ops.trajloss.rollout.default, (Ad, Bd, None, x0, u, 0))
 
 
 def test_float32_keeps_dtype(system, data):

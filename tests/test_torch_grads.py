@@ -469,12 +469,13 @@ def test_direct_operator_call_with_mixed_devices(system):
     a = _tensors(system)
     Ad = torch.tensor(system.Ad)
     with pytest.raises(ValueError, match=r"Bd is on meta but x0 is on cpu"):
-        torch.ops.trajloss.rollout(Ad, torch.tensor(system.Bd, device="meta"), a["x0"], a["u"])
+        torch.ops.trajloss.rollout(Ad, torch.tensor(system.Bd, device="meta"), None, a["x0"],
+                                   a["u"], 0)
     with pytest.raises(ValueError, match=r"weights is on meta but controls is on cpu"):
-        torch.ops.trajloss.rollout_loss(Ad, torch.tensor(system.Bd), a["u"], a["x0"], a["ru"],
-                                        a["rs"], None, 7,
-                                        torch.tensor([1.0, 0.3, 0.0], device="meta"), False,
-                                        None, None, None, "mse", 1.0, None, None)
+        torch.ops.trajloss.rollout_loss(Ad, torch.tensor(system.Bd), None, a["u"], a["x0"],
+                                        a["ru"], a["rs"], None,
+                                        torch.tensor([1.0, 0.3, 0.0], device="meta"), None,
+                                        None, None, None, 7, [1.0], "mse")
 
 
 # ---- bad weights and options ----------------------------------------------------

@@ -622,10 +622,13 @@ static PyArrayObject *new_traj_array(const traj_shape *sh, npy_intp rows, npy_in
  *   time-varying:   Ad (T, n, n) | (B, T, n, n), Bd (T, n, m) | (B, T, n, m),
  *                   offset None | (T, n) | (B, T, n)
  * each independently shared by the batch (batch stride 0) or per sample. It
- * becomes one tl_dynamics with those strides, read in place. The arrays of
- * trajloss' own systems were checked when the system was made and cannot
- * change since (sealed); any other tuple -- the frameworks' helpers make
- * some -- is checked on every call and copied unless it is float64 C order.
+ * becomes one tl_dynamics with those strides, read in place. The tuple of a
+ * trajloss system is of the type trajloss.systems registers (set_system_type)
+ * and holds read-only arrays whose values were checked when the system was
+ * made: they are not checked again (a scan as long as the matrices of a
+ * time-varying system per sample). Any other tuple -- the frameworks'
+ * helpers make some -- is checked on every call and copied unless it is
+ * float64 C order.
  */
 typedef struct {
     PyArrayObject *arr[3]; /* owned: Ad, Bd, offset (NULL when absent) */
@@ -638,16 +641,18 @@ static const char *const FIELD_SHAPES[2][3] = {
     {"(n, n) or (B, n, n)", "(n, m) or (B, n, m)", "(n,) or (B, n)"},
     {"(T, n, n) or (B, T, n, n)", "(T, n, m) or (B, T, n, m)", "(T, n) or (B, T, n)"}};
 
-/* Is arr's memory immutable: read-only, over a bytes object (trajloss.systems
- * makes its arrays so)? Then its values are those checked when it was made. */
-static int sealed(PyArrayObject *arr)
+static PyTypeObject *system_type; /* trajloss.systems._SystemCore, set once at its import */
+
+static PyObject *core_set_system_type(PyObject *self, PyObject *type)
 {
-    if (PyArray_FLAGS(arr) & NPY_ARRAY_WRITEABLE)
-        return 0;
-    PyObject *base = PyArray_BASE(arr);
-    while (base != NULL && PyArray_Check(base))
-        base = PyArray_BASE((PyArrayObject *)base);
-    return base != NULL && PyBytes_CheckExact(base);
+    (void)self;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "set_system_type: a tuple subclass is required");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(system_type, (PyTypeObject *)type);
+    Py_RETURN_NONE;
 }
 
 static void release_system(system_arg *s)
@@ -658,13 +663,14 @@ static void release_system(system_arg *s)
 
 /* Field i of the tuple as float64 C-contiguous finite values, or NULL with an
  * exception naming "system: Ad" (Bd, offset). */
-static PyArrayObject *system_field(PyObject *obj, int i)
+static PyArrayObject *system_field(PyObject *obj, int i, int trusted)
 {
     static const char *const names[3] = {"system: Ad", "system: Bd", "system: offset"};
     PyArrayObject *arr = ready_array(obj, NPY_DOUBLE);
     if (arr == NULL)
         return real_array(obj, names[i]); /* checked and copied */
-    if (!sealed(arr) && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
+    trusted = trusted && !PyArray_ISWRITEABLE(arr); /* made writeable again: look */
+    if (!trusted && !tl_all_finite_f64((const double *)PyArray_DATA(arr), PyArray_SIZE(arr))) {
         PyErr_Format(PyExc_ValueError, "%s contains NaN or inf", names[i]);
         Py_DECREF(arr);
         return NULL;
@@ -755,12 +761,13 @@ static int parse_system(PyObject *obj, system_arg *s)
     const int tv = PyObject_IsTrue(PyTuple_GET_ITEM(obj, 3));
     if (tv < 0)
         return -1;
+    const int trusted = system_type != NULL && Py_TYPE(obj) == system_type;
     int from_batch = -1, from_steps = -1;
     for (int i = 0; i < 3; i++) {
         PyObject *item = PyTuple_GET_ITEM(obj, i);
         if (i == 2 && item == Py_None)
             continue;
-        if ((s->arr[i] = system_field(item, i)) == NULL ||
+        if ((s->arr[i] = system_field(item, i, trusted)) == NULL ||
             system_field_layout(s, i, tv, &from_batch, &from_steps) < 0) {
             release_system(s);
             return -1;
@@ -932,6 +939,10 @@ done:
 /* A real, finite number from obj (not a bool), or -1 with an exception. */
 static int real_arg(PyObject *obj, const char *name, double *out)
 {
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 0;
+    }
     if (PyBool_Check(obj) || PyComplex_Check(obj) || !PyNumber_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a real number, got %R", name, obj);
         return -1;
@@ -1466,7 +1477,7 @@ typedef struct {
  * sequence's controls up to its length, or by the core as it reads. */
 typedef enum { FIN_ALL, FIN_PREFIX, FIN_CORE } finite_kind;
 
-#define MAX_PARAMS 24
+#define MAX_PARAMS 24 /* at most 32: parse_call keeps a bit a parameter */
 #define MAX_ARRAYS 5
 #define MAX_OUTPUTS 2
 
@@ -1492,7 +1503,8 @@ typedef struct {
 
 #define P_CHECK_FINITE {"check_finite", A_CHECK_FINITE, 0}
 #define P_SELECTION {"discount", A_DISCOUNT, 0}, {"lengths", A_LENGTHS, 0}, {"mask", A_MASK, 0}
-#define P_PENALTY {"penalty", A_PENALTY, 0}, {"delta", A_DELTA, 0}, {"kernel", A_KERNEL, 0}
+#define P_PENALTY {"penalty", A_PENALTY, 0}, {"delta", A_DELTA, 0}
+#define P_KERNEL {"kernel", A_KERNEL, 0} /* last: a private option, rarely given */
 
 #define P_ROLLOUT_LOSS_OPTIONS                                                                   \
     {"terminal_weight", A_TERMINAL_WEIGHT, 0}, {"include_initial", A_INCLUDE_INITIAL, 0},         \
@@ -1527,7 +1539,7 @@ static const entry ENTRIES[E_COUNT] = {
     [E_CONTROL_LOSS] = {"control_loss", "control_loss", OP_CONTROL_LOSS, 2,
                         {{"pred", A_CONTROLS, 1}, {"target", A_REF_CONTROLS, 1}, P_SELECTION,
                          P_PENALTY, {"feature_weights", A_FEATURE_WEIGHTS, 0}, P_CHECK_FINITE,
-                         {"want_grad", A_WANT_GRAD, 0}, {NULL, 0, 0}},
+                         {"want_grad", A_WANT_GRAD, 0}, P_KERNEL, {NULL, 0, 0}},
                         2, {{A_CONTROLS, R_T, C_M, NULL}, {A_REF_CONTROLS, R_T, C_M, "pred"}},
                         1, {{R_T, C_M, "the gradient"}}, FIN_CORE, TL_TERM_CONTROL, 1.0, 0},
     [E_ROLLOUT_LOSS] = {"rollout_loss", "loss", OP_ROLLOUT_LOSS, 6,
@@ -1536,39 +1548,52 @@ static const entry ENTRIES[E_COUNT] = {
                          {"target", A_TARGET, 0}, {"terms", A_TERMS, 1},
                          {"control_weight", A_CONTROL_WEIGHT, 0},
                          {"trajectory_weight", A_TRAJECTORY_WEIGHT, 0}, P_ROLLOUT_LOSS_OPTIONS,
-                         {"target_name", A_TARGET_NAME, 0}, {NULL, 0, 0}},
+                         {"target_name", A_TARGET_NAME, 0}, P_KERNEL, {NULL, 0, 0}},
                         ROLLOUT_LOSS_ARRAYS("x0"), 0, 0.0, 0},
     [E_COMBINED_LOSS] = {"combined_loss", "loss", OP_ROLLOUT_LOSS, 6,
                          {{"system", A_SYSTEM, 1}, {"controls", A_CONTROLS, 1}, {"x0", A_X0, 1},
                           {"ref_controls", A_REF_CONTROLS, 1}, {"ref_states", A_REF_STATES, 1},
                           {"terminal_target", A_TARGET, 0}, {"weight", A_TRAJECTORY_WEIGHT, 1},
-                          P_ROLLOUT_LOSS_OPTIONS, {NULL, 0, 0}},
+                          P_ROLLOUT_LOSS_OPTIONS, P_KERNEL, {NULL, 0, 0}},
                          ROLLOUT_LOSS_ARRAYS("x0"),
                          TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL, 1.0, 1},
 };
 #undef P_ROLLOUT_LOSS_OPTIONS
 #undef ROLLOUT_LOSS_ARRAYS
 
-/* The parameter names, interned at import (parallel to ENTRIES[op].params):
- * keywords are found by pointer, as CPython's own parsers do. */
+/* Made at import from ENTRIES: each row's parameter names, interned (keywords
+ * are found by pointer, as CPython's own parsers do), their count, and which
+ * parameter fills each slot (-1: none). */
 static PyObject *param_keys[E_COUNT][MAX_PARAMS];
+static int param_count[E_COUNT];
+static uint32_t required_params[E_COUNT]; /* bit j: parameter j is required */
+static signed char slot_param[E_COUNT][A_COUNT];
 
-static int intern_param_keys(void)
+static int index_entries(void)
 {
-    for (int row = 0; row < E_COUNT; row++)
-        for (int j = 0; ENTRIES[row].params[j].name != NULL; j++)
+    for (int row = 0; row < E_COUNT; row++) {
+        memset(slot_param[row], -1, sizeof slot_param[row]);
+        for (int j = 0; ENTRIES[row].params[j].name != NULL; j++) {
             if ((param_keys[row][j] = PyUnicode_InternFromString(ENTRIES[row].params[j].name)) == NULL)
                 return -1;
+            slot_param[row][ENTRIES[row].params[j].slot] = (signed char)j;
+            required_params[row] |= ENTRIES[row].params[j].required ? 1u << j : 0u;
+            param_count[row] = j + 1;
+        }
+    }
     return 0;
 }
 
-static int find_param(const entry *e, PyObject *key)
+/* The parameter named key, searched from `hint` on (callers pass keywords in
+ * the table's order, so the next one is usually the first looked at). */
+static int find_param(const entry *e, PyObject *key, int hint)
 {
     const ptrdiff_t row = e - ENTRIES;
-    for (int j = 0; e->params[j].name != NULL; j++)
+    const int count = param_count[row];
+    for (int c = 0, j = hint; c < count; c++, j = j + 1 < count ? j + 1 : 0)
         if (param_keys[row][j] == key)
             return j;
-    for (int j = 0; e->params[j].name != NULL; j++)
+    for (int j = 0; j < count; j++)
         if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, e->params[j].name) == 0)
             return j;
     return -1;
@@ -1578,6 +1603,7 @@ static int find_param(const entry *e, PyObject *key)
 static int parse_call(const entry *e, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                       PyObject **slot)
 {
+    const ptrdiff_t row = e - ENTRIES;
     for (int i = 0; i < A_COUNT; i++)
         slot[i] = NULL;
     if (nargs > e->npos) {
@@ -1587,52 +1613,59 @@ static int parse_call(const entry *e, PyObject *const *args, Py_ssize_t nargs, P
                      e->name, e->npos, nargs);
         return -1;
     }
-    for (Py_ssize_t i = 0; i < nargs; i++)
+    uint32_t given = 0; /* bit j: parameter j has a value */
+    for (Py_ssize_t i = 0; i < nargs; i++) {
         slot[e->params[i].slot] = args[i];
+        given |= 1u << i;
+    }
     const Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    int hint = (int)nargs;
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        const int j = find_param(e, key);
+        const int j = find_param(e, key, hint < param_count[row] ? hint : 0);
         if (j < 0) {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", e->name,
                          key);
             return -1;
         }
-        if (slot[e->params[j].slot] != NULL) {
+        if (given & (1u << j)) {
             PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", e->name,
                          e->params[j].name);
             return -1;
         }
         slot[e->params[j].slot] = args[nargs + k];
+        given |= 1u << j;
+        hint = j + 1;
     }
-    for (int j = 0; e->params[j].name != NULL; j++)
-        if (e->params[j].required && slot[e->params[j].slot] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", e->name,
-                         e->params[j].name);
-            return -1;
-        }
+    if ((given & required_params[row]) != required_params[row]) {
+        for (int j = 0; j < param_count[row]; j++)
+            if (e->params[j].required && !(given & (1u << j))) {
+                PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", e->name,
+                             e->params[j].name);
+                break;
+            }
+        return -1;
+    }
     return 0;
 }
 
+/* The parameter of a row that fills `slot` (each array of a row is one). */
 static const param *find_slot(const entry *e, arg_slot slot)
 {
-    for (int j = 0; e->params[j].name != NULL; j++)
-        if (e->params[j].slot == slot)
-            return &e->params[j];
-    return NULL; /* not reached: each array of a row is one of its parameters */
+    return &e->params[slot_param[e - ENTRIES][slot]];
 }
 
 /* An option's truth value (dflt when not given); -1 with an exception. */
 static int flag_arg(PyObject *obj, int dflt, int *out)
 {
-    *out = obj == NULL ? dflt : PyObject_IsTrue(obj);
+    *out = obj == NULL ? dflt : obj == Py_True ? 1 : obj == Py_False ? 0 : PyObject_IsTrue(obj);
     return *out < 0 ? -1 : 0;
 }
 
 static int double_arg(PyObject *obj, const char *name, double dflt, double *out)
 {
-    *out = dflt;
-    return obj == NULL ? 0 : real_arg(obj, name, out);
+    *out = obj == NULL ? dflt : PyFloat_CheckExact(obj) ? PyFloat_AS_DOUBLE(obj) : dflt;
+    return obj == NULL || PyFloat_CheckExact(obj) ? 0 : real_arg(obj, name, out);
 }
 
 static const char *const KERNELS[TL_KERNEL_COUNT] = {"auto", "reference"};
@@ -1811,9 +1844,12 @@ static PyObject *entry_result(op_kind op, PyArrayObject **out, const tl_loss_val
     return named_tuple(loss_result_type, 4, items);
 }
 
-/* The one path of every row of ENTRIES (see above). */
-static PyObject *run_entry(const entry *e, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+/* The one path of every row of ENTRIES (see above). Inlined into each entry
+ * point with its row a constant, so the compiler folds the row's table reads
+ * and the branches of the other kinds away (the parse of a call at B = 1 costs
+ * about what the positional calls it replaced did). */
+static inline __attribute__((always_inline)) PyObject *
+run_entry(const entry *e, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     const op_kind op = e->op;
     const int is_loss = op == OP_CONTROL_LOSS || op == OP_ROLLOUT_LOSS;
@@ -2387,6 +2423,10 @@ static PyMethodDef core_methods[] = {
      "    -> LossResult(total, grad_controls, grad_x0, LossComponents(control, trajectory,\n"
      "       terminal, weight, terminal_weight, total)): all three terms, the control one\n"
      "       at weight 1"},
+    {"set_system_type", core_set_system_type, METH_O,
+     "set_system_type(cls)\n\n"
+     "The tuple subclass of trajloss systems' _core (set by trajloss.systems): its arrays\n"
+     "were checked when the system was made and are read without checking them again."},
     {"set_result_types", core_set_result_types, METH_VARARGS,
      "set_result_types(LossResult, LossComponents)\n\n"
      "The named tuples combined_loss returns (set by trajloss.losses)."},
@@ -2416,7 +2456,7 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     LinAlgError = PyObject_GetAttrString(linalg, "LinAlgError");
     Py_DECREF(linalg);
-    if (LinAlgError == NULL || intern_param_keys() < 0)
+    if (LinAlgError == NULL || index_entries() < 0)
         return NULL;
 
 #ifndef _WIN32

@@ -56,10 +56,22 @@ shard (each device's loss is the loss of its own shard), and the gradient of
 an input replicated over the shards is the sum over the shards. Other
 shardings over several devices raise ``ValueError``.
 
+Systems: every form of :mod:`trajloss.systems` -- one ``LinearSystem``
+shared by the batch, one system per sample (``Ad`` (B, n, n), ``Bd``
+(B, n, m), an ``offset``), a ``TimeVaryingSystem`` ((T, n, n) or
+(B, T, n, n)), a batched ``LinearSystem.from_continuous`` -- with the values
+and gradients of the NumPy API. A per-sample system's B must be the data's B,
+a time-varying system's T the controls' T: ``ValueError`` naming ``system``
+when the call is traced. Inside ``jax.shard_map`` each device sees its shard
+of the batch, so a per-sample system must be that of the shard. The system's
+arrays are data (no gradient).
+
 Caches: none of the module's own. The host callbacks are small immutable
-objects that compare equal whenever the static options are equal, and the
-system matrices are passed as call operands, so JAX compiles each callback
-once per option set and shape, whatever the system or the weights.
+objects that compare equal whenever the static options and the shapes of the
+system's arrays are equal; the arrays themselves (also a per-sample system's
+B·n·n numbers) are call operands, never part of a callback's identity, so JAX
+compiles each callback once per option set and shape, whatever the system's
+values or the weights.
 """
 from __future__ import annotations
 
@@ -74,13 +86,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from . import _core
+from . import _core, _kinds
 from .rollout import _check_system
 
 __all__ = ["combined_loss", "control_loss", "rollout", "terminal_loss", "trajectory_loss"]
 
-_CONTROL, _TRAJECTORY, _TERMINAL = _core.TERM_CONTROL, _core.TERM_TRAJECTORY, _core.TERM_TERMINAL
-_ALL_TERMS = _CONTROL | _TRAJECTORY | _TERMINAL
+_CONTROL, _TRAJECTORY, _TERMINAL = _kinds.CONTROL, _kinds.TRAJECTORY, _kinds.TERMINAL
 
 _SECOND_ORDER = ("trajloss.jax computes first derivatives only: second derivatives "
                  "(jax.hessian, a gradient of a gradient, forward over reverse) of {what} "
@@ -330,22 +341,41 @@ def _host_call(fn, structs, *operands):
 
 # ---- rollout --------------------------------------------------------------------------
 
+def _system_operands(system):
+    """A system's arrays as call operands -- float64 as uint32 words (``_bits``,
+    views, no copy) -- and what a callback needs to rebuild ``system._core``
+    from them: the arrays' shapes and the time-varying flag. The arrays are
+    operands, never part of a callback's identity, so no compiled callback or
+    cache grows with the number of systems or their size."""
+    Ad, Bd, offset, time_varying = system._core
+    arrays = (Ad, Bd) if offset is None else (Ad, Bd, offset)
+    return tuple(map(_bits, arrays)), (tuple(a.shape for a in arrays), bool(time_varying))
+
+
+def _system_tuple(words, form):
+    """``system._core`` from :func:`_system_operands`'s words and form."""
+    shapes, time_varying = form
+    arrays = [_unbits(w, shape) for w, shape in zip(words, shapes)]
+    return (arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None, time_varying)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Rollout:
-    """Host rollout (``adjoint=False``: ``(Ad, Bd, x0, u) -> states``) or its
-    adjoint (``(Ad, Bd, x0, u, g) -> (gu, gx0)``). Equal options give equal
-    objects, so JAX reuses one compiled callback for every system."""
-    n: int
-    m: int
+    """Host rollout (``adjoint=False``: ``(*system words, x0, u) -> states``) or
+    its adjoint (``(*system words, x0, u, g) -> (gu, gx0)``). Equal options and
+    system shapes give equal objects, so JAX reuses one compiled callback for
+    every system of a form."""
+    form: tuple                         # (array shapes, time_varying): _system_operands
     check_finite: bool
     adjoint: bool = False
 
-    def __call__(self, Ad, Bd, *arrays):
-        Ad, Bd = _unbits(Ad, (self.n, self.n)), _unbits(Bd, (self.n, self.m))
-        arrays = [np.asarray(a) for a in arrays]
+    def __call__(self, *operands):
+        k = len(self.form[0])
+        system = _system_tuple(operands[:k], self.form)
+        arrays = [np.asarray(a) for a in operands[k:]]
         if self.adjoint:
-            return _core.rollout_vjp(Ad, Bd, *arrays, self.check_finite)
-        return _core.rollout(Ad, Bd, *arrays, self.check_finite)
+            return _core.rollout_vjp(system, *arrays, check_finite=self.check_finite)
+        return _core.rollout(system, *arrays, check_finite=self.check_finite)
 
 
 def _states_struct(x0, u):
@@ -353,9 +383,9 @@ def _states_struct(x0, u):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _rollout_vjp_call(spec, Ad, Bd, x0, u, g):
+def _rollout_vjp_call(spec, words, x0, u, g):
     return _host_call(spec, (_struct(u.shape, u.dtype), _struct(x0.shape, x0.dtype)),
-                      Ad, Bd, x0, u, g)
+                      *words, x0, u, g)
 
 
 @_rollout_vjp_call.defjvp
@@ -364,20 +394,20 @@ def _rollout_vjp_jvp(spec, primals, tangents):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rollout_call(spec, Ad, Bd, x0, u):
-    return _host_call(spec, _states_struct(x0, u), Ad, Bd, x0, u)
+def _rollout_call(spec, words, x0, u):
+    return _host_call(spec, _states_struct(x0, u), *words, x0, u)
 
 
-def _rollout_fwd(spec, Ad, Bd, x0, u):
-    return _rollout_call(spec, Ad, Bd, x0, u), (Ad, Bd, x0, u)
+def _rollout_fwd(spec, words, x0, u):
+    return _rollout_call(spec, words, x0, u), (words, x0, u)
 
 
 def _rollout_bwd(spec, res, g):
-    Ad, Bd, x0, u = res
+    words, x0, u = res
     # the adjoint of finite cotangents needs no finiteness check
     adjoint = dataclasses.replace(spec, adjoint=True, check_finite=False)
-    gu, gx = _rollout_vjp_call(adjoint, Ad, Bd, x0, u, g)
-    return _zeros(Ad.shape, Ad.dtype), _zeros(Bd.shape, Bd.dtype), _like(gx, x0), _like(gu, u)
+    gu, gx = _rollout_vjp_call(adjoint, words, x0, u, g)
+    return tuple(_zeros(w.shape, w.dtype) for w in words), _like(gx, x0), _like(gu, u)
 
 
 _rollout_call.defvjp(_rollout_fwd, _rollout_bwd)
@@ -386,23 +416,24 @@ _rollout_call.defvjp(_rollout_fwd, _rollout_bwd)
 def rollout(system, x0, controls, *, check_finite=True):
     """``trajloss.rollout`` for JAX arrays: (B, n), (B, T, m) -> (B, T+1, n).
 
-    Differentiable in ``x0`` and ``controls`` in reverse mode (``jax.grad``,
-    ``jax.vjp``, ``jax.jacrev``: the adjoint pass of the core). Forward mode
-    (``jax.jvp``, ``jax.jacfwd``) raises JAX's ``TypeError`` "can't apply
-    forward-mode autodiff (jvp) to a custom_vjp function".
-    ``check_finite`` as in :func:`trajloss.rollout`.
+    Every system form: shared or per-sample (its B must be the data's),
+    time-invariant or time-varying (its T must be the controls'), with or
+    without an offset. Differentiable in ``x0`` and ``controls`` in reverse
+    mode (``jax.grad``, ``jax.vjp``, ``jax.jacrev``: the adjoint pass of the
+    core). Forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's
+    ``TypeError`` "can't apply forward-mode autodiff (jvp) to a custom_vjp
+    function". ``check_finite`` as in :func:`trajloss.rollout`.
     """
     system = _check_system(system)
     x0, controls = _array(x0, "x0"), _array(controls, "controls")
-    check_finite = bool(check_finite)
-    states = _core.rollout(system.Ad, system.Bd, _stand_in(x0), _stand_in(controls),
-                           check_finite)
+    check_finite = _check_finite_flag(check_finite)
+    states = _core.rollout(system._core, _stand_in(x0), _stand_in(controls),
+                           check_finite=check_finite)
     if not (_is_traced(x0) or _is_traced(controls)):
         return _place(states, (controls, x0), batch_like=controls)
-    n, m = system.Bd.shape
+    words, form = _system_operands(system)
     x0, controls = _align_vma(x0, controls)  # inside shard_map
-    states = _rollout_call(_Rollout(n, m, check_finite), _bits(system.Ad), _bits(system.Bd),
-                           x0, controls)
+    states = _rollout_call(_Rollout(form, check_finite), words, x0, controls)
     return _batch_like(states, controls)
 
 
@@ -420,12 +451,6 @@ def _batch_like(states, controls):
 
 # ---- losses -------------------------------------------------------------------------------
 
-#: Operands each kind of loss differentiates (the others are integer/bool data or bits).
-_DIFF = {
-    "control": ("pred", "target", "feature_weights"),
-    "rollout": ("controls", "x0", "ref_controls", "ref_states", "target", "weight",
-                "terminal_weight", "feature_weights", "state_weights"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +464,7 @@ class _Loss:
     value_dtype: str
     shapes: tuple = ()            # float64 shape of each name in ``bits``
     bits: tuple = ()
+    time_varying: bool = False    # the system's (its arrays are the operands Ad, Bd, offset)
     terms: int = 0
     control_weight: float = 0.0
     include_initial: bool = False
@@ -461,8 +487,10 @@ class _Loss:
         p, t, fw = a["pred"], a["target"], a.get("feature_weights")
 
         def core(f, grad):
-            return _core.control_loss(p, t, self.discount, a.get("lengths"), a.get("mask"),
-                                      self.penalty, self.delta, f, self.check_finite, grad)
+            return _core.control_loss(p, t, discount=self.discount, lengths=a.get("lengths"),
+                                      mask=a.get("mask"), penalty=self.penalty, delta=self.delta,
+                                      feature_weights=f, check_finite=self.check_finite,
+                                      want_grad=grad)
 
         value, g = core(fw, True)
         out = {"value": value, "pred": g, "target": -g}
@@ -472,50 +500,54 @@ class _Loss:
 
     # -- rollout losses
     def _rollout(self, a):
-        Ad, Bd, u, x0 = a["Ad"], a["Bd"], a["controls"], a["x0"]
+        system = (a["Ad"], a["Bd"], a.get("offset"), self.time_varying)
+        u, x0 = a["controls"], a["x0"]
         rc, rs, tg = a.get("ref_controls"), a.get("ref_states"), a.get("target")
         fw, sw = a.get("feature_weights"), a.get("state_weights")
         wt, we = float(a["weight"]), float(a["terminal_weight"])
         for name, w in (("weight", wt), ("terminal_weight", we)):
             _check_weight(w, name)  # a traced weight is only known here
 
-        def core(A, B, u_, x_, rc_, rs_, tg_, terms, cw, tw, tew, f, s):
-            return _core.rollout_loss(A, B, u_, x_, rc_, rs_, tg_, terms, cw, tw, tew,
-                                      self.include_initial, self.discount, a.get("lengths"),
-                                      a.get("mask"), self.penalty, self.delta, f, s,
-                                      self.check_finite, self.target_name)
+        def core(sys_, u_, x_, rc_, rs_, tg_, terms, cw, tw, tew, f, s):
+            return _core.rollout_loss(
+                sys_, u_, x_, rc_, rs_, tg_, terms=terms, control_weight=cw,
+                trajectory_weight=tw, terminal_weight=tew, include_initial=self.include_initial,
+                discount=self.discount, lengths=a.get("lengths"), mask=a.get("mask"),
+                penalty=self.penalty, delta=self.delta, feature_weights=f, state_weights=s,
+                check_finite=self.check_finite, target_name=self.target_name)
 
-        total, c, tr, te, gu, gx = core(Ad, Bd, u, x0, rc, rs, tg, self.terms,
+        total, c, tr, te, gu, gx = core(system, u, x0, rc, rs, tg, self.terms,
                                         self.control_weight, wt, we, fw, sw)
         out = {"value": total, "controls": gu, "x0": gx, "weight": tr, "terminal_weight": te}
         want = set(self.want)
         ctl = self.terms & _CONTROL
         if want & {"ref_controls", "feature_weights"}:
             # the control term reads ref_controls only through u − ref_controls
-            out["ref_controls"] = -core(Ad, Bd, u, x0, rc, None, None, ctl, self.control_weight,
-                                        0.0, 0.0, fw, None)[4]
+            out["ref_controls"] = -core(system, u, x0, rc, None, None, ctl,
+                                        self.control_weight, 0.0, 0.0, fw, None)[4]
             if "feature_weights" in want:  # linear in f: ∂ℓ/∂f_d = ℓ(f = e_d)
                 out["feature_weights"] = [
-                    core(Ad, Bd, u, x0, rc, None, None, ctl, self.control_weight, 0.0, 0.0,
+                    core(system, u, x0, rc, None, None, ctl, self.control_weight, 0.0, 0.0,
                          e, None)[0] for e in np.eye(fw.shape[-1])]
         if want & {"ref_states", "target", "state_weights"}:
-            out.update(self._state_grads(a, core, wt, we, want))
+            out.update(self._state_grads(a, system, core, wt, we, want))
         return out
 
-    def _state_grads(self, a, core, wt, we, want):
+    def _state_grads(self, a, system, core, wt, we, want):
         """Gradients of the state terms with respect to the states they compare:
         with the identity system (Ad = 0, Bd = I, the states X as controls) the
         core's ``∂ℓ/∂controls`` is ``∂ℓ/∂X[1:]`` and its ``∂ℓ/∂x0`` is ``∂ℓ/∂X[0]``,
         with every index rule (include_initial, lengths, mask, final valid step,
-        discount) the core's own. A reference r enters only through X − r."""
-        X = _core.rollout(a["Ad"], a["Bd"], a["x0"], a["controls"], self.check_finite)
+        discount) the core's own. A reference r enters only through X − r. The
+        states X come from ``system``, whatever its form."""
+        X = _core.rollout(system, a["x0"], a["controls"], check_finite=self.check_finite)
         n = X.shape[-1]
-        Z, I = np.zeros((n, n)), np.eye(n)
+        identity = (np.zeros((n, n)), np.eye(n), None, False)
         rs, tg, sw = a.get("ref_states"), a.get("target"), a.get("state_weights")
         states = self.terms & (_TRAJECTORY | _TERMINAL)
 
         def d_states(terms, s=sw):  # (value, ∂ℓ/∂X) of the state terms ``terms``
-            value, _, _, _, g1, g0 = core(Z, I, X[..., 1:, :], X[..., 0, :], None, rs, tg,
+            value, _, _, _, g1, g0 = core(identity, X[..., 1:, :], X[..., 0, :], None, rs, tg,
                                           terms, 0.0, wt, we, None, s)
             return value, np.concatenate([g0[..., None, :], g1], axis=-2)
 
@@ -554,7 +586,7 @@ def _loss_fn(spec, args):
 
 def _loss_fn_jvp(spec, primals, tangents):
     (args,), (dargs,) = primals, tangents
-    want = tuple(k for k in _DIFF[spec.kind] if args.get(k) is not None
+    want = tuple(k for k in _kinds.DIFFERENTIABLE[spec.kind] if args.get(k) is not None
                  and not isinstance(dargs[k], SymbolicZero)
                  and jnp.issubdtype(args[k].dtype, jnp.inexact))
     value, *grads = _host_loss(dataclasses.replace(spec, want=want), args)
@@ -624,21 +656,27 @@ def control_loss(pred, target, *, discount=None, lengths=None, mask=None, penalt
                  **_options(discount, penalty, delta, check_finite))
 
 
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, *,
-                  control_weight, weight, terminal_weight, include_initial=False,
-                  discount=None, lengths=None, mask=None, penalty="mse", delta=1.0,
-                  feature_weights=None, state_weights=None, check_finite=True,
-                  target_name="target"):
+def _rollout_loss(kind, system, controls, x0, refs, *, weight=None, terminal_weight=None,
+                  include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
+                  delta=1.0, feature_weights=None, state_weights=None, check_finite=True):
+    """The loss ``kind`` (trajloss._kinds) of the public references ``refs``
+    (name -> array or None); ``weight``/``terminal_weight`` where the kind
+    leaves them to the caller (floats, or JAX arrays to differentiate)."""
     system = _check_system(system)
+    for name in kind.required:
+        _array(refs.get(name), name)  # TypeError naming a missing one
+    ref_controls, ref_states, target = kind.slots(refs)
     controls, x0 = _array(controls, "controls"), _array(x0, "x0")
     arrays = dict(controls=controls, x0=x0,
                   ref_controls=_opt_array(ref_controls, "ref_controls"),
                   ref_states=_opt_array(ref_states, "ref_states"),
-                  target=_opt_array(target, target_name),
+                  target=_opt_array(target, kind.target_name),
                   lengths=_opt_array(lengths, "lengths"), mask=_opt_array(mask, "mask"),
                   feature_weights=_opt_array(feature_weights, "feature_weights"),
                   state_weights=_opt_array(state_weights, "state_weights"))
-    constants = {"Ad": system.Ad, "Bd": system.Bd}
+    Ad, Bd, offset, time_varying = system._core
+    constants = {"Ad": Ad, "Bd": Bd} if offset is None else {"Ad": Ad, "Bd": Bd, "offset": offset}
+    control_weight, weight, terminal_weight = kind.term_weights(weight, terminal_weight)
     for name, w in (("weight", weight), ("terminal_weight", terminal_weight)):
         if isinstance(w, float):
             constants[name] = w
@@ -647,9 +685,9 @@ def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms,
     steps = controls.shape[-2] if controls.ndim >= 2 else 0
     return _loss("rollout", arrays, constants,
                  dict(lengths=steps, mask=True, weight=1.0, terminal_weight=1.0),
-                 _value_dtype(controls), terms=terms, control_weight=float(control_weight),
-                 include_initial=bool(include_initial), target_name=target_name,
-                 **_options(discount, penalty, delta, check_finite))
+                 _value_dtype(controls), time_varying=bool(time_varying), terms=kind.terms,
+                 control_weight=float(control_weight), include_initial=bool(include_initial),
+                 target_name=kind.target_name, **_options(discount, penalty, delta, check_finite))
 
 
 def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
@@ -658,13 +696,12 @@ def trajectory_loss(system, controls, x0, ref_states, *, include_initial=False,
     """``trajloss.trajectory_loss`` as a differentiable JAX scalar.
 
     Differentiable in ``controls``, ``x0``, ``ref_states`` and ``state_weights``.
+    Every system form, as in :func:`rollout`.
     """
-    _array(ref_states, "ref_states")  # required
-    return _rollout_loss(system, controls, x0, None, ref_states, None, _TRAJECTORY,
-                         control_weight=0.0, weight=1.0, terminal_weight=0.0,
-                         include_initial=include_initial, discount=discount, lengths=lengths,
-                         mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
-                         check_finite=check_finite)
+    return _rollout_loss(_kinds.TRAJECTORY_LOSS, system, controls, x0,
+                         dict(ref_states=ref_states), include_initial=include_initial,
+                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
+                         delta=delta, state_weights=state_weights, check_finite=check_finite)
 
 
 def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, state_weights=None,
@@ -672,12 +709,11 @@ def terminal_loss(system, controls, x0, target, *, lengths=None, mask=None, stat
     """``trajloss.terminal_loss`` as a differentiable JAX scalar.
 
     Differentiable in ``controls``, ``x0``, ``target`` and ``state_weights``.
+    Every system form, as in :func:`rollout`.
     """
-    _array(target, "target")  # required
-    return _rollout_loss(system, controls, x0, None, None, target, _TERMINAL,
-                         control_weight=0.0, weight=0.0, terminal_weight=1.0, lengths=lengths,
-                         mask=mask, penalty=penalty, delta=delta, state_weights=state_weights,
-                         check_finite=check_finite)
+    return _rollout_loss(_kinds.TERMINAL_LOSS, system, controls, x0, dict(target=target),
+                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+                         state_weights=state_weights, check_finite=check_finite)
 
 
 def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight, terminal_weight=0.0,
@@ -694,14 +730,15 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight, ter
     Weights must be finite and >= 0 (checked at the call, or, for a traced
     array, when the callback runs). For a schedule, evaluate the
     ``trajloss.weighting`` strategy outside ``jit`` and pass the number.
+    Every system form, as in :func:`rollout`.
     """
     weight = _weight(weight, "weight")
     terminal_weight = _weight(terminal_weight, "terminal_weight")
-    _array(ref_controls, "ref_controls"), _array(ref_states, "ref_states")  # required
-    return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
-                         _ALL_TERMS, control_weight=1.0, weight=weight,
-                         terminal_weight=terminal_weight, include_initial=include_initial,
-                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights, check_finite=check_finite,
-                         target_name="terminal_target")
+    return _rollout_loss(_kinds.COMBINED_LOSS, system, controls, x0,
+                         dict(ref_controls=ref_controls, ref_states=ref_states,
+                              terminal_target=terminal_target),
+                         weight=weight, terminal_weight=terminal_weight,
+                         include_initial=include_initial, discount=discount, lengths=lengths,
+                         mask=mask, penalty=penalty, delta=delta,
+                         feature_weights=feature_weights, state_weights=state_weights,
+                         check_finite=check_finite)

@@ -11,8 +11,12 @@ batch, where each of ``Ad``, ``Bd`` and the offset ``c`` is independently
 
 The functions that take a ``system`` read it through ``system._core``, the
 tuple ``(Ad, Bd, offset, time_varying)`` the C core understands: float64,
-C-contiguous, immutable arrays (their memory is a ``bytes`` object, so no
-view of them can be made writeable), ``offset`` None or an array.
+C-contiguous, read-only arrays that own their memory, ``offset`` None or an
+array. It is a :class:`_SystemCore`, the tuple type the extension knows was
+made here, from values checked here: it reads them without checking them
+again (any other tuple is checked on every call). The arrays users see
+(``system.Ad``, ...) are read-only views of those, which NumPy does not let
+anyone make writeable again.
 """
 from __future__ import annotations
 
@@ -48,9 +52,19 @@ def _array(value, name):
     return arr
 
 
-def _sealed(arr, name):
-    """A float64 C-contiguous copy of ``arr`` that nothing can write to (its memory
-    is a ``bytes`` object), after checking that every value is finite."""
+class _SystemCore(tuple):
+    """``(Ad, Bd, offset, time_varying)`` as made by a system of this module: the
+    extension reads these arrays without checking their values again."""
+
+    __slots__ = ()
+
+
+_core.set_system_type(_SystemCore)
+
+
+def _checked(arr, name):
+    """A float64 C-contiguous read-only copy of ``arr`` owning its memory, after
+    checking that every value is finite."""
     with np.errstate(all="ignore"):  # a longdouble beyond float64 becomes inf: refused below
         try:
             a = np.array(arr, dtype=np.float64, order="C")
@@ -58,7 +72,13 @@ def _sealed(arr, name):
             raise MemoryError(f"{name} of shape {arr.shape} does not fit in memory") from None
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or inf")
-    return np.frombuffer(a.tobytes(), dtype=np.float64).reshape(a.shape)
+    a.setflags(write=False)
+    return a
+
+
+def _view(a):
+    """A read-only view of a read-only array: NumPy refuses to make it writeable."""
+    return None if a is None else a.view()
 
 
 def _shape(shape):
@@ -80,6 +100,8 @@ def _check_dt_batch(dt):
     """dt of from_continuous: a real number > 0 (a float), or a (B,) array of them."""
     if isinstance(dt, (list, tuple, np.ndarray)):
         arr = _array(dt, "dt")
+        if arr.ndim == 0:  # a 0-d array is a number
+            return _check_dt(arr[()], allow_none=False)
         if arr.ndim != 1 or arr.shape[0] < 1:
             raise ValueError(f"dt must be a number or a (B,) array of numbers with B >= 1, got "
                              f"shape {_shape(arr.shape)}")
@@ -166,34 +188,36 @@ class _LinearDynamics:
         if offset is not None:
             fields.append(("offset", _array(offset, "offset"), "offset"))
         n, m, batch, steps = _field_shapes(fields, self._time_varying, "Ad")
-        sealed = [_sealed(arr, name) for name, arr, _ in fields]
-        self._Ad, self._Bd = sealed[0], sealed[1]
-        self._offset = sealed[2] if offset is not None else None
+        checked = [_checked(arr, name) for name, arr, _ in fields]
         self._n, self._m, self._batch, self._steps = n, m, batch, steps
         self._dt = _check_dt(dt, allow_none=True)
         self._A = self._B = None
         self._method = None
-        self._make_core()
+        self._make_core(checked[0], checked[1], checked[2] if offset is not None else None)
 
-    def _make_core(self):
+    def _make_core(self, Ad, Bd, offset):
         # what every _core function takes as its system (read on every call)
-        self._core = (self._Ad, self._Bd, self._offset, self._time_varying)
+        self._core = _SystemCore((Ad, Bd, offset, self._time_varying))
+        self._Ad, self._Bd, self._offset = _view(Ad), _view(Bd), _view(offset)
 
-    def __setstate__(self, state):
-        # a copy or an unpickled system: its arrays sealed again (the unpickled
-        # ones own writeable memory)
-        self.__dict__.update(state)
-        for key in ("_Ad", "_Bd", "_offset", "_A", "_B"):
-            if isinstance(self.__dict__.get(key), np.ndarray):
-                self.__dict__[key] = _sealed(self.__dict__[key], key[1:])
-        if isinstance(self._dt, np.ndarray):
-            self._dt = _sealed(self._dt, "dt")
-        self._make_core()
+    _STATE = ("_n", "_m", "_batch", "_steps", "_dt", "_A", "_B", "_method")
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_core", None)
+        # the arrays and what describes them; not caches others keep on the object
+        state = {k: self.__dict__[k] for k in self._STATE}
+        state.update(Ad=self._core[0], Bd=self._core[1], offset=self._core[2])
         return state
+
+    def __setstate__(self, state):
+        # a copy or an unpickled system: its arrays read-only again (unpickled
+        # ones come back writeable)
+        def again(a, name):
+            return _view(_checked(a, name)) if isinstance(a, np.ndarray) else a
+
+        for k in self._STATE:
+            self.__dict__[k] = again(state[k], k[1:])
+        self._make_core(*(None if state[k] is None else _checked(state[k], k)
+                          for k in ("Ad", "Bd", "offset")))
 
     Ad = property(lambda self: self._Ad,
                   doc="Discrete state matrices, float64 read-only: (n, n) shared or (B, n, n) "
@@ -311,7 +335,7 @@ class LinearSystem(_LinearDynamics):
                 raise ValueError(f"dt holds batch = {dt.shape[0]} samples but A or B holds "
                                  f"batch = {batch}: per-sample arrays must agree")
             batch = dt.shape[0]
-        A_arr, B_arr = _sealed(A_arr, "A"), _sealed(B_arr, "B")
+        A_arr, B_arr = _checked(A_arr, "A"), _checked(B_arr, "B")
         if batch is None:
             Ad, Bd = _core.discretize(A_arr, B_arr, dt, method)
         else:
@@ -329,8 +353,8 @@ class LinearSystem(_LinearDynamics):
                 raise ValueError(f"{name} contains NaN or inf: discretising A with dt overflows "
                                  f"float64{where}; use a smaller dt")
         self._set(Ad, Bd, None, None)
-        self._A, self._B, self._method = A_arr, B_arr, method
-        self._dt = _sealed(dt, "dt") if isinstance(dt, np.ndarray) else dt
+        self._A, self._B, self._method = _view(A_arr), _view(B_arr), method
+        self._dt = _view(_checked(dt, "dt")) if isinstance(dt, np.ndarray) else dt
 
 
 class TimeVaryingSystem(_LinearDynamics):

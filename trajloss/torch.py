@@ -10,6 +10,20 @@ function that ``register_autograd`` generates lacks the ``setup_context``
 functorch requires (an open PyTorch bug, pytorch/pytorch#168393 and #179652);
 use ``torch.autograd.grad``/``backward`` instead.
 
+Systems
+-------
+Every function takes every system form of :mod:`trajloss.systems`: one
+``LinearSystem`` shared by the batch, one system per sample (``Ad`` (B, n, n),
+``Bd`` (B, n, m), an ``offset``), a ``TimeVaryingSystem`` ((T, n, n) or
+(B, T, n, n)), a batched ``LinearSystem.from_continuous``; values and
+gradients are those of the NumPy API. A per-sample system's B must be the
+data's B and a time-varying system's T the controls' T (``ValueError`` naming
+``system``, also on the ``meta`` device and under ``torch.compile``). Under
+``DistributedDataParallel`` each process sees its own shard of the batch, so
+give each process the per-sample system of its shard. The system's arrays are
+data (no gradient); their float64 tensors are made once per system and device
+and dropped with the system.
+
 Gradients
 ---------
 Every floating-point tensor argument gets its true gradient:
@@ -30,14 +44,14 @@ Every floating-point tensor argument gets its true gradient:
 Double backward (``create_graph=True``: Hessian-vector products,
 ``gradgradcheck``, gradient penalties) is exact: the backward is then built
 from the differentiable rollout and adjoint operators (``J v`` is a rollout
-of ``v`` from ``x0 = 0``, ``Jᵀ g`` the adjoint pass) and the penalty's
+of ``v`` from ``x0 = 0`` by the linear part of the dynamics, without the
+offset; ``Jᵀ g`` the adjoint pass, for every system form) and the penalty's
 elementwise derivative, whose own derivative is the curvature ``ρ''``: 2 for
 ``"mse"``, 1 inside ``|r| ≤ δ`` and 0 outside for ``"huber"``, 0 for
 ``"l1"`` (away from the kinks ``r = 0``, ``|r| = δ``, where ρ has no second
 derivative and the one-sided value is used). Higher orders follow the same
 way. ``discount`` and ``delta`` are plain numbers: a tensor that requires grad
-there raises ``ValueError`` rather than being silently treated as a constant;
-the system matrices are data.
+there raises ``ValueError`` rather than being silently treated as a constant.
 
 Devices
 -------
@@ -59,13 +73,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import weakref
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _core
+from . import _core, _kinds
 from .losses import LossComponents, _weight
 from .rollout import _check_system
 from .weighting import WeightingStrategy, make as _make_strategy
@@ -82,7 +97,7 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
     global _warned_device
     if t is None:
         return None
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         if t.device.type == "meta":
             raise ValueError(f"{name} is on the meta device, which holds no values: the C core "
                              "cannot read it (give every tensor of the call on the meta device "
@@ -93,7 +108,7 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
                           "and the results copied back", RuntimeWarning, stacklevel=3)
         t = t.cpu()
     try:
-        return t.detach().numpy()
+        return (t.detach() if t.requires_grad else t).numpy()
     except TypeError:  # a dtype NumPy does not have (bfloat16, ...)
         raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
 
@@ -177,77 +192,128 @@ def _weight_arg(value, name):
 
 
 def _tensor(a, like: Tensor) -> Tensor:
-    return torch.from_numpy(np.asarray(a)).to(like.device)
+    """The core's result ``a`` as a tensor on like's device (no copy on the CPU)."""
+    t = torch.from_numpy(np.asarray(a))
+    return t if like.is_cpu else t.to(like.device)
+
+
+# ---- the operators' arguments --------------------------------------------------
+# An operator takes a system as three tensors, Ad, Bd and offset (None when
+# absent): the arrays of ``system._core`` (trajloss.systems) as float64
+# tensors, each shared ((n, n), (T, n, n) when time-varying, ...) or per sample
+# (a leading axis of B). Its boolean options and the loss's terms travel as the
+# bits of one integer ``flags``: PyTorch's custom-operator layer spends time
+# quadratic in the number of an operator's arguments on every differentiable
+# call (torch._library.utils.fill_defaults reads the schema once per argument),
+# which for a 21-argument operator was most of a small loss's cost.
+
+_TIME_VARYING, _CHECK_FINITE, _INCLUDE_INITIAL, _TERMINAL_TARGET = 8, 16, 32, 64
+_TERMS = _kinds.ALL_TERMS  # bits 0-2: TERM_CONTROL | TERM_TRAJECTORY | TERM_TERMINAL
+assert _TERMS == 7  # the core's term flags are the low three bits
+
+
+def _system(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], flags: int) -> tuple:
+    """The core's system tuple from an operator's system arguments."""
+    return (_np(Ad, "system (Ad)"), _np(Bd, "system (Bd)"), _np(offset, "system (offset)"),
+            bool(flags & _TIME_VARYING))
+
+
+def _check_forms(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], flags: int,
+                 controls: Tensor) -> None:
+    """The shape rules the core checks, for the fake implementations (meta
+    tensors, ``torch.compile`` tracing): a per-sample system's B is the data's
+    B, a time-varying system's T the controls' T; ValueError naming ``system``."""
+    time_varying = bool(flags & _TIME_VARYING)
+    batched = controls.dim() == 3
+    for a, nd in ((Ad, 2), (Bd, 2), (offset, 1)):
+        if a is None:
+            continue
+        if a.dim() == nd + time_varying + 1 and batched and a.shape[0] != controls.shape[0]:
+            raise ValueError(f"system: its per-sample arrays hold B = {a.shape[0]} samples but "
+                             f"the data holds B = {controls.shape[0]}")
+        if time_varying and a.dim() >= nd + 1 and a.shape[-nd - 1] != controls.shape[-2]:
+            raise ValueError(f"system: the time-varying system has T = {a.shape[-nd - 1]} steps "
+                             f"but controls have T = {controls.shape[-2]}")
 
 
 # ---- rollout ------------------------------------------------------------
 
-_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd")
+_ROLLOUT_NAMES = ("x0", "controls", "Ad", "Bd", "offset")
 _VJP_NAMES = ("x0", "controls", "grad_states", "Ad", "Bd")
 _CONTROL_NAMES = ("pred", "target", "lengths", "mask", "feature_weights")
 _LOSS_NAMES = ("controls", "x0", "ref_controls", "ref_states", "target", "weights", "lengths",
-               "mask", "feature_weights", "state_weights", "Ad", "Bd")
+               "mask", "feature_weights", "state_weights", "Ad", "Bd", "offset")
 
 
 @torch.library.custom_op("trajloss::rollout", mutates_args=())
-def _rollout_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
-                check_finite: bool = True) -> Tensor:
-    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
-    return _tensor(_core.rollout(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
-                                 _np(controls, "controls"), check_finite), x0)
+def _rollout_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], x0: Tensor, controls: Tensor,
+                flags: int) -> Tensor:
+    """States (.., T+1, n); flags: time-varying, check_finite."""
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
+    return _tensor(_core.rollout(_system(Ad, Bd, offset, flags), _np(x0, "x0"),
+                                 _np(controls, "controls"),
+                                 check_finite=bool(flags & _CHECK_FINITE)), x0)
 
 
 @_rollout_op.register_fake
-def _(Ad, Bd, x0, controls, check_finite=True):
-    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd)
+def _(Ad, Bd, offset, x0, controls, flags):
+    _same_device(_ROLLOUT_NAMES, x0, controls, Ad, Bd, offset)
+    _check_forms(Ad, Bd, offset, flags, controls)
     return controls.new_empty((*controls.shape[:-2], controls.shape[-2] + 1, x0.shape[-1]))
 
 
 @torch.library.custom_op("trajloss::rollout_vjp", mutates_args=())
-def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor,
-                    grad_states: Tensor, check_finite: bool = True) -> tuple[Tensor, Tensor]:
+def _rollout_vjp_op(Ad: Tensor, Bd: Tensor, x0: Tensor, controls: Tensor, grad_states: Tensor,
+                    flags: int) -> tuple[Tensor, Tensor]:
+    """(∂/∂controls, ∂/∂x0) of <grad_states, states>; the adjoint does not read
+    the offset (the rollout is affine in it)."""
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
-    gu, gx = _core.rollout_vjp(_np(Ad, "Ad"), _np(Bd, "Bd"), _np(x0, "x0"),
+    gu, gx = _core.rollout_vjp(_system(Ad, Bd, None, flags), _np(x0, "x0"),
                                _np(controls, "controls"), _np(grad_states, "grad_states"),
-                               check_finite)
+                               check_finite=bool(flags & _CHECK_FINITE))
     return _tensor(gu, controls), _tensor(gx, x0)
 
 
 @_rollout_vjp_op.register_fake
-def _(Ad, Bd, x0, controls, grad_states, check_finite=True):
+def _(Ad, Bd, x0, controls, grad_states, flags):
     _same_device(_VJP_NAMES, x0, controls, grad_states, Ad, Bd)
+    _check_forms(Ad, Bd, None, flags, controls)
     return torch.empty_like(controls), torch.empty_like(x0)
 
 
 def _rollout_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.check_finite = inputs[4]
+    Ad, Bd, _, x0, controls, flags = inputs
+    ctx.save_for_backward(Ad, Bd, x0, controls)
+    ctx.flags = flags
 
 
 def _rollout_backward(ctx, grad_states):
-    # the rollout is linear: its VJP is the adjoint pass, itself a
+    # the rollout is affine: its VJP is the adjoint pass, itself a
     # differentiable operator, so every order of derivative is exact
     Ad, Bd, x0, controls = ctx.saved_tensors
-    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states, ctx.check_finite)
-    return None, None, gx, gu, None
+    gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states, ctx.flags)
+    return None, None, None, gx, gu, None
 
 
 _rollout_op.register_autograd(_rollout_backward, setup_context=_rollout_setup)
 
 
 def _rollout_vjp_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
+    Ad, Bd, x0, controls, _, flags = inputs
+    ctx.save_for_backward(Ad, Bd, x0, controls)
+    ctx.flags = flags & _TIME_VARYING
 
 
 def _rollout_vjp_backward(ctx, g_controls, g_x0):
     # rollout_vjp is linear in grad_states, (gu, gx) = J^T G with J the rollout's
-    # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents.
+    # Jacobian; its own VJP is J (cx, cu): the rollout of the cotangents by the
+    # linear part of the dynamics (no offset, no finiteness check).
     Ad, Bd, x0, controls = ctx.saved_tensors
     if g_controls is None:
         g_controls = torch.zeros_like(controls)
     if g_x0 is None:
         g_x0 = torch.zeros_like(x0)
-    return None, None, None, None, _rollout_op(Ad, Bd, g_x0, g_controls, False), None
+    return None, None, None, None, _rollout_op(Ad, Bd, None, g_x0, g_controls, ctx.flags), None
 
 
 _rollout_vjp_op.register_autograd(_rollout_vjp_backward, setup_context=_rollout_vjp_setup)
@@ -319,9 +385,11 @@ def _control_expr(pred, target, lengths, mask, discount, penalty, delta, fw):
     return _term(pred, target, V, _time_weights(V, discount), fw, penalty, delta)
 
 
-def _rollout_loss_expr(Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, terms,
+def _rollout_loss_expr(system, controls, x0, ref_controls, ref_states, target, weights, terms,
                        include_initial, discount, lengths, mask, penalty, delta, fw, sw):
-    """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``)."""
+    """``weights[0]·ℓ_c + weights[1]·ℓ_t + weights[2]·ℓ_f`` (the terms in ``terms``);
+    ``system`` the operators' system arguments ``(Ad, Bd, offset, flags)`` (flags:
+    the time-varying bit)."""
     u, x0, ru, rs, tgt, weights, fw, sw = _as64(controls, x0, ref_controls, ref_states, target,
                                                 weights, fw, sw)
     if u.dim() == 2:  # unbatched
@@ -329,7 +397,7 @@ def _rollout_loss_expr(Ad, Bd, controls, x0, ref_controls, ref_states, target, w
         ru, rs, tgt = (None if a is None else a.unsqueeze(0) for a in (ru, rs, tgt))
     B, T, _ = u.shape
     V = _valid_steps(B, T, lengths, mask, u.device)
-    X = _rollout_op(Ad, Bd, x0, u, False)  # differentiable at every order
+    X = _rollout_op(*system[:3], x0, u, system[3])  # differentiable at every order
     total = u.new_zeros(())
     if terms & _core.TERM_CONTROL:
         total = total + weights[0] * _term(u, ru, V, _time_weights(V, discount), fw, penalty,
@@ -382,9 +450,11 @@ def _control_loss_op(pred: Tensor, target: Tensor, lengths: Optional[Tensor],
                      delta: float, feature_weights: Optional[Tensor],
                      check_finite: bool = True) -> tuple[Tensor, Tensor]:
     _same_device(_CONTROL_NAMES, pred, target, lengths, mask, feature_weights)
-    value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount,
-                                     _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-                                     _np(feature_weights, "feature_weights"), check_finite, True)
+    value, grad = _core.control_loss(_np(pred, "pred"), _np(target, "target"), discount=discount,
+                                     lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"),
+                                     penalty=penalty, delta=delta,
+                                     feature_weights=_np(feature_weights, "feature_weights"),
+                                     check_finite=check_finite)
     return torch.tensor(value, dtype=pred.dtype, device=pred.device), _tensor(grad, pred)
 
 
@@ -435,25 +505,50 @@ def _checked_weights(weights: Tensor):
     return w
 
 
+#: The rollout_loss operator's inputs, in order: tensors, then the options --
+#: ``flags`` (the terms' bits, include_initial, check_finite, time-varying,
+#: terminal target's name), ``reals`` = ``(delta,)`` or ``(delta, discount)``
+#: and ``penalty``.
+_LOSS_INPUTS = ("Ad", "Bd", "offset", "controls", "x0", "ref_controls", "ref_states", "target",
+                "weights", "lengths", "mask", "feature_weights", "state_weights", "flags",
+                "reals", "penalty")
+_AT = {name: i for i, name in enumerate(_LOSS_INPUTS)}
+_TENSORS = 13  # the inputs before flags: what backward saves
+#: The inputs with a gradient; those whose gradient the fused C pass does not give.
+_LOSS_DIFF = ("controls", "x0", "ref_controls", "ref_states", "target", "weights",
+              "feature_weights", "state_weights")
+_NOT_FUSED = tuple(_AT[k] for k in ("ref_controls", "ref_states", "target", "feature_weights",
+                                    "state_weights"))
+
+
+def _loss_options(flags: int, reals: list) -> dict:
+    """The core's keyword options from an operator's ``flags`` and ``reals``."""
+    return dict(terms=flags & _TERMS, include_initial=bool(flags & _INCLUDE_INITIAL),
+                discount=reals[1] if len(reals) > 1 else None, delta=reals[0],
+                check_finite=bool(flags & _CHECK_FINITE),
+                target_name="terminal_target" if flags & _TERMINAL_TARGET else "target")
+
+
 @torch.library.custom_op("trajloss::rollout_loss", mutates_args=())
-def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
-                     ref_controls: Optional[Tensor], ref_states: Optional[Tensor],
-                     target: Optional[Tensor], terms: int, weights: Tensor,
-                     include_initial: bool, discount: Optional[float],
-                     lengths: Optional[Tensor], mask: Optional[Tensor], penalty: str,
-                     delta: float, feature_weights: Optional[Tensor],
-                     state_weights: Optional[Tensor],
-                     check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _rollout_loss_op(Ad: Tensor, Bd: Tensor, offset: Optional[Tensor], controls: Tensor,
+                     x0: Tensor, ref_controls: Optional[Tensor], ref_states: Optional[Tensor],
+                     target: Optional[Tensor], weights: Tensor, lengths: Optional[Tensor],
+                     mask: Optional[Tensor], feature_weights: Optional[Tensor],
+                     state_weights: Optional[Tensor], flags: int, reals: list[float],
+                     penalty: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(total, ∂/∂controls, ∂/∂x0, components) of the core's rollout_loss; the
+    components are (total, control, trajectory, terminal, w_c, w_t, w_f)."""
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
-                 mask, feature_weights, state_weights, Ad, Bd)
+                 mask, feature_weights, state_weights, Ad, Bd, offset)
     w = _checked_weights(weights)
+    options = _loss_options(flags, reals)
     total, c, t, f, gu, gx = _core.rollout_loss(
-        _np(Ad, "Ad"), _np(Bd, "Bd"), _np(controls, "controls"), _np(x0, "x0"),
-        _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"), _np(target, "target"),
-        terms, w[0], w[1], w[2], include_initial, discount,
-        _np(lengths, "lengths"), _np(mask, "mask"), penalty, delta,
-        _np(feature_weights, "feature_weights"), _np(state_weights, "state_weights"),
-        check_finite)
+        _system(Ad, Bd, offset, flags), _np(controls, "controls"), _np(x0, "x0"),
+        _np(ref_controls, "ref_controls"), _np(ref_states, "ref_states"),
+        _np(target, options["target_name"]), control_weight=w[0], trajectory_weight=w[1],
+        terminal_weight=w[2], lengths=_np(lengths, "lengths"), mask=_np(mask, "mask"),
+        penalty=penalty, feature_weights=_np(feature_weights, "feature_weights"),
+        state_weights=_np(state_weights, "state_weights"), **options)
     # the terms and the weights they were taken with (backward and CombinedLoss read them)
     components = torch.tensor([total, c, t, f, *w], dtype=_F64, device=controls.device)
     return (torch.tensor(total, dtype=controls.dtype, device=controls.device),
@@ -461,53 +556,53 @@ def _rollout_loss_op(Ad: Tensor, Bd: Tensor, controls: Tensor, x0: Tensor,
 
 
 @_rollout_loss_op.register_fake
-def _(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
-      discount, lengths, mask, penalty, delta, feature_weights, state_weights, check_finite=True):
+def _(Ad, Bd, offset, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
+      feature_weights, state_weights, flags, reals, penalty):
     _same_device(_LOSS_NAMES, controls, x0, ref_controls, ref_states, target, weights, lengths,
-                 mask, feature_weights, state_weights, Ad, Bd)
+                 mask, feature_weights, state_weights, Ad, Bd, offset)
+    _check_forms(Ad, Bd, offset, flags, controls)
     return (controls.new_empty(()), torch.empty_like(controls), torch.empty_like(x0),
             controls.new_empty((7,), dtype=_F64))
 
 
 def _rollout_loss_setup(ctx, inputs, output):
-    (Ad, Bd, controls, x0, ref_controls, ref_states, target, terms, weights, include_initial,
-     discount, lengths, mask, penalty, delta, fw, sw, _) = inputs
     ctx.mark_non_differentiable(output[1], output[2], output[3])
-    ctx.options = (terms, include_initial, discount, penalty, delta)
+    ctx.options = inputs[_TENSORS:]
+    saved = list(inputs[:_TENSORS])
     # a weights tensor that needs no gradient is not saved: CombinedLoss updates
     # its buffer in place, and the values used are in the components output
-    ctx.save_for_backward(output[1], output[2], output[3], Ad, Bd, controls, x0, ref_controls,
-                          ref_states, target, weights if weights.requires_grad else None,
-                          lengths, mask, fw, sw)
+    if not saved[_AT["weights"]].requires_grad:
+        saved[_AT["weights"]] = None
+    ctx.save_for_backward(output[1], output[2], output[3], *saved)
 
 
 def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
-    (gu, gx, comps, Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths,
-     mask, fw, sw) = ctx.saved_tensors
+    gu, gx, comps, *saved = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    if not (torch.is_grad_enabled() or needs[4] or needs[5] or needs[6] or needs[15]
-            or needs[16]):
+    out = [None] * len(_LOSS_INPUTS)
+    if not (torch.is_grad_enabled() or any(map(needs.__getitem__, _NOT_FUSED))):
         # the fused C gradient; d total / d weights = the raw terms
-        g_w = comps[1:4] * g_value.to(_F64) if needs[8] else None
-        return (None, None, gu * g_value, gx * g_value) + (None,) * 4 + (g_w,) + (None,) * 9
-    terms, include_initial, discount, penalty, delta = ctx.options
-    if weights is None:
-        weights = comps[4:7]
-    args = [Ad, Bd, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
-            fw, sw]
-    # argument positions in args -> in the operator's inputs
-    positions = dict(zip(range(12), (0, 1, 2, 3, 4, 5, 6, 8, 11, 12, 15, 16)))
+        out[_AT["controls"]], out[_AT["x0"]] = gu * g_value, gx * g_value
+        if needs[_AT["weights"]]:
+            out[_AT["weights"]] = comps[1:4] * g_value.to(_F64)
+        return tuple(out)
+    flags, reals, penalty = ctx.options
+    options = _loss_options(flags, reals)
+    if saved[_AT["weights"]] is None:
+        saved[_AT["weights"]] = comps[4:7]
+    # args[0] is the system, args[i] for i >= 1 the input at position i + 2
+    args = [(*saved[:3], flags & _TIME_VARYING)] + saved[3:]
 
-    def expr(Ad, Bd, u, x, ru, rs, tg, w, L, M, f, s):
-        return _rollout_loss_expr(Ad, Bd, u, x, ru, rs, tg, w, terms, include_initial,
-                                  discount, L, M, penalty, delta, f, s)
+    def expr(system, u, x, ru, rs, tg, w, L, M, f, s):
+        return _rollout_loss_expr(system, u, x, ru, rs, tg, w, options["terms"],
+                                  options["include_initial"], options["discount"], L, M,
+                                  penalty, options["delta"], f, s)
 
-    wanted = [i for i in (2, 3, 4, 5, 6, 7, 10, 11) if needs[positions[i]]]
-    grads = _expr_grads(ctx, g_value, expr, args, wanted)
-    out = [None] * 18
-    for i, g in enumerate(grads):
+    wanted = [i for i in range(1, len(args))
+              if _LOSS_INPUTS[i + 2] in _LOSS_DIFF and needs[i + 2]]
+    for i, g in enumerate(_expr_grads(ctx, g_value, expr, args, wanted)):
         if g is not None:
-            out[positions[i]] = g
+            out[i + 2] = g
     return tuple(out)
 
 
@@ -516,15 +611,42 @@ _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollou
 
 # ---- functions -------------------------------------------------------------
 
-def _system_tensors(system, like: Tensor):
-    """(Ad, Bd) as float64 tensors on like's device, made once per system and device."""
-    system = _check_system(system)
-    cache = system.__dict__.setdefault("_torch_tensors", {})
-    key = str(like.device)
-    if key not in cache:  # the system's arrays are read-only: copy them once
-        cache[key] = (torch.tensor(system.Ad, device=like.device),
-                      torch.tensor(system.Bd, device=like.device))
-    return cache[key]
+def _system_tensors(system, like: Tensor) -> tuple:
+    """The operators' system arguments and flag ``(Ad, Bd, offset, tv)``: the
+    system's arrays as float64 tensors on like's device (tv: the flags' bit
+    of a time-varying system, else 0), made once per system and device (the
+    arrays are immutable)."""
+    if torch.compiler.is_compiling():
+        return _system_constants(_check_system(system), str(like.device))
+    return _cached_system_tensors(_check_system(system), str(like.device))
+
+
+#: system -> {device: tensors}; an entry lives as long as its system (nothing
+#: is stored on the system itself, so pickling a system never pickles tensors)
+_SYSTEM_TENSORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_system_tensors(system, device: str) -> tuple:
+    per_device = _SYSTEM_TENSORS.get(system)
+    if per_device is None:
+        per_device = _SYSTEM_TENSORS[system] = {}
+    tensors = per_device.get(device)
+    if tensors is None:
+        Ad, Bd, offset, time_varying = system._core
+        tensors = per_device[device] = (
+            torch.tensor(Ad, device=device), torch.tensor(Bd, device=device),
+            None if offset is None else torch.tensor(offset, device=device),
+            _TIME_VARYING if time_varying else 0)
+    return tensors
+
+
+@torch.compiler.assume_constant_result
+def _system_constants(system, device: str) -> tuple:
+    """:func:`_cached_system_tensors`, run as Python while ``torch.compile``
+    traces: the system's arrays are sealed (trajloss.systems), which Dynamo
+    cannot wrap as graph inputs, so the tensors are constants of the graph,
+    which Dynamo guards on the system's identity (another system recompiles)."""
+    return _cached_system_tensors(system, device)
 
 
 def _opt(x, name):
@@ -541,13 +663,16 @@ def _opt(x, name):
 def rollout(system, x0: Tensor, controls: Tensor, *, check_finite=True) -> Tensor:
     """``trajloss.rollout`` for tensors: (B, n), (B, T, m) -> (B, T+1, n).
 
-    Differentiable in ``x0`` and ``controls`` to every order (the rollout is
-    linear; its backward is the core's adjoint pass). ``check_finite=False``
-    lets NaN/inf inputs propagate instead of raising ``ValueError``."""
-    system = _check_system(system)
+    Every system form: shared or per-sample (its B must be the data's),
+    time-invariant or time-varying (its T must be the controls'), with or
+    without an offset. Differentiable in ``x0`` and ``controls`` to every
+    order (the rollout is affine; its backward is the core's adjoint pass).
+    ``check_finite=False`` lets NaN/inf inputs propagate instead of raising
+    ``ValueError``."""
     _check_tensors(x0=x0, controls=controls)
-    Ad, Bd = _system_tensors(system, x0)
-    return _rollout_op(Ad, Bd, x0, controls, _flag(check_finite, "check_finite"))
+    Ad, Bd, offset, tv = _system_tensors(system, x0)
+    return _rollout_op(Ad, Bd, offset, x0, controls,
+                       tv | _CHECK_FINITE * _flag(check_finite, "check_finite"))
 
 
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
@@ -565,48 +690,58 @@ def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, m
     return value
 
 
-def _rollout_loss(system, controls, x0, ref_controls, ref_states, target, terms, weights, *,
-                  include_initial=False, discount=None, lengths=None, mask=None, penalty="mse",
-                  delta=1.0, feature_weights=None, state_weights=None, check_finite=True,
-                  required=None):
-    system = _check_system(system)
-    _check_tensors(controls=controls, x0=x0, **(required or {}))
-    Ad, Bd = _system_tensors(system, controls)
+def _rollout_loss(kind, system, controls, x0, refs, weights, *, include_initial=False,
+                  discount=None, lengths=None, mask=None, penalty="mse", delta=1.0,
+                  feature_weights=None, state_weights=None, check_finite=True):
+    """The loss ``kind`` (trajloss._kinds) with the term weights ``weights``
+    (three numbers or a float64 tensor of 3): ``(value, grad_controls, grad_x0,
+    components)``, components = (total, control, trajectory, terminal, w_c, w_t, w_f)."""
+    _check_system(system)
+    _check_tensors(controls=controls, x0=x0)
+    slots = ref_controls, ref_states, target = kind.slots(refs)
+    for name, ref in zip(kind.references, slots):
+        if not (ref is None and name not in kind.required or isinstance(ref, Tensor)):
+            _check_tensors(**{name: ref})
+    Ad, Bd, offset, tv = _system_tensors(system, controls)
     if not isinstance(weights, Tensor):
         weights = torch.tensor(weights, dtype=_F64, device=controls.device)
-    return _rollout_loss_op(Ad, Bd, controls, x0, ref_controls, ref_states, target, terms,
-                            weights, _flag(include_initial, "include_initial"),
-                            _option(discount, "discount", optional=True),
-                            _opt(lengths, "lengths"), _opt(mask, "mask"), _penalty(penalty),
-                            _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
-                            _opt(state_weights, "state_weights"),
-                            _flag(check_finite, "check_finite"))
+    flags = (kind.terms | tv | _CHECK_FINITE * _flag(check_finite, "check_finite")
+             | _INCLUDE_INITIAL * _flag(include_initial, "include_initial")
+             | _TERMINAL_TARGET * (kind.target_name == "terminal_target"))
+    discount = _option(discount, "discount", optional=True)
+    delta = _option(delta, "delta")
+    return _rollout_loss_op(Ad, Bd, offset, controls, x0, ref_controls, ref_states, target,
+                            weights, _opt(lengths, "lengths"), _opt(mask, "mask"),
+                            _opt(feature_weights, "feature_weights"),
+                            _opt(state_weights, "state_weights"), flags,
+                            [delta] if discount is None else [delta, discount],
+                            _penalty(penalty))
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
                     include_initial=False, state_weights=None, discount=None, lengths=None,
                     mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
     """``trajloss.trajectory_loss`` as a scalar tensor, differentiable (to every
-    order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor."""
-    return _rollout_loss(system, controls, x0, None, ref_states, None, _core.TERM_TRAJECTORY,
-                         [0.0, 1.0, 0.0], include_initial=include_initial, discount=discount,
-                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights, check_finite=check_finite,
-                         required=dict(ref_states=ref_states))[0]
+    order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor.
+    Every system form, as in :func:`rollout`."""
+    kind = _kinds.TRAJECTORY_LOSS
+    return _rollout_loss(kind, system, controls, x0, dict(ref_states=ref_states),
+                         kind.term_weights(), include_initial=include_initial,
+                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
+                         delta=delta, state_weights=state_weights,
+                         check_finite=check_finite)[0]
 
 
 def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengths=None,
                   mask=None, state_weights=None, penalty="mse", delta=1.0,
                   check_finite=True) -> Tensor:
     """``trajloss.terminal_loss`` as a scalar tensor, differentiable (to every
-    order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor."""
-    return _rollout_loss(system, controls, x0, None, None, target, _core.TERM_TERMINAL,
-                         [0.0, 0.0, 1.0], lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights, check_finite=check_finite,
-                         required=dict(target=target))[0]
-
-
-_ALL_TERMS = _core.TERM_CONTROL | _core.TERM_TRAJECTORY | _core.TERM_TERMINAL
+    order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor.
+    Every system form, as in :func:`rollout`."""
+    kind = _kinds.TERMINAL_LOSS
+    return _rollout_loss(kind, system, controls, x0, dict(target=target), kind.term_weights(),
+                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
+                         state_weights=state_weights, check_finite=check_finite)[0]
 
 
 def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, ref_states: Tensor,
@@ -614,7 +749,7 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
                   state_weights=None, feature_weights=None, discount=None, lengths=None,
                   mask=None, penalty="mse", delta=1.0, check_finite=True) -> Tensor:
     """``trajloss.combined_loss`` as a scalar tensor; for strategies and
-    monitoring use :class:`CombinedLoss`.
+    monitoring use :class:`CombinedLoss`. Every system form, as in :func:`rollout`.
 
     ``weight`` and ``terminal_weight`` are numbers or one-element tensors,
     finite and >= 0 (``ValueError`` naming the argument otherwise). Every
@@ -623,25 +758,24 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
     ``feature_weights``/``state_weights`` tensors, and the weights
     (``∂ℓ/∂weight`` = the raw trajectory term, ``∂ℓ/∂terminal_weight`` = the
     raw terminal term)."""
+    kind = _kinds.COMBINED_LOSS
     weight = _weight_arg(weight, "weight")
     terminal_weight = _weight_arg(terminal_weight, "terminal_weight")
+    weights = kind.term_weights(weight, terminal_weight)
     if isinstance(weight, Tensor) or isinstance(terminal_weight, Tensor):
         tensors = {k: v for k, v in (("weight", weight), ("terminal_weight", terminal_weight))
                    if isinstance(v, Tensor)}
         if isinstance(controls, Tensor):
             _same_device(("controls", *tensors), controls, *tensors.values())
         device = next(iter(tensors.values())).device
-        weights = torch.stack([torch.ones((), dtype=_F64, device=device),
-                               torch.as_tensor(weight, dtype=_F64, device=device),
-                               torch.as_tensor(terminal_weight, dtype=_F64, device=device)])
-    else:
-        weights = [1.0, weight, terminal_weight]
-    return _rollout_loss(system, controls, x0, ref_controls, ref_states, terminal_target,
-                         _ALL_TERMS, weights, include_initial=include_initial,
-                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, feature_weights=feature_weights,
-                         state_weights=state_weights, check_finite=check_finite,
-                         required=dict(ref_controls=ref_controls, ref_states=ref_states))[0]
+        weights = torch.stack([torch.as_tensor(w, dtype=_F64, device=device) for w in weights])
+    return _rollout_loss(kind, system, controls, x0,
+                         dict(ref_controls=ref_controls, ref_states=ref_states,
+                              terminal_target=terminal_target), weights,
+                         include_initial=include_initial, discount=discount, lengths=lengths,
+                         mask=mask, penalty=penalty, delta=delta,
+                         feature_weights=feature_weights, state_weights=state_weights,
+                         check_finite=check_finite)[0]
 
 
 # ---- modules ---------------------------------------------------------------
@@ -787,11 +921,11 @@ class CombinedLoss(nn.Module):
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self.update_weight(epoch)
-        value, _, _, comps = _rollout_loss(self.system, controls, x0, ref_controls, ref_states,
-                                           terminal_target, _ALL_TERMS, self.weights,
-                                           lengths=lengths, mask=mask, **self.options,
-                                           required=dict(ref_controls=ref_controls,
-                                                         ref_states=ref_states))
+        value, _, _, comps = _rollout_loss(_kinds.COMBINED_LOSS, self.system, controls, x0,
+                                           dict(ref_controls=ref_controls, ref_states=ref_states,
+                                                terminal_target=terminal_target),
+                                           self.weights, lengths=lengths, mask=mask,
+                                           **self.options)
         self._last = comps.detach()
         self._observed = False
         if self.monitor is not None and not compiling and not comps.is_meta:
