@@ -288,6 +288,30 @@ def test_batch_sizes(form, B):
             close(res.grad_x0, wx0, RTOL64, f"{kind} {kw['penalty']} grad_x0")
 
 
+@pytest.mark.parametrize("nm", [(1, 1), (2, 1), (5, 2), (12, 4), (129, 3)])
+@pytest.mark.parametrize("form", ["lti-shared", "lti-psAB-off", "tv-psAB-psoff", "tv-psA"])
+def test_state_and_input_sizes(form, nm):
+    """Runtime sizes n, m: small, the benchmark's, and one past the fast path's
+    largest (129), over two tiles and a remainder (B = 17)."""
+    n, m = nm
+    B, T = (17, 4) if n < 100 else (9, 2)
+    case = make_case(form, B=B, T=T, n=n, m=m)
+    d = data(case)
+    mask = d["mask"].copy()
+    mask[0, 0] = True
+    close(trajloss.rollout(case.system, d["x0"], d["U"]),
+          np_rollout(case.A, case.Bm, case.c, d["x0"], d["U"]), RTOL64, "rollout")
+    for kind in ("trajectory", "terminal", "combined"):
+        for kw in (dict(penalty="huber", delta=0.5, lengths=np.maximum(d["lengths"], 1),
+                        discount=0.9, state_weights=d["state_weights"], include_initial=True),
+                   dict(penalty="mse", mask=mask, feature_weights=d["feature_weights"])):
+            res = call_loss(case.system, kind, d, **kw)
+            value, wU, wx0, _ = ref_loss(case, kind, d, **kw)
+            close(res.value, value, RTOL64, f"{kind} value")
+            close(res.grad, wU, RTOL64, f"{kind} grad")
+            close(res.grad_x0, wx0, RTOL64, f"{kind} grad_x0")
+
+
 # --------------------------------------------------------------------------
 # float32 and unbatched inputs
 # --------------------------------------------------------------------------
@@ -546,7 +570,7 @@ def test_shared_equals_per_sample_copies(form, B):
         close(copied[k], shared[k], 1e-13, k)
 
 
-@pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "cont-psAB-dtvec", "lti-shared"])
+@pytest.mark.parametrize("form", ["lti-psAB-off", "tv-psAB-psoff", "tv-shared-off", "lti-shared"])
 def test_threads_bit_identical(form):
     case = make_case(form, B=1030, T=6)
     d = data(case)
