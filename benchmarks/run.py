@@ -1263,6 +1263,16 @@ def run_w9(ctx: Context):
                          LOSS_OUTPUTS, extra_row=dict(B=B, form="shared"))
 
 
+def cpu_per_wall(fn: Callable, calls: int) -> float:
+    """Process CPU time over wall time of ``calls`` calls: about 2 when a second
+    thread did half the work, 1.00 when it did none (or never got a core: the
+    VM is shared), below 1 when this process itself waited for a core."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - c0) / (time.perf_counter() - w0)
+
+
 #: 2 threads "pay" from the smallest B at which they are at least this much faster
 #: (there and at every larger B measured).
 THREADS_PAY = 1.1
@@ -1309,10 +1319,12 @@ def run_w10(ctx: Context):
                                           "give different bits")
                     lines.append(dict(case=label, B=B, dtype=dtype.name, t1_s=t1, t2_s=t2,
                                       speedup=t1 / t2, bit_identical=True,
-                                      speedup_best=m1["min_s"] / m2["min_s"]))
+                                      speedup_best=m1["min_s"] / m2["min_s"],
+                                      cpu_per_wall_2=cpu_per_wall(two, m2["calls_per_measurement"])))
                     speedups.append(t1 / t2)
                     log(f"  W10 {label} B={B} {dtype.name}: 1 thread {fmt_time(t1)}, "
-                        f"2 threads {fmt_time(t2)}: {t1 / t2:.2f}x")
+                        f"2 threads {fmt_time(t2)}: {t1 / t2:.2f}x (CPU / wall with 2: "
+                        f"{lines[-1]['cpu_per_wall_2']:.2f})")
                 pays = [B for i, B in enumerate(sizes)
                         if all(s >= THREADS_PAY for s in speedups[i:])]
                 crossovers.append(dict(case=label, dtype=dtype.name,
@@ -1511,13 +1523,17 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
         sizes = sorted({t["B"] for t in ts["results"]})
         body = []
         for c in ts["crossover"]:
-            got = {t["B"]: t["speedup"] for t in ts["results"]
-                   if t["case"] == c["case"] and t["dtype"] == c["dtype"]}
+            mine = [t for t in ts["results"]
+                    if t["case"] == c["case"] and t["dtype"] == c["dtype"]]
+            got = {t["B"]: t["speedup"] for t in mine}
+            cpu = mine[-1].get("cpu_per_wall_2") if mine else None
             body.append((c["case"], c["dtype"],
                          *(f"{got[B]:.2f}x" if B in got else "—" for B in sizes),
-                         "none measured" if c["crossover_B"] is None else f"B >= {c['crossover_B']}"))
+                         "none measured" if c["crossover_B"] is None else f"B >= {c['crossover_B']}",
+                         "—" if cpu is None else f"{cpu:.2f}"))
         lines += [markdown_table(("1 -> 2 threads", "dtype", *(f"B={B}" for B in sizes),
-                                  f"threads pay (>= {ts['threshold']}x)"), body), ""]
+                                  f"threads pay (>= {ts['threshold']}x)",
+                                  f"CPU / wall, 2 threads, B={sizes[-1]}"), body), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1792,7 +1808,9 @@ def main(argv=None) -> int:
             report.append(f"W10 {t['case']} B={t['B']} {t['dtype']}: trajloss 1 thread "
                           f"{fmt_time(t['t1_s'])}, 2 threads {fmt_time(t['t2_s'])}: speed-up "
                           f"{t['speedup']:.2f}x, bit-identical: "
-                          f"{'yes' if t['bit_identical'] else 'NO'}")
+                          f"{'yes' if t['bit_identical'] else 'NO'}"
+                          + (f", CPU / wall with 2 threads {t['cpu_per_wall_2']:.2f}"
+                             if "cpu_per_wall_2" in t else ""))
     readme = readme_markdown(ctx.rows, ts)
     report += ["", "### For the README", "", readme.rstrip()]
     report += ["", "Fastest baseline per case:"] + ["- " + s for s in fastest_lines(ctx.rows)]

@@ -192,6 +192,7 @@ def test_thread_scaling_over_b(tiny_run):
     for t in ts["results"]:
         assert t["bit_identical"] is True
         assert t["speedup"] == t["t1_s"] / t["t2_s"] > 0
+        assert 0 < t["cpu_per_wall_2"] < 2.5  # two threads at most (plus timer slack)
     for c in ts["crossover"]:
         speedups = [t["speedup"] for t in ts["results"]
                     if (t["case"], t["dtype"]) == (c["case"], c["dtype"])]
