@@ -148,6 +148,8 @@ static int loss_workers(const tl_dynamics *dyn, ptrdiff_t features, const tl_los
     return useful < (double)workers ? (useful < 1.0 ? 1 : (int)useful) : workers;
 }
 
+static int stage_doubles(const tl_dynamics *dyn, ptrdiff_t T, size_t *count);
+
 /* Lays the scratch of a call out from base (NULL: only sizes it). */
 static tl_loss_work loss_work(const tl_dynamics *dyn, ptrdiff_t features,
                               const tl_loss_spec *spec, void *base)
@@ -163,7 +165,8 @@ static tl_loss_work loss_work(const tl_dynamics *dyn, ptrdiff_t features,
     } else {
         const size_t seq = tl_loss_seq_doubles(dyn->n, dyn->m, T);
         const size_t tile = tl_tile_doubles(dyn->n, dyn->m, T);
-        ok = ok && seq != 0 && tl_add_product(&per, seq > tile ? seq : tile, 1);
+        ok = ok && seq != 0 && tl_add_product(&per, seq > tile ? seq : tile, 1) &&
+             (tile == 0 || stage_doubles(dyn, T, &per));
     }
     w.worker_count = loss_workers(dyn, features, spec);
     w.worker_doubles = per;
@@ -317,6 +320,126 @@ static int rows_read_finite(const tl_dynamics *dyn, ptrdiff_t D, const tl_loss_s
     return 1;
 }
 
+/* ---- the last, partial tile ------------------------------------------------- *
+ * A batch whose size is not a multiple of TL_TILE ends in a partial tile. It
+ * runs through the fast kernel too, so that every sequence of a call is
+ * computed alike (float32 in float32): its rows are copied into a staging
+ * tile of TL_TILE rows whose extra lanes are sequences with no valid step
+ * (length 0: they add nothing), with a copy of the last row's system where
+ * the system is per sample; the gradients are copied back. */
+
+/* Doubles of one field's staged matrices: TL_TILE samples, each its steps
+ * (dyn->steps when it varies in time) of `size` doubles; 0 when shared. */
+static size_t field_stage(const tl_field *f, const tl_dynamics *dyn, size_t size)
+{
+    if (f->data == NULL || f->batch_stride == 0)
+        return 0;
+    return TL_TILE * size * (f->step_stride != 0 ? (size_t)dyn->steps : 1);
+}
+
+/* Adds the staging area's doubles to *count: controls, ref controls and
+ * their gradient (T m each), ref states ((T+1) n), x0, target and its
+ * gradient (n each), lengths and mask (T + 1), a tile each, and the
+ * per-sample fields. */
+static int stage_doubles(const tl_dynamics *dyn, ptrdiff_t T, size_t *count)
+{
+    const size_t n = (size_t)dyn->n, m = (size_t)dyn->m, S = (size_t)T;
+    return tl_add_product(count, TL_TILE, 3 * S * m) &&
+           tl_add_product(count, TL_TILE, (S + 1) * n + 3 * n + S + 1) &&
+           tl_add_product(count, 1, field_stage(&dyn->A, dyn, n * n)) &&
+           tl_add_product(count, 1, field_stage(&dyn->B, dyn, n * m)) &&
+           tl_add_product(count, 1, field_stage(&dyn->c, dyn, n));
+}
+
+/* Rows b0 .. b0 + rows - 1 of a batch array of `row` elements a sequence,
+ * into a staging tile (zeros after them); NULL stays NULL. */
+static void *stage_rows(tl_dtype dt, const void *src, ptrdiff_t row, ptrdiff_t b0,
+                        ptrdiff_t rows, double **at)
+{
+    if (src == NULL)
+        return NULL;
+    void *dst = *at;
+    const size_t es = elem_size(dt);
+    memset(dst, 0, (size_t)(TL_TILE * row) * es);
+    memcpy(dst, elem_at(dt, src, b0 * row), (size_t)(rows * row) * es);
+    *at += TL_TILE * row; /* a double a slot, whatever the dtype */
+    return dst;
+}
+
+/* A per-sample field's TL_TILE samples from b0 (the last row repeated),
+ * sample-major and dense whatever the field's own strides. */
+static tl_field stage_field(const tl_field *f, const tl_dynamics *dyn, ptrdiff_t size,
+                            ptrdiff_t b0, ptrdiff_t rows, double **at)
+{
+    if (f->data == NULL || f->batch_stride == 0)
+        return *f;
+    const ptrdiff_t steps = f->step_stride != 0 ? dyn->steps : 1;
+    tl_field g = {*at, steps * size, f->step_stride != 0 ? size : 0};
+    for (ptrdiff_t l = 0; l < TL_TILE; l++)
+        for (ptrdiff_t k = 0; k < steps; k++)
+            memcpy(*at + l * g.batch_stride + k * size,
+                   tl_field_at(f, b0 + (l < rows ? l : rows - 1), k), (size_t)size * sizeof(double));
+    *at += TL_TILE * g.batch_stride;
+    return g;
+}
+
+static void partial_tile(const tl_loss_ctx *c, tl_tile_fn fast, ptrdiff_t b0, ptrdiff_t rows,
+                         double sums[3], double *work, double *stage)
+{
+    const tl_loss_io *io = c->io;
+    const tl_dtype dt = io->dtype;
+    const tl_selection *sel = &c->spec->sel;
+    const ptrdiff_t T = c->T, n = c->n, m = c->m;
+    double *at = stage;
+    tl_loss_io sio = *io;
+    sio.controls = stage_rows(dt, io->controls, T * m, b0, rows, &at);
+    sio.ref_controls = stage_rows(dt, io->ref_controls, T * m, b0, rows, &at);
+    sio.ref_states = stage_rows(dt, io->ref_states, (T + 1) * n, b0, rows, &at);
+    sio.x0 = stage_rows(dt, io->x0, n, b0, rows, &at);
+    sio.target = stage_rows(dt, io->target, n, b0, rows, &at);
+    sio.grad_controls = io->grad_controls != NULL ? at : NULL;
+    at += TL_TILE * T * m;
+    sio.grad_x0 = io->grad_x0 != NULL ? at : NULL;
+    at += TL_TILE * n;
+    /* the selection: each row's own, and no valid step in the extra lanes */
+    tl_loss_spec spec = *c->spec;
+    int64_t *lengths = (int64_t *)at;
+    unsigned char *mask = (unsigned char *)(at + TL_TILE);
+    spec.sel.batch = TL_TILE;
+    spec.sel.lengths = NULL;
+    spec.sel.mask = NULL;
+    if (sel->mask != NULL) {
+        memset(mask, 0, (size_t)(TL_TILE * T));
+        memcpy(mask, sel->mask + b0 * T, (size_t)(rows * T));
+        spec.sel.mask = mask;
+    } else {
+        for (ptrdiff_t l = 0; l < TL_TILE; l++)
+            lengths[l] = l >= rows ? 0 : sel->lengths != NULL ? sel->lengths[b0 + l] : T;
+        spec.sel.lengths = lengths;
+    }
+    at += TL_TILE * (T + 1);
+    tl_dynamics dyn = *c->dyn;
+    dyn.A = stage_field(&c->dyn->A, c->dyn, n * n, b0, rows, &at);
+    dyn.B = stage_field(&c->dyn->B, c->dyn, n * m, b0, rows, &at);
+    dyn.c = stage_field(&c->dyn->c, c->dyn, n, b0, rows, &at);
+    if (dyn.batch != 0)
+        dyn.batch = TL_TILE;
+
+    tl_loss_ctx sc = *c;
+    sc.dyn = &dyn;
+    sc.spec = &spec;
+    sc.io = &sio;
+    sc.B = TL_TILE;
+    sc.uniform = 0;
+    fast(&sc, 0, TL_TILE, sums, work);
+    const size_t es = elem_size(dt);
+    if (io->grad_controls != NULL)
+        memcpy((char *)io->grad_controls + (size_t)(b0 * T * m) * es, sio.grad_controls,
+               (size_t)(rows * T * m) * es);
+    if (io->grad_x0 != NULL)
+        memcpy((char *)io->grad_x0 + (size_t)(b0 * n) * es, sio.grad_x0, (size_t)(rows * n) * es);
+}
+
 /* ---- the reference kernel of the rollout losses ---------------------------- */
 
 size_t tl_loss_seq_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T)
@@ -429,6 +552,7 @@ typedef struct {
     const tl_loss_ctx *c;
     const tl_loss_work *w;
     tl_tile_fn fast;
+    size_t stage_doubles; /* at the end of each worker's scratch */
 } tl_rl_job;
 
 /* Are rows b0 .. b1 - 1 of the gradients finite? */
@@ -459,8 +583,12 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
             job->fast(c, b, tiled, sums, work);
             b += tiled;
         }
-        for (; b < end; b++)
-            tl_loss_seq(c, b, sums, work);
+        if (job->fast != NULL && b < end)
+            partial_tile(c, job->fast, b, end - b, sums, work,
+                         work + job->w->worker_doubles - job->stage_doubles);
+        else
+            for (; b < end; b++)
+                tl_loss_seq(c, b, sums, work);
         double *part = job->w->partials + P_COUNT * chunk;
         part[P_CONTROL] = sums[0];
         part[P_TRAJECTORY] = sums[1];
@@ -520,7 +648,9 @@ tl_status tl_rollout_loss(const tl_dynamics *dyn, const tl_loss_spec *spec,
          (terms & TL_TERM_TRAJECTORY) ? spec->trajectory_weight / (N.trajectory * (double)n) : 0.0,
          (terms & TL_TERM_TERMINAL) ? spec->terminal_weight / (N.terminal * (double)n) : 0.0},
         w.powers};
-    const tl_rl_job job = {&c, &w, spec->kernel == TL_KERNEL_AUTO ? tl_tile_kernel(&c) : NULL};
+    tl_rl_job job = {&c, &w, spec->kernel == TL_KERNEL_AUTO ? tl_tile_kernel(&c) : NULL, 0};
+    if (job.fast != NULL)
+        stage_doubles(dyn, T, &job.stage_doubles);
     tl_parallel_ranges(spec->pool, w.worker_count, chunks, rl_range, (void *)&job);
 
     value->control = (terms & TL_TERM_CONTROL)
