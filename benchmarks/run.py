@@ -1477,6 +1477,16 @@ def yes_no(met) -> str:
     return "not measured" if met is None else "yes" if met else "NO"
 
 
+def crossover_cell(crossover_B, cpu) -> str:
+    """Where 2 threads pay -- unless the second thread did no work at the largest
+    B (CPU / wall < 1.2): then the row says nothing about the engine's threads."""
+    if crossover_B is not None:
+        return f"B >= {crossover_B}"
+    if cpu is not None and cpu < 1.2:
+        return "inconclusive: the 2nd thread did no work (no free core?)"
+    return "none measured"
+
+
 def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
     """The tables for the README: speed-ups against PyTorch eager at its best,
     shared vs per-sample, and where threads pay."""
@@ -1529,7 +1539,7 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
             cpu = mine[-1].get("cpu_per_wall_2") if mine else None
             body.append((c["case"], c["dtype"],
                          *(f"{got[B]:.2f}x" if B in got else "—" for B in sizes),
-                         "none measured" if c["crossover_B"] is None else f"B >= {c['crossover_B']}",
+                         crossover_cell(c["crossover_B"], cpu),
                          "—" if cpu is None else f"{cpu:.2f}"))
         lines += [markdown_table(("1 -> 2 threads", "dtype", *(f"B={B}" for B in sizes),
                                   f"threads pay (>= {ts['threshold']}x)",
