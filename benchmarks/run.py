@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick    # 3 measurements per point, same sizes
     python benchmarks/run.py --tiny     # smoke test: tiny sizes, well under a minute
     python benchmarks/run.py --only W1,W3 --out /tmp/x.json --plot --threads 2
+    python benchmarks/run.py --markdown tables.md   # the README tables, also to a file
+    python benchmarks/run.py --render results.json  # the README tables of a saved run
 
 Workloads (see benchmarks/README.md):
 
@@ -15,6 +17,11 @@ W3  seed 004: time-weighted control_loss only, discount 0.375, D = 6, T = 100, B
 W4  min_energy(method="exact") for 10**6 double-integrator samples, T = 15
 W5  per-call overhead at B = 1 (combined_loss of W1 and a minimal control_loss)
 W6  the memory floor of W1 at B = 262144: one copy of the bytes W1 reads + writes
+W7  combined_loss value + gradient, random stable systems, (n, m, T) in
+    {(5, 2, 50), (12, 4, 50), (24, 6, 100)}, B = 1024, float64 and float32
+W8  as W7 at (12, 4, 50) with one system per sample (B, n, n) and per step (T, n, n)
+W9  trajloss vs trajloss: a shared system vs the same matrices per sample / per step
+W10 trajloss with 1 vs 2 threads over B in {64, ..., 16384}: where threads pay
 
 Every baseline computes exactly trajloss's definition (losses.py module
 docstring) and is checked against trajloss -- value and every gradient, relative
@@ -182,6 +189,11 @@ class LossProblem:
     def combined(self) -> bool:
         return self.kind == "combined"
 
+    @property
+    def form(self) -> Optional[str]:
+        """The system's form (:func:`system_form`), None for ``control_loss``."""
+        return system_form(self.system) if self.combined else None
+
     def label(self) -> str:
         dims = f"n={self.system.n} m={self.system.m}" if self.combined else f"D={self.U.shape[2]}"
         return f"B={self.B} T={self.T} {dims}"
@@ -193,8 +205,9 @@ class LossProblem:
     def head(self, B: int) -> "LossProblem":
         """The first B sequences."""
         take = lambda a: None if a is None else np.ascontiguousarray(a[:B])  # noqa: E731
+        system = self.system.head(B) if isinstance(self.system, Dynamics) else self.system
         return replace(self, U=take(self.U), RU=take(self.RU), x0=take(self.x0),
-                       RX=take(self.RX), lengths=take(self.lengths))
+                       RX=take(self.RX), lengths=take(self.lengths), system=system)
 
     def arrays(self):
         """``(U, x0, RU, RX, L, Lf)``: Lf are the lengths in the problem's dtype."""
@@ -202,18 +215,106 @@ class LossProblem:
         return self.U, self.x0, self.RU, self.RX, self.lengths, Lf
 
 
+@dataclass(frozen=True)
+class Dynamics:
+    """Linear dynamics ``x_{k+1} = A_k x_k + B_k u_k`` given as arrays, whatever
+    trajloss accepts: ``form="shared"`` Ad (n, n), Bd (n, m); ``"per_sample"``
+    Ad (B, n, n), Bd (B, n, m) (sample b's own system); ``"time_varying"``
+    Ad (T, n, n), Bd (T, n, m) (step k's A_k, B_k, the same for every sample).
+
+    The baselines read only these arrays; :func:`trajloss_system` makes the
+    trajloss system from them (``Unavailable`` when this build lacks the form).
+    """
+
+    form: str
+    Ad: np.ndarray
+    Bd: np.ndarray
+    dt: Optional[float] = None
+
+    n = property(lambda self: self.Ad.shape[-1])
+    m = property(lambda self: self.Bd.shape[-1])
+
+    def head(self, B: int) -> "Dynamics":
+        if self.form != "per_sample":
+            return self
+        return replace(self, Ad=np.ascontiguousarray(self.Ad[:B]),
+                       Bd=np.ascontiguousarray(self.Bd[:B]))
+
+    def label(self) -> str:
+        return {"shared": "", "per_sample": "per-sample ",
+                "time_varying": "time-varying "}[self.form]
+
+
+def system_form(system) -> str:
+    """``"shared"``, ``"per_sample"`` or ``"time_varying"`` for a :class:`Dynamics`
+    or a trajloss system (``steps`` / ``batch`` set on the new system classes)."""
+    if isinstance(system, Dynamics):
+        return system.form
+    if getattr(system, "steps", None) is not None:
+        return "time_varying"
+    return "per_sample" if getattr(system, "batch", None) is not None else "shared"
+
+
+def trajloss_system(system):
+    """The trajloss system for ``system`` (a trajloss system is returned as is).
+
+    Raises ``Unavailable`` when this trajloss build does not take the form
+    (no ``TimeVaryingSystem``; ``LinearSystem`` refusing (B, n, n) matrices),
+    or silently took it as another form.
+    """
+    if not isinstance(system, Dynamics):
+        return system
+    cls_name = "TimeVaryingSystem" if system.form == "time_varying" else "LinearSystem"
+    cls = getattr(trajloss, cls_name, None)
+    what = system.form.replace("_", "-")
+    if cls is None:
+        raise Unavailable(f"this trajloss build has no {cls_name} ({what} systems)")
+    try:
+        made = cls(system.Ad, system.Bd, dt=system.dt)
+    except (TypeError, ValueError) as exc:
+        raise Unavailable(f"this trajloss build does not take {what} systems: "
+                          f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if system_form(made) != system.form:
+        raise Unavailable(f"this trajloss build made a {system_form(made)} system of "
+                          f"{what} matrices")
+    return made
+
+
+def random_stable(rng, n: int, m: int, lead=(), radius=(0.9, 0.99)):
+    """Random discrete systems ``Ad (*lead, n, n)`` with spectral radius drawn
+    from ``radius`` and ``Bd (*lead, n, m)``, entries of order 1/sqrt(n)."""
+    Ad = rng.normal(size=(*lead, n, n)) / math.sqrt(n)
+    rho = np.abs(np.linalg.eigvals(Ad)).max(axis=-1)
+    Ad *= (rng.uniform(*radius, size=rho.shape) / rho)[..., None, None]
+    return Ad, rng.normal(size=(*lead, n, m)) / math.sqrt(m)
+
+
+def step_matrices(Ad: np.ndarray, Bd: np.ndarray, T: int):
+    """``(A_k, B_k)`` for k = 0 … T−1 of a shared or time-varying system."""
+    if Ad.ndim == 2:
+        return [Ad] * T, [Bd] * T
+    return list(Ad), list(Bd)
+
+
 def transition_matrices(Ad: np.ndarray, Bd: np.ndarray, T: int):
-    """Φ (T·n, n) with block k = Ad^{k+1}, and Γ (T·n, T·m), block (k, j) = Ad^{k−j} Bd
-    for j ≤ k: the states X[:, 1:] flattened are ``x0 Φᵀ + U_flat Γᵀ``."""
-    n, m = Bd.shape
-    powers = [np.eye(n)]
-    for _ in range(T):
-        powers.append(Ad @ powers[-1])
-    Phi = np.vstack(powers[1:])
-    Gam = np.zeros((T * n, T * m))
+    """Φ (T·n, n) with block k = A_k ⋯ A_0, and Γ (T·n, T·m), block (k, j) =
+    A_k ⋯ A_{j+1} B_j for j ≤ k: the states X[:, 1:] flattened are
+    ``x0 Φᵀ + U_flat Γᵀ``. Shared (Ad (n, n): blocks Ad^{k+1} and Ad^{k−j} Bd)
+    or time-varying (Ad (T, n, n)) systems."""
+    As, Bs = step_matrices(Ad, Bd, T)
+    n, m = Bs[0].shape
+    Phi = np.zeros((T * n, n))
+    P = np.eye(n)
     for k in range(T):
-        for j in range(k + 1):
-            Gam[k * n:(k + 1) * n, j * m:(j + 1) * m] = powers[k - j] @ Bd
+        P = As[k] @ P
+        Phi[k * n:(k + 1) * n] = P
+    Gam = np.zeros((T * n, T * m))
+    for j in range(T):
+        G = Bs[j]
+        for k in range(j, T):
+            Gam[k * n:(k + 1) * n, j * m:(j + 1) * m] = G
+            if k + 1 < T:
+                G = As[k + 1] @ G
     return Phi, Gam
 
 
@@ -234,8 +335,10 @@ def loss_constants(p: LossProblem) -> dict:
     out = {}
     if p.combined:
         Ad, Bd = np.asarray(p.system.Ad), np.asarray(p.system.Bd)
-        Phi, Gam = transition_matrices(Ad, Bd, T)
-        out.update(AdT=Ad.T, BdT=Bd.T, Ad=Ad, Bd=Bd, Phi=Phi, Gam=Gam, PhiT=Phi.T, GamT=Gam.T)
+        out.update(Ad=Ad, Bd=Bd, AdT=np.swapaxes(Ad, -1, -2), BdT=np.swapaxes(Bd, -1, -2))
+        if p.form != "per_sample":  # per sample, Γ would be (B, T·n, T·m): 1 GB at (12, 4, 50)
+            Phi, Gam = transition_matrices(Ad, Bd, T)
+            out.update(Phi=Phi, Gam=Gam, PhiT=Phi.T, GamT=Gam.T)
     pw = np.ones(T) if p.discount is None else float(p.discount) ** np.arange(T, dtype=float)
     if p.lengths is None:
         N = p.B * T
@@ -286,12 +389,22 @@ def weighted_sum_sq(w, r):
     return w * (r * r).sum() if w.ndim == 0 else (w[..., None] * (r * r)).sum()
 
 
-def loss_value(c, rollout, U, x0, RU, RX, L, Lf):
-    """The loss as a differentiable expression (PyTorch and JAX baselines)."""
+def framework_inputs(p: LossProblem):
+    """``(U, x0, RU, RX1, L, Lf)`` for the PyTorch and JAX baselines: RX1 =
+    ``RX[:, 1:]``, the states the trajectory term scores, sliced once outside
+    the timed call (a contiguous operand is ~10 % faster in PyTorch at W1)."""
+    U, x0, RU, RX, L, Lf = p.arrays()
+    RX1 = None if RX is None else np.ascontiguousarray(RX[:, 1:])
+    return U, x0, RU, RX1, L, Lf
+
+
+def loss_value(c, rollout, U, x0, RU, RX1, L, Lf):
+    """The loss as a differentiable expression (PyTorch and JAX baselines);
+    ``RX1 = RX[:, 1:]``."""
     cw, sw = step_weights(c, L, Lf)
     value = weighted_sum_sq(cw, U - RU)
     if rollout is not None:
-        value = value + weighted_sum_sq(sw, rollout(U, x0) - RX[:, 1:])
+        value = value + weighted_sum_sq(sw, rollout(U, x0) - RX1)
     return value
 
 
@@ -314,7 +427,8 @@ def setup_trajloss(p: LossProblem) -> Callable:
     """trajloss's public NumPy API: ``combined_loss`` or ``control_loss``."""
     U, x0, RU, RX, L, _ = p.arrays()
     if p.combined:
-        system, w, tw, d = p.system, p.weight, p.terminal_weight, p.discount
+        system = trajloss_system(p.system)  # made once, as a user makes it
+        w, tw, d = p.weight, p.terminal_weight, p.discount
         # Written as a user writes the call: keywords spelled out, the unused
         # ones left out. A **kw dict of four (two of them None) cost 0.4-0.5 us
         # a call at B = 1 on the caller's side, in the closure, not in trajloss.
@@ -334,7 +448,22 @@ def setup_trajloss(p: LossProblem) -> Callable:
     return call
 
 
-def numpy_dynamics(c, form: str):
+def numpy_maps(c, sform: str):
+    """``(A, Bu, At, Bt)``: ``x ↦ A_k x``, ``u ↦ B_k u``, ``λ ↦ A_kᵀ λ``, ``λ ↦ B_kᵀ λ``
+    on row-vector batches (B, ·), for each system form."""
+    if sform == "shared":
+        return (lambda x, k: x @ c.AdT, lambda u, k: u @ c.BdT,
+                lambda g, k: g @ c.Ad, lambda g, k: g @ c.Bd)
+    if sform == "time_varying":
+        return (lambda x, k: x @ c.AdT[k], lambda u, k: u @ c.BdT[k],
+                lambda g, k: g @ c.Ad[k], lambda g, k: g @ c.Bd[k])
+
+    def per_sample(M):  # row b times M[b]: (B, 1, ·) @ (B, ·, ·)
+        return lambda v, k: np.matmul(v[:, None, :], M)[:, 0]
+    return per_sample(c.AdT), per_sample(c.BdT), per_sample(c.Ad), per_sample(c.Bd)
+
+
+def numpy_dynamics(c, form: str, sform: str = "shared"):
     """``(rollout, adjoint)`` in NumPy.
 
     ``rollout(U, x0)`` gives ``X[:, 1:]``; ``adjoint(G)`` the gradients
@@ -353,24 +482,26 @@ def numpy_dynamics(c, form: str):
             return (G @ c.Gam).reshape(B, T, -1), G @ c.Phi
         return rollout, adjoint
 
-    def rollout(U, x0):  # form == "loop": x_{k+1} = x_k Adᵀ + u_k Bdᵀ
+    A, Bu, At, Bt = numpy_maps(c, sform)
+
+    def rollout(U, x0):  # form == "loop": x_{k+1} = A_k x_k + B_k u_k
         B, T = U.shape[0], U.shape[1]
         X = np.empty((B, T, x0.shape[1]), x0.dtype)
         x = x0
         for k in range(T):
-            x = x @ c.AdT
-            x += U[:, k] @ c.BdT
+            x = A(x, k)
+            x += Bu(U[:, k], k)
             X[:, k] = x
         return X
 
-    def adjoint(G):  # λ ← λ + G_k;  ∂/∂u_k = λ Bd;  λ ← λ Ad
+    def adjoint(G):  # λ ← λ + G_k;  ∂/∂u_k = B_kᵀ λ;  λ ← A_kᵀ λ
         B, T = G.shape[0], G.shape[1]
-        gU = np.empty((B, T, c.Bd.shape[1]), G.dtype)
+        gU = np.empty((B, T, c.Bd.shape[-1]), G.dtype)
         lam = np.zeros((B, G.shape[2]), G.dtype)
         for k in range(T - 1, -1, -1):
             lam += G[:, k]
-            gU[:, k] = lam @ c.Bd
-            lam = lam @ c.Ad
+            gU[:, k] = Bt(lam, k)
+            lam = At(lam, k)
         return gU, lam
     return rollout, adjoint
 
@@ -384,7 +515,7 @@ def setup_numpy(p: LossProblem, form: Optional[str]) -> Callable:
     c = SimpleNamespace(**loss_constants(p))
     U, x0, RU, RX, L, Lf = p.arrays()
     RX1 = RX[:, 1:] if p.combined else None
-    rollout, adjoint = numpy_dynamics(c, form) if p.combined else (None, None)
+    rollout, adjoint = numpy_dynamics(c, form, p.form) if p.combined else (None, None)
 
     def call():
         cw, sw = step_weights(c, L, Lf)
@@ -405,18 +536,92 @@ def setup_numpy(p: LossProblem, form: Optional[str]) -> Callable:
     return call
 
 
-def torch_dynamics(c, form: str):
-    """The rollout in PyTorch: matrix form or a Python step loop."""
-    if form == "matrix":
-        return matrix_rollout(c)
-    torch = framework("torch")
+def torch_dynamics(c, form: str, sform: str = "shared"):
+    """The rollout ``X[:, 1:]`` in PyTorch, differentiated by autograd.
 
-    def rollout(U, x0):
-        x, xs = x0, []
-        for k in range(U.shape[1]):
-            x = x @ c.AdT + U[:, k] @ c.BdT
-            xs.append(x)
-        return torch.stack(xs, 1)
+    ``"matrix"``: ``x0 Φᵀ + U_flat Γᵀ`` (shared and time-varying systems).
+    ``"loop"``: a Python loop over ``U.unbind(1)``, per step
+    ``x ← x A_kᵀ + u_k B_kᵀ`` (``bmm`` per sample). ``"loop-addmm"``: all the
+    input terms ``B_k u_k`` in one batched matmul first, then one ``addmm``
+    (``baddbmm`` per sample) per step. ``"loop-bcast"`` (per sample only): as
+    ``"loop-addmm"`` but ``A_b x_b`` as a broadcast product summed over its
+    columns, which beats ``baddbmm``'s B tiny products in float64 here.
+
+    Slicing ``U[:, k]`` instead of ``unbind`` is slower: the backward of each
+    slice writes a zero tensor of U's full size.
+    """
+    torch = framework("torch")
+    if form == "matrix":
+        if sform == "per_sample":
+            raise ValueError("no matrix form for per-sample systems")
+        PhiT, GamT = c.PhiT, c.GamT
+
+        def rollout(U, x0):  # one addmm: ~15 % faster than matmul + add at W1
+            B, T = U.shape[0], U.shape[1]
+            return torch.addmm(x0 @ PhiT, U.reshape(B, -1), GamT).reshape(B, T, -1)
+        return rollout
+    if form == "loop-bcast":
+        if sform != "per_sample":
+            raise ValueError("the broadcast loop is for per-sample systems")
+        Ad, BdT = c.Ad, c.BdT
+
+        def rollout(U, x0):  # x_{k+1}[b, i] = Σ_j Ad[b, i, j] x_k[b, j] + (B_b u_k)[i]
+            x, xs = x0, []
+            for bu in torch.bmm(U, BdT).unbind(1):
+                x = (Ad * x.unsqueeze(1)).sum(2) + bu
+                xs.append(x)
+            return torch.stack(xs, 1)
+        return rollout
+    if sform == "shared":
+        AdT, BdT = c.AdT, c.BdT
+        if form == "loop":
+            def rollout(U, x0):
+                x, xs = x0, []
+                for u in U.unbind(1):
+                    x = x @ AdT + u @ BdT
+                    xs.append(x)
+                return torch.stack(xs, 1)
+        else:
+            def rollout(U, x0):
+                x, xs = x0, []
+                for bu in (U @ BdT).unbind(1):
+                    x = torch.addmm(bu, x, AdT)
+                    xs.append(x)
+                return torch.stack(xs, 1)
+    elif sform == "time_varying":
+        AdT, BdT = c.AdT.unbind(0), c.BdT.unbind(0)  # once, outside the timed call
+        if form == "loop":
+            def rollout(U, x0):
+                x, xs = x0, []
+                for a, b, u in zip(AdT, BdT, U.unbind(1)):
+                    x = x @ a + u @ b
+                    xs.append(x)
+                return torch.stack(xs, 1)
+        else:
+            BdT_all = c.BdT
+
+            def rollout(U, x0):  # (T, B, m) @ (T, m, n): every B_k u_k at once
+                x, xs = x0, []
+                for a, bu in zip(AdT, torch.bmm(U.transpose(0, 1), BdT_all).unbind(0)):
+                    x = torch.addmm(bu, x, a)
+                    xs.append(x)
+                return torch.stack(xs, 1)
+    else:  # per sample: states kept as (B, 1, n) rows for bmm
+        AdT, BdT = c.AdT, c.BdT
+        if form == "loop":
+            def rollout(U, x0):
+                x, xs = x0.unsqueeze(1), []
+                for u in U.unsqueeze(2).unbind(1):
+                    x = torch.bmm(x, AdT) + torch.bmm(u, BdT)
+                    xs.append(x)
+                return torch.cat(xs, 1)
+        else:
+            def rollout(U, x0):
+                x, xs = x0.unsqueeze(1), []
+                for bu in torch.bmm(U, BdT).unsqueeze(2).unbind(1):
+                    x = torch.baddbmm(bu, x, AdT)
+                    xs.append(x)
+                return torch.cat(xs, 1)
     return rollout
 
 
@@ -425,12 +630,13 @@ def setup_torch(p: LossProblem, form: Optional[str], compiled: Optional[str] = N
     of the forward (AOTAutograd compiles the backward); gradients by ``torch.autograd.grad``."""
     torch = framework("torch")
     c = SimpleNamespace(**{k: torch.from_numpy(v) for k, v in loss_constants(p).items()})
-    U, x0, RU, RX, L, Lf = (None if a is None else torch.from_numpy(a) for a in p.arrays())
+    U, x0, RU, RX1, L, Lf = (None if a is None else torch.from_numpy(a)
+                             for a in framework_inputs(p))
     leaves = (U.requires_grad_(),) + ((x0.requires_grad_(),) if p.combined else ())
-    rollout = torch_dynamics(c, form) if p.combined else None
+    rollout = torch_dynamics(c, form, p.form) if p.combined else None
 
-    def value_fn(U, x0, RU, RX, L, Lf):
-        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+    def value_fn(U, x0, RU, RX1, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX1, L, Lf)
 
     if compiled:
         if not hasattr(torch, "compile"):
@@ -439,24 +645,39 @@ def setup_torch(p: LossProblem, form: Optional[str], compiled: Optional[str] = N
         value_fn = torch.compile(value_fn, dynamic=False, backend=compiled)
 
     def call():
-        v = value_fn(U, x0, RU, RX, L, Lf)
+        v = value_fn(U, x0, RU, RX1, L, Lf)
         g = torch.autograd.grad(v, leaves)
         return v, g[0], (g[1] if len(g) > 1 else None)
     return call
 
 
-def jax_dynamics(c, form: str):
-    """The rollout in JAX: matrix form or ``lax.scan``."""
+def jax_dynamics(c, form: str, sform: str = "shared"):
+    """The rollout in JAX: matrix form or ``lax.scan`` (per step ``x A_kᵀ + u_k B_kᵀ``;
+    a time-varying system scans over its matrices too, a per-sample one multiplies
+    by sample)."""
     if form == "matrix":
         return matrix_rollout(c)
     jax = framework("jax")
     jnp = jax.numpy
 
     def rollout(U, x0):
-        def step(x, u):
-            x = x @ c.AdT + u @ c.BdT
-            return x, x
-        _, xs = jax.lax.scan(step, x0, jnp.swapaxes(U, 0, 1))
+        if sform == "time_varying":
+            def step(x, abu):
+                a, b, u = abu
+                x = x @ a + u @ b
+                return x, x
+            xs_in = (c.AdT, c.BdT, jnp.swapaxes(U, 0, 1))
+        elif sform == "per_sample":
+            def step(x, u):
+                x = jnp.einsum("bi,bij->bj", x, c.AdT) + jnp.einsum("bi,bij->bj", u, c.BdT)
+                return x, x
+            xs_in = jnp.swapaxes(U, 0, 1)
+        else:
+            def step(x, u):
+                x = x @ c.AdT + u @ c.BdT
+                return x, x
+            xs_in = jnp.swapaxes(U, 0, 1)
+        _, xs = jax.lax.scan(step, x0, xs_in)
         return jnp.swapaxes(xs, 0, 1)
     return rollout
 
@@ -465,11 +686,11 @@ def setup_jax(p: LossProblem, form: Optional[str]) -> Callable:
     """``jax.jit(jax.value_and_grad(loss, argnums=(controls, x0)))``."""
     jax = framework("jax")
     c = SimpleNamespace(**{k: jax.numpy.asarray(v) for k, v in loss_constants(p).items()})
-    args = tuple(None if a is None else jax.device_put(a) for a in p.arrays())
-    rollout = jax_dynamics(c, form) if p.combined else None
+    args = tuple(None if a is None else jax.device_put(a) for a in framework_inputs(p))
+    rollout = jax_dynamics(c, form, p.form) if p.combined else None
 
-    def value_fn(U, x0, RU, RX, L, Lf):
-        return loss_value(c, rollout, U, x0, RU, RX, L, Lf)
+    def value_fn(U, x0, RU, RX1, L, Lf):
+        return loss_value(c, rollout, U, x0, RU, RX1, L, Lf)
 
     step = jax.jit(jax.value_and_grad(value_fn, argnums=(0, 1) if p.combined else 0))
 
@@ -488,16 +709,25 @@ class Impl:
     setup: Callable
 
 
-COMBINED_IMPLS = (
-    Impl("numpy-matrix", "numpy", lambda p, mode: setup_numpy(p, "matrix")),
-    Impl("numpy-loop", "numpy", lambda p, mode: setup_numpy(p, "loop")),
-    Impl("torch-loop", "torch", lambda p, mode: setup_torch(p, "loop")),
-    Impl("torch-matrix", "torch", lambda p, mode: setup_torch(p, "matrix")),
-    Impl("torch.compile-matrix", "torch",
-         lambda p, mode: setup_torch(p, "matrix", compiled=mode.compile_backend)),
-    Impl("jax-scan", "jax", lambda p, mode: setup_jax(p, "loop")),
-    Impl("jax-matrix", "jax", lambda p, mode: setup_jax(p, "matrix")),
-)
+# family "torch" = PyTorch eager: the issue's speed targets compare with its fastest form
+NUMPY_MATRIX = Impl("numpy-matrix", "numpy", lambda p, mode: setup_numpy(p, "matrix"))
+NUMPY_LOOP = Impl("numpy-loop", "numpy", lambda p, mode: setup_numpy(p, "loop"))
+TORCH_LOOP = Impl("torch-loop", "torch", lambda p, mode: setup_torch(p, "loop"))
+TORCH_ADDMM = Impl("torch-loop-addmm", "torch", lambda p, mode: setup_torch(p, "loop-addmm"))
+TORCH_MATRIX = Impl("torch-matrix", "torch", lambda p, mode: setup_torch(p, "matrix"))
+TORCH_COMPILE = Impl("torch.compile-matrix", "torch.compile",
+                     lambda p, mode: setup_torch(p, "matrix", compiled=mode.compile_backend))
+JAX_SCAN = Impl("jax-scan", "jax", lambda p, mode: setup_jax(p, "loop"))
+JAX_MATRIX = Impl("jax-matrix", "jax", lambda p, mode: setup_jax(p, "matrix"))
+
+COMBINED_IMPLS = (NUMPY_MATRIX, NUMPY_LOOP, TORCH_LOOP, TORCH_ADDMM, TORCH_MATRIX, TORCH_COMPILE,
+                  JAX_SCAN, JAX_MATRIX)
+#: W7 (general sizes): PyTorch eager in its three forms, JAX's scan.
+GENERAL_IMPLS = (TORCH_LOOP, TORCH_ADDMM, TORCH_MATRIX, JAX_SCAN)
+#: W8: no matrix form per sample (Γ per sample would be B·T·n·T·m numbers).
+TORCH_BCAST = Impl("torch-loop-bcast", "torch", lambda p, mode: setup_torch(p, "loop-bcast"))
+FORM_IMPLS = {"per_sample": (NUMPY_LOOP, TORCH_LOOP, TORCH_ADDMM, TORCH_BCAST, JAX_SCAN),
+              "time_varying": (NUMPY_LOOP, TORCH_LOOP, TORCH_ADDMM, TORCH_MATRIX, JAX_SCAN)}
 CONTROL_IMPLS = (
     Impl("numpy", "numpy", lambda p, mode: setup_numpy(p, None)),
     Impl("torch-eager", "torch", lambda p, mode: setup_torch(p, None)),
@@ -613,6 +843,10 @@ class Mode:
     w4_samples: int
     w6_B: int
     compile_backend: str = "inductor"  # torch.compile backend
+    general: tuple = ((5, 2, 50), (12, 4, 50), (24, 6, 100))  # W7 (n, m, T)
+    general_B: int = 1024                                      # W7, W8, W9 batch
+    forms_size: tuple = (12, 4, 50)                            # W8, W9 (n, m, T)
+    thread_B: tuple = (64, 256, 1024, 4096, 16384)             # W10
 
 
 MODES = {
@@ -622,8 +856,9 @@ MODES = {
                   (4096, 100), (1024, 100), 10**6, 262144),
     # Inductor's C++ code generation takes seconds per graph: too slow for a smoke test.
     # aot_eager still exercises Dynamo capture and AOTAutograd of the same function.
-    "tiny": Mode("tiny", 3, 0.002, 2, 1.0, None, (1, 8), (8, 10), (8, 10), 100, 8,
-                 compile_backend="aot_eager"),
+    "tiny": Mode("tiny", 3, 0.002, 2, 1.0, None, (1, 64), (8, 10), (8, 10), 100, 8,
+                 compile_backend="aot_eager", general=((3, 2, 6), (4, 1, 5)), general_B=8,
+                 forms_size=(3, 2, 6), thread_B=(8, 16)),
 }
 
 
@@ -717,8 +952,11 @@ class Context:
             log("note: " + msg)
 
     def run_case(self, workload: str, case: str, dtype, setup_ref: Callable, impls,
-                 problem, outputs, extra_row=None) -> list:
-        """Check every implementation against trajloss, then time each one."""
+                 problem, outputs, extra_row=None, ref_name: str = "trajloss",
+                 missing: Optional[dict] = None) -> list:
+        """Check every implementation against the reference (trajloss; ``ref_name``
+        names another when this build cannot run the case), then time each one.
+        ``missing``: ``{implementation: reason}`` reported as skipped rows."""
         dtype = np.dtype(dtype)
         rtol = RTOL[dtype]
         title = f"{workload} {case} {dtype.name}"
@@ -730,8 +968,10 @@ class Context:
         for name, a in zip(outputs, ref):
             if a is not None and not np.all(np.isfinite(to_numpy(a))):
                 raise CheckFailed(f"{title}: trajloss {name} is not finite")
-        contestants = [("trajloss", "trajloss", ref_fn, first, 0.0)]
-        rows = []
+        contestants = [(ref_name, "trajloss" if ref_name == "trajloss" else "reference",
+                        ref_fn, first, 0.0)]
+        rows = [dict(base, impl=name, family="trajloss", checked=False, skipped=reason)
+                for name, reason in (missing or {}).items()]
         for impl in impls:  # set up and check everything first
             try:
                 call = impl.setup(problem, self.mode)
@@ -758,11 +998,11 @@ class Context:
             row = dict(base, impl=name, family=family, checked=True, max_rel_err=err,
                        first_call_s=first)
             limit = self.mode.skip_slow_s
-            if name != "trajloss" and limit is not None and first > limit:
+            if name != ref_name and limit is not None and first > limit:
                 t0 = time.perf_counter()  # the first call may have been compiling
                 fn()
                 first = time.perf_counter() - t0
-            if name != "trajloss" and limit is not None and first > limit:
+            if name != ref_name and limit is not None and first > limit:
                 row.update(skipped=f"one call took {first:.1f} s > {limit} s "
                                    f"(--{self.mode.name})")
             else:
@@ -776,19 +1016,40 @@ class Context:
                 + (fmt_time(row["median_s"]) if "median_s" in row else row["skipped"]))
         del contestants
         gc.collect()
-        t_ref = next(r for r in rows if r["impl"] == "trajloss")["median_s"]
+        t_ref = next(r for r in rows if r["impl"] == ref_name)["median_s"]
         for r in rows:
             if "median_s" in r:
                 r["ratio"] = r["median_s"] / t_ref
-        order = ["trajloss"] + [i.name for i in impls]
+        order = list(missing or {}) + [ref_name] + [i.name for i in impls]
         rows.sort(key=lambda r: order.index(r["impl"]))
         self.rows.extend(rows)
         return rows
 
-    def run_loss_case(self, workload: str, problem: LossProblem, case: Optional[str] = None):
-        impls = COMBINED_IMPLS if problem.combined else CONTROL_IMPLS
-        return self.run_case(workload, case or problem.label(), problem.dtype, setup_trajloss,
-                             impls, problem, LOSS_OUTPUTS, extra_row=dict(B=problem.B))
+    def run_loss_case(self, workload: str, problem: LossProblem, case: Optional[str] = None,
+                      impls=None):
+        """A loss case against trajloss. When this trajloss build cannot take the
+        problem's system form, the first NumPy implementation in ``impls`` (a
+        hand-written adjoint) is the reference the others are checked against,
+        and trajloss's row says why it is missing."""
+        if impls is None:
+            impls = COMBINED_IMPLS if problem.combined else CONTROL_IMPLS
+        case = case or problem.label()
+        extra = dict(B=problem.B, form=problem.form)
+        if problem.combined:
+            extra.update(n=problem.system.n, m=problem.system.m, T=problem.T)
+        try:
+            if problem.combined:
+                trajloss_system(problem.system)
+        except Unavailable as exc:
+            ref = next(i for i in impls if i.family == "numpy")
+            self.note(f"{workload} {case}: {exc}; baselines checked against {ref.name}")
+            return self.run_case(workload, case, problem.dtype,
+                                 lambda p: ref.setup(p, self.mode),
+                                 [i for i in impls if i is not ref], problem, LOSS_OUTPUTS,
+                                 extra_row=extra, ref_name=ref.name,
+                                 missing={"trajloss": str(exc)})
+        return self.run_case(workload, case, problem.dtype, setup_trajloss,
+                             impls, problem, LOSS_OUTPUTS, extra_row=extra)
 
 
 # ----------------------------------------------------------------------------
@@ -839,37 +1100,6 @@ def run_w1(ctx: Context):
     for B in ctx.mode.w1_sizes:
         for dtype in DTYPES:
             ctx.run_loss_case("W1", full.head(B).astype(dtype), case=f"B={B}")
-    thread_scaling(ctx, full)
-
-
-def thread_scaling(ctx: Context, full: LossProblem):
-    """trajloss with 1 and 2 threads on W1 (only if trajloss.set_num_threads exists)."""
-    setter = getattr(trajloss, "set_num_threads", None)
-    if setter is None:
-        ctx.extra["thread_scaling"] = {"available": False}
-        ctx.note("trajloss.set_num_threads not available: W1 thread scaling skipped")
-        return
-    sizes = [B for B in (16384, 262144) if B <= len(full.U)] or [len(full.U)]
-    lines = []
-    for B in sizes:
-        for dtype in DTYPES:
-            fn = setup_trajloss(full.head(B).astype(dtype))
-
-            def with_threads(k):
-                def call():
-                    setter(k)
-                    return fn()
-                return call
-            one, two = with_threads(1), with_threads(2)
-            out1, out2 = one(), two()
-            t1, t2 = (m["median_s"] for m in measure_interleaved([one, two], ctx.mode))
-            setter(ctx.threads)
-            identical = all((a is None and b is None) or np.array_equal(a, b)
-                            for a, b in zip(out1, out2))
-            lines.append(dict(B=B, dtype=dtype.name, t1_s=t1, t2_s=t2, speedup=t1 / t2,
-                              bit_identical=bool(identical)))
-            log(f"  W1 B={B} {dtype.name} threads 1 -> 2: {t1 / t2:.2f}x")
-    ctx.extra["thread_scaling"] = {"available": True, "results": lines}
 
 
 @workload("W2", "combined_loss, 6-state 2-input LTI, discount 0.97, lengths, terminal")
@@ -958,6 +1188,153 @@ def run_w6(ctx: Context):
         del src, dst
 
 
+GENERAL_WEIGHT = 1.0  # W7-W10: control and trajectory terms weighted alike
+
+
+def general_problem(n: int, m: int, T: int, B: int, form: str = "shared",
+                    seed: int = 7) -> LossProblem:
+    """``combined_loss`` on a random stable system (:func:`random_stable`):
+    shared, one per sample (B, n, n) or one per step (T, n, n). References are
+    an exact rollout of random controls (a NumPy loop, not trajloss);
+    predictions are the references' controls plus noise."""
+    rng = np.random.default_rng([seed, n, m, T])
+    lead = {"shared": (), "per_sample": (B,), "time_varying": (T,)}[form]
+    Ad, Bd = random_stable(rng, n, m, lead)
+    x0 = rng.normal(size=(B, n))
+    RU = rng.normal(size=(B, T, m))
+    c = SimpleNamespace(Ad=Ad, Bd=Bd, AdT=np.swapaxes(Ad, -1, -2), BdT=np.swapaxes(Bd, -1, -2))
+    X = numpy_dynamics(c, "loop", form)[0](RU, x0)
+    RX = np.concatenate([x0[:, None], X], axis=1)
+    U = RU + rng.normal(0.0, 0.3, RU.shape)
+    return LossProblem("combined", U, RU, x0, RX, Dynamics(form, Ad, Bd), weight=GENERAL_WEIGHT)
+
+
+def size_label(n: int, m: int, T: int, B: int, form: str = "shared") -> str:
+    return f"{Dynamics(form, np.zeros(0), np.zeros(0)).label()}({n},{m},{T}) B={B}"
+
+
+@workload("W7", "combined_loss value+grad, random stable systems at general sizes")
+def run_w7(ctx: Context):
+    B = ctx.mode.general_B
+    for n, m, T in ctx.mode.general:
+        p = general_problem(n, m, T, B)
+        for dtype in DTYPES[::-1]:
+            ctx.run_loss_case("W7", p.astype(dtype), case=size_label(n, m, T, B),
+                              impls=GENERAL_IMPLS)
+
+
+@workload("W8", "combined_loss value+grad, per-sample and time-varying systems")
+def run_w8(ctx: Context):
+    (n, m, T), B = ctx.mode.forms_size, ctx.mode.general_B
+    for form in ("per_sample", "time_varying"):
+        p = general_problem(n, m, T, B, form)
+        for dtype in DTYPES[::-1]:
+            ctx.run_loss_case("W8", p.astype(dtype), case=size_label(n, m, T, B, form),
+                              impls=FORM_IMPLS[form])
+
+
+def as_form(p: LossProblem, form: str) -> LossProblem:
+    """The same problem with the shared system's matrices given once per sample
+    (B, n, n) or once per step (T, n, n): the same numbers, another form."""
+    Ad, Bd = np.asarray(p.system.Ad), np.asarray(p.system.Bd)
+    count = p.B if form == "per_sample" else p.T
+    rep = lambda a: np.ascontiguousarray(np.broadcast_to(a, (count, *a.shape)))  # noqa: E731
+    return replace(p, system=Dynamics(form, rep(Ad), rep(Bd), getattr(p.system, "dt", None)))
+
+
+SAME_MATRICES_IMPLS = (
+    Impl("trajloss-per-sample", "trajloss-form",
+         lambda p, mode: setup_trajloss(as_form(p, "per_sample"))),
+    Impl("trajloss-time-varying", "trajloss-form",
+         lambda p, mode: setup_trajloss(as_form(p, "time_varying"))),
+)
+
+
+@workload("W9", "trajloss: a shared system vs the same matrices per sample / per step")
+def run_w9(ctx: Context):
+    """trajloss against itself: ratio = (same matrices per sample) / shared;
+    the shared form must not be the slower one."""
+    (n, m, T), B = ctx.mode.forms_size, ctx.mode.general_B
+    cases = [(size_label(n, m, T, B), general_problem(n, m, T, B)),
+             (f"double integrator B={B}", w1_problem(B))]
+    for case, p in cases:
+        for dtype in DTYPES[::-1]:
+            ctx.run_case("W9", case, dtype, setup_trajloss, SAME_MATRICES_IMPLS, p.astype(dtype),
+                         LOSS_OUTPUTS, extra_row=dict(B=B, form="shared"))
+
+
+def cpu_per_wall(fn: Callable, calls: int) -> float:
+    """Process CPU time over wall time of ``calls`` calls: about 2 when a second
+    thread did half the work, 1.00 when it did none (or never got a core: the
+    VM is shared), below 1 when this process itself waited for a core."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - c0) / (time.perf_counter() - w0)
+
+
+#: 2 threads "pay" from the smallest B at which they are at least this much faster
+#: (there and at every larger B measured).
+THREADS_PAY = 1.1
+
+
+@workload("W10", "trajloss threads: 1 vs 2 over B, double integrator and (12,4,50)")
+def run_w10(ctx: Context):
+    """trajloss with set_num_threads(1) and (2), alternated in the same rounds,
+    over B; results must be bit-identical. ``crossover``: the smallest B from
+    which 2 threads are >= THREADS_PAY times faster."""
+    setter = getattr(trajloss, "set_num_threads", None)
+    if setter is None:
+        ctx.extra["thread_scaling"] = {"available": False}
+        ctx.note("trajloss.set_num_threads not available: thread scaling skipped")
+        return
+    sizes = ctx.mode.thread_B
+    (n, m, T) = ctx.mode.forms_size
+    cases = [("double integrator", w1_problem(max(sizes))),
+             (f"({n},{m},{T})", general_problem(n, m, T, max(sizes)))]
+    lines, crossovers = [], []
+    try:
+        for label, full in cases:
+            for dtype in DTYPES[::-1]:
+                speedups = []
+                for B in sizes:
+                    fn = setup_trajloss(full.head(B).astype(dtype))
+
+                    def with_threads(k, fn=fn):
+                        def call():
+                            setter(k)
+                            return fn()
+                        return call
+                    one, two = with_threads(1), with_threads(2)
+                    out1, out2 = one(), two()
+                    # at least 7 rounds even in --quick: two contestants a few per cent
+                    # apart, and the crossover reads a whole row of them
+                    m1, m2 = measure_interleaved([one, two], ctx.mode,
+                                                 repeats=max(ctx.mode.repeats, 7))
+                    t1, t2 = m1["median_s"], m2["median_s"]
+                    identical = all((a is None and b is None) or np.array_equal(a, b)
+                                    for a, b in zip(out1, out2))
+                    if not identical:
+                        raise CheckFailed(f"W10 {label} B={B} {dtype.name}: 1 and 2 threads "
+                                          "give different bits")
+                    lines.append(dict(case=label, B=B, dtype=dtype.name, t1_s=t1, t2_s=t2,
+                                      speedup=t1 / t2, bit_identical=True,
+                                      speedup_best=m1["min_s"] / m2["min_s"],
+                                      cpu_per_wall_2=cpu_per_wall(two, m2["calls_per_measurement"])))
+                    speedups.append(t1 / t2)
+                    log(f"  W10 {label} B={B} {dtype.name}: 1 thread {fmt_time(t1)}, "
+                        f"2 threads {fmt_time(t2)}: {t1 / t2:.2f}x (CPU / wall with 2: "
+                        f"{lines[-1]['cpu_per_wall_2']:.2f})")
+                pays = [B for i, B in enumerate(sizes)
+                        if all(s >= THREADS_PAY for s in speedups[i:])]
+                crossovers.append(dict(case=label, dtype=dtype.name,
+                                       crossover_B=pays[0] if pays else None))
+    finally:
+        setter(ctx.threads)
+    ctx.extra["thread_scaling"] = {"available": True, "threshold": THREADS_PAY,
+                                   "results": lines, "crossover": crossovers}
+
+
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
@@ -1022,26 +1399,178 @@ def floor_lines(rows) -> list:
     return out
 
 
+#: Speed-up goals against PyTorch eager at its best (issue: "Speed"), per workload and case.
+def speed_goal(workload: str, case: str) -> Optional[float]:
+    if workload == "W1":
+        return {"B=64": 30.0, "B=1024": 15.0}.get(case)
+    return 3.0 if workload in ("W7", "W8") else None
+
+
+#: W9: shared counts as "not slower" when its median is within this factor of per-sample's.
+SHARED_SLACK = 1.05
+
+CASE_NAMES = {"W1": "double integrator (2,1,15)", "W7": "general", "W8": ""}
+
+
+def best_of(rows, workload, case, dtype, family):
+    them = find(rows, workload, case, dtype, family=family)
+    return min(them, key=lambda r: r["median_s"]) if them else None
+
+
+def dynamics_flops(r) -> Optional[float]:
+    """Floating-point operations of the rollout and adjoint of a combined loss:
+    ``4·B·T·n·(n + m)`` (A x + B u forward, Aᵀλ and Bᵀλ back, 2 per multiply-add);
+    the elementwise loss terms are O(B·T·(n + m)) and left out. For a roofline."""
+    if not all(k in r for k in ("B", "T", "n", "m")):
+        return None
+    return 4.0 * r["B"] * r["T"] * r["n"] * (r["n"] + r["m"])
+
+
+def speed_rows(rows) -> list:
+    """One line per case with a speed goal: trajloss vs the fastest PyTorch eager
+    form (family "torch": unbind loop, addmm loop, block-Toeplitz matrix)."""
+    out, seen = [], []
+    for r in rows:
+        key = (r["workload"], r["case"], r["dtype"])
+        goal = speed_goal(r["workload"], r["case"])
+        if goal is None or key in seen:
+            continue
+        seen.append(key)
+        tl = find(rows, *key, impl="trajloss")
+        best = best_of(rows, *key, family="torch")
+        ratio = best["median_s"] / tl[0]["median_s"] if tl and best else None
+        case = f"{CASE_NAMES[key[0]]} {key[1]}".strip()
+        variants = {x["impl"]: x["median_s"] for x in find(rows, *key, family="torch")}
+        flops = dynamics_flops(r)
+        out.append(dict(workload=key[0], case=case, dtype=key[2], flops=flops,
+                        trajloss_gflops=flops / tl[0]["median_s"] / 1e9 if tl and flops else None,
+                        trajloss_s=tl[0]["median_s"] if tl else None,
+                        torch_best_s=best["median_s"] if best else None,
+                        torch_best=best["impl"] if best else None, torch_variants_s=variants,
+                        speedup=ratio, goal=goal,
+                        met=None if ratio is None else bool(ratio >= goal)))
+    return out
+
+
+def same_matrices_rows(rows) -> list:
+    """W9: trajloss's shared form vs the same matrices per sample / per step."""
+    out = []
+    for r in rows:
+        if r["workload"] != "W9" or r["impl"] != "trajloss" or "median_s" not in r:
+            continue
+        key = (r["workload"], r["case"], r["dtype"])
+        per = {x["impl"]: x for x in find(rows, *key, family="trajloss-form")}
+        ps, tv = per.get("trajloss-per-sample"), per.get("trajloss-time-varying")
+        ratio = ps["median_s"] / r["median_s"] if ps else None
+        out.append(dict(case=r["case"], dtype=r["dtype"], shared_s=r["median_s"],
+                        per_sample_s=ps["median_s"] if ps else None,
+                        time_varying_s=tv["median_s"] if tv else None, per_sample_ratio=ratio,
+                        met=None if ratio is None else bool(ratio * SHARED_SLACK >= 1)))
+    return out
+
+
+def fmt_ms(s) -> str:
+    return "—" if s is None else f"{s * 1e3:.3f}" if s < 0.01 else f"{s * 1e3:.2f}"
+
+
+def yes_no(met) -> str:
+    return "not measured" if met is None else "yes" if met else "NO"
+
+
+def crossover_cell(crossover_B, cpu) -> str:
+    """Where 2 threads pay -- unless the second thread did no work at the largest
+    B (CPU / wall < 1.2): then the row says nothing about the engine's threads."""
+    if crossover_B is not None:
+        return f"B >= {crossover_B}"
+    if cpu is not None and cpu < 1.2:
+        return "inconclusive: the 2nd thread did no work (no free core?)"
+    return "none measured"
+
+
+def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
+    """The tables for the README: speed-ups against PyTorch eager at its best,
+    shared vs per-sample, and where threads pay."""
+    lines = []
+    if machine:
+        git = machine.get("git") or {}
+        ext = git.get("extension") or {}
+        lines += [f"Build {git.get('commit', '?')[:10]}{' (dirty)' if git.get('dirty') else ''}"
+                  + (f" (extension sha256 {ext['sha256']}, built {ext['built'][:16]} UTC)"
+                     if ext else "") + ", "
+                  f"{machine.get('cpu_model')}, {machine.get('cpu_count')} cores, "
+                  f"{machine.get('date', '')[:16]} UTC, `--{mode or '?'}` run; one thread for "
+                  f"every contestant, medians of interleaved rounds."
+                  + (" One-thread NumPy matmul: {float64_gflops:.1f} GFLOP/s float64, "
+                     "{float32_gflops:.1f} float32.".format(**machine["matmul_peak"])
+                     if machine.get("matmul_peak") else "")
+                  + (" Load average (1 min) {:.1f} at the start, {:.1f} at the end.".format(
+                      machine["loadavg_1_5_15"]["start"][0], machine["loadavg_1_5_15"]["end"][0])
+                     if machine.get("loadavg_1_5_15") else ""), ""]
+    body = []
+    for s in speed_rows(rows):
+        variants = ", ".join(f"{k.replace('torch-', '')} {fmt_ms(v)}"
+                             for k, v in s["torch_variants_s"].items())
+        gflops = "—" if s.get("trajloss_gflops") is None else f"{s['trajloss_gflops']:.1f}"
+        body.append((s["case"], s["dtype"], fmt_ms(s["trajloss_s"]), gflops,
+                     f"{fmt_ms(s['torch_best_s'])} ({s['torch_best'] or '—'})", variants,
+                     "—" if s["speedup"] is None else f"{s['speedup']:.1f}x",
+                     f">= {s['goal']:g}x", yes_no(s["met"])))
+    if body:
+        lines += [markdown_table(("case", "dtype", "trajloss ms", "trajloss GFLOP/s",
+                                  "torch best ms (variant)",
+                                  "torch eager forms ms", "speed-up", "target", "met"), body), ""]
+    same = same_matrices_rows(rows)
+    if same:
+        lines += [markdown_table(
+            ("case", "dtype", "shared ms", "per-sample ms", "time-varying ms",
+             "per-sample / shared", f"shared not slower (within {SHARED_SLACK - 1:.0%})"),
+            [(s["case"], s["dtype"], fmt_ms(s["shared_s"]), fmt_ms(s["per_sample_s"]),
+              fmt_ms(s["time_varying_s"]),
+              "—" if s["per_sample_ratio"] is None else f"{s['per_sample_ratio']:.2f}",
+              yes_no(s["met"])) for s in same]), ""]
+    ts = thread_scaling or {}
+    if ts.get("available") and ts.get("results"):
+        sizes = sorted({t["B"] for t in ts["results"]})
+        body = []
+        for c in ts["crossover"]:
+            mine = [t for t in ts["results"]
+                    if t["case"] == c["case"] and t["dtype"] == c["dtype"]]
+            got = {t["B"]: t["speedup"] for t in mine}
+            cpu = mine[-1].get("cpu_per_wall_2") if mine else None
+            body.append((c["case"], c["dtype"],
+                         *(f"{got[B]:.2f}x" if B in got else "—" for B in sizes),
+                         crossover_cell(c["crossover_B"], cpu),
+                         "—" if cpu is None else f"{cpu:.2f}"))
+        lines += [markdown_table(("1 -> 2 threads", "dtype", *(f"B={B}" for B in sizes),
+                                  f"threads pay (>= {ts['threshold']}x)",
+                                  f"CPU / wall, 2 threads, B={sizes[-1]}"), body), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def targets(rows) -> list:
     """The issue's targets: (description, measured, PASS/FAIL or 'not measured')."""
     out = []
-
-    def speedup(case, dtype, family, goal, name):
-        tl = find(rows, "W1", case, dtype, impl="trajloss")
-        them = find(rows, "W1", case, dtype, family=family)
-        desc = f"W1 {case} {dtype}: >= {goal}x fastest {name}"
-        if not tl or not them:
-            out.append((desc, "not measured", "—"))
-            return
-        best = min(them, key=lambda r: r["median_s"])
-        ratio = best["median_s"] / tl[0]["median_s"]
-        out.append((desc + f" ({best['impl']})", f"{ratio:.2f}x",
-                    "PASS" if ratio >= goal else "FAIL"))
-
+    for s in speed_rows(rows):
+        desc = (f"{s['workload']} {s['case']} {s['dtype']}: >= {s['goal']:g}x fastest PyTorch "
+                f"eager" + (f" ({s['torch_best']})" if s["torch_best"] else ""))
+        out.append((desc, "not measured" if s["speedup"] is None else f"{s['speedup']:.2f}x",
+                    "—" if s["met"] is None else "PASS" if s["met"] else "FAIL"))
+    for s in same_matrices_rows(rows):
+        out.append((f"W9 {s['case']} {s['dtype']}: shared not slower than per-sample "
+                    f"(within {SHARED_SLACK - 1:.0%})",
+                    "not measured" if s["per_sample_ratio"] is None
+                    else f"per-sample / shared = {s['per_sample_ratio']:.2f}",
+                    "—" if s["met"] is None else "PASS" if s["met"] else "FAIL"))
     for dtype in ("float32", "float64"):
-        speedup("B=1024", dtype, "torch", 10, "PyTorch")
-        speedup("B=1024", dtype, "jax", 3, "JAX")
-        speedup("B=64", dtype, "torch", 30, "PyTorch")
+        tl = find(rows, "W1", "B=1024", dtype, impl="trajloss")
+        best = best_of(rows, "W1", "B=1024", dtype, "jax")
+        desc = f"W1 B=1024 {dtype}: >= 3x fastest JAX"
+        if tl and best:
+            ratio = best["median_s"] / tl[0]["median_s"]
+            out.append((desc + f" ({best['impl']})", f"{ratio:.2f}x",
+                        "PASS" if ratio >= 3 else "FAIL"))
+        else:
+            out.append((desc, "not measured", "—"))
     for dtype in ("float32", "float64"):
         desc = f"W1 B=262144 {dtype}: trajloss <= 2x W6 memory floor (medians, same rounds)"
         fl = find(rows, "W6", "B=262144", dtype)
@@ -1070,14 +1599,16 @@ def fastest_lines(rows) -> list:
     cases = []
     for r in rows:
         key = (r["workload"], r["case"], r["dtype"])
-        if r["workload"] != "W6" and key not in cases:
+        if r["workload"] not in ("W6", "W9") and key not in cases:
             cases.append(key)
     for key in cases:
-        base = [r for r in find(rows, *key) if r["impl"] != "trajloss"]
+        rows_k = find(rows, *key)
+        base = [r for r in rows_k if r["family"] not in ("trajloss", "reference")]
+        ref = next((r["impl"] for r in rows_k if r["family"] in ("trajloss", "reference")), "?")
         if base:
             best = min(base, key=lambda r: r["median_s"])
             out.append(f"{' '.join(key)}: {best['impl']} ({fmt_time(best['median_s'])}, "
-                       f"{fmt_ratio(best['ratio'])}x trajloss)")
+                       f"{fmt_ratio(best['ratio'])}x {ref})")
     return out
 
 
@@ -1113,6 +1644,16 @@ def machine_info(ctx: Context) -> dict:
         git = {"commit": run("rev-parse", "HEAD"),
                "dirty": bool(run("status", "--porcelain", "--", "csrc", "trajloss", "setup.py"))}
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # which compiled extension ran: the commit alone does not say when it was built
+        import hashlib
+        so = trajloss._core.__file__
+        with open(so, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+        git["extension"] = {"path": os.path.relpath(so, REPO), "sha256": digest,
+                            "built": datetime.datetime.fromtimestamp(
+                                os.path.getmtime(so), datetime.timezone.utc).isoformat()}
+    except (AttributeError, OSError):
         pass
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -1155,6 +1696,25 @@ def plot_w1(rows, path: str) -> Optional[str]:
     return path
 
 
+def matmul_rates(size: int) -> dict:
+    """This machine's practical compute peak on one thread: NumPy's (OpenBLAS)
+    square matmul, float64 and float32, best of 5 -- the roof of a roofline
+    (W6's copy gives the bandwidth)."""
+    rng = np.random.default_rng(8)
+    out = {"size": size}
+    for dtype in (np.float64, np.float32):
+        a = rng.random((size, size)).astype(dtype)
+        b = rng.random((size, size)).astype(dtype)
+        c = a @ b
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+        out[np.dtype(dtype).name + "_gflops"] = 2.0 * size ** 3 / best / 1e9
+    return out
+
+
 def default_out(mode: Mode) -> str:
     host = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in socket.gethostname())
     suffix = "" if mode.name == "full" else f"-{mode.name}"
@@ -1185,8 +1745,19 @@ def parse_args(argv):
     ap.add_argument("--plot", action="store_true", help="PNG of W1 time vs B (needs matplotlib)")
     ap.add_argument("--threads", type=int, default=1,
                     help="trajloss threads via trajloss.set_num_threads, if it exists")
+    ap.add_argument("--repeats", type=int,
+                    help="measurements per point (overrides the mode's 7 / 3)")
+    ap.add_argument("--markdown", metavar="PATH",
+                    help="also write the README tables (speed-ups, shared vs per-sample, "
+                         "threads) to PATH ('-': stdout)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="no run: print the README tables of a saved results JSON")
     args = ap.parse_args(argv)
     args.mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    if args.repeats is not None:
+        if args.repeats < 1:
+            ap.error("--repeats must be >= 1")
+        args.mode = replace(args.mode, repeats=args.repeats)
     keys = list(WORKLOADS) if not args.only else [k.strip().upper() for k in args.only.split(",")]
     unknown = [k for k in keys if k not in WORKLOADS]
     if unknown:
@@ -1197,9 +1768,21 @@ def parse_args(argv):
     return args
 
 
+def render(path: str) -> str:
+    """The README tables of a saved results JSON."""
+    with open(path) as f:
+        data = json.load(f)
+    return readme_markdown(data["results"], data.get("thread_scaling"), data.get("machine"),
+                           data.get("mode"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(render(args.render), end="")
+        return 0
     start = time.perf_counter()
+    load_start = os.getloadavg()  # other work on the machine: how noisy the run may be
     ctx = Context(mode=args.mode, threads=args.threads)
     setter = getattr(trajloss, "set_num_threads", None)
     if setter is not None:
@@ -1232,9 +1815,14 @@ def main(argv=None) -> int:
     ts = ctx.extra.get("thread_scaling")
     if ts and ts.get("available"):
         for t in ts["results"]:
-            report.append(f"W1 B={t['B']} {t['dtype']}: trajloss 1 thread {fmt_time(t['t1_s'])}, "
-                          f"2 threads {fmt_time(t['t2_s'])}: speed-up {t['speedup']:.2f}x, "
-                          f"bit-identical: {'yes' if t['bit_identical'] else 'NO'}")
+            report.append(f"W10 {t['case']} B={t['B']} {t['dtype']}: trajloss 1 thread "
+                          f"{fmt_time(t['t1_s'])}, 2 threads {fmt_time(t['t2_s'])}: speed-up "
+                          f"{t['speedup']:.2f}x, bit-identical: "
+                          f"{'yes' if t['bit_identical'] else 'NO'}"
+                          + (f", CPU / wall with 2 threads {t['cpu_per_wall_2']:.2f}"
+                             if "cpu_per_wall_2" in t else ""))
+    readme = readme_markdown(ctx.rows, ts)
+    report += ["", "### For the README", "", readme.rstrip()]
     report += ["", "Fastest baseline per case:"] + ["- " + s for s in fastest_lines(ctx.rows)]
     report += ["", "### Targets (informational)", "",
                markdown_table(("target", "measured", "result"), tgt)]
@@ -1243,12 +1831,26 @@ def main(argv=None) -> int:
     out = args.out or default_out(args.mode)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = plot_w1(ctx.rows, os.path.splitext(out)[0] + "-w1.png") if args.plot else None
+    machine = machine_info(ctx)
+    machine["loadavg_1_5_15"] = {"start": load_start, "end": os.getloadavg()}
+    machine["matmul_peak"] = matmul_rates(256 if args.mode.name == "tiny" else 1024)
+    report += ["", "Machine: one-thread NumPy matmul ({size}²) {float64_gflops:.1f} GFLOP/s "
+                   "float64, {float32_gflops:.1f} float32".format(**machine["matmul_peak"])]
     report += ["", f"wall time {wall:.1f} s; JSON: {out}" + (f"; plot: {plot}" if plot else "")]
     print("\n".join(report))
 
+    if args.markdown:
+        text = readme_markdown(ctx.rows, ts, machine, args.mode.name)
+        if args.markdown == "-":
+            print("\n" + text, end="")
+        else:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+            log(f"README tables: {args.markdown}")
     write_json(out, {
         "mode": args.mode.name, "workloads": args.workloads, "wall_time_s": wall,
-        "machine": machine_info(ctx), "timing": {
+        "machine": machine, "speed": speed_rows(ctx.rows),
+        "same_matrices": same_matrices_rows(ctx.rows), "timing": {
             "repeats": args.mode.repeats, "min_batch_s": args.mode.min_batch_s,
             "warmup_calls": args.mode.warmup, "statistic": "median of per-call times",
             "torch_compile": {"backend": args.mode.compile_backend, "dynamic": False},
