@@ -110,8 +110,11 @@ rm -f "$logs"/*
 # more here) goes to torch.compile and JAX tracing; CI was at 908 s of its
 # 15-minute budget with it.
 #  - tests/test_benchmarks.py
+# Its own temporary directories, so that it can run beside another pytest run
+# (.ci/run runs it beside the README's): pytest's, and torch.compile's cache.
 status=0
-run_sanitized "$PYTHON" -m pytest -x -q -p no:cacheprovider \
+TORCHINDUCTOR_CACHE_DIR="$work/inductor" \
+run_sanitized "$PYTHON" -m pytest -x -q -p no:cacheprovider --basetemp "$work/pytest" \
     --deselect tests/test_rollout.py::test_rollout_memory_flat \
     --deselect tests/test_leaks.py::test_rss_stays_flat \
     --deselect tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory \
