@@ -14,44 +14,10 @@
 
 #include "trajloss.h"
 
-static int n_passed, n_failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            n_passed++;                                                       \
-        } else {                                                              \
-            n_failed++;                                                       \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                       \
-            printf(__VA_ARGS__);                                              \
-            printf("\n");                                                     \
-        }                                                                     \
-    } while (0)
 
-static double uniform(unsigned *state)
-{
-    *state = *state * 1103515245u + 12345u;
-    return ((*state >> 8) & 0xFFFFFF) / (double)0x1000000 * 2.0 - 1.0;
-}
 
-static void *xmalloc(size_t bytes)
-{
-    void *p = calloc(1, bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-static int untouched(const void *p, size_t bytes, unsigned char fill)
-{
-    const unsigned char *c = (const unsigned char *)p;
-    for (size_t i = 0; i < bytes; i++)
-        if (c[i] != fill)
-            return 0;
-    return 1;
-}
 
 /* ---- plain references ---------------------------------------------------- */
 

@@ -26,19 +26,7 @@ tl_tile_fn tl_tile_pick_base(const tl_loss_ctx *c);
 tl_tile_fn tl_tile_pick_v3(const tl_loss_ctx *c);
 #endif
 
-static int n_passed, n_failed;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            n_passed++;                                                       \
-        } else {                                                              \
-            n_failed++;                                                       \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                       \
-            printf(__VA_ARGS__);                                              \
-            printf("\n");                                                     \
-        }                                                                     \
-    } while (0)
+#include "check.h"
 
 static unsigned rng = 12345u;
 

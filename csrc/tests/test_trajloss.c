@@ -22,19 +22,7 @@
 #include "parallel.h"
 #include "trajloss.h"
 
-static int n_passed, n_failed;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            n_passed++;                                                       \
-        } else {                                                              \
-            n_failed++;                                                       \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                       \
-            printf(__VA_ARGS__);                                              \
-            printf("\n");                                                     \
-        }                                                                     \
-    } while (0)
+#include "check.h"
 
 /* max |a - b| / max(1, max |b|) over count entries */
 static double rel_err(ptrdiff_t count, const double *a, const double *b)
@@ -47,31 +35,8 @@ static double rel_err(ptrdiff_t count, const double *a, const double *b)
     return diff / scale;
 }
 
-static double uniform(unsigned *state)
-{
-    *state = *state * 1103515245u + 12345u;
-    return ((*state >> 8) & 0xFFFFFF) / (double)0x1000000 * 2.0 - 1.0;
-}
 
-static void *xmalloc(size_t bytes)
-{
-    void *p = calloc(1, bytes ? bytes : 1);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
 
-/* Is every one of `bytes` bytes at p still `fill` (nothing was written)? */
-static int untouched(const void *p, size_t bytes, unsigned char fill)
-{
-    const unsigned char *c = (const unsigned char *)p;
-    for (size_t i = 0; i < bytes; i++)
-        if (c[i] != fill)
-            return 0;
-    return 1;
-}
 
 static tl_status expm_alloc(ptrdiff_t n, const double *A, double *E)
 {
