@@ -345,8 +345,21 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
  * lane sequence 0's. */
 static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t b0)
 {
-    for (int l = 0; l < TL_TILE; l++)
-        TL_F(select_lane)(q, sl, l, b0 < 0 ? 0 : b0 + l);
+    if (b0 < 0) { /* lane 0 computed, then copied to the others */
+        const ptrdiff_t T = q->T;
+        TL_F(select_lane)(q, sl, 0, 0);
+        void *const rows[6] = {sl->vc, sl->wcv, sl->wcg, sl->vs, sl->wsv, sl->wsg};
+        for (int a = 0; a < 6; a++)
+            for (ptrdiff_t k = 0; k < T + (a >= 3); k++) {
+                char *e = (char *)rows[a] + (size_t)(k * TL_TILE) * sizeof(TL_T);
+                for (int l = 1; l < TL_TILE; l++)
+                    memcpy(e + (size_t)l * sizeof(TL_T), e, sizeof(TL_T));
+            }
+        for (int l = 1; l < TL_TILE; l++)
+            sl->K[l] = sl->K[0];
+    }
+    for (int l = b0 < 0 ? TL_TILE : 0; l < TL_TILE; l++)
+        TL_F(select_lane)(q, sl, l, b0 + l);
     sl->Kmax = 0;
     for (int l = 0; l < TL_TILE; l++) {
         sl->Kmax = sl->K[l] > sl->Kmax ? sl->K[l] : sl->Kmax;
