@@ -11,7 +11,9 @@
  * chunk alone, never by the threads. With check_finite, the rows a chunk
  * reads are scanned whole just before its kernel reads them (from cache);
  * only when that scan finds a NaN or inf are the elements the loss reads
- * looked at one by one, so padding never raises.
+ * looked at one by one, so padding never raises. A rollout loss under a
+ * uniform selection skips the scan when the chunk's sums are finite, which
+ * proves its inputs are (sums_prove_finite).
  *
  * The reference kernel (tl_loss_seq) runs one sequence in double: the
  * forward rollout of its states up to the last one scored, then one
@@ -565,6 +567,24 @@ static int grads_finite(const tl_loss_io *io, ptrdiff_t su, ptrdiff_t n, ptrdiff
            (io->grad_x0 == NULL || run_finite(dt, elem_at(dt, io->grad_x0, b0 * n), (b1 - b0) * n));
 }
 
+/*
+ * check_finite without a scan. Under a uniform selection (no lengths or
+ * mask) every element a rollout loss reads reaches one of the term sums
+ * through products and sums only: a control or reference control its
+ * step's penalty (control term) or the states after it, x0 every state, a
+ * reference state or target its own penalty; each a product with weights
+ * and matrix coefficients, which may be 0 but 0 * NaN and 0 * inf are NaN.
+ * Every penalty maps NaN to NaN and +-inf to +inf, and the sums add
+ * nonnegative terms, so nothing cancels: a non-finite element read makes a
+ * sum non-finite. Finite sums thus prove the chunk's inputs finite; other
+ * sums (an overflow from finite but huge inputs, perhaps) are decided by
+ * the scan of rows_read_finite after the kernel.
+ */
+static int sums_prove_finite(const double sums[3])
+{
+    return isfinite(sums[0]) && isfinite(sums[1]) && isfinite(sums[2]);
+}
+
 static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
 {
     const tl_rl_job *job = (const tl_rl_job *)ctx;
@@ -575,8 +595,9 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = start + TL_CHUNK < c->B ? start + TL_CHUNK : c->B;
         double sums[3] = {0.0, 0.0, 0.0};
-        const int bad_in =
-            spec->check_finite && !rows_read_finite(c->dyn, 0, spec, c->io, start, end);
+        /* A uniform selection reads every element into a sum: see sums_prove_finite */
+        int bad_in = spec->check_finite && !c->uniform &&
+                     !rows_read_finite(c->dyn, 0, spec, c->io, start, end);
         ptrdiff_t b = start;
         const ptrdiff_t tiled = (end - start) / TL_TILE * TL_TILE;
         if (job->fast != NULL && tiled > 0) {
@@ -589,6 +610,8 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         else
             for (; b < end; b++)
                 tl_loss_seq(c, b, sums, work);
+        if (spec->check_finite && c->uniform && !sums_prove_finite(sums))
+            bad_in = !rows_read_finite(c->dyn, 0, spec, c->io, start, end);
         double *part = job->w->partials + P_COUNT * chunk;
         part[P_CONTROL] = sums[0];
         part[P_TRAJECTORY] = sums[1];

@@ -49,6 +49,9 @@
 #define TL_TILE_PICK TL_TILE_CAT(tl_tile_pick_, TL_TILE_ISA)
 
 #define TL_INLINE static inline __attribute__((always_inline))
+/* Unrolls the loop after it whole: loops over a vector's lanes or a tile's
+ * vectors, whose arrays must end up in registers. */
+#define TL_UNROLL _Pragma("GCC unroll 8")
 
 /* A vector register of doubles: the sums of a tile, lane by lane, are
  * double whatever the dtype. */
@@ -63,10 +66,12 @@ typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
  *                         states scored (T + 1), and their value and
  *                         gradient weights (2 T + 2 (T + 1))
  *   G, Gc       (T+1) n + T m   the penalty derivatives of states, controls
- *   registers   6 n + 2 m       x, its successor, the final state, lambda,
- *                               its predecessor, the offset; a control, a
- *                               control gradient
+ *   registers   6 n + m         x, its successor, the final state, lambda,
+ *                               its predecessor, the offset; a control
+ *                               gradient
  *   matrices    n (n + m)       A and B of the step, laid out for the tile
+ *   inputs      2 T m + (T+1) n the tile's controls, reference controls and
+ *                               reference states, transposed into lane layout
  */
 typedef struct {
     size_t doubles, slot;
@@ -80,7 +85,8 @@ static int tl_tile_layout_of(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T, tl_tile_layo
     return tl_add_product(&l->doubles, 1, S + 2 + N + Mu + 2 * TL_TILE) &&
            tl_add_product(&l->slot, 6, S + 1) && tl_add_product(&l->slot, S + 1, N) &&
            tl_add_product(&l->slot, S, Mu) && tl_add_product(&l->slot, 6, N) &&
-           tl_add_product(&l->slot, 2, Mu) && tl_add_product(&l->slot, N, N + Mu);
+           tl_add_product(&l->slot, 1, Mu) && tl_add_product(&l->slot, N, N + Mu) &&
+           tl_add_product(&l->slot, 2 * S, Mu) && tl_add_product(&l->slot, S + 1, N);
 }
 
 /* The first 64-byte boundary at or after p. */
@@ -91,18 +97,22 @@ static void *tl_tile_align(void *p)
 }
 
 #define TL_T double
+#define TL_TB 8 /* its bytes, for the preprocessor */
 #define TL_I int64_t
 #define TL_F(name) name##_f64
 #include "tile_kernel.h"
 #undef TL_T
+#undef TL_TB
 #undef TL_I
 #undef TL_F
 
 #define TL_T float
+#define TL_TB 4
 #define TL_I int32_t
 #define TL_F(name) name##_f32
 #include "tile_kernel.h"
 #undef TL_T
+#undef TL_TB
 #undef TL_I
 #undef TL_F
 

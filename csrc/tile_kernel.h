@@ -117,6 +117,94 @@ TL_INLINE void TL_F(acc)(tl_tile_dv *sum, int h, const V *v)
     }
 }
 
+/* ---- rows in and out of lane layout ------------------------------------- *
+ * A tile's rows of an input (its controls, say: T m contiguous elements a
+ * sequence) enter lane layout once per tile, by transposing TL_L x TL_L
+ * blocks in registers: log2(TL_L) rounds of two-vector shuffles, round s
+ * swapping bit s of each element's row and column index. The gradients
+ * leave the same way. */
+#define TL_LN (TL_TILE_VREG_BYTES / TL_TB) /* TL_L, for the preprocessor */
+#define TL_SWAP_LO(c, s) (((c) & (s)) ? TL_LN + ((c) ^ (s)) : (c))
+#define TL_SWAP_HI(c, s) (((c) & (s)) ? TL_LN + (c) : ((c) ^ (s)))
+#if TL_LN == 2
+#define TL_SHUF(a, b, F, s) __builtin_shufflevector(a, b, F(0, s), F(1, s))
+#elif TL_LN == 4
+#define TL_SHUF(a, b, F, s) __builtin_shufflevector(a, b, F(0, s), F(1, s), F(2, s), F(3, s))
+#elif TL_LN == 8
+#define TL_SHUF(a, b, F, s)                                                                  \
+    __builtin_shufflevector(a, b, F(0, s), F(1, s), F(2, s), F(3, s), F(4, s), F(5, s),      \
+                            F(6, s), F(7, s))
+#else
+#error "a vector of 2, 4 or 8 lanes"
+#endif
+#define TL_ROUND(r, s)                                                                       \
+    TL_UNROLL for (int i_ = 0; i_ < TL_L; i_++)                                                        \
+        if (!(i_ & (s))) {                                                     \
+            const V a_ = r[i_], b_ = r[i_ ^ (s)];                                            \
+            r[i_] = TL_SHUF(a_, b_, TL_SWAP_LO, s);                                          \
+            r[i_ ^ (s)] = TL_SHUF(a_, b_, TL_SWAP_HI, s);                                    \
+        }
+
+/* r[i][j] = r[j][i]. */
+TL_INLINE void TL_F(transpose)(V r[TL_L])
+{
+    TL_ROUND(r, 1)
+#if TL_LN >= 4
+    TL_ROUND(r, 2)
+#endif
+#if TL_LN >= 8
+    TL_ROUND(r, 4)
+#endif
+}
+
+/* Tile values e = 0 .. len - 1 of dst from the tile's rows p + l stride:
+ * lane l of dst[e] is p[l stride + e]. Blocks of TL_L elements, the last
+ * one overlapping the one before where len is not a multiple of it. */
+static void TL_F(rows_in)(const TL_T *p, ptrdiff_t stride, ptrdiff_t len, V *dst)
+{
+    if (len < TL_L) {
+        for (ptrdiff_t e = 0; e < len; e++)
+            for (int l = 0; l < TL_TILE; l++)
+                TL_F(put)(dst, e, l, p[l * stride + e]);
+        return;
+    }
+    for (ptrdiff_t e0 = 0; e0 < len; e0 += TL_L) {
+        if (e0 > len - TL_L)
+            e0 = len - TL_L;
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
+            V r[TL_L];
+            TL_UNROLL for (int l = 0; l < TL_L; l++)
+                memcpy(&r[l], p + (h * TL_L + l) * stride + e0, sizeof r[l]);
+            TL_F(transpose)(r);
+            TL_UNROLL for (int c = 0; c < TL_L; c++)
+                dst[(e0 + c) * TL_P + h] = r[c];
+        }
+    }
+}
+
+/* The inverse of rows_in: p[l stride + e] = lane l of src[e]. */
+static void TL_F(rows_out)(const V *src, ptrdiff_t len, TL_T *p, ptrdiff_t stride)
+{
+    if (len < TL_L) {
+        for (ptrdiff_t e = 0; e < len; e++)
+            for (int l = 0; l < TL_TILE; l++)
+                p[l * stride + e] = TL_F(get)(src, e, l);
+        return;
+    }
+    for (ptrdiff_t e0 = 0; e0 < len; e0 += TL_L) {
+        if (e0 > len - TL_L)
+            e0 = len - TL_L;
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
+            V r[TL_L];
+            TL_UNROLL for (int c = 0; c < TL_L; c++)
+                r[c] = src[(e0 + c) * TL_P + h];
+            TL_F(transpose)(r);
+            TL_UNROLL for (int l = 0; l < TL_L; l++)
+                memcpy(p + (h * TL_L + l) * stride + e0, &r[l], sizeof r[l]);
+        }
+    }
+}
+
 /* ---- the call, its tiles and their selection --------------------------- */
 
 /* The valid steps and weights of the lanes of a tile, a tile value a step. */
@@ -137,8 +225,9 @@ typedef struct {
     TL_F(sel_t) sel;
     V *G, *Gc;             /* (T+1) n and T m tile values */
     V *x, *xn, *xf, *lam, *ln, *cv; /* n each */
-    V *uk, *gu;            /* m each */
+    V *gu;                 /* m */
     V *Av, *Bv;            /* A, B in lane layout (per-sample systems) */
+    V *U, *RU, *RS;        /* the tile's controls, reference controls, reference states */
     TL_T *As, *Bs;         /* or as scalars (shared systems) */
 } TL_F(slot_t);
 
@@ -256,8 +345,21 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
  * lane sequence 0's. */
 static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t b0)
 {
-    for (int l = 0; l < TL_TILE; l++)
-        TL_F(select_lane)(q, sl, l, b0 < 0 ? 0 : b0 + l);
+    if (b0 < 0) { /* lane 0 computed, then copied to the others */
+        const ptrdiff_t T = q->T;
+        TL_F(select_lane)(q, sl, 0, 0);
+        void *const rows[6] = {sl->vc, sl->wcv, sl->wcg, sl->vs, sl->wsv, sl->wsg};
+        for (int a = 0; a < 6; a++)
+            for (ptrdiff_t k = 0; k < T + (a >= 3); k++) {
+                char *e = (char *)rows[a] + (size_t)(k * TL_TILE) * sizeof(TL_T);
+                for (int l = 1; l < TL_TILE; l++)
+                    memcpy(e + (size_t)l * sizeof(TL_T), e, sizeof(TL_T));
+            }
+        for (int l = 1; l < TL_TILE; l++)
+            sl->K[l] = sl->K[0];
+    }
+    for (int l = b0 < 0 ? TL_TILE : 0; l < TL_TILE; l++)
+        TL_F(select_lane)(q, sl, l, b0 + l);
     sl->Kmax = 0;
     for (int l = 0; l < TL_TILE; l++) {
         sl->Kmax = sl->K[l] > sl->Kmax ? sl->K[l] : sl->Kmax;
@@ -346,10 +448,10 @@ TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
     const TL_F(sel_t) *sl = &s->sel;
     const M *on = sl->vs + k * TL_P;
     const V *wv = sl->wsv + k * TL_P, *wg = sl->wsg + k * TL_P;
-    const TL_T *rs = q->rs + s->b0 * q->ss + k * n;
+    const V *rs = s->RS + k * n * TL_P;
     for (ptrdiff_t i = 0; i < n; i++)
         for (int h = 0; h < TL_P; h++) {
-            const V r = s->x[i * TL_P + h] - TL_F(gather)(rs + i, q->ss, h);
+            const V r = s->x[i * TL_P + h] - rs[i * TL_P + h];
             V d;
             const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
             const V ve = TL_KEEP(on[h], wv[h] * (q->sw[i] * e));
@@ -379,20 +481,17 @@ TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, const int m
 TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec,
                                   const int mse)
 {
-    const ptrdiff_t n = q->n, m = q->m, su = q->su;
+    const ptrdiff_t n = q->n, m = q->m;
     const TL_F(sel_t) *sl = &s->sel;
-    const TL_T *u = q->u + s->b0 * su + k * m;
+    const V *uk = s->U + k * m * TL_P;
     V *Gc = s->Gc + k * m * TL_P;
-    for (ptrdiff_t j = 0; j < m; j++)
-        for (int h = 0; h < TL_P; h++)
-            s->uk[j * TL_P + h] = TL_F(gather)(u + j, su, h);
     if (q->ctl) {
         const M *on = sl->vc + k * TL_P;
         const V *wv = sl->wcv + k * TL_P, *wg = sl->wcg + k * TL_P;
-        const TL_T *ru = q->ru + s->b0 * su + k * m;
+        const V *ru = s->RU + k * m * TL_P;
         for (ptrdiff_t j = 0; j < m; j++)
             for (int h = 0; h < TL_P; h++) {
-                const V r = s->uk[j * TL_P + h] - TL_F(gather)(ru + j, su, h);
+                const V r = uk[j * TL_P + h] - ru[j * TL_P + h];
                 V d;
                 const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
                 const V ve = TL_KEEP(on[h], wv[h] * (q->fw[j] * e));
@@ -409,7 +508,7 @@ TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
         TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1 | q->c_tv << 2));
     /* the controls first: they are ready before x_k, so only A_k x_k stands
      * on the chain from step to step */
-    const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m, s->uk}, A = {s->Av, s->As, n, 1, n, s->x};
+    const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m, uk}, A = {s->Av, s->As, n, 1, n, s->x};
     TL_F(mv)(vec, n, s->cv, &B, &A, NULL, s->xn);
     V *t = s->x;
     s->x = s->xn;
@@ -469,15 +568,10 @@ TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
  * their final state, so lam stays exactly 0 there whatever A_k holds. */
 TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
 {
-    const ptrdiff_t n = q->n, m = q->m, su = q->su;
+    const ptrdiff_t n = q->n, m = q->m;
     const TL_F(sel_t) *sl = &s->sel;
-    TL_T *gu = q->gu != NULL ? q->gu + s->b0 * su + k * m : NULL;
-    if (!q->states) {
-        if (gu != NULL)
-            for (ptrdiff_t j = 0; j < m; j++)
-                TL_F(scatter)(s->Gc + (k * m + j) * TL_P, gu + j, su);
+    if (!q->states) /* the gradient is Gc_k, as it is */
         return;
-    }
     if (q->a_tv | q->b_tv)
         TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1));
     M live[TL_P];
@@ -485,11 +579,12 @@ TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k
         live[h] = (M)(TL_F(splat_i)(k) < sl->fin[h]);
     const M *lv = sl->ragged ? live : NULL;
     const TL_F(mat_t) none = {NULL, NULL, 0, 0, 0, NULL};
-    if (gu != NULL) {
+    if (q->gu != NULL) { /* grad u_k replaces Gc_k, to leave lane layout at the end */
         const TL_F(mat_t) Bt = {s->Bv, s->Bs, 1, m, n, s->lam};
-        TL_F(mv)(vec, m, s->Gc + k * m * TL_P, &Bt, &none, lv, s->gu);
-        for (ptrdiff_t j = 0; j < m; j++)
-            TL_F(scatter)(s->gu + j * TL_P, gu + j, su);
+        V *Gc = s->Gc + k * m * TL_P;
+        TL_F(mv)(vec, m, Gc, &Bt, &none, lv, s->gu);
+        for (ptrdiff_t j = 0; j < m * TL_P; j++)
+            Gc[j] = s->gu[j];
     }
     const TL_F(mat_t) At = {s->Av, s->As, 1, n, n, s->lam};
     TL_F(mv)(vec, n, s->G + k * n * TL_P, &At, &none, lv, s->ln);
@@ -510,6 +605,8 @@ TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s)
                 for (int l = 0; l < TL_TILE; l++)
                     q->gx[(s->b0 + l) * n + i] = 0;
         }
+    if (q->gu != NULL && K > 0)
+        TL_F(rows_out)(s->Gc, K * m, q->gu + s->b0 * q->su, q->su);
     if (q->gu != NULL && K < T)
         for (int l = 0; l < TL_TILE; l++)
             memset(q->gu + (s->b0 + l) * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
@@ -526,6 +623,14 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
     const unsigned fixed = TL_F(fixed_fields)(q->c->dyn, 1);
     if (fixed != 0 && q->states)
         TL_F(mats_at)(q, s, 0, fixed);
+    /* the rows up to the tile's last valid step, into lane layout */
+    const ptrdiff_t K = s->sel.Kmax, m = q->m, n = q->n;
+    if (K > 0 && (q->states || q->ctl))
+        TL_F(rows_in)(q->u + b0 * q->su, q->su, K * m, s->U);
+    if (K > 0 && q->ctl)
+        TL_F(rows_in)(q->ru + b0 * q->su, q->su, K * m, s->RU);
+    if (K > 0 && q->traj)
+        TL_F(rows_in)(q->rs + b0 * q->ss, q->ss, (K + 1) * n, s->RS);
 }
 
 /* `tiles` tiles from b0, each through its forward pass and then (when a
@@ -638,10 +743,12 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     s->lam = s->xf + n * TL_P;
     s->ln = s->lam + n * TL_P;
     s->cv = s->ln + n * TL_P;
-    s->uk = s->cv + n * TL_P;
-    s->gu = s->uk + m * TL_P;
+    s->gu = s->cv + n * TL_P;
     s->Av = s->gu + m * TL_P;
     s->Bv = s->Av + n * n * TL_P;
+    s->U = s->Bv + n * m * TL_P;
+    s->RU = s->U + T * m * TL_P;
+    s->RS = s->RU + T * m * TL_P;
     s->As = (TL_T *)s->Av;
     s->Bs = s->As + n * n;
     if (c->uniform) /* one selection for every tile */
@@ -674,6 +781,11 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
 }
 
 #undef TL_ROWS
+#undef TL_LN
+#undef TL_SWAP_LO
+#undef TL_SWAP_HI
+#undef TL_SHUF
+#undef TL_ROUND
 #undef TL_L
 #undef TL_P
 #undef TL_Q

@@ -511,6 +511,70 @@ static void test_read_nan(void)
         }
 }
 
+/* check_finite under a uniform selection, which the driver decides from the
+ * chunk's sums when they are finite: an inf or NaN in any element read is
+ * found for every set of terms and penalty, even where every weight that
+ * multiplies it is 0 (state and feature weights 0, a discount whose powers
+ * underflow to 0, a zero system); finite inputs whose sums overflow are
+ * TL_OK with a nonfinite value. B = 11: a tile and a partial one. */
+static void test_finite_by_sums(void)
+{
+    const ptrdiff_t B = 11, T = 4, n = 2, m = 1;
+    double A[4] = {0, 0, 0, 0}, Bm[2] = {0, 0}, sw[2] = {0, 0}, fw[1] = {0};
+    const tl_dynamics dyn = tl_dynamics_linear(n, m, A, Bm);
+    double u[11 * 4], ru[11 * 4], x0[11 * 2], rs[11 * 5 * 2], tg[11 * 2], gu[11 * 4], gx[11 * 2];
+    double *arr[5] = {u, x0, ru, rs, tg};
+    const ptrdiff_t sizes[5] = {B * T * m, B * n, B * T * m, B * (T + 1) * n, B * n};
+    int ok = 1, found = 0;
+    for (unsigned terms = 1; terms < 8; terms++)
+        for (int pen = 0; pen < TL_PENALTY_COUNT; pen++) {
+            tl_loss_spec spec;
+            memset(&spec, 0, sizeof spec);
+            spec.sel.batch = B, spec.sel.steps = T, spec.sel.discount = 1e-200;
+            spec.terms = terms, spec.penalty = (tl_penalty)pen, spec.delta = 1.0;
+            spec.control_weight = spec.trajectory_weight = spec.terminal_weight = 1.0;
+            spec.state_weights = sw, spec.feature_weights = fw;
+            spec.include_initial = pen == 1, spec.check_finite = 1, spec.threads = 1;
+            void *work = xcalloc(tl_loss_work_bytes(&dyn, 0, &spec), 1);
+            const int states = (terms & 6) != 0;
+            for (int a = 0; a < 5; a++)
+                for (ptrdiff_t i = 0; i < sizes[a]; i++) {
+                    for (int k = 0; k < 5; k++)
+                        for (ptrdiff_t e = 0; e < sizes[k]; e++)
+                            arr[k][e] = rand_s();
+                    /* read: controls always, x0 with a state, ref controls with the
+                     * control term, ref states with the trajectory term (state 0 only
+                     * with include_initial), the target with the terminal term */
+                    const int read = a == 0 || (a == 1 && states) || (a == 2 && (terms & 1)) ||
+                                     (a == 3 && (terms & 2) && (spec.include_initial || i % 10 >= 2)) ||
+                                     (a == 4 && (terms & 4));
+                    arr[a][i] = i % 2 ? -INFINITY : NAN;
+                    const tl_loss_io io = {TL_F64, u, x0, ru, rs, tg, gu, gx};
+                    tl_loss_value v;
+                    const tl_status st = tl_rollout_loss(&dyn, &spec, &io, &v, work);
+                    ok &= st == (read ? TL_ERR_NONFINITE : TL_OK);
+                    found += read;
+                }
+            /* finite but huge: the sums overflow, the inputs are finite */
+            for (ptrdiff_t e = 0; e < sizes[0]; e++)
+                u[e] = 1e300, ru[e] = -1e300;
+            for (ptrdiff_t e = 0; e < sizes[3]; e++)
+                rs[e] = 1e300;
+            for (ptrdiff_t e = 0; e < sizes[4]; e++)
+                tg[e] = -1e300;
+            sw[0] = sw[1] = fw[0] = 1.0;
+            spec.sel.discount = 1.0;
+            const tl_loss_io io = {TL_F64, u, x0, ru, rs, tg, gu, gx};
+            tl_loss_value v;
+            ok &= tl_rollout_loss(&dyn, &spec, &io, &v, work) == TL_OK &&
+                  (spec.penalty != TL_PENALTY_MSE || v.nonfinite);
+            sw[0] = sw[1] = fw[0] = 0.0;
+            free(work);
+        }
+    CHECK(ok && found > 0, "check_finite by sums: every element read found (%d), overflow not",
+          found);
+}
+
 /* The vector penalty (penalty.h) against the scalar one, lane by lane, at
  * special values too: the same value and derivative bit for bit, NaN for NaN. */
 typedef double pen_v __attribute__((vector_size(8 * sizeof(double))));
@@ -546,6 +610,7 @@ int main(void)
 {
     test_random(600);
     test_read_nan();
+    test_finite_by_sums();
     test_penalty();
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed != 0;
