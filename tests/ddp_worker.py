@@ -4,6 +4,7 @@ usage: python ddp_worker.py RANK WORLD PORT OUT.npz
 Rank r trains a DistributedDataParallel policy with trajloss.torch.CombinedLoss
 on its share of the batch; rank 0 saves the averaged gradients.
 """
+import datetime
 import os
 import sys
 
@@ -34,8 +35,9 @@ def loss_of(model, x0, ru, rs):
 
 
 def main(rank, world, port, out):
+    # a peer that never arrives is an error within a minute, not gloo's 30
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         model = torch.nn.parallel.DistributedDataParallel(policy())
         x0, ru, rs = batch()
