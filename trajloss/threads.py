@@ -3,13 +3,15 @@
 ``set_num_threads(k)`` splits each loss call's batch over ``k`` worker
 threads: the calling thread and ``k - 1`` POSIX threads of trajloss's own
 (no OpenMP, so nothing conflicts with PyTorch's or NumPy's thread pools).
-They are started at the first call that needs them and kept: after a call
-they wait for the next one spinning for about 100 µs, then sleep, so calls
-in a loop do not pay for starting threads. A forked child (a DataLoader
-worker) makes threads of its own when it needs them. The batch is always cut
-into the same fixed chunks whose partial sums are added in the same order,
-so values and gradients are bit-for-bit identical for every ``k``; small
-batches (below 2048 sequences) run on the calling thread whatever ``k`` is.
+They are started at the first call that needs them and kept, asleep between
+calls, so calls in a loop do not pay for starting threads. A forked child (a
+DataLoader worker) makes threads of its own when it needs them. The batch is
+always cut into the same fixed chunks of 64 sequences whose partial sums are
+added in the same order, so values and gradients are bit-for-bit identical
+for every ``k``. A call asks for another thread only when each gets about
+200 µs of work (from B, T, n and m: from B = 256 at n = 12, m = 4, T = 50,
+from B = 4096 for the double integrator); smaller calls run on the calling
+thread whatever ``k`` is.
 
 The default is 1, or the environment variable ``TRAJLOSS_NUM_THREADS`` read
 at import.
