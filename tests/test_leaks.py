@@ -188,8 +188,10 @@ def _child(mode):
             count = n_good if exc is None else n_bad
             _loop(call, n_warm, exc)
             if ref0 is None:
-                ref0 = _refcounts(keep)
+                # collected first: garbage awaiting the cycle collector still
+                # holds references (to None, say) that it drops later
                 first = measure()
+                ref0 = _refcounts(keep)
             before = measure()
             _loop(call, count, exc)
             after = measure()
