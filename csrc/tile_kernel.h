@@ -378,6 +378,8 @@ TL_INLINE void TL_F(mv_add)(const int R, const int vec, ptrdiff_t i0, const TL_F
 {
     const ptrdiff_t cols = p->cols, rs = p->rs, cs = p->cs;
     const V *z = p->z;
+    if (cols == 0) /* no matrix (its pointers are NULL: no arithmetic on them) */
+        return;
     if (vec) {
         const V *c = p->v + i0 * rs * TL_P;
         for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs * TL_P)
