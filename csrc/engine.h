@@ -53,9 +53,11 @@ size_t tl_loss_seq_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T);
 void tl_loss_seq(const tl_loss_ctx *c, ptrdiff_t b, double sums[3], double *work);
 
 /* A fast kernel: sequences b0 .. b0 + count - 1, count a multiple of
- * TL_TILE, adding their sums to sums[0..2] in a fixed order. */
+ * TL_TILE, adding their sums to sums[0..2] in a fixed order; sets
+ * *grads_nonfinite to 1 when a gradient element it writes is NaN or inf
+ * (else leaves it), so that those rows need no scan afterwards. */
 typedef void (*tl_tile_fn)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
-                           double sums[3], double *work);
+                           double sums[3], int *grads_nonfinite, double *work);
 
 /* The fast kernel for this call (the best the CPU runs), or NULL when the
  * fast path does not apply; and the doubles of scratch it needs per worker. */

@@ -433,7 +433,8 @@ static void partial_tile(const tl_loss_ctx *c, tl_tile_fn fast, ptrdiff_t b0, pt
     sc.io = &sio;
     sc.B = TL_TILE;
     sc.uniform = 0;
-    fast(&sc, 0, TL_TILE, sums, work);
+    int grads_nonfinite = 0; /* the caller scans the rows copied back */
+    fast(&sc, 0, TL_TILE, sums, &grads_nonfinite, work);
     const size_t es = elem_size(dt);
     if (io->grad_controls != NULL)
         memcpy((char *)io->grad_controls + (size_t)(b0 * T * m) * es, sio.grad_controls,
@@ -600,10 +601,12 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
                      !rows_read_finite(c->dyn, 0, spec, c->io, start, end);
         ptrdiff_t b = start;
         const ptrdiff_t tiled = (end - start) / TL_TILE * TL_TILE;
+        int grads_nonfinite = 0; /* of the rows the fast kernel wrote, start .. b - 1 */
         if (job->fast != NULL && tiled > 0) {
-            job->fast(c, b, tiled, sums, work);
+            job->fast(c, b, tiled, sums, &grads_nonfinite, work);
             b += tiled;
         }
+        const ptrdiff_t scan_from = b;
         if (job->fast != NULL && b < end)
             partial_tile(c, job->fast, b, end - b, sums, work,
                          work + job->w->worker_doubles - job->stage_doubles);
@@ -617,7 +620,8 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         part[P_TRAJECTORY] = sums[1];
         part[P_TERMINAL] = sums[2];
         part[P_BAD_INPUT] = bad_in;
-        part[P_BAD_OUTPUT] = !grads_finite(c->io, c->T * c->m, c->n, start, end);
+        part[P_BAD_OUTPUT] =
+            grads_nonfinite || !grads_finite(c->io, c->T * c->m, c->n, scan_from, end);
     }
 }
 

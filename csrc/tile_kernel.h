@@ -46,6 +46,9 @@ typedef TL_I M __attribute__((vector_size(TL_TILE_VREG_BYTES)));
 /* the part of a vector that widens to one vector of doubles */
 typedef TL_T H __attribute__((vector_size(TL_TILE_VREG_BYTES / TL_Q)));
 
+/* double vectors of a tile's sums */
+#define TL_SV ((int)(TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES))
+
 /* Rows of one block of mv: its accumulators fill half the vector registers. */
 #define TL_ROWS (8 / TL_P)
 
@@ -102,7 +105,7 @@ TL_INLINE V TL_F(gather)(const TL_T *p, ptrdiff_t stride, int h)
 
 TL_INLINE void TL_F(scatter)(const V *v, TL_T *p, ptrdiff_t stride)
 {
-    for (int h = 0; h < TL_P; h++)
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
         for (int l = 0; l < TL_L; l++)
             p[(h * TL_L + l) * stride] = v[h][l];
 }
@@ -232,12 +235,13 @@ typedef struct {
 } TL_F(slot_t);
 
 /* One matrix a matrix-vector product reads: element (i, j) at i rs + j cs
- * of the lane table v (vec) or the scalars s, times z[j] for j < cols. */
+ * of the lane table v (vec) or the scalars s, for j < cols. (The vector it
+ * multiplies is an argument of its own: the address of an array the
+ * compiler is to keep in registers must not be stored in a struct.) */
 typedef struct {
     const V *v;
     const TL_T *s;
     ptrdiff_t rs, cs, cols;
-    const V *z;
 } TL_F(mat_t);
 
 typedef struct {
@@ -253,7 +257,8 @@ typedef struct {
     TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
     double *row;                    /* T + 2: one sequence's time weights */
     TL_F(slot_t) slot;
-    tl_tile_dv sum[3][TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES];
+    tl_tile_dv sum[3][TL_SV];
+    int grads_nonfinite;            /* a gradient element written is NaN or inf */
 } TL_F(call_t);
 
 /* Field f (len elements) of lanes b0 .. b0 + 7 at step k: into the lane
@@ -370,171 +375,221 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
         sl->ragged |= sl->K[l] != sl->Kmax;
 }
 
+/* ---- the versions of the kernel ------------------------------------------- *
+ * Bits of the constant `how` each version of run() is compiled with:
+ *   TL_HOW_VEC  the matrices are lane tables (per-sample systems), else
+ *               scalars broadcast where used;
+ *   TL_HOW_MSE  the penalty is the squared error (else the compiler
+ *               computes every penalty and selects);
+ *   TL_HOW_ONE  the state and the control fit in TL_ONE tile values each
+ *               (n, m <= TL_ONE: half the vector registers for x and as
+ *               many for its successor). Every loop over rows and columns
+ *               is then bounded by TL_ONE at compile time as well as by the
+ *               size read at run time: the compiler unrolls it whole, and x
+ *               and lambda stay in registers from step to step instead of
+ *               going through the tile's scratch. The sizes stay run-time
+ *               sizes; one build serves every n, m <= TL_ONE. Systems fixed
+ *               in time only: no call may stand in the steps' loop (every
+ *               vector register is lost across a call), and a time-varying
+ *               system's matrices are fetched by one at each step. */
+#define TL_HOW_VEC 1u
+#define TL_HOW_MSE 2u
+#define TL_HOW_ONE 4u
+#define TL_ONE (4 / TL_P > 0 ? 4 / TL_P : 1)
+/* a loop bound: the size, and TL_ONE at compile time in the TL_HOW_ONE versions */
+#define TL_DIM(how, len) (((how) & TL_HOW_ONE) ? TL_ONE : (len))
+/* (the exit is a break, not a second condition: GCC ignores an unroll
+ * annotation on a loop whose condition is a conjunction) */
+#define TL_FOR(i, how, len)                                                                  \
+    for (ptrdiff_t i = 0, i##_end = TL_DIM(how, len); i < i##_end; i++)                      \
+        if (i >= (len))                                                                       \
+            break;                                                                            \
+        else
+
 /* ---- the matrix-vector kernel ------------------------------------------ */
 
-/* acc[r] += sum_j p(i0 + r, j) p.z[j] for r < R. */
-TL_INLINE void TL_F(mv_add)(const int R, const int vec, ptrdiff_t i0, const TL_F(mat_t) *p,
-                            V acc[][TL_P])
+/* acc[r] += sum_j p(i0 + r, j) z[j] for r < R. */
+TL_INLINE void TL_F(mv_add)(const int R, const unsigned how, ptrdiff_t i0, const TL_F(mat_t) *p,
+                            const V *z, V acc[][TL_P])
 {
     const ptrdiff_t cols = p->cols, rs = p->rs, cs = p->cs;
-    const V *z = p->z;
-    if (cols == 0) /* no matrix (its pointers are NULL: no arithmetic on them) */
+    if (z == NULL || cols == 0) /* no matrix (its pointers are NULL: no arithmetic on them) */
         return;
-    if (vec) {
+    if (how & TL_HOW_VEC) {
         const V *c = p->v + i0 * rs * TL_P;
-        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs * TL_P)
+        TL_FOR(j, how, cols)
             for (int r = 0; r < R; r++)
-                for (int h = 0; h < TL_P; h++)
-                    acc[r][h] += c[r * rs * TL_P + h] * z[h];
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += c[(r * rs + j * cs) * TL_P + h] * z[j * TL_P + h];
     } else { /* one broadcast of each scalar for the TL_P vectors */
         const TL_T *c = p->s + i0 * rs;
-        for (ptrdiff_t j = 0; j < cols; j++, z += TL_P, c += cs)
+        TL_FOR(j, how, cols)
             for (int r = 0; r < R; r++) {
-                const TL_T coef = c[r * rs];
-                for (int h = 0; h < TL_P; h++)
-                    acc[r][h] += z[h] * coef;
+                const TL_T coef = c[r * rs + j * cs];
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    acc[r][h] += z[j * TL_P + h] * coef;
             }
     }
 }
 
-/* out[i] = init[i] + sum_j a(i, j) a.z[j] + sum_j b(i, j) b.z[j] for the R
+/* out[i] = init[i] + sum_j a(i, j) za[j] + sum_j b(i, j) zb[j] for the R
  * rows from i0 (tile values); where `live` is given, lanes outside it keep
- * init. vec: the matrices are lane tables, else scalars to broadcast. */
-TL_INLINE void TL_F(mv_rows)(const int R, const int vec, ptrdiff_t i0, const V *init,
-                             const TL_F(mat_t) *a, const TL_F(mat_t) *b, const M *live,
-                             V *restrict out)
+ * init. */
+TL_INLINE void TL_F(mv_rows)(const int R, const unsigned how, ptrdiff_t i0, const V *init,
+                             const TL_F(mat_t) *a, const V *za, const TL_F(mat_t) *b,
+                             const V *zb, const M *live, V *restrict out)
 {
     V acc[8][TL_P];
     for (int r = 0; r < R; r++)
-        for (int h = 0; h < TL_P; h++)
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
             acc[r][h] = init[(i0 + r) * TL_P + h];
-    TL_F(mv_add)(R, vec, i0, a, acc);
-    TL_F(mv_add)(R, vec, i0, b, acc);
+    TL_F(mv_add)(R, how, i0, a, za, acc);
+    TL_F(mv_add)(R, how, i0, b, zb, acc);
     for (int r = 0; r < R; r++)
-        for (int h = 0; h < TL_P; h++) {
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
             const ptrdiff_t o = (i0 + r) * TL_P + h;
             out[o] = live != NULL ? TL_SEL(live[h], acc[r][h], init[o]) : acc[r][h];
         }
 }
 
-TL_INLINE void TL_F(mv)(const int vec, ptrdiff_t rows, const V *init, const TL_F(mat_t) *a,
-                        const TL_F(mat_t) *b, const M *live, V *restrict out)
+/* The `rows` rows of mv_rows from row 0: blocks of 8, 4, 2 and 1 rows;
+ * a row at a time, unrolled, in the TL_HOW_ONE versions (x in registers). */
+TL_INLINE void TL_F(mv)(const unsigned how, ptrdiff_t rows, const V *init, const TL_F(mat_t) *a,
+                        const V *za, const TL_F(mat_t) *b, const V *zb, const M *live,
+                        V *restrict out)
 {
+    if (how & TL_HOW_ONE) {
+        TL_FOR(i, how, rows)
+            TL_F(mv_rows)(1, how, i, init, a, za, b, zb, live, out);
+        return;
+    }
     ptrdiff_t i = 0;
     if (TL_ROWS >= 8)
         for (; i + 8 <= rows; i += 8)
-            TL_F(mv_rows)(8, vec, i, init, a, b, live, out);
+            TL_F(mv_rows)(8, how, i, init, a, za, b, zb, live, out);
     if (TL_ROWS >= 4)
         for (; i + 4 <= rows; i += 4)
-            TL_F(mv_rows)(4, vec, i, init, a, b, live, out);
+            TL_F(mv_rows)(4, how, i, init, a, za, b, zb, live, out);
     for (; i + 2 <= rows; i += 2)
-        TL_F(mv_rows)(2, vec, i, init, a, b, live, out);
+        TL_F(mv_rows)(2, how, i, init, a, za, b, zb, live, out);
     if (i < rows)
-        TL_F(mv_rows)(1, vec, i, init, a, b, live, out);
+        TL_F(mv_rows)(1, how, i, init, a, za, b, zb, live, out);
 }
 
-/* ---- the forward pass ---------------------------------------------------- */
+/* buf = 0, n tile values (a loop, not memset: no call where x is in registers) */
+TL_INLINE void TL_F(zero)(ptrdiff_t n, V *buf, const unsigned how)
+{
+    TL_FOR(i, how, n)
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            buf[i * TL_P + h] = TL_F(splat)(0);
+}
 
-/* The trajectory term at the tile's state k (in s->x): adds its value to the
- * sums and stores its derivative G_k. */
-TL_INLINE void TL_F(score_states)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
-                                  const int mse)
+/* ---- the forward pass ---------------------------------------------------- *
+ * The tile's running values -- x, its successor xn, each lane's final state
+ * xf, lambda and its predecessor -- are arrays of n tile values that run()
+ * owns: the slot's scratch, or in the TL_HOW_ONE versions arrays of its own
+ * that the compiler keeps in registers. The sums go to run()'s own
+ * accumulators, in registers too. */
+
+/* The trajectory term at the tile's state k (x): adds its value to sum and
+ * stores its derivative G_k. */
+TL_INLINE void TL_F(score_states)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
+                                  const V *x, tl_tile_dv *sum, const unsigned how)
 {
     const ptrdiff_t n = q->n;
     V *G = s->G + k * n * TL_P;
     if (!q->traj) {
-        for (ptrdiff_t i = 0; i < n * TL_P; i++)
-            G[i] = TL_F(splat)(0);
+        TL_F(zero)(n, G, how);
         return;
     }
+    const tl_penalty pen = (how & TL_HOW_MSE) ? TL_PENALTY_MSE : q->pen;
     const TL_F(sel_t) *sl = &s->sel;
     const M *on = sl->vs + k * TL_P;
     const V *wv = sl->wsv + k * TL_P, *wg = sl->wsg + k * TL_P;
     const V *rs = s->RS + k * n * TL_P;
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (int h = 0; h < TL_P; h++) {
-            const V r = s->x[i * TL_P + h] - rs[i * TL_P + h];
+    TL_FOR(i, how, n)
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
+            const V r = x[i * TL_P + h] - rs[i * TL_P + h];
             V d;
-            const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
+            const V e = TL_F(vrho)(pen, q->delta, &r, &d);
             const V ve = TL_KEEP(on[h], wv[h] * (q->sw[i] * e));
-            TL_F(acc)(q->sum[1], h, &ve);
+            TL_F(acc)(sum, h, &ve);
             G[i * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->sw[i] * d));
         }
 }
 
-/* x = x0 and the terms at state 0. */
-TL_INLINE void TL_F(forward_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, const int mse)
+/* x = xf = x0 and the terms at state 0. */
+TL_INLINE void TL_F(forward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s, V *x, V *xf,
+                                   tl_tile_dv *sum, const unsigned how)
 {
     const ptrdiff_t n = q->n;
     if (!q->states)
         return;
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (int h = 0; h < TL_P; h++)
-            s->x[i * TL_P + h] = s->xf[i * TL_P + h] = TL_F(gather)(q->x0 + s->b0 * n + i, n, h);
+    TL_FOR(i, how, n)
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            x[i * TL_P + h] = xf[i * TL_P + h] = TL_F(gather)(q->x0 + s->b0 * n + i, n, h);
     if (q->shift) {
-        TL_F(score_states)(q, s, 0, mse);
+        TL_F(score_states)(q, s, 0, x, sum, how);
     } else { /* an unscored state 0: its reference is never read */
-        for (ptrdiff_t i = 0; i < n * TL_P; i++)
-            s->G[i] = TL_F(splat)(0);
+        TL_F(zero)(n, s->G, how);
     }
 }
 
-/* Control step k: its penalty, then x = x_{k+1} and the terms there. */
-TL_INLINE void TL_F(forward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec,
-                                  const int mse)
+/* Control step k: its penalty, then xn = x_{k+1} from x = x_k and the
+ * terms there. */
+TL_INLINE void TL_F(forward_step)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
+                                  const V *x, V *restrict xn, V *xf, tl_tile_dv sum[][TL_SV],
+                                  const unsigned how)
 {
     const ptrdiff_t n = q->n, m = q->m;
     const TL_F(sel_t) *sl = &s->sel;
     const V *uk = s->U + k * m * TL_P;
     V *Gc = s->Gc + k * m * TL_P;
     if (q->ctl) {
+        const tl_penalty pen = (how & TL_HOW_MSE) ? TL_PENALTY_MSE : q->pen;
         const M *on = sl->vc + k * TL_P;
         const V *wv = sl->wcv + k * TL_P, *wg = sl->wcg + k * TL_P;
         const V *ru = s->RU + k * m * TL_P;
-        for (ptrdiff_t j = 0; j < m; j++)
-            for (int h = 0; h < TL_P; h++) {
+        TL_FOR(j, how, m)
+            TL_UNROLL for (int h = 0; h < TL_P; h++) {
                 const V r = uk[j * TL_P + h] - ru[j * TL_P + h];
                 V d;
-                const V e = TL_F(vrho)(mse ? TL_PENALTY_MSE : q->pen, q->delta, &r, &d);
+                const V e = TL_F(vrho)(pen, q->delta, &r, &d);
                 const V ve = TL_KEEP(on[h], wv[h] * (q->fw[j] * e));
-                TL_F(acc)(q->sum[0], h, &ve);
+                TL_F(acc)(sum[0], h, &ve);
                 Gc[j * TL_P + h] = TL_KEEP(on[h], wg[h] * (q->fw[j] * d));
             }
     } else {
-        for (ptrdiff_t j = 0; j < m * TL_P; j++)
-            Gc[j] = TL_F(splat)(0);
+        TL_F(zero)(m, Gc, how);
     }
     if (!q->states)
         return;
-    if (q->a_tv | q->b_tv | q->c_tv)
+    if (!(how & TL_HOW_ONE) && (q->a_tv | q->b_tv | q->c_tv))
         TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1 | q->c_tv << 2));
     /* the controls first: they are ready before x_k, so only A_k x_k stands
      * on the chain from step to step */
-    const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m, uk}, A = {s->Av, s->As, n, 1, n, s->x};
-    TL_F(mv)(vec, n, s->cv, &B, &A, NULL, s->xn);
-    V *t = s->x;
-    s->x = s->xn;
-    s->xn = t;
-    TL_F(score_states)(q, s, k + 1, mse);
+    const TL_F(mat_t) B = {s->Bv, s->Bs, m, 1, m}, A = {s->Av, s->As, n, 1, n};
+    TL_F(mv)(how, n, s->cv, &B, uk, &A, x, NULL, xn);
+    TL_F(score_states)(q, s, k + 1, xn, sum[1], how);
     if (q->term && sl->ragged) /* keep each lane's final state */
-        for (int h = 0; h < TL_P; h++) {
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
             const M final = (M)(sl->fin[h] == TL_F(splat_i)(k + 1));
-            for (ptrdiff_t i = 0; i < n; i++)
-                s->xf[i * TL_P + h] = TL_SEL(final, s->x[i * TL_P + h], s->xf[i * TL_P + h]);
+            TL_FOR(i, how, n)
+                xf[i * TL_P + h] = TL_SEL(final, xn[i * TL_P + h], xf[i * TL_P + h]);
         }
 }
 
-/* The terminal term at each lane's final valid state: adds to G there. */
-TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
+/* The terminal term at each lane's final valid state x: adds to G there. */
+TL_INLINE void TL_F(forward_end)(const TL_F(call_t) *q, TL_F(slot_t) *s, const V *x,
+                                 tl_tile_dv *sum, const unsigned how)
 {
     const TL_F(sel_t) *sl = &s->sel;
     const ptrdiff_t n = q->n, K = sl->Kmax, ss = q->ss;
     if (!q->term || K == 0)
         return;
     /* lanes with no valid step are left out; targets gathered lane by lane */
-    const V *x = sl->ragged ? s->xf : s->x;
-    for (ptrdiff_t i = 0; i < n; i++)
-        for (int h = 0; h < TL_P; h++) {
+    TL_FOR(i, how, n)
+        TL_UNROLL for (int h = 0; h < TL_P; h++) {
             V tgt = TL_F(splat)(0), d;
             for (int l = 0; l < TL_L; l++) {
                 const ptrdiff_t b = s->b0 + h * TL_L + l, Kl = sl->K[h * TL_L + l];
@@ -545,7 +600,7 @@ TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
             const V e = TL_F(vrho)(q->pen, q->delta, &r, &d);
             const V gd = (q->sf * q->sw[i]) * d;
             const V ve = TL_KEEP((M)(sl->fin[h] > TL_F(splat_i)(0)), q->sw[i] * e);
-            TL_F(acc)(q->sum[2], h, &ve);
+            TL_F(acc)(sum, h, &ve);
             for (int l = 0; l < TL_L; l++) {
                 const ptrdiff_t Kl = sl->K[h * TL_L + l];
                 if (Kl > 0)
@@ -557,58 +612,73 @@ TL_INLINE void TL_F(forward_end)(TL_F(call_t) *q, TL_F(slot_t) *s)
 
 /* ---- the backward pass ----------------------------------------------------- */
 
-TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, TL_F(slot_t) *s)
+TL_INLINE void TL_F(backward_begin)(const TL_F(call_t) *q, const TL_F(slot_t) *s, V *lam,
+                                    const unsigned how)
 {
     const ptrdiff_t n = q->n, K = s->sel.Kmax;
-    if (q->states)
-        for (ptrdiff_t i = 0; i < n * TL_P; i++)
-            s->lam[i] = s->G[K * n * TL_P + i];
+    if (!q->states)
+        return;
+    TL_FOR(i, how, n)
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            lam[i * TL_P + h] = s->G[(K * n + i) * TL_P + h];
 }
 
-/* Step k: grad u_k = Gc_k + B_k^T lam_{k+1} and lam_k = G_k + A_k^T lam_{k+1};
- * lanes that end at or before state k keep Gc_k and G_k, which are 0 after
- * their final state, so lam stays exactly 0 there whatever A_k holds. */
-TL_INLINE void TL_F(backward_step)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k, const int vec)
+/* Step k: grad u_k = Gc_k + B_k^T lam_{k+1} and ln = lam_k = G_k + A_k^T
+ * lam_{k+1}; lanes that end at or before state k keep Gc_k and G_k, which
+ * are 0 after their final state, so lam stays exactly 0 there whatever A_k
+ * holds. */
+TL_INLINE void TL_F(backward_step)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t k,
+                                   const V *lam, V *restrict ln, const unsigned how)
 {
     const ptrdiff_t n = q->n, m = q->m;
     const TL_F(sel_t) *sl = &s->sel;
     if (!q->states) /* the gradient is Gc_k, as it is */
         return;
-    if (q->a_tv | q->b_tv)
+    if (!(how & TL_HOW_ONE) && (q->a_tv | q->b_tv))
         TL_F(mats_at)(q, s, k, (unsigned)(q->a_tv | q->b_tv << 1));
     M live[TL_P];
-    for (int h = 0; h < TL_P; h++)
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
         live[h] = (M)(TL_F(splat_i)(k) < sl->fin[h]);
     const M *lv = sl->ragged ? live : NULL;
-    const TL_F(mat_t) none = {NULL, NULL, 0, 0, 0, NULL};
+    const TL_F(mat_t) none = {NULL, NULL, 0, 0, 0};
     if (q->gu != NULL) { /* grad u_k replaces Gc_k, to leave lane layout at the end */
-        const TL_F(mat_t) Bt = {s->Bv, s->Bs, 1, m, n, s->lam};
+        const TL_F(mat_t) Bt = {s->Bv, s->Bs, 1, m, n};
         V *Gc = s->Gc + k * m * TL_P;
-        TL_F(mv)(vec, m, Gc, &Bt, &none, lv, s->gu);
-        for (ptrdiff_t j = 0; j < m * TL_P; j++)
-            Gc[j] = s->gu[j];
+        TL_F(mv)(how, m, Gc, &Bt, lam, &none, NULL, lv, s->gu);
+        TL_FOR(j, how, m)
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                Gc[j * TL_P + h] = s->gu[j * TL_P + h];
     }
-    const TL_F(mat_t) At = {s->Av, s->As, 1, n, n, s->lam};
-    TL_F(mv)(vec, n, s->G + k * n * TL_P, &At, &none, lv, s->ln);
-    V *t = s->lam;
-    s->lam = s->ln;
-    s->ln = t;
+    const TL_F(mat_t) At = {s->Av, s->As, 1, n, n};
+    TL_F(mv)(how, n, s->G + k * n * TL_P, &At, lam, &none, NULL, lv, ln);
 }
 
-/* grad x0 = lam_0, and zero gradients after the tile's last step. */
-TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s)
+/* grad x0 = lam_0, and zero gradients after the tile's last step. Adds 0
+ * times each gradient element written to *chk, lane by lane: NaN there
+ * when one is NaN or inf. */
+TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s, const V *lam,
+                                  V *chk, const unsigned how)
 {
     const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel.Kmax;
-    if (q->gx != NULL)
-        for (ptrdiff_t i = 0; i < n; i++) {
-            if (q->states)
-                TL_F(scatter)(s->lam + i * TL_P, q->gx + s->b0 * n + i, n);
-            else
+    const V zero = TL_F(splat)(0);
+    if (q->gx != NULL) {
+        TL_FOR(i, how, n) {
+            if (q->states) {
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    chk[h] += lam[i * TL_P + h] * zero;
+                TL_F(scatter)(lam + i * TL_P, q->gx + s->b0 * n + i, n);
+            } else {
                 for (int l = 0; l < TL_TILE; l++)
                     q->gx[(s->b0 + l) * n + i] = 0;
+            }
         }
-    if (q->gu != NULL && K > 0)
+    }
+    if (q->gu != NULL && K > 0) {
+        for (ptrdiff_t e = 0; e < K * m; e++)
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                chk[h] += s->Gc[e * TL_P + h] * zero;
         TL_F(rows_out)(s->Gc, K * m, q->gu + s->b0 * q->su, q->su);
+    }
     if (q->gu != NULL && K < T)
         for (int l = 0; l < TL_TILE; l++)
             memset(q->gu + (s->b0 + l) * q->su + K * m, 0, (size_t)((T - K) * m) * sizeof(TL_T));
@@ -635,50 +705,96 @@ static void TL_F(tile_begin)(TL_F(call_t) *q, TL_F(slot_t) *s, ptrdiff_t b0)
         TL_F(rows_in)(q->rs + b0 * q->ss, q->ss, (K + 1) * n, s->RS);
 }
 
-/* `tiles` tiles from b0, each through its forward pass and then (when a
- * gradient is wanted) its backward pass. Constants, each a version of the
- * kernel: vec, the matrices are in lane layout; mse, the penalty is the
- * squared error (else the compiler computes every penalty and selects). */
-TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const int vec,
-                         const int mse)
+/* After a step from *cur into *next: *cur holds the new value. A copy in
+ * the TL_HOW_ONE versions, whose arrays stay where they are (registers);
+ * elsewhere the two pointers change places. */
+TL_INLINE void TL_F(advance)(ptrdiff_t n, V **cur, V **next, const unsigned how)
 {
-    TL_F(slot_t) *s = &q->slot;
-    const int grads = q->gu != NULL || q->gx != NULL;
-    for (ptrdiff_t t = 0; t < tiles; t++) {
-        TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
-        const ptrdiff_t K = s->sel.Kmax;
-        TL_F(forward_begin)(q, s, mse);
-        for (ptrdiff_t k = 0; k < K; k++)
-            TL_F(forward_step)(q, s, k, vec, mse);
-        TL_F(forward_end)(q, s);
-        if (!grads)
-            continue;
-        TL_F(backward_begin)(q, s);
-        for (ptrdiff_t k = K - 1; k >= 0; k--)
-            TL_F(backward_step)(q, s, k, vec);
-        TL_F(backward_end)(q, s);
+    if (how & TL_HOW_ONE) {
+        TL_FOR(i, how, n)
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                (*cur)[i * TL_P + h] = (*next)[i * TL_P + h];
+    } else {
+        V *t = *cur;
+        *cur = *next;
+        *next = t;
     }
 }
 
-static void TL_F(run_shared)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
+/* `tiles` tiles from b0, each through its forward pass and then (when a
+ * gradient is wanted) its backward pass; `how`, a constant, is the version.
+ * Steps go in pairs, x_k in xa and x_{k+1} in xb then back, so that which
+ * array holds what is known when compiling: the TL_HOW_ONE versions keep
+ * them in registers. */
+TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const unsigned how)
 {
-    TL_F(run)(q, b0, tiles, 0, 0);
+    V chk[TL_P]; /* 0 times every gradient element written */
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
+        chk[h] = TL_F(splat)(0);
+    TL_F(slot_t) *s = &q->slot;
+    const ptrdiff_t n = q->n;
+    const int grads = q->gu != NULL || q->gx != NULL;
+    tl_tile_dv sum[3][TL_SV];
+    memset(sum, 0, sizeof sum);
+    /* the TL_HOW_ONE versions' x, xn, lam, ln (each lane's final state, xf,
+     * is updated only when lanes end at different steps: it stays in the
+     * scratch, out of the registers) */
+    V own[4][TL_ONE * TL_P] = {{{0}}}; /* (not memset: the address would keep them in memory) */
+    const int one = (how & TL_HOW_ONE) != 0;
+    V *xa = one ? own[0] : s->x, *xb = one ? own[1] : s->xn, *xf = s->xf;
+    V *la = one ? own[2] : s->lam, *lb = one ? own[3] : s->ln;
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        TL_F(tile_begin)(q, s, b0 + t * TL_TILE);
+        const ptrdiff_t K = s->sel.Kmax;
+        ptrdiff_t k = 0;
+        TL_F(forward_begin)(q, s, xa, xf, sum[1], how);
+        for (; one && k + 2 <= K; k += 2) {
+            TL_F(forward_step)(q, s, k, xa, xb, xf, sum, how);
+            TL_F(forward_step)(q, s, k + 1, xb, xa, xf, sum, how);
+        }
+        for (; k < K; k++) { /* (in the TL_HOW_ONE versions, the odd last step) */
+            TL_F(forward_step)(q, s, k, xa, xb, xf, sum, how);
+            TL_F(advance)(n, &xa, &xb, how);
+        }
+        if (s->sel.ragged) /* two calls, so that each reads an array known when compiling */
+            TL_F(forward_end)(q, s, xf, sum[2], how);
+        else
+            TL_F(forward_end)(q, s, xa, sum[2], how);
+        if (!grads)
+            continue;
+        TL_F(backward_begin)(q, s, la, how);
+        for (k = K - 1; one && k >= 1; k -= 2) {
+            TL_F(backward_step)(q, s, k, la, lb, how);
+            TL_F(backward_step)(q, s, k - 1, lb, la, how);
+        }
+        for (; k >= 0; k--) {
+            TL_F(backward_step)(q, s, k, la, lb, how);
+            TL_F(advance)(n, &la, &lb, how);
+        }
+        TL_F(backward_end)(q, s, la, chk, how);
+    }
+    for (int i = 0; i < 3; i++)
+        for (size_t v = 0; v < sizeof sum[i] / sizeof sum[i][0]; v++)
+            q->sum[i][v] += sum[i][v];
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
+        for (int l = 0; l < TL_L; l++)
+            q->grads_nonfinite |= chk[h][l] != 0;
 }
 
-static void TL_F(run_lanes)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
-{
-    TL_F(run)(q, b0, tiles, 1, 0);
-}
-
-static void TL_F(run_shared_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
-{
-    TL_F(run)(q, b0, tiles, 0, 1);
-}
-
-static void TL_F(run_lanes_mse)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)
-{
-    TL_F(run)(q, b0, tiles, 1, 1);
-}
+/* The versions (a function each, so that each is compiled once). */
+#define TL_RUN_VERSION(how)                                                                   \
+    static void TL_F(run_##how)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)               \
+    {                                                                                         \
+        TL_F(run)(q, b0, tiles, how);                                                         \
+    }
+TL_RUN_VERSION(0)
+TL_RUN_VERSION(1)
+TL_RUN_VERSION(2)
+TL_RUN_VERSION(3)
+#if TL_TILE_VREG_BYTES >= 32
+TL_RUN_VERSION(6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
+#endif
+#undef TL_RUN_VERSION
 
 /* ---- the kernel ----------------------------------------------------------------- */
 
@@ -763,26 +879,45 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
 }
 
 static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
-                              double sums[3], double *work)
+                              double sums[3], int *grads_nonfinite, double *work)
 {
     TL_F(call_t) q;
     TL_F(call_init)(&q, c, work);
     const ptrdiff_t tiles = count / TL_TILE;
-    if (q.pen == TL_PENALTY_MSE)
-        (q.vec ? TL_F(run_lanes_mse) : TL_F(run_shared_mse))(&q, b0, tiles);
+    /* The registers' version only where it pays for its code: small systems
+     * shared by the batch, fixed in time, with the squared error -- the
+     * common case of small-system training -- on 256-bit registers (with
+     * 128-bit ones a tile value takes 2 or 4 of the 16, too many to hold x
+     * and lambda); the rest run the general ones. */
+    static void (*const version[4])(TL_F(call_t) *, ptrdiff_t, ptrdiff_t) = {
+        TL_F(run_0), TL_F(run_1), TL_F(run_2), TL_F(run_3)};
+    const unsigned how = (q.vec ? TL_HOW_VEC : 0) | (q.pen == TL_PENALTY_MSE ? TL_HOW_MSE : 0);
+#if TL_TILE_VREG_BYTES >= 32
+    if (how == TL_HOW_MSE && q.n <= TL_ONE && q.m <= TL_ONE && !(q.a_tv | q.b_tv | q.c_tv))
+        TL_F(run_6)(&q, b0, tiles);
     else
-        (q.vec ? TL_F(run_lanes) : TL_F(run_shared))(&q, b0, tiles);
+#endif
+        version[how](&q, b0, tiles);
     /* the lanes' sums in lane order */
     for (int i = 0; i < 3; i++) {
         double s = 0.0;
-        for (int k = 0; k < (int)(sizeof q.sum[i] / sizeof q.sum[i][0]); k++)
+        for (int k = 0; k < TL_SV; k++)
             for (int l = 0; l < (int)(sizeof q.sum[i][0] / sizeof(double)); l++)
                 s += q.sum[i][k][l];
         sums[i] += s;
     }
+    if (q.grads_nonfinite)
+        *grads_nonfinite = 1;
 }
 
 #undef TL_ROWS
+#undef TL_SV
+#undef TL_HOW_VEC
+#undef TL_HOW_MSE
+#undef TL_HOW_ONE
+#undef TL_ONE
+#undef TL_DIM
+#undef TL_FOR
 #undef TL_LN
 #undef TL_SWAP_LO
 #undef TL_SWAP_HI

@@ -130,7 +130,11 @@ static void mark_reads(problem *p)
     }
 }
 
-static problem make_problem(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m, tl_dtype dtype)
+/* A random problem; shared_mse: with a system shared by the batch and fixed
+ * in time, and the squared error (the kernel's registers version for small
+ * n and m). */
+static problem make_problem_of(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m,
+                               tl_dtype dtype, int shared_mse)
 {
     problem p;
     memset(&p, 0, sizeof p);
@@ -147,6 +151,8 @@ static problem make_problem(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m, 
         p.form[f] = T > 0 ? rand_below(FORMS) : rand_below(2);
     if (rand_below(3) == 0)
         p.form[2] = -1;
+    for (int f = 0; f < 3 && shared_mse; f++)
+        p.form[f] = p.form[f] < 0 ? -1 : SHARED;
     p.dyn = tl_dynamics_linear(n, m, p.A, p.Bm);
     set_field(&p.dyn.A, p.A, p.form[0], n * n, T);
     set_field(&p.dyn.B, p.Bm, p.form[1], n * m, T);
@@ -179,6 +185,8 @@ static problem make_problem(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m, 
         s->sel.mask = p.mask;
     }
     s->penalty = (tl_penalty)rand_below(TL_PENALTY_COUNT);
+    if (shared_mse)
+        s->penalty = TL_PENALTY_MSE;
     s->delta = 0.05 + 0.5 * (rand_s() + 1.0);
     s->terms = 1u + (unsigned)rand_below(7);
     s->control_weight = 0.5 + rand_s() * 0.25;
@@ -227,6 +235,11 @@ static problem make_problem(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m, 
                     for (ptrdiff_t e = 0; e < len[f]; e++)
                         data[f][(b * T + k) * len[f] + e] = NAN;
     return p;
+}
+
+static problem make_problem(ptrdiff_t B, ptrdiff_t T, ptrdiff_t n, ptrdiff_t m, tl_dtype dtype)
+{
+    return make_problem_of(B, T, n, m, dtype, 0);
 }
 
 static void free_problem(problem *p)
@@ -364,9 +377,21 @@ static void compare_kernel(const problem *p, tl_tile_fn fast, const char *isa)
     for (ptrdiff_t b = b0; b < b0 + count; b++)
         tl_loss_seq(&c, b, s_ref, work);
     c.io = &io_nan;
-    fast(&c, b0, count, s_nan, work);
+    int bad_nan = 0, bad_zero = 0;
+    fast(&c, b0, count, s_nan, &bad_nan, work);
     c.io = &io_zero;
-    fast(&c, b0, count, s_zero, work);
+    fast(&c, b0, count, s_zero, &bad_zero, work);
+    /* the kernel's flag against a scan of the gradient rows it wrote */
+    int scanned = 0;
+    for (ptrdiff_t b = b0; b < b0 + count; b++) {
+        for (ptrdiff_t e = 0; (p->grads & 1) && e < T * m; e++)
+            scanned |= !isfinite(elem(p, nan_pad.gu, (size_t)(b * T * m + e)));
+        for (ptrdiff_t e = 0; (p->grads & 2) && e < n; e++)
+            scanned |= !isfinite(elem(p, nan_pad.gx, (size_t)(b * n + e)));
+    }
+    CHECK(bad_nan == scanned && bad_zero == scanned,
+          "%s grads_nonfinite %d (NaN padding), %d (zero padding); the scan finds %d (%s)", isa,
+          bad_nan, bad_zero, scanned, what);
 
     for (int i = 0; i < 3; i++) {
         const double err = fabs(s_nan[i] - s_ref[i]) / fmax(1.0, fabs(s_ref[i]));
@@ -444,12 +469,16 @@ static void compare_call(const problem *p)
     free_arrays(&r);
 }
 
+/* Random problems; a third of them small (n, m <= 4), shared, fixed in time
+ * and with the squared error, where the kernel keeps x and lambda in
+ * registers. */
 static void test_random(int cases)
 {
     for (int t = 0; t < cases; t++) {
-        const ptrdiff_t n = 1 + rand_below(13), m = 1 + rand_below(13);
+        const int small = rand_below(3) == 0;
+        const ptrdiff_t n = 1 + rand_below(small ? 4 : 13), m = 1 + rand_below(small ? 4 : 13);
         const ptrdiff_t T = rand_below(41), B = 1 + rand_below(40);
-        problem p = make_problem(B, T, n, m, rand_below(2) ? TL_F64 : TL_F32);
+        problem p = make_problem_of(B, T, n, m, rand_below(2) ? TL_F64 : TL_F32, small);
         double powers[64];
         tl_loss_io io = {p.dtype, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
         const tl_loss_ctx c = make_ctx(&p, &io, powers);
@@ -495,9 +524,12 @@ static void test_read_nan(void)
             double *work = xcalloc(tl_tile_doubles(3, 2, 6), sizeof(double));
             tl_loss_ctx c = make_ctx(&p, &io, powers);
             c.uniform = 1;
-            tl_tile_kernel(&c)(&c, 0, 16, sums, work);
+            int bad = 0;
+            tl_tile_kernel(&c)(&c, 0, 16, sums, &bad, work);
             CHECK(isnan(sums[0]) && isnan(sums[1]), "read NaN: sums %g %g (penalty %d)", sums[0],
                   sums[1], pen);
+            CHECK(bad == 1, "read NaN: the kernel does not flag its NaN gradients (penalty %d)",
+                  pen);
             CHECK(isnan(elem(&p, a.gu, 5 * 12 + 4)) && isnan(elem(&p, a.gx, 5 * 3)),
                   "read NaN: its gradients (penalty %d)", pen);
             int others = 1;
