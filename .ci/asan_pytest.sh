@@ -202,11 +202,12 @@ left_out=(
     # above): under the cap min_energy's multi-GiB plan is a MemoryError naming
     # steps; without it the plan is made and the call runs.
     --deselect tests/test_min_energy_accuracy.py::test_memory_error_names_steps
-    # Ctrl-C of a long from_continuous: it times a signal against a subprocess,
-    # and beside the README command's pytest run a sanitized child once finished
-    # its 5.7 s of work before the signal was seen (alone under ASan it is
-    # interrupted after 0.9 s). Its C path -- the cancel hook polled between
-    # products -- runs under ASan in csrc/tests/test_trajloss.c (test_expm_cancel).
+    # Ctrl-C of a long from_continuous: 10-20 s of a 2048-state matrix
+    # exponential under ASan for a test of timing, not memory. (Its sanitized
+    # child once ran to the end: this run is a background job, whose children
+    # inherit SIGINT ignored; the child now installs Python's handler itself.)
+    # Its C path -- the cancel hook polled between products -- runs under ASan
+    # in csrc/tests/test_trajloss.c (test_expm_cancel).
     --deselect tests/test_expm.py::test_ctrl_c_interrupts_from_continuous
 )
 # Its own temporary directories, so that it can run beside another pytest run
