@@ -27,8 +27,8 @@ mkdir -p "$lib" "$logs"
 # ---- build ------------------------------------------------------------------
 # setup.py is the one description of the extension; setuptools adds CFLAGS
 # and LDFLAGS from the environment to every compile and link.
-if ! "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)'; then
-    "$PYTHON" -m pip install --quiet "setuptools>=68"  # pyproject.toml's build requirement
+if ! "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)'; then
+    "$PYTHON" -m pip install --quiet "setuptools>=77"  # pyproject.toml's build requirement
 fi
 # -g1: line tables, all a sanitizer report's stack trace needs; full -g
 # costs a quarter more compile time in the two big kernel files (~55 s each
