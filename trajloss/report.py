@@ -383,8 +383,23 @@ def parse_fraction(text):
 MAX_SAMPLES = 10**9
 
 
+#: The help's description: plain text for a terminal, printed as written.
+DESCRIPTION = """\
+The loss-scale and reference analysis of a linear time-invariant system: by
+default the double integrator of the double-integrator study (15 steps of
+dt = 1/3 s, positions in [-10, 10], velocities in [-5, 5], target the origin,
+|u| <= 8), or the system in --system FILE. Four tables:
+  1. the mean squared errors of the control and trajectory loss terms for
+     random predictions, and the trajectory weight that balances them;
+  2. each term's share of the total at weight 1 and at that weight;
+  3. the end-point error of the averaged, exact and continuous
+     minimum-energy references;
+  4. the averaged reference's end-point error against the number of steps.
+--json prints the same numbers as JSON."""
+
+
 def build_parser(prog="python -m trajloss report"):
-    parser = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog=prog, description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=_positive(int, MAX_STEPS), default=None,
                         help=f"control steps per trajectory, at most {MAX_STEPS} "
