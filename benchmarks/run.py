@@ -13,7 +13,8 @@ W1  combined_loss value + gradient (controls and x0), double integrator, T = 15,
     B in {1, 64, 1024, 16384, 262144}, float32 and float64
 W2  combined_loss on a random stable 6-state, 2-input system, T = 100, B = 4096,
     discount 0.97, random lengths in [T/2, T], terminal weight
-W3  seed 004: time-weighted control_loss only, discount 0.375, D = 6, T = 100, B = 1024
+W3  time-weighted behaviour-cloning loss: control_loss only, discount 0.375, D = 6,
+    T = 100, B = 1024
 W4  min_energy(method="exact") for 10**6 double-integrator samples, T = 15
 W5  per-call overhead at B = 1 (combined_loss of W1 and a minimal control_loss)
 W6  the memory floor of W1 at B = 262144: one copy of the bytes W1 reads + writes
@@ -1077,7 +1078,7 @@ W1_T, W1_WEIGHT, W1_TERMINAL = 15, 0.3, 0.0
 
 
 def w1_problem(B: int) -> LossProblem:
-    """Seed 000's setting: exact references from make_dataset, noisy predictions."""
+    """The double-integrator study's setting: exact references (make_dataset), noisy predictions."""
     system = trajloss.DoubleIntegrator(dt=1 / 3)
     data = trajloss.make_dataset(system, B, W1_T, seed=0)
     rng = np.random.default_rng(1)
@@ -1121,7 +1122,7 @@ def run_w2(ctx: Context):
         ctx.run_loss_case("W2", p.astype(dtype))
 
 
-@workload("W3", "seed 004: time-weighted control_loss, discount 0.375, D=6")
+@workload("W3", "time-weighted behaviour-cloning control_loss, discount 0.375, D=6")
 def run_w3(ctx: Context):
     B, T = ctx.mode.w3
     rng = np.random.default_rng(3)

@@ -17,7 +17,7 @@ from . import _core
 from . import weighting
 from ._version import __version__
 from .calibration import Calibration, calibrate
-from .datasets import SEED000, Dataset, make_dataset
+from .datasets import DOUBLE_INTEGRATOR_DEFAULTS, Dataset, make_dataset
 from .losses import (LossComponents, LossResult, combined_loss, control_loss, terminal_loss,
                      time_weights, trajectory_loss)
 from .metrics import final_state_error, success_rate
@@ -31,7 +31,7 @@ __all__ = [
     "__version__",
     "Calibration",
     "Dataset",
-    "SEED000",
+    "DOUBLE_INTEGRATOR_DEFAULTS",
     "calibrate",
     "make_dataset",
     "DoubleIntegrator",

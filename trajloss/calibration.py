@@ -1,6 +1,7 @@
-"""Scale calibration between the control and trajectory loss terms (seed 000,
-"best practice 1"): score a baseline prediction with both terms and weight
-the trajectory term so both contribute equally."""
+"""Scale calibration between the control and trajectory loss terms (the first
+remedy of the double-integrator study, whose terms were 3-4x apart): score a
+baseline prediction with both terms and weight the trajectory term so both
+contribute equally."""
 from __future__ import annotations
 
 import math
@@ -26,12 +27,12 @@ class Calibration:
         ``control_loss(U, dataset.controls)`` of the baseline predictions U.
     trajectory_mse : float
         ``trajectory_loss(system, U, x0, dataset.states, include_initial=True)``
-        (every state of the trajectory, as seed 000 averages them).
+        (every state of the trajectory, as the double-integrator study averages them).
     ratio : float
-        ``trajectory_mse / control_mse`` (seed 000: 3.4).
+        ``trajectory_mse / control_mse`` (double-integrator study: 3.4).
     recommended_weight : float
         ``control_mse / trajectory_mse``: the trajectory weight at which both
-        terms contribute equally (seed 000: ≈ 0.3).
+        terms contribute equally (double-integrator study: ≈ 0.3).
     """
 
     control_mse: float
@@ -46,7 +47,7 @@ class Calibration:
         """Each term's share of ``control + weight·trajectory`` at these scales.
 
         Returns a dict with ``control`` and ``trajectory`` (fractions of the
-        total) and ``total``. At ``weight=1`` this is seed 000's 23% / 77%;
+        total) and ``total``. At ``weight=1`` the double-integrator study had 23% / 77%;
         at ``recommended_weight`` it is 50% / 50%.
         """
         weight = _real_number(weight, "weight")
@@ -77,7 +78,7 @@ def calibrate(system, dataset, baseline="random", control_bound=8.0, seed=0):
         ``"random"``: controls ``U ~ Uniform(−bound, bound)``, i.i.d.;
         ``"zero"``: ``U = 0``.
     control_bound : float
-        The bound of the random baseline (seed 000: 8); finite, > 0 and at
+        The bound of the random baseline (double-integrator study: 8); finite, > 0 and at
         most half the largest float64 (so ``2·bound`` is finite).
     seed : int
         Seed of the random baseline.

@@ -16,12 +16,13 @@ from .references import REFERENCE_METHODS, min_energy
 from .rollout import _check_system
 from .systems import DoubleIntegrator, LinearSystem, TimeVaryingSystem
 
-__all__ = ["Dataset", "DEFAULT_MAX_BYTES", "SEED000", "make_dataset"]
+__all__ = ["Dataset", "DEFAULT_MAX_BYTES", "DOUBLE_INTEGRATOR_DEFAULTS", "make_dataset"]
 
-#: Seed 000's double-integrator problem: 15 steps of dt = 1/3 s, positions in
-#: [-10, 10], velocities in [-5, 5], the origin as target, |u| <= 8.
-SEED000 = dict(steps=15, dt=1 / 3, x0_low=(-10.0, -5.0), x0_high=(10.0, 5.0), target=0.0,
-               control_bound=8.0)
+#: The double-integrator study's problem (control vs trajectory loss scale
+#: mismatch): 15 steps of dt = 1/3 s, positions in [-10, 10], velocities in
+#: [-5, 5], the origin as target, |u| <= 8.
+DOUBLE_INTEGRATOR_DEFAULTS = dict(steps=15, dt=1 / 3, x0_low=(-10.0, -5.0), x0_high=(10.0, 5.0),
+                                  target=0.0, control_bound=8.0)
 
 #: What :meth:`Dataset.load` reads at most by default: 4 GiB of array data.
 DEFAULT_MAX_BYTES = 4 * 2**30
@@ -426,8 +427,8 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
         Show a tqdm progress bar (default: for large sizes on a terminal).
 
     For a :class:`DoubleIntegrator` the omitted ``steps``, ``x0_low``,
-    ``x0_high`` and ``control_bound`` take seed 000's values (15, (−10, −5),
-    (10, 5), 8); pass ``control_bound=float("inf")`` for no bound.
+    ``x0_high`` and ``control_bound`` take the double-integrator study's
+    values (15, (−10, −5), (10, 5), 8); pass ``control_bound=float("inf")`` for no bound.
 
     Returns
     -------
@@ -437,10 +438,11 @@ def make_dataset(system, size, steps=None, *, x0_low=None, x0_high=None, target=
     if steps is None and system.steps is not None:
         steps = system.steps
     if isinstance(system, DoubleIntegrator):
-        steps = SEED000["steps"] if steps is None else steps
-        x0_low = SEED000["x0_low"] if x0_low is None else x0_low
-        x0_high = SEED000["x0_high"] if x0_high is None else x0_high
-        control_bound = SEED000["control_bound"] if control_bound is None else control_bound
+        study = DOUBLE_INTEGRATOR_DEFAULTS
+        steps = study["steps"] if steps is None else steps
+        x0_low = study["x0_low"] if x0_low is None else x0_low
+        x0_high = study["x0_high"] if x0_high is None else x0_high
+        control_bound = study["control_bound"] if control_bound is None else control_bound
     if steps is None or x0_low is None or x0_high is None:
         raise ValueError("steps, x0_low and x0_high are required for systems other than "
                          "DoubleIntegrator")

@@ -75,7 +75,7 @@ __all__ = [
 
 
 class LossComponents(NamedTuple):
-    """The terms of a :func:`combined_loss`, as seed 000 says to log them.
+    """The terms of a :func:`combined_loss`, as worth logging every epoch.
 
     ``control``, ``trajectory``, ``terminal`` are the raw term values;
     ``weight`` and ``terminal_weight`` their multipliers; ``total`` the loss.
@@ -362,7 +362,7 @@ def combined_loss(system, controls, x0, ref_controls, ref_states, *, weight,
     -------
     LossResult with ``value``, ``grad``, ``grad_x0`` and ``components``
     (raw terms, contributions, fractions of the total, ``ratio`` =
-    trajectory / control: what seed 000 says to log every epoch).
+    trajectory / control: what is worth logging every epoch).
     """
     if ref_controls is None or ref_states is None:
         _required(ref_controls=ref_controls, ref_states=ref_states)

@@ -1,5 +1,5 @@
-"""Loss monitoring: what seed 000 says to watch every epoch, and a comparison
-table of runs like its "Comparison Matrix"."""
+"""Loss monitoring: what the double-integrator study found worth watching every
+epoch (each term's share of the loss), and a comparison table of runs."""
 from __future__ import annotations
 
 import logging
@@ -39,7 +39,7 @@ class LossMonitor:
         A term whose share of the total stays above this ...
     patience : int
         ... for this many consecutive epochs triggers one warning per run and
-        term (seed 000: the trajectory term at 77% wrecked training).
+        term (in the double-integrator study the trajectory term at 77% wrecked training).
     """
 
     def __init__(self, name="run", logger=None, dominance=0.7, patience=5):
@@ -118,7 +118,7 @@ class LossMonitor:
         self._sums_count += k
 
     def end_epoch(self, epoch=None):
-        """Summarise the epoch's steps, log the seed's line, check dominance.
+        """Summarise the epoch's steps, log the epoch's line, check dominance.
 
         Returns ``dict(epoch, control, trajectory, terminal, weight, ratio,
         shares, total)`` with count-weighted means; shares are each term's
@@ -171,7 +171,7 @@ class LossMonitor:
         return {"runs": [dict(run) for run in self._reported()]}
 
     def to_markdown(self):
-        """The runs as seed 000's "Comparison Matrix"."""
+        """The runs as a Markdown comparison table, one row a run."""
         def fmt(value, kind):
             if value is None:
                 return "-"

@@ -22,10 +22,10 @@ Three constructions (``method``), for ``T = steps`` and ``H = T·dt``:
     ``|R_kk| ≤ max(n, T·m)·eps·|R_11|``; the message gives the rank found,
     the tolerance and the diagonal entries.
 ``"average"``
-    Seed 000's construction: the continuous minimum-energy law
+    The double-integrator study's construction: the continuous minimum-energy law
     ``u(t) = Bᵀ e^{Aᵀ(H−t)} W_c(H)⁻¹ (xf − e^{AH} x0)`` averaged exactly over
     each interval, rolled out with the exact ZOH model. Its ``final_error``
-    is the discretisation error (≈ 0.03–0.04 on seed 000's double integrator,
+    is the discretisation error (≈ 0.03–0.04 on the study's double integrator,
     ``|b|·H·dt²/12`` in position for ``u(t) = a + b t``).
 ``"continuous"``
     The same averaged controls, with ``states`` the exact continuous optimal

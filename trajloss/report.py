@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import calibrate
-from .datasets import SEED000, _check_regular_file, _path_label, _printable, _read_npz, make_dataset
+from .datasets import DOUBLE_INTEGRATOR_DEFAULTS as STUDY
+from .datasets import _check_regular_file, _path_label, _printable, _read_npz, make_dataset
 from .references import min_energy
 from .systems import DoubleIntegrator, LinearSystem
 
@@ -41,16 +42,16 @@ class Problem:
 
 
 def default_problem(steps=None, dt=None, bound=None):
-    """Seed 000's double integrator, with optional overrides."""
-    dt = SEED000["dt"] if dt is None else dt
+    """The double-integrator study's problem, with optional overrides."""
+    dt = STUDY["dt"] if dt is None else dt
     try:
         system = DoubleIntegrator(dt=dt)
     except ValueError as exc:
         raise ValueError(f"--dt {dt!r} gives no usable discrete system ({exc})") from None
     return Problem("double integrator", system,
-                   np.array(SEED000["x0_low"]), np.array(SEED000["x0_high"]),
-                   np.zeros(2), SEED000["steps"] if steps is None else steps,
-                   SEED000["control_bound"] if bound is None else bound)
+                   np.array(STUDY["x0_low"]), np.array(STUDY["x0_high"]),
+                   np.zeros(2), STUDY["steps"] if steps is None else steps,
+                   STUDY["control_bound"] if bound is None else bound)
 
 
 #: The keys of a ``--system`` file: required, then optional.
@@ -202,7 +203,7 @@ def load_problem(path, steps=None, dt=None, bound=None):
     if np.any(vectors["x0_low"] > vectors["x0_high"]):
         raise ValueError(f"system file {label}: x0_low must not exceed x0_high, got "
                          f"{vectors['x0_low'].tolist()} > {vectors['x0_high'].tolist()}")
-    file_steps = SEED000["steps"]
+    file_steps = STUDY["steps"]
     if "steps" in raw:
         file_steps = _number(raw, "steps", label)
         if not (math.isfinite(file_steps) and file_steps == int(file_steps)
@@ -210,7 +211,7 @@ def load_problem(path, steps=None, dt=None, bound=None):
             raise ValueError(f"system file {label}: steps must be a whole number in "
                              f"[1, {MAX_STEPS}], got {file_steps!r}")
         file_steps = int(file_steps)
-    file_bound = SEED000["control_bound"]
+    file_bound = STUDY["control_bound"]
     if "control_bound" in raw:
         file_bound = _number(raw, "control_bound", label)
         if not (math.isfinite(file_bound) and file_bound > 0):

@@ -397,7 +397,8 @@ class DoubleIntegrator(LinearSystem):
     """The double integrator: position and velocity driven by an acceleration.
 
     Continuous ``A = [[0, 1], [0, 0]]``, ``B = [[0], [1]]`` (n = 2, m = 1),
-    discretised with step ``dt`` (default 1/3 s, as in seed 000). With
+    discretised with step ``dt`` (default 1/3 s, as in the double-integrator
+    study). With
     ``method="zoh"``, ``Ad = [[1, dt], [0, 1]]`` and ``Bd = [[dt²/2], [dt]]``.
     """
 

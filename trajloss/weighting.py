@@ -1,5 +1,6 @@
-"""Weighting between the control and trajectory loss terms: seed 000's four
-approaches behind one interface.
+"""Weighting between the control and trajectory loss terms: the four
+approaches of the double-integrator study (control vs trajectory loss scale
+mismatch) behind one interface.
 
 Every strategy answers ``weight(epoch=None, control=None, trajectory=None)``
 with the multiplier of the trajectory term in
@@ -13,7 +14,7 @@ statistics of earlier calls (detached), and the call's raw term values are
 observed afterwards.
 
 =========================  ==================================================
-seed 000                    strategy
+study's approach            strategy
 =========================  ==================================================
 approach 1 (weight 0.3)     ``Fixed(0.3)`` or ``Calibrated`` (from ``calibrate``)
 approach 2 (normalised)     ``Normalized.from_dataset(data, alpha=1)``
@@ -84,7 +85,8 @@ def _state_value(state, key):
 
 
 class Fixed(WeightingStrategy):
-    """A constant weight (seed 000, approach 1: 0.3 for its double integrator)."""
+    """A constant weight (the double-integrator study's approach 1: 0.3 for its
+    system)."""
 
     def __init__(self, weight):
         self.value = _real(weight, "weight")
@@ -97,11 +99,11 @@ class Fixed(WeightingStrategy):
 
 
 class Normalized(WeightingStrategy):
-    """Seed 000, approach 2: ``control/σ_c² + α·trajectory/σ_t²``.
+    """The double-integrator study's approach 2: ``control/σ_c² + α·trajectory/σ_t²``.
 
     Multiplied through by ``σ_c²`` (which only rescales the learning rate) this
     is ``control + weight·trajectory`` with ``weight = α·σ_c²/σ_t²``;
-    ``scale = 1/σ_c²`` restores the seed's exact form if wanted.
+    ``scale = 1/σ_c²`` restores the study's exact form if wanted.
     """
 
     def __init__(self, control_var, trajectory_var, alpha=1.0):
@@ -131,7 +133,8 @@ class Normalized(WeightingStrategy):
 
 
 class Curriculum(WeightingStrategy):
-    """Seed 000, approach 3: 0 before ``start``, then a linear ramp to ``final``.
+    """The double-integrator study's approach 3: 0 before ``start``, then a
+    linear ramp to ``final``.
 
     ``w(epoch) = 0`` for ``epoch < start``, else ``min(final, final·(epoch − start)/ramp)``
     (``ramp = 0``: ``final`` from ``start`` on). Needs the epoch.
@@ -157,10 +160,11 @@ class Curriculum(WeightingStrategy):
 
 
 class Adaptive(WeightingStrategy):
-    """Seed 000, approach 4, damped: ``w = control / (trajectory + eps)`` from
-    exponentially smoothed, detached term values, clipped to ``bounds``.
+    """The double-integrator study's approach 4, damped: ``w = control /
+    (trajectory + eps)`` from exponentially smoothed, detached term values,
+    clipped to ``bounds``.
 
-    The seed warns that the raw ratio oscillates; smoothing (``momentum``) and
+    The study warns that the raw ratio oscillates; smoothing (``momentum``) and
     clipping keep the weight steady, and because :func:`combined_loss` uses
     the weight of earlier steps, a step's own values never feed back into its
     own gradient.
@@ -241,7 +245,8 @@ class Adaptive(WeightingStrategy):
 
 class Calibrated(WeightingStrategy):
     """The weight at which both terms contribute equally for a baseline
-    prediction (``trajloss.calibrate``; seed 000's best practice 1)."""
+    prediction (``trajloss.calibrate``; the double-integrator study's first
+    remedy)."""
 
     def __init__(self, calibration, scale=1.0):
         if not hasattr(calibration, "recommended_weight"):
@@ -271,7 +276,7 @@ def make(name, **kwargs):
     """A strategy by name (``"fixed"``, ``"normalized"``, ``"curriculum"``,
     ``"adaptive"``, ``"calibrated"``) with its keyword arguments; a strategy is
     returned as is and a number becomes :class:`Fixed`. So a training script
-    switches between seed 000's approaches with one argument."""
+    switches between the study's approaches with one argument."""
     if isinstance(name, WeightingStrategy):
         return name
     if isinstance(name, (int, float, np.integer, np.floating)) and not isinstance(name, bool):
