@@ -73,3 +73,23 @@ def test_metadata_build_prints_no_license_warning(tmp_path):
     dist_info = tmp_path / result.stdout.strip().splitlines()[-1]
     metadata = (dist_info / "METADATA").read_text(encoding="utf-8")
     assert "License-Expression: BSD-3-Clause" in metadata.splitlines()
+
+
+def test_notebooks_extra_brings_jupyter_and_the_readme_says_how():
+    """The notebooks can be opened from the README's instructions: the
+    ``notebooks`` extra installs a Jupyter front end, matplotlib and torch
+    (notebooks 03 and 04 import it), and the README gives the commands."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower() for r in extras["notebooks"]}
+    assert "jupyterlab" in names
+    assert "matplotlib" in names
+    torch_via_extra = any(r.replace(" ", "").startswith("trajloss[") and "torch" in r
+                          for r in extras["notebooks"])
+    assert "torch" in names or torch_via_extra
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert 'pip install -e ".[notebooks]"' in readme
+    assert "jupyter lab notebooks/" in readme
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        imports = set(re.findall(r"import (\w+)", nb.read_text(encoding="utf-8")))
+        if "torch" in imports:
+            assert "torch" in names or torch_via_extra, nb.name
