@@ -257,8 +257,6 @@ typedef struct {
     TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
     double *row;                    /* T + 2: one sequence's time weights */
     TL_F(slot_t) slot;
-    tl_tile_dv sum[3][TL_SV];
-    int grads_nonfinite;            /* a gradient element written is NaN or inf */
 } TL_F(call_t);
 
 /* Field f (len elements) of lanes b0 .. b0 + 7 at step k: into the lane
@@ -382,8 +380,8 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
  *   TL_HOW_MSE  the penalty is the squared error (else the compiler
  *               computes every penalty and selects);
  *   TL_HOW_ONE  the state and the control fit in TL_ONE tile values each
- *               (n, m <= TL_ONE: half the vector registers for x and as
- *               many for its successor). Every loop over rows and columns
+ *               (n, m <= TL_ONE: a quarter of the 16 vector registers for
+ *               x, as many for its successor). Every loop over rows and columns
  *               is then bounded by TL_ONE at compile time as well as by the
  *               size read at run time: the compiler unrolls it whole, and x
  *               and lambda stay in registers from step to step instead of
@@ -485,11 +483,11 @@ TL_INLINE void TL_F(zero)(ptrdiff_t n, V *buf, const unsigned how)
 }
 
 /* ---- the forward pass ---------------------------------------------------- *
- * The tile's running values -- x, its successor xn, each lane's final state
- * xf, lambda and its predecessor -- are arrays of n tile values that run()
- * owns: the slot's scratch, or in the TL_HOW_ONE versions arrays of its own
- * that the compiler keeps in registers. The sums go to run()'s own
- * accumulators, in registers too. */
+ * The tile's running values -- x, its successor xn, lambda and its
+ * predecessor -- are arrays of n tile values that run() owns: the slot's
+ * scratch, or in the TL_HOW_ONE versions arrays of its own that the
+ * compiler keeps in registers. Each lane's final state xf stays in the
+ * scratch. The sums go to run()'s own accumulators, in registers too. */
 
 /* The trajectory term at the tile's state k (x): adds its value to sum and
  * stores its derivative G_k. */
@@ -723,10 +721,13 @@ TL_INLINE void TL_F(advance)(ptrdiff_t n, V **cur, V **next, const unsigned how)
 
 /* `tiles` tiles from b0, each through its forward pass and then (when a
  * gradient is wanted) its backward pass; `how`, a constant, is the version.
- * Steps go in pairs, x_k in xa and x_{k+1} in xb then back, so that which
- * array holds what is known when compiling: the TL_HOW_ONE versions keep
- * them in registers. */
-TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const unsigned how)
+ * Adds the tiles' term sums to sums[0..2], lane by lane in lane order, and
+ * sets *grads_nonfinite when a gradient element written is NaN or inf. In
+ * the TL_HOW_ONE versions steps go in pairs, x_k in xa and x_{k+1} in xb
+ * then back, so that which array holds what is known when compiling and
+ * both stay in registers; the others swap pointers. */
+TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double sums[3],
+                         int *grads_nonfinite, const unsigned how)
 {
     V chk[TL_P]; /* 0 times every gradient element written */
     TL_UNROLL for (int h = 0; h < TL_P; h++)
@@ -773,19 +774,25 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, const u
         }
         TL_F(backward_end)(q, s, la, chk, how);
     }
-    for (int i = 0; i < 3; i++)
-        for (size_t v = 0; v < sizeof sum[i] / sizeof sum[i][0]; v++)
-            q->sum[i][v] += sum[i][v];
+    for (int i = 0; i < 3; i++) {
+        double total = 0.0;
+        for (int v = 0; v < TL_SV; v++)
+            for (int l = 0; l < (int)(sizeof sum[i][v] / sizeof(double)); l++)
+                total += sum[i][v][l];
+        sums[i] += total;
+    }
     TL_UNROLL for (int h = 0; h < TL_P; h++)
         for (int l = 0; l < TL_L; l++)
-            q->grads_nonfinite |= chk[h][l] != 0;
+            if (chk[h][l] != 0)
+                *grads_nonfinite = 1;
 }
 
 /* The versions (a function each, so that each is compiled once). */
 #define TL_RUN_VERSION(how)                                                                   \
-    static void TL_F(run_##how)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles)               \
+    static void TL_F(run_##how)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,               \
+                                double sums[3], int *grads_nonfinite)                         \
     {                                                                                         \
-        TL_F(run)(q, b0, tiles, how);                                                         \
+        TL_F(run)(q, b0, tiles, sums, grads_nonfinite, how);                                  \
     }
 TL_RUN_VERSION(0)
 TL_RUN_VERSION(1)
@@ -889,25 +896,15 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
      * common case of small-system training -- on 256-bit registers (with
      * 128-bit ones a tile value takes 2 or 4 of the 16, too many to hold x
      * and lambda); the rest run the general ones. */
-    static void (*const version[4])(TL_F(call_t) *, ptrdiff_t, ptrdiff_t) = {
+    static void (*const version[4])(TL_F(call_t) *, ptrdiff_t, ptrdiff_t, double *, int *) = {
         TL_F(run_0), TL_F(run_1), TL_F(run_2), TL_F(run_3)};
     const unsigned how = (q.vec ? TL_HOW_VEC : 0) | (q.pen == TL_PENALTY_MSE ? TL_HOW_MSE : 0);
 #if TL_TILE_VREG_BYTES >= 32
     if (how == TL_HOW_MSE && q.n <= TL_ONE && q.m <= TL_ONE && !(q.a_tv | q.b_tv | q.c_tv))
-        TL_F(run_6)(&q, b0, tiles);
+        TL_F(run_6)(&q, b0, tiles, sums, grads_nonfinite);
     else
 #endif
-        version[how](&q, b0, tiles);
-    /* the lanes' sums in lane order */
-    for (int i = 0; i < 3; i++) {
-        double s = 0.0;
-        for (int k = 0; k < TL_SV; k++)
-            for (int l = 0; l < (int)(sizeof q.sum[i][0] / sizeof(double)); l++)
-                s += q.sum[i][k][l];
-        sums[i] += s;
-    }
-    if (q.grads_nonfinite)
-        *grads_nonfinite = 1;
+        version[how](&q, b0, tiles, sums, grads_nonfinite);
 }
 
 #undef TL_ROWS
