@@ -117,7 +117,7 @@ class parallel_build_ext(build_ext):
         if (getattr(self, "editable_mode", False) and os.path.exists(in_tree)
                 and os.path.abspath(target) != in_tree
                 and not newer_group(list(ext.sources) + list(ext.depends), in_tree, "newer")):
-            print(f"trajloss: {self.get_ext_filename(ext.name)} is up to date, not rebuilt")
+            print(f"trajloss: {os.path.relpath(in_tree)} is up to date, not rebuilt")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(in_tree, target)
             return
