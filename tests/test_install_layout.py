@@ -116,8 +116,9 @@ def test_import_from_any_folder_computes_the_loss(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", CASES)
 def test_python_m_trajloss_from_any_folder(kind, tmp_path):
-    """The command-line entry point, which imports submodules first (the
-    issue's OpenBLAS error came from there)."""
+    """The command-line entry point, which imports submodules first: from the
+    parent folder of a clone in the old flat layout it skipped the package's
+    __init__ and failed to load the OpenBLAS library."""
     where = folder(kind, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "trajloss", "demo"], cwd=where,
                           env=child_env(), capture_output=True, text=True, timeout=120)
