@@ -1,4 +1,7 @@
-"""Build trajloss._core from csrc/ (the C core) and trajloss/_coremodule.c.
+"""Build trajloss._core from csrc/ (the C core) and src/trajloss/_coremodule.c.
+
+The package lives in src/trajloss (pyproject.toml: package-dir); an in-place
+build (``python setup.py build_ext --inplace``) puts the module there too.
 
 LAPACK provider, chosen with the environment variable TRAJLOSS_LAPACK:
   unset / "scipy-openblas32"  the scipy-openblas32 wheel (a build and runtime
@@ -46,7 +49,7 @@ def lapack_options():
 
     libs = [f"-L{scipy_openblas32.get_lib_dir()}", f"-l{scipy_openblas32.get_library()}",
             # An installed wheel finds the library beside it in site-packages;
-            # trajloss/__init__.py also preloads it (editable installs).
+            # src/trajloss/_lapack.py also preloads it (editable installs).
             "-Wl,-rpath,$ORIGIN/../scipy_openblas32/lib"]
     return provider, ["-DTL_LAPACK_SCIPY_OPENBLAS"], libs, []
 
@@ -75,7 +78,7 @@ HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswi
 
 core = Extension(
     "trajloss._core",
-    sources=["trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
+    sources=["src/trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
     depends=HEADERS + [provider_stamp(provider)],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
@@ -100,14 +103,21 @@ class parallel_build_ext(build_ext):
         if not self.parallel:
             self.parallel = True
 
+    def in_tree_path(self, ext):
+        """Where an in-place build and an editable install put the module:
+        in the package's source folder (src/trajloss, from package-dir)."""
+        package = ext.name.rpartition(".")[0]
+        package_dir = self.get_finalized_command("build_py").get_package_dir(package)
+        return os.path.join(os.path.dirname(os.path.abspath(__file__)), package_dir,
+                            os.path.basename(self.get_ext_filename(ext.name)))
+
     def build_extension(self, ext):
-        in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               self.get_ext_filename(ext.name))
+        in_tree = self.in_tree_path(ext)
         target = self.get_ext_fullpath(ext.name)
         if (getattr(self, "editable_mode", False) and os.path.exists(in_tree)
                 and os.path.abspath(target) != in_tree
                 and not newer_group(list(ext.sources) + list(ext.depends), in_tree, "newer")):
-            print(f"trajloss: {self.get_ext_filename(ext.name)} is up to date, not rebuilt")
+            print(f"trajloss: {os.path.relpath(in_tree)} is up to date, not rebuilt")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(in_tree, target)
             return

@@ -37,7 +37,7 @@ san="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-poin
 CC=gcc CFLAGS="-g1 $san" LDFLAGS="$san" \
     "$PYTHON" setup.py --quiet build_ext --build-lib "$lib" --build-temp "$work/obj" \
     > "$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
-cp trajloss/*.py trajloss/*.pyi trajloss/py.typed "$lib/trajloss/"
+cp src/trajloss/*.py src/trajloss/*.pyi src/trajloss/py.typed "$lib/trajloss/"
 echo "asan_pytest: built in $((SECONDS - start)) s"
 
 # The build needs only the build requirements; what follows imports the test
@@ -107,7 +107,7 @@ rm -f "$logs"/*
 
 # ---- the tests ------------------------------------------------------------------
 # What this run is for: memory errors and undefined behaviour in the C core and
-# in the extension module (trajloss/_coremodule.c), reached from Python. It runs
+# in the extension module (src/trajloss/_coremodule.c), reached from Python. It runs
 # every test file except the ones listed below, and every test of the kept files
 # except those deselected below. Nothing goes untested: .ci/run runs the whole
 # suite, these included, with the normal build (the README's test command).

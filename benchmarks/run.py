@@ -1643,7 +1643,7 @@ def machine_info(ctx: Context) -> dict:
         run = lambda *a: subprocess.run(["git", "-C", REPO, *a], capture_output=True,  # noqa: E731
                                         text=True, timeout=10).stdout.strip()
         git = {"commit": run("rev-parse", "HEAD"),
-               "dirty": bool(run("status", "--porcelain", "--", "csrc", "trajloss", "setup.py"))}
+               "dirty": bool(run("status", "--porcelain", "--", "csrc", "src", "setup.py"))}
     except (OSError, subprocess.SubprocessError):
         pass
     try:  # which compiled extension ran: the commit alone does not say when it was built

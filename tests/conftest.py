@@ -5,6 +5,7 @@ the tests compare the package against plain NumPy loops, closed forms,
 finite differences and (elsewhere) SciPy -- never against itself.
 """
 
+import importlib.util
 import math
 import os
 import sys
@@ -17,6 +18,35 @@ import pytest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+
+# --------------------------------------------------------------------------
+# Which trajloss the tests import
+# --------------------------------------------------------------------------
+# The tests run against the installed package (src/trajloss for an editable
+# install): the repository root holds no trajloss/ (a src layout), and pytest
+# adds no source folder to sys.path. Located here without importing it.
+
+
+def _trajloss_location():
+    spec = importlib.util.find_spec("trajloss")
+    if spec is None:
+        return None
+    return spec.origin or list(spec.submodule_search_locations or [])
+
+
+def pytest_report_header(config):
+    return f"trajloss: {_trajloss_location()}"
+
+
+def pytest_configure(config):
+    location = _trajloss_location()
+    if not isinstance(location, str):
+        # None: not installed; a list: only folders named trajloss without an
+        # __init__.py (a namespace package), e.g. a build's leftovers
+        raise pytest.UsageError(
+            f"trajloss is not installed in this Python ({sys.executable}; found: "
+            f"{location}): run `pip install -e .` in the repository first")
 
 
 # --------------------------------------------------------------------------

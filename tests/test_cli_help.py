@@ -1,6 +1,7 @@
 """``python -m trajloss``'s help texts are plain text for a terminal, both
 commands are described, the demo prints a gradient that matches a closed
 form, and the README documents the demo."""
+import importlib.util
 import os
 import pathlib
 import re
@@ -10,6 +11,8 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# the folder holding the trajloss package this test run imports (site-packages or src/)
+PACKAGE_PARENT = str(pathlib.Path(importlib.util.find_spec("trajloss").origin).parent.parent)
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 REPORT_OPTIONS = ("--steps", "--dt", "--samples", "--seed", "--bound", "--json", "--system")
 
@@ -18,7 +21,7 @@ def run(*args):
     """The CLI in a subprocess, as the user runs it."""
     return subprocess.run([sys.executable, "-m", "trajloss", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT))
 
 
 def assert_plain_text(text):

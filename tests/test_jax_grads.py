@@ -22,6 +22,8 @@ import trajloss.jax as tlj  # noqa: E402
 B, T, N, M = 3, 5, 3, 2
 DELTA = 0.8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder holding the trajloss package this test run imports (site-packages or src/)
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(trajloss.__file__)))
 
 A_CONT = [[0.0, 1.0, 0.0], [-1.0, -0.2, 0.5], [0.3, 0.0, -0.5]]
 B_CONT = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
@@ -442,7 +444,7 @@ def test_check_finite_is_accepted_as_the_message_says(small, loss):
 # ---- memory and placement (fresh interpreters) ---------------------------------------------------
 
 def run_python(code, devices=1, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests"),
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.path.join(ROOT, "tests"),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,

@@ -17,7 +17,7 @@ LABEL = re.compile(r"seed[\s_-]*0\d\d|design[\s_-]*card", re.IGNORECASE)
 def user_facing_files():
     files = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "run.py"]
     for pattern in ("*.py", "*.pyi", "*.c"):
-        files += sorted((ROOT / "trajloss").glob(pattern))
+        files += sorted((ROOT / "src" / "trajloss").glob(pattern))
     files += sorted((ROOT / "notebooks").glob("*.ipynb"))
     return files
 
