@@ -1,4 +1,4 @@
-"""Type stub for trajloss._core, the C extension (see trajloss/_coremodule.c)."""
+"""Type stub for trajloss._core, the C extension (see src/trajloss/_coremodule.c)."""
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np

@@ -617,7 +617,7 @@ static PyArrayObject *new_traj_array(const traj_shape *sh, npy_intp rows, npy_in
 
 /*
  * Every entry point that takes a system takes system._core, the tuple
- * (Ad, Bd, offset, time_varying) of trajloss/systems.py:
+ * (Ad, Bd, offset, time_varying) of src/trajloss/systems.py:
  *   time-invariant: Ad (n, n) | (B, n, n), Bd (n, m) | (B, n, m), offset None | (n,) | (B, n)
  *   time-varying:   Ad (T, n, n) | (B, T, n, n), Bd (T, n, m) | (B, T, n, m),
  *                   offset None | (T, n) | (B, T, n)
