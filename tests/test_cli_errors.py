@@ -170,7 +170,6 @@ def test_unknown_arguments_are_escaped():
     (["--dt", "1e300"], "--dt"),             # Ad overflows
     (["--samples", "1e3"], "--samples"),
     (["--samples", "1000000001"], "--samples"),
-    (["--samples", "999999999"], "--samples"),  # more memory than any test machine
     (["--seed", "-1"], "--seed"),
     (["--seed", "1.5"], "--seed"),
     (["--bound", "1e308"], "control_bound"),  # the random baseline's width overflows
@@ -183,6 +182,21 @@ def test_unknown_arguments_are_escaped():
 def test_bad_options(capsys, args, word):
     extra = [] if "--samples" in args else ["--samples", "30"]
     assert_one_line_error(run_inprocess(capsys, "report", *args, *extra), word)
+
+
+def test_a_chunk_beyond_the_machines_memory_is_a_one_line_error(capsys, monkeypatch):
+    """The report streams its samples in chunks, so only a chunk has to fit:
+    a machine too small for even that gets one line naming the memory."""
+    monkeypatch.setattr(trajloss.report, "_physical_memory", lambda: 4096)
+    assert_one_line_error(run_inprocess(capsys, "report", "--samples", "30"), "GiB", "--steps")
+
+
+def test_a_billion_samples_need_no_more_memory_than_a_thousand():
+    """--samples no longer multiplies the memory the report asks for."""
+    problem = trajloss.report.default_problem()
+    size = trajloss.report.chunk_samples(problem, 10**9)
+    assert size == trajloss.report.chunk_samples(problem, 10**6) <= trajloss.report.CHUNK
+    assert trajloss.report._memory_needed(problem, size) <= trajloss.report.CHUNK_BYTES
 
 
 # --------------------------------------------------------------------------
