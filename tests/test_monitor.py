@@ -618,3 +618,47 @@ def test_status_given_replaces_the_automatic_one(logger):
     m.start_run("bad")
     with pytest.raises(TypeError, match="status"):
         m.end_run(status=3)
+
+
+def test_a_single_weighted_term_is_not_dominance(logger):
+    """Trajectory and terminal weights 0 (control-only training, a curriculum
+    before it starts): the control term is 100% of the loss by choice, so no
+    warning and status "ok"; once the trajectory term is weighted, streaks count."""
+    m = LossMonitor(logger=logger, dominance=0.7, patience=3)
+    m.start_run("control only", weight=0.0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for e in range(10):
+            m.update(control=0.02, trajectory=0.5, weight=0.0)
+            s = m.end_epoch(e)
+            assert s["shares"]["control"] == 1.0
+    assert rec == []
+    m.end_run()
+    assert _statuses(m) == {"control only": "ok"}
+    m.start_run("curriculum")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for e in range(5):  # weight 0: not counted
+            m.update(control=0.02, trajectory=0.5, weight=0.0)
+            m.end_epoch(e)
+        for e in range(5, 7):  # control 0.02 of 0.02 + 0.001*0.5: 98%, two epochs only
+            m.update(control=0.02, trajectory=0.5, weight=0.001)
+            m.end_epoch(e)
+        assert rec == []
+        m.update(control=0.02, trajectory=0.5, weight=0.001)  # the third epoch in a row
+        m.end_epoch(7)
+    assert len(rec) == 1 and "control term" in str(rec[0].message)
+    assert _statuses(m)["curriculum"] == "running, warning: control > 70%"
+
+
+def test_a_weighted_terminal_term_counts_as_a_second_term(logger):
+    """Trajectory weight 0 but terminal weight > 0: two terms, dominance counts."""
+    m = LossMonitor(logger=logger, dominance=0.7, patience=2)
+    m.start_run("terminal only")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for e in range(2):
+            # contributions: control 0.01, terminal 1.0 * 1.0 -> terminal 99%
+            m.update(components(0.01, 0.02, 0.0, terminal=1.0, terminal_weight=1.0))
+            m.end_epoch(e)
+    assert len(rec) == 1 and "terminal term" in str(rec[0].message)

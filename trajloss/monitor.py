@@ -40,6 +40,8 @@ class LossMonitor:
     patience : int
         ... for this many consecutive epochs triggers one warning per run and
         term (in the double-integrator study the trajectory term at 77% wrecked training).
+        Epochs whose weights leave a single term in the loss (trajectory and
+        terminal weights 0) never count as dominance.
 
     The dominance warning is a ``RuntimeWarning`` of the :mod:`warnings`
     module, issued once (so it prints once; filter it, catch it with
@@ -118,7 +120,7 @@ class LossMonitor:
     # ---- steps and epochs -------------------------------------------------
     def _reset_epoch(self):
         self._sums = dict.fromkeys(("control", "trajectory", "terminal", "weighted_trajectory",
-                                    "weighted_terminal", "weight"), 0.0)
+                                    "weighted_terminal", "weight", "terminal_weight"), 0.0)
         self._sums_count = 0.0
 
     def update(self, result=None, *, control=None, trajectory=None, terminal=0.0, weight=None,
@@ -148,6 +150,7 @@ class LossMonitor:
         s["weighted_trajectory"] += k * w * t
         s["weighted_terminal"] += k * wf * f
         s["weight"] += k * w
+        s["terminal_weight"] += k * wf
         self._sums_count += k
 
     def end_epoch(self, epoch=None):
@@ -174,17 +177,27 @@ class LossMonitor:
         }
         self.history.append(summary)
         self._run["epochs"] += 1
+        # terms in the loss this epoch: control always, the others when weighted
+        active = {"control": True, "trajectory": s["weight"] > 0, "terminal": s["terminal_weight"] > 0}
         self._reset_epoch()
         self.logger.info("[%s] epoch %s: Control: %.4f, Trajectory: %.4f, Ratio: %.2f",
                          self._run["name"], epoch, control, trajectory, summary["ratio"])
-        self._check_dominance(summary)
+        self._check_dominance(summary, active)
         self._run["status"] = self._status()
         return summary
 
-    def _check_dominance(self, summary):
+    def _check_dominance(self, summary, active):
+        """Count each term's streak of epochs above ``dominance``; warn at ``patience``.
+
+        Only a loss of two or more weighted terms can be dominated: an epoch
+        whose weights leave one term alone (trajectory and terminal weights
+        0: control-only training, a curriculum before it starts) counts as no
+        dominance, since that term is the whole loss by choice."""
+        several = sum(active.values()) >= 2
         for term in _TERMS:
             share = summary["shares"][term]
-            self._streak[term] = self._streak[term] + 1 if share > self.dominance else 0
+            dominant = several and share > self.dominance
+            self._streak[term] = self._streak[term] + 1 if dominant else 0
             if self._streak[term] >= self.patience and term not in self._warned:
                 self._warned.add(term)
                 message = (f"[{self._run['name']}] the {term} term has been above "
