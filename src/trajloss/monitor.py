@@ -34,12 +34,30 @@ class LossMonitor:
     name : str
         Name of the first run (``start_run`` begins others).
     logger : logging.Logger, optional
-        Where epoch lines and warnings go (default ``logging.getLogger("trajloss")``).
+        Where the epoch lines go, at INFO (default ``logging.getLogger("trajloss")``).
     dominance : float
         A term whose share of the total stays above this ...
     patience : int
         ... for this many consecutive epochs triggers one warning per run and
         term (in the double-integrator study the trajectory term at 77% wrecked training).
+        Epochs whose weights leave a single term in the loss (trajectory and
+        terminal weights 0) never count as dominance.
+
+    The dominance warning is a ``RuntimeWarning`` of the :mod:`warnings`
+    module, issued once (so it prints once; filter it, catch it with
+    ``warnings.catch_warnings``, or route it into a log with
+    ``logging.captureWarnings(True)``). It is not also sent to ``logger``,
+    which would print it a second time.
+
+    Every run has a status, the table's Status column:
+
+    - ``"running"`` while the run is open and no term has dominated;
+    - ``"ok"`` once it is closed with no dominance warning;
+    - ``"warning: trajectory > 70%"`` (the terms that triggered the warning,
+      in the order control, trajectory, terminal, with the ``dominance``
+      threshold), prefixed with ``"running, "`` while the run is open;
+    - ``"no epochs"`` for a run closed before its first epoch;
+    - or the text given to ``end_run(status=...)``, which replaces it.
     """
 
     def __init__(self, name="run", logger=None, dominance=0.7, patience=5):
@@ -71,21 +89,38 @@ class LossMonitor:
         self._streak = dict.fromkeys(_TERMS, 0)
         self._warned = set()
         self._reset_epoch()
+        self._run["status"] = self._status()
 
     def end_run(self, eval_loss=None, success=None, error=None, status=None):
-        """Close the current run with its final metrics (any may be None)."""
+        """Close the current run with its final metrics (any may be None).
+
+        ``status`` (a string) replaces the automatic status ("ok", "warning:
+        ...", "no epochs"; see the class docstring)."""
+        if status is not None and not isinstance(status, str):
+            raise TypeError(f"status must be a string or None, got {type(status).__name__}")
         run = self._run
         run.update(eval_loss=None if eval_loss is None else _scalar(eval_loss, "eval_loss"),
                    success=None if success is None else _scalar(success, "success"),
-                   error=None if error is None else _scalar(error, "error"),
-                   status=status)
+                   error=None if error is None else _scalar(error, "error"))
         self._open = False
+        run["status"] = self._status() if status is None else status
         return dict(run)
+
+    def _status(self):
+        """The current run's automatic status (see the class docstring)."""
+        warned = [term for term in _TERMS if term in self._warned]
+        if warned:
+            text = "warning: " + ", ".join(f"{term} > {self.dominance:.0%}" for term in warned)
+        elif self._open:
+            text = "running"
+        else:
+            text = "ok" if self._run["epochs"] > 0 else "no epochs"
+        return f"running, {text}" if self._open and warned else text
 
     # ---- steps and epochs -------------------------------------------------
     def _reset_epoch(self):
         self._sums = dict.fromkeys(("control", "trajectory", "terminal", "weighted_trajectory",
-                                    "weighted_terminal", "weight"), 0.0)
+                                    "weighted_terminal", "weight", "terminal_weight"), 0.0)
         self._sums_count = 0.0
 
     def update(self, result=None, *, control=None, trajectory=None, terminal=0.0, weight=None,
@@ -115,6 +150,7 @@ class LossMonitor:
         s["weighted_trajectory"] += k * w * t
         s["weighted_terminal"] += k * wf * f
         s["weight"] += k * w
+        s["terminal_weight"] += k * wf
         self._sums_count += k
 
     def end_epoch(self, epoch=None):
@@ -141,22 +177,34 @@ class LossMonitor:
         }
         self.history.append(summary)
         self._run["epochs"] += 1
+        # terms in the loss this epoch: control always, the others when weighted
+        active = {"control": True, "trajectory": s["weight"] > 0, "terminal": s["terminal_weight"] > 0}
         self._reset_epoch()
         self.logger.info("[%s] epoch %s: Control: %.4f, Trajectory: %.4f, Ratio: %.2f",
                          self._run["name"], epoch, control, trajectory, summary["ratio"])
-        self._check_dominance(summary)
+        self._check_dominance(summary, active)
+        self._run["status"] = self._status()
         return summary
 
-    def _check_dominance(self, summary):
+    def _check_dominance(self, summary, active):
+        """Count each term's streak of epochs above ``dominance``; warn at ``patience``.
+
+        Only a loss of two or more weighted terms can be dominated: an epoch
+        whose weights leave one term alone (trajectory and terminal weights
+        0: control-only training, a curriculum before it starts) counts as no
+        dominance, since that term is the whole loss by choice."""
+        several = sum(active.values()) >= 2
         for term in _TERMS:
             share = summary["shares"][term]
-            self._streak[term] = self._streak[term] + 1 if share > self.dominance else 0
+            dominant = several and share > self.dominance
+            self._streak[term] = self._streak[term] + 1 if dominant else 0
             if self._streak[term] >= self.patience and term not in self._warned:
                 self._warned.add(term)
                 message = (f"[{self._run['name']}] the {term} term has been above "
                            f"{self.dominance:.0%} of the loss for {self._streak[term]} epochs "
                            f"(now {share:.0%}); consider re-weighting (trajloss.calibrate)")
-                self.logger.warning(message)
+                # one channel only: a logger record as well would print it twice
+                # (logging's last-resort handler writes WARNING records to stderr)
                 warnings.warn(message, RuntimeWarning, stacklevel=3)  # at the caller of end_epoch
 
     # ---- tables -----------------------------------------------------------

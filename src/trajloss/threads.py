@@ -15,6 +15,15 @@ thread whatever ``k`` is.
 
 The default is 1, or the environment variable ``TRAJLOSS_NUM_THREADS`` read
 at import.
+
+These threads are separate from PyTorch's. With the default of 1, and for any
+call below the sizes above, trajloss starts no thread at all, so it cannot
+compete with PyTorch's intra-op pool. That pool (``torch.get_num_threads()``,
+one OpenMP thread per core, which spin while they wait for the next operation)
+is what slows the training of small models: their operations last
+microseconds, and on a 2-core machine with anything else running, a step took
+20-120 ms with two torch threads against 1-2 ms with one. For such models
+call ``torch.set_num_threads(1)`` (the notebooks do).
 """
 from __future__ import annotations
 
