@@ -446,6 +446,37 @@ def test_shard_map_and_sharded_jit_over_two_devices():
     assert out.strip().endswith("ok")
 
 
+def test_without_x64():
+    # JAX's default: 32-bit arrays; the options and the system still reach the core
+    # as float64 bits, lengths as int32
+    out = run_python("""
+        import numpy as np, jax, jax.numpy as jnp
+        import trajloss, trajloss.jax as tlj
+        from system_forms_reference import make_case, np_loss, close
+        assert not jax.config.jax_enable_x64 and tlj.BACKEND == "ffi"
+        case = make_case("tv-psA-off", 3, 5)
+        rng = np.random.default_rng(0)
+        U, x0 = rng.standard_normal((3, 5, case.m)), rng.standard_normal((3, case.n))
+        RU, RX = rng.standard_normal(U.shape), rng.standard_normal((3, 6, case.n))
+        L = np.array([5, 2, 4])
+        f = jax.jit(jax.value_and_grad(
+            lambda u, w: tlj.combined_loss(case.system, u, x0, RU, RX, weight=w,
+                                           terminal_weight=0.3, lengths=jnp.asarray(L),
+                                           discount=0.9), argnums=(0, 1)))
+        value, (gU, gw) = f(jnp.asarray(U, jnp.float32), jnp.float32(0.6))
+        assert value.dtype == gU.dtype == gw.dtype == jnp.float32
+        rv, rU, _, parts = np_loss(case, "combined", U.astype(np.float32), x0.astype(np.float32),
+                                   ref_controls=RU.astype(np.float32),
+                                   ref_states=RX.astype(np.float32), weight=0.6,
+                                   terminal_weight=0.3, lengths=L, discount=0.9)
+        close(value, rv, 2e-5)
+        close(gU, rU, 2e-5)
+        close(gw, parts["trajectory"], 2e-5)
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
 # ---- the fallback and the ABI ----------------------------------------------------------
 
 def test_the_callback_path_on_request():

@@ -1,13 +1,30 @@
 """JAX adapters over the trajloss C core.
 
-Each loss is a ``jax.custom_jvp`` whose rule calls the C core through
-``jax.pure_callback``: one host call gives the value and the partial
-derivatives ``∂ℓ/∂a`` of every input ``a`` being differentiated, and the
-tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes for reverse mode. So
-``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
-``jax.vmap`` (the callback runs once per mapped element) all work, in float32
-and (with ``jax_enable_x64``) float64. :func:`rollout` is a ``jax.custom_vjp``
-(reverse mode; forward mode raises JAX's ``TypeError``).
+Each loss is a ``jax.custom_jvp`` whose rule calls the C core: one call gives
+the value and the partial derivatives ``∂ℓ/∂a`` of every input ``a`` being
+differentiated, and the tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes
+for reverse mode (so ``jax.grad`` costs one core call, and forward mode works
+too). So ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
+``jax.vmap`` all work, in float32 and (with ``jax_enable_x64``) float64.
+:func:`rollout` is a ``jax.custom_vjp`` whose forward and backward passes are
+the core's rollout and its adjoint (reverse mode; forward mode raises JAX's
+``TypeError``).
+
+How the core is called under a transformation (:data:`BACKEND`):
+
+* ``"ffi"`` (when the extension ``trajloss._jaxffi`` is built, as it is by
+  every install, and JAX has ``jax.ffi``): XLA custom calls into the C core,
+  part of the compiled program -- no host callback, no Python, no copy of the
+  operands. Under ``vmap`` all mapped elements go to one call
+  (``vmap_method="broadcast_all"``), which runs them one after another.
+  Inside ``shard_map`` each device runs the call on its shard. The calls run
+  on CPU: a program on another backend takes the callbacks.
+* ``"callback"``: ``jax.pure_callback`` into the NumPy API (the callback runs
+  once per mapped element under ``vmap``), when the FFI cannot be used or
+  ``TRAJLOSS_JAX_BACKEND=callback`` is set before import.
+
+Both give the same numbers (the same core, the same kernels). Without a
+transformation (all inputs concrete) the core is called directly.
 
 Gradients (all exact, from the analytic adjoint; ρ is the penalty and r the
 residual prediction − reference):
@@ -36,22 +53,26 @@ Signatures mirror the NumPy functions but return a scalar (the loss value)::
 Errors: shapes, dtypes and options are checked when a call is traced (the
 core runs once on stand-ins of the traced shapes and dtypes), so they raise
 the core's ``ValueError``/``TypeError`` naming the argument, under ``jit``
-too. Values are only known when the callback runs: under a transformation a
-NaN, an out-of-range ``lengths`` or a negative traced weight surfaces as the
-``JaxRuntimeError`` that carries the message. Without a transformation (all
-inputs concrete) the core is called directly, and every error is its own.
+too. Values are only known when the compiled program runs: under a
+transformation a NaN, an out-of-range ``lengths``, a negative traced weight or
+feature/state weight, or a batch with no valid step surfaces as the
+``JaxRuntimeError`` that carries the NumPy API's message. Without a
+transformation (all inputs concrete) the core is called directly, and every
+error is its own. Under a transformation the warning the NumPy API gives when
+finite inputs overflow the result's dtype is not given (the result holds the
+inf).
 
 Placement: inputs sharded over several devices (``NamedSharding``) work with
 and without ``jit``. Without a transformation the inputs are read once on the
 host and the results are placed like them: the loss replicated over their
 devices, a rollout sharded along the batch axis like ``controls``, each
 gradient sharded like its input. Under a
-transformation the host callback runs under ``shard_map`` with every operand
+transformation the core call runs under ``shard_map`` with every operand
 replicated, so every device of the mesh computes the same whole result (the
-host work is repeated once per device) and the results are arrays of the
+work is repeated once per device) and the results are arrays of the
 mesh; with explicit sharding types, gradients keep the sharding of their
 inputs and a rollout is sharded along the batch axis like ``controls``.
-Inside ``jax.shard_map`` the callback runs on every device with that device's
+Inside ``jax.shard_map`` the core runs on every device with that device's
 shard (each device's loss is the loss of its own shard), and the gradient of
 an input replicated over the shards is the sum over the shards. Other
 shardings over several devices raise ``ValueError``.
@@ -66,12 +87,14 @@ when the call is traced. Inside ``jax.shard_map`` each device sees its shard
 of the batch, so a per-sample system must be that of the shard. The system's
 arrays are data (no gradient).
 
-Caches: none of the module's own. The host callbacks are small immutable
-objects that compare equal whenever the static options and the shapes of the
-system's arrays are equal; the arrays themselves (also a per-sample system's
-B·n·n numbers) are call operands, never part of a callback's identity, so JAX
-compiles each callback once per option set and shape, whatever the system's
-values or the weights.
+Caches: none of the module's own. The system's arrays (also a per-sample
+system's B·n·n numbers) and the options are call operands, never part of a
+call's identity: the FFI calls' parameters are their target and result
+shapes, and the host callbacks are small immutable objects that compare
+equal whenever the static options and the shapes of the system's arrays are
+equal, so JAX compiles each once per option set and shape, whatever the
+system's values or the weights. An FFI call reads the number of threads the
+core uses (:func:`trajloss.set_num_threads`) when it is traced.
 """
 from __future__ import annotations
 
@@ -79,6 +102,8 @@ import dataclasses
 import functools
 import math
 import operator
+import os
+import warnings
 from typing import Optional
 
 import jax
@@ -89,7 +114,8 @@ from jax.custom_derivatives import SymbolicZero
 from . import _core, _kinds
 from .rollout import _check_system
 
-__all__ = ["combined_loss", "control_loss", "rollout", "terminal_loss", "trajectory_loss"]
+__all__ = ["BACKEND", "combined_loss", "control_loss", "rollout", "terminal_loss",
+           "trajectory_loss"]
 
 _CONTROL, _TRAJECTORY, _TERMINAL = _kinds.CONTROL, _kinds.TRAJECTORY, _kinds.TERMINAL
 
@@ -364,7 +390,6 @@ _PENALTIES = {"mse": 0, "l1": 1, "huber": 2}
 def _ffi_module():
     """``trajloss._jaxffi`` when it is built and JAX has ``jax.ffi``, else the
     reason it cannot be used (a string)."""
-    import os
     if os.environ.get("TRAJLOSS_JAX_BACKEND", "").strip().lower() == "callback":
         return "TRAJLOSS_JAX_BACKEND=callback"
     ffi = getattr(jax, "ffi", None)
@@ -406,7 +431,6 @@ def _use_ffi():
             for name, capsule in _JAXFFI.targets().items():
                 jax.ffi.register_ffi_target(name, capsule, platform="cpu")
         except Exception as exc:  # an XLA that refuses the handlers: keep working
-            import warnings
             BACKEND = "callback"
             warnings.warn(f"trajloss.jax: XLA refused the FFI handlers ({exc}); using "
                           f"jax.pure_callback instead", RuntimeWarning, stacklevel=3)
