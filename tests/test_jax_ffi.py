@@ -328,6 +328,27 @@ def test_runtime_errors_carry_the_numpy_apis_messages():
     assert np.isnan(v)
 
 
+def test_malformed_calls_are_refused_not_crashes():
+    # the handlers trust nothing of a call's layout: calls trajloss.jax would never
+    # make (an operand missing, shapes that do not fit the system) raise
+    tlj._use_ffi()
+    words = lambda a: np.ascontiguousarray(a, np.float64).view(np.uint32)  # noqa: E731
+    opts = words(np.array([0, 7, 1.0, 1.0, 0, 1.0, 1]))  # flags 0: no references
+    A, Bm = words(np.eye(2)), words(np.ones((2, 1)))
+    U, x0 = np.ones((1, 3, 1)), np.ones((1, 2))
+    w = words(np.array(0.5))
+    out = (jax.ShapeDtypeStruct((4,), jnp.float64),)
+    call = jax.ffi.ffi_call("trajloss_rollout_loss", out, vmap_method="broadcast_all")
+    with pytest.raises(Exception, match="operands do not match"):
+        jax.block_until_ready(jax.jit(lambda: call(opts, A, Bm, U, x0, w))())  # a weight missing
+    with pytest.raises(Exception, match="shapes do not match"):
+        jax.block_until_ready(jax.jit(lambda: call(opts, A, Bm, np.ones((1, 3, 2)), x0, w, w))())
+    roll = jax.ffi.ffi_call("trajloss_rollout", (jax.ShapeDtypeStruct((1, 4, 2), jnp.float64),),
+                            vmap_method="broadcast_all")
+    with pytest.raises(Exception, match="rollout"):
+        jax.block_until_ready(jax.jit(lambda: roll(opts, A, Bm, x0))())  # controls missing
+
+
 # ---- systems are operands -------------------------------------------------------------
 
 def test_systems_of_one_form_compile_to_equal_calls():

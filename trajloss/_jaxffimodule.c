@@ -321,6 +321,15 @@ static const view *take(cursor *c, int present)
     return c->next < c->count ? &c->v[c->next++] : NULL;
 }
 
+/* How many of the optional operands `bits` opts' flags say are present. */
+static int present(unsigned flags, unsigned bits)
+{
+    int count = 0;
+    for (unsigned f = flags & bits; f != 0; f &= f - 1)
+        count++;
+    return count;
+}
+
 static int weight_of(const view *w, const char *name, double *out, char *msg)
 {
     char repr[64];
@@ -339,8 +348,10 @@ static int rollout_loss_call(const double *opts, const view *in, int nin, const 
     cursor c = {in, nin, 0};
     const int k = (flags & F_OFFSET) ? 3 : 2;
     tl_dynamics dyn;
-    if (nin < k + 4) {
-        snprintf(msg, MSG, "trajloss FFI: rollout_loss has too few operands");
+    /* system, controls, x0, the references and selection, two weights, feature/state weights */
+    if (nin != k + 4 + present(flags, F_REF_CONTROLS | F_REF_STATES | F_TARGET | F_LENGTHS |
+                                          F_MASK | F_FEATURE_WEIGHTS | F_STATE_WEIGHTS)) {
+        snprintf(msg, MSG, "trajloss FFI: rollout_loss operands do not match its options");
         return -1;
     }
     if (system_of(in, k == 3, (flags & F_TIME_VARYING) != 0, &dyn, msg) < 0)
@@ -354,7 +365,7 @@ static int rollout_loss_call(const double *opts, const view *in, int nin, const 
     const view *fw = take(&c, flags & F_FEATURE_WEIGHTS), *sw = take(&c, flags & F_STATE_WEIGHTS);
     const int want_grad = (flags & F_WANT_GRAD) != 0;
     tl_dtype dtype;
-    if (we == NULL || c.next != nin || u->rank != 3 || float_dtype(u->dtype, &dtype) < 0 ||
+    if (u->rank != 3 || float_dtype(u->dtype, &dtype) < 0 ||
         nout != (want_grad ? 3 : 1) || out[0].count != 4 || out[0].dtype != u->dtype) {
         snprintf(msg, MSG, "trajloss FFI: rollout_loss operands do not match its options");
         return -1;
@@ -432,12 +443,16 @@ static int control_loss_call(const double *opts, const view *in, int nin, const 
 {
     const unsigned flags = (unsigned)opts[O_FLAGS];
     cursor c = {in, nin, 0};
+    if (nin != 2 + present(flags, F_LENGTHS | F_MASK | F_FEATURE_WEIGHTS)) {
+        snprintf(msg, MSG, "trajloss FFI: control_loss operands do not match its options");
+        return -1;
+    }
     const view *p = take(&c, 1), *t = take(&c, 1);
     const view *len = take(&c, flags & F_LENGTHS), *mask = take(&c, flags & F_MASK);
     const view *fw = take(&c, flags & F_FEATURE_WEIGHTS);
     const int want_grad = (flags & F_WANT_GRAD) != 0;
     tl_dtype dtype;
-    if (t == NULL || c.next != nin || p->rank != 3 || float_dtype(p->dtype, &dtype) < 0 ||
+    if (p->rank != 3 || float_dtype(p->dtype, &dtype) < 0 ||
         !traj_ok(t, p->dtype, p->count) || nout != (want_grad ? 2 : 1) || out[0].count != 1 ||
         out[0].dtype != p->dtype || (want_grad && !traj_ok(&out[1], p->dtype, p->count))) {
         snprintf(msg, MSG, "trajloss FFI: control_loss operands do not match its options");
@@ -569,13 +584,18 @@ static tlx_error *metadata(tlx_call_frame *frame)
     return NULL;
 }
 
-/* b's slice number `i` of `slices` equal slices (the vmap axes lead). */
-static int slice_view(const tlx_buffer *b, int lead, int64_t slices, int64_t i, view *v)
+/* b's slice number `i` of `slices` equal slices: the vmap axes `lead_dims`
+ * (`lead` of them) lead every operand and result. */
+static int slice_view(const tlx_buffer *b, int lead, const int64_t *lead_dims, int64_t slices,
+                      int64_t i, view *v)
 {
     size_t bytes = dtype_bytes(b->dtype);
     int64_t count = 1;
     if (bytes == 0 || b->rank < lead)
         return -1;
+    for (int d = 0; d < lead; d++)
+        if (b->dims[d] != lead_dims[d])
+            return -1;
     for (int64_t d = 0; d < b->rank; d++)
         count *= b->dims[d];
     v->dtype = b->dtype;
@@ -609,10 +629,10 @@ static tlx_error *dispatch(tlx_call_frame *frame, op_kind op)
     view in[MAX_OPERANDS], out[MAX_RESULTS];
     for (int64_t s = 0; s < slices; s++) {
         for (int i = 0; i < nin; i++)
-            if (slice_view(frame->args.args[i], lead, slices, s, &in[i]) < 0)
+            if (slice_view(frame->args.args[i], lead, opts_buffer->dims, slices, s, &in[i]) < 0)
                 return fail(frame, TLX_ERROR_INTERNAL, "trajloss FFI: unsupported operand");
         for (int i = 0; i < nout; i++)
-            if (slice_view(frame->rets.rets[i], lead, slices, s, &out[i]) < 0)
+            if (slice_view(frame->rets.rets[i], lead, opts_buffer->dims, slices, s, &out[i]) < 0)
                 return fail(frame, TLX_ERROR_INTERNAL, "trajloss FFI: unsupported result");
         double opts[O_COUNT];
         memcpy(opts, in[0].data, sizeof opts);
