@@ -318,6 +318,12 @@ def test_runtime_errors_carry_the_numpy_apis_messages():
         (lambda: trajloss.rollout(s, d["x0"] * np.inf, d["U"]),
          lambda: jax.jit(lambda x: tlj.rollout(s, x, d["U"]))(d["x0"] * np.inf)),
     ]
+    for bad in (-100.0, -1e6, -0.3, -1.5e-5, -2.5e17, np.nan):  # printed as Python prints them
+        cases.append((lambda bad=bad: tlj.combined_loss(s, d["U"], d["x0"], d["RU"], d["RX"],
+                                                        weight=0.4, terminal_weight=bad),
+                      lambda bad=bad: jax.jit(lambda w: tlj.combined_loss(
+                          s, d["U"], d["x0"], d["RU"], d["RX"], weight=0.4,
+                          terminal_weight=w))(jnp.asarray(bad))))
     for numpy_call, jax_call in cases:
         message = numpy_message(numpy_call)
         with pytest.raises(Exception, match=re.escape(message)):

@@ -88,24 +88,30 @@ static size_t dtype_bytes(int dtype)
     }
 }
 
-/* Python's repr of a float (shortest round trip, ".0" on integers), so that a
- * message reads as the NumPy API's. */
+/* Python's repr of a float, so that a message reads as the NumPy API's: the
+ * shortest digits that round-trip, positional for exponents in [-4, 16) (with
+ * ".0" on integers), else d.ddde+XX. */
 static void float_repr(double x, char *out, size_t size)
 {
-    if (isnan(x)) {
-        snprintf(out, size, "nan");
+    if (isnan(x) || isinf(x)) {
+        snprintf(out, size, isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
         return;
     }
-    if (isinf(x)) {
-        snprintf(out, size, x > 0 ? "inf" : "-inf");
-        return;
-    }
-    for (int digits = 1; digits <= 17; digits++) {
-        snprintf(out, size, "%.*g", digits, x);
-        if (strtod(out, NULL) == x)
+    int digits = 1;
+    char sci[40];
+    for (; digits <= 17; digits++) {
+        snprintf(sci, sizeof sci, "%.*e", digits - 1, x);
+        if (strtod(sci, NULL) == x)
             break;
     }
-    if (strpbrk(out, ".en") == NULL && strlen(out) + 2 < size)
+    const int exp = x == 0 ? 0 : atoi(strchr(sci, 'e') + 1);
+    if (exp < -4 || exp >= 16) {
+        snprintf(out, size, "%s", sci);
+        return;
+    }
+    const int decimals = digits - 1 - exp > 0 ? digits - 1 - exp : 0;
+    snprintf(out, size, "%.*f", decimals, x);
+    if (strchr(out, '.') == NULL && strlen(out) + 2 < size)
         strcat(out, ".0");
 }
 
