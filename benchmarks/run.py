@@ -23,6 +23,9 @@ W7  combined_loss value + gradient, random stable systems, (n, m, T) in
 W8  as W7 at (12, 4, 50) with one system per sample (B, n, n) and per step (T, n, n)
 W9  trajloss vs trajloss: a shared system vs the same matrices per sample / per step
 W10 trajloss with 1 vs 2 threads over B in {64, ..., 16384}: where threads pay
+W11 trajloss.jax under jax.jit: value + gradient of W1's combined_loss through
+    the host callback (jax.pure_callback) and through the XLA FFI custom call,
+    B in {1, 64, 1024}, beside plain JAX; and under jax.vmap over 8 problems
 
 Every baseline computes exactly trajloss's definition (losses.py module
 docstring) and is checked against trajloss -- value and every gradient, relative
@@ -202,6 +205,12 @@ class LossProblem:
     def astype(self, dtype) -> "LossProblem":
         cast = lambda a: None if a is None else np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
         return replace(self, U=cast(self.U), RU=cast(self.RU), x0=cast(self.x0), RX=cast(self.RX))
+
+    def tail(self, B: int) -> "LossProblem":
+        """The last B sequences (a shared system: W11's vmapped problems)."""
+        take = lambda a: None if a is None else np.ascontiguousarray(a[-B:])  # noqa: E731
+        return replace(self, U=take(self.U), RU=take(self.RU), x0=take(self.x0),
+                       RX=take(self.RX), lengths=take(self.lengths))
 
     def head(self, B: int) -> "LossProblem":
         """The first B sequences."""
@@ -848,6 +857,8 @@ class Mode:
     general_B: int = 1024                                      # W7, W8, W9 batch
     forms_size: tuple = (12, 4, 50)                            # W8, W9 (n, m, T)
     thread_B: tuple = (64, 256, 1024, 4096, 16384)             # W10
+    jax_B: tuple = (1, 64, 1024)                               # W11
+    jax_vmap: tuple = ((8, 1), (8, 64))                        # W11 (problems, B) under vmap
 
 
 MODES = {
@@ -859,7 +870,7 @@ MODES = {
     # aot_eager still exercises Dynamo capture and AOTAutograd of the same function.
     "tiny": Mode("tiny", 3, 0.002, 2, 1.0, None, (1, 64), (8, 10), (8, 10), 100, 8,
                  compile_backend="aot_eager", general=((3, 2, 6), (4, 1, 5)), general_B=8,
-                 forms_size=(3, 2, 6), thread_B=(8, 16)),
+                 forms_size=(3, 2, 6), thread_B=(8, 16), jax_B=(1, 8), jax_vmap=((2, 8),)),
 }
 
 
@@ -1334,6 +1345,101 @@ def run_w10(ctx: Context):
         setter(ctx.threads)
     ctx.extra["thread_scaling"] = {"available": True, "threshold": THREADS_PAY,
                                    "results": lines, "crossover": crossovers}
+
+
+# --- W11: trajloss.jax, host callback vs XLA FFI ------------------------------
+
+@dataclass(frozen=True)
+class VmapProblem:
+    """Independent loss problems of one size, stacked along a new leading axis:
+    what ``jax.vmap`` maps over (each keeps its own batch and normalisation)."""
+
+    problems: tuple
+
+    dtype = property(lambda self: self.problems[0].dtype)
+
+    def stacked(self):
+        """``(U, x0, RU, RX)``, each with the problems' axis first."""
+        return tuple(np.stack(a) for a in zip(*(p.arrays()[:4] for p in self.problems)))
+
+
+def setup_trajloss_loop(q: VmapProblem) -> Callable:
+    """The reference of a vmapped case: trajloss's NumPy API once per problem."""
+    calls = [setup_trajloss(p) for p in q.problems]
+
+    def call():
+        return tuple(np.stack(o) for o in zip(*(c() for c in calls)))
+    return call
+
+
+def setup_trajloss_jax(p, path: str) -> Callable:
+    """``jax.jit(jax.value_and_grad(trajloss.jax.combined_loss, argnums=(controls,
+    x0)))`` (under ``jax.vmap`` for a :class:`VmapProblem`), traced with
+    trajloss.jax's ``path``: ``"callback"`` (jax.pure_callback into the NumPy
+    API) or ``"ffi"`` (the XLA custom call). The compiled program is checked to
+    hold that path's call and not the other's."""
+    jax = framework("jax")
+    tlj = importlib.import_module("trajloss.jax")
+    if path == "ffi" and tlj.BACKEND != "ffi":
+        raise Unavailable(f"trajloss.jax has no FFI path in this build (BACKEND = "
+                          f"{tlj.BACKEND!r})")
+    vmapped = isinstance(p, VmapProblem)
+    first = p.problems[0] if vmapped else p
+    system = trajloss_system(first.system)
+    w, tw = first.weight, first.terminal_weight
+
+    def loss(U, x0, RU, RX):
+        return tlj.combined_loss(system, U, x0, RU, RX, weight=w, terminal_weight=tw)
+
+    fn = jax.value_and_grad(loss, argnums=(0, 1))
+    step = jax.jit(jax.vmap(fn) if vmapped else fn)
+    args = [jax.device_put(a) for a in (p.stacked() if vmapped else p.arrays()[:4])]
+    saved = tlj.BACKEND
+    tlj.BACKEND = path  # read when a call is traced; jit keeps what it compiled
+    try:
+        hlo = step.lower(*args).as_text()
+        jax.block_until_ready(step(*args))
+    finally:
+        tlj.BACKEND = saved
+    ffi, callback = "trajloss_rollout_loss" in hlo, "callback" in hlo
+    if (ffi, callback) != ((True, False) if path == "ffi" else (False, True)):
+        raise CheckFailed(f"trajloss.jax-{path}: the compiled program has FFI call {ffi}, "
+                          f"host callback {callback}")
+
+    def call():
+        v, (gu, gx) = jax.block_until_ready(step(*args))
+        return v, gu, gx
+    call()
+    if step._cache_size() != 1:  # a retrace could have taken the other path
+        raise CheckFailed(f"trajloss.jax-{path}: traced more than once")
+    return call
+
+
+TLJ_CALLBACK = Impl("trajloss.jax-callback", "trajloss.jax",
+                    lambda p, mode: setup_trajloss_jax(p, "callback"))
+TLJ_FFI = Impl("trajloss.jax-ffi", "trajloss.jax", lambda p, mode: setup_trajloss_jax(p, "ffi"))
+#: W11: trajloss.jax's two paths, and plain JAX (the loss written in jax.numpy) at its best
+JAX_PATH_IMPLS = (TLJ_CALLBACK, TLJ_FFI, JAX_SCAN, JAX_MATRIX)
+
+
+@workload("W11", "trajloss.jax under jit and vmap: host callback vs XLA FFI")
+def run_w11(ctx: Context):
+    """W1's problem, value and gradient under ``jax.jit``: through the host
+    callback, through the FFI custom call, and plain JAX; then ``jax.vmap`` over
+    several problems, checked against trajloss's NumPy API called per problem."""
+    full = w1_problem(max(ctx.mode.jax_B))
+    for B in ctx.mode.jax_B:
+        for dtype in DTYPES:
+            ctx.run_loss_case("W11", full.head(B).astype(dtype), case=f"B={B}",
+                              impls=JAX_PATH_IMPLS)
+    for V, B in ctx.mode.jax_vmap:
+        problems = w1_problem(V * B)
+        for dtype in DTYPES:
+            q = VmapProblem(tuple(problems.astype(dtype).head((v + 1) * B).tail(B)
+                                  for v in range(V)))
+            ctx.run_case("W11", f"vmap {V} x B={B}", dtype, setup_trajloss_loop,
+                         (TLJ_CALLBACK, TLJ_FFI), q, LOSS_OUTPUTS,
+                         extra_row=dict(B=B, problems=V), ref_name="trajloss-loop")
 
 
 # ----------------------------------------------------------------------------

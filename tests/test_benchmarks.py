@@ -39,6 +39,10 @@ EXPECTED = {  # workload -> implementations of every case
     "W7": [GENERAL],
     "W8": [PER_SAMPLE, TIME_VARYING],
     "W9": [{"trajloss", "trajloss-per-sample", "trajloss-time-varying"}],
+    # trajloss.jax's host callback and FFI paths, beside plain JAX; under vmap
+    # checked against trajloss's NumPy API called per problem
+    "W11": [{"trajloss", "trajloss.jax-callback", "trajloss.jax-ffi", "jax-scan", "jax-matrix"},
+            {"trajloss-loop", "trajloss.jax-callback", "trajloss.jax-ffi"}],
 }
 TINY_GENERAL = ((3, 2, 6), (4, 1, 5))  # benchmarks/run.py MODES["tiny"]
 TINY_B, TINY_THREAD_B = 8, (8, 16)

@@ -1,13 +1,30 @@
 """JAX adapters over the trajloss C core.
 
-Each loss is a ``jax.custom_jvp`` whose rule calls the C core through
-``jax.pure_callback``: one host call gives the value and the partial
-derivatives ``∂ℓ/∂a`` of every input ``a`` being differentiated, and the
-tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes for reverse mode. So
-``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
-``jax.vmap`` (the callback runs once per mapped element) all work, in float32
-and (with ``jax_enable_x64``) float64. :func:`rollout` is a ``jax.custom_vjp``
-(reverse mode; forward mode raises JAX's ``TypeError``).
+Each loss is a ``jax.custom_jvp`` whose rule calls the C core: one call gives
+the value and the partial derivatives ``∂ℓ/∂a`` of every input ``a`` being
+differentiated, and the tangent is ``Σ_a <∂ℓ/∂a, da>``, which JAX transposes
+for reverse mode (so ``jax.grad`` costs one core call, and forward mode works
+too). So ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``/``jacrev``, ``jax.jit`` and
+``jax.vmap`` all work, in float32 and (with ``jax_enable_x64``) float64.
+:func:`rollout` is a ``jax.custom_vjp`` whose forward and backward passes are
+the core's rollout and its adjoint (reverse mode; forward mode raises JAX's
+``TypeError``).
+
+How the core is called under a transformation (:data:`BACKEND`):
+
+* ``"ffi"`` (when the extension ``trajloss._jaxffi`` is built, as it is by
+  every install, and JAX has ``jax.ffi``): XLA custom calls into the C core,
+  part of the compiled program -- no host callback, no Python, no copy of the
+  operands. Under ``vmap`` all mapped elements go to one call
+  (``vmap_method="broadcast_all"``), which runs them one after another.
+  Inside ``shard_map`` each device runs the call on its shard. The calls run
+  on CPU: a program on another backend takes the callbacks.
+* ``"callback"``: ``jax.pure_callback`` into the NumPy API (the callback runs
+  once per mapped element under ``vmap``), when the FFI cannot be used or
+  ``TRAJLOSS_JAX_BACKEND=callback`` is set before import.
+
+Both give the same numbers (the same core, the same kernels). Without a
+transformation (all inputs concrete) the core is called directly.
 
 Gradients (all exact, from the analytic adjoint; ρ is the penalty and r the
 residual prediction − reference):
@@ -36,22 +53,26 @@ Signatures mirror the NumPy functions but return a scalar (the loss value)::
 Errors: shapes, dtypes and options are checked when a call is traced (the
 core runs once on stand-ins of the traced shapes and dtypes), so they raise
 the core's ``ValueError``/``TypeError`` naming the argument, under ``jit``
-too. Values are only known when the callback runs: under a transformation a
-NaN, an out-of-range ``lengths`` or a negative traced weight surfaces as the
-``JaxRuntimeError`` that carries the message. Without a transformation (all
-inputs concrete) the core is called directly, and every error is its own.
+too. Values are only known when the compiled program runs: under a
+transformation a NaN, an out-of-range ``lengths``, a negative traced weight or
+feature/state weight, or a batch with no valid step surfaces as the
+``JaxRuntimeError`` that carries the NumPy API's message. Without a
+transformation (all inputs concrete) the core is called directly, and every
+error is its own. Under a transformation the warning the NumPy API gives when
+finite inputs overflow the result's dtype is not given (the result holds the
+inf).
 
 Placement: inputs sharded over several devices (``NamedSharding``) work with
 and without ``jit``. Without a transformation the inputs are read once on the
 host and the results are placed like them: the loss replicated over their
 devices, a rollout sharded along the batch axis like ``controls``, each
 gradient sharded like its input. Under a
-transformation the host callback runs under ``shard_map`` with every operand
+transformation the core call runs under ``shard_map`` with every operand
 replicated, so every device of the mesh computes the same whole result (the
-host work is repeated once per device) and the results are arrays of the
+work is repeated once per device) and the results are arrays of the
 mesh; with explicit sharding types, gradients keep the sharding of their
 inputs and a rollout is sharded along the batch axis like ``controls``.
-Inside ``jax.shard_map`` the callback runs on every device with that device's
+Inside ``jax.shard_map`` the core runs on every device with that device's
 shard (each device's loss is the loss of its own shard), and the gradient of
 an input replicated over the shards is the sum over the shards. Other
 shardings over several devices raise ``ValueError``.
@@ -66,12 +87,14 @@ when the call is traced. Inside ``jax.shard_map`` each device sees its shard
 of the batch, so a per-sample system must be that of the shard. The system's
 arrays are data (no gradient).
 
-Caches: none of the module's own. The host callbacks are small immutable
-objects that compare equal whenever the static options and the shapes of the
-system's arrays are equal; the arrays themselves (also a per-sample system's
-B·n·n numbers) are call operands, never part of a callback's identity, so JAX
-compiles each callback once per option set and shape, whatever the system's
-values or the weights.
+Caches: none of the module's own. The system's arrays (also a per-sample
+system's B·n·n numbers) and the options are call operands, never part of a
+call's identity: the FFI calls' parameters are their target and result
+shapes, and the host callbacks are small immutable objects that compare
+equal whenever the static options and the shapes of the system's arrays are
+equal, so JAX compiles each once per option set and shape, whatever the
+system's values or the weights. An FFI call reads the number of threads the
+core uses (:func:`trajloss.set_num_threads`) when it is traced.
 """
 from __future__ import annotations
 
@@ -79,6 +102,8 @@ import dataclasses
 import functools
 import math
 import operator
+import os
+import warnings
 from typing import Optional
 
 import jax
@@ -89,7 +114,8 @@ from jax.custom_derivatives import SymbolicZero
 from . import _core, _kinds
 from .rollout import _check_system
 
-__all__ = ["combined_loss", "control_loss", "rollout", "terminal_loss", "trajectory_loss"]
+__all__ = ["BACKEND", "combined_loss", "control_loss", "rollout", "terminal_loss",
+           "trajectory_loss"]
 
 _CONTROL, _TRAJECTORY, _TERMINAL = _kinds.CONTROL, _kinds.TRAJECTORY, _kinds.TERMINAL
 
@@ -316,27 +342,284 @@ def _vary_like(outs, operands):
 
 
 def _host_call(fn, structs, *operands):
-    """``jax.pure_callback(fn, structs, *operands)`` placed for the caller's mesh.
+    """``jax.pure_callback(fn, structs, *operands)`` placed for the caller's mesh
+    (:func:`_on_mesh`)."""
+    return _on_mesh(lambda *ops: jax.pure_callback(fn, structs, *ops, vmap_method="sequential"),
+                    structs, operands)
 
-    Over a multi-device mesh (jit of sharded inputs) a plain callback runs on
+
+def _on_mesh(run, structs, operands):
+    """``run(*operands)`` (a host callback or an FFI call, with results
+    ``structs``) placed for the caller's mesh.
+
+    Over a multi-device mesh (jit of sharded inputs) a plain call runs on
     one device and its results keep a single-device sharding that the next
-    computation on the mesh cannot use. The callback runs instead under
+    computation on the mesh cannot use. The call runs instead under
     ``shard_map`` with every operand replicated: each device evaluates the whole
     (same) result, which is then replicated over the mesh like any array."""
     mesh = _multi_device_mesh(operands)
     if mesh is None:
-        outs = jax.pure_callback(fn, structs, *operands, vmap_method="sequential")
-        return _vary_like(outs, operands)
+        return _vary_like(run(*operands), operands)
     P = jax.sharding.PartitionSpec
     if mesh.explicit_axes:  # explicit sharding types: replicate the operands first
         replicated = jax.sharding.NamedSharding(mesh, P())
         operands = [jax.sharding.reshard(x, replicated) if isinstance(x, jax.Array) else x
                     for x in operands]
-    run = jax.shard_map(
-        lambda *ops: jax.pure_callback(fn, structs, *ops, vmap_method="sequential"),
-        mesh=mesh, in_specs=tuple(P() for _ in operands),
-        out_specs=jax.tree_util.tree_map(lambda _: P(), structs), check_vma=False)
-    return run(*operands)
+    sm = jax.shard_map(run, mesh=mesh, in_specs=tuple(P() for _ in operands),
+                       out_specs=jax.tree_util.tree_map(lambda _: P(), structs), check_vma=False)
+    return sm(*operands)
+
+
+# ---- the XLA FFI path ------------------------------------------------------------------
+#
+# Under a transformation the core runs as XLA custom calls (trajloss/_jaxffimodule.c)
+# inside the compiled program: no host callback, no copy of the operands to NumPy, no
+# Python on the way. Four calls: the rollout loss, the control loss, the rollout and its
+# adjoint. Each takes an ``opts`` operand (float64 options as uint32 words, _ffi_opts),
+# then its arrays; absent optional arrays are left out and opts' flags say which are
+# there. Trajectory arrays are batched: an unbatched call gets a batch axis of 1 here.
+
+# opts: slots and flag bits (the O_* and F_* of trajloss/_jaxffimodule.c)
+_O_COUNT = 7
+_F = dict(offset=1, time_varying=2, ref_controls=4, ref_states=8, target=16, lengths=32,
+          mask=64, feature_weights=128, state_weights=256, want_grad=512,
+          include_initial=1024, check_finite=2048, discount=4096, terminal_target=8192)
+_PENALTIES = {"mse": 0, "l1": 1, "huber": 2}
+
+
+def _ffi_module():
+    """``trajloss._jaxffi`` when it is built and JAX has ``jax.ffi``, else the
+    reason it cannot be used (a string)."""
+    if os.environ.get("TRAJLOSS_JAX_BACKEND", "").strip().lower() == "callback":
+        return "TRAJLOSS_JAX_BACKEND=callback"
+    ffi = getattr(jax, "ffi", None)
+    if ffi is None or not hasattr(ffi, "ffi_call") or not hasattr(ffi, "register_ffi_target"):
+        return f"jax {jax.__version__} has no jax.ffi.ffi_call"
+    try:
+        from . import _jaxffi
+    except ImportError as exc:
+        return f"trajloss._jaxffi is not built ({exc})"
+    if _jaxffi.OPTIONS != _O_COUNT:
+        return "trajloss._jaxffi does not match trajloss/jax.py (rebuild the extension)"
+    return _jaxffi
+
+
+_JAXFFI = _ffi_module()
+
+#: The path that runs the core under ``jit``/``vmap``/``grad``/``shard_map``:
+#: ``"ffi"`` (XLA custom calls into the C core, in the compiled program) or
+#: ``"callback"`` (``jax.pure_callback`` into the NumPy API). ``"ffi"`` whenever
+#: the extension ``trajloss._jaxffi`` is built and JAX has ``jax.ffi``, unless the
+#: environment variable ``TRAJLOSS_JAX_BACKEND=callback`` asks for the callbacks;
+#: the FFI calls run on CPU, so a program on another backend uses the callbacks.
+#: If XLA refuses the handlers when they are first registered, a RuntimeWarning
+#: says why and this becomes ``"callback"``.
+BACKEND = "callback" if isinstance(_JAXFFI, str) else "ffi"
+_registered = False
+
+
+def _use_ffi():
+    """Whether this trace uses the FFI calls: registers them with XLA the first
+    time (not at import: registering starts JAX's CPU backend, which a program
+    may still be configuring when it imports trajloss.jax)."""
+    global BACKEND, _registered
+    if BACKEND != "ffi" or jax.default_backend() != "cpu":
+        return False
+    if not _registered:
+        try:
+            jax.devices("cpu")  # a refusal then raises here, not inside the backend's start
+            for name, capsule in _JAXFFI.targets().items():
+                jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        except Exception as exc:  # an XLA that refuses the handlers: keep working
+            BACKEND = "callback"
+            warnings.warn(f"trajloss.jax: XLA refused the FFI handlers ({exc}); using "
+                          f"jax.pure_callback instead", RuntimeWarning, stacklevel=3)
+            return False
+        _registered = True
+    return True
+
+
+def _ffi_opts(flags, *, terms=0, control_weight=0.0, discount=None, penalty="mse", delta=1.0):
+    """The ``opts`` operand: float64 options as uint32 words (bit-exact with or
+    without x64). ``flags``: names of _F that are set."""
+    bits = sum(_F[f] for f in flags) | (_F["discount"] if discount is not None else 0)
+    opts = np.array([bits, terms, control_weight, 1.0 if discount is None else discount,
+                     _PENALTIES[penalty], delta, _core.get_num_threads()], dtype=np.float64)
+    return _bits(opts)
+
+
+def _ffi(target, structs, operands):
+    """One FFI call of ``target``. vmap_method "broadcast_all": under ``vmap`` every
+    operand gets the mapped axes and the handler runs one call per index, in one
+    custom call (not one per index, as "sequential" would)."""
+    call = jax.ffi.ffi_call(target, structs, vmap_method="broadcast_all")
+    return _on_mesh(call, structs, operands)
+
+
+def _batched(x, core_ndim):
+    """``x`` with a batch axis of 1 when it has only its ``core_ndim`` axes."""
+    return None if x is None else (x[None] if x.ndim == core_ndim else x)
+
+
+def _selection_operands(lengths, mask):
+    """lengths as int32 or int64 (what the handler reads), mask as bool."""
+    if lengths is not None and lengths.dtype not in (jnp.int32, jnp.int64):
+        wide = jnp.int64 if jax.config.jax_enable_x64 and lengths.dtype.itemsize >= 4 \
+            else jnp.int32
+        lengths = lengths.astype(wide)
+    if mask is not None and mask.dtype != jnp.bool_:
+        mask = mask != 0
+    return lengths, mask
+
+
+def _weights_operand(w):
+    """A weight, feature or state weights: float64 words (a constant, _bits),
+    float32 and float64 stay; other dtypes become float32."""
+    if w is None or w.dtype in (jnp.uint32, jnp.float32, jnp.float64):
+        return w
+    return w.astype(jnp.float32)
+
+
+def _ffi_rollout_loss(spec, words, u, x0, *, rc=None, rs=None, tg=None, lengths=None,
+                      mask=None, wt, we, fw=None, sw=None, terms, control_weight, grad):
+    """The core's rollout loss on batched operands: ``(values, [gu, gx0])`` with
+    values = (total, control, trajectory, terminal)."""
+    flags = [name for name, x in (("offset", len(words) == 3), ("ref_controls", rc is not None),
+                                  ("ref_states", rs is not None), ("target", tg is not None),
+                                  ("lengths", lengths is not None), ("mask", mask is not None),
+                                  ("feature_weights", fw is not None),
+                                  ("state_weights", sw is not None), ("want_grad", grad),
+                                  ("time_varying", spec.time_varying),
+                                  ("include_initial", spec.include_initial),
+                                  ("check_finite", spec.check_finite),
+                                  ("terminal_target", spec.target_name == "terminal_target"))
+             if x]
+    opts = _ffi_opts(flags, terms=terms, control_weight=control_weight, discount=spec.discount,
+                     penalty=spec.penalty, delta=spec.delta)
+    operands = [opts, *words, u, x0] + [x for x in (rc, rs, tg, lengths, mask) if x is not None] \
+        + [wt, we] + [x for x in (fw, sw) if x is not None]
+    structs = (_struct((4,), u.dtype),) + \
+        ((_struct(u.shape, u.dtype), _struct(x0.shape, u.dtype)) if grad else ())
+    return _ffi("trajloss_rollout_loss", structs, operands)
+
+
+def _ffi_rollout(words, x0, u, *, time_varying, check_finite):
+    """The states (B, T+1, n) of x0 (B, n) and u (B, T, m); unbatched (n,), (T, m) too."""
+    flags = [f for f, x in (("offset", len(words) == 3), ("time_varying", time_varying),
+                            ("check_finite", check_finite)) if x]
+    xb, ub = _batched(x0, 1), _batched(u, 2)
+    states = _struct(ub.shape[:-2] + (ub.shape[-2] + 1, xb.shape[-1]), ub.dtype)
+    out, = _ffi("trajloss_rollout", (states,), [_ffi_opts(flags), *words, xb, ub])
+    return out if u.ndim == 3 else out[0]
+
+
+def _ffi_rollout_vjp(words, x0, u, g, *, time_varying):
+    """The rollout's adjoint: (∂/∂u, ∂/∂x0) of <g, states>."""
+    flags = [f for f, x in (("offset", len(words) == 3), ("time_varying", time_varying)) if x]
+    gb, ub, xb = _batched(g, 2), _batched(u, 2), _batched(x0, 1)
+    structs = (_struct(ub.shape, ub.dtype), _struct(xb.shape, xb.dtype))
+    gu, gx = _ffi("trajloss_rollout_vjp", structs, [_ffi_opts(flags), *words, gb])
+    return (gu, gx) if u.ndim == 3 else (gu[0], gx[0])
+
+
+def _ffi_loss(spec, a):
+    """What ``spec(*operands)`` (a :class:`_Loss`) returns, by FFI calls: the value and
+    ``∂ℓ/∂a`` for every name in ``spec.want``, composed as the host loss composes its
+    core calls (a reference's gradient from the prediction it is compared with, the
+    state terms' gradients through the identity system, a feature/state weight's
+    from the loss at a unit vector)."""
+    grads = (_ffi_control if spec.kind == "control" else _ffi_rollout_grads)(spec, dict(a))
+    value = grads.pop("value").astype(spec.value_dtype)
+    return (value,) + tuple(jnp.reshape(grads[k], a[k].shape).astype(a[k].dtype)
+                            for k in spec.want)
+
+
+def _ffi_control(spec, a):
+    p, t = _batched(a["pred"], 2), _batched(a["target"], 2)
+    lengths, mask = _selection_operands(_batched(a.get("lengths"), 0), _batched(a.get("mask"), 1))
+    fw = _weights_operand(a.get("feature_weights"))
+    want = set(spec.want)
+
+    def core(f, grad):
+        flags = [name for name, x in (("lengths", lengths is not None), ("mask", mask is not None),
+                                      ("feature_weights", f is not None), ("want_grad", grad),
+                                      ("check_finite", spec.check_finite)) if x]
+        opts = _ffi_opts(flags, discount=spec.discount, penalty=spec.penalty, delta=spec.delta)
+        operands = [opts, p, t] + [x for x in (lengths, mask, f) if x is not None]
+        structs = (_struct((1,), p.dtype),) + ((_struct(p.shape, p.dtype),) if grad else ())
+        return _ffi("trajloss_control_loss", structs, operands)
+
+    out = core(fw, bool(want & {"pred", "target"}))
+    res = {"value": out[0][0]}
+    if len(out) > 1:
+        res["pred"], res["target"] = out[1], -out[1]
+    if "feature_weights" in want:  # ℓ is linear in f: ∂ℓ/∂f_d = ℓ(f = e_d)
+        res["feature_weights"] = jnp.stack([core(_bits(e), False)[0][0]
+                                            for e in np.eye(fw.shape[-1])])
+    return res
+
+
+def _ffi_rollout_grads(spec, a):
+    words = [a["Ad"], a["Bd"]] + ([a["offset"]] if "offset" in a else [])
+    u, x0 = _batched(a["controls"], 2), _batched(a["x0"], 1)
+    rc, rs, tg = _batched(a.get("ref_controls"), 2), _batched(a.get("ref_states"), 2), \
+        _batched(a.get("target"), 1)
+    lengths, mask = _selection_operands(_batched(a.get("lengths"), 0), _batched(a.get("mask"), 1))
+    wt, we = _weights_operand(a["weight"]), _weights_operand(a["terminal_weight"])
+    fw, sw = _weights_operand(a.get("feature_weights")), _weights_operand(a.get("state_weights"))
+    sel = dict(lengths=lengths, mask=mask)
+    want = set(spec.want)
+    values, *g = _ffi_rollout_loss(spec, words, u, x0, rc=rc, rs=rs, tg=tg, **sel, wt=wt, we=we,
+                                   fw=fw, sw=sw, terms=spec.terms,
+                                   control_weight=spec.control_weight,
+                                   grad=bool(want & {"controls", "x0"}))
+    out = {"value": values[0], "weight": values[2], "terminal_weight": values[3]}
+    if g:
+        out["controls"], out["x0"] = g
+    ctl = spec.terms & _CONTROL
+    zero = _bits(np.float64(0.0))
+
+    def control_term(f, grad):  # the control term alone: it reads rc through u − rc
+        return _ffi_rollout_loss(spec, words, u, x0, rc=rc, **sel, wt=zero, we=zero, fw=f,
+                                 terms=ctl, control_weight=spec.control_weight, grad=grad)
+
+    if "ref_controls" in want:
+        out["ref_controls"] = -control_term(fw, True)[1]
+    if "feature_weights" in want:  # linear in f: ∂ℓ/∂f_d = ℓ(f = e_d)
+        out["feature_weights"] = jnp.stack([control_term(_bits(e), False)[0][0]
+                                            for e in np.eye(fw.shape[-1])])
+    if want & {"ref_states", "target", "state_weights"}:
+        out.update(_ffi_state_grads(spec, words, u, x0, rs, tg, sel, wt, we, sw, want))
+    return out
+
+
+def _ffi_state_grads(spec, words, u, x0, rs, tg, sel, wt, we, sw, want):
+    """As :meth:`_Loss._state_grads`: the state terms through the identity system
+    (Ad = 0, Bd = I, the states X as controls), whose ``∂ℓ/∂controls`` is
+    ``∂ℓ/∂X[1:]`` and ``∂ℓ/∂x0`` is ``∂ℓ/∂X[0]``, every index rule the core's own."""
+    X = _ffi_rollout(words, x0, u, time_varying=spec.time_varying,
+                     check_finite=spec.check_finite)
+    n = X.shape[-1]
+    identity = [_bits(np.zeros((n, n))), _bits(np.eye(n))]
+    plain = dataclasses.replace(spec, time_varying=False)
+    states = spec.terms & (_TRAJECTORY | _TERMINAL)
+
+    def d_states(terms, s=sw, grad=True):  # (value, ∂ℓ/∂X) of the state terms ``terms``
+        values, *g = _ffi_rollout_loss(plain, identity, X[:, 1:], X[:, 0], rs=rs, tg=tg, **sel,
+                                       wt=wt, we=we, sw=s, terms=terms, control_weight=0.0,
+                                       grad=grad)
+        return values[0], (jnp.concatenate([g[1][:, None], g[0]], axis=1) if grad else None)
+
+    out = {}
+    if "ref_states" in want:  # the trajectory term, and the terminal term too when
+        # its target defaults to ref_states[b, t_b + 1]
+        out["ref_states"] = -d_states(states if tg is None else states & _TRAJECTORY)[1]
+    if "target" in want:
+        out["target"] = -d_states(states & _TERMINAL)[1].sum(axis=1)
+    if "state_weights" in want:  # linear in s: ∂ℓ/∂s_d = ℓ(s = e_d)
+        out["state_weights"] = jnp.stack([d_states(states, _bits(e), False)[0]
+                                          for e in np.eye(n)])
+    return out
 
 
 # ---- rollout --------------------------------------------------------------------------
@@ -384,6 +667,8 @@ def _states_struct(x0, u):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _rollout_vjp_call(spec, words, x0, u, g):
+    if _use_ffi():
+        return _ffi_rollout_vjp(words, x0, u, g, time_varying=spec.form[1])
     return _host_call(spec, (_struct(u.shape, u.dtype), _struct(x0.shape, x0.dtype)),
                       *words, x0, u, g)
 
@@ -395,6 +680,9 @@ def _rollout_vjp_jvp(spec, primals, tangents):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _rollout_call(spec, words, x0, u):
+    if _use_ffi():
+        return _ffi_rollout(words, x0, u, time_varying=spec.form[1],
+                            check_finite=spec.check_finite)
     return _host_call(spec, _states_struct(x0, u), *words, x0, u)
 
 
@@ -563,7 +851,10 @@ class _Loss:
 
 
 def _loss_call(spec, args):
-    """The pure_callback of ``spec`` on the operands ``args`` (a dict)."""
+    """``spec`` (a :class:`_Loss`) on the operands ``args`` (a dict): FFI calls, or
+    its pure_callback."""
+    if _use_ffi():
+        return _ffi_loss(spec, args)
     structs = (_struct((), spec.value_dtype),) + tuple(
         _struct(args[k].shape, args[k].dtype) for k in spec.want)
     return _host_call(spec, structs, *(args[k] for k in spec.names))
