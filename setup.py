@@ -9,7 +9,6 @@ LAPACK provider, chosen with the environment variable TRAJLOSS_LAPACK:
                               mapped in csrc/tl_lapack.h.
   "system"                    the system LAPACKE found by pkg-config (lapacke).
 """
-import copy
 import os
 import shlex
 import shutil
@@ -77,37 +76,23 @@ def provider_stamp(name):
 
 HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h"))
 
+# The extension: the Python module (_coremodule.c), the XLA FFI handlers of
+# trajloss.jax (xla_ffi.c, plain C against the few structs of XLA's FFI C ABI
+# that _xla_ffi_abi.h declares, so that nothing of jax is needed to build),
+# and the C core.
+PACKAGE_SOURCES = ["src/trajloss/_coremodule.c", "src/trajloss/xla_ffi.c"]
+PACKAGE_HEADERS = ["src/trajloss/xla_ffi.h", "src/trajloss/_xla_ffi_abi.h"]
+
 core = Extension(
     "trajloss._core",
-    sources=["src/trajloss/_coremodule.c"] + [f"csrc/{s}" for s in CORE_SOURCES],
-    depends=HEADERS + [provider_stamp(provider)],
-    include_dirs=["csrc", numpy.get_include()],
+    sources=PACKAGE_SOURCES + [f"csrc/{s}" for s in CORE_SOURCES],
+    depends=HEADERS + PACKAGE_HEADERS + [provider_stamp(provider)],
+    include_dirs=["csrc", "src/trajloss", numpy.get_include()],
     define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
     extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-missing-field-initializers"] + lapack_cflags,
     extra_link_args=lapack_libs + ["-lm", "-pthread"],
 )
-
-# The XLA FFI handlers of trajloss.jax (trajloss/_jaxffimodule.c): the loss and
-# rollout entry points of the core, compiled in (they need no LAPACK), and the
-# few structs of XLA's FFI C ABI they read, declared in trajloss/_xla_ffi_abi.h,
-# so the module builds from this tree alone -- without jax or jaxlib, whose
-# wheel is the only place XLA's header ships. Built in parallel with _core.
-PACKAGE_SOURCES = os.path.dirname(core.sources[0])  # the folder of _coremodule.c
-JAXFFI_SOURCES = ["status.c", "finite.c", "parallel.c", "dynamics.c", "rollout.c", "weights.c",
-                  "loss.c", "tile.c", "tile_v3.c"]
-
-jaxffi = Extension(
-    "trajloss._jaxffi",
-    sources=[os.path.join(PACKAGE_SOURCES, "_jaxffimodule.c")]
-    + [f"csrc/{s}" for s in JAXFFI_SOURCES],
-    depends=HEADERS + [os.path.join(PACKAGE_SOURCES, "_xla_ffi_abi.h")],
-    include_dirs=["csrc", PACKAGE_SOURCES],
-    extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra",
-                        "-Wno-missing-field-initializers"],
-    extra_link_args=["-lm", "-pthread"],
-)
-
 
 class parallel_build_ext(build_ext):
     """Compile the sources in parallel, one job a CPU (unless --parallel says
@@ -142,11 +127,7 @@ class parallel_build_ext(build_ext):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(in_tree, target)
             return
-        if ext is jaxffi:  # its objects of csrc/ apart from _core's, built at the same time
-            separate = copy.copy(self)
-            separate.build_temp = os.path.join(self.build_temp, "jaxffi")
-            return super(parallel_build_ext, separate).build_extension(ext)
         super().build_extension(ext)
 
 
-setup(ext_modules=[core, jaxffi], cmdclass={"build_ext": parallel_build_ext})
+setup(ext_modules=[core], cmdclass={"build_ext": parallel_build_ext})

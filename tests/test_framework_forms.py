@@ -438,12 +438,16 @@ def test_jax_vmap_over_problems_with_a_per_sample_system():
 
 
 def _callbacks(jaxpr):
-    """The host callbacks of a jaxpr (sub-jaxprs included)."""
+    """The calls into the core of a jaxpr (sub-jaxprs included): each host
+    callback, or each XLA FFI call as its parameters (its identity: what XLA
+    compiles it by)."""
     from jax.extend import core
     out = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "pure_callback":
             out.append(eqn.params["callback"])
+        elif eqn.primitive.name == "ffi_call":
+            out.append(tuple(sorted(eqn.params.items())))
         for p in eqn.params.values():
             for v in (p if isinstance(p, (tuple, list)) else (p,)):
                 if isinstance(v, core.ClosedJaxpr):
@@ -454,8 +458,9 @@ def _callbacks(jaxpr):
 
 
 def test_jax_system_arrays_are_operands_not_callback_keys():
-    # two per-sample systems of one form: equal host callbacks (JAX compiles
-    # them once), the system's values only in the operands
+    # two per-sample systems of one form: equal calls into the core, host
+    # callbacks or XLA FFI calls (JAX compiles them once), the system's values
+    # only in the operands
     jax, tlj = _jax()
     a = make_data("combined")
     seen = []

@@ -1,5 +1,5 @@
 """trajloss.jax's XLA FFI path: the C core as custom calls inside compiled JAX
-programs (trajloss/_jaxffimodule.c).
+programs (src/trajloss/xla_ffi.c).
 
 Checked here: the compiled programs hold the custom calls and no host callback;
 values and gradients under jit, grad and vmap against plain NumPy loops
@@ -100,8 +100,8 @@ def run_python(code, devices=1, **env):
 
 def test_the_ffi_path_is_built_and_active():
     # the extension is part of every build: no jaxlib needed to compile it
-    from trajloss import _jaxffi
-    assert sorted(_jaxffi.targets()) == sorted(TARGETS)
+    from trajloss import _core
+    assert sorted(_core.xla_ffi_targets()) == sorted(TARGETS)
     assert tlj.BACKEND == "ffi"
 
 
@@ -589,7 +589,7 @@ def test_abi_declarations_match_jaxlibs_header(tmp_path):
     assert os.path.exists(os.path.join(include, "xla", "ffi", "api", "c_api.h"))
     src = tmp_path / "abi.c"
     src.write_text(ABI_CHECK)
-    # the header is a source file (not installed): beside _jaxffimodule.c in the tree
+    # the header is a source file (not installed): beside xla_ffi.c in the tree
     here = [os.path.join(ROOT, *p) for p in (("trajloss",), ("src", "trajloss"))
             if os.path.exists(os.path.join(ROOT, *p, "_xla_ffi_abi.h"))]
     assert here, "trajloss/_xla_ffi_abi.h not found in the source tree"

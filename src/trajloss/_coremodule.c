@@ -40,6 +40,7 @@
 #endif
 
 #include "trajloss.h"
+#include "xla_ffi.h"
 
 #ifndef TL_LAPACK_PROVIDER
 #define TL_LAPACK_PROVIDER "unknown"
@@ -2388,6 +2389,23 @@ done:
 
 #define FASTCALL_KW(fn) (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS
 
+/* The XLA FFI handlers (xla_ffi.c) as capsules of their addresses. */
+static PyObject *core_xla_ffi_targets(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    size_t count;
+    const tlx_target *targets = tlx_targets(&count);
+    PyObject *out = PyDict_New();
+    for (size_t i = 0; out != NULL && i < count; i++) {
+        PyObject *capsule = PyCapsule_New(targets[i].handler, NULL, NULL);
+        if (capsule == NULL || PyDict_SetItemString(out, targets[i].name, capsule) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(capsule);
+    }
+    return out;
+}
+
 static PyMethodDef core_methods[] = {
     {"expm", core_expm, METH_VARARGS,
      "expm(A) -> E\n\nMatrix exponential of a square float64 matrix (balancing, then "
@@ -2438,6 +2456,9 @@ static PyMethodDef core_methods[] = {
     {"set_num_threads", core_set_num_threads, METH_O,
      "set_num_threads(k)\n\nWorker threads the losses use over the batch (1 .. 256)."},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"xla_ffi_targets", core_xla_ffi_targets, METH_NOARGS,
+     "xla_ffi_targets() -> dict\n\nThe XLA FFI handlers of trajloss.jax, name -> PyCapsule, for\n"
+     "jax.ffi.register_ffi_target(name, capsule, platform='cpu')."},
     {NULL, NULL, 0, NULL},
 };
 #undef FASTCALL_KW
@@ -2467,7 +2488,9 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *module = PyModule_Create(&core_module);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddStringConstant(module, "CORE_VERSION", TL_VERSION) < 0 ||
+    if (PyModule_AddIntConstant(module, "XLA_FFI_OPTIONS", TLX_OPTIONS) < 0 ||
+        PyModule_AddIntConstant(module, "XLA_FFI_API_MINOR", TLX_API_MINOR) < 0 ||
+        PyModule_AddStringConstant(module, "CORE_VERSION", TL_VERSION) < 0 ||
         PyModule_AddStringConstant(module, "LAPACK_PROVIDER", TL_LAPACK_PROVIDER) < 0 ||
         PyModule_AddIntConstant(module, "MAX_DIM", TL_MAX_DIM) < 0 ||
         PyModule_AddIntConstant(module, "TERM_CONTROL", TL_TERM_CONTROL) < 0 ||

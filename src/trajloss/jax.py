@@ -12,7 +12,7 @@ the core's rollout and its adjoint (reverse mode; forward mode raises JAX's
 
 How the core is called under a transformation (:data:`BACKEND`):
 
-* ``"ffi"`` (when the extension ``trajloss._jaxffi`` is built, as it is by
+* ``"ffi"`` (the handlers are part of ``trajloss._core``, built by
   every install, and JAX has ``jax.ffi``): XLA custom calls into the C core,
   part of the compiled program -- no host callback, no Python, no copy of the
   operands. Under ``vmap`` all mapped elements go to one call
@@ -372,14 +372,14 @@ def _on_mesh(run, structs, operands):
 
 # ---- the XLA FFI path ------------------------------------------------------------------
 #
-# Under a transformation the core runs as XLA custom calls (trajloss/_jaxffimodule.c)
+# Under a transformation the core runs as XLA custom calls (src/trajloss/xla_ffi.c)
 # inside the compiled program: no host callback, no copy of the operands to NumPy, no
 # Python on the way. Four calls: the rollout loss, the control loss, the rollout and its
 # adjoint. Each takes an ``opts`` operand (float64 options as uint32 words, _ffi_opts),
 # then its arrays; absent optional arrays are left out and opts' flags say which are
 # there. Trajectory arrays are batched: an unbatched call gets a batch axis of 1 here.
 
-# opts: slots and flag bits (the O_* and F_* of trajloss/_jaxffimodule.c)
+# opts: slots and flag bits (the O_* and F_* of src/trajloss/xla_ffi.c)
 _O_COUNT = 7
 _F = dict(offset=1, time_varying=2, ref_controls=4, ref_states=8, target=16, lengths=32,
           mask=64, feature_weights=128, state_weights=256, want_grad=512,
@@ -388,20 +388,16 @@ _PENALTIES = {"mse": 0, "l1": 1, "huber": 2}
 
 
 def _ffi_module():
-    """``trajloss._jaxffi`` when it is built and JAX has ``jax.ffi``, else the
-    reason it cannot be used (a string)."""
+    """``trajloss._core`` (whose ``xla_ffi_targets()`` are the handlers) when JAX
+    has ``jax.ffi``, else the reason the FFI path cannot be used (a string)."""
     if os.environ.get("TRAJLOSS_JAX_BACKEND", "").strip().lower() == "callback":
         return "TRAJLOSS_JAX_BACKEND=callback"
     ffi = getattr(jax, "ffi", None)
     if ffi is None or not hasattr(ffi, "ffi_call") or not hasattr(ffi, "register_ffi_target"):
         return f"jax {jax.__version__} has no jax.ffi.ffi_call"
-    try:
-        from . import _jaxffi
-    except ImportError as exc:
-        return f"trajloss._jaxffi is not built ({exc})"
-    if _jaxffi.OPTIONS != _O_COUNT:
-        return "trajloss._jaxffi does not match trajloss/jax.py (rebuild the extension)"
-    return _jaxffi
+    if getattr(_core, "XLA_FFI_OPTIONS", None) != _O_COUNT:
+        return "trajloss._core's XLA FFI handlers do not match trajloss/jax.py (rebuild it)"
+    return _core
 
 
 _JAXFFI = _ffi_module()
@@ -409,7 +405,7 @@ _JAXFFI = _ffi_module()
 #: The path that runs the core under ``jit``/``vmap``/``grad``/``shard_map``:
 #: ``"ffi"`` (XLA custom calls into the C core, in the compiled program) or
 #: ``"callback"`` (``jax.pure_callback`` into the NumPy API). ``"ffi"`` whenever
-#: the extension ``trajloss._jaxffi`` is built and JAX has ``jax.ffi``, unless the
+#: JAX has ``jax.ffi`` (the handlers are part of ``trajloss._core``), unless the
 #: environment variable ``TRAJLOSS_JAX_BACKEND=callback`` asks for the callbacks;
 #: the FFI calls run on CPU, so a program on another backend uses the callbacks.
 #: If XLA refuses the handlers when they are first registered, a RuntimeWarning
@@ -428,7 +424,7 @@ def _use_ffi():
     if not _registered:
         try:
             jax.devices("cpu")  # a refusal then raises here, not inside the backend's start
-            for name, capsule in _JAXFFI.targets().items():
+            for name, capsule in _JAXFFI.xla_ffi_targets().items():
                 jax.ffi.register_ffi_target(name, capsule, platform="cpu")
         except Exception as exc:  # an XLA that refuses the handlers: keep working
             BACKEND = "callback"

@@ -1,7 +1,9 @@
 /*
- * _jaxffimodule.c -- trajloss._jaxffi: the C core as XLA FFI custom-call
- * handlers, so that trajloss.jax runs inside compiled JAX programs (jit, vmap,
- * shard_map) without host callbacks.
+ * xla_ffi.c -- the C core as XLA FFI custom-call handlers, so that
+ * trajloss.jax runs inside compiled JAX programs (jit, vmap, shard_map)
+ * without host callbacks. Plain C against the few structs of XLA's FFI C ABI
+ * that _xla_ffi_abi.h declares; no Python here: the extension module
+ * (_coremodule.c) hands the handlers to Python as capsules (tlx_targets).
  *
  * Four handlers, one a core entry point; trajloss/jax.py makes every call:
  *   trajloss_rollout_loss   (opts, Ad, Bd, [offset], controls, x0, [ref_controls],
@@ -28,9 +30,6 @@
  * whose message is the one the NumPy API raises; JAX raises them as
  * JaxRuntimeError.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,13 +37,11 @@
 
 #include "_xla_ffi_abi.h"
 #include "trajloss.h"
-
-/* The C API minor version whose structs this file reads: the first one XLA
- * queries handlers for, accepted by every jaxlib that does. */
-#define TLX_API_MINOR 1
+#include "xla_ffi.h"
 
 /* opts: the float64 options of a call (all integers are exact in a double). */
 enum { O_FLAGS, O_TERMS, O_CONTROL_WEIGHT, O_DISCOUNT, O_PENALTY, O_DELTA, O_THREADS, O_COUNT };
+_Static_assert(O_COUNT == TLX_OPTIONS, "xla_ffi.h's TLX_OPTIONS counts the options");
 
 /* O_FLAGS bits: which optional operands are present, and the boolean options. */
 enum {
@@ -665,50 +662,15 @@ static tlx_error *handle_control_loss(tlx_call_frame *frame) { return dispatch(f
 static tlx_error *handle_rollout(tlx_call_frame *frame) { return dispatch(frame, OP_ROLLOUT); }
 static tlx_error *handle_rollout_vjp(tlx_call_frame *frame) { return dispatch(frame, OP_ROLLOUT_VJP); }
 
-static const struct {
-    const char *name;
-    tlx_handler *handler;
-} HANDLERS[] = {
-    {"trajloss_rollout_loss", handle_rollout_loss},
-    {"trajloss_control_loss", handle_control_loss},
-    {"trajloss_rollout", handle_rollout},
-    {"trajloss_rollout_vjp", handle_rollout_vjp},
+static const tlx_target TARGETS[] = {
+    {"trajloss_rollout_loss", (void *)handle_rollout_loss},
+    {"trajloss_control_loss", (void *)handle_control_loss},
+    {"trajloss_rollout", (void *)handle_rollout},
+    {"trajloss_rollout_vjp", (void *)handle_rollout_vjp},
 };
 
-/* ---- the Python module: the handlers as capsules ------------------------------- */
-
-static PyObject *targets(PyObject *self, PyObject *unused)
+const tlx_target *tlx_targets(size_t *count)
 {
-    (void)self;
-    (void)unused;
-    PyObject *out = PyDict_New();
-    for (size_t i = 0; out != NULL && i < sizeof HANDLERS / sizeof HANDLERS[0]; i++) {
-        PyObject *capsule = PyCapsule_New((void *)HANDLERS[i].handler, NULL, NULL);
-        if (capsule == NULL || PyDict_SetItemString(out, HANDLERS[i].name, capsule) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(capsule);
-    }
-    return out;
-}
-
-static PyMethodDef methods[] = {
-    {"targets", targets, METH_NOARGS,
-     "targets() -> dict\n\nThe XLA FFI handlers, name -> PyCapsule, for "
-     "jax.ffi.register_ffi_target(name, capsule, platform='cpu')."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "trajloss._jaxffi",
-    "The trajloss C core as XLA FFI handlers (see trajloss/jax.py).", -1, methods,
-    NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__jaxffi(void)
-{
-    PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "OPTIONS", O_COUNT) < 0 ||
-                      PyModule_AddIntConstant(m, "API_MINOR", TLX_API_MINOR) < 0))
-        Py_CLEAR(m);
-    return m;
+    *count = sizeof TARGETS / sizeof TARGETS[0];
+    return TARGETS;
 }
