@@ -199,6 +199,75 @@ def test_no_input_requires_grad_and_no_grad_mode(system, data):
         np.testing.assert_allclose(value.item(), r, rtol=1e-12)
 
 
+def _tv_rollout(Ad, Bd, offset, x0, U):
+    """x_{k+1} = Ad[b, k] x_k + Bd[k] u_k + offset[b, k], loops over b and k."""
+    X = np.zeros((U.shape[0], U.shape[1] + 1, x0.shape[1]))
+    for b in range(U.shape[0]):
+        X[b, 0] = x0[b]
+        for k in range(U.shape[1]):
+            X[b, k + 1] = Ad[b, k] @ X[b, k] + Bd[k] @ U[b, k] + offset[b, k]
+    return X
+
+
+def test_time_varying_per_sample_system_every_order(data):
+    """A time-varying system with per-sample matrices and offset: value and
+    gradients against a NumPy loop, and the double backward (the
+    differentiable fallback rolls out through the time-varying dynamics)."""
+    rng = np.random.default_rng(11)
+    Ad = 0.4 * rng.normal(size=(B, T, N, N)) + np.eye(N)
+    Bd = rng.normal(size=(T, N, M))
+    offset = 0.2 * rng.normal(size=(B, T, N))
+    system = trajloss.TimeVaryingSystem(Ad, Bd, offset=offset)
+    u, x0 = _t(data["u"], True), _t(data["x0"], True)
+    rs = _t(data["rs"], True)
+    value = tlt.trajectory_loss(system, u, x0, rs)
+    assert _is_lean(value)
+    gu, gx, gr = torch.autograd.grad(value, (u, x0, rs))
+    X = _tv_rollout(Ad, Bd, offset, data["x0"], data["u"])
+    r = data["rs"]
+    np.testing.assert_allclose(value.item(), ((X[:, 1:] - r[:, 1:]) ** 2).mean(), rtol=1e-12)
+    G = np.zeros_like(X)
+    G[:, 1:] = 2 * (X[:, 1:] - r[:, 1:]) / (B * T * N)
+    np.testing.assert_allclose(gr.numpy(), -G, rtol=1e-11, atol=1e-14)
+    for b in range(B):  # the adjoint of sample b through its own time-varying matrices
+        lam = G[b, T].copy()
+        gu_b = np.zeros((T, M))
+        for k in range(T - 1, -1, -1):
+            gu_b[k] = Bd[k].T @ lam
+            lam = G[b, k] + Ad[b, k].T @ lam
+        np.testing.assert_allclose(gu[b].numpy(), gu_b, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(gx[b].numpy(), lam, rtol=1e-11, atol=1e-14)
+    f = lambda u, x0, rs: tlt.combined_loss(system, u, x0, _t(data["ru"]), rs,  # noqa: E731
+                                            weight=0.7, terminal_weight=0.4, discount=0.9)
+    assert torch.autograd.gradgradcheck(f, (u, x0, rs))
+    assert torch.autograd.gradgradcheck(lambda a, b: tlt.rollout(system, a, b), (x0, u))
+
+
+def test_nothing_is_kept_on_or_for_the_system(data):
+    """The fast path makes no tensors of the system; the operators' per-device
+    tensors (here made by a double backward) live beside it, never in it: the
+    system pickles to the same bytes and its tensors go when it goes."""
+    import gc
+    import pickle
+    rng = np.random.default_rng(2)
+    system = trajloss.LinearSystem(np.eye(N) + 0.1 * rng.normal(size=(B, N, N)),
+                                   rng.normal(size=(B, N, M)))
+    before = pickle.dumps(system)
+    n = len(tlt._SYSTEM_TENSORS)
+    u, x0 = _t(data["u"], True), _t(data["x0"])
+    value = tlt.trajectory_loss(system, u, x0, _t(data["rs"]))
+    (g,) = torch.autograd.grad(value, u)
+    assert len(tlt._SYSTEM_TENSORS) == n  # eager, first order: no tensors made
+    (g,) = torch.autograd.grad(tlt.trajectory_loss(system, u, x0, _t(data["rs"])), u,
+                               create_graph=True)
+    (g * g).sum().backward()  # the differentiable fallback: the operators
+    assert len(tlt._SYSTEM_TENSORS) == n + 1
+    assert pickle.dumps(system) == before
+    del system, value, g
+    gc.collect()
+    assert len(tlt._SYSTEM_TENSORS) == n
+
+
 # ---- module ----------------------------------------------------------------------
 
 def test_combined_module_components_and_two_calls_before_backward(system, data):
