@@ -829,24 +829,31 @@ class _ControlLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, options, pred, target, feature_weights=None):
         lengths, mask, discount, penalty, delta, check_finite = options
-        value, grad = _core.control_loss(
-            _view(pred, "pred"), _view(target, "target"), discount=discount,
-            lengths=_view(lengths, "lengths"), mask=_view(mask, "mask"), penalty=penalty,
-            delta=delta, feature_weights=_view(feature_weights, "feature_weights"),
-            check_finite=check_finite)
+        try:  # NumPy views; the core checks dtypes, shapes, values and names the argument
+            p, t = pred.numpy(force=True), target.numpy(force=True)
+        except TypeError:
+            _views(("pred", "target"), (pred, target))
+            raise
+        L = M = f = None
+        if lengths is not None or mask is not None or feature_weights is not None:
+            L, M = _view(lengths, "lengths"), _view(mask, "mask")
+            f = _view(feature_weights, "feature_weights")
+        value, grad = _core.control_loss(p, t, discount=discount, lengths=L, mask=M,
+                                         penalty=penalty, delta=delta, feature_weights=f,
+                                         check_finite=check_finite)
         ctx.options = discount, penalty, delta
-        ctx.save_for_backward(torch.from_numpy(grad), pred, target, lengths, mask,
-                              feature_weights)
+        ctx.grad = torch.from_numpy(grad)  # the fused gradient (no graph, nothing else holds it)
+        ctx.save_for_backward(pred, target, lengths, mask, feature_weights)
         return _scalar(value, pred.dtype)
 
     @staticmethod
     def backward(ctx, g_value):
         needs = ctx.needs_input_grad
-        grad, pred, target, lengths, mask, fw = ctx.saved_tensors
         need_fw = len(needs) > 3 and needs[3]
         if not (need_fw or torch.is_grad_enabled()):  # the fused C gradient
-            g = grad * g_value
+            g = ctx.grad * g_value
             return (None, g, -g) + (None,) * (len(needs) - 3)  # rho(pred - target)
+        pred, target, lengths, mask, fw = ctx.saved_tensors
         grads = _control_expr_grads(g_value, pred, target, lengths, mask, fw, *ctx.options,
                                     needs[1], needs[2], need_fw)
         return (None, *grads[:len(needs) - 1])
@@ -960,11 +967,13 @@ def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, m
 
     Shapes as in NumPy: (B, T, D), or (T, D) for one unbatched sequence.
     ``check_finite=False`` skips the NaN/inf check of the inputs."""
-    _check_tensors(pred=pred, target=target)
-    lengths, mask = _opt(lengths, "lengths"), _opt(mask, "mask")
-    feature_weights = _opt(feature_weights, "feature_weights")
-    options = (lengths, mask, _option(discount, "discount", optional=True), _penalty(penalty),
-               _option(delta, "delta"), _flag(check_finite, "check_finite"))
+    if not (type(pred) is Tensor and type(target) is Tensor):  # (the common case, fast)
+        _check_tensors(pred=pred, target=target)
+    if lengths is not None or mask is not None or feature_weights is not None:
+        lengths, mask = _opt(lengths, "lengths"), _opt(mask, "mask")
+        feature_weights = _opt(feature_weights, "feature_weights")
+    options = (lengths, mask, None if discount is None else _option(discount, "discount"),
+               _penalty(penalty), _option(delta, "delta"), _flag(check_finite, "check_finite"))
     if _eager(pred, target, lengths, mask, feature_weights):
         if feature_weights is None:  # one input fewer: a cheaper autograd call
             return _apply_control_loss(options, pred, target)
