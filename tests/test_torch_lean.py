@@ -294,6 +294,32 @@ def test_combined_module_components_and_two_calls_before_backward(system, data):
     np.testing.assert_allclose(u.grad.numpy(), r["grad"] + r2["grad"], rtol=1e-11, atol=1e-13)
 
 
+def test_combined_module_reads_its_weight_buffer_after_every_change(system, data):
+    """The module keeps the buffer's values between calls; a write to the buffer
+    (in place, load_state_dict) or a new buffer (.to) is seen by the next call:
+    each value is the NumPy loops' at the buffer's terminal weight."""
+    loss_fn = tlt.CombinedLoss(system, weight=0.3, terminal_weight=0.5)
+    args = [_t(data[k]) for k in ("u", "x0", "ru", "rs")]
+
+    def expected(terminal_weight):
+        return ref.combined_loss_ref(system.Ad, system.Bd, data["u"], data["x0"], data["ru"],
+                                     data["rs"], 0.3, terminal_weight=terminal_weight)["value"]
+    np.testing.assert_allclose(loss_fn(*args).item(), expected(0.5), rtol=1e-12)
+    with torch.no_grad():
+        loss_fn.weights[2] = 0.7
+    np.testing.assert_allclose(loss_fn(*args).item(), expected(0.7), rtol=1e-12)
+    state = loss_fn.state_dict()
+    state["weights"] = torch.tensor([1.0, 0.3, 0.9], dtype=torch.float64)
+    loss_fn.load_state_dict(state)
+    np.testing.assert_allclose(loss_fn(*args).item(), expected(0.9), rtol=1e-12)
+    loss_fn.weights = torch.tensor([1.0, 0.3, 0.2], dtype=torch.float64)  # a new buffer
+    np.testing.assert_allclose(loss_fn(*args).item(), expected(0.2), rtol=1e-12)
+    with torch.no_grad():
+        loss_fn.weights[2] = -1.0
+    with pytest.raises(ValueError, match="terminal_weight"):
+        loss_fn(*args)
+
+
 # ---- errors and safety ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["controls", "x0", "ref_controls", "ref_states"])

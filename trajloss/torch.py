@@ -1212,16 +1212,32 @@ class CombinedLoss(nn.Module):
         # compiled) or a tuple of floats (lean eager path); see _last_values
         self._last = None
         self._observed = True
+        self._mirror = None  # (buffer, its version, its values): see _weight_values
 
     def update_weight(self, epoch=None):
         """Let the strategy observe the last call's terms and set the trajectory weight."""
         last = None if self._observed else self._last_values()
         if last is not None:
             self.strategy.observe(last[1], last[2])
-            self._observed = True
+            _set(self, "_observed", True)
         epoch = self.epoch if epoch is None else epoch
-        with torch.no_grad():
-            self.weights[1] = self.strategy.weight(epoch=epoch)
+        weight = self.strategy.weight(epoch=epoch)
+        mirror = self.__dict__.get("_mirror")
+        if not (mirror is not None and mirror[0] is self.weights
+                and mirror[1] == self.weights._version and mirror[2][1] == weight):
+            with torch.no_grad():  # (an in-place write costs ~10 µs: only when it changes)
+                self.weights[1] = weight
+
+    def _weight_values(self) -> tuple:
+        """The ``weights`` buffer as three checked floats, read again only when the
+        buffer was replaced (``.to``) or written (its version counter: an in-place
+        write, ``load_state_dict``) since the last read."""
+        w = self.weights
+        mirror = self.__dict__.get("_mirror")
+        if mirror is None or mirror[0] is not w or mirror[1] != w._version:
+            mirror = (w, w._version, tuple(_checked_weights(w)))
+            _set(self, "_mirror", mirror)
+        return mirror[2]
 
     @property
     def components(self) -> Optional[LossComponents]:
@@ -1235,23 +1251,32 @@ class CombinedLoss(nn.Module):
 
     def forward(self, controls, x0, ref_controls, ref_states, lengths=None, mask=None,
                 epoch=None, terminal_target=None):
-        if isinstance(controls, Tensor) and controls.device != self.weights.device:
+        buffer = self.weights
+        if isinstance(controls, Tensor) and not (controls.is_cpu and buffer.is_cpu) \
+                and controls.device != buffer.device:
             raise ValueError(f"controls is on {controls.device} but this CombinedLoss's buffers "
-                             f"are on {self.weights.device}: move the module with "
+                             f"are on {buffer.device}: move the module with "
                              f".to({str(controls.device)!r}) or the inputs to its device")
         compiling = torch.compiler.is_compiling()
+        weights = buffer
         if not compiling:
             self.update_weight(epoch)
+            if buffer.is_cpu:  # eager on the CPU: the values (the fast path reads floats)
+                weights = self._weight_values()
         o = self.options
         value, comps = _rollout_loss(_kinds.COMBINED_LOSS, self.system, controls, x0,
-                                     (ref_controls, ref_states, terminal_target), self.weights,
+                                     (ref_controls, ref_states, terminal_target), weights,
                                      o["include_initial"], o["discount"], lengths, mask,
                                      o["penalty"], o["delta"], o["feature_weights"],
                                      o["state_weights"], o["check_finite"])
         # a tensor from the operators (its values are read only when asked for:
         # no synchronisation inside a compiled region), floats from the lean path
-        self._last = comps.detach() if isinstance(comps, Tensor) else comps
-        self._observed = False
+        last = comps.detach() if isinstance(comps, Tensor) else comps
+        if compiling:  # Dynamo traces the ordinary assignments
+            self._last, self._observed = last, False
+        else:
+            object.__setattr__(self, "_last", last)
+            object.__setattr__(self, "_observed", False)
         if self.monitor is not None and not compiling and self._last_values() is not None:
             self.monitor.update(self.components)
         return value
@@ -1321,6 +1346,16 @@ class CombinedLoss(nn.Module):
             [float(v) for v in last], dtype=_F64, device=self.weights.device)
         self._observed = observed if last is not None else True
         self.epoch = epoch
+
+
+def _set(module: nn.Module, name: str, value) -> None:
+    """``module.name = value`` for a plain attribute (never a parameter, buffer or
+    submodule), without ``nn.Module.__setattr__``'s checks (~3 µs each, several
+    per training step) in eager mode; Dynamo traces the ordinary assignment."""
+    if torch.compiler.is_compiling():
+        setattr(module, name, value)
+    else:
+        object.__setattr__(module, name, value)
 
 
 def _fixed_tensor_weight(weight: Tensor, name: str) -> float:
