@@ -26,6 +26,9 @@ W10 trajloss with 1 vs 2 threads over B in {64, ..., 16384}: where threads pay
 W11 trajloss.jax under jax.jit: value + gradient of W1's combined_loss through
     the host callback (jax.pure_callback) and through the XLA FFI custom call,
     B in {1, 64, 1024}, beside plain JAX; and under jax.vmap over 8 problems
+W12 trajloss.torch's per-call overhead: W1's loss value + gradient at B in
+    {1, 64, 256}, float32, through the NumPy API, a bare torch.autograd.Function
+    around that NumPy call (PyTorch's own floor) and trajloss.torch eager
 
 Every baseline computes exactly trajloss's definition (losses.py module
 docstring) and is checked against trajloss -- value and every gradient, relative
@@ -859,6 +862,7 @@ class Mode:
     thread_B: tuple = (64, 256, 1024, 4096, 16384)             # W10
     jax_B: tuple = (1, 64, 1024)                               # W11
     jax_vmap: tuple = ((8, 1), (8, 64))                        # W11 (problems, B) under vmap
+    overhead_B: tuple = (1, 64, 256)                           # W12
 
 
 MODES = {
@@ -870,7 +874,8 @@ MODES = {
     # aot_eager still exercises Dynamo capture and AOTAutograd of the same function.
     "tiny": Mode("tiny", 3, 0.002, 2, 1.0, None, (1, 64), (8, 10), (8, 10), 100, 8,
                  compile_backend="aot_eager", general=((3, 2, 6), (4, 1, 5)), general_B=8,
-                 forms_size=(3, 2, 6), thread_B=(8, 16), jax_B=(1, 8), jax_vmap=((2, 8),)),
+                 forms_size=(3, 2, 6), thread_B=(8, 16), jax_B=(1, 8), jax_vmap=((2, 8),),
+                 overhead_B=(1, 8)),
 }
 
 
@@ -965,7 +970,7 @@ class Context:
 
     def run_case(self, workload: str, case: str, dtype, setup_ref: Callable, impls,
                  problem, outputs, extra_row=None, ref_name: str = "trajloss",
-                 missing: Optional[dict] = None) -> list:
+                 missing: Optional[dict] = None, repeats: Optional[int] = None) -> list:
         """Check every implementation against the reference (trajloss; ``ref_name``
         names another when this build cannot run the case), then time each one.
         ``missing``: ``{implementation: reason}`` reported as skipped rows."""
@@ -1021,7 +1026,7 @@ class Context:
                 timed.append((row, fn))
             rows.append(row)
         for (row, _), timing in zip(timed, measure_interleaved([fn for _, fn in timed],
-                                                               self.mode)):
+                                                               self.mode, repeats)):
             row.update(timing)
         for row in rows:
             log(f"  {title:<40} {row['impl']:<22} "
@@ -1440,6 +1445,156 @@ def run_w11(ctx: Context):
             ctx.run_case("W11", f"vmap {V} x B={B}", dtype, setup_trajloss_loop,
                          (TLJ_CALLBACK, TLJ_FFI), q, LOSS_OUTPUTS,
                          extra_row=dict(B=B, problems=V), ref_name="trajloss-loop")
+# --- W12: trajloss.torch's per-call overhead --------------------------------
+
+def setup_torch_floor(p: LossProblem, mode=None) -> Callable:
+    """PyTorch's own floor: a minimal ``torch.autograd.Function`` around the
+    NumPy API's call -- NumPy views of the four tensors, the value returned as
+    a 0-d tensor, backward scales the fused gradient -- and
+    ``torch.autograd.grad``, as trajloss.torch is timed."""
+    torch = framework("torch")
+    system = trajloss_system(p.system)
+    U, x0, RU, RX = (torch.from_numpy(a) for a in (p.U, p.x0, p.RU, p.RX))
+    leaves = (U.requires_grad_(), x0.requires_grad_())
+    w, tw, dtype = p.weight, p.terminal_weight, p.dtype
+
+    class Floor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, U, x0, RU, RX):
+            r = trajloss.combined_loss(system, U.numpy(force=True), x0.numpy(force=True),
+                                       RU.numpy(force=True), RX.numpy(force=True),
+                                       weight=w, terminal_weight=tw)
+            ctx.save_for_backward(torch.from_numpy(r.grad), torch.from_numpy(r.grad_x0))
+            return torch.from_numpy(np.array(r.value, dtype))
+
+        @staticmethod
+        def backward(ctx, g):
+            gu, gx = ctx.saved_tensors
+            return gu * g, gx * g, None, None
+
+    def call():
+        v = Floor.apply(U, x0, RU, RX)
+        g = torch.autograd.grad(v, leaves)
+        return v, g[0], g[1]
+    return call
+
+
+def setup_trajloss_torch(p: LossProblem, mode=None) -> Callable:
+    """``trajloss.torch.combined_loss`` in eager mode, gradients by ``torch.autograd.grad``."""
+    torch = framework("torch")
+    tlt = importlib.import_module("trajloss.torch")
+    system = trajloss_system(p.system)
+    U, x0, RU, RX = (torch.from_numpy(a) for a in (p.U, p.x0, p.RU, p.RX))
+    leaves = (U.requires_grad_(), x0.requires_grad_())
+    w, tw = p.weight, p.terminal_weight
+
+    def call():
+        v = tlt.combined_loss(system, U, x0, RU, RX, weight=w, terminal_weight=tw)
+        g = torch.autograd.grad(v, leaves)
+        return v, g[0], g[1]
+    return call
+
+
+OVERHEAD_IMPLS = (Impl("torch-autograd-floor", "torch-floor", setup_torch_floor),
+                  Impl("trajloss.torch", "trajloss.torch", setup_trajloss_torch))
+#: The issue's target: trajloss.torch's overhead over the NumPy API at most
+#: this, or at most OVERHEAD_FACTOR times the floor's overhead, whichever is larger.
+OVERHEAD_TARGET_S, OVERHEAD_FACTOR = 30e-6, 1.25
+
+
+def measure_cpu_interleaved(fns, rounds: int, min_batch_s: float) -> list:
+    """Per-call CPU time of this thread (``time.thread_time``) of each of
+    ``fns``, in ``rounds`` interleaved rounds of batches of >= ``min_batch_s``:
+    ``{"cpu_median_s", "cpu_min_s", "cpu_rounds"}`` per function.
+
+    Wall-clock medians of 20 ms batches moved by 2-3x between runs on this
+    shared 2-core VM (the process is descheduled for whole time slices); CPU
+    time counts only the time the call ran. Every contestant here is one
+    thread (PyTorch's CPU autograd runs backward in the calling thread)."""
+    plans = []
+    for fn in fns:
+        t0 = time.thread_time()
+        for _ in range(10):
+            fn()
+        single = (time.thread_time() - t0) / 10
+        plans.append((fn, max(1, math.ceil(min_batch_s / max(single, 1e-7)))))
+    times = [[] for _ in fns]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for (fn, calls), out in zip(plans, times):
+                t0 = time.thread_time()
+                for _ in range(calls):
+                    fn()
+                out.append((time.thread_time() - t0) / calls)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [{"cpu_median_s": statistics.median(t), "cpu_min_s": min(t), "cpu_rounds": rounds,
+             "cpu_calls_per_round": calls} for t, (_, calls) in zip(times, plans)]
+
+
+@workload("W12", "trajloss.torch overhead vs the NumPy API and a bare autograd.Function")
+def run_w11(ctx: Context):
+    """W1's problem at small B, float32: the three contestants checked against
+    the NumPy API (value and both gradients) and timed in interleaved rounds
+    (wall clock, as every workload); then, set up and checked again, timed in
+    interleaved rounds of this thread's CPU time, from which the overheads are
+    taken (differences of medians: the wall clock is too noisy for them here)."""
+    full = w1_problem(max(ctx.mode.overhead_B))
+    for B in ctx.mode.overhead_B:
+        p = full.head(B).astype(np.float32)
+        title = f"W12 B={B} float32"
+        rows = ctx.run_case("W12", f"B={B}", np.float32, setup_trajloss, OVERHEAD_IMPLS, p,
+                            LOSS_OUTPUTS, extra_row=dict(B=B, form="shared"),
+                            repeats=max(ctx.mode.repeats, 15))
+        by_name = {r["impl"]: r for r in rows}
+        fns = [setup_trajloss(p)] + [impl.setup(p, ctx.mode) for impl in OVERHEAD_IMPLS]
+        ref = fns[0]()
+        for impl, fn in zip(OVERHEAD_IMPLS, fns[1:]):
+            check(title, impl.name, LOSS_OUTPUTS, fn(), ref, RTOL[np.dtype(np.float32)])
+        rounds = 9 if ctx.mode.name == "tiny" else max(31, 4 * ctx.mode.repeats + 3)
+        batch = ctx.mode.min_batch_s / 4
+        for name, cpu in zip(["trajloss"] + [i.name for i in OVERHEAD_IMPLS],
+                             measure_cpu_interleaved(fns, rounds, batch)):
+            by_name[name].update(cpu)
+        del fns
+        for r in torch_overhead_rows(ctx.rows):
+            if r["B"] == B:
+                log(f"  W12 B={B}: overhead trajloss.torch {fmt_time(r['overhead_s'])}, "
+                    f"floor {fmt_time(r['floor_overhead_s'])}, ratio "
+                    f"{fmt_ratio(r['ratio_to_floor'])}, target {fmt_time(r['target_s'])}: "
+                    f"{yes_no(r['met'])}")
+
+
+def torch_overhead_rows(rows) -> list:
+    """W12 per case: the NumPy API's, the floor's and trajloss.torch's median
+    CPU times per call (``cpu_median_s``; the wall-clock median where a row
+    has none), the overheads over the NumPy API, their ratio and the target."""
+    def t(r):
+        return r.get("cpu_median_s", r["median_s"])
+    out = []
+    for r in rows:
+        if r["workload"] != "W12" or r["impl"] != "trajloss" or "median_s" not in r:
+            continue
+        key = (r["workload"], r["case"], r["dtype"])
+        floor = find(rows, *key, impl="torch-autograd-floor")
+        torch_row = find(rows, *key, impl="trajloss.torch")
+        entry = dict(case=r["case"], B=r.get("B"), dtype=r["dtype"], numpy_s=t(r),
+                     floor_s=None, torch_s=None, floor_overhead_s=None, overhead_s=None,
+                     ratio_to_floor=None, target_s=None, met=None,
+                     clock="cpu" if "cpu_median_s" in r else "wall")
+        if floor and torch_row:
+            f_over = t(floor[0]) - t(r)
+            t_over = t(torch_row[0]) - t(r)
+            target = max(OVERHEAD_TARGET_S, OVERHEAD_FACTOR * f_over)
+            entry.update(floor_s=t(floor[0]), torch_s=t(torch_row[0]),
+                         floor_overhead_s=f_over, overhead_s=t_over,
+                         ratio_to_floor=t_over / f_over if f_over > 0 else None,
+                         target_s=target, met=bool(t_over <= target))
+        out.append(entry)
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -1463,7 +1618,9 @@ def fmt_ratio(r) -> str:
 
 
 def markdown_table(headers, rows) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    """A Markdown table; with no rows, the header alone (a run of W10 alone has
+    no per-implementation rows)."""
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells):
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -1472,15 +1629,20 @@ def markdown_table(headers, rows) -> str:
 
 
 def results_table(rows) -> str:
+    """Every row: workload, size, dtype, implementation, median and ratio to
+    trajloss. Whatever a row lacks (a skipped contestant, a workload without
+    rows) shows as "—", never an exception."""
     body = []
     for r in rows:
-        if r["workload"] == "W6":
-            impl = f"{r['impl']} ({r['gb_per_s']:.1f} GB/s, best)"
-            body.append((r["workload"], r["case"], r["dtype"], impl, fmt_time(r["floor_s"]), "—"))
+        if r.get("workload") == "W6" and "floor_s" in r:
+            impl = f"{r.get('impl', '?')} ({r.get('gb_per_s', float('nan')):.1f} GB/s, best)"
+            body.append((r["workload"], r.get("case", "—"), r.get("dtype", "—"), impl,
+                         fmt_time(r["floor_s"]), "—"))
             continue
-        time_cell = fmt_time(r.get("median_s")) if "median_s" in r else f"skipped: {r['skipped']}"
-        body.append((r["workload"], r["case"], r["dtype"], r["impl"], time_cell,
-                     fmt_ratio(r.get("ratio"))))
+        time_cell = (fmt_time(r["median_s"]) if "median_s" in r
+                     else f"skipped: {r.get('skipped', 'not timed')}")
+        body.append((r.get("workload", "—"), r.get("case", "—"), r.get("dtype", "—"),
+                     r.get("impl", "—"), time_cell, fmt_ratio(r.get("ratio"))))
     return markdown_table(("workload", "size", "dtype", "implementation", "median / call",
                            "ratio (their / trajloss)"), body)
 
@@ -1576,6 +1738,10 @@ def same_matrices_rows(rows) -> list:
     return out
 
 
+def fmt_us(s) -> str:
+    return "—" if s is None else f"{s * 1e6:.1f}"
+
+
 def fmt_ms(s) -> str:
     return "—" if s is None else f"{s * 1e3:.3f}" if s < 0.01 else f"{s * 1e3:.2f}"
 
@@ -1635,6 +1801,18 @@ def readme_markdown(rows, thread_scaling=None, machine=None, mode=None) -> str:
               fmt_ms(s["time_varying_s"]),
               "—" if s["per_sample_ratio"] is None else f"{s['per_sample_ratio']:.2f}",
               yes_no(s["met"])) for s in same]), ""]
+    overhead = torch_overhead_rows(rows)
+    if overhead:
+        lines += [markdown_table(
+            ("trajloss.torch overhead (CPU time / call)", "dtype", "NumPy API µs",
+             "autograd.Function floor µs", "trajloss.torch µs", "overhead (torch − NumPy) µs",
+             "floor overhead µs",
+             "overhead / floor's", f"target µs (max {OVERHEAD_TARGET_S * 1e6:g}, "
+                                   f"{OVERHEAD_FACTOR:g}x floor's)", "met"),
+            [(o["case"], o["dtype"], fmt_us(o["numpy_s"]), fmt_us(o["floor_s"]),
+              fmt_us(o["torch_s"]), fmt_us(o["overhead_s"]), fmt_us(o["floor_overhead_s"]),
+              "—" if o["ratio_to_floor"] is None else f"{o['ratio_to_floor']:.2f}",
+              fmt_us(o["target_s"]), yes_no(o["met"])) for o in overhead]), ""]
     ts = thread_scaling or {}
     if ts.get("available") and ts.get("results"):
         sizes = sorted({t["B"] for t in ts["results"]})
@@ -1686,6 +1864,16 @@ def targets(rows) -> list:
             out.append((desc, f"{ratio:.2f}x", "PASS" if ratio <= 2 else "FAIL"))
         else:
             out.append((desc, "not measured", "—"))
+    for o in torch_overhead_rows(rows):
+        desc = (f"W12 {o['case']} {o['dtype']}: trajloss.torch overhead <= max("
+                f"{OVERHEAD_TARGET_S * 1e6:g} µs, {OVERHEAD_FACTOR:g}x the autograd.Function "
+                "floor's)")
+        if o["met"] is None:
+            out.append((desc, "not measured", "—"))
+        else:
+            out.append((desc, f"{fmt_time(o['overhead_s'])} (floor's {fmt_time(o['floor_overhead_s'])}, "
+                              f"{o['ratio_to_floor']:.2f}x; target {fmt_time(o['target_s'])})",
+                        "PASS" if o["met"] else "FAIL"))
     w5 = find(rows, "W5", "combined_loss B=1", "float64", impl="trajloss")
     out.append(("W5 combined_loss B=1 float64: <= 3 µs per call",
                 fmt_time(w5[0]["median_s"]) if w5 else "not measured",
@@ -1706,7 +1894,7 @@ def fastest_lines(rows) -> list:
     cases = []
     for r in rows:
         key = (r["workload"], r["case"], r["dtype"])
-        if r["workload"] not in ("W6", "W9") and key not in cases:
+        if r["workload"] not in ("W6", "W9", "W12") and key not in cases:
             cases.append(key)
     for key in cases:
         rows_k = find(rows, *key)
@@ -1957,7 +2145,8 @@ def main(argv=None) -> int:
     write_json(out, {
         "mode": args.mode.name, "workloads": args.workloads, "wall_time_s": wall,
         "machine": machine, "speed": speed_rows(ctx.rows),
-        "same_matrices": same_matrices_rows(ctx.rows), "timing": {
+        "same_matrices": same_matrices_rows(ctx.rows),
+        "torch_overhead": torch_overhead_rows(ctx.rows), "timing": {
             "repeats": args.mode.repeats, "min_batch_s": args.mode.min_batch_s,
             "warmup_calls": args.mode.warmup, "statistic": "median of per-call times",
             "torch_compile": {"backend": args.mode.compile_backend, "dynamic": False},

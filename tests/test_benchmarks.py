@@ -43,9 +43,10 @@ EXPECTED = {  # workload -> implementations of every case
     # checked against trajloss's NumPy API called per problem
     "W11": [{"trajloss", "trajloss.jax-callback", "trajloss.jax-ffi", "jax-scan", "jax-matrix"},
             {"trajloss-loop", "trajloss.jax-callback", "trajloss.jax-ffi"}],
+    "W12": [{"trajloss", "torch-autograd-floor", "trajloss.torch"}],
 }
 TINY_GENERAL = ((3, 2, 6), (4, 1, 5))  # benchmarks/run.py MODES["tiny"]
-TINY_B, TINY_THREAD_B = 8, (8, 16)
+TINY_B, TINY_THREAD_B, TINY_OVERHEAD_B = 8, (8, 16), (1, 8)
 
 
 def build_takes(form):
@@ -265,3 +266,67 @@ def test_form_baselines_match_trajloss_shared_sample_by_sample():
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("ok") == 2, proc.stdout
+
+
+def test_torch_overhead_against_the_autograd_function_floor(tiny_run):
+    """W12: the NumPy API, a bare autograd.Function around it and
+    trajloss.torch, each checked against trajloss and timed (wall clock and
+    CPU time); the overheads are the CPU-time medians' differences from the
+    NumPy API's, the target max(30 µs, 1.25x the floor's overhead)."""
+    proc, out, md = tiny_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    rows = [r for r in data["results"] if r["workload"] == "W12"]
+    assert {(r["case"], r["impl"]) for r in rows} == {
+        (f"B={B}", impl) for B in TINY_OVERHEAD_B
+        for impl in ("trajloss", "torch-autograd-floor", "trajloss.torch")}
+    cpu = {(r["case"], r["impl"]): r["cpu_median_s"] for r in rows}
+    for r in rows:
+        assert r["dtype"] == "float32" and r["checked"] is True
+        assert 0 < r["cpu_min_s"] <= r["cpu_median_s"] and r["cpu_rounds"] >= 9
+    overhead = data["torch_overhead"]
+    assert [o["case"] for o in overhead] == [f"B={B}" for B in TINY_OVERHEAD_B]
+    for o in overhead:
+        numpy_s = cpu[(o["case"], "trajloss")]
+        floor = cpu[(o["case"], "torch-autograd-floor")] - numpy_s
+        torch_over = cpu[(o["case"], "trajloss.torch")] - numpy_s
+        assert o["clock"] == "cpu"
+        assert o["floor_overhead_s"] == floor and o["overhead_s"] == torch_over
+        assert o["ratio_to_floor"] == torch_over / floor
+        assert o["target_s"] == max(30e-6, 1.25 * floor)
+        assert o["met"] == (torch_over <= o["target_s"])
+    assert "autograd.Function floor µs" in md.read_text()
+    w12 = [t for t in data["targets"] if t["target"].startswith("W12")]
+    assert len(w12) == len(TINY_OVERHEAD_B)
+    assert all(t["result"] == ("PASS" if o["met"] else "FAIL") for t, o in zip(w12, overhead))
+
+
+def test_a_workload_without_rows_still_reports(tmp_path):
+    """``--only W10 --markdown``: W10 adds no per-implementation rows; the
+    report's tables are then headers only, not a crash."""
+    out, md = tmp_path / "w10.json", tmp_path / "w10.md"
+    proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--only", "W10", "--out", str(out),
+                           "--markdown", str(md)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| workload" in proc.stdout and "threads pay" in md.read_text()
+    assert json.loads(out.read_text())["results"] == []
+
+
+RESULTS_TABLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "benchmarks")
+    import run
+    print(run.results_table([]))
+    print(run.results_table([dict(workload="W6", case="B=8", dtype="float32", impl="numpy-copy",
+                                  checked=False, skipped="no memory")]))
+    print(run.results_table([dict(workload="W1", case="B=1", dtype="float64", impl="x")]))
+""")
+
+
+def test_results_table_takes_rows_missing_fields():
+    proc = subprocess.run([sys.executable, "-c", RESULTS_TABLE], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("| workload") == 3
+    assert "skipped: no memory" in proc.stdout and "skipped: not timed" in proc.stdout

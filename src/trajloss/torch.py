@@ -3,12 +3,29 @@
 The rollout, its adjoint and the losses are PyTorch custom operators
 (``torch.library.custom_op``, namespace ``trajloss``) with fake (meta)
 implementations and autograd formulas that call the core's analytic
-gradient, so they run in eager mode, under ``torch.compile`` without graph
-breaks. No ``autograd.Function`` is used. ``torch.func`` transforms do not
-work with ``torch.library`` custom ops in PyTorch 2.13: the autograd
-function that ``register_autograd`` generates lacks the ``setup_context``
-functorch requires (an open PyTorch bug, pytorch/pytorch#168393 and #179652);
-use ``torch.autograd.grad``/``backward`` instead.
+gradient, so they run under ``torch.compile`` without graph breaks.
+
+In plain eager mode -- CPU tensors of the exact types ``Tensor`` or
+``Parameter``, nothing compiling, tracing or transforming -- the functions
+skip the operators' dispatch and call the core through plain
+``torch.autograd.Function`` s with the same forward, fused backward and
+differentiable fallback: a forward and backward then costs about what a bare
+``autograd.Function`` around the NumPy call costs (the benchmark's W11),
+against ~5x that through a custom operator. Everything else (compiling,
+``torch.export``, ``meta``/fake tensors, other devices, tensor subclasses)
+goes through the operators, with the same values and gradients.
+
+``torch.func`` transforms do not work with ``torch.library`` custom ops in
+PyTorch 2.13: the autograd function that ``register_autograd`` generates
+lacks the ``setup_context`` functorch requires (an open PyTorch bug,
+pytorch/pytorch#168393 and #179652); use ``torch.autograd.grad``/``backward``
+instead.
+
+``torch.compile`` compiles for the shapes it first sees; a batch of another
+size (the smaller last batch of an epoch) compiles again. Compile with
+``dynamic=True`` (or mark the batch dimension, ``torch._dynamo.mark_dynamic(t,
+0)``, on the inputs of a function without a graph break) to compile once for
+every batch size.
 
 Systems
 -------
@@ -141,6 +158,8 @@ def _option(value, name, *, optional=False):
 
     A tensor that requires grad is refused: the losses are not differentiated
     in their options, and taking its value would drop the gradient silently."""
+    if type(value) is float:  # the common case, fast (inf/NaN are the core's to refuse)
+        return value
     if value is None and optional:
         return None
     if isinstance(value, Tensor) and value.numel() == 1 and not (
@@ -161,6 +180,8 @@ def _option(value, name, *, optional=False):
 
 
 def _flag(value, name):
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
@@ -175,6 +196,8 @@ def _penalty(penalty):
 def _weight_arg(value, name):
     """A term weight: a number (finite, >= 0; checked here) or a one-element
     real tensor (a graph input, checked by the operator), as a 0-d tensor or float."""
+    if type(value) is float and 0.0 <= value < math.inf:  # the common case, fast
+        return value
     if isinstance(value, Tensor):
         if value.dtype == torch.bool or value.dtype.is_complex:
             raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
@@ -422,7 +445,7 @@ def _rollout_loss_expr(system, controls, x0, ref_controls, ref_states, target, w
     return total
 
 
-def _expr_grads(ctx, g_value, expr, args, wanted):
+def _expr_grads(g_value, expr, args, wanted):
     """Gradients of ``g_value · expr(*args)`` with respect to ``args[i]``, i in wanted.
 
     With create_graph (grad mode on in backward) the inputs are used as they
@@ -477,13 +500,21 @@ def _control_loss_backward(ctx, g_value, _g_grad):
     if not (needs[7] or torch.is_grad_enabled()):  # the fused C gradient
         g = grad * g_value
         return g, -g, None, None, None, None, None, None, None  # rho(pred - target)
-    discount, penalty, delta = ctx.options
-    args = [pred, target, lengths, mask, fw]
-    gp, gt, _, _, gf = _expr_grads(
-        ctx, g_value,
-        lambda p, t, L, M, f: _control_expr(p, t, L, M, discount, penalty, delta, f),
-        args, [i for i, k in ((0, 0), (1, 1), (4, 7)) if needs[k]])
+    gp, gt, gf = _control_expr_grads(g_value, pred, target, lengths, mask, fw, *ctx.options,
+                                     needs[0], needs[1], needs[7])
     return gp, gt, None, None, None, None, None, gf, None
+
+
+def _control_expr_grads(g_value, pred, target, lengths, mask, fw, discount, penalty, delta,
+                        need_pred, need_target, need_fw) -> tuple:
+    """``(∂/∂pred, ∂/∂target, ∂/∂feature_weights)`` of ``g_value · control_loss``
+    from its differentiable expression (None where not needed)."""
+    gp, gt, _, _, gf = _expr_grads(
+        g_value,
+        lambda p, t, L, M, f: _control_expr(p, t, L, M, discount, penalty, delta, f),
+        [pred, target, lengths, mask, fw],
+        [i for i, need in ((0, need_pred), (1, need_target), (4, need_fw)) if need])
+    return gp, gt, gf
 
 
 _control_loss_op.register_autograd(_control_loss_backward, setup_context=_control_loss_setup)
@@ -586,12 +617,21 @@ def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
         if needs[_AT["weights"]]:
             out[_AT["weights"]] = comps[1:4] * g_value.to(_F64)
         return tuple(out)
-    flags, reals, penalty = ctx.options
-    options = _loss_options(flags, reals)
     if saved[_AT["weights"]] is None:
         saved[_AT["weights"]] = comps[4:7]
+    return tuple(_loss_expr_grads(g_value, saved, *ctx.options, needs))
+
+
+def _loss_expr_grads(g_value, saved, flags, reals, penalty, needs) -> list:
+    """The rollout loss's gradients from its differentiable expression (double
+    backward, references, feature/state weights): ``out[i]`` for the input
+    ``_LOSS_INPUTS[i]``, given ``saved`` (its first ``_TENSORS`` inputs, the
+    weights as a float64 tensor of 3) and ``needs[i]`` (whether input i
+    wants a gradient)."""
+    options = _loss_options(flags, reals)
+    out = [None] * len(_LOSS_INPUTS)
     # args[0] is the system, args[i] for i >= 1 the input at position i + 2
-    args = [(*saved[:3], flags & _TIME_VARYING)] + saved[3:]
+    args = [(*saved[:3], flags & _TIME_VARYING)] + list(saved[3:])
 
     def expr(system, u, x, ru, rs, tg, w, L, M, f, s):
         return _rollout_loss_expr(system, u, x, ru, rs, tg, w, options["terms"],
@@ -600,13 +640,256 @@ def _rollout_loss_backward(ctx, g_value, _gu, _gx, _gc):
 
     wanted = [i for i in range(1, len(args))
               if _LOSS_INPUTS[i + 2] in _LOSS_DIFF and needs[i + 2]]
-    for i, g in enumerate(_expr_grads(ctx, g_value, expr, args, wanted)):
+    for i, g in enumerate(_expr_grads(g_value, expr, args, wanted)):
         if g is not None:
             out[i + 2] = g
-    return tuple(out)
+    return out
 
 
 _rollout_loss_op.register_autograd(_rollout_loss_backward, setup_context=_rollout_loss_setup)
+
+
+# ---- the lean eager path -----------------------------------------------------
+# A custom operator costs ~5x a bare torch.autograd.Function per call (the
+# dispatcher, torch._library's argument handling, the autograd wrapper it
+# generates), which at small B is most of a training step's loss time. So in
+# plain eager mode -- CPU tensors of the exact types Tensor/Parameter, nothing
+# tracing, no functorch transform, no dispatch or torch-function mode -- the
+# functions call the core through the autograd.Functions below, with the same
+# forward, the same fused backward and the same differentiable fallback
+# (double backward, references, feature/state weights) as the operators.
+# Everything else -- torch.compile, torch.export, meta/fake tensors, other
+# devices, tensor subclasses, torch.func -- goes through the operators.
+
+_PLAIN = (Tensor, nn.Parameter)
+_NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _eager(*tensors) -> bool:
+    """Whether a call with these tensor arguments (None: absent) may take the
+    lean path: CPU tensors of the exact types Tensor/Parameter (no subclass,
+    no functorch wrapper -- e.g. one that escaped a torch.func transform), and
+    nothing compiling, tracing, transforming or intercepting dispatch."""
+    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._get_tracing_state() is not None):
+        return False
+    for t in tensors:
+        if t is not None and not (type(t) in _PLAIN and t.is_cpu and not _wrapped(t)):
+            return False
+    return True
+
+
+def _direct_apply(cls):
+    """``cls.apply`` without ``torch.autograd.Function.apply``'s Python layer:
+    that layer binds setup_context-style arguments (these classes have none),
+    dispatches functorch transforms and unwraps dead functorch wrappers (both
+    excluded by :func:`_eager`), and costs ~3 µs a call -- a twentieth of a
+    small loss's forward and backward."""
+    return super(torch.autograd.Function, cls).apply
+
+
+def _view(t: Optional[Tensor], name: str):
+    """A NumPy view of a CPU tensor (None for None), detached, without a copy."""
+    if t is None:
+        return None
+    try:
+        return t.numpy(force=True)
+    except TypeError:  # a dtype NumPy does not have (bfloat16, ...)
+        raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
+
+
+def _scalar(value: float, dtype) -> Tensor:
+    """A 0-d CPU tensor of ``dtype`` (float32/float64) holding ``value``
+    (through NumPy: a third of ``torch.tensor``'s cost)."""
+    return torch.from_numpy(np.array(value, _NP_DTYPE[dtype]))
+
+
+def _views(names, tensors) -> None:
+    """Raise the TypeError of the first tensor NumPy cannot view (naming it)."""
+    for name, t in zip(names, tensors):
+        _view(t, name)
+
+
+class _LossCall:
+    """One lean rollout-loss call: its options, and ``args`` = (controls, x0,
+    ref_controls, ref_states, target, weights, feature_weights,
+    state_weights), ``weights`` three checked floats or a float64 tensor of 3
+    that requires grad, the others tensors or None. ``_RolloutLossFunction``
+    takes the tensors among them as its inputs (the fewer an
+    autograd.Function has, the cheaper its call) and reads the rest from here.
+    After its forward: ``terms`` = (total, control, trajectory, terminal, w_c,
+    w_t, w_f) as floats, ``grads`` the fused (∂/∂controls, ∂/∂x0) and
+    ``given`` which of ``args`` were tensors (``args`` itself is dropped)."""
+
+    __slots__ = ("system", "args", "lengths", "mask", "flags", "reals", "penalty", "terms",
+                 "grads", "given")
+
+    def __init__(self, system, args, lengths, mask, flags, reals, penalty):
+        self.system, self.args, self.lengths, self.mask = system, args, lengths, mask
+        self.flags, self.reals, self.penalty = flags, reals, penalty
+        self.terms = self.grads = self.given = None
+
+
+#: the names of _LossCall.args (the rollout loss's differentiable inputs)
+_CALL_ARGS = ("controls", "x0", "ref_controls", "ref_states", "target", "weights",
+              "feature_weights", "state_weights")
+
+
+class _RolloutLossFunction(torch.autograd.Function):
+    """``trajloss::rollout_loss`` for the lean path: ``apply(call, *tensors)``,
+    ``tensors`` the tensors among ``call.args`` in order -> the loss value
+    (see :class:`_LossCall`)."""
+
+    @staticmethod
+    def forward(ctx, call, *tensors):
+        args = call.args
+        controls, x0, ru, rs, tg, weights, fw, sw = args
+        call.given = [a is not None and type(a) is not tuple for a in args]
+        call.args = None  # nothing but the saved tensors may hold the inputs
+        w = weights if type(weights) is tuple else _checked_weights(weights)
+        flags = call.flags
+        target_name = "terminal_target" if flags & _TERMINAL_TARGET else "target"
+        try:  # NumPy views; the core checks dtypes, shapes, values and names the argument
+            u, x, ru, rs, tg = (controls.numpy(force=True), x0.numpy(force=True),
+                                None if ru is None else ru.numpy(force=True),
+                                None if rs is None else rs.numpy(force=True),
+                                None if tg is None else tg.numpy(force=True))
+            if fw is not None or sw is not None or call.lengths is not None \
+                    or call.mask is not None:
+                fw, sw, lengths, mask = (_view(fw, "feature_weights"),
+                                         _view(sw, "state_weights"),
+                                         _view(call.lengths, "lengths"), _view(call.mask, "mask"))
+            else:
+                lengths = mask = None
+        except TypeError:
+            _views(("controls", "x0", "ref_controls", "ref_states", target_name),
+                   args[:5])
+            raise
+        total, c, t, f, gu, gx = _core.rollout_loss(
+            call.system._core, u, x, ru, rs, tg, terms=flags & _TERMS, control_weight=w[0],
+            trajectory_weight=w[1], terminal_weight=w[2],
+            include_initial=bool(flags & _INCLUDE_INITIAL),
+            discount=call.reals[1] if len(call.reals) > 1 else None, delta=call.reals[0],
+            lengths=lengths, mask=mask, penalty=call.penalty, feature_weights=fw,
+            state_weights=sw, check_finite=bool(flags & _CHECK_FINITE), target_name=target_name)
+        call.terms = (total, c, t, f, *w)
+        call.grads = torch.from_numpy(gu), torch.from_numpy(gx)
+        ctx.call = call
+        ctx.save_for_backward(call.lengths, call.mask, *tensors)
+        return _scalar(total, controls.dtype)
+
+    @staticmethod
+    def backward(ctx, g_value):
+        needs = ctx.needs_input_grad  # (call, controls, x0, ...the other given tensors)
+        if not (torch.is_grad_enabled() or True in needs[3:]):  # the fused C gradient
+            gu, gx = ctx.call.grads
+            return (None, gu * g_value, gx * g_value) + (None,) * (len(needs) - 3)
+        return _RolloutLossFunction._general_backward(ctx, g_value, needs)
+
+    @staticmethod
+    def _general_backward(ctx, g_value, needs):
+        """Gradients of the references, weights, feature/state weights, or with
+        create_graph: the fused gradient where it suffices, else the
+        differentiable expression (as the operator's backward)."""
+        call = ctx.call
+        lengths, mask, *tensors = ctx.saved_tensors
+        args = dict.fromkeys(_CALL_ARGS)
+        wants = [False] * len(_LOSS_INPUTS)
+        given = iter(zip(tensors, needs[1:]))
+        for name, is_given in zip(_CALL_ARGS, call.given):
+            if is_given:
+                args[name], wants[_AT[name]] = next(given)
+        out = [None] * len(_LOSS_INPUTS)
+        if not (torch.is_grad_enabled() or any(wants[i] for i in _NOT_FUSED)):
+            gu, gx = call.grads
+            out[_AT["controls"]], out[_AT["x0"]] = gu * g_value, gx * g_value
+            if wants[_AT["weights"]]:
+                out[_AT["weights"]] = (torch.tensor(call.terms[1:4], dtype=_F64)
+                                       * g_value.to(_F64))
+        else:
+            if args["weights"] is None:
+                args["weights"] = torch.tensor(call.terms[4:], dtype=_F64)
+            Ad, Bd, offset, tv = _cached_system_tensors(call.system, "cpu")
+            saved = (Ad, Bd, offset, args["controls"], args["x0"], args["ref_controls"],
+                     args["ref_states"], args["target"], args["weights"], lengths, mask,
+                     args["feature_weights"], args["state_weights"])
+            out = _loss_expr_grads(g_value, saved, call.flags | tv, call.reals, call.penalty,
+                                   wants)
+        return (None, *(out[_AT[name]] for name, is_given in zip(_CALL_ARGS, call.given)
+                        if is_given))
+
+
+class _ControlLossFunction(torch.autograd.Function):
+    """``trajloss::control_loss`` for the lean path: ``apply(options, pred, target)``
+    or ``apply(options, pred, target, feature_weights)`` -> the loss value;
+    ``options`` = (lengths, mask, discount, penalty, delta, check_finite)."""
+
+    @staticmethod
+    def forward(ctx, options, pred, target, feature_weights=None):
+        lengths, mask, discount, penalty, delta, check_finite = options
+        try:  # NumPy views; the core checks dtypes, shapes, values and names the argument
+            p, t = pred.numpy(force=True), target.numpy(force=True)
+        except TypeError:
+            _views(("pred", "target"), (pred, target))
+            raise
+        L = M = f = None
+        if lengths is not None or mask is not None or feature_weights is not None:
+            L, M = _view(lengths, "lengths"), _view(mask, "mask")
+            f = _view(feature_weights, "feature_weights")
+        value, grad = _core.control_loss(p, t, discount=discount, lengths=L, mask=M,
+                                         penalty=penalty, delta=delta, feature_weights=f,
+                                         check_finite=check_finite)
+        ctx.options = discount, penalty, delta
+        ctx.grad = torch.from_numpy(grad)  # the fused gradient (no graph, nothing else holds it)
+        ctx.save_for_backward(pred, target, lengths, mask, feature_weights)
+        return _scalar(value, pred.dtype)
+
+    @staticmethod
+    def backward(ctx, g_value):
+        needs = ctx.needs_input_grad
+        need_fw = len(needs) > 3 and needs[3]
+        if not (need_fw or torch.is_grad_enabled()):  # the fused C gradient
+            g = ctx.grad * g_value
+            return (None, g, -g) + (None,) * (len(needs) - 3)  # rho(pred - target)
+        pred, target, lengths, mask, fw = ctx.saved_tensors
+        grads = _control_expr_grads(g_value, pred, target, lengths, mask, fw, *ctx.options,
+                                    needs[1], needs[2], need_fw)
+        return (None, *grads[:len(needs) - 1])
+
+
+class _RolloutFunction(torch.autograd.Function):
+    """``trajloss::rollout`` for the lean path: ``apply((system, check_finite), x0,
+    controls)`` -> the states."""
+
+    @staticmethod
+    def forward(ctx, options, x0, controls):
+        system, check_finite = options
+        states = _core.rollout(system._core, _view(x0, "x0"), _view(controls, "controls"),
+                               check_finite=check_finite)
+        ctx.system, ctx.check_finite = system, check_finite
+        ctx.save_for_backward(x0, controls)
+        return torch.from_numpy(states)
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        x0, controls = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the differentiable adjoint operator
+            Ad, Bd, _, tv = _cached_system_tensors(ctx.system, "cpu")
+            gu, gx = _rollout_vjp_op(Ad, Bd, x0, controls, grad_states,
+                                     tv | _CHECK_FINITE * ctx.check_finite)
+            return None, gx, gu
+        gu, gx = _core.rollout_vjp(ctx.system._core, _view(x0, "x0"),
+                                   _view(controls, "controls"),
+                                   _view(grad_states, "grad_states"),
+                                   check_finite=ctx.check_finite)
+        return None, torch.from_numpy(gx), torch.from_numpy(gu)
+
+
+_apply_rollout_loss = _direct_apply(_RolloutLossFunction)
+_apply_control_loss = _direct_apply(_ControlLossFunction)
+_apply_rollout = _direct_apply(_RolloutFunction)
 
 
 # ---- functions -------------------------------------------------------------
@@ -652,7 +935,7 @@ def _system_constants(system, device: str) -> tuple:
 def _opt(x, name):
     """An optional array argument as a tensor; its dtype is left to the core to check
     (a float ``lengths`` is refused there, never silently truncated)."""
-    if x is None or isinstance(x, Tensor):
+    if x is None or type(x) is Tensor or isinstance(x, Tensor):
         return x
     try:
         return torch.as_tensor(np.asarray(x))
@@ -670,9 +953,11 @@ def rollout(system, x0: Tensor, controls: Tensor, *, check_finite=True) -> Tenso
     ``check_finite=False`` lets NaN/inf inputs propagate instead of raising
     ``ValueError``."""
     _check_tensors(x0=x0, controls=controls)
+    check_finite = _flag(check_finite, "check_finite")
+    if _eager(x0, controls):
+        return _apply_rollout((_check_system(system), check_finite), x0, controls)
     Ad, Bd, offset, tv = _system_tensors(system, x0)
-    return _rollout_op(Ad, Bd, offset, x0, controls,
-                       tv | _CHECK_FINITE * _flag(check_finite, "check_finite"))
+    return _rollout_op(Ad, Bd, offset, x0, controls, tv | _CHECK_FINITE * check_finite)
 
 
 def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, mask=None,
@@ -682,40 +967,79 @@ def control_loss(pred: Tensor, target: Tensor, *, discount=None, lengths=None, m
 
     Shapes as in NumPy: (B, T, D), or (T, D) for one unbatched sequence.
     ``check_finite=False`` skips the NaN/inf check of the inputs."""
-    _check_tensors(pred=pred, target=target)
-    value, _ = _control_loss_op(pred, target, _opt(lengths, "lengths"), _opt(mask, "mask"),
-                                _option(discount, "discount", optional=True), _penalty(penalty),
-                                _option(delta, "delta"), _opt(feature_weights, "feature_weights"),
-                                _flag(check_finite, "check_finite"))
+    if not (type(pred) is Tensor and type(target) is Tensor):  # (the common case, fast)
+        _check_tensors(pred=pred, target=target)
+    if lengths is not None or mask is not None or feature_weights is not None:
+        lengths, mask = _opt(lengths, "lengths"), _opt(mask, "mask")
+        feature_weights = _opt(feature_weights, "feature_weights")
+    options = (lengths, mask, None if discount is None else _option(discount, "discount"),
+               _penalty(penalty), _option(delta, "delta"), _flag(check_finite, "check_finite"))
+    if _eager(pred, target, lengths, mask, feature_weights):
+        if feature_weights is None:  # one input fewer: a cheaper autograd call
+            return _apply_control_loss(options, pred, target)
+        return _apply_control_loss(options, pred, target, feature_weights)
+    value, _ = _control_loss_op(pred, target, *options[:5], feature_weights, options[5])
     return value
 
 
-def _rollout_loss(kind, system, controls, x0, refs, weights, *, include_initial=False,
-                  discount=None, lengths=None, mask=None, penalty="mse", delta=1.0,
-                  feature_weights=None, state_weights=None, check_finite=True):
-    """The loss ``kind`` (trajloss._kinds) with the term weights ``weights``
-    (three numbers or a float64 tensor of 3): ``(value, grad_controls, grad_x0,
-    components)``, components = (total, control, trajectory, terminal, w_c, w_t, w_f)."""
+#: per loss kind: the slots that must hold a tensor, those that may, and the
+#: operator flags the kind fixes (its terms, how its terminal target is named)
+_REQUIRED = {k.name: tuple(i for i, r in enumerate(k.references) if r in k.required)
+             for k in _kinds.KINDS.values()}
+_OPTIONAL = {k.name: tuple(i for i, r in enumerate(k.references)
+                           if r is not None and r not in k.required)
+             for k in _kinds.KINDS.values()}
+_KIND_FLAGS = {k.name: k.terms | _TERMINAL_TARGET * (k.target_name == "terminal_target")
+               for k in _kinds.KINDS.values()}
+
+
+def _rollout_loss(kind, system, controls, x0, slots, weights, include_initial, discount,
+                  lengths, mask, penalty, delta, feature_weights, state_weights, check_finite):
+    """The loss ``kind`` (trajloss._kinds) with the references ``slots`` (the
+    core's ref_controls, ref_states, target) and the term weights ``weights``
+    (three checked numbers or a float64 tensor of 3): ``(value, components)``,
+    components = (total, control, trajectory, terminal, w_c, w_t, w_f), a
+    float64 tensor (operators) or a tuple of floats (lean eager path).
+    Called on every training step: the common arguments take the shortest way."""
     _check_system(system)
-    _check_tensors(controls=controls, x0=x0)
-    slots = ref_controls, ref_states, target = kind.slots(refs)
-    for name, ref in zip(kind.references, slots):
-        if not (ref is None and name not in kind.required or isinstance(ref, Tensor)):
-            _check_tensors(**{name: ref})
-    Ad, Bd, offset, tv = _system_tensors(system, controls)
-    if not isinstance(weights, Tensor):
-        weights = torch.tensor(weights, dtype=_F64, device=controls.device)
-    flags = (kind.terms | tv | _CHECK_FINITE * _flag(check_finite, "check_finite")
-             | _INCLUDE_INITIAL * _flag(include_initial, "include_initial")
-             | _TERMINAL_TARGET * (kind.target_name == "terminal_target"))
-    discount = _option(discount, "discount", optional=True)
+    if not (type(controls) is Tensor and type(x0) is Tensor):
+        _check_tensors(controls=controls, x0=x0)
+    ref_controls, ref_states, target = slots
+    for i in _REQUIRED[kind.name]:
+        if not isinstance(slots[i], Tensor):
+            _check_tensors(**{kind.references[i]: slots[i]})
+    for i in _OPTIONAL[kind.name]:
+        if slots[i] is not None and not isinstance(slots[i], Tensor):
+            _check_tensors(**{kind.references[i]: slots[i]})
+    flags = (_KIND_FLAGS[kind.name] | _CHECK_FINITE * _flag(check_finite, "check_finite")
+             | _INCLUDE_INITIAL * _flag(include_initial, "include_initial"))
     delta = _option(delta, "delta")
-    return _rollout_loss_op(Ad, Bd, offset, controls, x0, ref_controls, ref_states, target,
-                            weights, _opt(lengths, "lengths"), _opt(mask, "mask"),
-                            _opt(feature_weights, "feature_weights"),
-                            _opt(state_weights, "state_weights"), flags,
-                            [delta] if discount is None else [delta, discount],
-                            _penalty(penalty))
+    reals = [delta] if discount is None else [delta, _option(discount, "discount")]
+    penalty = _penalty(penalty)
+    if lengths is not None or mask is not None:
+        lengths, mask = _opt(lengths, "lengths"), _opt(mask, "mask")
+    if feature_weights is not None or state_weights is not None:
+        feature_weights = _opt(feature_weights, "feature_weights")
+        state_weights = _opt(state_weights, "state_weights")
+    weight_tensor = weights if isinstance(weights, Tensor) else None
+    if _eager(controls, x0, ref_controls, ref_states, target, weight_tensor, lengths, mask,
+              feature_weights, state_weights):
+        if weight_tensor is not None and not weight_tensor.requires_grad:
+            # (CombinedLoss's buffer) data, not an input: it is updated in place
+            weights = tuple(_checked_weights(weight_tensor))
+        args = (controls, x0, ref_controls, ref_states, target, weights, feature_weights,
+                state_weights)
+        call = _LossCall(system, args, lengths, mask, flags, reals, penalty)
+        value = _apply_rollout_loss(
+            call, *[a for a in args if a is not None and type(a) is not tuple])
+        return value, call.terms
+    Ad, Bd, offset, tv = _system_tensors(system, controls)
+    if weight_tensor is None:
+        weights = torch.tensor(weights, dtype=_F64, device=controls.device)
+    value, _, _, components = _rollout_loss_op(
+        Ad, Bd, offset, controls, x0, ref_controls, ref_states, target, weights, lengths, mask,
+        feature_weights, state_weights, flags | tv, reals, penalty)
+    return value, components
 
 
 def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
@@ -725,11 +1049,9 @@ def trajectory_loss(system, controls: Tensor, x0: Tensor, ref_states: Tensor, *,
     order) in ``controls``, ``x0``, ``ref_states`` and a ``state_weights`` tensor.
     Every system form, as in :func:`rollout`."""
     kind = _kinds.TRAJECTORY_LOSS
-    return _rollout_loss(kind, system, controls, x0, dict(ref_states=ref_states),
-                         kind.term_weights(), include_initial=include_initial,
-                         discount=discount, lengths=lengths, mask=mask, penalty=penalty,
-                         delta=delta, state_weights=state_weights,
-                         check_finite=check_finite)[0]
+    return _rollout_loss(kind, system, controls, x0, (None, ref_states, None),
+                         kind.weights, include_initial, discount, lengths, mask, penalty, delta,
+                         None, state_weights, check_finite)[0]
 
 
 def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengths=None,
@@ -739,9 +1061,9 @@ def terminal_loss(system, controls: Tensor, x0: Tensor, target: Tensor, *, lengt
     order) in ``controls``, ``x0``, ``target`` and a ``state_weights`` tensor.
     Every system form, as in :func:`rollout`."""
     kind = _kinds.TERMINAL_LOSS
-    return _rollout_loss(kind, system, controls, x0, dict(target=target), kind.term_weights(),
-                         lengths=lengths, mask=mask, penalty=penalty, delta=delta,
-                         state_weights=state_weights, check_finite=check_finite)[0]
+    return _rollout_loss(kind, system, controls, x0, (None, None, target), kind.weights,
+                         False, None, lengths, mask, penalty, delta, None, state_weights,
+                         check_finite)[0]
 
 
 def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, ref_states: Tensor,
@@ -761,7 +1083,7 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
     kind = _kinds.COMBINED_LOSS
     weight = _weight_arg(weight, "weight")
     terminal_weight = _weight_arg(terminal_weight, "terminal_weight")
-    weights = kind.term_weights(weight, terminal_weight)
+    weights = (1.0, weight, terminal_weight)  # kind.weights with the caller's two
     if isinstance(weight, Tensor) or isinstance(terminal_weight, Tensor):
         tensors = {k: v for k, v in (("weight", weight), ("terminal_weight", terminal_weight))
                    if isinstance(v, Tensor)}
@@ -769,13 +1091,9 @@ def combined_loss(system, controls: Tensor, x0: Tensor, ref_controls: Tensor, re
             _same_device(("controls", *tensors), controls, *tensors.values())
         device = next(iter(tensors.values())).device
         weights = torch.stack([torch.as_tensor(w, dtype=_F64, device=device) for w in weights])
-    return _rollout_loss(kind, system, controls, x0,
-                         dict(ref_controls=ref_controls, ref_states=ref_states,
-                              terminal_target=terminal_target), weights,
-                         include_initial=include_initial, discount=discount, lengths=lengths,
-                         mask=mask, penalty=penalty, delta=delta,
-                         feature_weights=feature_weights, state_weights=state_weights,
-                         check_finite=check_finite)[0]
+    return _rollout_loss(kind, system, controls, x0, (ref_controls, ref_states, terminal_target),
+                         weights, include_initial, discount, lengths, mask, penalty, delta,
+                         feature_weights, state_weights, check_finite)[0]
 
 
 # ---- modules ---------------------------------------------------------------
@@ -890,53 +1208,92 @@ class CombinedLoss(nn.Module):
             terminal_weight = _fixed_tensor_weight(terminal_weight, "terminal_weight")
         self.register_buffer("weights", torch.tensor([1.0, first, terminal_weight],
                                                      dtype=_F64))
-        self._last: Optional[Tensor] = None  # (total, c, t, f, w0, w1, w2) of the last call
+        # (total, c, t, f, w0, w1, w2) of the last call: a float64 tensor (operators,
+        # compiled) or a tuple of floats (lean eager path); see _last_values
+        self._last = None
         self._observed = True
+        self._mirror = None  # (buffer, its version, its values): see _weight_values
 
     def update_weight(self, epoch=None):
         """Let the strategy observe the last call's terms and set the trajectory weight."""
-        if self._last is not None and not self._observed and not self._last.is_meta:
-            c, t = (float(v) for v in self._last[1:3])
-            self.strategy.observe(c, t)
-            self._observed = True
+        last = None if self._observed else self._last_values()
+        if last is not None:
+            self.strategy.observe(last[1], last[2])
+            _set(self, "_observed", True)
         epoch = self.epoch if epoch is None else epoch
-        with torch.no_grad():
-            self.weights[1] = self.strategy.weight(epoch=epoch)
+        weight = self.strategy.weight(epoch=epoch)
+        mirror = self.__dict__.get("_mirror")
+        if not (mirror is not None and mirror[0] is self.weights
+                and mirror[1] == self.weights._version and mirror[2][1] == weight):
+            with torch.no_grad():  # (an in-place write costs ~10 µs: only when it changes)
+                self.weights[1] = weight
+
+    def _weight_values(self) -> tuple:
+        """The ``weights`` buffer as three checked floats, read again only when the
+        buffer was replaced (``.to``) or written (its version counter: an in-place
+        write, ``load_state_dict``) since the last read."""
+        w = self.weights
+        mirror = self.__dict__.get("_mirror")
+        if mirror is None or mirror[0] is not w or mirror[1] != w._version:
+            mirror = (w, w._version, tuple(_checked_weights(w)))
+            _set(self, "_mirror", mirror)
+        return mirror[2]
 
     @property
     def components(self) -> Optional[LossComponents]:
         """The terms of the last call (``None`` before the first, and after a
         call on the ``meta`` device, which has no values)."""
-        if self._last is None or self._last.is_meta:
+        last = self._last_values()
+        if last is None:
             return None
-        total, c, t, f, _, w, wf = self._last.tolist()
+        total, c, t, f, _, w, wf = last
         return LossComponents(c, t, f, w, wf, total)
 
     def forward(self, controls, x0, ref_controls, ref_states, lengths=None, mask=None,
                 epoch=None, terminal_target=None):
-        if isinstance(controls, Tensor) and controls.device != self.weights.device:
+        buffer = self.weights
+        if isinstance(controls, Tensor) and not (controls.is_cpu and buffer.is_cpu) \
+                and controls.device != buffer.device:
             raise ValueError(f"controls is on {controls.device} but this CombinedLoss's buffers "
-                             f"are on {self.weights.device}: move the module with "
+                             f"are on {buffer.device}: move the module with "
                              f".to({str(controls.device)!r}) or the inputs to its device")
         compiling = torch.compiler.is_compiling()
+        weights = buffer
         if not compiling:
             self.update_weight(epoch)
-        value, _, _, comps = _rollout_loss(_kinds.COMBINED_LOSS, self.system, controls, x0,
-                                           dict(ref_controls=ref_controls, ref_states=ref_states,
-                                                terminal_target=terminal_target),
-                                           self.weights, lengths=lengths, mask=mask,
-                                           **self.options)
-        self._last = comps.detach()
-        self._observed = False
-        if self.monitor is not None and not compiling and not comps.is_meta:
+            if buffer.is_cpu:  # eager on the CPU: the values (the fast path reads floats)
+                weights = self._weight_values()
+        o = self.options
+        value, comps = _rollout_loss(_kinds.COMBINED_LOSS, self.system, controls, x0,
+                                     (ref_controls, ref_states, terminal_target), weights,
+                                     o["include_initial"], o["discount"], lengths, mask,
+                                     o["penalty"], o["delta"], o["feature_weights"],
+                                     o["state_weights"], o["check_finite"])
+        # a tensor from the operators (its values are read only when asked for:
+        # no synchronisation inside a compiled region), floats from the lean path
+        last = comps.detach() if isinstance(comps, Tensor) else comps
+        if compiling:  # Dynamo traces the ordinary assignments
+            self._last, self._observed = last, False
+        else:
+            object.__setattr__(self, "_last", last)
+            object.__setattr__(self, "_observed", False)
+        if self.monitor is not None and not compiling and self._last_values() is not None:
             self.monitor.update(self.components)
         return value
+
+    def _last_values(self) -> Optional[list]:
+        """The last call's (total, control, trajectory, terminal, w_c, w_t, w_f) as
+        floats; None before the first call and after one on the ``meta`` device."""
+        last = self._last
+        if last is None or isinstance(last, Tensor) and last.is_meta:
+            return None
+        return last.tolist() if isinstance(last, Tensor) else list(last)
 
     # -- state_dict round trip ------------------------------------------------
 
     def get_extra_state(self) -> dict:
         """The strategy's state and the pending observation (plain Python values)."""
-        last = None if self._last is None or self._last.is_meta else self._last.tolist()
+        last = self._last_values()
         return {"version": _EXTRA_STATE_VERSION,
                 "strategy": type(self.strategy).__name__,
                 "strategy_state": self.strategy.state_dict(),
@@ -989,6 +1346,16 @@ class CombinedLoss(nn.Module):
             [float(v) for v in last], dtype=_F64, device=self.weights.device)
         self._observed = observed if last is not None else True
         self.epoch = epoch
+
+
+def _set(module: nn.Module, name: str, value) -> None:
+    """``module.name = value`` for a plain attribute (never a parameter, buffer or
+    submodule), without ``nn.Module.__setattr__``'s checks (~3 µs each, several
+    per training step) in eager mode; Dynamo traces the ordinary assignment."""
+    if torch.compiler.is_compiling():
+        setattr(module, name, value)
+    else:
+        object.__setattr__(module, name, value)
 
 
 def _fixed_tensor_weight(weight: Tensor, name: str) -> float:
