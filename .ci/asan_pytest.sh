@@ -198,6 +198,10 @@ left_out=(
     --deselect tests/test_jax_grads.py::test_eager_calls_do_not_grow_memory
     --deselect tests/test_jax_grads.py::test_many_systems_do_not_grow_memory
     --deselect tests/test_jax_grads.py::test_many_per_sample_systems_do_not_grow_memory
+    # the report's peak RSS for 300 000 samples, bounded at 300 MB (120 MB
+    # normally): under ASan the shadow memory and the quarantine add their own
+    # ("peak RSS 441 MB"); the chunking is checked by the normal run
+    --deselect tests/test_report.py::test_peak_memory_does_not_grow_with_samples
     # It needs an RLIMIT_AS cap, which this run lifts (see the sitecustomize
     # above): under the cap min_energy's multi-GiB plan is a MemoryError naming
     # steps; without it the plan is made and the call runs.
