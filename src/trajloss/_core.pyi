@@ -10,6 +10,8 @@ MAX_DIM: int
 TERM_CONTROL: int
 TERM_TRAJECTORY: int
 TERM_TERMINAL: int
+XLA_FFI_OPTIONS: int
+XLA_FFI_API_MINOR: int
 
 def expm(A: ArrayLike, /) -> NDArray[np.float64]:
     """Matrix exponential of a square matrix, (n, n) -> (n, n) float64."""
@@ -155,3 +157,7 @@ def set_num_threads(k: int, /) -> None:
     """Worker threads the losses use over the batch (1 .. 256)."""
 
 def get_num_threads() -> int: ...
+
+def xla_ffi_targets() -> dict[str, Any]:
+    """The XLA FFI handlers of trajloss.jax, name -> PyCapsule, for
+    jax.ffi.register_ffi_target(name, capsule, platform='cpu')."""
