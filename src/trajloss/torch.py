@@ -124,10 +124,7 @@ def _np(t: Optional[Tensor], name: str = "tensor"):
             warnings.warn(f"trajloss computes on the CPU: tensors on {t.device} are copied there "
                           "and the results copied back", RuntimeWarning, stacklevel=3)
         t = t.cpu()
-    try:
-        return (t.detach() if t.requires_grad else t).numpy()
-    except TypeError:  # a dtype NumPy does not have (bfloat16, ...)
-        raise TypeError(f"{name} must be a float32 or float64 tensor, got {t.dtype}") from None
+    return _view(t, name)
 
 
 def _same_device(names: tuple, *tensors) -> None:
