@@ -55,9 +55,12 @@ void tl_loss_seq(const tl_loss_ctx *c, ptrdiff_t b, double sums[3], double *work
 /* A fast kernel: sequences b0 .. b0 + count - 1, count a multiple of
  * TL_TILE, adding their sums to sums[0..2] in a fixed order; sets
  * *grads_nonfinite to 1 when a gradient element it writes is NaN or inf
- * (else leaves it), so that those rows need no scan afterwards. */
+ * (else leaves it), so that those rows need no scan afterwards. With
+ * `prepared` set, work still holds what the call before, with the same c
+ * and work, computed for the whole call (weights, shared matrices): the
+ * chunks of one worker after its first skip that. */
 typedef void (*tl_tile_fn)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
-                           double sums[3], int *grads_nonfinite, double *work);
+                           double sums[3], int *grads_nonfinite, double *work, int prepared);
 
 /* The fast kernel for this call (the best the CPU runs), or NULL when the
  * fast path does not apply; and the doubles of scratch it needs per worker. */

@@ -434,7 +434,7 @@ static void partial_tile(const tl_loss_ctx *c, tl_tile_fn fast, ptrdiff_t b0, pt
     sc.B = TL_TILE;
     sc.uniform = 0;
     int grads_nonfinite = 0; /* the caller scans the rows copied back */
-    fast(&sc, 0, TL_TILE, sums, &grads_nonfinite, work);
+    fast(&sc, 0, TL_TILE, sums, &grads_nonfinite, work, 0);
     const size_t es = elem_size(dt);
     if (io->grad_controls != NULL)
         memcpy((char *)io->grad_controls + (size_t)(b0 * T * m) * es, sio.grad_controls,
@@ -592,6 +592,7 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
     const tl_loss_ctx *c = job->c;
     const tl_loss_spec *spec = c->spec;
     double *work = job->w->workers + (size_t)worker * job->w->worker_doubles;
+    int prepared = 0; /* does work hold the fast kernel's preparation for c? */
     for (ptrdiff_t chunk = c0; chunk < c1; chunk++) {
         const ptrdiff_t start = chunk * TL_CHUNK;
         const ptrdiff_t end = start + TL_CHUNK < c->B ? start + TL_CHUNK : c->B;
@@ -603,14 +604,16 @@ static void rl_range(void *ctx, ptrdiff_t c0, ptrdiff_t c1, int worker)
         const ptrdiff_t tiled = (end - start) / TL_TILE * TL_TILE;
         int grads_nonfinite = 0; /* of the rows the fast kernel wrote, start .. b - 1 */
         if (job->fast != NULL && tiled > 0) {
-            job->fast(c, b, tiled, sums, &grads_nonfinite, work);
+            job->fast(c, b, tiled, sums, &grads_nonfinite, work, prepared);
+            prepared = 1;
             b += tiled;
         }
         const ptrdiff_t scan_from = b;
-        if (job->fast != NULL && b < end)
+        if (job->fast != NULL && b < end) { /* (its own preparation, for another c) */
             partial_tile(c, job->fast, b, end - b, sums, work,
                          work + job->w->worker_doubles - job->stage_doubles);
-        else
+            prepared = 0;
+        } else
             for (; b < end; b++)
                 tl_loss_seq(c, b, sums, work);
         if (spec->check_finite && c->uniform && !sums_prove_finite(sums))

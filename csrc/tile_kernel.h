@@ -33,18 +33,24 @@
  * multiplied by 0 (0 * NaN is NaN): padding of any value never changes a
  * result, and lam stays exactly 0 after a lane's last state. A uniform
  * selection has masks of all ones: one path serves every selection.
+ *
+ * One version is the common case of training on a small system written
+ * on its own ("the uniform version" below): no lengths or mask, a system
+ * shared by the batch and fixed in time, the squared error, n, m <= 2. With
+ * nothing to select it is the same passes as plain loops, each pass a loop
+ * of its own over the tile, and runs two float32 tiles side by side; at the
+ * double integrator's B = 1024 it is about twice as fast as the general
+ * versions. The general versions compute the same numbers (test_tile.c
+ * checks both against the reference kernel).
  */
 
 #define V TL_F(vec)
 #define M TL_F(mask)
-#define H TL_F(half)
 #define TL_L (TL_TILE_VREG_BYTES / (int)sizeof(TL_T)) /* lanes of a vector */
 #define TL_P (TL_TILE / TL_L)                          /* vectors of a tile value */
 #define TL_Q ((int)(sizeof(double) / sizeof(TL_T)))    /* double vectors of a vector */
 typedef TL_T V __attribute__((vector_size(TL_TILE_VREG_BYTES)));
 typedef TL_I M __attribute__((vector_size(TL_TILE_VREG_BYTES)));
-/* the part of a vector that widens to one vector of doubles */
-typedef TL_T H __attribute__((vector_size(TL_TILE_VREG_BYTES / TL_Q)));
 
 /* double vectors of a tile's sums */
 #define TL_SV ((int)(TL_TILE * sizeof(double) / TL_TILE_VREG_BYTES))
@@ -110,14 +116,23 @@ TL_INLINE void TL_F(scatter)(const V *v, TL_T *p, ptrdiff_t stride)
             p[(h * TL_L + l) * stride] = v[h][l];
 }
 
-/* sum[h TL_Q ...] += vector h of a tile value, lane by lane, in double. */
+/* sum[h TL_Q ...] += vector h of a tile value, lane by lane, in double:
+ * float32's halves widened (shuffles, which stay in registers). */
+#define TL_LN (TL_TILE_VREG_BYTES / TL_TB) /* TL_L, for the preprocessor */
 TL_INLINE void TL_F(acc)(tl_tile_dv *sum, int h, const V *v)
 {
-    for (int q = 0; q < TL_Q; q++) {
-        H part;
-        memcpy(&part, (const char *)v + q * sizeof part, sizeof part);
-        sum[h * TL_Q + q] += __builtin_convertvector(part, tl_tile_dv);
-    }
+#if TL_TB == 8
+    sum[h] += *v;
+#elif TL_LN == 8
+    sum[2 * h] += __builtin_convertvector(__builtin_shufflevector(*v, *v, 0, 1, 2, 3), tl_tile_dv);
+    sum[2 * h + 1] +=
+        __builtin_convertvector(__builtin_shufflevector(*v, *v, 4, 5, 6, 7), tl_tile_dv);
+#elif TL_LN == 4
+    sum[2 * h] += __builtin_convertvector(__builtin_shufflevector(*v, *v, 0, 1), tl_tile_dv);
+    sum[2 * h + 1] += __builtin_convertvector(__builtin_shufflevector(*v, *v, 2, 3), tl_tile_dv);
+#else
+#error "a float32 vector of 4 or 8 lanes"
+#endif
 }
 
 /* ---- rows in and out of lane layout ------------------------------------- *
@@ -126,7 +141,6 @@ TL_INLINE void TL_F(acc)(tl_tile_dv *sum, int h, const V *v)
  * blocks in registers: log2(TL_L) rounds of two-vector shuffles, round s
  * swapping bit s of each element's row and column index. The gradients
  * leave the same way. */
-#define TL_LN (TL_TILE_VREG_BYTES / TL_TB) /* TL_L, for the preprocessor */
 #define TL_SWAP_LO(c, s) (((c) & (s)) ? TL_LN + ((c) ^ (s)) : (c))
 #define TL_SWAP_HI(c, s) (((c) & (s)) ? TL_LN + (c) : ((c) ^ (s)))
 #if TL_LN == 2
@@ -232,6 +246,7 @@ typedef struct {
     V *Av, *Bv;            /* A, B in lane layout (per-sample systems) */
     V *U, *RU, *RS;        /* the tile's controls, reference controls, reference states */
     TL_T *As, *Bs;         /* or as scalars (shared systems) */
+    V *room;               /* after the rest: the uniform version's buffers */
 } TL_F(slot_t);
 
 /* One matrix a matrix-vector product reads: element (i, j) at i rs + j cs
@@ -243,6 +258,13 @@ typedef struct {
     const TL_T *s;
     ptrdiff_t rs, cs, cols;
 } TL_F(mat_t);
+
+/* The scalar weights of a uniform selection, for the uniform version
+ * (uniform_weights). */
+typedef struct {
+    TL_T *cwv, *cwg, *swv, *swg;
+    TL_T *one; /* [0] control, [1] states: 1 when every weight scored is the first */
+} TL_F(uw_t);
 
 typedef struct {
     const tl_loss_ctx *c;
@@ -256,6 +278,7 @@ typedef struct {
     TL_T *gu, *gx;
     TL_T *sw, *fw;                  /* state and feature weights (ones when not given) */
     double *row;                    /* T + 2: one sequence's time weights */
+    TL_F(uw_t) uw;                  /* the uniform version's weights */
     TL_F(slot_t) slot;
 } TL_F(call_t);
 
@@ -394,8 +417,15 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
 #define TL_HOW_MSE 2u
 #define TL_HOW_ONE 4u
 #define TL_ONE (4 / TL_P > 0 ? 4 / TL_P : 1)
+/* The uniform version's bound (uniform_tiles): n, m <= 2. Its loops run two
+ * tiles side by side in float32, whose states, adjoints and coefficients
+ * must all stay in registers; a bound of 4 spills them (25 us against 18 at
+ * the double integrator's B = 1024, float32). */
+#define TL_HOW_UNI 8u
+#define TL_UNI_DIM 2
 /* a loop bound: the size, and TL_ONE at compile time in the TL_HOW_ONE versions */
-#define TL_DIM(how, len) (((how) & TL_HOW_ONE) ? TL_ONE : (len))
+#define TL_DIM(how, len)                                                                     \
+    (((how) & TL_HOW_UNI) ? TL_UNI_DIM : ((how) & TL_HOW_ONE) ? TL_ONE : (len))
 /* (the exit is a break, not a second condition: GCC ignores an unroll
  * annotation on a loop whose condition is a conjunction) */
 #define TL_FOR(i, how, len)                                                                  \
@@ -719,6 +749,18 @@ TL_INLINE void TL_F(advance)(ptrdiff_t n, V **cur, V **next, const unsigned how)
     }
 }
 
+/* sums[i] += the tile sums sum[i], lane by lane in lane order. */
+static void TL_F(sums_out)(tl_tile_dv sum[3][TL_SV], double sums[3])
+{
+    for (int i = 0; i < 3; i++) {
+        double total = 0.0;
+        for (int v = 0; v < TL_SV; v++)
+            for (int l = 0; l < (int)(sizeof sum[i][v] / sizeof(double)); l++)
+                total += sum[i][v][l];
+        sums[i] += total;
+    }
+}
+
 /* `tiles` tiles from b0, each through its forward pass and then (when a
  * gradient is wanted) its backward pass; `how`, a constant, is the version.
  * Adds the tiles' term sums to sums[0..2], lane by lane in lane order, and
@@ -774,13 +816,7 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double 
         }
         TL_F(backward_end)(q, s, la, chk, how);
     }
-    for (int i = 0; i < 3; i++) {
-        double total = 0.0;
-        for (int v = 0; v < TL_SV; v++)
-            for (int l = 0; l < (int)(sizeof sum[i][v] / sizeof(double)); l++)
-                total += sum[i][v][l];
-        sums[i] += total;
-    }
+    TL_F(sums_out)(sum, sums);
     TL_UNROLL for (int h = 0; h < TL_P; h++)
         for (int l = 0; l < TL_L; l++)
             if (chk[h][l] != 0)
@@ -803,11 +839,364 @@ TL_RUN_VERSION(6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
 #endif
 #undef TL_RUN_VERSION
 
+/* ---- the uniform version ------------------------------------------------------ *
+ * The common case of small-system training, as plainly as the passes
+ * themselves: a uniform selection (no lengths or mask: every lane scores
+ * every step, state 0 with the shift alone, and ends at state T), a system
+ * shared by the batch and fixed in time, the squared error, n, m <=
+ * TL_UNI_DIM. There is nothing to select: no masks, no final states to keep,
+ * and the weights are call_t's scalars, one a step and component (uw).
+ * The loops run over the run-time sizes but are bounded by TL_UNI_DIM when
+ * compiling: the compiler unrolls them whole and keeps x, lambda and the
+ * broadcast coefficients in registers -- which it cannot do for a
+ * coefficient read from memory inside the loop, as every store to a tile
+ * value may alias it. */
+
+/* x in every lane, -0 included (a broadcast, no arithmetic). */
+TL_INLINE V TL_F(bcast)(TL_T x)
+{
+    V v = {0};
+    for (int l = 0; l < TL_L; l++)
+        v[l] = x;
+    return v;
+}
+
+/* The scalar weights of a uniform selection (every lane's are sequence
+ * 0's), the squared error's factor 2 in the gradient ones:
+ *   control step k, feature j    cwv[k m + j] = w_k f_j,     cwg = 2 scale[0] w_k f_j
+ *   state k, component i         swv[k n + i] = w'_k s_i,    swg = 2 scale[1] w'_k s_i
+ * (w'_k the state weights of select_lane: w_{k-1}, or the shifted ones). */
+static TL_F(uw_t) TL_F(uniform_weights)(const TL_F(call_t) *q, TL_T *room, int prepared)
+{
+    const tl_loss_ctx *c = q->c;
+    const tl_selection *sel = &c->spec->sel;
+    const ptrdiff_t T = q->T, n = q->n, m = q->m;
+    double *w = q->row;
+    TL_F(uw_t) u = {room, room + T * m, room + 2 * T * m, room + 2 * T * m + (T + 1) * n,
+                    room + 2 * T * m + 2 * (T + 1) * n};
+    if (prepared)
+        return u;
+    tl_sel_weights(sel, 0, 0, c->powers, w);
+    for (ptrdiff_t k = 0; k < T; k++)
+        for (ptrdiff_t j = 0; j < m; j++) {
+            u.cwv[k * m + j] = (TL_T)w[k] * q->fw[j];
+            u.cwg[k * m + j] = (TL_T)(2.0 * c->scale[0] * w[k]) * q->fw[j];
+        }
+    if (q->shift) {
+        tl_sel_weights(sel, 0, 1, c->powers, w);
+    } else {
+        memmove(w + 1, w, (size_t)T * sizeof(double));
+        w[0] = 0.0;
+    }
+    for (ptrdiff_t k = 0; k <= T; k++)
+        for (ptrdiff_t i = 0; i < n; i++) {
+            u.swv[k * n + i] = (TL_T)w[k] * q->sw[i];
+            u.swg[k * n + i] = (TL_T)(2.0 * c->scale[1] * w[k]) * q->sw[i];
+        }
+    u.one[0] = u.one[1] = 1;
+    for (ptrdiff_t e = 0; e < T * m; e++)
+        if (u.cwv[e] != u.cwv[0] || u.cwg[e] != u.cwg[0])
+            u.one[0] = 0;
+    const ptrdiff_t e0 = q->shift ? 0 : n; /* the states scored */
+    for (ptrdiff_t e = e0; e < (T + 1) * n; e++)
+        if (u.swv[e] != u.swv[e0] || u.swg[e] != u.swg[e0])
+            u.one[1] = 0;
+    return u;
+}
+
+/* Tile values added in the dtype before they go into the double sums:
+ * float32's rounding then grows with TL_FLUSH, not with the sequence. */
+#define TL_FLUSH 16
+
+/* sum += part, into the double sums; part = 0. */
+TL_INLINE void TL_F(uniform_flush)(tl_tile_dv *sum, V *part)
+{
+    TL_UNROLL for (int h = 0; h < TL_P; h++) {
+        TL_F(acc)(sum, h, &part[h]);
+        part[h] = TL_F(splat)(0);
+    }
+}
+
+/* The squared error of the tile values z[0 .. len) against ref, element e
+ * weighted by wv[e], added to sum lane by lane; its derivative wg[e]
+ * (z - ref) into G[e]. G may be z (in place). Four running sums, so that
+ * each waits on its own multiply-add (TL_FLUSH a multiple of 4). `one`
+ * (a constant): every element has the weights wv[0], wg[0] -- no time
+ * discount, no state or feature weights --, which then multiply a few
+ * elements' sum at once. */
+TL_INLINE void TL_F(uniform_score)(ptrdiff_t len, const V *z, const V *ref, const TL_T *wv,
+                                   const TL_T *wg, V *G, tl_tile_dv *sum, const int one)
+{
+    V part[4][TL_P];
+    for (int c = 0; c < 4; c++)
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            part[c][h] = TL_F(splat)(0);
+    for (ptrdiff_t e0 = 0; e0 < len; e0 += 4) {
+        TL_UNROLL for (int c = 0; c < 4; c++) {
+            const ptrdiff_t e = e0 + c;
+            if (e >= len)
+                break;
+            const TL_T cv = wv[one ? 0 : e], cg = wg[one ? 0 : e];
+            TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                const V r = z[e * TL_P + h] - ref[e * TL_P + h];
+                part[c][h] += one ? r * r : (r * r) * cv;
+                G[e * TL_P + h] = r * cg;
+            }
+        }
+        if ((e0 + 4) % TL_FLUSH == 0 || e0 + 4 >= len) {
+            TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                part[0][h] = (part[0][h] + part[1][h]) + (part[2][h] + part[3][h]);
+                if (one)
+                    part[0][h] *= wv[0];
+            }
+            TL_F(uniform_flush)(sum, part[0]);
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                part[1][h] = part[2][h] = part[3][h] = TL_F(splat)(0);
+        }
+    }
+}
+
+/* Tiles the uniform version runs side by side: the rollout and the adjoint
+ * are chains of dependent multiply-adds from step to step, and a float32
+ * tile (one vector a value) leaves the multipliers idle while it waits on
+ * its chain; two tiles' chains interleaved fill them. (A float64 tile is
+ * already two vectors a value.) */
+#define TL_UNI_TILES (TL_P == 1 ? 2 : 1)
+
+/* The buffers of one tile of the uniform version, tile values: G ((T + 1)
+ * n: the states x_k, then in place their derivatives), Gc (T m: the
+ * control derivatives, then the control gradient), U, RU (T m), RS ((T +
+ * 1) n). */
+typedef struct {
+    V *G, *Gc, *U, *RU, *RS;
+} TL_F(ubuf_t);
+
+static TL_F(ubuf_t) TL_F(uniform_buffers)(const TL_F(call_t) *q, int u)
+{
+    const ptrdiff_t n = q->n, m = q->m, T = q->T;
+    const ptrdiff_t size = (2 * (T + 1) * n + 3 * T * m) * TL_P;
+    TL_F(ubuf_t) r;
+    r.G = q->slot.room + u * size;
+    r.Gc = r.G + (T + 1) * n * TL_P;
+    r.U = r.Gc + T * m * TL_P;
+    r.RU = r.U + T * m * TL_P;
+    r.RS = r.RU + T * m * TL_P;
+    return r;
+}
+
+/* The tiles from b, nt (a constant) side by side: their sums added to
+ * sum[0..2], their gradients written; chk's bits or'ed with those of g - g
+ * for every gradient element g written (all 0 while g is finite: a NaN's
+ * bits otherwise -- one bitwise or on the chain from step to step, where
+ * adding 0 g would be a multiply-add). The passes,
+ * each a loop of its own (few live values each, so the coefficients stay
+ * in registers):
+ *   1. the control term, over a tile's T m control values;
+ *   2. the rollout, x_0 .. x_T into G;
+ *   3. the trajectory term over G, in place: G_k = wg_k (x_k - rs_k); the
+ *      terminal term at x_T, added to G_T;
+ *   4. the adjoint: grad u_k = Gc_k + B^T lam_{k+1}, lam_k = G_k + A^T
+ *      lam_{k+1}, from lam_T = G_T down to grad x0 = lam_0. */
+TL_INLINE void TL_F(uniform_tiles)(const TL_F(call_t) *q, ptrdiff_t b, V a[][TL_UNI_DIM],
+                                   V bm[][TL_UNI_DIM], const V *cv, tl_tile_dv sum[][TL_SV],
+                                   M *chk, const int nt, const unsigned fix)
+{
+    const unsigned how = TL_HOW_UNI;
+    const ptrdiff_t n = q->n, m = q->m, T = q->T;
+    const int ctl = fix ? (fix & TL_TERM_CONTROL) != 0 : q->ctl;
+    const int traj = fix ? (fix & TL_TERM_TRAJECTORY) != 0 : q->traj;
+    const int term = fix ? (fix & TL_TERM_TERMINAL) != 0 : q->term;
+    const int states = traj || term, grads = q->gu != NULL || q->gx != NULL;
+    const int offset = q->c->dyn->c.data != NULL;
+    TL_F(ubuf_t) buf[TL_UNI_TILES];
+    V x[TL_UNI_TILES][TL_UNI_DIM * TL_P] = {{{0}}}, xn[TL_UNI_TILES][TL_UNI_DIM * TL_P] = {{{0}}};
+    for (int u = 0; u < nt; u++) {
+        const ptrdiff_t bu = b + u * TL_TILE;
+        const TL_F(ubuf_t) f = buf[u] = TL_F(uniform_buffers)(q, u);
+        if (states || ctl)
+            TL_F(rows_in)(q->u + bu * q->su, q->su, T * m, f.U);
+        if (ctl) {
+            TL_F(rows_in)(q->ru + bu * q->su, q->su, T * m, f.RU);
+            if (q->uw.one[0])
+                TL_F(uniform_score)(T * m, f.U, f.RU, q->uw.cwv, q->uw.cwg, f.Gc, sum[0], 1);
+            else
+                TL_F(uniform_score)(T * m, f.U, f.RU, q->uw.cwv, q->uw.cwg, f.Gc, sum[0], 0);
+        } else {
+            for (ptrdiff_t e = 0; e < T * m * TL_P; e++)
+                f.Gc[e] = TL_F(splat)(0);
+        }
+        if (!states) { /* the gradient is Gc, as it is */
+            for (ptrdiff_t e = 0; grads && e < T * m; e++)
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    chk[h] |= (M)(f.Gc[e * TL_P + h] - f.Gc[e * TL_P + h]);
+            if (q->gu != NULL)
+                TL_F(rows_out)(f.Gc, T * m, q->gu + bu * q->su, q->su);
+            continue;
+        }
+        TL_FOR(i, how, n)
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                f.G[i * TL_P + h] = x[u][i * TL_P + h] = TL_F(gather)(q->x0 + bu * n + i, n, h);
+    }
+    if (!states)
+        return;
+    for (ptrdiff_t k = 0; k < T; k++)
+        TL_UNROLL for (int u = 0; u < nt; u++) {
+            const V *uk = buf[u].U + k * m * TL_P;
+            V *X = buf[u].G + (k + 1) * n * TL_P;
+            TL_FOR(i, how, n)
+                TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                    V acc = bm[i][0] * uk[h];
+                    if (offset)
+                        acc += cv[i * TL_P + h];
+                    TL_FOR(j, how, m)
+                        if (j > 0)
+                            acc += bm[i][j] * uk[j * TL_P + h];
+                    TL_FOR(j, how, n)
+                        acc += a[i][j] * x[u][j * TL_P + h];
+                    X[i * TL_P + h] = xn[u][i * TL_P + h] = acc;
+                }
+            TL_FOR(i, how, n)
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    x[u][i * TL_P + h] = xn[u][i * TL_P + h];
+        }
+    for (int u = 0; u < nt; u++) {
+        const ptrdiff_t bu = b + u * TL_TILE;
+        const TL_F(ubuf_t) f = buf[u];
+        if (traj) { /* state 0 scored with the shift alone */
+            TL_F(rows_in)(q->rs + bu * q->ss, q->ss, (T + 1) * n, f.RS);
+            const ptrdiff_t e0 = q->shift ? 0 : n;
+            if (q->uw.one[1])
+                TL_F(uniform_score)((T + 1) * n - e0, f.G + e0 * TL_P, f.RS + e0 * TL_P,
+                                    q->uw.swv + e0, q->uw.swg + e0, f.G + e0 * TL_P, sum[1], 1);
+            else
+                TL_F(uniform_score)((T + 1) * n - e0, f.G + e0 * TL_P, f.RS + e0 * TL_P,
+                                    q->uw.swv + e0, q->uw.swg + e0, f.G + e0 * TL_P, sum[1], 0);
+            for (ptrdiff_t e = 0; e < e0 * TL_P; e++)
+                f.G[e] = TL_F(splat)(0);
+        } else {
+            for (ptrdiff_t e = 0; e < (T + 1) * n * TL_P; e++)
+                f.G[e] = TL_F(splat)(0);
+        }
+        if (!term)
+            continue;
+        V *GT = f.G + T * n * TL_P, part[TL_P]; /* at x_T, against target[b] or rs_T */
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            part[h] = TL_F(splat)(0);
+        TL_FOR(i, how, n)
+            TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                const V tgt = q->tgt != NULL ? TL_F(gather)(q->tgt + bu * n + i, n, h)
+                              : traj ? f.RS[(T * n + i) * TL_P + h]
+                                     : TL_F(gather)(q->rs + bu * q->ss + T * n + i, q->ss, h);
+                const V r = x[u][i * TL_P + h] - tgt;
+                part[h] += q->sw[i] * (r * r);
+                GT[i * TL_P + h] += (q->sf * q->sw[i]) * (r + r);
+            }
+        TL_F(uniform_flush)(sum[2], part);
+    }
+    if (!grads)
+        return;
+    V (*lam)[TL_UNI_DIM * TL_P] = x, (*ln)[TL_UNI_DIM * TL_P] = xn;
+    for (int u = 0; u < nt; u++)
+        TL_FOR(i, how, n)
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                lam[u][i * TL_P + h] = buf[u].G[(T * n + i) * TL_P + h];
+    for (ptrdiff_t k = T - 1; k >= 0; k--)
+        TL_UNROLL for (int u = 0; u < nt; u++) {
+            V *g = buf[u].Gc + k * m * TL_P;
+            const V *Gk = buf[u].G + k * n * TL_P;
+            TL_FOR(j, how, m) /* grad u_k = Gc_k + B^T lambda_{k+1}, into Gc_k */
+                TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                    V acc = g[j * TL_P + h];
+                    TL_FOR(i, how, n)
+                        acc += bm[i][j] * lam[u][i * TL_P + h];
+                    g[j * TL_P + h] = acc;
+                    chk[h] |= (M)(acc - acc);
+                }
+            TL_FOR(i, how, n)
+                TL_UNROLL for (int h = 0; h < TL_P; h++) {
+                    V acc = Gk[i * TL_P + h];
+                    TL_FOR(j, how, n)
+                        acc += a[j][i] * lam[u][j * TL_P + h];
+                    ln[u][i * TL_P + h] = acc;
+                }
+            TL_FOR(i, how, n)
+                TL_UNROLL for (int h = 0; h < TL_P; h++)
+                    lam[u][i * TL_P + h] = ln[u][i * TL_P + h];
+        }
+    for (int u = 0; u < nt; u++) {
+        const ptrdiff_t bu = b + u * TL_TILE;
+        if (q->gu != NULL)
+            TL_F(rows_out)(buf[u].Gc, T * m, q->gu + bu * q->su, q->su);
+        if (q->gx == NULL)
+            continue;
+        TL_FOR(i, how, n) {
+            TL_UNROLL for (int h = 0; h < TL_P; h++)
+                chk[h] |= (M)(lam[u][i * TL_P + h] - lam[u][i * TL_P + h]);
+            TL_F(scatter)(lam[u] + i * TL_P, q->gx + bu * n + i, n);
+        }
+    }
+}
+
+TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double sums[3],
+                                 int *grads_nonfinite, const unsigned fix)
+{
+    const unsigned how = TL_HOW_UNI;
+    const TL_F(slot_t) *s = &q->slot;
+    const ptrdiff_t n = q->n, m = q->m;
+    /* the coefficients, broadcast once: a[i][j] = A_ij, bm[i][j] = B_ij, c */
+    V a[TL_UNI_DIM][TL_UNI_DIM] = {{{0}}}, bm[TL_UNI_DIM][TL_UNI_DIM] = {{{0}}}, cv[TL_UNI_DIM * TL_P] = {{0}};
+    TL_FOR(i, how, n) {
+        if (!q->states)
+            break;
+        TL_FOR(j, how, n)
+            a[i][j] = TL_F(bcast)(s->As[i * n + j]);
+        TL_FOR(j, how, m)
+            bm[i][j] = TL_F(bcast)(s->Bs[i * m + j]);
+        TL_UNROLL for (int h = 0; h < TL_P; h++)
+            cv[i * TL_P + h] = s->cv[i * TL_P + h];
+    }
+    M chk[TL_P];
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
+        chk[h] = TL_F(splat_i)(0);
+    tl_tile_dv sum[3][TL_SV];
+    memset(sum, 0, sizeof sum);
+    ptrdiff_t t = 0;
+    for (; t + TL_UNI_TILES <= tiles; t += TL_UNI_TILES)
+        TL_F(uniform_tiles)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, TL_UNI_TILES, fix);
+    for (; t < tiles; t++)
+        TL_F(uniform_tiles)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, 1, fix);
+    for (t = 0; t < tiles; t++) {
+        const ptrdiff_t b = b0 + t * TL_TILE;
+        if (q->gx != NULL && !q->states)
+            for (ptrdiff_t e = 0; e < TL_TILE * n; e++)
+                q->gx[b * n + e] = 0;
+    }
+    TL_F(sums_out)(sum, sums);
+    TL_UNROLL for (int h = 0; h < TL_P; h++)
+        for (int l = 0; l < TL_L; l++)
+            if (chk[h][l] != 0)
+                *grads_nonfinite = 1;
+}
+
+/* The uniform version twice: with the terms read at run time (0), and with
+ * them fixed when compiling for combined_loss's usual ones, the control and
+ * trajectory terms without the terminal (3): a branch on the terms inside
+ * the step loops costs the float32 double integrator 15 %. */
+#define TL_UNIFORM_VERSION(fix)                                                               \
+    static void TL_F(run_uniform_##fix)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,       \
+                                        double sums[3], int *grads_nonfinite)                 \
+    {                                                                                         \
+        TL_F(run_uniform)(q, b0, tiles, sums, grads_nonfinite, fix);                          \
+    }
+TL_UNIFORM_VERSION(0)
+TL_UNIFORM_VERSION(3)
+#undef TL_UNIFORM_VERSION
+
 /* ---- the kernel ----------------------------------------------------------------- */
 
 /* Carves the call's scratch (tl_tile_layout_of) and prepares what every
  * tile shares: weights, the selection of a uniform batch, shared matrices. */
-static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
+static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work, int prepared)
 {
     const tl_loss_spec *spec = c->spec;
     const tl_loss_io *io = c->io;
@@ -846,9 +1235,9 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     q->row = work;
     q->sw = (TL_T *)(q->row + T + 2);
     q->fw = q->sw + n;
-    for (ptrdiff_t i = 0; i < n; i++)
+    for (ptrdiff_t i = 0; i < n && !prepared; i++)
         q->sw[i] = spec->state_weights != NULL ? (TL_T)spec->state_weights[i] : 1;
-    for (ptrdiff_t j = 0; j < m; j++)
+    for (ptrdiff_t j = 0; j < m && !prepared; j++)
         q->fw[j] = spec->feature_weights != NULL ? (TL_T)spec->feature_weights[j] : 1;
 
     /* the tile's room, in tile values (TL_P vectors) from a 64-byte boundary */
@@ -874,31 +1263,44 @@ static void TL_F(call_init)(TL_F(call_t) *q, const tl_loss_ctx *c, double *work)
     s->U = s->Bv + n * m * TL_P;
     s->RU = s->U + T * m * TL_P;
     s->RS = s->RU + T * m * TL_P;
+    s->room = s->RS + (T + 1) * n * TL_P;
     s->As = (TL_T *)s->Av;
     s->Bs = s->As + n * n;
-    if (c->uniform) /* one selection for every tile */
-        TL_F(select_tile)(q, &s->sel, -1);
+    s->b0 = 0;
+    if (prepared)
+        return;
     for (ptrdiff_t k = 0; k < n * TL_P; k++)
         s->cv[k] = TL_F(splat)(0);
-    s->b0 = 0;
     if (q->states) /* the matrices shared by the batch and fixed in time */
         TL_F(mats_at)(q, s, 0, TL_F(fixed_fields)(d, 0));
 }
 
 static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
-                              double sums[3], int *grads_nonfinite, double *work)
+                              double sums[3], int *grads_nonfinite, double *work, int prepared)
 {
     TL_F(call_t) q;
-    TL_F(call_init)(&q, c, work);
+    TL_F(call_init)(&q, c, work, prepared);
     const ptrdiff_t tiles = count / TL_TILE;
-    /* The registers' version only where it pays for its code: small systems
-     * shared by the batch, fixed in time, with the squared error -- the
-     * common case of small-system training -- on 256-bit registers (with
-     * 128-bit ones a tile value takes 2 or 4 of the 16, too many to hold x
-     * and lambda); the rest run the general ones. */
+    /* Small systems shared by the batch, fixed in time, with the squared
+     * error -- the common case of small-system training -- run the uniform
+     * version when no lengths or mask select steps, and otherwise the
+     * registers' version (TL_HOW_ONE) on 256-bit registers (with 128-bit
+     * ones a tile value takes 2 or 4 of the 16, too many to hold x and
+     * lambda); the rest run the general ones. */
     static void (*const version[4])(TL_F(call_t) *, ptrdiff_t, ptrdiff_t, double *, int *) = {
         TL_F(run_0), TL_F(run_1), TL_F(run_2), TL_F(run_3)};
     const unsigned how = (q.vec ? TL_HOW_VEC : 0) | (q.pen == TL_PENALTY_MSE ? TL_HOW_MSE : 0);
+    if (c->uniform && how == TL_HOW_MSE && q.n <= TL_UNI_DIM && q.m <= TL_UNI_DIM &&
+        !(q.a_tv | q.b_tv | q.c_tv)) {
+        q.uw = TL_F(uniform_weights)(&q, q.fw + q.m, prepared);
+        if (q.ctl && q.traj && !q.term)
+            TL_F(run_uniform_3)(&q, b0, tiles, sums, grads_nonfinite);
+        else
+            TL_F(run_uniform_0)(&q, b0, tiles, sums, grads_nonfinite);
+        return;
+    }
+    if (c->uniform) /* one selection for every tile (its lane tables and, in q, its ends) */
+        TL_F(select_tile)(&q, &q.slot.sel, -1);
 #if TL_TILE_VREG_BYTES >= 32
     if (how == TL_HOW_MSE && q.n <= TL_ONE && q.m <= TL_ONE && !(q.a_tv | q.b_tv | q.c_tv))
         TL_F(run_6)(&q, b0, tiles, sums, grads_nonfinite);
@@ -913,6 +1315,8 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
 #undef TL_HOW_MSE
 #undef TL_HOW_ONE
 #undef TL_ONE
+#undef TL_HOW_UNI
+#undef TL_UNI_DIM
 #undef TL_DIM
 #undef TL_FOR
 #undef TL_LN
@@ -925,4 +1329,3 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
 #undef TL_Q
 #undef V
 #undef M
-#undef H

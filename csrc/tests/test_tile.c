@@ -378,9 +378,9 @@ static void compare_kernel(const problem *p, tl_tile_fn fast, const char *isa)
         tl_loss_seq(&c, b, s_ref, work);
     c.io = &io_nan;
     int bad_nan = 0, bad_zero = 0;
-    fast(&c, b0, count, s_nan, &bad_nan, work);
+    fast(&c, b0, count, s_nan, &bad_nan, work, 0);
     c.io = &io_zero;
-    fast(&c, b0, count, s_zero, &bad_zero, work);
+    fast(&c, b0, count, s_zero, &bad_zero, work, 0);
     /* the kernel's flag against a scan of the gradient rows it wrote */
     int scanned = 0;
     for (ptrdiff_t b = b0; b < b0 + count; b++) {
@@ -497,6 +497,47 @@ static void test_random(int cases)
     }
 }
 
+/* Problems for the uniform version of the kernel (tile_kernel.h): no
+ * lengths or mask, a shared system fixed in time, the squared error, n, m
+ * <= 2; everything else random -- terms, include_initial, discount, state
+ * and feature weights (with and without: one weight for every element or
+ * not), target, offset, which gradients. Batches of up to 300 sequences, so
+ * that the whole call runs several chunks (the later ones reuse the first
+ * one's preparation) and tiles in pairs and alone. */
+static void test_uniform(int cases)
+{
+    for (int t = 0; t < cases; t++) {
+        const ptrdiff_t n = 1 + rand_below(2), m = 1 + rand_below(2);
+        const ptrdiff_t T = 1 + rand_below(40), B = 1 + rand_below(300);
+        problem p = make_problem_of(B, T, n, m, rand_below(2) ? TL_F64 : TL_F32, 1);
+        free(p.lengths);
+        free(p.mask);
+        p.lengths = NULL;
+        p.mask = NULL;
+        p.spec.sel.lengths = NULL;
+        p.spec.sel.mask = NULL;
+        if (rand_below(2)) /* half of them with one weight for every element */
+            p.spec.sel.discount = 1.0;
+        const size_t su = (size_t)(B * T * m), ss = (size_t)(B * (T + 1) * n);
+        memset(p.read_u, 0, su);
+        memset(p.read_ru, 0, su);
+        memset(p.read_rs, 0, ss);
+        memset(p.read_x0, 0, (size_t)(B * n));
+        memset(p.read_tgt, 0, (size_t)(B * n));
+        mark_reads(&p);
+        double powers[64];
+        tl_loss_io io = {p.dtype, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+        const tl_loss_ctx c = make_ctx(&p, &io, powers);
+        compare_kernel(&p, tl_tile_pick_base(&c), "base (uniform)");
+#ifdef HAVE_V3
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            compare_kernel(&p, tl_tile_pick_v3(&c), "v3 (uniform)");
+#endif
+        compare_call(&p);
+        free_problem(&p);
+    }
+}
+
 /* A NaN the loss reads (check_finite off) reaches the sums and gradients
  * of its sequence, through every penalty (rho'(NaN) is NaN), and no other. */
 static void test_read_nan(void)
@@ -525,7 +566,7 @@ static void test_read_nan(void)
             tl_loss_ctx c = make_ctx(&p, &io, powers);
             c.uniform = 1;
             int bad = 0;
-            tl_tile_kernel(&c)(&c, 0, 16, sums, &bad, work);
+            tl_tile_kernel(&c)(&c, 0, 16, sums, &bad, work, 0);
             CHECK(isnan(sums[0]) && isnan(sums[1]), "read NaN: sums %g %g (penalty %d)", sums[0],
                   sums[1], pen);
             CHECK(bad == 1, "read NaN: the kernel does not flag its NaN gradients (penalty %d)",
@@ -641,6 +682,7 @@ static void test_penalty(void)
 int main(void)
 {
     test_random(600);
+    test_uniform(300);
     test_read_nan();
     test_finite_by_sums();
     test_penalty();
