@@ -46,6 +46,12 @@
  * for a tile in its scratch, n (n + m) vectors a tile. */
 #define TL_TILE_MAX_DIM 128
 
+/* The largest n and m of the kernel's uniform version (tile_kernel.h). Its
+ * loops run two tiles side by side in float32, whose states, adjoints and
+ * coefficients must all stay in registers; a bound of 4 spills them (25 us
+ * against 18 at the double integrator's B = 1024, float32). */
+#define TL_UNI_DIM 2
+
 #define TL_TILE_CAT2(a, b) a##b
 #define TL_TILE_CAT(a, b) TL_TILE_CAT2(a, b)
 #define TL_TILE_PICK TL_TILE_CAT(tl_tile_pick_, TL_TILE_ISA)
@@ -62,8 +68,9 @@ typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
 /*
  * The scratch of one kernel call, in the units the kernels carve it in:
  * `doubles` of its own (the time weights of one sequence, the state and
- * feature weights, the uniform version's weights -- 2 T m + 2 (T + 1) n
- * and two flags --, room to align), then, from a 64-byte boundary, `slot`
+ * feature weights, for n, m <= TL_UNI_DIM the uniform version's weights --
+ * 2 T m + 2 (T + 1) n and two flags --, room to align), then, from a
+ * 64-byte boundary, `slot`
  * tile values (TL_TILE elements each) for the tile being computed:
  *   selection   6 T + 3   masks of the valid control steps (T) and of the
  *                         states scored (T + 1), and their value and
@@ -75,9 +82,10 @@ typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
  *   matrices    n (n + m)       A and B of the step, laid out for the tile
  *   inputs      2 T m + (T+1) n the tile's controls, reference controls and
  *                               reference states, transposed into lane layout
- *   uniform     2 (2 (T+1) n + 3 T m)  the uniform version's buffers, for the
- *                               two tiles it runs side by side (after the rest:
- *                               the ones before keep what `prepared` reuses)
+ *   uniform     2 (2 (T+1) n + 3 T m)  for n, m <= TL_UNI_DIM, the uniform
+ *                               version's buffers, for the two tiles it runs
+ *                               side by side (after the rest: the ones before
+ *                               keep what `prepared` reuses)
  */
 typedef struct {
     size_t doubles, slot;
@@ -88,13 +96,15 @@ static int tl_tile_layout_of(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T, tl_tile_layo
     const size_t N = (size_t)n, Mu = (size_t)m, S = (size_t)T;
     l->doubles = 0;
     l->slot = 0;
+    const int uni = n <= TL_UNI_DIM && m <= TL_UNI_DIM; /* room for the uniform version */
     return tl_add_product(&l->doubles, 1, S + 2 + N + Mu + 2 * TL_TILE) &&
-           tl_add_product(&l->doubles, 2 * (S + 1), N + Mu) &&
+           tl_add_product(&l->doubles, uni ? 2 * (S + 1) : 0, N + Mu) &&
            tl_add_product(&l->slot, 6, S + 1) && tl_add_product(&l->slot, S + 1, N) &&
            tl_add_product(&l->slot, S, Mu) && tl_add_product(&l->slot, 6, N) &&
            tl_add_product(&l->slot, 1, Mu) && tl_add_product(&l->slot, N, N + Mu) &&
            tl_add_product(&l->slot, 2 * S, Mu) && tl_add_product(&l->slot, S + 1, N) &&
-           tl_add_product(&l->slot, 4 * (S + 1), N) && tl_add_product(&l->slot, 6 * S, Mu);
+           tl_add_product(&l->slot, uni ? 4 * (S + 1) : 0, N) &&
+           tl_add_product(&l->slot, uni ? 6 * S : 0, Mu);
 }
 
 /* The first 64-byte boundary at or after p. */

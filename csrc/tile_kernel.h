@@ -74,6 +74,11 @@ TL_INLINE M TL_F(splat_i)(ptrdiff_t x)
     return zero + (TL_I)x;
 }
 
+/* The gradient check of every kernel: chk (a mask vector) or'ed with the
+ * bits of g - g, all 0 while g is finite and a NaN's when it is NaN or inf
+ * -- a bitwise or on no multiply's chain. */
+#define TL_CHK(chk, g) ((chk) |= (M)((g) - (g)))
+
 /* mask ? a : b, lane by lane, and mask ? a : 0. */
 #define TL_SEL(mask, a, b) ((V)(((M)(a) & (mask)) | ((M)(b) & ~(mask))))
 #define TL_KEEP(mask, a) ((V)((M)(a) & (mask)))
@@ -323,6 +328,20 @@ static unsigned TL_F(fixed_fields)(const tl_dynamics *d, int per_sample)
     return bits;
 }
 
+/* w (sequence b's control-step weights, T + 2 room) becomes its state
+ * weights: with the shift, tl_sel_weights' own (state 0 scored); else
+ * state k's weight is step k - 1's and state 0's is 0. */
+static void TL_F(state_weights)(const TL_F(call_t) *q, ptrdiff_t b, double *w)
+{
+    const tl_loss_ctx *c = q->c;
+    if (q->shift) {
+        tl_sel_weights(&c->spec->sel, b, 1, c->powers, w);
+    } else {
+        memmove(w + 1, w, (size_t)q->T * sizeof(double));
+        w[0] = 0.0;
+    }
+}
+
 /* Lane l of the selection: sequence b's valid steps and weights. */
 static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptrdiff_t b)
 {
@@ -355,12 +374,7 @@ static void TL_F(select_lane)(const TL_F(call_t) *q, TL_F(sel_t) *sl, int l, ptr
         TL_F(put)(sl->wcv, k, l, (TL_T)w[k]);
         TL_F(put)(sl->wcg, k, l, (TL_T)(c->scale[0] * w[k]));
     }
-    if (q->shift) {
-        tl_sel_weights(sel, b, 1, c->powers, w);
-    } else { /* state k's weight is step k - 1's */
-        memmove(w + 1, w, (size_t)T * sizeof(double));
-        w[0] = 0.0;
-    }
+    TL_F(state_weights)(q, b, w);
     for (ptrdiff_t k = 0; k <= T; k++) {
         TL_F(put)(sl->wsv, k, l, (TL_T)w[k]);
         TL_F(put)(sl->wsg, k, l, (TL_T)(c->scale[1] * w[k]));
@@ -417,12 +431,8 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
 #define TL_HOW_MSE 2u
 #define TL_HOW_ONE 4u
 #define TL_ONE (4 / TL_P > 0 ? 4 / TL_P : 1)
-/* The uniform version's bound (uniform_tiles): n, m <= 2. Its loops run two
- * tiles side by side in float32, whose states, adjoints and coefficients
- * must all stay in registers; a bound of 4 spills them (25 us against 18 at
- * the double integrator's B = 1024, float32). */
+/* the uniform version (uniform_tiles): loops bounded by TL_UNI_DIM (tile.c) */
 #define TL_HOW_UNI 8u
-#define TL_UNI_DIM 2
 /* a loop bound: the size, and TL_ONE at compile time in the TL_HOW_ONE versions */
 #define TL_DIM(how, len)                                                                     \
     (((how) & TL_HOW_UNI) ? TL_UNI_DIM : ((how) & TL_HOW_ONE) ? TL_ONE : (len))
@@ -681,19 +691,17 @@ TL_INLINE void TL_F(backward_step)(const TL_F(call_t) *q, TL_F(slot_t) *s, ptrdi
     TL_F(mv)(how, n, s->G + k * n * TL_P, &At, lam, &none, NULL, lv, ln);
 }
 
-/* grad x0 = lam_0, and zero gradients after the tile's last step. Adds 0
- * times each gradient element written to *chk, lane by lane: NaN there
- * when one is NaN or inf. */
+/* grad x0 = lam_0, and zero gradients after the tile's last step; each
+ * gradient element written goes into chk (TL_CHK). */
 TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s, const V *lam,
-                                  V *chk, const unsigned how)
+                                  M *chk, const unsigned how)
 {
     const ptrdiff_t n = q->n, T = q->T, m = q->m, K = s->sel.Kmax;
-    const V zero = TL_F(splat)(0);
     if (q->gx != NULL) {
         TL_FOR(i, how, n) {
             if (q->states) {
                 TL_UNROLL for (int h = 0; h < TL_P; h++)
-                    chk[h] += lam[i * TL_P + h] * zero;
+                    TL_CHK(chk[h], lam[i * TL_P + h]);
                 TL_F(scatter)(lam + i * TL_P, q->gx + s->b0 * n + i, n);
             } else {
                 for (int l = 0; l < TL_TILE; l++)
@@ -704,7 +712,7 @@ TL_INLINE void TL_F(backward_end)(const TL_F(call_t) *q, const TL_F(slot_t) *s, 
     if (q->gu != NULL && K > 0) {
         for (ptrdiff_t e = 0; e < K * m; e++)
             TL_UNROLL for (int h = 0; h < TL_P; h++)
-                chk[h] += s->Gc[e * TL_P + h] * zero;
+                TL_CHK(chk[h], s->Gc[e * TL_P + h]);
         TL_F(rows_out)(s->Gc, K * m, q->gu + s->b0 * q->su, q->su);
     }
     if (q->gu != NULL && K < T)
@@ -749,8 +757,10 @@ TL_INLINE void TL_F(advance)(ptrdiff_t n, V **cur, V **next, const unsigned how)
     }
 }
 
-/* sums[i] += the tile sums sum[i], lane by lane in lane order. */
-static void TL_F(sums_out)(tl_tile_dv sum[3][TL_SV], double sums[3])
+/* The end of a run of tiles: sums[i] += the tile sums sum[i], lane by
+ * lane in lane order; *grads_nonfinite = 1 when chk holds a NaN's bits. */
+static void TL_F(run_end)(tl_tile_dv sum[3][TL_SV], const M chk[TL_P], double sums[3],
+                          int *grads_nonfinite)
 {
     for (int i = 0; i < 3; i++) {
         double total = 0.0;
@@ -759,6 +769,10 @@ static void TL_F(sums_out)(tl_tile_dv sum[3][TL_SV], double sums[3])
                 total += sum[i][v][l];
         sums[i] += total;
     }
+    for (int h = 0; h < TL_P; h++)
+        for (int l = 0; l < TL_L; l++)
+            if (chk[h][l] != 0)
+                *grads_nonfinite = 1;
 }
 
 /* `tiles` tiles from b0, each through its forward pass and then (when a
@@ -771,9 +785,9 @@ static void TL_F(sums_out)(tl_tile_dv sum[3][TL_SV], double sums[3])
 TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double sums[3],
                          int *grads_nonfinite, const unsigned how)
 {
-    V chk[TL_P]; /* 0 times every gradient element written */
+    M chk[TL_P]; /* every gradient element written (TL_CHK) */
     TL_UNROLL for (int h = 0; h < TL_P; h++)
-        chk[h] = TL_F(splat)(0);
+        chk[h] = TL_F(splat_i)(0);
     TL_F(slot_t) *s = &q->slot;
     const ptrdiff_t n = q->n;
     const int grads = q->gu != NULL || q->gx != NULL;
@@ -816,11 +830,7 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double 
         }
         TL_F(backward_end)(q, s, la, chk, how);
     }
-    TL_F(sums_out)(sum, sums);
-    TL_UNROLL for (int h = 0; h < TL_P; h++)
-        for (int l = 0; l < TL_L; l++)
-            if (chk[h][l] != 0)
-                *grads_nonfinite = 1;
+    TL_F(run_end)(sum, chk, sums, grads_nonfinite);
 }
 
 /* The versions (a function each, so that each is compiled once). */
@@ -882,12 +892,7 @@ static TL_F(uw_t) TL_F(uniform_weights)(const TL_F(call_t) *q, TL_T *room, int p
             u.cwv[k * m + j] = (TL_T)w[k] * q->fw[j];
             u.cwg[k * m + j] = (TL_T)(2.0 * c->scale[0] * w[k]) * q->fw[j];
         }
-    if (q->shift) {
-        tl_sel_weights(sel, 0, 1, c->powers, w);
-    } else {
-        memmove(w + 1, w, (size_t)T * sizeof(double));
-        w[0] = 0.0;
-    }
+    TL_F(state_weights)(q, 0, w);
     for (ptrdiff_t k = 0; k <= T; k++)
         for (ptrdiff_t i = 0; i < n; i++) {
             u.swv[k * n + i] = (TL_T)w[k] * q->sw[i];
@@ -985,10 +990,7 @@ static TL_F(ubuf_t) TL_F(uniform_buffers)(const TL_F(call_t) *q, int u)
 }
 
 /* The tiles from b, nt (a constant) side by side: their sums added to
- * sum[0..2], their gradients written; chk's bits or'ed with those of g - g
- * for every gradient element g written (all 0 while g is finite: a NaN's
- * bits otherwise -- one bitwise or on the chain from step to step, where
- * adding 0 g would be a multiply-add). The passes,
+ * sum[0..2], their gradients written, each into chk (TL_CHK). The passes,
  * each a loop of its own (few live values each, so the coefficients stay
  * in registers):
  *   1. the control term, over a tile's T m control values;
@@ -1028,7 +1030,7 @@ TL_INLINE void TL_F(uniform_tiles)(const TL_F(call_t) *q, ptrdiff_t b, V a[][TL_
         if (!states) { /* the gradient is Gc, as it is */
             for (ptrdiff_t e = 0; grads && e < T * m; e++)
                 TL_UNROLL for (int h = 0; h < TL_P; h++)
-                    chk[h] |= (M)(f.Gc[e * TL_P + h] - f.Gc[e * TL_P + h]);
+                    TL_CHK(chk[h], f.Gc[e * TL_P + h]);
             if (q->gu != NULL)
                 TL_F(rows_out)(f.Gc, T * m, q->gu + bu * q->su, q->su);
             continue;
@@ -1110,7 +1112,7 @@ TL_INLINE void TL_F(uniform_tiles)(const TL_F(call_t) *q, ptrdiff_t b, V a[][TL_
                     TL_FOR(i, how, n)
                         acc += bm[i][j] * lam[u][i * TL_P + h];
                     g[j * TL_P + h] = acc;
-                    chk[h] |= (M)(acc - acc);
+                    TL_CHK(chk[h], acc);
                 }
             TL_FOR(i, how, n)
                 TL_UNROLL for (int h = 0; h < TL_P; h++) {
@@ -1131,7 +1133,7 @@ TL_INLINE void TL_F(uniform_tiles)(const TL_F(call_t) *q, ptrdiff_t b, V a[][TL_
             continue;
         TL_FOR(i, how, n) {
             TL_UNROLL for (int h = 0; h < TL_P; h++)
-                chk[h] |= (M)(lam[u][i * TL_P + h] - lam[u][i * TL_P + h]);
+                TL_CHK(chk[h], lam[u][i * TL_P + h]);
             TL_F(scatter)(lam[u] + i * TL_P, q->gx + bu * n + i, n);
         }
     }
@@ -1171,11 +1173,7 @@ TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,
             for (ptrdiff_t e = 0; e < TL_TILE * n; e++)
                 q->gx[b * n + e] = 0;
     }
-    TL_F(sums_out)(sum, sums);
-    TL_UNROLL for (int h = 0; h < TL_P; h++)
-        for (int l = 0; l < TL_L; l++)
-            if (chk[h][l] != 0)
-                *grads_nonfinite = 1;
+    TL_F(run_end)(sum, chk, sums, grads_nonfinite);
 }
 
 /* The uniform version twice: with the terms read at run time (0), and with
@@ -1316,7 +1314,6 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
 #undef TL_HOW_ONE
 #undef TL_ONE
 #undef TL_HOW_UNI
-#undef TL_UNI_DIM
 #undef TL_DIM
 #undef TL_FOR
 #undef TL_LN

@@ -432,6 +432,23 @@ static void compare_kernel(const problem *p, tl_tile_fn fast, const char *isa)
     free(work);
 }
 
+/* compare_kernel for each instruction-set version the CPU runs, named
+ * "base" and "v3" followed by `what`. */
+static void compare_each_isa(const problem *p, const char *what)
+{
+    double powers[64]; /* T + 2 of them: T <= 40 here */
+    tl_loss_io io = {p->dtype, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    const tl_loss_ctx c = make_ctx(p, &io, powers);
+    char name[64];
+    snprintf(name, sizeof name, "base%s", what);
+    compare_kernel(p, tl_tile_pick_base(&c), name);
+#ifdef HAVE_V3
+    snprintf(name, sizeof name, "v3%s", what);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        compare_kernel(p, tl_tile_pick_v3(&c), name);
+#endif
+}
+
 /* The whole call: the fast path (AUTO) against the reference kernel alone. */
 static void compare_call(const problem *p)
 {
@@ -485,13 +502,8 @@ static void test_random(int cases)
         const tl_tile_fn any = tl_tile_kernel(&c);
         CHECK((any == NULL) == (T == 0), "tl_tile_kernel at T = %td: %s", T,
               any == NULL ? "none" : "a kernel");
-        if (T > 0) {
-            compare_kernel(&p, tl_tile_pick_base(&c), "base");
-#ifdef HAVE_V3
-            if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-                compare_kernel(&p, tl_tile_pick_v3(&c), "v3");
-#endif
-        }
+        if (T > 0)
+            compare_each_isa(&p, "");
         compare_call(&p);
         free_problem(&p);
     }
@@ -525,14 +537,7 @@ static void test_uniform(int cases)
         memset(p.read_x0, 0, (size_t)(B * n));
         memset(p.read_tgt, 0, (size_t)(B * n));
         mark_reads(&p);
-        double powers[64];
-        tl_loss_io io = {p.dtype, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-        const tl_loss_ctx c = make_ctx(&p, &io, powers);
-        compare_kernel(&p, tl_tile_pick_base(&c), "base (uniform)");
-#ifdef HAVE_V3
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            compare_kernel(&p, tl_tile_pick_v3(&c), "v3 (uniform)");
-#endif
+        compare_each_isa(&p, " (uniform)");
         compare_call(&p);
         free_problem(&p);
     }
