@@ -25,7 +25,7 @@ except ImportError:  # setuptools < 69
 
 CORE_SOURCES = ["status.c", "finite.c", "parallel.c", "dense.c", "expm.c", "discretize.c",
                 "dynamics.c", "rollout.c", "weights.c", "loss.c", "tile.c", "tile_v3.c",
-                "reference.c"]
+                "tile_v4.c", "reference.c"]
 
 
 def lapack_options():

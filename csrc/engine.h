@@ -67,4 +67,20 @@ typedef void (*tl_tile_fn)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t count,
 tl_tile_fn tl_tile_kernel(const tl_loss_ctx *c);
 size_t tl_tile_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T);
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+/* Whether this CPU (and its OS, which must save the AVX-512 registers:
+ * the compiler's check looks) runs the kernels of tile_v3.c, tile_v4.c. */
+static inline int tl_tile_cpu_v3(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static inline int tl_tile_cpu_v4(void)
+{
+    return tl_tile_cpu_v3() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq");
+}
+#endif
+
 #endif /* TL_ENGINE_H */

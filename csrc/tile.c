@@ -5,10 +5,12 @@
  * tile's eight sequences at once (GCC/clang vector types; the kernel body is
  * tile_kernel.h, instantiated here for float64 and float32).
  *
- * This file is built twice: as itself, for the baseline of the target, and
- * through tile_v3.c for x86-64-v3 (AVX2 and FMA); tl_tile_kernel picks the
- * second on CPUs that have both. Each build names its kernels' entry
- * tl_tile_pick_<isa>; only the baseline build defines the engine.h calls.
+ * This file is built three times: as itself, for the baseline of the
+ * target, through tile_v3.c for x86-64-v3 (AVX2 and FMA) and through
+ * tile_v4.c for x86-64-v4 (AVX-512's 32 registers, at 256 bits);
+ * tl_tile_kernel picks the newest the CPU has. Each build names its
+ * kernels' entry tl_tile_pick_<isa>; only the baseline build defines the
+ * engine.h calls.
  *
  * Where it applies (tl_tile_kernel): linear systems of every form -- shared,
  * per sample, time-varying, with or without offset -- with n, m <=
@@ -145,6 +147,7 @@ tl_tile_fn TL_TILE_PICK(const tl_loss_ctx *c)
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define TL_TILE_HAVE_V3 1
 tl_tile_fn tl_tile_pick_v3(const tl_loss_ctx *c); /* tile_v3.c */
+tl_tile_fn tl_tile_pick_v4(const tl_loss_ctx *c); /* tile_v4.c */
 #endif
 
 size_t tl_tile_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T)
@@ -166,7 +169,9 @@ tl_tile_fn tl_tile_kernel(const tl_loss_ctx *c)
         (c->io->dtype != TL_F64 && c->io->dtype != TL_F32))
         return NULL;
 #ifdef TL_TILE_HAVE_V3
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (tl_tile_cpu_v4())
+        return tl_tile_pick_v4(c);
+    if (tl_tile_cpu_v3())
         return tl_tile_pick_v3(c);
 #endif
     return TL_TILE_PICK(c);

@@ -24,6 +24,7 @@ tl_tile_fn tl_tile_pick_base(const tl_loss_ctx *c);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define HAVE_V3 1
 tl_tile_fn tl_tile_pick_v3(const tl_loss_ctx *c);
+tl_tile_fn tl_tile_pick_v4(const tl_loss_ctx *c);
 #endif
 
 #include "check.h"
@@ -433,7 +434,7 @@ static void compare_kernel(const problem *p, tl_tile_fn fast, const char *isa)
 }
 
 /* compare_kernel for each instruction-set version the CPU runs, named
- * "base" and "v3" followed by `what`. */
+ * "base", "v3" and "v4" followed by `what`. */
 static void compare_each_isa(const problem *p, const char *what)
 {
     double powers[64]; /* T + 2 of them: T <= 40 here */
@@ -444,8 +445,11 @@ static void compare_each_isa(const problem *p, const char *what)
     compare_kernel(p, tl_tile_pick_base(&c), name);
 #ifdef HAVE_V3
     snprintf(name, sizeof name, "v3%s", what);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (tl_tile_cpu_v3())
         compare_kernel(p, tl_tile_pick_v3(&c), name);
+    snprintf(name, sizeof name, "v4%s", what);
+    if (tl_tile_cpu_v4())
+        compare_kernel(p, tl_tile_pick_v4(&c), name);
 #endif
 }
 
