@@ -1177,9 +1177,10 @@ TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,
 }
 
 /* The uniform version twice: with the terms read at run time (0), and with
- * them fixed when compiling for combined_loss's usual ones, the control and
- * trajectory terms without the terminal (3): a branch on the terms inside
- * the step loops costs the float32 double integrator 15 %. */
+ * them fixed when compiling for combined_loss's, which always computes all
+ * three (7; the terminal one's raw value is in its result even at
+ * terminal_weight 0): a branch on the terms inside the step loops costs
+ * the float32 double integrator 15 %. */
 #define TL_UNIFORM_VERSION(fix)                                                               \
     static void TL_F(run_uniform_##fix)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,       \
                                         double sums[3], int *grads_nonfinite)                 \
@@ -1187,7 +1188,7 @@ TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,
         TL_F(run_uniform)(q, b0, tiles, sums, grads_nonfinite, fix);                          \
     }
 TL_UNIFORM_VERSION(0)
-TL_UNIFORM_VERSION(3)
+TL_UNIFORM_VERSION(7)
 #undef TL_UNIFORM_VERSION
 
 /* ---- the kernel ----------------------------------------------------------------- */
@@ -1291,8 +1292,8 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
     if (c->uniform && how == TL_HOW_MSE && q.n <= TL_UNI_DIM && q.m <= TL_UNI_DIM &&
         !(q.a_tv | q.b_tv | q.c_tv)) {
         q.uw = TL_F(uniform_weights)(&q, q.fw + q.m, prepared);
-        if (q.ctl && q.traj && !q.term)
-            TL_F(run_uniform_3)(&q, b0, tiles, sums, grads_nonfinite);
+        if (q.ctl && q.traj && q.term)
+            TL_F(run_uniform_7)(&q, b0, tiles, sums, grads_nonfinite);
         else
             TL_F(run_uniform_0)(&q, b0, tiles, sums, grads_nonfinite);
         return;
