@@ -8,8 +8,14 @@ LAPACK provider, chosen with the environment variable TRAJLOSS_LAPACK:
                               dependency); its symbols carry a scipy_ prefix,
                               mapped in csrc/tl_lapack.h.
   "system"                    the system LAPACKE found by pkg-config (lapacke).
+
+Optimization level: TRAJLOSS_OPT (default -O3), for builds of a checker, not
+of the module people run: .ci/asan_pytest.sh builds with TRAJLOSS_OPT=-O1.
+Changing it does not make an up-to-date build stale (the sanitized build goes
+to a directory of its own, beside an editable install that must not rebuild).
 """
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -74,6 +80,16 @@ def provider_stamp(name):
     return path
 
 
+# -O3 by default. The ASan + UBSan build of .ci/asan_pytest.sh takes -O1, the
+# usual level for AddressSanitizer: instrumented at -O3 the two tile kernel
+# files (tile.c, tile_v3.c: every kernel version inlined and unrolled) took
+# 205 s of one core, at -O1 44 s, and the sanitized pytest run is as fast (its
+# time goes to Python and to ASan's allocator, not to the kernels). Given
+# after CFLAGS, so it is the level that counts.
+OPT = os.environ.get("TRAJLOSS_OPT", "-O3")
+if not re.fullmatch(r"-O[0-3sgz]?|-Ofast", OPT):
+    raise SystemExit(f"TRAJLOSS_OPT must be an optimization flag such as -O1 or -O3, got {OPT!r}")
+
 HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h"))
 
 # The extension: the Python module (_coremodule.c), the XLA FFI handlers of
@@ -89,7 +105,7 @@ core = Extension(
     depends=HEADERS + PACKAGE_HEADERS + [provider_stamp(provider)],
     include_dirs=["csrc", "src/trajloss", numpy.get_include()],
     define_macros=[("TL_LAPACK_PROVIDER", f'"{provider}"')],
-    extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-Wall", "-Wextra",
+    extra_compile_args=["-std=c11", OPT, "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-missing-field-initializers"] + lapack_cflags,
     extra_link_args=lapack_libs + ["-lm", "-pthread"],
 )
