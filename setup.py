@@ -14,6 +14,7 @@ of the module people run: .ci/asan_pytest.sh builds with TRAJLOSS_OPT=-O1.
 Changing it does not make an up-to-date build stale (the sanitized build goes
 to a directory of its own, beside an editable install that must not rebuild).
 """
+import concurrent.futures
 import os
 import re
 import shlex
@@ -81,11 +82,12 @@ def provider_stamp(name):
 
 
 # -O3 by default. The ASan + UBSan build of .ci/asan_pytest.sh takes -O1, the
-# usual level for AddressSanitizer: instrumented at -O3 the two tile kernel
-# files (tile.c, tile_v3.c: every kernel version inlined and unrolled) took
-# 205 s of one core, at -O1 44 s, and the sanitized pytest run is as fast (its
-# time goes to Python and to ASan's allocator, not to the kernels). Given
-# after CFLAGS, so it is the level that counts.
+# usual level for AddressSanitizer: instrumented at -O3 the tile kernel files
+# (tile.c, tile_v3.c: every kernel version inlined and unrolled) took 205 s of
+# one core, at -O1 44 s (tile_v4.c, added since, another 34 s), and the
+# sanitized pytest run is as fast (its time goes to Python and to ASan's
+# allocator, not to the kernels). Given after CFLAGS, so it is the level that
+# counts.
 OPT = os.environ.get("TRAJLOSS_OPT", "-O3")
 if not re.fullmatch(r"-O[0-3sgz]?|-Ofast", OPT):
     raise SystemExit(f"TRAJLOSS_OPT must be an optimization flag such as -O1 or -O3, got {OPT!r}")
@@ -110,10 +112,55 @@ core = Extension(
     extra_link_args=lapack_libs + ["-lm", "-pthread"],
 )
 
+# The three builds of the tile kernel (tile.c, and tile_v3.c and tile_v4.c,
+# which include it for other instruction sets) take 10-15 s each at -O3, all
+# the other sources together 5 s: they start first, so that no core is left
+# with one of them at the end.
+HEAVY = ("tile_v3.c", "tile_v4.c", "tile.c")
+
+
+def compile_order(source):
+    name = os.path.basename(source)
+    return (HEAVY.index(name) if name in HEAVY else len(HEAVY), -os.path.getsize(source))
+
+
+def parallel_compile(compiler, jobs):
+    """compiler.compile, its sources compiled `jobs` at a time. setuptools
+    builds the extensions of a package in parallel (--parallel) but compiles
+    the sources of one extension one after the other, and _core is one
+    extension: 45 s on a 2-core machine, 21 s two at a time. This
+    is CCompiler.compile (setuptools/_distutils/ccompiler.py) with its loop
+    over the objects run by threads (each waits on a compiler process), the
+    longest first (compile_order)."""
+    serial = compiler.compile
+
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=False,
+                extra_preargs=None, extra_postargs=None, depends=None):
+        if jobs < 2 or not all(hasattr(compiler, f) for f in
+                               ("_setup_compile", "_get_cc_args", "_compile")):
+            return serial(sources, output_dir, macros, include_dirs, debug, extra_preargs,
+                          extra_postargs, depends)
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+        todo = sorted((obj for obj in objects if obj in build),
+                      key=lambda obj: compile_order(build[obj][0]))
+
+        def one(obj):
+            src, ext = build[obj]
+            compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(one, todo))  # re-raises a CompileError
+        return objects
+
+    return compile
+
+
 class parallel_build_ext(build_ext):
     """Compile the sources in parallel, one job a CPU (unless --parallel says
-    otherwise). Nothing is forced: an extension newer than its sources and
-    headers (and the LAPACK provider stamp) is not rebuilt.
+    otherwise): parallel_compile. Nothing is forced: an extension newer than
+    its sources and headers (and the LAPACK provider stamp) is not rebuilt.
 
     An editable install (``pip install -e .``) builds into a fresh temporary
     directory every time, where setuptools' timestamp check always finds
@@ -132,6 +179,13 @@ class parallel_build_ext(build_ext):
         package_dir = self.get_finalized_command("build_py").get_package_dir(package)
         return os.path.join(os.path.dirname(os.path.abspath(__file__)), package_dir,
                             os.path.basename(self.get_ext_filename(ext.name)))
+
+    def build_extensions(self):
+        jobs = (os.cpu_count() or 1) if self.parallel is True else int(self.parallel)
+        self.compiler.compile = parallel_compile(self.compiler, jobs)
+        # one extension: nothing for setuptools' own parallel loop to share out
+        self.parallel = False
+        super().build_extensions()
 
     def build_extension(self, ext):
         in_tree = self.in_tree_path(ext)

@@ -31,12 +31,12 @@ if ! "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.s
     "$PYTHON" -m pip install --quiet "setuptools>=77"  # pyproject.toml's build requirement
 fi
 # -O1 (TRAJLOSS_OPT, setup.py; the module people run is -O3), the usual level
-# for AddressSanitizer: instrumented at -O3 the two big kernel files (tile.c,
-# tile_v3.c) took 57 + 147 s of one core, at -O1 17 + 27 s, and the tests below
-# run as fast (tile-heavy files, one core: 47.4 s at -O1, 48.1 s at -O3; their
-# time goes to Python and ASan's allocator). -g1: line tables, all a sanitizer
-# report's stack trace needs; full -g costs a quarter more compile time in the
-# two kernel files.
+# for AddressSanitizer: instrumented at -O3 the big kernel files tile.c and
+# tile_v3.c took 57 + 147 s of one core, at -O1 17 + 27 s (tile_v4.c, added
+# since, 34 s), and the tests below run as fast (tile-heavy files, one core:
+# 47.4 s at -O1, 48.1 s at -O3; their time goes to Python and ASan's
+# allocator). -g1: line tables, all a sanitizer report's stack trace needs;
+# full -g costs a quarter more compile time in the kernel files.
 san="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 TRAJLOSS_OPT=-O1 CC=gcc CFLAGS="-g1 $san" LDFLAGS="$san" \
     "$PYTHON" setup.py --quiet build_ext --build-lib "$lib" --build-temp "$work/obj" \
