@@ -833,21 +833,22 @@ TL_INLINE void TL_F(run)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double 
     TL_F(run_end)(sum, chk, sums, grads_nonfinite);
 }
 
-/* The versions (a function each, so that each is compiled once). */
-#define TL_RUN_VERSION(how)                                                                   \
-    static void TL_F(run_##how)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,               \
-                                double sums[3], int *grads_nonfinite)                         \
+/* The versions (a function each, so that each is compiled once):
+ * fn_k is fn with its last argument, a constant, k. Also for the uniform
+ * version below. */
+#define TL_FIXED(fn, k)                                                                       \
+    static void TL_F(fn##_##k)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,                \
+                               double sums[3], int *grads_nonfinite)                          \
     {                                                                                         \
-        TL_F(run)(q, b0, tiles, sums, grads_nonfinite, how);                                  \
+        TL_F(fn)(q, b0, tiles, sums, grads_nonfinite, k);                                     \
     }
-TL_RUN_VERSION(0)
-TL_RUN_VERSION(1)
-TL_RUN_VERSION(2)
-TL_RUN_VERSION(3)
+TL_FIXED(run, 0)
+TL_FIXED(run, 1)
+TL_FIXED(run, 2)
+TL_FIXED(run, 3)
 #if TL_TILE_VREG_BYTES >= 32
-TL_RUN_VERSION(6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
+TL_FIXED(run, 6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
 #endif
-#undef TL_RUN_VERSION
 
 /* ---- the uniform version ------------------------------------------------------ *
  * The common case of small-system training, as plainly as the passes
@@ -1181,15 +1182,9 @@ TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,
  * three (7; the terminal one's raw value is in its result even at
  * terminal_weight 0): a branch on the terms inside the step loops costs
  * the float32 double integrator 15 %. */
-#define TL_UNIFORM_VERSION(fix)                                                               \
-    static void TL_F(run_uniform_##fix)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,       \
-                                        double sums[3], int *grads_nonfinite)                 \
-    {                                                                                         \
-        TL_F(run_uniform)(q, b0, tiles, sums, grads_nonfinite, fix);                          \
-    }
-TL_UNIFORM_VERSION(0)
-TL_UNIFORM_VERSION(7)
-#undef TL_UNIFORM_VERSION
+TL_FIXED(run_uniform, 0)
+TL_FIXED(run_uniform, 7)
+#undef TL_FIXED
 
 /* ---- the kernel ----------------------------------------------------------------- */
 
