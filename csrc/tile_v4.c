@@ -3,9 +3,10 @@
  * same 256-bit kernels as tile_v3.c, with the instruction set's 32 vector
  * registers instead of 16 and its masks. The kernels' step loops hold a
  * tile's states, adjoints and broadcast coefficients in registers; with 16
- * they spill, with 32 they do not (the double integrator's B = 1024 runs
- * 6-7 % faster, float64 and float32). The vectors stay 256 bits wide:
- * 512-bit ones gained nothing here. tl_tile_kernel picks this build on
+ * they spill more (the double integrator's B = 1024 runs 6-8 % faster
+ * here, float64 and float32). The vectors stay 256 bits wide: the 512-bit
+ * kernels this project once had gained 0-20 %, too little for a layer of
+ * their own. tl_tile_kernel picks this build on
  * CPUs that have AVX-512 F, VL, BW and DQ. The target is set here, not by
  * compiler flags, as in tile_v3.c.
  */
