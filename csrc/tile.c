@@ -48,10 +48,10 @@
  * for a tile in its scratch, n (n + m) vectors a tile. */
 #define TL_TILE_MAX_DIM 128
 
-/* The largest n and m of the kernel's uniform version (tile_kernel.h). Its
- * loops run two tiles side by side in float32, whose states, adjoints and
- * coefficients must all stay in registers; a bound of 4 spills them (25 us
- * against 18 at the double integrator's B = 1024, float32). */
+/* The largest n and m of the kernel's uniform version (tile_kernel.h),
+ * which is compiled for each n, m up to it: a group's blocks of inputs,
+ * the states and the coefficients of two vectors of sequences must stay in
+ * registers, and every size pair is one more copy of its code to build. */
 #define TL_UNI_DIM 2
 
 #define TL_TILE_CAT2(a, b) a##b
@@ -84,10 +84,10 @@ typedef double tl_tile_dv __attribute__((vector_size(TL_TILE_VREG_BYTES)));
  *   matrices    n (n + m)       A and B of the step, laid out for the tile
  *   inputs      2 T m + (T+1) n the tile's controls, reference controls and
  *                               reference states, transposed into lane layout
- *   uniform     2 (2 (T+1) n + 3 T m)  for n, m <= TL_UNI_DIM, the uniform
- *                               version's buffers, for the two tiles it runs
- *                               side by side (after the rest: the ones before
- *                               keep what `prepared` reuses)
+ *   uniform     2 ((T+1) n + T m)  for n, m <= TL_UNI_DIM, the uniform
+ *                               version's G and Gc, for the two tiles it runs
+ *                               side by side in float32 (after the rest: the
+ *                               ones before keep what `prepared` reuses)
  */
 typedef struct {
     size_t doubles, slot;
@@ -105,8 +105,8 @@ static int tl_tile_layout_of(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T, tl_tile_layo
            tl_add_product(&l->slot, S, Mu) && tl_add_product(&l->slot, 6, N) &&
            tl_add_product(&l->slot, 1, Mu) && tl_add_product(&l->slot, N, N + Mu) &&
            tl_add_product(&l->slot, 2 * S, Mu) && tl_add_product(&l->slot, S + 1, N) &&
-           tl_add_product(&l->slot, uni ? 4 * (S + 1) : 0, N) &&
-           tl_add_product(&l->slot, uni ? 6 * S : 0, Mu);
+           tl_add_product(&l->slot, uni ? 2 * (S + 1) : 0, N) &&
+           tl_add_product(&l->slot, uni ? 2 * S : 0, Mu);
 }
 
 /* The first 64-byte boundary at or after p. */

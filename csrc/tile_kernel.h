@@ -36,12 +36,13 @@
  *
  * One version is the common case of training on a small system written
  * on its own ("the uniform version" below): no lengths or mask, a system
- * shared by the batch and fixed in time, the squared error, n, m <= 2. With
- * nothing to select it is the same passes as plain loops, each pass a loop
- * of its own over the tile, and runs two float32 tiles side by side; at the
- * double integrator's B = 1024 it is about twice as fast as the general
- * versions. The general versions compute the same numbers (test_tile.c
- * checks both against the reference kernel).
+ * shared by the batch and fixed in time, the squared error, n, m <= 2, T >=
+ * 4. With nothing to select, it reads the rows four steps at a time,
+ * transposes them in registers and uses them there, two vectors of
+ * sequences side by side; at the double integrator's B = 1024 it is about
+ * two and a half times as fast as the general versions. The general
+ * versions compute the same numbers (test_tile.c checks both against the
+ * reference kernel).
  */
 
 #define V TL_F(vec)
@@ -431,11 +432,9 @@ static void TL_F(select_tile)(const TL_F(call_t) *q, TL_F(sel_t) *sl, ptrdiff_t 
 #define TL_HOW_MSE 2u
 #define TL_HOW_ONE 4u
 #define TL_ONE (4 / TL_P > 0 ? 4 / TL_P : 1)
-/* the uniform version (uniform_tiles): loops bounded by TL_UNI_DIM (tile.c) */
-#define TL_HOW_UNI 8u
 /* a loop bound: the size, and TL_ONE at compile time in the TL_HOW_ONE versions */
 #define TL_DIM(how, len)                                                                     \
-    (((how) & TL_HOW_UNI) ? TL_UNI_DIM : ((how) & TL_HOW_ONE) ? TL_ONE : (len))
+    (((how) & TL_HOW_ONE) ? TL_ONE : (len))
 /* (the exit is a break, not a second condition: GCC ignores an unroll
  * annotation on a loop whose condition is a conjunction) */
 #define TL_FOR(i, how, len)                                                                  \
@@ -850,18 +849,34 @@ TL_FIXED(run, 3)
 TL_FIXED(run, 6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
 #endif
 
+#undef TL_FIXED
+
 /* ---- the uniform version ------------------------------------------------------ *
- * The common case of small-system training, as plainly as the passes
- * themselves: a uniform selection (no lengths or mask: every lane scores
- * every step, state 0 with the shift alone, and ends at state T), a system
- * shared by the batch and fixed in time, the squared error, n, m <=
- * TL_UNI_DIM. There is nothing to select: no masks, no final states to keep,
+ * The common case of small-system training, written on its own: a uniform
+ * selection (no lengths or mask: every lane scores every step, state 0
+ * with the shift alone, and ends at state T), a system shared by the
+ * batch and fixed in time, the squared error, n, m <= TL_UNI_DIM and T >=
+ * TL_G. There is nothing to select: no masks, no final states to keep,
  * and the weights are call_t's scalars, one a step and component (uw).
- * The loops run over the run-time sizes but are bounded by TL_UNI_DIM when
- * compiling: the compiler unrolls them whole and keeps x, lambda and the
- * broadcast coefficients in registers -- which it cannot do for a
- * coefficient read from memory inside the loop, as every store to a tile
- * value may alias it. */
+ *
+ * Its unit is a chain: TL_L consecutive sequences, one vector a value.
+ * TL_UNI_C chains run side by side (the two vectors of a float64 tile, or
+ * two float32 tiles), so that the multipliers have two independent
+ * rollouts and adjoints to work on. The steps go in groups of TL_G: a
+ * group's controls, reference controls and reference states are read from
+ * the rows as TL_G-column blocks, transposed in registers and used there
+ * -- scored, rolled out -- without a round trip through lane buffers; the
+ * control gradients of a group leave the same way. Only the penalty
+ * derivatives G, Gc wait in the scratch for the backward pass. (The last
+ * group overlaps the one before when T is not a multiple of TL_G; its
+ * steps done already are skipped.)
+ *
+ * The sizes n, m are the compiler's: a block's column c is step c / m's
+ * control c % m, and that index must be a constant for the block to stay
+ * in registers. One function body serves the four (n, m), given as
+ * constants by run_uniform's table, and the case of one weight for every
+ * element (`one`) -- the rest is run-time: T, the terms, the offset, which
+ * gradients. */
 
 /* x in every lane, -0 included (a broadcast, no arithmetic). */
 TL_INLINE V TL_F(bcast)(TL_T x)
@@ -910,281 +925,387 @@ static TL_F(uw_t) TL_F(uniform_weights)(const TL_F(call_t) *q, TL_T *room, int p
     return u;
 }
 
-/* Tile values added in the dtype before they go into the double sums:
- * float32's rounding then grows with TL_FLUSH, not with the sequence. */
-#define TL_FLUSH 16
+/* Steps of a group; chains side by side; groups between float32's flushes. */
+#define TL_G 4
+#define TL_FLUSH 4
+#define TL_UNI_C (TL_P == 1 ? 2 : TL_P)
+/* for i < len, len <= max: unrolled whole (the unroll annotation wants a
+ * constant bound when parsing, before the sizes are constants) */
+#define TL_UPTO(i, max, len)                                                                  \
+    TL_UNROLL for (int i = 0; i < (max); i++)                                                 \
+        if (i >= (len))                                                                       \
+            break;                                                                            \
+        else
 
-/* sum += part, into the double sums; part = 0. */
-TL_INLINE void TL_F(uniform_flush)(tl_tile_dv *sum, V *part)
+/* v[c] = r[c]'s transpose in blocks of 4 x 4: lane 4 q + l of v[c] is lane
+ * 4 q + c of r[l] (4 lanes or 8, two blocks side by side: two rounds of
+ * rows_in's swaps, which never cross a 4-lane block). */
+TL_INLINE void TL_F(transpose4)(V r[4])
 {
-    TL_UNROLL for (int h = 0; h < TL_P; h++) {
-        TL_F(acc)(sum, h, &part[h]);
-        part[h] = TL_F(splat)(0);
+#if TL_LN >= 4
+    TL_UNROLL for (int i = 0; i < 4; i += 2) { /* round 1: bit 0 of row and lane */
+        const V a = r[i], b = r[i + 1];
+        r[i] = TL_SHUF(a, b, TL_SWAP_LO, 1);
+        r[i + 1] = TL_SHUF(a, b, TL_SWAP_HI, 1);
     }
+    TL_UNROLL for (int i = 0; i < 2; i++) { /* round 2: bit 1 */
+        const V a = r[i], b = r[i + 2];
+        r[i] = TL_SHUF(a, b, TL_SWAP_LO, 2);
+        r[i + 2] = TL_SHUF(a, b, TL_SWAP_HI, 2);
+    }
+#else
+    TL_UNROLL for (int i = 0; i < 4; i += 2) { /* two 2 x 2 blocks */
+        const V a = r[i], b = r[i + 1];
+        r[i] = TL_SHUF(a, b, TL_SWAP_LO, 1);
+        r[i + 1] = TL_SHUF(a, b, TL_SWAP_HI, 1);
+    }
+#endif
 }
 
-/* The squared error of the tile values z[0 .. len) against ref, element e
- * weighted by wv[e], added to sum lane by lane; its derivative wg[e]
- * (z - ref) into G[e]. G may be z (in place). Four running sums, so that
- * each waits on its own multiply-add (TL_FLUSH a multiple of 4). `one`
- * (a constant): every element has the weights wv[0], wg[0] -- no time
- * discount, no state or feature weights --, which then multiply a few
- * elements' sum at once. */
-TL_INLINE void TL_F(uniform_score)(ptrdiff_t len, const V *z, const V *ref, const TL_T *wv,
-                                   const TL_T *wg, V *G, tl_tile_dv *sum, const int one)
+/* A chain's block of TL_G columns: lane l of v[c] is p[l stride + c]. */
+TL_INLINE void TL_F(cols_in)(const TL_T *p, ptrdiff_t stride, V v[TL_G])
 {
-    V part[4][TL_P];
-    for (int c = 0; c < 4; c++)
-        TL_UNROLL for (int h = 0; h < TL_P; h++)
-            part[c][h] = TL_F(splat)(0);
-    for (ptrdiff_t e0 = 0; e0 < len; e0 += 4) {
-        TL_UNROLL for (int c = 0; c < 4; c++) {
-            const ptrdiff_t e = e0 + c;
-            if (e >= len)
-                break;
-            const TL_T cv = wv[one ? 0 : e], cg = wg[one ? 0 : e];
-            TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                const V r = z[e * TL_P + h] - ref[e * TL_P + h];
-                part[c][h] += one ? r * r : (r * r) * cv;
-                G[e * TL_P + h] = r * cg;
-            }
-        }
-        if ((e0 + 4) % TL_FLUSH == 0 || e0 + 4 >= len) {
-            TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                part[0][h] = (part[0][h] + part[1][h]) + (part[2][h] + part[3][h]);
-                if (one)
-                    part[0][h] *= wv[0];
-            }
-            TL_F(uniform_flush)(sum, part[0]);
-            TL_UNROLL for (int h = 0; h < TL_P; h++)
-                part[1][h] = part[2][h] = part[3][h] = TL_F(splat)(0);
-        }
+#if TL_LN >= 4
+    TL_UNROLL for (int k = 0; k < 4; k++) {
+#if TL_LN == 4
+        memcpy(&v[k], p + k * stride, sizeof v[k]);
+#else
+        typedef TL_T H __attribute__((vector_size(4 * TL_TB)));
+        H lo, hi;
+        memcpy(&lo, p + k * stride, sizeof lo);
+        memcpy(&hi, p + (k + 4) * stride, sizeof hi);
+        v[k] = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
     }
+    TL_F(transpose4)(v);
+#else
+    /* 2 lanes: v[0], v[1] from rows 0, 1 columns 0, 1; v[2], v[3] from 2, 3 */
+    TL_UNROLL for (int k = 0; k < 4; k++)
+        memcpy(&v[k], p + (k & 1) * stride + (k & 2), sizeof v[k]);
+    TL_F(transpose4)(v);
+#endif
 }
 
-/* Tiles the uniform version runs side by side: the rollout and the adjoint
- * are chains of dependent multiply-adds from step to step, and a float32
- * tile (one vector a value) leaves the multipliers idle while it waits on
- * its chain; two tiles' chains interleaved fill them. (A float64 tile is
- * already two vectors a value.) */
-#define TL_UNI_TILES (TL_P == 1 ? 2 : 1)
-
-/* The buffers of one tile of the uniform version, tile values: G ((T + 1)
- * n: the states x_k, then in place their derivatives), Gc (T m: the
- * control derivatives, then the control gradient), U, RU (T m), RS ((T +
- * 1) n). */
-typedef struct {
-    V *G, *Gc, *U, *RU, *RS;
-} TL_F(ubuf_t);
-
-static TL_F(ubuf_t) TL_F(uniform_buffers)(const TL_F(call_t) *q, int u)
+/* The inverse: p[l stride + c] = lane l of v[c] (v is overwritten). */
+TL_INLINE void TL_F(cols_out)(V v[TL_G], TL_T *p, ptrdiff_t stride)
 {
-    const ptrdiff_t n = q->n, m = q->m, T = q->T;
-    const ptrdiff_t size = (2 * (T + 1) * n + 3 * T * m) * TL_P;
-    TL_F(ubuf_t) r;
-    r.G = q->slot.room + u * size;
-    r.Gc = r.G + (T + 1) * n * TL_P;
-    r.U = r.Gc + T * m * TL_P;
-    r.RU = r.U + T * m * TL_P;
-    r.RS = r.RU + T * m * TL_P;
-    return r;
+    TL_F(transpose4)(v);
+#if TL_LN >= 4
+    TL_UNROLL for (int k = 0; k < 4; k++) {
+#if TL_LN == 4
+        memcpy(p + k * stride, &v[k], sizeof v[k]);
+#else
+        typedef TL_T H __attribute__((vector_size(4 * TL_TB)));
+        const H lo = __builtin_shufflevector(v[k], v[k], 0, 1, 2, 3);
+        const H hi = __builtin_shufflevector(v[k], v[k], 4, 5, 6, 7);
+        memcpy(p + k * stride, &lo, sizeof lo);
+        memcpy(p + (k + 4) * stride, &hi, sizeof hi);
+#endif
+    }
+#else
+    TL_UNROLL for (int k = 0; k < 4; k++)
+        memcpy(p + (k & 1) * stride + (k & 2), &v[k], sizeof v[k]);
+#endif
 }
 
-/* The tiles from b, nt (a constant) side by side: their sums added to
- * sum[0..2], their gradients written, each into chk (TL_CHK). The passes,
- * each a loop of its own (few live values each, so the coefficients stay
- * in registers):
- *   1. the control term, over a tile's T m control values;
- *   2. the rollout, x_0 .. x_T into G;
- *   3. the trajectory term over G, in place: G_k = wg_k (x_k - rs_k); the
- *      terminal term at x_T, added to G_T;
- *   4. the adjoint: grad u_k = Gc_k + B^T lam_{k+1}, lam_k = G_k + A^T
- *      lam_{k+1}, from lam_T = G_T down to grad x0 = lam_0. */
-TL_INLINE void TL_F(uniform_tiles)(const TL_F(call_t) *q, ptrdiff_t b, V a[][TL_UNI_DIM],
-                                   V bm[][TL_UNI_DIM], const V *cv, tl_tile_dv sum[][TL_SV],
-                                   M *chk, const int nt, const unsigned fix)
+/* sum += part, lane by lane (in double). */
+TL_INLINE void TL_F(uniform_flush)(tl_tile_dv *sum, int c, V part)
 {
-    const unsigned how = TL_HOW_UNI;
-    const ptrdiff_t n = q->n, m = q->m, T = q->T;
-    const int ctl = fix ? (fix & TL_TERM_CONTROL) != 0 : q->ctl;
-    const int traj = fix ? (fix & TL_TERM_TRAJECTORY) != 0 : q->traj;
-    const int term = fix ? (fix & TL_TERM_TERMINAL) != 0 : q->term;
-    const int states = traj || term, grads = q->gu != NULL || q->gx != NULL;
-    const int offset = q->c->dyn->c.data != NULL;
-    TL_F(ubuf_t) buf[TL_UNI_TILES];
-    V x[TL_UNI_TILES][TL_UNI_DIM * TL_P] = {{{0}}}, xn[TL_UNI_TILES][TL_UNI_DIM * TL_P] = {{{0}}};
-    for (int u = 0; u < nt; u++) {
-        const ptrdiff_t bu = b + u * TL_TILE;
-        const TL_F(ubuf_t) f = buf[u] = TL_F(uniform_buffers)(q, u);
-        if (states || ctl)
-            TL_F(rows_in)(q->u + bu * q->su, q->su, T * m, f.U);
-        if (ctl) {
-            TL_F(rows_in)(q->ru + bu * q->su, q->su, T * m, f.RU);
-            if (q->uw.one[0])
-                TL_F(uniform_score)(T * m, f.U, f.RU, q->uw.cwv, q->uw.cwg, f.Gc, sum[0], 1);
-            else
-                TL_F(uniform_score)(T * m, f.U, f.RU, q->uw.cwv, q->uw.cwg, f.Gc, sum[0], 0);
-        } else {
-            for (ptrdiff_t e = 0; e < T * m * TL_P; e++)
-                f.Gc[e] = TL_F(splat)(0);
-        }
-        if (!states) { /* the gradient is Gc, as it is */
-            for (ptrdiff_t e = 0; grads && e < T * m; e++)
-                TL_UNROLL for (int h = 0; h < TL_P; h++)
-                    TL_CHK(chk[h], f.Gc[e * TL_P + h]);
-            if (q->gu != NULL)
-                TL_F(rows_out)(f.Gc, T * m, q->gu + bu * q->su, q->su);
-            continue;
-        }
-        TL_FOR(i, how, n)
-            TL_UNROLL for (int h = 0; h < TL_P; h++)
-                f.G[i * TL_P + h] = x[u][i * TL_P + h] = TL_F(gather)(q->x0 + bu * n + i, n, h);
-    }
-    if (!states)
-        return;
-    for (ptrdiff_t k = 0; k < T; k++)
-        TL_UNROLL for (int u = 0; u < nt; u++) {
-            const V *uk = buf[u].U + k * m * TL_P;
-            V *X = buf[u].G + (k + 1) * n * TL_P;
-            TL_FOR(i, how, n)
-                TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                    V acc = bm[i][0] * uk[h];
-                    if (offset)
-                        acc += cv[i * TL_P + h];
-                    TL_FOR(j, how, m)
-                        if (j > 0)
-                            acc += bm[i][j] * uk[j * TL_P + h];
-                    TL_FOR(j, how, n)
-                        acc += a[i][j] * x[u][j * TL_P + h];
-                    X[i * TL_P + h] = xn[u][i * TL_P + h] = acc;
+    TL_F(acc)(sum, c % TL_P, &part);
+}
+
+/* NC chains from sequence b (NC, N, MM, one: constants): their sums added
+ * to sum[0..2], their gradients written, each into chk (TL_CHK). a[i N +
+ * j] = A_ij, bm[i MM + j] = B_ij and cv[i] = c_i broadcast. G (T + 1) N
+ * and Gc T MM values of NC vectors (element e of chain c at e NC + c):
+ * the derivatives of the states' and the controls' penalties, the
+ * backward pass's input. Forward, a group at a time:
+ *   control term   d = u - ru, Gc = cwg d
+ *   rollout        x_{k+1} = B u_k + c + A x_k
+ *   trajectory     r = x_{k+1} - rs_{k+1}, G_{k+1} = swg r
+ * then the terminal term at x_T, added to G_T. Backward, a group at a
+ * time from the end: grad u_k = Gc_k + B^T lam_{k+1}, lam_k = G_k + A^T
+ * lam_{k+1}, from lam_T = G_T down to grad x0 = lam_0. */
+TL_INLINE void TL_F(uniform_chains)(const TL_F(call_t) *q, ptrdiff_t b, const V *a, const V *bm,
+                                    const V *cv, tl_tile_dv sum[][TL_SV], M *chk, const int NC,
+                                    const int N, const int MM, const int full)
+{
+    const ptrdiff_t T = q->T, su = q->su, ss = q->ss, cs = TL_L; /* cs: a chain's rows */
+    const int ctl = full || q->ctl, traj = full || q->traj, term = full || q->term;
+    const int want_gu = full || q->gu != NULL;
+    const int grads = want_gu || q->gx != NULL, one = full;
+    const int offset = !full && q->c->dyn->c.data != NULL;
+    const TL_F(uw_t) *w = &q->uw;
+    const ptrdiff_t e1 = q->shift ? 0 : N; /* the first state element scored */
+    const TL_T cw1 = w->cwv[0], cg1 = w->cwg[0], sw1 = w->swv[e1], sg1 = w->swg[e1];
+    V *G = q->slot.room, *Gc = G + (T + 1) * N * NC;
+    const TL_T *U = q->u + b * su, *RU = q->ru + b * su, *RS = q->rs + b * ss;
+    TL_T *GU = q->gu + b * su;
+    V x[TL_UNI_C][TL_UNI_DIM] = {{{0}}};
+
+    { /* x_0, and G_0: scored with the shift alone */
+        TL_UPTO(c, TL_UNI_C, NC) {
+            TL_UPTO(i, TL_UNI_DIM, N)
+                x[c][i] = TL_F(gather)(q->x0 + (b + c * cs) * N + i, N, 0);
+            if (traj && q->shift) {
+                V rs0[TL_G];
+                TL_F(cols_in)(RS + c * cs * ss, ss, rs0);
+                V part = TL_F(splat)(0);
+                TL_UPTO(i, TL_UNI_DIM, N) {
+                    const V r = x[c][i] - rs0[i];
+                    part += (r * r) * w->swv[i];
+                    G[i * NC + c] = r * w->swg[i];
                 }
-            TL_FOR(i, how, n)
-                TL_UNROLL for (int h = 0; h < TL_P; h++)
-                    x[u][i * TL_P + h] = xn[u][i * TL_P + h];
-        }
-    for (int u = 0; u < nt; u++) {
-        const ptrdiff_t bu = b + u * TL_TILE;
-        const TL_F(ubuf_t) f = buf[u];
-        if (traj) { /* state 0 scored with the shift alone */
-            TL_F(rows_in)(q->rs + bu * q->ss, q->ss, (T + 1) * n, f.RS);
-            const ptrdiff_t e0 = q->shift ? 0 : n;
-            if (q->uw.one[1])
-                TL_F(uniform_score)((T + 1) * n - e0, f.G + e0 * TL_P, f.RS + e0 * TL_P,
-                                    q->uw.swv + e0, q->uw.swg + e0, f.G + e0 * TL_P, sum[1], 1);
-            else
-                TL_F(uniform_score)((T + 1) * n - e0, f.G + e0 * TL_P, f.RS + e0 * TL_P,
-                                    q->uw.swv + e0, q->uw.swg + e0, f.G + e0 * TL_P, sum[1], 0);
-            for (ptrdiff_t e = 0; e < e0 * TL_P; e++)
-                f.G[e] = TL_F(splat)(0);
-        } else {
-            for (ptrdiff_t e = 0; e < (T + 1) * n * TL_P; e++)
-                f.G[e] = TL_F(splat)(0);
-        }
-        if (!term)
-            continue;
-        V *GT = f.G + T * n * TL_P, part[TL_P]; /* at x_T, against target[b] or rs_T */
-        TL_UNROLL for (int h = 0; h < TL_P; h++)
-            part[h] = TL_F(splat)(0);
-        TL_FOR(i, how, n)
-            TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                const V tgt = q->tgt != NULL ? TL_F(gather)(q->tgt + bu * n + i, n, h)
-                              : traj ? f.RS[(T * n + i) * TL_P + h]
-                                     : TL_F(gather)(q->rs + bu * q->ss + T * n + i, q->ss, h);
-                const V r = x[u][i * TL_P + h] - tgt;
-                part[h] += q->sw[i] * (r * r);
-                GT[i * TL_P + h] += (q->sf * q->sw[i]) * (r + r);
+                TL_F(uniform_flush)(sum[1], c, part);
+            } else {
+                TL_UPTO(i, TL_UNI_DIM, N)
+                    G[i * NC + c] = TL_F(splat)(0);
             }
-        TL_F(uniform_flush)(sum[2], part);
+        }
+    }
+    /* running sums, a control and state component each, into sum every
+     * TL_FLUSH groups (float32's rounding grows with TL_FLUSH TL_G, not
+     * with the sequence) and at the end */
+    V pc[TL_UNI_C][TL_UNI_DIM], ps[TL_UNI_C][TL_UNI_DIM];
+    TL_UPTO(c, TL_UNI_C, NC) {
+        TL_UPTO(j, TL_UNI_DIM, MM)
+            pc[c][j] = TL_F(splat)(0);
+        TL_UPTO(i, TL_UNI_DIM, N)
+            ps[c][i] = TL_F(splat)(0);
+    }
+    for (ptrdiff_t k0 = 0; k0 < T; k0 += TL_G) {
+        const ptrdiff_t e0 = k0 < T - TL_G ? k0 : T - TL_G; /* the group's first step */
+        /* the control term first: its blocks die before the states' arrive */
+        V u[TL_UNI_C][TL_G * TL_UNI_DIM], ru[TL_UNI_C][TL_G * TL_UNI_DIM];
+        TL_UPTO(c, TL_UNI_C, NC) {
+            TL_UPTO(j, TL_UNI_DIM, MM) {
+                TL_F(cols_in)(U + c * cs * su + e0 * MM + j * TL_G, su, u[c] + j * TL_G);
+                if (ctl)
+                    TL_F(cols_in)(RU + c * cs * su + e0 * MM + j * TL_G, su, ru[c] + j * TL_G);
+                else
+                    TL_UNROLL for (int e = 0; e < TL_G; e++)
+                        ru[c][j * TL_G + e] = TL_F(splat)(0);
+            }
+        }
+        TL_UNROLL for (int s = 0; s < TL_G; s++) {
+            const ptrdiff_t k = e0 + s;
+            if (!ctl)
+                break;
+            if (k < k0) /* done by the group before */
+                continue;
+            TL_UPTO(c, TL_UNI_C, NC)
+                TL_UPTO(j, TL_UNI_DIM, MM) {
+                    const V d = u[c][s * MM + j] - ru[c][s * MM + j];
+                    pc[c][j] += one ? d * d : (d * d) * w->cwv[k * MM + j];
+                    Gc[(k * MM + j) * NC + c] = d * (one ? cg1 : w->cwg[k * MM + j]);
+                }
+        }
+        /* the rollout and the trajectory term; a block of reference states
+         * is read at the step that first needs it */
+        V rs[TL_UNI_C][TL_G];
+        TL_UNROLL for (int s = 0; s < TL_G; s++) {
+            const ptrdiff_t k = e0 + s;
+            if (traj && (s * N) % TL_G == 0) {
+                TL_UPTO(c, TL_UNI_C, NC)
+                    TL_F(cols_in)(RS + c * cs * ss + (k + 1) * N, ss, rs[c]);
+            }
+            if (k < k0) /* done by the group before */
+                continue;
+            TL_UPTO(c, TL_UNI_C, NC) {
+                const V *uk = u[c] + s * MM;
+                V xn[TL_UNI_DIM];
+                TL_UPTO(i, TL_UNI_DIM, N) {
+                    V acc = bm[i * MM] * uk[0];
+                    if (offset)
+                        acc += cv[i];
+                    TL_UPTO(j, TL_UNI_DIM, MM) if (j > 0)
+                        acc += bm[i * MM + j] * uk[j];
+                    TL_UPTO(j, TL_UNI_DIM, N)
+                        acc += a[i * N + j] * x[c][j];
+                    xn[i] = acc;
+                }
+                TL_UPTO(i, TL_UNI_DIM, N) {
+                    x[c][i] = xn[i];
+                    const ptrdiff_t e = (k + 1) * N + i;
+                    if (!traj) {
+                        G[e * NC + c] = TL_F(splat)(0);
+                        continue;
+                    }
+                    const V r = xn[i] - rs[c][(s * N + i) % TL_G];
+                    ps[c][i] += one ? r * r : (r * r) * w->swv[e];
+                    G[e * NC + c] = r * (one ? sg1 : w->swg[e]);
+                }
+            }
+        }
+        if (k0 + TL_G < T && (TL_TB == 8 || (k0 / TL_G + 1) % TL_FLUSH != 0))
+            continue;
+        TL_UPTO(c, TL_UNI_C, NC) {
+            V p = pc[c][0], t = ps[c][0];
+            TL_UPTO(j, TL_UNI_DIM, MM) if (j > 0)
+                p += pc[c][j];
+            TL_UPTO(i, TL_UNI_DIM, N) if (i > 0)
+                t += ps[c][i];
+            if (ctl)
+                TL_F(uniform_flush)(sum[0], c, one ? p * cw1 : p);
+            if (traj)
+                TL_F(uniform_flush)(sum[1], c, one ? t * sw1 : t);
+            TL_UPTO(j, TL_UNI_DIM, MM)
+                pc[c][j] = TL_F(splat)(0);
+            TL_UPTO(i, TL_UNI_DIM, N)
+                ps[c][i] = TL_F(splat)(0);
+        }
+    }
+    if (term) { /* at x_T, against target[b] or rs_T */
+        TL_UPTO(c, TL_UNI_C, NC) {
+            V part = TL_F(splat)(0);
+            TL_UPTO(i, TL_UNI_DIM, N) {
+                const TL_T *row = q->tgt != NULL ? q->tgt + (b + c * cs) * N + i : NULL;
+                const V tgt = row != NULL ? TL_F(gather)(row, N, 0)
+                                          : TL_F(gather)(RS + c * cs * ss + T * N + i, ss, 0);
+                const V r = x[c][i] - tgt;
+                part += q->sw[i] * (r * r);
+                G[(T * N + i) * NC + c] += (q->sf * q->sw[i]) * (r + r);
+            }
+            TL_F(uniform_flush)(sum[2], c, part);
+        }
     }
     if (!grads)
         return;
-    V (*lam)[TL_UNI_DIM * TL_P] = x, (*ln)[TL_UNI_DIM * TL_P] = xn;
-    for (int u = 0; u < nt; u++)
-        TL_FOR(i, how, n)
-            TL_UNROLL for (int h = 0; h < TL_P; h++)
-                lam[u][i * TL_P + h] = buf[u].G[(T * n + i) * TL_P + h];
-    for (ptrdiff_t k = T - 1; k >= 0; k--)
-        TL_UNROLL for (int u = 0; u < nt; u++) {
-            V *g = buf[u].Gc + k * m * TL_P;
-            const V *Gk = buf[u].G + k * n * TL_P;
-            TL_FOR(j, how, m) /* grad u_k = Gc_k + B^T lambda_{k+1}, into Gc_k */
-                TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                    V acc = g[j * TL_P + h];
-                    TL_FOR(i, how, n)
-                        acc += bm[i][j] * lam[u][i * TL_P + h];
-                    g[j * TL_P + h] = acc;
-                    TL_CHK(chk[h], acc);
-                }
-            TL_FOR(i, how, n)
-                TL_UNROLL for (int h = 0; h < TL_P; h++) {
-                    V acc = Gk[i * TL_P + h];
-                    TL_FOR(j, how, n)
-                        acc += a[j][i] * lam[u][j * TL_P + h];
-                    ln[u][i * TL_P + h] = acc;
-                }
-            TL_FOR(i, how, n)
-                TL_UNROLL for (int h = 0; h < TL_P; h++)
-                    lam[u][i * TL_P + h] = ln[u][i * TL_P + h];
+    V (*lam)[TL_UNI_DIM] = x;
+    TL_UPTO(c, TL_UNI_C, NC)
+        TL_UPTO(i, TL_UNI_DIM, N)
+            lam[c][i] = G[(T * N + i) * NC + c];
+    for (ptrdiff_t k1 = T; k1 > 0; k1 -= TL_G) {
+        const ptrdiff_t e0 = k1 > TL_G ? k1 - TL_G : 0; /* steps e0 .. k1 - 1 */
+        V gu[TL_UNI_C][TL_G * TL_UNI_DIM] = {{{0}}};
+        if (want_gu && e0 + TL_G > k1) { /* the columns from k1 on are out already */
+            TL_UPTO(c, TL_UNI_C, NC)
+                TL_UPTO(j, TL_UNI_DIM, MM)
+                    TL_F(cols_in)(GU + c * cs * su + e0 * MM + j * TL_G, su, gu[c] + j * TL_G);
         }
-    for (int u = 0; u < nt; u++) {
-        const ptrdiff_t bu = b + u * TL_TILE;
-        if (q->gu != NULL)
-            TL_F(rows_out)(buf[u].Gc, T * m, q->gu + bu * q->su, q->su);
-        if (q->gx == NULL)
-            continue;
-        TL_FOR(i, how, n) {
-            TL_UNROLL for (int h = 0; h < TL_P; h++)
-                TL_CHK(chk[h], lam[u][i * TL_P + h]);
-            TL_F(scatter)(lam[u] + i * TL_P, q->gx + bu * n + i, n);
+        TL_UNROLL for (int s = TL_G - 1; s >= 0; s--) {
+            const ptrdiff_t k = e0 + s;
+            if (k >= k1)
+                continue;
+            TL_UPTO(c, TL_UNI_C, NC) {
+                if (want_gu) {
+                    TL_UPTO(j, TL_UNI_DIM, MM) {
+                        V acc = ctl ? Gc[(k * MM + j) * NC + c] : TL_F(splat)(0);
+                        TL_UPTO(i, TL_UNI_DIM, N)
+                            acc += bm[i * MM + j] * lam[c][i];
+                        gu[c][s * MM + j] = acc;
+                        TL_CHK(chk[c], acc);
+                    }
+                }
+                V ln[TL_UNI_DIM];
+                TL_UPTO(i, TL_UNI_DIM, N) {
+                    V acc = G[(k * N + i) * NC + c];
+                    TL_UPTO(j, TL_UNI_DIM, N)
+                        acc += a[j * N + i] * lam[c][j];
+                    ln[i] = acc;
+                }
+                TL_UPTO(i, TL_UNI_DIM, N)
+                    lam[c][i] = ln[i];
+            }
+        }
+        if (want_gu) {
+            TL_UPTO(c, TL_UNI_C, NC)
+                TL_UPTO(j, TL_UNI_DIM, MM)
+                    TL_F(cols_out)(gu[c] + j * TL_G, GU + c * cs * su + e0 * MM + j * TL_G, su);
         }
     }
+    if (q->gx == NULL)
+        return;
+    TL_UPTO(c, TL_UNI_C, NC)
+        TL_UPTO(i, TL_UNI_DIM, N) {
+            TL_CHK(chk[c], lam[c][i]);
+            TL_UNROLL for (int l = 0; l < TL_L; l++)
+                q->gx[(b + c * cs + l) * N + i] = lam[c][i][l];
+        }
 }
 
-TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double sums[3],
-                                 int *grads_nonfinite, const unsigned fix)
+/* The control term alone (no state scored): elementwise, in the rows as
+ * they are, nothing to transpose. Element e of a row weighs cwv[e], its
+ * derivative is cwg[e] (u - ru). */
+static void TL_F(uniform_controls)(const TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t count,
+                                   double sums[3], int *grads_nonfinite)
 {
-    const unsigned how = TL_HOW_UNI;
-    const TL_F(slot_t) *s = &q->slot;
-    const ptrdiff_t n = q->n, m = q->m;
-    /* the coefficients, broadcast once: a[i][j] = A_ij, bm[i][j] = B_ij, c */
-    V a[TL_UNI_DIM][TL_UNI_DIM] = {{{0}}}, bm[TL_UNI_DIM][TL_UNI_DIM] = {{{0}}}, cv[TL_UNI_DIM * TL_P] = {{0}};
-    TL_FOR(i, how, n) {
-        if (!q->states)
-            break;
-        TL_FOR(j, how, n)
-            a[i][j] = TL_F(bcast)(s->As[i * n + j]);
-        TL_FOR(j, how, m)
-            bm[i][j] = TL_F(bcast)(s->Bs[i * m + j]);
-        TL_UNROLL for (int h = 0; h < TL_P; h++)
-            cv[i * TL_P + h] = s->cv[i * TL_P + h];
+    const ptrdiff_t su = q->su;
+    const TL_T *cwv = q->uw.cwv, *cwg = q->uw.cwg;
+    double total = 0.0;
+    int bad = 0;
+    for (ptrdiff_t b = b0; b < b0 + count; b++) {
+        const TL_T *u = q->u + b * su, *ru = q->ru + b * su;
+        TL_T *gu = q->gu != NULL ? q->gu + b * su : NULL;
+        double row = 0.0;
+        for (ptrdiff_t e = 0; q->ctl && e < su; e++) {
+            const TL_T d = u[e] - ru[e];
+            row += (double)((d * d) * cwv[e]);
+            if (gu != NULL) {
+                gu[e] = d * cwg[e];
+                bad |= !(gu[e] - gu[e] == 0);
+            }
+        }
+        if (!q->ctl && gu != NULL)
+            memset(gu, 0, (size_t)su * sizeof(TL_T));
+        total += row;
     }
-    M chk[TL_P];
-    TL_UNROLL for (int h = 0; h < TL_P; h++)
-        chk[h] = TL_F(splat_i)(0);
+    sums[0] += total;
+    if (bad)
+        *grads_nonfinite = 1;
+}
+
+/* The tiles from b0 in groups of TL_UNI_C chains (a float32 tile alone at
+ * the end: one chain), through uniform_chains with n = N, m = MM. */
+TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles, double sums[3],
+                                 int *grads_nonfinite, const int N, const int MM, const int full)
+{
+    const TL_F(slot_t) *s = &q->slot;
+    /* the coefficients, broadcast once: a[i N + j] = A_ij, bm[i MM + j] = B_ij, c */
+    V a[TL_UNI_DIM * TL_UNI_DIM], bm[TL_UNI_DIM * TL_UNI_DIM], cv[TL_UNI_DIM];
+    TL_UPTO(i, TL_UNI_DIM, N) {
+        TL_UPTO(j, TL_UNI_DIM, N)
+            a[i * N + j] = TL_F(bcast)(s->As[i * N + j]);
+        TL_UPTO(j, TL_UNI_DIM, MM)
+            bm[i * MM + j] = TL_F(bcast)(s->Bs[i * MM + j]);
+        cv[i] = s->cv[i * TL_P];
+    }
+    M chk[TL_UNI_C];
+    for (int c = 0; c < TL_UNI_C; c++)
+        chk[c] = TL_F(splat_i)(0);
     tl_tile_dv sum[3][TL_SV];
     memset(sum, 0, sizeof sum);
+    const ptrdiff_t per = TL_UNI_C / TL_P; /* tiles a group of chains */
     ptrdiff_t t = 0;
-    for (; t + TL_UNI_TILES <= tiles; t += TL_UNI_TILES)
-        TL_F(uniform_tiles)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, TL_UNI_TILES, fix);
+    for (; t + per <= tiles; t += per)
+        TL_F(uniform_chains)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, TL_UNI_C, N, MM, full);
     for (; t < tiles; t++)
-        TL_F(uniform_tiles)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, 1, fix);
-    for (t = 0; t < tiles; t++) {
-        const ptrdiff_t b = b0 + t * TL_TILE;
-        if (q->gx != NULL && !q->states)
-            for (ptrdiff_t e = 0; e < TL_TILE * n; e++)
-                q->gx[b * n + e] = 0;
-    }
-    TL_F(run_end)(sum, chk, sums, grads_nonfinite);
+        TL_F(uniform_chains)(q, b0 + t * TL_TILE, a, bm, cv, sum, chk, TL_P, N, MM, full);
+    M tile_chk[TL_P];
+    for (int h = 0; h < TL_P; h++)
+        tile_chk[h] = TL_F(splat_i)(0);
+    for (int c = 0; c < TL_UNI_C; c++)
+        tile_chk[c % TL_P] |= chk[c];
+    TL_F(run_end)(sum, tile_chk, sums, grads_nonfinite);
 }
 
-/* The uniform version twice: with the terms read at run time (0), and with
- * them fixed when compiling for combined_loss's, which always computes all
- * three (7; the terminal one's raw value is in its result even at
- * terminal_weight 0): a branch on the terms inside the step loops costs
- * the float32 double integrator 15 %. */
-TL_FIXED(run_uniform, 0)
-TL_FIXED(run_uniform, 7)
-#undef TL_FIXED
+/* The uniform version for each n, m <= TL_UNI_DIM, with and without one
+ * weight for every element: uniform_<n><m><one>. */
+#define TL_UNIFORM(N, MM, FULL)                                                               \
+    static void TL_F(uniform_##N##MM##FULL)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,   \
+                                             double sums[3], int *grads_nonfinite)            \
+    {                                                                                         \
+        TL_F(run_uniform)(q, b0, tiles, sums, grads_nonfinite, N, MM, FULL);                  \
+    }
+TL_UNIFORM(1, 1, 0)
+TL_UNIFORM(1, 1, 1)
+TL_UNIFORM(1, 2, 0)
+TL_UNIFORM(1, 2, 1)
+TL_UNIFORM(2, 1, 0)
+TL_UNIFORM(2, 1, 1)
+TL_UNIFORM(2, 2, 0)
+TL_UNIFORM(2, 2, 1)
+#undef TL_UNIFORM
 
 /* ---- the kernel ----------------------------------------------------------------- */
 
@@ -1285,12 +1406,20 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
         TL_F(run_0), TL_F(run_1), TL_F(run_2), TL_F(run_3)};
     const unsigned how = (q.vec ? TL_HOW_VEC : 0) | (q.pen == TL_PENALTY_MSE ? TL_HOW_MSE : 0);
     if (c->uniform && how == TL_HOW_MSE && q.n <= TL_UNI_DIM && q.m <= TL_UNI_DIM &&
-        !(q.a_tv | q.b_tv | q.c_tv)) {
+        !(q.a_tv | q.b_tv | q.c_tv) && (q.T >= TL_G || !q.states)) {
+        static void (*const uniform[8])(TL_F(call_t) *, ptrdiff_t, ptrdiff_t, double *, int *) = {
+            TL_F(uniform_110), TL_F(uniform_111), TL_F(uniform_120), TL_F(uniform_121),
+            TL_F(uniform_210), TL_F(uniform_211), TL_F(uniform_220), TL_F(uniform_221)};
         q.uw = TL_F(uniform_weights)(&q, q.fw + q.m, prepared);
-        if (q.ctl && q.traj && q.term)
-            TL_F(run_uniform_7)(&q, b0, tiles, sums, grads_nonfinite);
-        else
-            TL_F(run_uniform_0)(&q, b0, tiles, sums, grads_nonfinite);
+        if (!q.states) { /* the control term alone */
+            TL_F(uniform_controls)(&q, b0, tiles * TL_TILE, sums, grads_nonfinite);
+            if (q.gx != NULL)
+                memset(q.gx + b0 * q.n, 0, (size_t)(tiles * TL_TILE * q.n) * sizeof(TL_T));
+            return;
+        }
+        const int full = q.ctl && q.traj && q.term && q.gu != NULL && c->dyn->c.data == NULL &&
+                         q.uw.one[0] && q.uw.one[1];
+        uniform[((q.n - 1) * 2 + (q.m - 1)) * 2 + full](&q, b0, tiles, sums, grads_nonfinite);
         return;
     }
     if (c->uniform) /* one selection for every tile (its lane tables and, in q, its ends) */
@@ -1309,7 +1438,10 @@ static void TL_F(tl_tile_run)(const tl_loss_ctx *c, ptrdiff_t b0, ptrdiff_t coun
 #undef TL_HOW_MSE
 #undef TL_HOW_ONE
 #undef TL_ONE
-#undef TL_HOW_UNI
+#undef TL_G
+#undef TL_FLUSH
+#undef TL_UNI_C
+#undef TL_UPTO
 #undef TL_DIM
 #undef TL_FOR
 #undef TL_LN

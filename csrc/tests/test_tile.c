@@ -547,6 +547,42 @@ static void test_uniform(int cases)
     }
 }
 
+/* The uniform version's case without run-time choices -- combined_loss's
+ * three terms, the control gradient, no offset, one weight for every
+ * element -- for each n, m <= 2 and dtype: rare among test_uniform's
+ * random problems (about 1 in 300). */
+static void test_uniform_full(int cases)
+{
+    for (int t = 0; t < cases; t++) {
+        const ptrdiff_t n = 1 + t % 2, m = 1 + (t / 2) % 2;
+        const ptrdiff_t T = 1 + rand_below(40), B = 1 + rand_below(300);
+        problem p = make_problem_of(B, T, n, m, (t / 4) % 2 ? TL_F32 : TL_F64, 1);
+        free(p.lengths);
+        free(p.mask);
+        p.lengths = NULL;
+        p.mask = NULL;
+        p.spec.sel.lengths = NULL;
+        p.spec.sel.mask = NULL;
+        p.spec.sel.discount = 1.0;
+        p.spec.terms = TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL;
+        p.spec.state_weights = NULL;
+        p.spec.feature_weights = NULL;
+        p.form[2] = -1;
+        memset(&p.dyn.c, 0, sizeof p.dyn.c);
+        p.grads |= 1;
+        const size_t su = (size_t)(B * T * m), ss = (size_t)(B * (T + 1) * n);
+        memset(p.read_u, 0, su);
+        memset(p.read_ru, 0, su);
+        memset(p.read_rs, 0, ss);
+        memset(p.read_x0, 0, (size_t)(B * n));
+        memset(p.read_tgt, 0, (size_t)(B * n));
+        mark_reads(&p);
+        compare_each_isa(&p, " (uniform, all terms)");
+        compare_call(&p);
+        free_problem(&p);
+    }
+}
+
 /* A NaN the loss reads (check_finite off) reaches the sums and gradients
  * of its sequence, through every penalty (rho'(NaN) is NaN), and no other. */
 static void test_read_nan(void)
@@ -692,6 +728,7 @@ int main(void)
 {
     test_random(600);
     test_uniform(300);
+    test_uniform_full(64);
     test_read_nan();
     test_finite_by_sums();
     test_penalty();
