@@ -519,21 +519,35 @@ static void test_random(int cases)
  * and feature weights (with and without: one weight for every element or
  * not), target, offset, which gradients. Batches of up to 300 sequences, so
  * that the whole call runs several chunks (the later ones reuse the first
- * one's preparation) and tiles in pairs and alone. */
-static void test_uniform(int cases)
+ * one's preparation) and tiles in pairs and alone. `full`: the version's
+ * case without run-time choices -- combined_loss's three terms, the control
+ * gradient, no offset, one weight for every element --, each n, m and
+ * dtype in turn (among random problems about 1 in 300). */
+static void test_uniform(int cases, int full)
 {
     for (int t = 0; t < cases; t++) {
-        const ptrdiff_t n = 1 + rand_below(2), m = 1 + rand_below(2);
+        const ptrdiff_t n = full ? 1 + t % 2 : 1 + rand_below(2);
+        const ptrdiff_t m = full ? 1 + (t / 2) % 2 : 1 + rand_below(2);
         const ptrdiff_t T = 1 + rand_below(40), B = 1 + rand_below(300);
-        problem p = make_problem_of(B, T, n, m, rand_below(2) ? TL_F64 : TL_F32, 1);
+        const int f32 = full ? (t / 4) % 2 : !rand_below(2);
+        problem p = make_problem_of(B, T, n, m, f32 ? TL_F32 : TL_F64, 1);
         free(p.lengths);
         free(p.mask);
         p.lengths = NULL;
         p.mask = NULL;
         p.spec.sel.lengths = NULL;
         p.spec.sel.mask = NULL;
-        if (rand_below(2)) /* half of them with one weight for every element */
+        if (full) {
             p.spec.sel.discount = 1.0;
+            p.spec.terms = TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL;
+            p.spec.state_weights = NULL;
+            p.spec.feature_weights = NULL;
+            p.form[2] = -1;
+            memset(&p.dyn.c, 0, sizeof p.dyn.c);
+            p.grads |= 1;
+        } else if (rand_below(2)) { /* half of them with one weight for every element */
+            p.spec.sel.discount = 1.0;
+        }
         const size_t su = (size_t)(B * T * m), ss = (size_t)(B * (T + 1) * n);
         memset(p.read_u, 0, su);
         memset(p.read_ru, 0, su);
@@ -541,43 +555,7 @@ static void test_uniform(int cases)
         memset(p.read_x0, 0, (size_t)(B * n));
         memset(p.read_tgt, 0, (size_t)(B * n));
         mark_reads(&p);
-        compare_each_isa(&p, " (uniform)");
-        compare_call(&p);
-        free_problem(&p);
-    }
-}
-
-/* The uniform version's case without run-time choices -- combined_loss's
- * three terms, the control gradient, no offset, one weight for every
- * element -- for each n, m <= 2 and dtype: rare among test_uniform's
- * random problems (about 1 in 300). */
-static void test_uniform_full(int cases)
-{
-    for (int t = 0; t < cases; t++) {
-        const ptrdiff_t n = 1 + t % 2, m = 1 + (t / 2) % 2;
-        const ptrdiff_t T = 1 + rand_below(40), B = 1 + rand_below(300);
-        problem p = make_problem_of(B, T, n, m, (t / 4) % 2 ? TL_F32 : TL_F64, 1);
-        free(p.lengths);
-        free(p.mask);
-        p.lengths = NULL;
-        p.mask = NULL;
-        p.spec.sel.lengths = NULL;
-        p.spec.sel.mask = NULL;
-        p.spec.sel.discount = 1.0;
-        p.spec.terms = TL_TERM_CONTROL | TL_TERM_TRAJECTORY | TL_TERM_TERMINAL;
-        p.spec.state_weights = NULL;
-        p.spec.feature_weights = NULL;
-        p.form[2] = -1;
-        memset(&p.dyn.c, 0, sizeof p.dyn.c);
-        p.grads |= 1;
-        const size_t su = (size_t)(B * T * m), ss = (size_t)(B * (T + 1) * n);
-        memset(p.read_u, 0, su);
-        memset(p.read_ru, 0, su);
-        memset(p.read_rs, 0, ss);
-        memset(p.read_x0, 0, (size_t)(B * n));
-        memset(p.read_tgt, 0, (size_t)(B * n));
-        mark_reads(&p);
-        compare_each_isa(&p, " (uniform, all terms)");
+        compare_each_isa(&p, full ? " (uniform, all terms)" : " (uniform)");
         compare_call(&p);
         free_problem(&p);
     }
@@ -727,8 +705,8 @@ static void test_penalty(void)
 int main(void)
 {
     test_random(600);
-    test_uniform(300);
-    test_uniform_full(64);
+    test_uniform(300, 0);
+    test_uniform(64, 1);
     test_read_nan();
     test_finite_by_sums();
     test_penalty();
