@@ -1039,8 +1039,10 @@ TL_INLINE void TL_F(uniform_chains)(const TL_F(call_t) *q, ptrdiff_t b, const V 
     const ptrdiff_t e1 = q->shift ? 0 : N; /* the first state element scored */
     const TL_T cw1 = w->cwv[0], cg1 = w->cwg[0], sw1 = w->swv[e1], sg1 = w->swg[e1];
     V *G = q->slot.room, *Gc = G + (T + 1) * N * NC;
-    const TL_T *U = q->u + b * su, *RU = q->ru + b * su, *RS = q->rs + b * ss;
-    TL_T *GU = q->gu + b * su;
+    /* the tile's rows (an array not read is NULL: no offset from it) */
+    const TL_T *U = q->u + b * su, *RU = ctl ? q->ru + b * su : NULL;
+    const TL_T *RS = q->rs != NULL ? q->rs + b * ss : NULL;
+    TL_T *GU = want_gu ? q->gu + b * su : NULL;
     V x[TL_UNI_C][TL_UNI_DIM] = {{{0}}};
 
     { /* x_0, and G_0: scored with the shift alone */
@@ -1235,7 +1237,7 @@ static void TL_F(uniform_controls)(const TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_
     double total = 0.0;
     int bad = 0;
     for (ptrdiff_t b = b0; b < b0 + count; b++) {
-        const TL_T *u = q->u + b * su, *ru = q->ru + b * su;
+        const TL_T *u = q->u + b * su, *ru = q->ctl ? q->ru + b * su : NULL;
         TL_T *gu = q->gu != NULL ? q->gu + b * su : NULL;
         double row = 0.0;
         for (ptrdiff_t e = 0; q->ctl && e < su; e++) {
