@@ -84,7 +84,9 @@ def provider_stamp(name):
 # -O3 by default. The ASan + UBSan build of .ci/asan_pytest.sh takes -O1, the
 # usual level for AddressSanitizer: instrumented at -O3 the tile kernel files
 # (tile.c, tile_v3.c: every kernel version inlined and unrolled) took 205 s of
-# one core, at -O1 44 s (tile_v4.c, added since, another 34 s), and the
+# one core, at -O1 44 s (tile_v4.c, added since, another 34 s; with the
+# uniform version compiled per system size, the three take 27 + 55 + 51 s
+# at -O1 with ASan + UBSan), and the
 # sanitized pytest run is as fast (its time goes to Python and to ASan's
 # allocator, not to the kernels). Given after CFLAGS, so it is the level that
 # counts.
@@ -128,7 +130,8 @@ def parallel_compile(compiler, jobs):
     """compiler.compile, its sources compiled `jobs` at a time. setuptools
     builds the extensions of a package in parallel (--parallel) but compiles
     the sources of one extension one after the other, and _core is one
-    extension: 45 s on a 2-core machine, 21 s two at a time. This
+    extension: 61 s on a 2-core machine, 38 s two at a time (45 and 21 s
+    before the uniform version was compiled per system size). This
     is CCompiler.compile (setuptools/_distutils/ccompiler.py) with its loop
     over the objects run by threads (each waits on a compiler process), the
     longest first (compile_order)."""
