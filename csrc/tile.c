@@ -147,7 +147,10 @@ tl_tile_fn TL_TILE_PICK(const tl_loss_ctx *c)
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define TL_TILE_HAVE_V3 1
 tl_tile_fn tl_tile_pick_v3(const tl_loss_ctx *c); /* tile_v3.c */
+#ifndef TL_TILE_NO_V4
+#define TL_TILE_HAVE_V4 1
 tl_tile_fn tl_tile_pick_v4(const tl_loss_ctx *c); /* tile_v4.c */
+#endif
 #endif
 
 size_t tl_tile_doubles(ptrdiff_t n, ptrdiff_t m, ptrdiff_t T)
@@ -168,9 +171,11 @@ tl_tile_fn tl_tile_kernel(const tl_loss_ctx *c)
         tl_tile_doubles(c->n, c->m, c->T) == 0 ||
         (c->io->dtype != TL_F64 && c->io->dtype != TL_F32))
         return NULL;
-#ifdef TL_TILE_HAVE_V3
+#ifdef TL_TILE_HAVE_V4
     if (tl_tile_cpu_v4())
         return tl_tile_pick_v4(c);
+#endif
+#ifdef TL_TILE_HAVE_V3
     if (tl_tile_cpu_v3())
         return tl_tile_pick_v3(c);
 #endif

@@ -8,9 +8,11 @@
  * kernels this project once had gained 0-20 %, too little for a layer of
  * their own. tl_tile_kernel picks this build on
  * CPUs that have AVX-512 F, VL, BW and DQ. The target is set here, not by
- * compiler flags, as in tile_v3.c.
+ * compiler flags, as in tile_v3.c. -DTL_TILE_NO_V4 leaves it out: the
+ * valgrind build (valgrind does not run AVX-512) and the builds whose tests
+ * call the kernels only through the library (csrc/Makefile, .ci/asan_pytest.sh).
  */
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(TL_TILE_NO_V4)
 
 /* every header first, compiled for the baseline; the kernels after the target */
 #include <stddef.h>

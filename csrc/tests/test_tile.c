@@ -24,7 +24,10 @@ tl_tile_fn tl_tile_pick_base(const tl_loss_ctx *c);
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define HAVE_V3 1
 tl_tile_fn tl_tile_pick_v3(const tl_loss_ctx *c);
+#ifndef TL_TILE_NO_V4 /* (built without AVX-512: see tile_v4.c) */
+#define HAVE_V4 1
 tl_tile_fn tl_tile_pick_v4(const tl_loss_ctx *c);
+#endif
 #endif
 
 #include "check.h"
@@ -447,6 +450,8 @@ static void compare_each_isa(const problem *p, const char *what)
     snprintf(name, sizeof name, "v3%s", what);
     if (tl_tile_cpu_v3())
         compare_kernel(p, tl_tile_pick_v3(&c), name);
+#endif
+#ifdef HAVE_V4
     snprintf(name, sizeof name, "v4%s", what);
     if (tl_tile_cpu_v4())
         compare_kernel(p, tl_tile_pick_v4(&c), name);
