@@ -874,9 +874,10 @@ TL_FIXED(run, 6) /* TL_HOW_ONE | TL_HOW_MSE: see tl_tile_run */
  * The sizes n, m are the compiler's: a block's column c is step c / m's
  * control c % m, and that index must be a constant for the block to stay
  * in registers. One function body serves the four (n, m), given as
- * constants by run_uniform's table, and the case of one weight for every
- * element (`one`) -- the rest is run-time: T, the terms, the offset, which
- * gradients. */
+ * constants by tl_tile_run's table, each twice: `full`, combined_loss's
+ * case with nothing left to run time (all three terms, the control
+ * gradients, no offset, one weight for every element), and the rest, where
+ * T, the terms, the offset, the gradients and the weights are run-time. */
 
 /* x in every lane, -0 included (a broadcast, no arithmetic). */
 TL_INLINE V TL_F(bcast)(TL_T x)
@@ -1014,7 +1015,7 @@ TL_INLINE void TL_F(uniform_flush)(tl_tile_dv *sum, int c, V part)
     TL_F(acc)(sum, c % TL_P, &part);
 }
 
-/* NC chains from sequence b (NC, N, MM, one: constants): their sums added
+/* NC chains from sequence b (NC, N, MM, full: constants): their sums added
  * to sum[0..2], their gradients written, each into chk (TL_CHK). a[i N +
  * j] = A_ij, bm[i MM + j] = B_ij and cv[i] = c_i broadcast. G (T + 1) N
  * and Gc T MM values of NC vectors (element e of chain c at e NC + c):
@@ -1226,9 +1227,9 @@ TL_INLINE void TL_F(uniform_chains)(const TL_F(call_t) *q, ptrdiff_t b, const V 
         }
 }
 
-/* The control term alone (no state scored): elementwise, in the rows as
- * they are, nothing to transpose. Element e of a row weighs cwv[e], its
- * derivative is cwg[e] (u - ru). */
+/* The control term alone (no state scored, and a call has some term):
+ * elementwise, in the rows as they are, nothing to transpose. Element e of
+ * a row weighs cwv[e], its derivative is cwg[e] (u - ru). */
 static void TL_F(uniform_controls)(const TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t count,
                                    double sums[3], int *grads_nonfinite)
 {
@@ -1237,10 +1238,10 @@ static void TL_F(uniform_controls)(const TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_
     double total = 0.0;
     int bad = 0;
     for (ptrdiff_t b = b0; b < b0 + count; b++) {
-        const TL_T *u = q->u + b * su, *ru = q->ctl ? q->ru + b * su : NULL;
+        const TL_T *u = q->u + b * su, *ru = q->ru + b * su;
         TL_T *gu = q->gu != NULL ? q->gu + b * su : NULL;
         double row = 0.0;
-        for (ptrdiff_t e = 0; q->ctl && e < su; e++) {
+        for (ptrdiff_t e = 0; e < su; e++) {
             const TL_T d = u[e] - ru[e];
             row += (double)((d * d) * cwv[e]);
             if (gu != NULL) {
@@ -1248,8 +1249,6 @@ static void TL_F(uniform_controls)(const TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_
                 bad |= !(gu[e] - gu[e] == 0);
             }
         }
-        if (!q->ctl && gu != NULL)
-            memset(gu, 0, (size_t)su * sizeof(TL_T));
         total += row;
     }
     sums[0] += total;
@@ -1291,8 +1290,8 @@ TL_INLINE void TL_F(run_uniform)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,
     TL_F(run_end)(sum, tile_chk, sums, grads_nonfinite);
 }
 
-/* The uniform version for each n, m <= TL_UNI_DIM, with and without one
- * weight for every element: uniform_<n><m><one>. */
+/* The uniform version for each n, m <= TL_UNI_DIM, for the full case and
+ * the rest: uniform_<n><m><full>. */
 #define TL_UNIFORM(N, MM, FULL)                                                               \
     static void TL_F(uniform_##N##MM##FULL)(TL_F(call_t) *q, ptrdiff_t b0, ptrdiff_t tiles,   \
                                              double sums[3], int *grads_nonfinite)            \
